@@ -1,2 +1,9 @@
-//! placeholder
+//! The portable pkvm-rs EL2 core.
+//!
+//! Everything here is safe Rust that runs unchanged at EL2 (the `el2/` image) and inside the
+//! host-side simulator (`crates/sim`). The machine is reached only through the traits in
+//! [`platform`].
 #![no_std]
+#![forbid(unsafe_code)]
+
+pub mod platform;
