@@ -1,2 +1,490 @@
-//! placeholder
+//! Executable specification of pkvm-rs memory ownership.
+//!
+//! The specification is deliberately *not* written in terms of page tables: it keeps, per page,
+//! the abstract ownership state of the host and of the hypervisor, the EL2 share count and the
+//! pin count, and the set of EL2 stage-1 mappings of host memory. For every hypercall it says, as
+//! a pure function of the pre-state, what the call must return and what the post-state must be.
+//!
+//! A test harness (the simulator in `crates/sim`) computes the same abstract state from the
+//! concrete one — the real page tables and the real vmemmap — after each call and compares the
+//! two with [`Checker`]. Any divergence is reported with the whole call trace.
+//!
+//! The spec has its own, naive, address-range logic: it does not share code with the hypervisor,
+//! so the two are checked against each other.
 #![no_std]
+#![forbid(unsafe_code)]
+
+extern crate alloc;
+
+use alloc::collections::BTreeMap;
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt;
+
+pub use pkvm_abi::Error;
+use pkvm_abi::PAGE_SHIFT;
+
+/// Largest EL2 share count / pin count; one more is refused with [`Error::Busy`].
+pub const MAX_COUNT: u16 = u16::MAX;
+
+/// Per-component page state (brief §1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum State {
+    /// Owned exclusively.
+    Owned,
+    /// Owned, and shared with another component.
+    SharedOwned,
+    /// Not owned, but shared with this component.
+    SharedBorrowed,
+    /// Not accessible to this component.
+    NoPage,
+}
+
+/// Abstract state of one physical page of memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Page {
+    /// The host's state.
+    pub host: State,
+    /// The hypervisor's state.
+    pub hyp: State,
+    /// EL2 share count (pages shared host→hyp; the seed's refcount).
+    pub shares: u16,
+    /// EL2 pin count.
+    pub pins: u16,
+}
+
+impl Page {
+    /// A page of host memory that nobody else has touched.
+    pub const HOST_OWNED: Page = Page {
+        host: State::Owned,
+        hyp: State::NoPage,
+        shares: 0,
+        pins: 0,
+    };
+    /// A page of the hypervisor's own memory.
+    pub const HYP_OWNED: Page = Page {
+        host: State::NoPage,
+        hyp: State::Owned,
+        shares: 0,
+        pins: 0,
+    };
+}
+
+/// Permission of an abstract EL2 mapping.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum HypProt {
+    /// Read/write, never executable (everything the host shares or donates).
+    ReadWrite,
+}
+
+/// Static description of the machine the spec reasons about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Machine {
+    /// RAM regions as `[start, end)` physical addresses, page aligned, any order, disjoint.
+    pub memory: Vec<(u64, u64)>,
+    /// The hypervisor's own memory (image, carve-out), owned by hyp from boot: `[start, end)`.
+    pub hyp_memory: Vec<(u64, u64)>,
+    /// Size of the host's physical address space in bits (the host stage-2 input size).
+    pub pa_bits: u32,
+}
+
+impl Machine {
+    fn in_one_region(&self, start: u64, end: u64) -> bool {
+        self.memory.iter().any(|&(s, e)| start >= s && end <= e)
+    }
+
+    fn is_memory(&self, pa: u64) -> bool {
+        self.memory.iter().any(|&(s, e)| pa >= s && pa < e)
+    }
+
+    fn is_hyp_memory(&self, pa: u64) -> bool {
+        self.hyp_memory.iter().any(|&(s, e)| pa >= s && pa < e)
+    }
+}
+
+/// A call the spec knows about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Call {
+    /// `host_share_hyp(pfn, nr_pages)`.
+    ShareHyp { pfn: u64, nr: u64 },
+    /// `host_unshare_hyp(pfn, nr_pages)`.
+    UnshareHyp { pfn: u64, nr: u64 },
+    /// `host_donate_hyp(pfn, nr_pages)`.
+    DonateHyp { pfn: u64, nr: u64 },
+    /// `hyp_donate_host(pfn, nr_pages)` for pages the host donated earlier.
+    HypDonateHost { pfn: u64, nr: u64 },
+    /// EL2 pins shared pages.
+    Pin { pfn: u64, nr: u64 },
+    /// EL2 unpins shared pages.
+    Unpin { pfn: u64, nr: u64 },
+    /// The host reads (or writes) one byte at a physical address through its stage-2.
+    HostAccess { pa: u64, write: bool },
+    /// EL2 reads one byte of host memory through its stage-1.
+    HypRead { pa: u64 },
+}
+
+/// What a call is expected to produce.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// A hypercall's return value.
+    Ret(Result<(), Error>),
+    /// An access that succeeds.
+    Access,
+    /// An access that faults (the host gets an abort injected; EL2 a failed read).
+    Abort,
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Outcome::Ret(Ok(())) => f.write_str("0"),
+            Outcome::Ret(Err(e)) => write!(f, "{e}"),
+            Outcome::Access => f.write_str("access"),
+            Outcome::Abort => f.write_str("abort"),
+        }
+    }
+}
+
+/// The abstract ownership state of the whole machine.
+///
+/// Pages absent from `pages` are in their boot state: [`Page::HYP_OWNED`] inside
+/// [`Machine::hyp_memory`], [`Page::HOST_OWNED`] elsewhere in memory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AbsState {
+    /// Pages whose state differs from their boot state, by pfn.
+    pub pages: BTreeMap<u64, Page>,
+    /// EL2 stage-1 mappings of host memory (outside the hypervisor's own memory), by pfn.
+    /// EL2 maps host memory at VA == PA, so one pfn stands for both.
+    pub hyp_maps: BTreeMap<u64, HypProt>,
+}
+
+/// The reference model: a machine and its abstract state.
+#[derive(Clone, Debug)]
+pub struct Spec {
+    machine: Machine,
+    state: AbsState,
+}
+
+type Range = (u64, u64);
+
+impl Spec {
+    /// The boot state of `machine`.
+    #[must_use]
+    pub fn new(machine: Machine) -> Self {
+        Spec {
+            machine,
+            state: AbsState {
+                pages: BTreeMap::new(),
+                hyp_maps: BTreeMap::new(),
+            },
+        }
+    }
+
+    /// The machine.
+    #[must_use]
+    pub fn machine(&self) -> &Machine {
+        &self.machine
+    }
+
+    /// The current abstract state.
+    #[must_use]
+    pub fn state(&self) -> &AbsState {
+        &self.state
+    }
+
+    /// Abstract state of one page (boot state if untouched). Not meaningful outside memory.
+    #[must_use]
+    pub fn page(&self, pfn: u64) -> Page {
+        if let Some(p) = self.state.pages.get(&pfn) {
+            return *p;
+        }
+        self.boot_page(pfn)
+    }
+
+    fn boot_page(&self, pfn: u64) -> Page {
+        if self.machine.is_hyp_memory(pfn << PAGE_SHIFT) {
+            Page::HYP_OWNED
+        } else {
+            Page::HOST_OWNED
+        }
+    }
+
+    fn set_page(&mut self, pfn: u64, p: Page) {
+        if p == self.boot_page(pfn) {
+            self.state.pages.remove(&pfn);
+        } else {
+            self.state.pages.insert(pfn, p);
+        }
+    }
+
+    /// Argument validation shared by all range calls, in the order the ABI documents:
+    /// zero pages or `pfn + nr` overflow → `EINVAL`; past the address space → `ERANGE`;
+    /// not wholly inside one memory region → `EINVAL`.
+    fn check_range(&self, pfn: u64, nr: u64) -> Result<Range, Error> {
+        if nr == 0 {
+            return Err(Error::Inval);
+        }
+        let end_pfn = pfn.checked_add(nr).ok_or(Error::Inval)?;
+        let limit = 1u64 << (self.machine.pa_bits - PAGE_SHIFT);
+        if end_pfn > limit {
+            return Err(Error::Range);
+        }
+        if !self
+            .machine
+            .in_one_region(pfn << PAGE_SHIFT, end_pfn << PAGE_SHIFT)
+        {
+            return Err(Error::Inval);
+        }
+        Ok((pfn, end_pfn))
+    }
+
+    fn all(&self, (s, e): Range, f: impl Fn(Page) -> bool) -> bool {
+        (s..e).all(|pfn| f(self.page(pfn)))
+    }
+
+    /// Applies `call` to the model and returns what it must produce.
+    pub fn step(&mut self, call: Call) -> Outcome {
+        match call {
+            Call::ShareHyp { pfn, nr } => Outcome::Ret(self.share_hyp(pfn, nr)),
+            Call::UnshareHyp { pfn, nr } => Outcome::Ret(self.unshare_hyp(pfn, nr)),
+            Call::DonateHyp { pfn, nr } => Outcome::Ret(self.donate_hyp(pfn, nr)),
+            Call::HypDonateHost { pfn, nr } => Outcome::Ret(self.hyp_donate_host(pfn, nr)),
+            Call::Pin { pfn, nr } => Outcome::Ret(self.pin(pfn, nr)),
+            Call::Unpin { pfn, nr } => Outcome::Ret(self.unpin(pfn, nr)),
+            Call::HostAccess { pa, .. } => self.host_access(pa),
+            Call::HypRead { pa } => {
+                if self.state.hyp_maps.contains_key(&(pa >> PAGE_SHIFT)) {
+                    Outcome::Access
+                } else {
+                    Outcome::Abort
+                }
+            }
+        }
+    }
+
+    fn is_shared(p: Page) -> bool {
+        p.host == State::SharedOwned && p.hyp == State::SharedBorrowed && p.shares > 0
+    }
+
+    fn share_hyp(&mut self, pfn: u64, nr: u64) -> Result<(), Error> {
+        let r = self.check_range(pfn, nr)?;
+        // Both sides of every page: fresh (OWNED, NOPAGE) or already shared with hyp.
+        if !self.all(r, |p| {
+            (p.host == State::Owned && p.hyp == State::NoPage) || Self::is_shared(p)
+        }) {
+            return Err(Error::Perm);
+        }
+        if !self.all(r, |p| p.shares < MAX_COUNT) {
+            return Err(Error::Busy);
+        }
+        for pfn in r.0..r.1 {
+            let mut p = self.page(pfn);
+            if p.shares == 0 {
+                p.host = State::SharedOwned;
+                p.hyp = State::SharedBorrowed;
+                self.state.hyp_maps.insert(pfn, HypProt::ReadWrite);
+            }
+            p.shares += 1;
+            self.set_page(pfn, p);
+        }
+        Ok(())
+    }
+
+    fn unshare_hyp(&mut self, pfn: u64, nr: u64) -> Result<(), Error> {
+        let r = self.check_range(pfn, nr)?;
+        if !self.all(r, Self::is_shared) {
+            return Err(Error::Perm);
+        }
+        if !self.all(r, |p| p.pins == 0) {
+            return Err(Error::Busy);
+        }
+        for pfn in r.0..r.1 {
+            let mut p = self.page(pfn);
+            p.shares -= 1;
+            if p.shares == 0 {
+                p.host = State::Owned;
+                p.hyp = State::NoPage;
+                self.state.hyp_maps.remove(&pfn);
+            }
+            self.set_page(pfn, p);
+        }
+        Ok(())
+    }
+
+    fn donate_hyp(&mut self, pfn: u64, nr: u64) -> Result<(), Error> {
+        let r = self.check_range(pfn, nr)?;
+        if !self.all(r, |p| p == Page::HOST_OWNED) {
+            return Err(Error::Perm);
+        }
+        for pfn in r.0..r.1 {
+            self.set_page(pfn, Page::HYP_OWNED);
+            self.state.hyp_maps.insert(pfn, HypProt::ReadWrite);
+        }
+        Ok(())
+    }
+
+    fn hyp_donate_host(&mut self, pfn: u64, nr: u64) -> Result<(), Error> {
+        let r = self.check_range(pfn, nr)?;
+        // Only pages the host donated: EL2's own memory never goes to the host.
+        let own = (r.0..r.1).any(|pfn| self.machine.is_hyp_memory(pfn << PAGE_SHIFT));
+        if own || !self.all(r, |p| p == Page::HYP_OWNED) {
+            return Err(Error::Perm);
+        }
+        for pfn in r.0..r.1 {
+            self.set_page(pfn, Page::HOST_OWNED);
+            self.state.hyp_maps.remove(&pfn);
+        }
+        Ok(())
+    }
+
+    fn pin(&mut self, pfn: u64, nr: u64) -> Result<(), Error> {
+        let r = self.check_range(pfn, nr)?;
+        if !self.all(r, Self::is_shared) {
+            return Err(Error::Perm);
+        }
+        if !self.all(r, |p| p.pins < MAX_COUNT) {
+            return Err(Error::Busy);
+        }
+        for pfn in r.0..r.1 {
+            let mut p = self.page(pfn);
+            p.pins += 1;
+            self.set_page(pfn, p);
+        }
+        Ok(())
+    }
+
+    fn unpin(&mut self, pfn: u64, nr: u64) -> Result<(), Error> {
+        let r = self.check_range(pfn, nr)?;
+        if !self.all(r, |p| Self::is_shared(p) && p.pins > 0) {
+            return Err(Error::Perm);
+        }
+        for pfn in r.0..r.1 {
+            let mut p = self.page(pfn);
+            p.pins -= 1;
+            self.set_page(pfn, p);
+        }
+        Ok(())
+    }
+
+    fn host_access(&self, pa: u64) -> Outcome {
+        if pa >> self.machine.pa_bits != 0 {
+            return Outcome::Abort;
+        }
+        if !self.machine.is_memory(pa) {
+            // MMIO: identity-mapped for the host on demand.
+            return Outcome::Access;
+        }
+        match self.page(pa >> PAGE_SHIFT).host {
+            State::Owned | State::SharedOwned | State::SharedBorrowed => Outcome::Access,
+            State::NoPage => Outcome::Abort,
+        }
+    }
+}
+
+/// One divergence between the implementation and the spec.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Divergence {
+    /// Human-readable report, including the call trace.
+    pub report: String,
+}
+
+impl fmt::Display for Divergence {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.report)
+    }
+}
+
+/// Runs the spec beside an implementation and compares after every call.
+#[derive(Debug)]
+pub struct Checker {
+    spec: Spec,
+    trace: Vec<(Call, Outcome)>,
+}
+
+impl Checker {
+    /// A checker starting from the boot state of `machine`.
+    #[must_use]
+    pub fn new(machine: Machine) -> Self {
+        Checker {
+            spec: Spec::new(machine),
+            trace: Vec::new(),
+        }
+    }
+
+    /// The model.
+    #[must_use]
+    pub fn spec(&self) -> &Spec {
+        &self.spec
+    }
+
+    /// The calls checked so far with the outcome the implementation gave.
+    #[must_use]
+    pub fn trace(&self) -> &[(Call, Outcome)] {
+        &self.trace
+    }
+
+    /// Records that the implementation answered `call` with `got` and is now in state `now`
+    /// (computed from the real page tables and vmemmap); compares both with the spec.
+    ///
+    /// # Errors
+    ///
+    /// A [`Divergence`] describing the first difference, with the call trace.
+    pub fn check(&mut self, call: Call, got: Outcome, now: &AbsState) -> Result<(), Divergence> {
+        let expected = self.spec.step(call);
+        self.trace.push((call, got));
+        let mut problems = Vec::new();
+        if expected != got {
+            problems.push(format!("result: expected {expected}, got {got}"));
+        }
+        diff_states(&self.spec.state, now, &mut problems);
+        if problems.is_empty() {
+            return Ok(());
+        }
+        let mut report = String::from("implementation diverged from the spec\n");
+        for p in &problems {
+            report.push_str("  ");
+            report.push_str(p);
+            report.push('\n');
+        }
+        report.push_str("call trace (implementation's results):\n");
+        for (i, (c, o)) in self.trace.iter().enumerate() {
+            report.push_str(&format!("  {i:4}: {c:?} -> {o}\n"));
+        }
+        Err(Divergence { report })
+    }
+}
+
+fn diff_states(want: &AbsState, got: &AbsState, out: &mut Vec<String>) {
+    for (pfn, w) in &want.pages {
+        match got.pages.get(pfn) {
+            Some(g) if g == w => {}
+            g => out.push(format!(
+                "pfn {pfn:#x}: expected {w:?}, got {g:?} (None = boot state)"
+            )),
+        }
+    }
+    for (pfn, g) in &got.pages {
+        if !want.pages.contains_key(pfn) {
+            out.push(format!("pfn {pfn:#x}: expected boot state, got {g:?}"));
+        }
+    }
+    for (pfn, w) in &want.hyp_maps {
+        if got.hyp_maps.get(pfn) != Some(w) {
+            out.push(format!(
+                "EL2 mapping of pfn {pfn:#x}: expected {w:?}, got {:?}",
+                got.hyp_maps.get(pfn)
+            ));
+        }
+    }
+    for pfn in got.hyp_maps.keys() {
+        if !want.hyp_maps.contains_key(pfn) {
+            out.push(format!(
+                "EL2 maps pfn {pfn:#x} but the spec has no such mapping (dangling)"
+            ));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
