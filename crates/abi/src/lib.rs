@@ -227,7 +227,6 @@ pub const fn encode_result(r: Result<(), Error>) -> u64 {
 }
 
 /// Decodes `x1` into a result; unknown negative values become [`Error::Fault`].
-#[must_use]
 pub const fn decode_result(x1: u64) -> Result<(), Error> {
     if x1 == 0 {
         return Ok(());
