@@ -6,4 +6,9 @@
 #![no_std]
 #![forbid(unsafe_code)]
 
+pub mod early_alloc;
+pub mod memory;
+pub mod page_alloc;
 pub mod platform;
+pub mod sizing;
+pub mod vmemmap;
