@@ -1,7 +1,103 @@
-//! placeholder
+//! pkvm-rs EL2: the bare-metal hypervisor image for QEMU `virt`.
+//!
+//! QEMU's `-kernel` loads this arm64 `Image` at RAM base + `text_offset` and enters it at EL2
+//! with `x0` = DTB address. [`boot`] sets up a stack, zeroes `.bss` and installs the exception
+//! vectors; [`el2_main`] brings up the console from the device tree, checks the host image that
+//! `xtask` placed at [`pkvm_abi::boot::HOST_LOAD_ADDR`], configures EL2 for an AArch64 EL1 host
+//! and drops into it. From then on EL2 only runs when the host traps: `HVC` (hypercalls, see
+//! [`trap::handle_host_trap`]) and `SMC` (PSCI, relayed to QEMU's firmware emulation).
+//!
+//! The image is built for `aarch64-unknown-none-softfloat`: EL2 must never touch the FP/SIMD
+//! registers, because they hold the host's live state (EL2 does not save or restore them on a
+//! trap) — the softfloat target guarantees the compiler never uses them, not even for `memcpy`.
+//!
+//! On any other target only the pure, testable modules are built (plus an empty `main`) so that
+//! `cargo test --workspace` works on the development machine.
 #![cfg_attr(target_os = "none", no_std, no_main)]
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
+
+#[cfg(any(test, target_os = "none"))]
+mod context;
+#[cfg(any(test, target_os = "none"))]
+mod hcall;
+
 #[cfg(target_os = "none")]
-#[panic_handler]
-fn panic(_: &core::panic::PanicInfo) -> ! { loop {} }
+mod boot;
+#[cfg(target_os = "none")]
+#[macro_use]
+mod console;
+#[cfg(target_os = "none")]
+mod dt;
+#[cfg(target_os = "none")]
+mod image;
+#[cfg(target_os = "none")]
+mod panic;
+#[cfg(target_os = "none")]
+mod psci;
+#[cfg(target_os = "none")]
+mod sysregs;
+#[cfg(target_os = "none")]
+mod trap;
+
 #[cfg(not(target_os = "none"))]
 fn main() {}
+
+/// Rust entry of the primary CPU, called by [`boot`] with a stack, zeroed `.bss` and `VBAR_EL2`
+/// set. `dtb` is the device-tree address QEMU passed in `x0`.
+#[cfg(target_os = "none")]
+#[unsafe(no_mangle)]
+extern "C" fn el2_main(dtb: usize) -> ! {
+    use pkvm_abi::boot::HOST_LOAD_ADDR;
+
+    let Some(platform) = dt::Platform::probe(dtb) else {
+        // No usable device tree, hence no console: all we can do is power off. xtask reports
+        // "QEMU exited without a result line".
+        psci::system_off();
+    };
+    console::init(platform.uart_base);
+
+    println!();
+    println!(
+        "pkvm-rs EL2 {} (ABI {}.{}), running at EL{}",
+        env!("CARGO_PKG_VERSION"),
+        pkvm_abi::ABI_VERSION >> 16,
+        pkvm_abi::ABI_VERSION & 0xffff,
+        sysregs::current_el()
+    );
+    platform.print_banner();
+
+    if !platform.psci_conduit_is_smc {
+        println!(
+            "EL2: warning: the device tree's PSCI conduit is not SMC; EL2 relays PSCI with SMC"
+        );
+    }
+    if platform.memory_containing(HOST_LOAD_ADDR, 64).is_none() {
+        result_fail!("host load address {HOST_LOAD_ADDR:#x} is not in RAM");
+    }
+    let host = match image::check_host_image(HOST_LOAD_ADDR) {
+        Ok(h) => h,
+        Err(e) => result_fail!("no host image at {HOST_LOAD_ADDR:#x}: {e}"),
+    };
+    if platform
+        .memory_containing(HOST_LOAD_ADDR, host.image_size)
+        .is_none()
+    {
+        result_fail!(
+            "host image ({:#x} bytes) does not fit in RAM",
+            host.image_size
+        );
+    }
+    if platform.dtb_overlaps(HOST_LOAD_ADDR, host.image_size) {
+        result_fail!("host image ({:#x} bytes) overlaps the DTB", host.image_size);
+    }
+    println!(
+        "EL2: host image at {:#x}: {} KiB (arm64 Image, text_offset {:#x})",
+        HOST_LOAD_ADDR,
+        host.image_size / 1024,
+        host.text_offset
+    );
+
+    sysregs::init_for_host();
+    println!("EL2: entering host at {HOST_LOAD_ADDR:#x} (EL1h, DAIF masked), x0 = DTB {dtb:#x}");
+    boot::enter_host(HOST_LOAD_ADDR, dtb as u64)
+}

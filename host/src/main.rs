@@ -1,7 +1,99 @@
-//! placeholder
+//! pkvm-rs host: a small EL1 "kernel" that EL2 enters the way it would enter Linux, and that
+//! exercises the hypervisor from below.
+//!
+//! It is an arm64 `Image` (so EL2's entry path is the one a real Linux host will take), linked
+//! at [`pkvm_abi::boot::HOST_LOAD_ADDR`]. [`boot`] sets up a stack, `.bss`, FP and `VBAR_EL1`;
+//! `host_main` finds the console and PSCI conduit in the device tree, reads the scenario from
+//! `/chosen/bootargs` (`pkvm.scenario=NAME`, `pkvm.hang`), runs it, prints
+//! `N passed, M failed` and the machine-readable `PKVM-RESULT pass|fail <reason>` line that
+//! `xtask` waits for, and powers off through PSCI.
+//!
+//! On any other target only the pure, testable modules are built (plus an empty `main`).
 #![cfg_attr(target_os = "none", no_std, no_main)]
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
+
+#[cfg(any(test, target_os = "none"))]
+mod cmdline;
+
 #[cfg(target_os = "none")]
-#[panic_handler]
-fn panic(_: &core::panic::PanicInfo) -> ! { loop {} }
+mod boot;
+#[cfg(target_os = "none")]
+#[macro_use]
+mod console;
+#[cfg(target_os = "none")]
+mod checks;
+#[cfg(target_os = "none")]
+mod dt;
+#[cfg(target_os = "none")]
+mod hvc;
+#[cfg(target_os = "none")]
+mod pmu;
+#[cfg(target_os = "none")]
+mod psci;
+#[cfg(target_os = "none")]
+mod scenarios;
+
 #[cfg(not(target_os = "none"))]
 fn main() {}
+
+/// Rust entry, called by [`boot`] with a stack, zeroed `.bss`, FP enabled and `VBAR_EL1` set.
+#[cfg(target_os = "none")]
+#[unsafe(no_mangle)]
+extern "C" fn host_main(dtb: usize) -> ! {
+    let Some(dt) = dt::DeviceTree::probe(dtb) else {
+        // No device tree, hence no console: power off (xtask reports the missing result).
+        psci::system_off();
+    };
+    console::init(dt.uart_base);
+    psci::set_conduit(dt.psci_conduit);
+
+    println!(
+        "pkvm-rs host {} at EL{}: {} CPU(s), {} MiB RAM, DTB {:#x}, PSCI via {}",
+        env!("CARGO_PKG_VERSION"),
+        boot::current_el(),
+        dt.cpus,
+        dt.ram_bytes >> 20,
+        dtb,
+        dt.psci_conduit.name()
+    );
+    println!("host: bootargs \"{}\"", dt.bootargs);
+
+    let args = cmdline::parse(dt.bootargs);
+    for unknown in args.unknown_pkvm_options() {
+        println!("host: warning: unknown option {unknown}");
+    }
+    let name = args.scenario.unwrap_or(scenarios::DEFAULT);
+    let Some(scenario) = scenarios::find(name) else {
+        println!("host: unknown scenario '{name}'; known scenarios:");
+        for s in scenarios::SCENARIOS {
+            println!("  {:<8} {}", s.name, s.about);
+        }
+        println!("PKVM-RESULT fail unknown scenario '{name}'");
+        psci::system_off();
+    };
+
+    println!("host: scenario '{}': {}", scenario.name, scenario.about);
+    let mut checks = checks::Checks::new();
+    (scenario.run)(&mut checks);
+    println!(
+        "host checks: {} passed, {} failed",
+        checks.passed(),
+        checks.failed()
+    );
+
+    if args.hang {
+        println!("host: pkvm.hang: hanging instead of reporting a result");
+        boot::hang();
+    }
+    if checks.failed() == 0 {
+        println!("PKVM-RESULT pass");
+    } else {
+        println!(
+            "PKVM-RESULT fail {} of {} host checks failed (first: {})",
+            checks.failed(),
+            checks.passed() + checks.failed(),
+            checks.first_failure().unwrap_or("?")
+        );
+    }
+    psci::system_off()
+}

@@ -10,6 +10,8 @@
 #![no_std]
 #![forbid(unsafe_code)]
 
+pub mod boot;
+
 /// Size of a page (4 KiB granule) everywhere in pkvm-rs.
 pub const PAGE_SIZE: u64 = 4096;
 /// log2 of [`PAGE_SIZE`].

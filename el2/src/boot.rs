@@ -1,0 +1,275 @@
+//! Entry, stacks and exception vectors of the EL2 image: all of EL2's assembly lives here.
+//!
+//! * `_start` begins with the 64-byte arm64 `Image` header (so QEMU's `-kernel` loads the
+//!   image at RAM base + `text_offset` and enters it with `x0` = DTB). It checks that it runs at
+//!   EL2 at its link address, puts `SCTLR_EL2` in a known MMU-off state, zeroes `.bss`, takes
+//!   CPU 0's stack and installs `VBAR_EL2`, then calls [`crate::el2_main`].
+//! * `el2_vectors` is the full 16-entry table. The lower-EL AArch64 synchronous entry is the
+//!   host's trap path: it saves the caller-saved registers into a [`HostContext`] frame
+//!   (layout in [`crate::context`]), calls [`crate::trap::handle_host_trap`] and `eret`s —
+//!   24 instructions around the handler, no branch. Every other entry saves all of `x0`–`x30`
+//!   and reports the exception through [`crate::trap::unexpected_exception`], which panics.
+//! * [`enter_host`] drops to the host at EL1.
+
+use crate::context::{HOST_CONTEXT_SIZE, HostContext};
+use core::arch::global_asm;
+use pkvm_abi::boot::{EL2_TEXT_OFFSET, IMAGE_MAGIC};
+
+/// Maximum number of CPUs EL2 reserves a stack for.
+pub const MAX_CPUS: usize = 8;
+/// Size of each CPU's EL2 stack.
+pub const STACK_SIZE: usize = 16 * 1024;
+/// `SCTLR_EL2` while the EL2 MMU is off: the RES1 bits only (little-endian, MMU, caches and
+/// alignment checks off).
+pub const SCTLR_EL2_MMU_OFF: u64 = 0x30c5_0830;
+/// Size of the frame the unexpected-exception entries push (`x0`–`x30` + padding).
+const FULL_FRAME_SIZE: usize = 32 * 8;
+/// PSCI SYSTEM_OFF, for the early failure path that has no console yet.
+const PSCI_SYSTEM_OFF: u32 = pkvm_abi::psci::SYSTEM_OFF;
+
+global_asm!(
+    r#"
+    .section .text.head, "ax"
+    .global _start
+_start:
+    /* arm64 Image header (Documentation/arch/arm64/booting.rst) */
+    b       .Lentry                 /* code0 */
+    .word   0                       /* code1 */
+    .quad   {text_offset}           /* text_offset */
+    .quad   __image_size            /* image_size, .bss included */
+    .quad   0x2                     /* flags: little-endian, 4 KiB pages */
+    .quad   0, 0, 0                 /* res2..res4 */
+    .word   {magic}                 /* "ARM\x64" */
+    .word   0                       /* res5 */
+
+.Lentry:
+    msr     daifset, #0xf
+    mov     x19, x0                 /* DTB */
+
+    /* Refuse to run anywhere but EL2, at the link address (the image is not relocatable). */
+    mrs     x1, CurrentEL
+    cmp     x1, #(2 << 2)
+    b.ne    .Learly_fail
+    adr     x1, _start
+    ldr     x2, =_start
+    cmp     x1, x2
+    b.ne    .Learly_fail
+
+    ldr     x1, ={sctlr}
+    msr     sctlr_el2, x1
+    isb
+
+    /* Zero .bss (16-byte aligned by the linker script). */
+    adrp    x1, __bss_start
+    add     x1, x1, :lo12:__bss_start
+    adrp    x2, __bss_end
+    add     x2, x2, :lo12:__bss_end
+0:  cmp     x1, x2
+    b.hs    1f
+    stp     xzr, xzr, [x1], #16
+    b       0b
+1:
+    /* The primary CPU uses CPU 0's stack. */
+    adrp    x1, el2_stacks
+    add     x1, x1, :lo12:el2_stacks
+    add     sp, x1, #{stack_size}
+
+    adrp    x1, el2_vectors
+    add     x1, x1, :lo12:el2_vectors
+    msr     vbar_el2, x1
+    isb
+
+    mov     x0, x19
+    bl      el2_main
+    b       .Learly_fail
+
+.Learly_fail:
+    /* No console yet: ask QEMU's PSCI to power off, then park. */
+    ldr     x0, ={system_off}
+    smc     #0
+2:  wfe
+    b       2b
+    .ltorg
+
+    .section .bss.el2_stacks, "aw", %nobits
+    .balign 16
+    .global el2_stacks
+el2_stacks:
+    .space  {stacks_size}
+"#,
+    text_offset = const EL2_TEXT_OFFSET,
+    magic = const IMAGE_MAGIC,
+    sctlr = const SCTLR_EL2_MMU_OFF,
+    stack_size = const STACK_SIZE,
+    stacks_size = const STACK_SIZE * MAX_CPUS,
+    system_off = const PSCI_SYSTEM_OFF,
+);
+
+// The vector table. Entry numbers (0..16) are what `unexpected_exception` receives.
+global_asm!(
+    r#"
+    .macro unexpected_vector kind
+    .balign 128
+    sub     sp, sp, #{full}
+    stp     x0, x1, [sp, #0]
+    mov     x0, #\kind
+    b       el2_unexpected_entry
+    .endm
+
+    .section .text.vectors, "ax"
+    .balign 2048
+    .global el2_vectors
+el2_vectors:
+    /* Current EL with SP_EL0 */
+    unexpected_vector 0
+    unexpected_vector 1
+    unexpected_vector 2
+    unexpected_vector 3
+    /* Current EL with SP_ELx */
+    unexpected_vector 4
+    unexpected_vector 5
+    unexpected_vector 6
+    unexpected_vector 7
+
+    /* Lower EL, AArch64, synchronous: the host's trap path (HVC, SMC, ...). */
+    .balign 128
+    sub     sp, sp, #{ctx}
+    stp     x0, x1, [sp, #0x00]
+    stp     x2, x3, [sp, #0x10]
+    stp     x4, x5, [sp, #0x20]
+    stp     x6, x7, [sp, #0x30]
+    stp     x8, x9, [sp, #0x40]
+    stp     x10, x11, [sp, #0x50]
+    stp     x12, x13, [sp, #0x60]
+    stp     x14, x15, [sp, #0x70]
+    stp     x16, x17, [sp, #0x80]
+    stp     x18, x30, [sp, #0x90]
+    mov     x0, sp
+    bl      el2_host_sync
+    ldp     x0, x1, [sp, #0x00]
+    ldp     x2, x3, [sp, #0x10]
+    ldp     x4, x5, [sp, #0x20]
+    ldp     x6, x7, [sp, #0x30]
+    ldp     x8, x9, [sp, #0x40]
+    ldp     x10, x11, [sp, #0x50]
+    ldp     x12, x13, [sp, #0x60]
+    ldp     x14, x15, [sp, #0x70]
+    ldp     x16, x17, [sp, #0x80]
+    ldp     x18, x30, [sp, #0x90]
+    add     sp, sp, #{ctx}
+    eret
+    unexpected_vector 9
+    unexpected_vector 10
+    unexpected_vector 11
+    /* Lower EL, AArch32 */
+    unexpected_vector 12
+    unexpected_vector 13
+    unexpected_vector 14
+    unexpected_vector 15
+
+    .section .text.el2_unexpected, "ax"
+el2_unexpected_entry:
+    stp     x2, x3, [sp, #0x10]
+    stp     x4, x5, [sp, #0x20]
+    stp     x6, x7, [sp, #0x30]
+    stp     x8, x9, [sp, #0x40]
+    stp     x10, x11, [sp, #0x50]
+    stp     x12, x13, [sp, #0x60]
+    stp     x14, x15, [sp, #0x70]
+    stp     x16, x17, [sp, #0x80]
+    stp     x18, x19, [sp, #0x90]
+    stp     x20, x21, [sp, #0xa0]
+    stp     x22, x23, [sp, #0xb0]
+    stp     x24, x25, [sp, #0xc0]
+    stp     x26, x27, [sp, #0xd0]
+    stp     x28, x29, [sp, #0xe0]
+    str     x30, [sp, #0xf0]
+    mov     x1, sp
+    bl      el2_unexpected
+3:  wfe
+    b       3b
+"#,
+    full = const FULL_FRAME_SIZE,
+    ctx = const HOST_CONTEXT_SIZE,
+);
+
+/// All general registers at an unexpected exception, as `el2_unexpected_entry` stores them.
+#[repr(C)]
+#[derive(Debug)]
+pub struct FullFrame {
+    /// `x0`..=`x30`.
+    pub regs: [u64; 31],
+    _pad: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<FullFrame>() == FULL_FRAME_SIZE);
+
+/// Called by the lower-EL AArch64 synchronous vector with the host's saved registers.
+#[unsafe(no_mangle)]
+extern "C" fn el2_host_sync(ctx: &mut HostContext) {
+    crate::trap::handle_host_trap(ctx);
+}
+
+/// Called by every other vector entry; never returns.
+#[unsafe(no_mangle)]
+extern "C" fn el2_unexpected(kind: u64, frame: &FullFrame) -> ! {
+    crate::trap::unexpected_exception(kind, frame)
+}
+
+/// Drops to the host at EL1h with interrupts masked, `x0` = `dtb` and every other general
+/// register zero. The EL2 stack pointer is reset to the top of CPU 0's stack, so the next trap
+/// starts from an empty stack.
+pub fn enter_host(entry: u64, dtb: u64) -> ! {
+    unsafe extern "C" {
+        fn el2_enter_host(entry: u64, dtb: u64, spsr: u64) -> !;
+    }
+    // SAFETY: `el2_enter_host` never returns and touches no Rust-visible memory. Throwing away
+    // the current stack is fine: nothing on it is live once we leave EL2 for good.
+    unsafe { el2_enter_host(entry, dtb, crate::sysregs::SPSR_EL1H_DAIF_MASKED) }
+}
+
+global_asm!(
+    r#"
+    .section .text.el2_enter_host, "ax"
+    .global el2_enter_host
+el2_enter_host:
+    msr     elr_el2, x0
+    msr     spsr_el2, x2
+    mov     x0, x1
+    adrp    x1, el2_stacks
+    add     x1, x1, :lo12:el2_stacks
+    add     sp, x1, #{stack_size}
+    mov     x1, xzr
+    mov     x2, xzr
+    mov     x3, xzr
+    mov     x4, xzr
+    mov     x5, xzr
+    mov     x6, xzr
+    mov     x7, xzr
+    mov     x8, xzr
+    mov     x9, xzr
+    mov     x10, xzr
+    mov     x11, xzr
+    mov     x12, xzr
+    mov     x13, xzr
+    mov     x14, xzr
+    mov     x15, xzr
+    mov     x16, xzr
+    mov     x17, xzr
+    mov     x18, xzr
+    mov     x19, xzr
+    mov     x20, xzr
+    mov     x21, xzr
+    mov     x22, xzr
+    mov     x23, xzr
+    mov     x24, xzr
+    mov     x25, xzr
+    mov     x26, xzr
+    mov     x27, xzr
+    mov     x28, xzr
+    mov     x29, xzr
+    mov     x30, xzr
+    eret
+"#,
+    stack_size = const STACK_SIZE,
+);

@@ -1,0 +1,134 @@
+//! What EL2 learns from the device tree QEMU passes in `x0` (parsed with the `fdt` crate).
+
+use fdt::Fdt;
+
+/// Maximum number of RAM regions EL2 keeps.
+pub const MAX_MEMORY_REGIONS: usize = 8;
+
+/// One RAM region `[base, base + size)`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MemoryRegion {
+    /// Physical base.
+    pub base: u64,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// The platform as described by the device tree.
+#[derive(Debug)]
+pub struct Platform {
+    /// DTB physical address and total size.
+    pub dtb: (u64, u64),
+    /// Machine model (`/model`).
+    pub model: &'static str,
+    /// Base of the console PL011.
+    pub uart_base: usize,
+    /// Number of CPU nodes under `/cpus`.
+    pub cpus: usize,
+    /// RAM regions, from the `/memory` nodes.
+    pub memory: [MemoryRegion; MAX_MEMORY_REGIONS],
+    /// How many entries of [`Platform::memory`] are valid.
+    pub nr_memory: usize,
+    /// Whether `/psci` says `method = "smc"`.
+    pub psci_conduit_is_smc: bool,
+}
+
+impl Platform {
+    /// Parses the DTB at `dtb`; `None` if it is not a valid device tree or lacks a console.
+    pub fn probe(dtb: usize) -> Option<Self> {
+        if dtb == 0 || !dtb.is_multiple_of(8) {
+            return None;
+        }
+        // SAFETY: QEMU's boot protocol passes the address of a valid flattened device tree in
+        // x0; it stays in place and unmodified while EL2 runs. `from_ptr` reads the header to
+        // learn the size before it reads anything else.
+        let fdt: Fdt<'static> = unsafe { Fdt::from_ptr(dtb as *const u8) }.ok()?;
+
+        let uart = fdt
+            .chosen()
+            .stdout()
+            .filter(|n| {
+                n.compatible()
+                    .is_some_and(|c| c.all().any(|s| s == "arm,pl011"))
+            })
+            .or_else(|| fdt.find_compatible(&["arm,pl011"]))?;
+        let uart_base = uart.reg()?.next()?.starting_address as usize;
+
+        let mut memory = [MemoryRegion::default(); MAX_MEMORY_REGIONS];
+        let mut nr_memory = 0;
+        for node in fdt
+            .all_nodes()
+            .filter(|n| n.name.split('@').next() == Some("memory"))
+        {
+            let is_memory = node
+                .property("device_type")
+                .and_then(|p| p.as_str())
+                .is_some_and(|s| s == "memory");
+            if !is_memory {
+                continue;
+            }
+            for r in node.reg().into_iter().flatten() {
+                let size = r.size.unwrap_or(0) as u64;
+                if size != 0 && nr_memory < MAX_MEMORY_REGIONS {
+                    memory[nr_memory] = MemoryRegion {
+                        base: r.starting_address as u64,
+                        size,
+                    };
+                    nr_memory += 1;
+                }
+            }
+        }
+
+        let psci_conduit_is_smc = fdt
+            .find_node("/psci")
+            .and_then(|n| n.property("method"))
+            .and_then(|p| p.as_str())
+            .is_some_and(|m| m == "smc");
+
+        Some(Platform {
+            dtb: (dtb as u64, fdt.total_size() as u64),
+            model: fdt.root().model(),
+            uart_base,
+            cpus: fdt.cpus().count(),
+            memory,
+            nr_memory,
+            psci_conduit_is_smc,
+        })
+    }
+
+    /// The RAM regions.
+    pub fn memory(&self) -> &[MemoryRegion] {
+        &self.memory[..self.nr_memory]
+    }
+
+    /// The RAM region that wholly contains `[base, base + size)`, if any.
+    pub fn memory_containing(&self, base: u64, size: u64) -> Option<MemoryRegion> {
+        let end = base.checked_add(size)?;
+        self.memory()
+            .iter()
+            .copied()
+            .find(|r| base >= r.base && end <= r.base + r.size)
+    }
+
+    /// Whether `[base, base + size)` overlaps the DTB.
+    pub fn dtb_overlaps(&self, base: u64, size: u64) -> bool {
+        let (dtb, dtb_size) = self.dtb;
+        base < dtb + dtb_size && dtb < base.saturating_add(size)
+    }
+
+    /// Prints what EL2 found.
+    pub fn print_banner(&self) {
+        println!("  machine: {}", self.model);
+        println!("  DTB:     {:#x} ({} bytes)", self.dtb.0, self.dtb.1);
+        println!("  console: PL011 at {:#x}", self.uart_base);
+        println!("  CPUs:    {}", self.cpus);
+        for r in self.memory() {
+            println!(
+                "  memory:  {:#x}..{:#x} ({} MiB)",
+                r.base,
+                r.base + r.size,
+                r.size >> 20
+            );
+        }
+    }
+}

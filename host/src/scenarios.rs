@@ -1,0 +1,151 @@
+//! The scenario registry: what the host does once it is up, selected by `pkvm.scenario=NAME`.
+//! Later issues add scenarios (share/unshare self-tests over HVC, guests, benchmarks) here.
+
+use crate::checks::Checks;
+use crate::hvc::{hvc, preserved_after_hvc};
+use crate::{boot, pmu, psci};
+use pkvm_abi::{
+    ABI_VERSION, HVC_BASE, HostHcall, SMCCC_NOT_SUPPORTED, features, hvc_fid, psci as ids,
+};
+
+/// One scenario.
+#[derive(Debug)]
+pub struct Scenario {
+    /// Name used on the command line.
+    pub name: &'static str,
+    /// One-line description.
+    pub about: &'static str,
+    /// Runs the scenario, recording its checks.
+    pub run: fn(&mut Checks),
+}
+
+/// The scenario run when the command line names none.
+pub const DEFAULT: &str = "boot";
+
+/// Every scenario.
+pub const SCENARIOS: &[Scenario] = &[
+    Scenario {
+        name: "boot",
+        about: "hypercall ABI smoke test: VERSION, unknown and boot-only ids, SMCCC register \
+                preservation, PSCI relay",
+        run: boot_checks,
+    },
+    Scenario {
+        name: "bench",
+        about: "EL2 instructions per hypercall from the PMU cycle counter (meaningful under \
+                -icount shift=0 only)",
+        run: bench,
+    },
+];
+
+/// Looks a scenario up by name.
+pub fn find(name: &str) -> Option<&'static Scenario> {
+    SCENARIOS.iter().find(|s| s.name == name)
+}
+
+/// An id in the vendor-hypervisor range that is not assigned.
+const UNKNOWN_FID: u64 = HVC_BASE | 0x7fff;
+/// Pattern `preserved_after_hvc` loads into `xn`.
+const fn pattern(n: usize) -> u64 {
+    0x5a5a_0000 + n as u64
+}
+
+fn boot_checks(c: &mut Checks) {
+    c.eq("host runs at EL1", boot::current_el(), 1);
+
+    let [x0, x1, x2, x3] = hvc(hvc_fid(HostHcall::Version), [0; 6]);
+    c.eq("VERSION: x0 = SMCCC_SUCCESS", x0, 0);
+    c.eq("VERSION: x1 = 0", x1, 0);
+    c.eq("VERSION: x2 = ABI_VERSION", x2, ABI_VERSION);
+    let known =
+        features::RANGES | features::EL2_REFCOUNT | features::DEBUG_HCALLS | features::GUESTS;
+    c.check(
+        "VERSION: x3 has only known feature bits",
+        x3 & !known == 0,
+        format_args!("x3 = {x3:#x}"),
+    );
+
+    let [x0, ..] = hvc(UNKNOWN_FID, [1, 2, 3, 4, 5, 6]);
+    c.eq(
+        "unknown id HVC_BASE|0x7fff: NOT_SUPPORTED",
+        x0,
+        SMCCC_NOT_SUPPORTED,
+    );
+    let [x0, ..] = hvc(hvc_fid(HostHcall::Finalize), [0; 6]);
+    c.eq(
+        "FINALIZE after boot: NOT_SUPPORTED",
+        x0,
+        SMCCC_NOT_SUPPORTED,
+    );
+
+    // SMCCC 1.1: results only in x0-x3; everything else comes back as it went in.
+    for (name, fid, first) in [
+        ("VERSION preserves x4-x30", hvc_fid(HostHcall::Version), 4),
+        ("unknown id preserves x1-x30", UNKNOWN_FID, 1),
+    ] {
+        let regs = preserved_after_hvc(fid);
+        let bad = (first..=30).find(|&n| regs[n - 1] != pattern(n));
+        match bad {
+            None => c.check(name, true, format_args!("x{first}-x30 unchanged")),
+            Some(n) => c.check(
+                name,
+                false,
+                format_args!("x{n} = {:#x}, want {:#x}", regs[n - 1], pattern(n)),
+            ),
+        };
+    }
+
+    // PSCI goes through EL2: the host's SMC traps (HCR_EL2.TSC) and EL2 relays it.
+    let [v, ..] = psci::call(ids::VERSION, [0; 3]);
+    c.check(
+        "PSCI_VERSION relayed by EL2",
+        v as u32 as i32 >= 0,
+        format_args!(
+            "PSCI {}.{} via {}",
+            (v >> 16) & 0x7fff,
+            v & 0xffff,
+            psci::conduit().name()
+        ),
+    );
+    let [f, ..] = psci::call(ids::FEATURES, [u64::from(ids::SYSTEM_OFF), 0, 0]);
+    c.eq(
+        "PSCI_FEATURES(SYSTEM_OFF) relayed: supported",
+        f as u32 as u64,
+        0,
+    );
+    let [m, ..] = psci::call(ids::MIGRATE_INFO_TYPE, [0; 3]);
+    c.eq(
+        "PSCI call EL2 does not relay yet (MIGRATE_INFO_TYPE): NOT_SUPPORTED",
+        m as u32 as i32 as i64 as u64,
+        ids::NOT_SUPPORTED as i64 as u64,
+    );
+}
+
+fn bench(c: &mut Checks) {
+    if !c.check(
+        "PMUv3 present",
+        pmu::available(),
+        format_args!("ID_AA64DFR0_EL1.PMUVer"),
+    ) {
+        return;
+    }
+    pmu::start_el2_cycle_counter();
+    println!(
+        "bench: EL2 instructions per call (PMCCNTR_EL0 counting EL2 only; exact under -icount)"
+    );
+    for (name, fid) in [
+        ("hvc_version", hvc_fid(HostHcall::Version)),
+        ("hvc_unknown", UNKNOWN_FID),
+    ] {
+        let mut samples = [0u64; 5];
+        for s in &mut samples {
+            let before = pmu::read();
+            core::hint::black_box(hvc(fid, [0; 6]));
+            *s = pmu::read().wrapping_sub(before);
+        }
+        let min = samples.iter().copied().min().unwrap_or(0);
+        let stable = samples.iter().all(|&s| s == samples[0]);
+        println!("PKVM-BENCH {name} {min} samples={samples:?} stable={stable}");
+        c.check(name, min > 0, format_args!("{min} EL2 instructions"));
+    }
+}

@@ -1,0 +1,235 @@
+//! `cargo xtask test`: the whole check, as CI runs it.
+//!
+//! 1. `cargo fmt --all --check`
+//! 2. `cargo clippy --workspace --all-targets -- -D warnings` (development machine)
+//! 3. clippy `-D warnings` for the bare-metal crates on their own targets
+//! 4. `cargo test --workspace`
+//! 5. QEMU system tests: the default run on `max` and on `cortex-a72` must pass, a run with no
+//!    host image must be refused by EL2, a `--hang --timeout 5` run must fail by timing out,
+//!    and the `bench` scenario must run under `-icount`.
+//!
+//! Every step runs even if an earlier one failed; the summary lists them all and ends with the
+//! system tests' `N passed, M failed` line. The exit status is non-zero if anything failed.
+
+use crate::qemu::{self, Outcome, RunOptions};
+use crate::{BARE_TARGET, EL2_TARGET, Error, build_image_set, cargo, failed, prereq, run_cmd};
+use std::time::{Duration, Instant};
+
+struct Step {
+    name: String,
+    ok: bool,
+    took: Duration,
+    note: String,
+}
+
+fn timed(name: &str, f: impl FnOnce() -> Result<String, Error>) -> Step {
+    println!("\n==> {name}");
+    let start = Instant::now();
+    let r = f();
+    let took = start.elapsed();
+    let (ok, note) = match r {
+        Ok(note) => (true, note),
+        Err(Error::Failed(m) | Error::Usage(m)) => (false, m),
+    };
+    Step {
+        name: name.to_string(),
+        ok,
+        took,
+        note,
+    }
+}
+
+fn cargo_step(args: &[&str]) -> Result<String, Error> {
+    run_cmd(cargo().args(args)).map(|()| String::new())
+}
+
+/// A system test: run QEMU with `opts` and judge the outcome.
+struct SystemTest {
+    name: &'static str,
+    opts: RunOptions,
+    expect: fn(&Outcome) -> bool,
+    want: &'static str,
+}
+
+fn system_tests() -> Vec<SystemTest> {
+    let base = RunOptions {
+        timeout: Duration::from_secs(60),
+        ..RunOptions::default()
+    };
+    vec![
+        SystemTest {
+            name: "boot scenario on -cpu max",
+            opts: base.clone(),
+            expect: Outcome::passed,
+            want: "PKVM-RESULT pass",
+        },
+        SystemTest {
+            name: "boot scenario on -cpu cortex-a72, 2 CPUs",
+            opts: RunOptions {
+                cpu: "cortex-a72".into(),
+                smp: 2,
+                ..base.clone()
+            },
+            expect: Outcome::passed,
+            want: "PKVM-RESULT pass",
+        },
+        SystemTest {
+            name: "bench scenario under -icount",
+            opts: RunOptions {
+                icount: true,
+                scenario: "bench".into(),
+                ..base.clone()
+            },
+            expect: Outcome::passed,
+            want: "PKVM-RESULT pass",
+        },
+        SystemTest {
+            name: "EL2 refuses to boot without a host image",
+            opts: RunOptions {
+                no_host: true,
+                ..base.clone()
+            },
+            expect: |o| matches!(o, Outcome::Fail(r) if r.contains("no host image")),
+            want: "PKVM-RESULT fail el2: no host image ...",
+        },
+        SystemTest {
+            name: "--hang --timeout 5 fails by timing out",
+            opts: RunOptions {
+                hang: true,
+                timeout: Duration::from_secs(5),
+                ..base
+            },
+            expect: |o| *o == Outcome::TimedOut,
+            want: "a timeout (QEMU killed)",
+        },
+    ]
+}
+
+/// Runs everything; see the module documentation.
+pub fn cmd_test() -> Result<(), Error> {
+    let mut steps = Vec::new();
+    steps.push(timed(
+        "prerequisites (Rust targets and components, QEMU)",
+        || {
+            prereq::ensure_targets()?;
+            prereq::ensure_components()?;
+            prereq::ensure_qemu()?;
+            Ok(String::new())
+        },
+    ));
+    steps.push(timed("cargo fmt --all --check", || {
+        cargo_step(&["fmt", "--all", "--check"])
+    }));
+    steps.push(timed(
+        "clippy: workspace, all targets (development machine)",
+        || {
+            cargo_step(&[
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ])
+        },
+    ));
+    steps.push(timed(&format!("clippy: el2 on {EL2_TARGET}"), || {
+        cargo_step(&[
+            "clippy", "-p", "pkvm-el2", "--bins", "--target", EL2_TARGET, "--", "-D", "warnings",
+        ])
+    }));
+    steps.push(timed(
+        &format!("clippy: host, guest on {BARE_TARGET}"),
+        || {
+            cargo_step(&[
+                "clippy",
+                "-p",
+                "pkvm-host",
+                "-p",
+                "pkvm-guest",
+                "--bins",
+                "--target",
+                BARE_TARGET,
+                "--",
+                "-D",
+                "warnings",
+            ])
+        },
+    ));
+    steps.push(timed(
+        &format!("clippy: abi, pgtable, hyp, spec (lib) on {BARE_TARGET}"),
+        || {
+            cargo_step(&[
+                "clippy",
+                "-p",
+                "pkvm-abi",
+                "-p",
+                "pkvm-pgtable",
+                "-p",
+                "pkvm-hyp",
+                "-p",
+                "pkvm-spec",
+                "--lib",
+                "--target",
+                BARE_TARGET,
+                "--",
+                "-D",
+                "warnings",
+            ])
+        },
+    ));
+    steps.push(timed("cargo test --workspace", || {
+        cargo_step(&["test", "--workspace"])
+    }));
+
+    let mut images = None;
+    steps.push(timed("build the EL2 and host images (release)", || {
+        images = Some(build_image_set()?);
+        Ok(String::new())
+    }));
+
+    let mut sys = Vec::new();
+    for t in system_tests() {
+        sys.push(timed(&format!("system test: {}", t.name), || {
+            let Some(images) = &images else {
+                return failed("images did not build");
+            };
+            let (outcome, ran) = qemu::run(images, &t.opts);
+            let got = outcome.describe(t.opts.timeout);
+            if (t.expect)(&outcome) {
+                Ok(format!("{got} ({:.1} s in QEMU)", ran.as_secs_f64()))
+            } else {
+                failed(format!("{got}; wanted {}", t.want))
+            }
+        }));
+    }
+
+    println!("\n==> summary");
+    for s in steps.iter().chain(&sys) {
+        let mark = if s.ok { "ok  " } else { "FAIL" };
+        let note = if s.note.is_empty() {
+            String::new()
+        } else {
+            format!(" — {}", s.note)
+        };
+        println!(
+            "  {mark} {:<60} {:>6.1} s{note}",
+            s.name,
+            s.took.as_secs_f64()
+        );
+    }
+    let other_failed = steps.iter().filter(|s| !s.ok).count();
+    let sys_passed = sys.iter().filter(|s| s.ok).count();
+    let sys_failed = sys.len() - sys_passed;
+    let qemu_time: Duration = sys.iter().map(|s| s.took).sum();
+    if other_failed > 0 {
+        println!("{other_failed} non-QEMU step(s) FAILED (see above)");
+    }
+    println!("system tests ({:.1} s):", qemu_time.as_secs_f64());
+    println!("{sys_passed} passed, {sys_failed} failed");
+    if other_failed + sys_failed > 0 {
+        Err(Error::Failed("test failed".into()))
+    } else {
+        Ok(())
+    }
+}
