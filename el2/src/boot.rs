@@ -7,7 +7,7 @@
 //! * `el2_vectors` is the full 16-entry table. The lower-EL AArch64 synchronous entry is the
 //!   host's trap path: it saves the caller-saved registers into a [`HostContext`] frame
 //!   (layout in [`crate::context`]), calls [`crate::trap::handle_host_trap`] and `eret`s —
-//!   24 instructions around the handler, no branch. Every other entry saves all of `x0`–`x30`
+//!   25 instructions around the handler, no branch. Every other entry saves all of `x0`–`x30`
 //!   and reports the exception through [`crate::trap::unexpected_exception`], which panics.
 //! * [`enter_host`] drops to the host at EL1.
 
