@@ -153,7 +153,11 @@ fn benches(c: &mut Criterion) {
     let memset = MemsetRam::new(BASE, len);
     let atomic = AtomicRam::new(BASE, len);
     let nozero = NoZeroRam(MemsetRam::new(BASE, len));
+    c.bench_function("baseline/zero_4k/memset", |b| {
+        b.iter(|| memset.zero(black_box(BASE), PAGE_SIZE))
+    });
     pair(c, "order0/steady/memset", &memset, 0, true);
+    pair(c, "order0/steady/nozero", &nozero, 0, true);
     pair(c, "order0/cascade/memset", &memset, 0, false);
     pair(c, "order0/steady/atomic", &atomic, 0, true);
     pair(c, "order0/cascade/nozero", &nozero, 0, false);

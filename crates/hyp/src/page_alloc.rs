@@ -255,7 +255,7 @@ impl<'a, M: PhysMem> HypPool<'a, M> {
         }
         page.set_order(order);
         page.set_refcount(1);
-        self.nr_free -= 1 << order;
+        self.nr_free = self.nr_free.saturating_sub(1 << order);
         Ok(pa)
     }
 
@@ -311,23 +311,27 @@ impl<'a, M: PhysMem> HypPool<'a, M> {
         let pa = pa & !(PAGE_SIZE - 1);
         let page = self.entry(pa).ok_or(Error::Inval)?;
         let order = page.order();
-        if order >= self.max_order {
+        // The block must be a plausible one (its order field is shared memory): aligned and
+        // inside the pool, so that freeing it can never zero memory the pool does not own.
+        if order >= self.max_order
+            || !pa.is_multiple_of(PAGE_SIZE << order)
+            || (PAGE_SIZE << order) > self.end - pa
+        {
             return Err(Error::Fault);
         }
         let count = page.dec_refcount()?;
         if count == 0 {
-            self.attach(pa, order)?;
+            self.attach(pa, page, order)?;
         }
         Ok(count)
     }
 
     /// Frees the block `[pa, pa + 2^order pages)` whose head's refcount just dropped to 0.
     #[inline]
-    fn attach(&mut self, mut pa: u64, mut order: u8) -> Result<(), Error> {
+    fn attach(&mut self, mut pa: u64, page: &'a HypPage, mut order: u8) -> Result<(), Error> {
         self.mem.zero(pa, PAGE_SIZE << order);
         self.nr_free += 1 << order;
-        let head = self.entry(pa).ok_or(Error::Fault)?;
-        head.set_order(NO_ORDER);
+        let mut head = page;
         let mut result = Ok(());
         while order + 1 < self.max_order {
             let buddy = pa ^ (PAGE_SIZE << order);
@@ -339,11 +343,15 @@ impl<'a, M: PhysMem> HypPool<'a, M> {
                 result = Err(e);
                 break;
             }
-            bp.set_order(NO_ORDER);
-            pa = pa.min(buddy);
+            if buddy < pa {
+                head.set_order(NO_ORDER);
+                (pa, head) = (buddy, bp);
+            } else {
+                bp.set_order(NO_ORDER);
+            }
             order += 1;
         }
-        self.entry(pa).ok_or(Error::Fault)?.set_order(order);
+        head.set_order(order);
         self.push(pa, order);
         result
     }

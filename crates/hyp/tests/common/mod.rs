@@ -1,7 +1,7 @@
 //! Test support: simulated RAM, map/vmemmap builders and a buddy-pool invariant checker.
 #![allow(dead_code)]
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use pkvm_abi::PAGE_SIZE;
@@ -64,7 +64,14 @@ impl SimRam {
 
     /// Whether every word of `[pa, pa + len)` from byte `skip` on is zero.
     pub fn range_zero(&self, pa: u64, len: u64, skip: u64) -> bool {
-        (skip / 8..len / 8).all(|w| self.read_u64(pa + w * 8) == 0)
+        if len <= skip {
+            return true;
+        }
+        let first = self.idx(pa + skip);
+        let last = self.idx(pa + len - 8);
+        self.words[first..=last]
+            .iter()
+            .all(|w| w.load(Relaxed) == 0)
     }
 }
 
@@ -183,8 +190,9 @@ pub fn check_pool(
     let (start, end) = pool.range();
     let nr = pool.nr_pages();
     let max_order = pool.max_order();
-    let mut covered: BTreeMap<u64, u64> = BTreeMap::new(); // page pa -> head pa
-    let mut heads: BTreeSet<u64> = BTreeSet::new();
+    // Per page of the pool: the head of the free block covering it, or NIL.
+    let mut covered = vec![NIL; nr as usize];
+    let mut is_head = vec![false; nr as usize];
     let mut free = 0u64;
     for o in 0..pkvm_hyp::page_alloc::MAX_ORDER {
         let head = pool.free_list_head(o);
@@ -226,9 +234,13 @@ pub fn check_pool(
             }
             for i in 0..(1u64 << o) {
                 let pa = cur + i * PAGE_SIZE;
-                if let Some(h) = covered.insert(pa, cur) {
-                    return Err(format!("page {pa:#x} in free blocks {h:#x} and {cur:#x}"));
+                let slot = &mut covered[((pa - start) / PAGE_SIZE) as usize];
+                if *slot != NIL {
+                    return Err(format!(
+                        "page {pa:#x} in free blocks {slot:#x} and {cur:#x}"
+                    ));
                 }
+                *slot = cur;
                 if i > 0 {
                     let tp = vm.page(pa).unwrap();
                     if tp.order() != NO_ORDER || tp.refcount() != 0 {
@@ -255,7 +267,7 @@ pub fn check_pool(
                     }
                 }
             }
-            heads.insert(cur);
+            is_head[((cur - start) / PAGE_SIZE) as usize] = true;
             free += 1 << o;
             prev = cur;
             cur = next;
@@ -279,7 +291,7 @@ pub fn check_pool(
             return Err(format!(
                 "page {pa:#x}: order {ord} >= max_order {max_order}"
             ));
-        } else if rc == 0 && !heads.contains(&pa) {
+        } else if rc == 0 && !is_head[i as usize] {
             return Err(format!(
                 "page {pa:#x}: free head (order {ord}) not on a list"
             ));
