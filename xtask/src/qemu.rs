@@ -1,8 +1,9 @@
 //! Running the images in QEMU with a wall-clock timeout and recognising the result line.
 //!
-//! The host (or EL2, when it refuses to boot) prints exactly one machine-readable line,
+//! The host (or EL2, when it refuses to boot or panics) prints one machine-readable line,
 //! `PKVM-RESULT pass` or `PKVM-RESULT fail <reason>`, then powers the machine off with PSCI
-//! SYSTEM_OFF, which makes QEMU exit. The runner streams the console to stdout while it looks
+//! SYSTEM_OFF, which makes QEMU exit. The first result line decides, except that a failure
+//! printed after a pass (before QEMU exits) turns the run into a failure. The runner streams the console to stdout while it looks
 //! for that line; it kills QEMU when the timeout expires, or a short grace period after the
 //! result line if QEMU does not exit by itself. A hung image never hangs xtask.
 
@@ -194,11 +195,10 @@ enum Event {
     Eof,
 }
 
-/// Streams QEMU's console to stdout, sending the first result line and end of file.
+/// Streams QEMU's console to stdout, sending every result line and end of file.
 fn console_reader(mut out: impl Read, tx: mpsc::Sender<Event>) {
     let mut buf = [0u8; 4096];
     let mut line = Vec::new();
-    let mut seen = false;
     let stdout = io::stdout();
     loop {
         let n = match out.read(&mut buf) {
@@ -215,14 +215,13 @@ fn console_reader(mut out: impl Read, tx: mpsc::Sender<Event>) {
                 line.push(b);
                 continue;
             }
-            if !seen && let Some(r) = parse_result_line(&String::from_utf8_lossy(&line)) {
-                seen = true;
+            if let Some(r) = parse_result_line(&String::from_utf8_lossy(&line)) {
                 let _ = tx.send(Event::Result(r));
             }
             line.clear();
         }
     }
-    if !seen && let Some(r) = parse_result_line(&String::from_utf8_lossy(&line)) {
+    if let Some(r) = parse_result_line(&String::from_utf8_lossy(&line)) {
         let _ = tx.send(Event::Result(r));
     }
     let _ = tx.send(Event::Eof);
@@ -293,9 +292,15 @@ pub fn run(images: &Images, opts: &RunOptions) -> (Outcome, Duration) {
         let left = until.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left) {
             Ok(Event::Result(r)) => {
-                if result.is_none() {
-                    result = Some(r);
-                    grace_end = Some(Instant::now() + GRACE);
+                // The first result line counts, except that a later failure (say, EL2 panicking
+                // while it powers off) overrides a pass.
+                match result {
+                    None => {
+                        result = Some(r);
+                        grace_end = Some(Instant::now() + GRACE);
+                    }
+                    Some(Outcome::Pass) if r != Outcome::Pass => result = Some(r),
+                    Some(_) => {}
                 }
             }
             Ok(Event::Eof) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
