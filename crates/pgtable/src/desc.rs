@@ -1,0 +1,576 @@
+//! VMSAv8-64 descriptor layout for the 4 KiB granule, and the portable [`Prot`] with its
+//! per-format encoders and decoders.
+//!
+//! Field positions follow the Arm ARM (DDI 0487, "VMSAv8-64 translation table format
+//! descriptors"):
+//!
+//! | bits    | table (L0–L2)     | block (L1–L2) / page (L3), stage-1 EL2 | stage-2            |
+//! |---------|-------------------|----------------------------------------|--------------------|
+//! | 0       | valid             | valid                                  | valid              |
+//! | 1       | 1 = table         | 0 = block (L1–L2), 1 = page (L3)       | same               |
+//! | 4:2     |                   | AttrIndx (MAIR_EL2 index)              | MemAttr\[3:0\] (5:2) |
+//! | 7:6     |                   | AP\[2:1\]: bit 7 = read-only, bit 6 RES1 | S2AP: 6 = R, 7 = W |
+//! | 9:8     |                   | SH (3 = inner shareable)               | SH                 |
+//! | 10      |                   | AF                                     | AF                 |
+//! | 47:12   | next-level table  | output address                         | output address     |
+//! | 54      |                   | XN                                     | XN                 |
+//! | 58:55   |                   | software bits (ignored by hardware)    | same               |
+//!
+//! An invalid entry (bit 0 clear) of a stage-2 table may carry an *owner annotation*: the owner
+//! id in bits \[9:2\]; owner 0 is the all-zero entry.
+
+use crate::{Error, Format};
+
+/// log2 of the granule (and page) size.
+pub const PAGE_SHIFT: u32 = 12;
+/// Page (granule) size: 4 KiB.
+pub const PAGE_SIZE: u64 = 1 << PAGE_SHIFT;
+/// Entries in a table page.
+pub const PTES_PER_TABLE: u64 = 512;
+/// Level of page (last-level) descriptors.
+pub const LEAF_LEVEL: u8 = 3;
+/// Output (physical) address size supported by the descriptors built here.
+pub const PA_BITS: u32 = 48;
+
+/// Descriptor bit 0: valid.
+pub const PTE_VALID: u64 = 1 << 0;
+/// Descriptor bit 1: table (at L0–L2) or page (at L3); clear for a block.
+pub const PTE_TYPE: u64 = 1 << 1;
+/// Output address / next-level table address, bits \[47:12\].
+pub const PTE_OA_MASK: u64 = 0x0000_ffff_ffff_f000;
+/// Access flag (bit 10). Always set: hardware AF management is not used.
+pub const PTE_AF: u64 = 1 << 10;
+/// Shareability field, bits \[9:8\].
+pub const PTE_SH_MASK: u64 = 3 << 8;
+/// Inner shareable (SH = 0b11).
+pub const PTE_SH_INNER: u64 = 3 << 8;
+/// Execute-never (bit 54; for the EL2 stage-1 this is XN, for stage-2 XN\[1\] without FEAT_XNX).
+pub const PTE_XN: u64 = 1 << 54;
+/// Software bits \[58:55\], ignored by hardware.
+pub const PTE_SW_MASK: u64 = 0xf << 55;
+
+/// Stage-1: AttrIndx field, bits \[4:2\].
+pub const S1_ATTRINDX_SHIFT: u32 = 2;
+/// Stage-1: mask of AttrIndx.
+pub const S1_ATTRINDX_MASK: u64 = 7 << S1_ATTRINDX_SHIFT;
+/// Stage-1: AP\[1\] (bit 6). In the EL2 (single privilege level) regime this bit is RES1, so
+/// every EL2 leaf has it set: "RW" is AP\[2:1\] = 0b01 and "RO" is 0b11.
+pub const S1_AP_RES1: u64 = 1 << 6;
+/// Stage-1: AP\[2\] (bit 7), read-only.
+pub const S1_AP_RO: u64 = 1 << 7;
+
+/// MAIR_EL2 index used for normal memory (write-back cacheable).
+pub const MAIR_IDX_NORMAL: u8 = 0;
+/// MAIR_EL2 index used for device memory (Device-nGnRE).
+pub const MAIR_IDX_DEVICE_NGNRE: u8 = 1;
+/// MAIR attribute byte for normal memory: inner and outer write-back, read/write-allocate,
+/// non-transient (0xff).
+pub const MAIR_ATTR_NORMAL_WB: u8 = 0xff;
+/// MAIR attribute byte for Device-nGnRE (0x04).
+pub const MAIR_ATTR_DEVICE_NGNRE: u8 = 0x04;
+/// The value the EL2 image must program into `MAIR_EL2` for the stage-1 descriptors built by
+/// this crate: attribute [`MAIR_IDX_NORMAL`] = [`MAIR_ATTR_NORMAL_WB`], attribute
+/// [`MAIR_IDX_DEVICE_NGNRE`] = [`MAIR_ATTR_DEVICE_NGNRE`], the others 0 (Device-nGnRnE, unused).
+pub const MAIR_EL2_VALUE: u64 = ((MAIR_ATTR_NORMAL_WB as u64) << (8 * MAIR_IDX_NORMAL as u32))
+    | ((MAIR_ATTR_DEVICE_NGNRE as u64) << (8 * MAIR_IDX_DEVICE_NGNRE as u32));
+
+/// Stage-2: MemAttr field, bits \[5:2\] (without FEAT_S2FWB).
+pub const S2_MEMATTR_SHIFT: u32 = 2;
+/// Stage-2: mask of MemAttr.
+pub const S2_MEMATTR_MASK: u64 = 0xf << S2_MEMATTR_SHIFT;
+/// Stage-2 MemAttr for normal memory, outer and inner write-back (0b1111).
+pub const S2_MEMATTR_NORMAL_WB: u64 = 0b1111;
+/// Stage-2 MemAttr for Device-nGnRE (0b0001).
+pub const S2_MEMATTR_DEVICE_NGNRE: u64 = 0b0001;
+/// Stage-2: S2AP\[0\] (bit 6), read allowed.
+pub const S2AP_R: u64 = 1 << 6;
+/// Stage-2: S2AP\[1\] (bit 7), write allowed.
+pub const S2AP_W: u64 = 1 << 7;
+
+/// Owner annotation of an invalid stage-2 entry: bits \[9:2\].
+pub const PTE_OWNER_SHIFT: u32 = 2;
+/// Mask of the owner annotation.
+pub const PTE_OWNER_MASK: u64 = 0xff << PTE_OWNER_SHIFT;
+/// Largest owner id an annotation can hold.
+pub const MAX_OWNER_ID: u32 = 0xff;
+
+/// Bits of a leaf descriptor that are attributes (neither valid/type nor output address).
+pub const PTE_LEAF_ATTR_MASK: u64 = !(PTE_OA_MASK | PTE_VALID | PTE_TYPE);
+
+/// Shift of the input-address bits that index a table at `level` (L0 39, L1 30, L2 21, L3 12).
+#[inline]
+#[must_use]
+pub const fn level_shift(level: u8) -> u32 {
+    PAGE_SHIFT + 9 * (LEAF_LEVEL - level) as u32
+}
+
+/// Size of the input range one entry at `level` maps: L0 512 GiB, L1 1 GiB, L2 2 MiB, L3 4 KiB.
+#[inline]
+#[must_use]
+pub const fn granule(level: u8) -> u64 {
+    1 << level_shift(level)
+}
+
+/// Index of `addr` in a table at `level`.
+#[inline]
+#[must_use]
+pub const fn table_index(addr: u64, level: u8) -> u64 {
+    (addr >> level_shift(level)) & (PTES_PER_TABLE - 1)
+}
+
+/// Whether `pte` is valid.
+#[inline]
+#[must_use]
+pub const fn is_valid(pte: u64) -> bool {
+    pte & PTE_VALID != 0
+}
+
+/// Whether `pte`, found at `level`, points to a next-level table.
+#[inline]
+#[must_use]
+pub const fn is_table(pte: u64, level: u8) -> bool {
+    level < LEAF_LEVEL && pte & (PTE_VALID | PTE_TYPE) == PTE_VALID | PTE_TYPE
+}
+
+/// Whether `pte`, found at `level`, is a valid block or page (a valid leaf).
+#[inline]
+#[must_use]
+pub const fn is_valid_leaf(pte: u64, level: u8) -> bool {
+    is_valid(pte) && !is_table(pte, level)
+}
+
+/// Output address (or next-level table address) of `pte`.
+#[inline]
+#[must_use]
+pub const fn output_address(pte: u64) -> u64 {
+    pte & PTE_OA_MASK
+}
+
+/// Table descriptor pointing to the table page at `table_pa`.
+#[inline]
+#[must_use]
+pub const fn table_pte(table_pa: u64) -> u64 {
+    (table_pa & PTE_OA_MASK) | PTE_VALID | PTE_TYPE
+}
+
+/// The invalid stage-2 entry annotating "owned by `owner`" (owner 0 is the zero entry).
+///
+/// Only the low 8 bits of `owner` fit; callers check [`MAX_OWNER_ID`].
+#[inline]
+#[must_use]
+pub const fn owner_pte(owner: u8) -> u64 {
+    (owner as u64) << PTE_OWNER_SHIFT
+}
+
+/// The owner id an invalid stage-2 entry carries (0 for the zero entry), or `None` for a valid
+/// entry.
+#[inline]
+#[must_use]
+pub const fn pte_owner(pte: u64) -> Option<u8> {
+    if is_valid(pte) {
+        None
+    } else {
+        Some(((pte & PTE_OWNER_MASK) >> PTE_OWNER_SHIFT) as u8)
+    }
+}
+
+bitflags::bitflags! {
+    /// Portable permissions and attributes of a mapping.
+    ///
+    /// `R`, `W`, `X` are the access permissions, `DEVICE` selects Device-nGnRE instead of normal
+    /// write-back memory, and `SW0..=SW3` are the descriptor's software bits (they *are* PTE bits
+    /// 55..=58, so they pass through the encoders unchanged).
+    ///
+    /// Valid combinations: any, except `X | DEVICE` (both formats), and for the EL2 stage-1 `R`
+    /// is required and `W | X` is refused (W^X). Anything else gives [`Error::InvalidProt`].
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+    pub struct Prot: u64 {
+        /// Executable.
+        const X = 1 << 0;
+        /// Writable.
+        const W = 1 << 1;
+        /// Readable.
+        const R = 1 << 2;
+        /// Device-nGnRE memory (otherwise normal write-back memory).
+        const DEVICE = 1 << 3;
+        /// Software bit 0 (PTE bit 55).
+        const SW0 = 1 << 55;
+        /// Software bit 1 (PTE bit 56).
+        const SW1 = 1 << 56;
+        /// Software bit 2 (PTE bit 57).
+        const SW2 = 1 << 57;
+        /// Software bit 3 (PTE bit 58).
+        const SW3 = 1 << 58;
+    }
+}
+
+impl Prot {
+    /// Read/write.
+    pub const RW: Prot = Prot::R.union(Prot::W);
+    /// Read/execute.
+    pub const RX: Prot = Prot::R.union(Prot::X);
+    /// Read/write/execute (stage-2 only; W^X forbids it at EL2 stage-1).
+    pub const RWX: Prot = Prot::RW.union(Prot::X);
+    /// Mask of the software bits.
+    pub const SW_MASK: Prot = Prot::SW0.union(Prot::SW1).union(Prot::SW2).union(Prot::SW3);
+
+    /// Only the software bits of `self`.
+    #[inline]
+    #[must_use]
+    pub const fn sw(self) -> Prot {
+        self.intersection(Prot::SW_MASK)
+    }
+}
+
+impl Format {
+    /// Whether this is a stage-2 format.
+    #[inline]
+    #[must_use]
+    pub const fn is_stage2(self) -> bool {
+        matches!(self, Format::Stage2 { .. })
+    }
+
+    /// Checks that `prot` is a valid combination for this format.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidProt`] for unknown bits, `X | DEVICE`, and at EL2 stage-1 a missing `R`
+    /// or `W | X`.
+    #[inline]
+    pub const fn check_prot(self, prot: Prot) -> Result<(), Error> {
+        let p = prot.bits();
+        if p & !Prot::all().bits() != 0 {
+            return Err(Error::InvalidProt);
+        }
+        if prot.contains(Prot::X) && prot.contains(Prot::DEVICE) {
+            return Err(Error::InvalidProt);
+        }
+        if let Format::Stage1El2 = self
+            && (!prot.contains(Prot::R) || prot.contains(Prot::W.union(Prot::X)))
+        {
+            return Err(Error::InvalidProt);
+        }
+        Ok(())
+    }
+
+    /// Attribute bits of a leaf descriptor mapping with `prot` (no valid/type bits, no address).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidProt`] as for [`Format::check_prot`].
+    #[inline]
+    pub const fn leaf_attrs(self, prot: Prot) -> Result<u64, Error> {
+        if let Err(e) = self.check_prot(prot) {
+            return Err(e);
+        }
+        let sw = prot.bits() & PTE_SW_MASK;
+        let xn = if prot.contains(Prot::X) { 0 } else { PTE_XN };
+        let device = prot.contains(Prot::DEVICE);
+        let attrs = match self {
+            Format::Stage1El2 => {
+                let idx = if device {
+                    MAIR_IDX_DEVICE_NGNRE
+                } else {
+                    MAIR_IDX_NORMAL
+                } as u64;
+                let ro = if prot.contains(Prot::W) { 0 } else { S1_AP_RO };
+                (idx << S1_ATTRINDX_SHIFT) | S1_AP_RES1 | ro
+            }
+            Format::Stage2 { .. } => {
+                let memattr = if device {
+                    S2_MEMATTR_DEVICE_NGNRE
+                } else {
+                    S2_MEMATTR_NORMAL_WB
+                };
+                let r = if prot.contains(Prot::R) { S2AP_R } else { 0 };
+                let w = if prot.contains(Prot::W) { S2AP_W } else { 0 };
+                (memattr << S2_MEMATTR_SHIFT) | r | w
+            }
+        };
+        Ok(attrs | PTE_SH_INNER | PTE_AF | xn | sw)
+    }
+
+    /// A valid leaf descriptor at `level` (page at L3, block at L1/L2) mapping `pa` with `prot`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidProt`] as for [`Format::check_prot`]; [`Error::Misaligned`] if `pa` is not
+    /// aligned to the level's granule or `level` cannot hold a leaf (L0, or above L3);
+    /// [`Error::OutOfRange`] if `pa` does not fit in [`PA_BITS`] bits.
+    #[inline]
+    pub const fn leaf_pte(self, pa: u64, prot: Prot, level: u8) -> Result<u64, Error> {
+        if level == 0 || level > LEAF_LEVEL || pa & (granule(level) - 1) != 0 {
+            return Err(Error::Misaligned);
+        }
+        if pa >> PA_BITS != 0 {
+            return Err(Error::OutOfRange);
+        }
+        let attrs = match self.leaf_attrs(prot) {
+            Ok(a) => a,
+            Err(e) => return Err(e),
+        };
+        let ty = if level == LEAF_LEVEL { PTE_TYPE } else { 0 };
+        Ok(pa | attrs | PTE_VALID | ty)
+    }
+
+    /// The [`Prot`] a descriptor grants: R/W/X/DEVICE and the software bits for a valid leaf,
+    /// only the software bits for an invalid entry (as upstream's `*_pte_prot`).
+    ///
+    /// Stage-1: every valid EL2 leaf is readable; W unless AP\[2\]; DEVICE when AttrIndx is
+    /// [`MAIR_IDX_DEVICE_NGNRE`]. Stage-2: R and W from S2AP; DEVICE when MemAttr\[3:2\] = 0b00
+    /// (any Device type).
+    #[inline]
+    #[must_use]
+    pub const fn pte_prot(self, pte: u64) -> Prot {
+        let mut p = Prot::from_bits_retain(pte & PTE_SW_MASK);
+        if !is_valid(pte) {
+            return p;
+        }
+        if pte & PTE_XN == 0 {
+            p = p.union(Prot::X);
+        }
+        match self {
+            Format::Stage1El2 => {
+                p = p.union(Prot::R);
+                if pte & S1_AP_RO == 0 {
+                    p = p.union(Prot::W);
+                }
+                if (pte & S1_ATTRINDX_MASK) >> S1_ATTRINDX_SHIFT == MAIR_IDX_DEVICE_NGNRE as u64 {
+                    p = p.union(Prot::DEVICE);
+                }
+            }
+            Format::Stage2 { .. } => {
+                if pte & S2AP_R != 0 {
+                    p = p.union(Prot::R);
+                }
+                if pte & S2AP_W != 0 {
+                    p = p.union(Prot::W);
+                }
+                if (pte & S2_MEMATTR_MASK) >> S2_MEMATTR_SHIFT & 0b1100 == 0 {
+                    p = p.union(Prot::DEVICE);
+                }
+            }
+        }
+        p
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S1: Format = Format::Stage1El2;
+    const S2: Format = Format::Stage2 { vmid: 3 };
+
+    /// Builds a descriptor from named Arm ARM fields, independently of the encoder.
+    #[allow(clippy::too_many_arguments)]
+    fn fields(
+        pa: u64,
+        page: bool,
+        attr_lo_5_2: u64,
+        ap_or_s2ap: u64,
+        sh: u64,
+        af: bool,
+        xn: bool,
+        sw: u64,
+    ) -> u64 {
+        let mut d = 1 | (u64::from(page) << 1);
+        d |= attr_lo_5_2 << 2;
+        d |= ap_or_s2ap << 6;
+        d |= sh << 8;
+        d |= u64::from(af) << 10;
+        d |= pa;
+        d |= u64::from(xn) << 54;
+        d |= sw << 55;
+        d
+    }
+
+    #[test]
+    fn geometry() {
+        assert_eq!(granule(0), 512 << 30);
+        assert_eq!(granule(1), 1 << 30);
+        assert_eq!(granule(2), 2 << 20);
+        assert_eq!(granule(3), 4096);
+        assert_eq!(table_index(0x0000_8040_2010_0000 | 0x3000, 0), 0x100);
+        assert_eq!(table_index(0x0000_0000_4000_0000, 1), 1);
+        assert_eq!(table_index(0x0000_0000_0060_0000, 2), 3);
+        assert_eq!(table_index(0x0000_0000_0000_5fff, 3), 5);
+    }
+
+    #[test]
+    fn mair_value() {
+        // Attr0 = 0xff (normal WB), Attr1 = 0x04 (Device-nGnRE).
+        assert_eq!(MAIR_EL2_VALUE, 0x04ff);
+    }
+
+    #[test]
+    fn stage1_encodings() {
+        let pa = 0x4000_0000;
+        // RW normal page: AttrIndx 0, AP = 0b01, SH = 0b11, AF, XN.
+        let rw = S1.leaf_pte(pa, Prot::RW, 3).unwrap();
+        assert_eq!(rw, fields(pa, true, 0, 0b01, 0b11, true, true, 0));
+        assert_eq!(rw, 0x0040_0000_4000_0743);
+        // RO page: AP = 0b11.
+        let ro = S1.leaf_pte(pa, Prot::R, 3).unwrap();
+        assert_eq!(ro, fields(pa, true, 0, 0b11, 0b11, true, true, 0));
+        assert_eq!(ro, 0x0040_0000_4000_07c3);
+        // RX page: AP = 0b11, no XN.
+        let rx = S1.leaf_pte(pa, Prot::RX, 3).unwrap();
+        assert_eq!(rx, fields(pa, true, 0, 0b11, 0b11, true, false, 0));
+        assert_eq!(rx, 0x0000_0000_4000_07c3);
+        // RW device page: AttrIndx 1.
+        let dev = S1
+            .leaf_pte(0x0900_0000, Prot::RW | Prot::DEVICE, 3)
+            .unwrap();
+        assert_eq!(dev, fields(0x0900_0000, true, 1, 0b01, 0b11, true, true, 0));
+        assert_eq!(dev, 0x0040_0000_0900_0747);
+        // 2 MiB block: type bit clear.
+        let blk = S1.leaf_pte(0x8020_0000, Prot::RW, 2).unwrap();
+        assert_eq!(
+            blk,
+            fields(0x8020_0000, false, 0, 0b01, 0b11, true, true, 0)
+        );
+        assert_eq!(blk, 0x0040_0000_8020_0741);
+        // 1 GiB block with software bits 0 and 3.
+        let sw = S1
+            .leaf_pte(0x1_4000_0000, Prot::R | Prot::SW0 | Prot::SW3, 1)
+            .unwrap();
+        assert_eq!(
+            sw,
+            fields(0x1_4000_0000, false, 0, 0b11, 0b11, true, true, 0b1001)
+        );
+        assert_eq!(sw, 0x04c0_0001_4000_07c1);
+    }
+
+    #[test]
+    fn stage2_encodings() {
+        let pa = 0x8000_0000;
+        // RWX normal page: MemAttr 0b1111, S2AP 0b11, SH 0b11, AF, no XN.
+        let rwx = S2.leaf_pte(pa, Prot::RWX, 3).unwrap();
+        assert_eq!(rwx, fields(pa, true, 0b1111, 0b11, 0b11, true, false, 0));
+        assert_eq!(rwx, 0x0000_0000_8000_07ff);
+        // R only: S2AP 0b01, XN.
+        let r = S2.leaf_pte(pa, Prot::R, 3).unwrap();
+        assert_eq!(r, fields(pa, true, 0b1111, 0b01, 0b11, true, true, 0));
+        assert_eq!(r, 0x0040_0000_8000_077f);
+        // W only: S2AP 0b10.
+        let w = S2.leaf_pte(pa, Prot::W, 3).unwrap();
+        assert_eq!(w, 0x0040_0000_8000_07bf);
+        // No access at all is a valid stage-2 mapping (S2AP 0b00).
+        let none = S2.leaf_pte(pa, Prot::empty(), 3).unwrap();
+        assert_eq!(none, 0x0040_0000_8000_073f);
+        // RW device 2 MiB block: MemAttr 0b0001.
+        let dev = S2
+            .leaf_pte(0x0800_0000 + 0x20_0000, Prot::RW | Prot::DEVICE, 2)
+            .unwrap();
+        assert_eq!(
+            dev,
+            fields(0x0820_0000, false, 0b0001, 0b11, 0b11, true, true, 0)
+        );
+        assert_eq!(dev, 0x0040_0000_0820_07c5);
+        // SW bits pass through.
+        let sw = S2
+            .leaf_pte(pa, Prot::RW | Prot::SW1 | Prot::SW2, 1)
+            .unwrap();
+        assert_eq!(sw, 0x0340_0000_8000_07fd);
+    }
+
+    #[test]
+    fn invalid_prots() {
+        for f in [S1, S2] {
+            assert_eq!(
+                f.leaf_attrs(Prot::RX | Prot::DEVICE),
+                Err(Error::InvalidProt)
+            );
+            assert_eq!(
+                f.leaf_attrs(Prot::from_bits_retain(1 << 20)),
+                Err(Error::InvalidProt)
+            );
+        }
+        assert_eq!(S1.leaf_attrs(Prot::RWX), Err(Error::InvalidProt));
+        assert_eq!(S1.leaf_attrs(Prot::W), Err(Error::InvalidProt));
+        assert_eq!(S1.leaf_attrs(Prot::X), Err(Error::InvalidProt));
+        assert_eq!(S1.leaf_attrs(Prot::empty()), Err(Error::InvalidProt));
+        assert!(S2.leaf_attrs(Prot::RWX).is_ok());
+        assert!(S2.leaf_attrs(Prot::W).is_ok());
+        assert!(S2.leaf_attrs(Prot::empty()).is_ok());
+    }
+
+    #[test]
+    fn leaf_pte_argument_checks() {
+        assert_eq!(S1.leaf_pte(0x1000, Prot::R, 0), Err(Error::Misaligned));
+        assert_eq!(S1.leaf_pte(0x1000, Prot::R, 2), Err(Error::Misaligned));
+        assert_eq!(S1.leaf_pte(0x1800, Prot::R, 3), Err(Error::Misaligned));
+        assert_eq!(S1.leaf_pte(1 << 48, Prot::R, 3), Err(Error::OutOfRange));
+    }
+
+    #[test]
+    fn decode_roundtrip_all_valid_prots() {
+        let sw_combos = [
+            Prot::empty(),
+            Prot::SW0,
+            Prot::SW1 | Prot::SW3,
+            Prot::SW_MASK,
+        ];
+        for f in [S1, S2] {
+            for bits in 0..16u64 {
+                for sw in sw_combos {
+                    let prot = Prot::from_bits_retain(bits) | sw;
+                    for level in 1..=3 {
+                        let pa = granule(level) * 5;
+                        match f.leaf_pte(pa, prot, level) {
+                            Ok(pte) => {
+                                assert_eq!(output_address(pte), pa);
+                                assert!(is_valid_leaf(pte, level));
+                                let mut want = prot;
+                                if f == S1 {
+                                    want |= Prot::R;
+                                }
+                                assert_eq!(f.pte_prot(pte), want, "{f:?} {prot:?} {pte:#x}");
+                            }
+                            Err(e) => {
+                                assert_eq!(e, Error::InvalidProt);
+                                assert!(f.check_prot(prot).is_err());
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn decode_invalid_gives_sw_only() {
+        assert_eq!(S2.pte_prot(owner_pte(5)), Prot::empty());
+        assert_eq!(S2.pte_prot(1 << 55), Prot::SW0);
+        assert_eq!(S1.pte_prot(0), Prot::empty());
+    }
+
+    #[test]
+    fn decode_foreign_attributes() {
+        // Stage-2 Device-nGnRnE (MemAttr 0b0000) and Device-GRE (0b0011) decode as DEVICE;
+        // normal non-cacheable (0b0101) does not.
+        let base = 0x1000 | 0b11 | S2AP_R | PTE_AF;
+        assert!(S2.pte_prot(base).contains(Prot::DEVICE));
+        assert!(S2.pte_prot(base | (0b0011 << 2)).contains(Prot::DEVICE));
+        assert!(!S2.pte_prot(base | (0b0101 << 2)).contains(Prot::DEVICE));
+        // Stage-1 AttrIndx 2 is not the device index.
+        let s1 = 0x1000 | 0b11 | S1_AP_RES1 | PTE_AF | (2 << 2);
+        assert_eq!(S1.pte_prot(s1), Prot::RWX);
+    }
+
+    #[test]
+    fn table_and_owner_descriptors() {
+        assert_eq!(table_pte(0x1234_5000), 0x1234_5003);
+        assert!(is_table(0x1234_5003, 0));
+        assert!(is_table(0x1234_5003, 2));
+        assert!(!is_table(0x1234_5003, 3)); // a page at L3
+        assert!(!is_table(0x1234_5001, 1)); // a block
+        assert_eq!(owner_pte(0), 0);
+        assert_eq!(owner_pte(0xff), 0x3fc);
+        assert_eq!(owner_pte(1), 0b100);
+        assert_eq!(pte_owner(0x3fc), Some(0xff));
+        assert_eq!(pte_owner(0), Some(0));
+        assert_eq!(pte_owner(0x1000_0003), None);
+    }
+}

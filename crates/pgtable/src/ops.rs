@@ -1,0 +1,648 @@
+//! Map, unmap, set_owner, set_prot and destroy, built on the walker.
+
+use crate::desc::{
+    self, LEAF_LEVEL, PTE_OA_MASK, PTE_SW_MASK, PTE_TYPE, PTE_VALID, PTES_PER_TABLE, granule,
+    is_valid, output_address, table_pte,
+};
+use crate::walk::{Visit, VisitKind, Visitor, walk_range};
+use crate::{ArchOps, Error, Format, MmOps, PageTable, Prot};
+
+bitflags::bitflags! {
+    /// Options of [`PageTable::map`].
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+    pub struct MapFlags: u32 {
+        /// Map with pages only, never blocks (the EL2 stage-1 convention; also lets a later
+        /// partial unmap proceed without splitting).
+        const FORCE_PAGES = 1 << 0;
+        /// Replace valid mappings that differ from the requested one (break-before-make),
+        /// instead of failing with [`Error::AlreadyMapped`].
+        const REPLACE = 1 << 1;
+        /// Never split an existing block; fail with [`Error::WouldSplitBlock`] instead.
+        const NO_SPLIT = 1 << 2;
+    }
+}
+
+/// Barrier and TLB maintenance state of one operation.
+///
+/// Invalidations of cleared entries are queued (up to `N`) and issued in batches: one
+/// `DSB ISHST` for the batch, then the TLBIs, and a single `DSB ISH` (+ `ISB` for the EL2
+/// stage-1) when the operation needs them complete — before a break-before-make "make", before a
+/// table page is freed, and before the operation returns.
+struct Maint<'a, A: ArchOps, const N: usize> {
+    arch: &'a mut A,
+    /// `Some(vmid)` for stage-2.
+    vmid: Option<u16>,
+    /// Queued invalidations: VA | level hint (bits 1:0) | leaf flag (bit 2).
+    pending: [u64; N],
+    n: usize,
+    /// TLBIs were issued and not yet completed by a `DSB ISH`.
+    need_ish: bool,
+    /// Descriptors were written since the last DSB.
+    dirty: bool,
+}
+
+const PENDING_LEAF: u64 = 1 << 2;
+
+impl<'a, A: ArchOps, const N: usize> Maint<'a, A, N> {
+    #[inline(always)]
+    fn new(arch: &'a mut A, format: Format) -> Self {
+        let vmid = match format {
+            Format::Stage1El2 => None,
+            Format::Stage2 { vmid } => Some(vmid),
+        };
+        Maint {
+            arch,
+            vmid,
+            pending: [0; N],
+            n: 0,
+            need_ish: false,
+            dirty: false,
+        }
+    }
+
+    /// Queues the invalidation of the entry mapping `va` at `level`, just cleared. For a leaf
+    /// the level is passed as TTL hint; for a table entry the hint is 0 (unknown) and the
+    /// non-last-level TLBI is used.
+    #[inline(always)]
+    fn invalidate(&mut self, va: u64, level: u8, leaf: bool) {
+        if self.n == N {
+            self.flush();
+        }
+        let tag = if leaf {
+            u64::from(level) | PENDING_LEAF
+        } else {
+            0
+        };
+        self.pending[self.n] = va | tag;
+        self.n += 1;
+    }
+
+    /// `DSB ISHST`, then the queued TLBIs.
+    #[inline(never)]
+    fn flush(&mut self) {
+        if self.n == 0 {
+            return;
+        }
+        self.arch.dsb_ishst();
+        self.dirty = false;
+        for &p in &self.pending[..self.n] {
+            let va = p & !0xfff;
+            let level = (p & 3) as u8;
+            match self.vmid {
+                None => self.arch.tlbi_el2_va(va, level, p & PENDING_LEAF != 0),
+                Some(vmid) => self.arch.tlbi_s2_ipa(vmid, va, level),
+            }
+        }
+        self.n = 0;
+        self.need_ish = true;
+    }
+
+    /// Completes every queued invalidation.
+    #[inline(always)]
+    fn sync(&mut self) {
+        self.flush();
+        if self.need_ish {
+            self.arch.dsb_ish();
+            if self.vmid.is_none() {
+                self.arch.isb();
+            }
+            self.need_ish = false;
+            self.dirty = false;
+        }
+    }
+
+    /// End of an operation: every invalidation complete, every write visible.
+    #[inline(always)]
+    fn finish(&mut self) {
+        self.sync();
+        if self.dirty {
+            self.arch.dsb_ishst();
+            if self.vmid.is_none() {
+                self.arch.isb();
+            }
+            self.dirty = false;
+        }
+    }
+
+    /// Break-before-make: `ptep` (mapping `va` at `level`, currently `old`, valid) becomes `new`.
+    #[inline(never)]
+    fn bbm<M: MmOps>(&mut self, mm: &mut M, ptep: u64, old: u64, new: u64, va: u64, level: u8) {
+        mm.write_pte(ptep, 0);
+        let leaf = !desc::is_table(old, level);
+        self.invalidate(va, if leaf { level } else { 0 }, leaf);
+        self.sync();
+        mm.write_pte(ptep, new);
+        self.dirty = true;
+    }
+}
+
+/// Whether `pte` counts towards its table page's refcount.
+#[inline(always)]
+fn counted(stage2: bool, pte: u64) -> bool {
+    if stage2 { pte != 0 } else { is_valid(pte) }
+}
+
+/// Fills the zeroed table page `child` with 512 entries `first + i * step` and takes a
+/// reference per counted entry.
+#[inline(never)]
+fn fill_child<M: MmOps>(mm: &mut M, stage2: bool, child: u64, first: u64, step: u64) {
+    for i in 0..PTES_PER_TABLE {
+        let pte = first + i * step;
+        mm.write_pte(child + i * 8, pte);
+        if counted(stage2, pte) {
+            mm.get_page(child);
+        }
+    }
+}
+
+/// Replaces the non-table entry `old` at `ptep` (level < 3, mapping `base`) by a table holding
+/// the same mapping one level down: a valid block becomes 512 smaller blocks/pages (with
+/// break-before-make on the parent entry), an annotation (stage-2) becomes 512 copies, an
+/// empty (or, at stage-1, any invalid) entry becomes an empty table.
+#[inline(never)]
+fn install_table<M: MmOps, A: ArchOps, const N: usize>(
+    mm: &mut M,
+    maint: &mut Maint<'_, A, N>,
+    stage2: bool,
+    v: &Visit,
+) -> Result<(), Error> {
+    let old = v.pte;
+    let level = v.level;
+    debug_assert!(level < LEAF_LEVEL && !desc::is_table(old, level));
+    let child = mm.zalloc_page().ok_or(Error::NoMemory)?;
+    if is_valid(old) {
+        let child_level = level + 1;
+        let ty = if child_level == LEAF_LEVEL {
+            PTE_TYPE
+        } else {
+            0
+        };
+        let first = (old & !PTE_TYPE) | ty;
+        fill_child(mm, stage2, child, first, granule(child_level));
+        // The batch DSB of the break also publishes the child's contents.
+        maint.bbm(mm, v.ptep, old, table_pte(child), v.base(), level);
+    } else {
+        if stage2 && old != 0 {
+            fill_child(mm, stage2, child, old, 0);
+        }
+        // Make the zeroed (or filled) child visible to the walkers before linking it.
+        maint.arch.dsb_ishst();
+        mm.write_pte(v.ptep, table_pte(child));
+        maint.dirty = true;
+        if !counted(stage2, old) {
+            mm.get_page(v.ptep);
+        }
+    }
+    Ok(())
+}
+
+/// The map walk.
+struct MapVisitor<'a, A: ArchOps> {
+    maint: Maint<'a, A, 1>,
+    stage2: bool,
+    start: u64,
+    phys: u64,
+    attrs: u64,
+    flags: MapFlags,
+}
+
+impl<M: MmOps, A: ArchOps> Visitor<M> for MapVisitor<'_, A> {
+    type Err = Error;
+    const LEAF: bool = true;
+    const PRE: bool = false;
+    const POST: bool = false;
+
+    #[inline(always)]
+    fn visit(&mut self, mm: &mut M, v: &Visit) -> Result<(), Error> {
+        let level = v.level;
+        let old = v.pte;
+        let pa = self.phys + (v.addr - self.start);
+        if level == LEAF_LEVEL {
+            let new = pa | self.attrs | PTE_VALID | PTE_TYPE;
+            return self.set_leaf(mm, v, new);
+        }
+        let g = granule(level);
+        if level > 0
+            && v.covers_entry()
+            && pa & (g - 1) == 0
+            && !self.flags.contains(MapFlags::FORCE_PAGES)
+        {
+            let new = pa | self.attrs | PTE_VALID;
+            return self.set_leaf(mm, v, new);
+        }
+        // A smaller mapping is needed here.
+        if is_valid(old) {
+            // A valid block, of which [v.addr, v.part_end()) is to be mapped.
+            let same = output_address(old) + (v.addr - v.base()) == pa
+                && old & desc::PTE_LEAF_ATTR_MASK == self.attrs;
+            if same {
+                return Ok(());
+            }
+            if !self.flags.contains(MapFlags::REPLACE) {
+                return Err(Error::AlreadyMapped);
+            }
+            if self.flags.contains(MapFlags::NO_SPLIT) {
+                return Err(Error::WouldSplitBlock);
+            }
+        }
+        install_table(mm, &mut self.maint, self.stage2, v)
+    }
+}
+
+impl<A: ArchOps> MapVisitor<'_, A> {
+    /// Installs the leaf `new` over the non-table entry `v.pte`.
+    #[inline(always)]
+    fn set_leaf<M: MmOps>(&mut self, mm: &mut M, v: &Visit, new: u64) -> Result<(), Error> {
+        let old = v.pte;
+        if old == new {
+            return Ok(());
+        }
+        if !is_valid(old) {
+            mm.write_pte(v.ptep, new);
+            self.maint.dirty = true;
+            if !counted(self.stage2, old) {
+                mm.get_page(v.ptep);
+            }
+            return Ok(());
+        }
+        if !self.flags.contains(MapFlags::REPLACE) {
+            return Err(Error::AlreadyMapped);
+        }
+        self.replace(mm, v, new);
+        Ok(())
+    }
+
+    #[inline(never)]
+    fn replace<M: MmOps>(&mut self, mm: &mut M, v: &Visit, new: u64) {
+        let old = v.pte;
+        if (old ^ new) & !PTE_SW_MASK == 0 {
+            // Only software bits differ: hardware ignores them, no break needed.
+            mm.write_pte(v.ptep, new);
+            self.maint.dirty = true;
+        } else {
+            self.maint.bbm(mm, v.ptep, old, new, v.base(), v.level);
+        }
+    }
+}
+
+/// Number of invalidations an unmap queues before issuing them.
+const UNMAP_BATCH: usize = 32;
+
+/// The unmap walk (also `set_owner(.., 0)`).
+struct UnmapVisitor<'a, A: ArchOps> {
+    maint: Maint<'a, A, UNMAP_BATCH>,
+    stage2: bool,
+    unmapped: u64,
+}
+
+impl<M: MmOps, A: ArchOps> Visitor<M> for UnmapVisitor<'_, A> {
+    type Err = Error;
+    const LEAF: bool = true;
+    const PRE: bool = false;
+    const POST: bool = true;
+
+    #[inline(always)]
+    fn visit(&mut self, mm: &mut M, v: &Visit) -> Result<(), Error> {
+        let old = v.pte;
+        if v.kind == VisitKind::TablePost {
+            let child = output_address(old);
+            if mm.page_count(child) == 1 {
+                self.free_table(mm, v, child);
+            }
+            return Ok(());
+        }
+        if old == 0 {
+            return Ok(());
+        }
+        if v.level == LEAF_LEVEL || v.covers_entry() {
+            mm.write_pte(v.ptep, 0);
+            if is_valid(old) {
+                self.maint.invalidate(v.base(), v.level, true);
+                self.unmapped += v.granule();
+            }
+            if counted(self.stage2, old) {
+                mm.put_page(v.ptep);
+            }
+            return Ok(());
+        }
+        if !is_valid(old) && !self.stage2 {
+            // Not counted and meaningless at stage-1: just clear it.
+            mm.write_pte(v.ptep, 0);
+            return Ok(());
+        }
+        // Part of a block (or of a block-level annotation): split, then the walk descends.
+        install_table(mm, &mut self.maint, self.stage2, v)
+    }
+}
+
+impl<A: ArchOps> UnmapVisitor<'_, A> {
+    /// Unlinks and frees the empty table `child` referenced by the table entry `v.ptep`.
+    #[inline(never)]
+    fn free_table<M: MmOps>(&mut self, mm: &mut M, v: &Visit, child: u64) {
+        mm.write_pte(v.ptep, 0);
+        self.maint.invalidate(v.base(), 0, false);
+        self.maint.sync();
+        mm.put_page(v.ptep);
+        mm.put_page(child);
+    }
+}
+
+/// The set_owner walk for a non-zero owner: page-granular annotations.
+struct OwnerVisitor<'a, A: ArchOps> {
+    maint: Maint<'a, A, 1>,
+    annotation: u64,
+}
+
+impl<M: MmOps, A: ArchOps> Visitor<M> for OwnerVisitor<'_, A> {
+    type Err = Error;
+    const LEAF: bool = true;
+    const PRE: bool = false;
+    const POST: bool = false;
+
+    #[inline(always)]
+    fn visit(&mut self, mm: &mut M, v: &Visit) -> Result<(), Error> {
+        let old = v.pte;
+        if v.level < LEAF_LEVEL {
+            return install_table(mm, &mut self.maint, true, v);
+        }
+        let new = self.annotation;
+        if old == new {
+            return Ok(());
+        }
+        if is_valid(old) {
+            self.maint.bbm(mm, v.ptep, old, new, v.base(), v.level);
+        } else {
+            mm.write_pte(v.ptep, new);
+            if old == 0 {
+                mm.get_page(v.ptep);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The set_prot walk.
+struct ProtVisitor<'a, A: ArchOps> {
+    maint: Maint<'a, A, 1>,
+    stage2: bool,
+    attrs: u64,
+    changed: u64,
+}
+
+impl<M: MmOps, A: ArchOps> Visitor<M> for ProtVisitor<'_, A> {
+    type Err = Error;
+    const LEAF: bool = true;
+    const PRE: bool = false;
+    const POST: bool = false;
+
+    #[inline(always)]
+    fn visit(&mut self, mm: &mut M, v: &Visit) -> Result<(), Error> {
+        let old = v.pte;
+        if !is_valid(old) {
+            return Ok(());
+        }
+        let new = (old & !desc::PTE_LEAF_ATTR_MASK) | self.attrs;
+        if v.level == LEAF_LEVEL || v.covers_entry() {
+            self.changed += v.granule();
+            if new != old {
+                if (old ^ new) & !PTE_SW_MASK == 0 {
+                    mm.write_pte(v.ptep, new);
+                    self.maint.dirty = true;
+                } else {
+                    self.maint.bbm(mm, v.ptep, old, new, v.base(), v.level);
+                }
+            }
+            return Ok(());
+        }
+        if new == old {
+            // The covered part already has these attributes.
+            self.changed += v.part_end() - v.addr;
+            return Ok(());
+        }
+        install_table(mm, &mut self.maint, self.stage2, v)
+    }
+}
+
+/// The destroy walk: drops every reference.
+struct DestroyVisitor {
+    stage2: bool,
+}
+
+impl<M: MmOps> Visitor<M> for DestroyVisitor {
+    type Err = Error;
+    const LEAF: bool = true;
+    const PRE: bool = false;
+    const POST: bool = true;
+
+    #[inline(always)]
+    fn visit(&mut self, mm: &mut M, v: &Visit) -> Result<(), Error> {
+        if v.kind == VisitKind::TablePost {
+            mm.put_page(v.ptep);
+            mm.put_page(output_address(v.pte));
+        } else if counted(self.stage2, v.pte) {
+            mm.put_page(v.ptep);
+        }
+        Ok(())
+    }
+}
+
+impl PageTable {
+    /// Maps `[addr, addr + size)` to `[phys, phys + size)` with `prot`.
+    ///
+    /// Each part of the range gets the largest mapping that fits: a 1 GiB block at L1 or a
+    /// 2 MiB block at L2 when the input range covers the whole block and `phys` is aligned to it
+    /// (never at L0), a page otherwise; [`MapFlags::FORCE_PAGES`] forces pages. Missing tables
+    /// are allocated. An existing table is never replaced by a block: the map descends into it.
+    ///
+    /// Per existing entry:
+    /// - empty, or an owner annotation: replaced by the new mapping;
+    /// - a valid mapping identical to the requested one (address, attributes, software bits):
+    ///   left alone — a block is kept even where pages were asked for;
+    /// - a different valid mapping: [`Error::AlreadyMapped`], unless [`MapFlags::REPLACE`], which
+    ///   replaces it with break-before-make (or a direct write if only software bits differ);
+    /// - a valid block of which only part is (re)mapped with something different: with
+    ///   [`MapFlags::REPLACE`] the block is split into a next-level table preserving the rest of
+    ///   the mapping (break-before-make), unless [`MapFlags::NO_SPLIT`] (then
+    ///   [`Error::WouldSplitBlock`]).
+    ///
+    /// New entries need no TLB maintenance; the operation ends with `DSB ISHST` (+ `ISB` for the
+    /// EL2 stage-1) when it wrote anything.
+    ///
+    /// # Errors
+    ///
+    /// Argument errors, with nothing changed: [`Error::Misaligned`] (`addr`, `size` or `phys`
+    /// not page aligned, or `size == 0`), [`Error::OutOfRange`] (beyond `ia_bits`, overflow, or
+    /// `phys + size` beyond 48 bits), [`Error::InvalidProt`].
+    ///
+    /// Errors found during the walk — [`Error::AlreadyMapped`], [`Error::WouldSplitBlock`],
+    /// [`Error::NoMemory`] — stop it at the entry where they occur: the part of the range before
+    /// that entry is mapped as requested, that entry and the rest are unchanged, and the tables
+    /// are consistent (refcounts hold, no pending TLB maintenance). Callers that must not fail
+    /// midway check the range first and reserve enough pages for the tables.
+    #[inline]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the memory and arch contexts plus the mapping's own five parameters"
+    )]
+    pub fn map<M: MmOps, A: ArchOps>(
+        &mut self,
+        mm: &mut M,
+        arch: &mut A,
+        addr: u64,
+        size: u64,
+        phys: u64,
+        prot: Prot,
+        flags: MapFlags,
+    ) -> Result<(), Error> {
+        let end = self.check_range(addr, size)?;
+        if phys & (desc::PAGE_SIZE - 1) != 0 {
+            return Err(Error::Misaligned);
+        }
+        match phys.checked_add(size) {
+            Some(e) if e <= 1 << desc::PA_BITS => {}
+            _ => return Err(Error::OutOfRange),
+        }
+        let attrs = self.cfg.format.leaf_attrs(prot)?;
+        let mut v = MapVisitor {
+            maint: Maint::new(arch, self.cfg.format),
+            stage2: self.cfg.format.is_stage2(),
+            start: addr,
+            phys,
+            attrs,
+            flags,
+        };
+        let r = walk_range(mm, self.root, self.start_level(), addr, end, &mut v);
+        v.maint.finish();
+        r
+    }
+
+    /// Unmaps `[addr, addr + size)` and returns how many bytes of valid mappings it removed.
+    ///
+    /// Holes are skipped. Valid leaves are cleared (their invalidations batched: `DSB ISHST`,
+    /// TLBI with the leaf's level as hint, and a final `DSB ISH`), owner annotations (stage-2)
+    /// are cleared too, a valid block only partly inside the range is first split (preserving
+    /// the rest of its mapping, break-before-make) and then the part is unmapped. Tables left
+    /// empty are unlinked (TLBI without level hint), and freed, bottom-up; the root never is.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Misaligned`] / [`Error::OutOfRange`] for a bad range (nothing changed);
+    /// [`Error::NoMemory`] if a block to split needs a table page that cannot be allocated — the
+    /// walk stops at that block, the part before it is unmapped, the tables are consistent.
+    #[inline]
+    pub fn unmap<M: MmOps, A: ArchOps>(
+        &mut self,
+        mm: &mut M,
+        arch: &mut A,
+        addr: u64,
+        size: u64,
+    ) -> Result<u64, Error> {
+        let end = self.check_range(addr, size)?;
+        let mut v = UnmapVisitor {
+            maint: Maint::new(arch, self.cfg.format),
+            stage2: self.cfg.format.is_stage2(),
+            unmapped: 0,
+        };
+        let r = walk_range(mm, self.root, self.start_level(), addr, end, &mut v);
+        v.maint.finish();
+        r.map(|()| v.unmapped)
+    }
+
+    /// Marks every page of `[addr, addr + size)` as owned by `owner` (stage-2 only): each entry
+    /// becomes the invalid annotation carrying `owner` in bits \[9:2\], page granular (tables are
+    /// allocated and blocks split as needed; valid mappings are removed with break-before-make).
+    ///
+    /// Owner 0 is the all-zero entry, so `set_owner(.., 0)` is exactly [`PageTable::unmap`] of the
+    /// range (including the freeing of emptied tables).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] on a stage-1 table, [`Error::InvalidOwner`] for
+    /// `owner > desc::MAX_OWNER_ID`, [`Error::Misaligned`] / [`Error::OutOfRange`] for a bad
+    /// range — all with nothing changed; [`Error::NoMemory`] as for [`PageTable::map`] (the part
+    /// of the range before the failing entry is annotated).
+    #[inline]
+    pub fn set_owner<M: MmOps, A: ArchOps>(
+        &mut self,
+        mm: &mut M,
+        arch: &mut A,
+        addr: u64,
+        size: u64,
+        owner: u32,
+    ) -> Result<(), Error> {
+        if !self.cfg.format.is_stage2() {
+            return Err(Error::InvalidConfig);
+        }
+        if owner > desc::MAX_OWNER_ID {
+            return Err(Error::InvalidOwner);
+        }
+        if owner == 0 {
+            return self.unmap(mm, arch, addr, size).map(|_| ());
+        }
+        let end = self.check_range(addr, size)?;
+        let mut v = OwnerVisitor {
+            maint: Maint::new(arch, self.cfg.format),
+            annotation: desc::owner_pte(owner as u8),
+        };
+        let r = walk_range(mm, self.root, self.start_level(), addr, end, &mut v);
+        v.maint.finish();
+        r
+    }
+
+    /// Changes the attributes of every valid leaf in `[addr, addr + size)` to `prot` (output
+    /// addresses are kept), and returns how many bytes of valid mappings the range holds.
+    ///
+    /// Invalid entries are skipped. A changed entry goes through break-before-make (a direct
+    /// write when only software bits change); a block partly inside the range is split first if
+    /// its attributes change.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Misaligned`] / [`Error::OutOfRange`] / [`Error::InvalidProt`] with nothing
+    /// changed; [`Error::NoMemory`] when a split fails (the walk stops there, the part before
+    /// is changed).
+    #[inline]
+    pub fn set_prot<M: MmOps, A: ArchOps>(
+        &mut self,
+        mm: &mut M,
+        arch: &mut A,
+        addr: u64,
+        size: u64,
+        prot: Prot,
+    ) -> Result<u64, Error> {
+        let end = self.check_range(addr, size)?;
+        let attrs = self.cfg.format.leaf_attrs(prot)?;
+        let mut v = ProtVisitor {
+            maint: Maint::new(arch, self.cfg.format),
+            stage2: self.cfg.format.is_stage2(),
+            attrs,
+            changed: 0,
+        };
+        let r = walk_range(mm, self.root, self.start_level(), addr, end, &mut v);
+        v.maint.finish();
+        r.map(|()| v.changed)
+    }
+
+    /// Frees the whole table: drops the reference of every counted entry and of every table
+    /// page, root included (which the counts then free). No descriptor is written and no TLB
+    /// maintenance is done: the table must no longer be in use (for a stage-2, the caller
+    /// invalidates the VMID before reusing it). The counts must follow the invariant.
+    pub fn destroy<M: MmOps>(self, mm: &mut M) {
+        let mut v = DestroyVisitor {
+            stage2: self.cfg.format.is_stage2(),
+        };
+        // Cannot fail: the range is the whole space and the visitor never errors.
+        let _ = walk_range(
+            mm,
+            self.root,
+            self.start_level(),
+            0,
+            self.cfg.ia_size(),
+            &mut v,
+        );
+        mm.put_page(self.root);
+    }
+}
+
+// Keep the OA mask in use for documentation of the layout assumptions.
+const _: () = assert!(PTE_OA_MASK == 0x0000_ffff_ffff_f000);
