@@ -7,8 +7,13 @@
 #![forbid(unsafe_code)]
 
 pub mod early_alloc;
+pub mod hcall;
+pub mod mem_protect;
 pub mod memory;
+pub mod mm;
 pub mod page_alloc;
 pub mod platform;
+pub mod setup;
 pub mod sizing;
+pub mod stats;
 pub mod vmemmap;

@@ -1,1 +1,16 @@
-//! placeholder
+//! The pkvm-rs simulator: the real portable hypervisor (`pkvm-hyp`) on a simulated machine,
+//! checked against the executable specification (`pkvm-spec`) after every hypercall.
+//!
+//! - [`mem`]: simulated RAM;
+//! - [`mmu`]: an independent descriptor walker and a TLB model;
+//! - [`platform`]: the [`pkvm_hyp::platform::Platform`] implementation recording barriers and TLBIs;
+//! - [`machine`]: boot, host hypercalls and accesses, the abstraction function and invariants;
+//! - [`scenarios`]: named scenarios shared by the CLI and the tests.
+
+pub mod machine;
+pub mod mem;
+pub mod mmu;
+pub mod platform;
+pub mod scenarios;
+
+pub use machine::{Machine, SimConfig, with_machine};

@@ -120,7 +120,7 @@ pub enum Call {
     Unpin { pfn: u64, nr: u64 },
     /// The host reads (or writes) one byte at a physical address through its stage-2.
     HostAccess { pa: u64, write: bool },
-    /// EL2 reads one byte of host memory through its stage-1.
+    /// EL2 reads one byte through its stage-1 (its own memory, or host memory it was given).
     HypRead { pa: u64 },
 }
 
@@ -254,7 +254,10 @@ impl Spec {
             Call::Unpin { pfn, nr } => Outcome::Ret(self.unpin(pfn, nr)),
             Call::HostAccess { pa, .. } => self.host_access(pa),
             Call::HypRead { pa } => {
-                if self.state.hyp_maps.contains_key(&(pa >> PAGE_SHIFT)) {
+                // EL2 always maps its own memory; host memory only while shared or donated.
+                if self.machine.is_hyp_memory(pa)
+                    || self.state.hyp_maps.contains_key(&(pa >> PAGE_SHIFT))
+                {
                     Outcome::Access
                 } else {
                     Outcome::Abort

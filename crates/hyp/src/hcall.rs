@@ -1,0 +1,84 @@
+//! Host hypercall dispatch, on a saved-register context shared by the EL2 image and the
+//! simulator.
+//!
+//! The host's `x0..x7` come in as an array; on return `x0` holds the SMCCC status
+//! (`SMCCC_SUCCESS` once dispatched, `SMCCC_NOT_SUPPORTED` for an unknown id or a boot-only id
+//! after finalisation), `x1` the handler's result (0 or a negative errno) and `x2..x3` any data.
+//! Every other register is left as the host passed it.
+
+use core::sync::atomic::Ordering;
+
+use pkvm_abi::{
+    ABI_VERSION, Error, HostHcall, SMCCC_NOT_SUPPORTED, SMCCC_SUCCESS, Stat, encode_result,
+    features,
+};
+
+use crate::mem_protect::Hyp;
+use crate::platform::Platform;
+
+/// Feature bits this build advertises.
+pub const FEATURES: u64 = features::RANGES
+    | features::EL2_REFCOUNT
+    | if cfg!(feature = "debug-hcalls") {
+        features::DEBUG_HCALLS
+    } else {
+        0
+    };
+
+impl<P: Platform> Hyp<'_, P> {
+    /// Handles one host hypercall on the host's saved `x0..x7`.
+    #[inline]
+    pub fn handle_host_hcall(&self, x: &mut [u64; 8]) {
+        let Some(id) = HostHcall::from_fid(x[0]) else {
+            x[0] = SMCCC_NOT_SUPPORTED;
+            return;
+        };
+        if id.boot_only() && self.is_finalised() {
+            x[0] = SMCCC_NOT_SUPPORTED;
+            return;
+        }
+        let r = match id {
+            HostHcall::Version => {
+                x[2] = ABI_VERSION;
+                x[3] = FEATURES;
+                Ok(())
+            }
+            HostHcall::Finalize => self.finalise(),
+            HostHcall::HostShareHyp => self.host_share_hyp(x[1], x[2]),
+            HostHcall::HostUnshareHyp => self.host_unshare_hyp(x[1], x[2]),
+            HostHcall::HostDonateHyp => self.host_donate_hyp(x[1], x[2]),
+            _ if !cfg!(feature = "debug-hcalls") => {
+                x[0] = SMCCC_NOT_SUPPORTED;
+                return;
+            }
+            HostHcall::DebugHypDonateHost => self.hyp_donate_host(x[1], x[2]),
+            HostHcall::DebugPin => self.pin_shared(x[1], x[2]),
+            HostHcall::DebugUnpin => self.unpin_shared(x[1], x[2]),
+            HostHcall::DebugRead => self.hyp_read(x[1]).map(|v| x[2] = v),
+            HostHcall::DebugStat => match Stat::from_u64(x[1]) {
+                Some(s) => {
+                    x[2] = self.stat(s);
+                    Ok(())
+                }
+                None => Err(Error::Inval),
+            },
+        };
+        x[0] = SMCCC_SUCCESS;
+        x[1] = encode_result(r);
+    }
+
+    /// One statistic (walks page tables for some: debug use only).
+    pub fn stat(&self, s: Stat) -> u64 {
+        match s {
+            Stat::HostFaults => self.counters.host_faults.load(Ordering::Relaxed),
+            Stat::InjectedAborts => self.counters.injected_aborts.load(Ordering::Relaxed),
+            Stat::PoolFreePages => self.hyp.lock().pool.free_pages(),
+            Stat::SharedPages => self.count_pages(|p| p.share_count() != 0),
+            Stat::HypMappedHostPages => self.hyp_mapped_host_pages(),
+            Stat::HostLeavesL1 => self.host_leaves()[1],
+            Stat::HostLeavesL2 => self.host_leaves()[2],
+            Stat::HostLeavesL3 => self.host_leaves()[3],
+            Stat::TablePages => self.table_pages(),
+        }
+    }
+}

@@ -1,0 +1,598 @@
+//! Memory ownership: the host and hypervisor components, their page states, and the
+//! transitions between them (share, unshare, donate, pin), plus the host stage-2 fault path.
+//!
+//! # The transition framework
+//!
+//! Every transition runs in two phases under the components' locks, always taken in the order
+//! host → hyp (→ guest):
+//!
+//! 1. **check**: validate the arguments from the address and the memory map (never from page
+//!    table contents), then read the state of *both* sides of every page of the range from the
+//!    vmemmap, and reserve the page-table memory the commit will need. Nothing is written.
+//!    The first wrong page decides the error (`EPERM` beats `EBUSY`), and the call returns with
+//!    nothing changed.
+//! 2. **commit**: update the vmemmap states and counts and the page tables. The commit cannot
+//!    fail: every way it could (no table memory, a mapping already present) was ruled out by the
+//!    check. If it does fail anyway, that is an internal invariant broken: it is logged and the
+//!    call returns `EFAULT`.
+//!
+//! Page states live in the vmemmap, so sharing never touches the host stage-2 (no block is ever
+//! split to share). Only pages that leave the host (donation) are written into the host stage-2,
+//! as invalid entries annotated with their owner: that is what keeps the lazy fault path from
+//! mapping them, and from mapping any block that would cover them.
+
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use pkvm_abi::{Error, PAGE_SHIFT, PAGE_SIZE};
+use pkvm_pgtable::{MapFlags, PageTable, Prot};
+use spin::Mutex;
+
+use crate::memory::MemoryMap;
+use crate::mm::{Arch, pt_err};
+use crate::page_alloc::HypPool;
+use crate::platform::{PhysMem, Platform};
+use crate::vmemmap::{HypPage, PageState, Vmemmap};
+
+/// Owner id written into host stage-2 annotations for pages the hypervisor owns.
+pub const HYP_OWNER_ID: u8 = 1;
+
+/// Largest share or pin count; one more is refused with `EBUSY`.
+pub const MAX_COUNT: u16 = u16::MAX;
+
+/// Prot of the host's default identity mapping of RAM.
+pub const HOST_MEM_PROT: Prot = Prot::R.union(Prot::W).union(Prot::X);
+/// Prot of the host's default identity mapping of MMIO.
+pub const HOST_MMIO_PROT: Prot = Prot::R.union(Prot::W).union(Prot::DEVICE);
+/// Prot of EL2's mappings of host memory shared with or donated to it.
+pub const HYP_SHARED_PROT: Prot = Prot::R.union(Prot::W);
+
+/// The host's stage-2 and the pool its tables come from. Guarded by the host lock.
+#[derive(Debug)]
+pub struct HostMmu<'a, M: PhysMem> {
+    pub(crate) pgt: PageTable,
+    pub(crate) pool: HypPool<'a, M>,
+}
+
+/// The hypervisor's stage-1 and its page pool. Guarded by the hyp lock; the pool is only ever
+/// used with that lock held, which is what makes "reserve, then commit" race-free.
+#[derive(Debug)]
+pub struct HypMmu<'a, M: PhysMem> {
+    pub(crate) pgt: PageTable,
+    pub(crate) pool: HypPool<'a, M>,
+}
+
+/// What the host stage-2 fault handler decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HostFault {
+    /// The address is now mapped (or already was: a benign race); retry the access.
+    Mapped,
+    /// The host may not access this address: inject a synchronous external abort.
+    InjectAbort,
+}
+
+/// Counters kept by EL2.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Host stage-2 faults handled.
+    pub host_faults: AtomicU64,
+    /// Aborts injected into the host.
+    pub injected_aborts: AtomicU64,
+}
+
+/// The portable hypervisor: memory map, vmemmap, components and their locks.
+pub struct Hyp<'a, P: Platform> {
+    pub(crate) plat: &'a P,
+    pub(crate) map: &'a MemoryMap,
+    pub(crate) vmemmap: Vmemmap<'a>,
+    /// Memory EL2 owns from boot (its image, its carve-out): never given to anyone.
+    pub(crate) hyp_ranges: [(u64, u64); 4],
+    pub(crate) nr_hyp_ranges: usize,
+    /// Host physical address space size in bits.
+    pub(crate) pa_bits: u32,
+    pub(crate) host: Mutex<HostMmu<'a, P>>,
+    pub(crate) hyp: Mutex<HypMmu<'a, P>>,
+    pub(crate) finalised: core::sync::atomic::AtomicBool,
+    pub(crate) counters: Counters,
+}
+
+impl<P: Platform> core::fmt::Debug for Hyp<'_, P> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Hyp")
+            .field("pa_bits", &self.pa_bits)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Upper bound on the table pages a page-granular change of `[start, end)` can allocate in a
+/// 4-level table: one per 2 MiB, 1 GiB and 512 GiB window touched (levels 3, 2 and 1).
+fn table_pages_bound(start: u64, end: u64) -> u64 {
+    let last = end - 1;
+    ((last >> 21) - (start >> 21) + 1)
+        + ((last >> 30) - (start >> 30) + 1)
+        + ((last >> 39) - (start >> 39) + 1)
+}
+
+/// Calls `f(first, count)` for every maximal run of consecutive entries of `pages` for which
+/// `pred` holds.
+fn for_each_run(
+    pages: &[HypPage],
+    pred: impl Fn(&HypPage) -> bool,
+    mut f: impl FnMut(usize, usize),
+) {
+    let mut i = 0;
+    while i < pages.len() {
+        if !pred(&pages[i]) {
+            i += 1;
+            continue;
+        }
+        let first = i;
+        while i < pages.len() && pred(&pages[i]) {
+            i += 1;
+        }
+        f(first, i - first);
+    }
+}
+
+impl<'a, P: Platform> Hyp<'a, P> {
+    /// The platform.
+    pub fn platform(&self) -> &'a P {
+        self.plat
+    }
+
+    /// The memory map.
+    pub fn memory_map(&self) -> &'a MemoryMap {
+        self.map
+    }
+
+    /// The vmemmap.
+    pub fn vmemmap(&self) -> &Vmemmap<'a> {
+        &self.vmemmap
+    }
+
+    /// Size of the host's physical address space, in bits.
+    pub fn pa_bits(&self) -> u32 {
+        self.pa_bits
+    }
+
+    /// Memory EL2 owns from boot, as `[start, end)` ranges.
+    pub fn hyp_ranges(&self) -> &[(u64, u64)] {
+        &self.hyp_ranges[..self.nr_hyp_ranges]
+    }
+
+    /// Whether `pa` lies in memory EL2 owns from boot.
+    pub fn is_hyp_memory(&self, pa: u64) -> bool {
+        self.hyp_ranges().iter().any(|&(s, e)| pa >= s && pa < e)
+    }
+
+    /// Counters.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Validates a host page range: `EINVAL` for zero pages, `pfn + nr` overflow, or a range
+    /// not inside one memory region (MMIO, holes, straddling); `ERANGE` beyond the host's
+    /// address space. Returns the vmemmap entries of the range.
+    #[inline]
+    fn host_range(&self, pfn: u64, nr: u64) -> Result<&'a [HypPage], Error> {
+        if nr == 0 {
+            return Err(Error::Inval);
+        }
+        let end_pfn = pfn.checked_add(nr).ok_or(Error::Inval)?;
+        if end_pfn > 1u64 << (self.pa_bits - PAGE_SHIFT) {
+            return Err(Error::Range);
+        }
+        // In range of the address space, so the shifts below cannot overflow.
+        if !self
+            .map
+            .range_is_memory(pfn << PAGE_SHIFT, end_pfn << PAGE_SHIFT)
+        {
+            return Err(Error::Inval);
+        }
+        self.vmemmap.slice(pfn, nr).ok_or(Error::Fault)
+    }
+
+    fn commit_failed(&self, what: &str, e: impl core::fmt::Debug) -> Error {
+        self.plat.log(format_args!(
+            "pkvm: commit phase of {what} failed: {e:?} (internal bug)"
+        ));
+        Error::Fault
+    }
+
+    /// Maps `[pa, pa + size)` into EL2's stage-1 at VA == PA. Hyp lock held, memory reserved.
+    fn hyp_map(&self, hyp: &mut HypMmu<'a, P>, pa: u64, size: u64) -> Result<(), Error> {
+        let mm = &mut hyp.pool;
+        hyp.pgt
+            .map(
+                mm,
+                &mut Arch(self.plat),
+                pa,
+                size,
+                pa,
+                HYP_SHARED_PROT,
+                MapFlags::FORCE_PAGES,
+            )
+            .map_err(pt_err)
+    }
+
+    /// Unmaps `[pa, pa + size)` from EL2's stage-1; all of it must have been mapped.
+    fn hyp_unmap(&self, hyp: &mut HypMmu<'a, P>, pa: u64, size: u64) -> Result<(), Error> {
+        let mm = &mut hyp.pool;
+        let done = hyp
+            .pgt
+            .unmap(mm, &mut Arch(self.plat), pa, size)
+            .map_err(pt_err)?;
+        if done == size {
+            Ok(())
+        } else {
+            Err(Error::Fault)
+        }
+    }
+
+    /// `host_share_hyp(pfn, nr_pages)`: shares host pages with EL2.
+    ///
+    /// A page owned by the host alone goes to (SHARED_OWNED, SHARED_BORROWED) with share count 1
+    /// and is mapped read/write at EL2; a page already shared with EL2 gets share count + 1.
+    ///
+    /// # Errors
+    /// `EINVAL`/`ERANGE` for a bad range; `EPERM` if any page is in another state; `EBUSY` if a
+    /// share count would overflow; `ENOMEM` if EL2 has no table memory for the new mappings.
+    pub fn host_share_hyp(&self, pfn: u64, nr: u64) -> Result<(), Error> {
+        let pages = self.host_range(pfn, nr)?;
+        let _host = self.host.lock();
+        let mut hyp = self.hyp.lock();
+
+        let mut fresh = false;
+        let mut saturated = false;
+        for p in pages {
+            match (p.host_state(), p.hyp_state(), p.share_count()) {
+                (PageState::Owned, PageState::NoPage, 0) => fresh = true,
+                (PageState::SharedOwned, PageState::SharedBorrowed, n) if n > 0 => {
+                    saturated |= n == MAX_COUNT
+                }
+                _ => return Err(Error::Perm),
+            }
+        }
+        if saturated {
+            return Err(Error::Busy);
+        }
+        let (start, end) = (pfn << PAGE_SHIFT, (pfn + nr) << PAGE_SHIFT);
+        if fresh && hyp.pool.free_pages() < table_pages_bound(start, end) {
+            return Err(Error::NoMem);
+        }
+
+        // Commit.
+        let mut res = Ok(());
+        for_each_run(
+            pages,
+            |p| p.share_count() == 0,
+            |i, n| {
+                let pa = start + i as u64 * PAGE_SIZE;
+                if let Err(e) = self.hyp_map(&mut hyp, pa, n as u64 * PAGE_SIZE) {
+                    res = Err(e);
+                }
+            },
+        );
+        for p in pages {
+            let n = p.share_count();
+            if n == 0 {
+                p.set_host_state(PageState::SharedOwned);
+                p.set_hyp_state(PageState::SharedBorrowed);
+            }
+            p.set_share_count(n + 1);
+        }
+        res.map_err(|e| self.commit_failed("share", e))
+    }
+
+    /// `host_unshare_hyp(pfn, nr_pages)`: drops one EL2 share of each page; a page whose count
+    /// reaches zero goes back to (OWNED, NOPAGE) and is unmapped from EL2 (with TLB
+    /// invalidation) before the call returns.
+    ///
+    /// # Errors
+    /// `EINVAL`/`ERANGE` for a bad range; `EPERM` if any page is not shared with EL2 (both
+    /// sides are checked); `EBUSY` if any page is pinned.
+    pub fn host_unshare_hyp(&self, pfn: u64, nr: u64) -> Result<(), Error> {
+        let pages = self.host_range(pfn, nr)?;
+        let _host = self.host.lock();
+        let mut hyp = self.hyp.lock();
+
+        let mut pinned = false;
+        for p in pages {
+            if !Self::is_shared_with_hyp(p) {
+                return Err(Error::Perm);
+            }
+            pinned |= p.refcount() != 0;
+        }
+        if pinned {
+            return Err(Error::Busy);
+        }
+
+        let start = pfn << PAGE_SHIFT;
+        let mut res = Ok(());
+        for_each_run(
+            pages,
+            |p| p.share_count() == 1,
+            |i, n| {
+                let pa = start + i as u64 * PAGE_SIZE;
+                if let Err(e) = self.hyp_unmap(&mut hyp, pa, n as u64 * PAGE_SIZE) {
+                    res = Err(e);
+                }
+            },
+        );
+        for p in pages {
+            let n = p.share_count() - 1;
+            p.set_share_count(n);
+            if n == 0 {
+                p.set_host_state(PageState::Owned);
+                p.set_hyp_state(PageState::NoPage);
+            }
+        }
+        res.map_err(|e| self.commit_failed("unshare", e))
+    }
+
+    fn is_shared_with_hyp(p: &HypPage) -> bool {
+        p.host_state() == PageState::SharedOwned
+            && p.hyp_state() == PageState::SharedBorrowed
+            && p.share_count() > 0
+    }
+
+    /// `host_donate_hyp(pfn, nr_pages)`: gives host pages to EL2. The host stage-2 entries become
+    /// invalid and annotated with EL2's owner id (splitting host blocks as needed, with
+    /// break-before-make), and EL2 maps the pages read/write.
+    ///
+    /// # Errors
+    /// `EINVAL`/`ERANGE` for a bad range; `EPERM` unless every page is (OWNED, NOPAGE) and
+    /// unshared; `ENOMEM` if either side has no table memory for the change.
+    pub fn host_donate_hyp(&self, pfn: u64, nr: u64) -> Result<(), Error> {
+        let pages = self.host_range(pfn, nr)?;
+        let mut host = self.host.lock();
+        let mut hyp = self.hyp.lock();
+        for p in pages {
+            if (p.host_state(), p.hyp_state(), p.share_count(), p.refcount())
+                != (PageState::Owned, PageState::NoPage, 0, 0)
+            {
+                return Err(Error::Perm);
+            }
+        }
+        let (start, end) = (pfn << PAGE_SHIFT, (pfn + nr) << PAGE_SHIFT);
+        let bound = table_pages_bound(start, end);
+        if host.pool.free_pages() < bound || hyp.pool.free_pages() < bound {
+            return Err(Error::NoMem);
+        }
+
+        let size = end - start;
+        let r1 = {
+            let host = &mut *host;
+            let mm = &mut host.pool;
+            host.pgt
+                .set_owner(
+                    mm,
+                    &mut Arch(self.plat),
+                    start,
+                    size,
+                    u32::from(HYP_OWNER_ID),
+                )
+                .map_err(pt_err)
+        };
+        let r2 = self.hyp_map(&mut hyp, start, size);
+        for p in pages {
+            p.set_host_state(PageState::NoPage);
+            p.set_hyp_state(PageState::Owned);
+        }
+        r1.and(r2).map_err(|e| self.commit_failed("donate", e))
+    }
+
+    /// `hyp_donate_host(pfn, nr_pages)`: EL2 gives back pages the host donated to it. EL2's own
+    /// memory (image, carve-out) and pages EL2 is using (non-zero refcount) are refused.
+    ///
+    /// # Errors
+    /// `EINVAL`/`ERANGE` for a bad range; `EPERM` unless every page is (NOPAGE, OWNED), unused,
+    /// and outside EL2's own memory.
+    pub fn hyp_donate_host(&self, pfn: u64, nr: u64) -> Result<(), Error> {
+        let pages = self.host_range(pfn, nr)?;
+        let (start, end) = (pfn << PAGE_SHIFT, (pfn + nr) << PAGE_SHIFT);
+        if self.hyp_ranges().iter().any(|&(s, e)| start < e && s < end) {
+            return Err(Error::Perm);
+        }
+        let mut host = self.host.lock();
+        let mut hyp = self.hyp.lock();
+        for p in pages {
+            if (p.host_state(), p.hyp_state(), p.share_count(), p.refcount())
+                != (PageState::NoPage, PageState::Owned, 0, 0)
+            {
+                return Err(Error::Perm);
+            }
+        }
+        let size = end - start;
+        let r1 = self.hyp_unmap(&mut hyp, start, size);
+        // Clearing the annotations hands the range back to the lazy fault path.
+        let r2 = {
+            let host = &mut *host;
+            let mm = &mut host.pool;
+            host.pgt
+                .unmap(mm, &mut Arch(self.plat), start, size)
+                .map(|_| ())
+                .map_err(pt_err)
+        };
+        for p in pages {
+            p.set_host_state(PageState::Owned);
+            p.set_hyp_state(PageState::NoPage);
+        }
+        r1.and(r2)
+            .map_err(|e| self.commit_failed("hyp_donate_host", e))
+    }
+
+    /// Pins pages the host shares with EL2, so that the host cannot unshare them (`EBUSY`) while
+    /// EL2 uses them.
+    ///
+    /// # Errors
+    /// `EINVAL`/`ERANGE` for a bad range; `EPERM` if any page is not shared with EL2; `EBUSY`
+    /// if a pin count would overflow.
+    pub fn pin_shared(&self, pfn: u64, nr: u64) -> Result<(), Error> {
+        let pages = self.host_range(pfn, nr)?;
+        let _host = self.host.lock();
+        let _hyp = self.hyp.lock();
+        let mut saturated = false;
+        for p in pages {
+            if !Self::is_shared_with_hyp(p) {
+                return Err(Error::Perm);
+            }
+            saturated |= p.refcount() == MAX_COUNT;
+        }
+        if saturated {
+            return Err(Error::Busy);
+        }
+        for p in pages {
+            p.set_refcount(p.refcount() + 1);
+        }
+        Ok(())
+    }
+
+    /// Undoes one [`Hyp::pin_shared`].
+    ///
+    /// # Errors
+    /// `EINVAL`/`ERANGE` for a bad range; `EPERM` if any page is not shared with EL2 or not
+    /// pinned.
+    pub fn unpin_shared(&self, pfn: u64, nr: u64) -> Result<(), Error> {
+        let pages = self.host_range(pfn, nr)?;
+        let _host = self.host.lock();
+        let _hyp = self.hyp.lock();
+        if !pages
+            .iter()
+            .all(|p| Self::is_shared_with_hyp(p) && p.refcount() > 0)
+        {
+            return Err(Error::Perm);
+        }
+        for p in pages {
+            p.set_refcount(p.refcount() - 1);
+        }
+        Ok(())
+    }
+
+    /// Reads the `u64` at `pa` through EL2's stage-1, if EL2 maps it (debug).
+    ///
+    /// # Errors
+    /// `EINVAL` if `pa` is misaligned; `ENOENT` if EL2 does not map it.
+    pub fn hyp_read(&self, pa: u64) -> Result<u64, Error> {
+        if !pa.is_multiple_of(8) {
+            return Err(Error::Inval);
+        }
+        let hyp = self.hyp.lock();
+        match hyp.pgt.get_leaf(&hyp.pool, pa) {
+            Ok((pte, _)) if pte & 1 != 0 => Ok(self.plat.read_u64(pa)),
+            _ => Err(Error::NoEnt),
+        }
+    }
+
+    /// Handles a host stage-2 fault at `ipa`: maps the largest block around it that lies inside
+    /// one memory region (or one MMIO gap) and is not owned by anyone else, or decides to inject
+    /// an abort. Never panics, whatever the address.
+    pub fn handle_host_mem_abort(&self, ipa: u64) -> HostFault {
+        self.counters.host_faults.fetch_add(1, Ordering::Relaxed);
+        let r = self.host_fault(ipa);
+        if r == HostFault::InjectAbort {
+            self.counters
+                .injected_aborts
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn host_fault(&self, ipa: u64) -> HostFault {
+        if ipa >> self.pa_bits != 0 {
+            return HostFault::InjectAbort;
+        }
+        let ipa = ipa & !(PAGE_SIZE - 1);
+        let mut host = self.host.lock();
+        match self.host_idmap(&mut host, ipa) {
+            Err(Error::NoMem) => {
+                // Recycle the table pages of MMIO mappings (they re-fault lazily), then retry once.
+                self.host_unmap_mmio(&mut host);
+                match self.host_idmap(&mut host, ipa) {
+                    Ok(f) => f,
+                    Err(_) => HostFault::InjectAbort,
+                }
+            }
+            Ok(f) => f,
+            Err(_) => HostFault::InjectAbort,
+        }
+    }
+
+    fn host_idmap(&self, host: &mut HostMmu<'a, P>, ipa: u64) -> Result<HostFault, Error> {
+        let host = &mut *host;
+        let mm = &mut host.pool;
+        let (pte, level) = host.pgt.get_leaf(&*mm, ipa).map_err(pt_err)?;
+        if pte & 1 != 0 {
+            // Another CPU mapped it first.
+            return Ok(HostFault::Mapped);
+        }
+        if pte != 0 {
+            // Annotated: owned by someone else.
+            return Ok(HostFault::InjectAbort);
+        }
+        let (lo, hi, prot) = match self.map.find_region(ipa) {
+            Ok(r) => {
+                match self.vmemmap.page(ipa) {
+                    Some(p) if p.host_state() != PageState::NoPage => {}
+                    _ => return Ok(HostFault::InjectAbort),
+                }
+                (r.base, r.end(), HOST_MEM_PROT)
+            }
+            Err(g) => (g.start, g.end.min(1u64 << self.pa_bits), HOST_MMIO_PROT),
+        };
+        // The entry at `level` is zero, so nothing below it is annotated: any block inside it
+        // that stays inside [lo, hi) may be mapped.
+        let mut lvl = level.max(1);
+        loop {
+            let size = 1u64 << (PAGE_SHIFT + 9 * (3 - u32::from(lvl)));
+            let start = ipa & !(size - 1);
+            if lvl == 3 || (start >= lo && start.checked_add(size).is_some_and(|e| e <= hi)) {
+                host.pgt
+                    .map(
+                        mm,
+                        &mut Arch(self.plat),
+                        start,
+                        size,
+                        start,
+                        prot,
+                        MapFlags::empty(),
+                    )
+                    .map_err(pt_err)?;
+                return Ok(HostFault::Mapped);
+            }
+            lvl += 1;
+        }
+    }
+
+    /// Drops every MMIO mapping of the host stage-2: they are re-created on demand by the fault
+    /// path. EL2 does this by itself when the host table pool runs dry; benchmarks use it to
+    /// measure first-touch faults repeatedly.
+    pub fn host_stage2_unmap_mmio(&self) {
+        let mut host = self.host.lock();
+        self.host_unmap_mmio(&mut host);
+    }
+
+    /// Unmaps every MMIO mapping of the host stage-2 (they are re-created on demand).
+    fn host_unmap_mmio(&self, host: &mut HostMmu<'a, P>) {
+        let host = &mut *host;
+        let mm = &mut host.pool;
+        let top = 1u64 << self.pa_bits;
+        let mut prev = 0;
+        for r in self
+            .map
+            .regions()
+            .iter()
+            .map(|r| (r.base, r.end()))
+            .chain(core::iter::once((top, top)))
+        {
+            if r.0 > prev {
+                let _ = host
+                    .pgt
+                    .unmap(mm, &mut Arch(self.plat), prev, r.0.min(top) - prev);
+            }
+            prev = r.1;
+            if prev >= top {
+                break;
+            }
+        }
+    }
+}

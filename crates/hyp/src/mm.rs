@@ -1,0 +1,49 @@
+//! Glue between the portable core and `pkvm-pgtable`: the architecture-effects adapter and
+//! error conversion.
+
+use pkvm_abi::Error;
+
+use crate::platform::Platform;
+
+/// Forwards `pkvm-pgtable`'s barrier and TLB maintenance requests to the [`Platform`].
+#[derive(Debug)]
+pub struct Arch<'p, P: Platform>(pub &'p P);
+
+impl<P: Platform> pkvm_pgtable::ArchOps for Arch<'_, P> {
+    #[inline]
+    fn dsb_ishst(&mut self) {
+        self.0.dsb_ishst();
+    }
+    #[inline]
+    fn dsb_ish(&mut self) {
+        self.0.dsb_ish();
+    }
+    #[inline]
+    fn isb(&mut self) {
+        self.0.isb();
+    }
+    #[inline]
+    fn tlbi_el2_va(&mut self, va: u64, level: u8, last_level_only: bool) {
+        self.0.tlbi_el2_va(va, level, last_level_only);
+    }
+    #[inline]
+    fn tlbi_s2_ipa(&mut self, vmid: u16, ipa: u64, level: u8) {
+        self.0.tlbi_s2_ipa(vmid, ipa, level);
+    }
+    #[inline]
+    fn tlbi_vmid(&mut self, vmid: u16) {
+        self.0.tlbi_vmid(vmid);
+    }
+}
+
+/// Maps a page-table error onto the ABI's error codes.
+#[must_use]
+pub fn pt_err(e: pkvm_pgtable::Error) -> Error {
+    use pkvm_pgtable::Error as E;
+    match e {
+        E::NoMemory => Error::NoMem,
+        E::OutOfRange => Error::Range,
+        E::AlreadyMapped => Error::Perm,
+        _ => Error::Inval,
+    }
+}

@@ -1,0 +1,430 @@
+//! A simulated machine: RAM, an MMIO window, the real portable hypervisor booted on it, a host
+//! that issues hypercalls through the same dispatcher as EL2 and touches memory through the
+//! real host stage-2 (with a TLB), and the abstraction function that reads the concrete state
+//! back into the spec's terms.
+
+use std::collections::BTreeMap;
+
+use pkvm_abi::{Error, HostHcall, PAGE_SHIFT, PAGE_SIZE, SMCCC_SUCCESS, decode_result, hvc_fid};
+use pkvm_hyp::mem_protect::{HostFault, Hyp};
+use pkvm_hyp::memory::{MemRegion, MemoryMap};
+use pkvm_hyp::platform::PhysMem;
+use pkvm_hyp::setup::{BootParams, HypMapping};
+use pkvm_hyp::vmemmap::{HypPage, PageState, Vmemmap, VmemmapLayout};
+use pkvm_pgtable::Prot;
+use pkvm_spec::{AbsState, HypProt, Machine as SpecMachine, Outcome, Page, State};
+
+use crate::mmu::{self, Regime, Translation};
+use crate::platform::SimPlatform;
+
+/// Shape of a simulated machine.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    /// RAM regions `(base, size)`; the hypervisor's carve-out is taken from the top of the first.
+    pub ram: Vec<(u64, u64)>,
+    /// Host physical address space size in bits.
+    pub pa_bits: u32,
+    /// Pages of EL2's pool.
+    pub hyp_pool_pages: u64,
+    /// Pages of the host stage-2 table pool.
+    pub host_pool_pages: u64,
+}
+
+impl SimConfig {
+    /// A small machine: 8 MiB of RAM at 1 GiB, 2 MiB at 4 GiB, 40-bit PA, MMIO everywhere else.
+    #[must_use]
+    pub fn small() -> Self {
+        SimConfig {
+            ram: vec![(0x4000_0000, 8 << 20), (0x1_0000_0000, 2 << 20)],
+            pa_bits: 40,
+            hyp_pool_pages: 64,
+            host_pool_pages: 64,
+        }
+    }
+
+    /// A machine with `ram_mib` MiB at 1 GiB and pools sized by the hypervisor's own sizing
+    /// functions.
+    #[must_use]
+    pub fn sized(ram_mib: u64) -> Self {
+        let ram = vec![(0x4000_0000, ram_mib << 20)];
+        let map = MemoryMap::new(&[MemRegion::new(ram[0].0, ram[0].1)]).expect("valid map");
+        SimConfig {
+            ram,
+            pa_bits: 40,
+            hyp_pool_pages: pkvm_hyp::sizing::hyp_s1_pgtable_pages(&map, 2 << 20),
+            host_pool_pages: pkvm_hyp::sizing::host_s2_pgtable_pages(&map),
+        }
+    }
+}
+
+/// A booted simulated machine (see [`with_machine`]).
+pub struct Machine<'a> {
+    /// The platform (memory, TLB, recorded effects).
+    pub plat: &'a SimPlatform,
+    /// The hypervisor.
+    pub hyp: Hyp<'a, SimPlatform>,
+    /// Where EL2's memory is: `[start, end)`.
+    pub carveout: (u64, u64),
+    cfg: SimConfig,
+}
+
+impl std::fmt::Debug for Machine<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Machine")
+            .field("cfg", &self.cfg)
+            .field("carveout", &self.carveout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Boots a machine shaped by `cfg` and runs `f` on it.
+///
+/// # Panics
+/// If the configuration cannot boot (a bug in the caller or in boot).
+pub fn with_machine<R>(cfg: &SimConfig, f: impl FnOnce(&mut Machine<'_>) -> R) -> R {
+    let plat = SimPlatform::new(&cfg.ram);
+    let regions: Vec<MemRegion> = cfg.ram.iter().map(|&(b, s)| MemRegion::new(b, s)).collect();
+    let map = MemoryMap::new(&regions).expect("valid memory map");
+    let layout = VmemmapLayout::for_map(&map).expect("vmemmap layout");
+    let mut dir = vec![0u32; layout.dir_slots];
+    let pages: Vec<HypPage> = (0..layout.entries()).map(|_| HypPage::new()).collect();
+    let vmemmap = Vmemmap::new(&map, &mut dir, &pages).expect("vmemmap");
+
+    // Carve-out at the top of the first region: [hyp pool][host pool]. (At EL2 the vmemmap
+    // lives there too; here it is a Vec, so its pages are simply not part of the carve-out.)
+    let (base, size) = cfg.ram[0];
+    let total = (cfg.hyp_pool_pages + cfg.host_pool_pages) * PAGE_SIZE;
+    assert!(total < size, "carve-out larger than the first RAM region");
+    let co_start = base + size - total;
+    let pool = (co_start, co_start + cfg.hyp_pool_pages * PAGE_SIZE);
+    let host_pool = (pool.1, base + size);
+    let hyp_ranges = [(co_start, base + size)];
+    let maps = [HypMapping {
+        va: co_start,
+        pa: co_start,
+        size: total,
+        prot: Prot::R | Prot::W,
+    }];
+    let params = BootParams {
+        hyp_ranges: &hyp_ranges,
+        pool,
+        host_pool,
+        hyp_maps: &maps,
+        pa_bits: cfg.pa_bits,
+    };
+    let hyp = Hyp::new(&plat, &map, vmemmap, &params).expect("hypervisor boots");
+    hyp.finalise().expect("first finalise");
+    let mut m = Machine {
+        plat: &plat,
+        hyp,
+        carveout: (co_start, base + size),
+        cfg: cfg.clone(),
+    };
+    f(&mut m)
+}
+
+fn start_level(ia_bits: u32) -> u8 {
+    if ia_bits > 39 {
+        0
+    } else if ia_bits > 30 {
+        1
+    } else {
+        2
+    }
+}
+
+impl Machine<'_> {
+    /// The configuration.
+    #[must_use]
+    pub fn config(&self) -> &SimConfig {
+        &self.cfg
+    }
+
+    /// The machine as the spec sees it.
+    #[must_use]
+    pub fn spec_machine(&self) -> SpecMachine {
+        SpecMachine {
+            memory: self.cfg.ram.iter().map(|&(b, s)| (b, b + s)).collect(),
+            hyp_memory: vec![self.carveout],
+            pa_bits: self.cfg.pa_bits,
+        }
+    }
+
+    /// Issues a host hypercall through the hypervisor's dispatcher; returns `x0..x3`.
+    pub fn hvc(&self, id: HostHcall, args: &[u64]) -> [u64; 4] {
+        let mut x = [0u64; 8];
+        x[0] = hvc_fid(id);
+        x[1..=args.len()].copy_from_slice(args);
+        self.hyp.handle_host_hcall(&mut x);
+        [x[0], x[1], x[2], x[3]]
+    }
+
+    /// Issues a host hypercall and decodes its result (a non-dispatched call is `EFAULT`... no:
+    /// it panics, since the simulator only issues supported calls through this helper).
+    ///
+    /// # Errors
+    /// The handler's error.
+    pub fn call(&self, id: HostHcall, args: &[u64]) -> Result<(), Error> {
+        let r = self.hvc(id, args);
+        assert_eq!(r[0], SMCCC_SUCCESS, "{id:?} was not dispatched");
+        decode_result(r[1])
+    }
+
+    fn translate(&self, regime: Regime, root: u64, ia_bits: u32, ia: u64) -> Option<Translation> {
+        if let Some(t) = self.plat.tlb.lock().unwrap().lookup(regime, ia) {
+            return Some(t);
+        }
+        let t = mmu::walk(&self.plat.mem, regime, root, start_level(ia_bits), ia).ok()?;
+        self.plat.tlb.lock().unwrap().fill(regime, ia, t);
+        Some(t)
+    }
+
+    /// The host touches the byte at `pa` (IPA == PA). Faults go to the hypervisor's real fault
+    /// handler; an injected abort is reported as [`Outcome::Abort`].
+    pub fn host_access(&self, pa: u64, write: bool) -> Outcome {
+        let root = self.hyp.host_pgd();
+        for _ in 0..4 {
+            let t = if pa >> self.cfg.pa_bits == 0 {
+                self.translate(Regime::Stage2(0), root, self.cfg.pa_bits, pa)
+            } else {
+                None
+            };
+            match t {
+                Some(t) if t.read && (!write || t.write) => {
+                    assert_eq!(t.pa, pa, "host stage-2 is not an identity map at {pa:#x}");
+                    if write {
+                        let old = self.plat.mem.try_read(pa).unwrap_or(0);
+                        self.plat.mem.try_write(pa, old ^ 1);
+                    } else {
+                        let _ = self.plat.mem.try_read(pa);
+                    }
+                    return Outcome::Access;
+                }
+                _ => match self.hyp.handle_host_mem_abort(pa) {
+                    HostFault::Mapped => {}
+                    HostFault::InjectAbort => return Outcome::Abort,
+                },
+            }
+        }
+        panic!("host access to {pa:#x} keeps faulting after the handler mapped it");
+    }
+
+    /// EL2 reads `pa` through its own stage-1 (VA == PA).
+    pub fn hyp_access(&self, pa: u64) -> Outcome {
+        let root = self.hyp.hyp_pgd();
+        match self.translate(Regime::El2, root, 48, pa) {
+            Some(t) if t.read => Outcome::Access,
+            _ => Outcome::Abort,
+        }
+    }
+
+    /// Applies a spec call to the implementation.
+    pub fn apply(&self, call: pkvm_spec::Call) -> Outcome {
+        use pkvm_spec::Call;
+        let ret = |r: Result<(), Error>| Outcome::Ret(r);
+        match call {
+            Call::ShareHyp { pfn, nr } => ret(self.call(HostHcall::HostShareHyp, &[pfn, nr])),
+            Call::UnshareHyp { pfn, nr } => ret(self.call(HostHcall::HostUnshareHyp, &[pfn, nr])),
+            Call::DonateHyp { pfn, nr } => ret(self.call(HostHcall::HostDonateHyp, &[pfn, nr])),
+            Call::HypDonateHost { pfn, nr } => {
+                ret(self.call(HostHcall::DebugHypDonateHost, &[pfn, nr]))
+            }
+            Call::Pin { pfn, nr } => ret(self.call(HostHcall::DebugPin, &[pfn, nr])),
+            Call::Unpin { pfn, nr } => ret(self.call(HostHcall::DebugUnpin, &[pfn, nr])),
+            Call::HostAccess { pa, write } => self.host_access(pa, write),
+            Call::HypRead { pa } => self.hyp_access(pa),
+        }
+    }
+
+    fn is_hyp_memory(&self, pa: u64) -> bool {
+        pa >= self.carveout.0 && pa < self.carveout.1
+    }
+
+    /// Reads the concrete state (vmemmap + EL2 stage-1) back into the spec's terms.
+    ///
+    /// # Errors
+    /// A description of a concrete state the spec cannot even express (an EL2 mapping of host
+    /// memory at VA != PA, or with the wrong permissions, or a state encoding that is invalid).
+    pub fn abstract_state(&self) -> Result<AbsState, String> {
+        let conv = |s: PageState| match s {
+            PageState::Owned => State::Owned,
+            PageState::SharedOwned => State::SharedOwned,
+            PageState::SharedBorrowed => State::SharedBorrowed,
+            PageState::NoPage => State::NoPage,
+        };
+        let mut pages = BTreeMap::new();
+        for &(base, size) in &self.cfg.ram {
+            for pfn in base >> PAGE_SHIFT..(base + size) >> PAGE_SHIFT {
+                let e = self
+                    .hyp
+                    .vmemmap()
+                    .get(pfn)
+                    .ok_or_else(|| format!("no vmemmap entry for pfn {pfn:#x}"))?;
+                let hyp_mem = self.is_hyp_memory(pfn << PAGE_SHIFT);
+                let p = Page {
+                    host: conv(e.host_state()),
+                    hyp: conv(e.hyp_state()),
+                    shares: e.share_count(),
+                    // For EL2's own pages the refcount is the pool's, not a pin count.
+                    pins: if hyp_mem { 0 } else { e.refcount() },
+                };
+                let boot = if hyp_mem {
+                    Page::HYP_OWNED
+                } else {
+                    Page::HOST_OWNED
+                };
+                if p != boot {
+                    pages.insert(pfn, p);
+                }
+            }
+        }
+        let mut hyp_maps = BTreeMap::new();
+        let mut bad = None;
+        mmu::for_each_leaf(&self.plat.mem, self.hyp.hyp_pgd(), 0, |va, desc, level| {
+            let size = 1u64 << mmu::level_shift(level);
+            let oa = desc & 0x0000_FFFF_FFFF_F000 & !(size - 1);
+            for off in (0..size).step_by(PAGE_SIZE as usize) {
+                let pa = oa + off;
+                if self.is_hyp_memory(pa) || !self.plat.mem.is_ram(pa) {
+                    continue;
+                }
+                let t =
+                    mmu::walk(&self.plat.mem, Regime::El2, self.hyp.hyp_pgd(), 0, va + off).ok();
+                match t {
+                    Some(t) if va + off == pa && t.read && t.write && !t.exec && !t.device => {
+                        hyp_maps.insert(pa >> PAGE_SHIFT, HypProt::ReadWrite);
+                    }
+                    _ => {
+                        bad = Some(format!(
+                            "EL2 maps host page {pa:#x} at {:#x} as {t:?}",
+                            va + off
+                        ))
+                    }
+                }
+            }
+        });
+        if let Some(b) = bad {
+            return Err(b);
+        }
+        Ok(AbsState { pages, hyp_maps })
+    }
+
+    /// Structural invariants of the concrete state that the spec does not talk about:
+    /// table-page refcounts, the host stage-2 (identity, never mapping what the host does not
+    /// own, annotations exactly where it does not), and no stale TLB entry.
+    ///
+    /// # Errors
+    /// The first violation found.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        // Table refcounts: 1 + counted entries (valid for stage-1, non-zero for stage-2).
+        for (root, stage2) in [(self.hyp.hyp_pgd(), false), (self.hyp.host_pgd(), true)] {
+            let mut err = None;
+            mmu::for_each_table(
+                &self.plat.mem,
+                root,
+                start_level(if stage2 { self.cfg.pa_bits } else { 48 }),
+                |table| {
+                    let counted = (0..512)
+                        .filter(|i| {
+                            let d = self.plat.mem.read_u64(table + i * 8);
+                            if stage2 { d != 0 } else { d & 1 != 0 }
+                        })
+                        .count() as u64;
+                    let rc = self
+                        .hyp
+                        .vmemmap()
+                        .page(table)
+                        .map_or(0, |p| u64::from(p.refcount()));
+                    if rc != counted + 1 && err.is_none() {
+                        err = Some(format!(
+                            "{} table page {table:#x}: refcount {rc}, expected 1 + {counted}",
+                            if stage2 { "stage-2" } else { "stage-1" }
+                        ));
+                    }
+                },
+            );
+            if let Some(e) = err {
+                return Err(e);
+            }
+        }
+        // Host stage-2 leaves.
+        let mut err: Option<String> = None;
+        let host_root = self.hyp.host_pgd();
+        let sl = start_level(self.cfg.pa_bits);
+        mmu::for_each_leaf(&self.plat.mem, host_root, sl, |ipa, desc, level| {
+            let size = 1u64 << mmu::level_shift(level);
+            let oa = desc & 0x0000_FFFF_FFFF_F000 & !(size - 1);
+            if oa != ipa && err.is_none() {
+                err = Some(format!("host stage-2 maps {ipa:#x} to {oa:#x}"));
+            }
+            let map = self.hyp.memory_map();
+            if map.is_memory(ipa) {
+                if !map.range_is_memory(ipa, ipa + size) && err.is_none() {
+                    err = Some(format!("host block {ipa:#x}+{size:#x} straddles memory"));
+                }
+                for off in (0..size).step_by(PAGE_SIZE as usize) {
+                    let p = self.hyp.vmemmap().page(ipa + off).expect("memory page");
+                    if p.host_state() == PageState::NoPage && err.is_none() {
+                        err = Some(format!(
+                            "host stage-2 maps {:#x} which the host does not own",
+                            ipa + off
+                        ));
+                    }
+                }
+            } else if (0..size)
+                .step_by(PAGE_SIZE as usize)
+                .any(|off| map.is_memory(ipa + off))
+                && err.is_none()
+            {
+                err = Some(format!("host MMIO block {ipa:#x}+{size:#x} covers memory"));
+            }
+        });
+        if let Some(e) = err {
+            return Err(e);
+        }
+        for &(base, size) in &self.cfg.ram {
+            for pa in (base..base + size).step_by(PAGE_SIZE as usize) {
+                let p = self.hyp.vmemmap().page(pa).expect("memory page");
+                if p.host_state() != PageState::NoPage {
+                    continue;
+                }
+                match mmu::walk(&self.plat.mem, Regime::Stage2(0), host_root, sl, pa) {
+                    Ok(t) => {
+                        return Err(format!(
+                            "host can reach {pa:#x} which it does not own: {t:?}"
+                        ));
+                    }
+                    Err(f) if f.level == 3 && f.desc != 0 && (f.desc >> 2) & 0xFF != 0 => {}
+                    Err(f) => {
+                        return Err(format!(
+                            "page {pa:#x} not owned by the host lacks its annotation: {f:?}"
+                        ));
+                    }
+                }
+            }
+        }
+        self.check_tlb()
+    }
+
+    /// Every cached translation must still match the tables: otherwise a TLBI was missed.
+    ///
+    /// # Errors
+    /// The stale entry.
+    pub fn check_tlb(&self) -> Result<(), String> {
+        let tlb = self.plat.tlb.lock().unwrap();
+        for (regime, ia, t) in tlb.entries() {
+            let (root, bits) = match regime {
+                Regime::El2 => (self.hyp.hyp_pgd(), 48),
+                Regime::Stage2(0) => (self.hyp.host_pgd(), self.cfg.pa_bits),
+                Regime::Stage2(v) => return Err(format!("TLB entry for unknown VMID {v}")),
+            };
+            let now = mmu::walk(&self.plat.mem, regime, root, start_level(bits), ia).ok();
+            if now.map(|n| (n.pa, n.write, n.level)) != Some((t.pa, t.write, t.level)) {
+                return Err(format!(
+                    "stale TLB entry {regime:?} {ia:#x} -> {t:?}, tables now say {now:?}"
+                ));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,396 @@
+//! The catalogue of named negative cases: each asserts the exact error and that nothing
+//! changed (the spec checker and the structural invariants run after every call), plus the
+//! positive properties of the ownership core (transition script, clean teardown, no splits).
+
+use pkvm_abi::{Error, HostHcall, PAGE_SHIFT, PAGE_SIZE, SMCCC_NOT_SUPPORTED, Stat};
+use pkvm_sim::scenarios::{self, checked};
+use pkvm_sim::{Machine, SimConfig, with_machine};
+use pkvm_spec::{Call, Checker, Outcome};
+
+fn small<R>(f: impl FnOnce(&Machine<'_>, &mut Checker) -> R) -> R {
+    with_machine(&SimConfig::small(), |m| {
+        let mut c = Checker::new(m.spec_machine());
+        f(m, &mut c)
+    })
+}
+
+fn base(m: &Machine<'_>) -> u64 {
+    (m.config().ram[0].0 >> PAGE_SHIFT) + 0x100
+}
+
+/// Runs `call`, which must fail with `err` and change nothing.
+fn refused(m: &Machine<'_>, c: &mut Checker, call: Call, err: Error) {
+    let before = m.abstract_state().unwrap();
+    let got = checked(m, c, call).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(got, Outcome::Ret(Err(err)), "{call:?}");
+    assert_eq!(
+        m.abstract_state().unwrap(),
+        before,
+        "{call:?} changed the state"
+    );
+}
+
+fn ok(m: &Machine<'_>, c: &mut Checker, call: Call) {
+    let got = checked(m, c, call).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(got, Outcome::Ret(Ok(())), "{call:?}");
+}
+
+#[test]
+fn double_unshare() {
+    small(|m, c| {
+        let pfn = base(m);
+        ok(m, c, Call::ShareHyp { pfn, nr: 1 });
+        ok(m, c, Call::UnshareHyp { pfn, nr: 1 });
+        refused(m, c, Call::UnshareHyp { pfn, nr: 1 }, Error::Perm);
+    });
+}
+
+#[test]
+fn unshare_never_shared() {
+    small(|m, c| {
+        refused(
+            m,
+            c,
+            Call::UnshareHyp {
+                pfn: base(m),
+                nr: 1,
+            },
+            Error::Perm,
+        )
+    });
+}
+
+#[test]
+fn share_hyp_owned() {
+    small(|m, c| {
+        refused(
+            m,
+            c,
+            Call::ShareHyp {
+                pfn: m.carveout.0 >> PAGE_SHIFT,
+                nr: 1,
+            },
+            Error::Perm,
+        );
+        let pfn = base(m);
+        ok(m, c, Call::DonateHyp { pfn, nr: 1 });
+        refused(m, c, Call::ShareHyp { pfn, nr: 1 }, Error::Perm);
+    });
+}
+
+#[test]
+fn share_mmio_hole_and_beyond() {
+    small(|m, c| {
+        refused(
+            m,
+            c,
+            Call::ShareHyp {
+                pfn: 0x0900_0000 >> PAGE_SHIFT,
+                nr: 1,
+            },
+            Error::Inval,
+        );
+        // A hole with no RAM between the two regions (upstream 6.1 accepted this).
+        refused(
+            m,
+            c,
+            Call::ShareHyp {
+                pfn: 0x8000_0000 >> PAGE_SHIFT,
+                nr: 1,
+            },
+            Error::Inval,
+        );
+        refused(
+            m,
+            c,
+            Call::ShareHyp {
+                pfn: 1 << (40 - PAGE_SHIFT),
+                nr: 1,
+            },
+            Error::Range,
+        );
+        refused(
+            m,
+            c,
+            Call::DonateHyp {
+                pfn: 0x0900_0000 >> PAGE_SHIFT,
+                nr: 1,
+            },
+            Error::Inval,
+        );
+    });
+}
+
+#[test]
+fn range_straddling_memory_and_mmio() {
+    small(|m, c| {
+        let (b, s) = m.config().ram[1];
+        let last = ((b + s) >> PAGE_SHIFT) - 1;
+        refused(m, c, Call::ShareHyp { pfn: last, nr: 2 }, Error::Inval);
+        let first = b >> PAGE_SHIFT;
+        refused(
+            m,
+            c,
+            Call::ShareHyp {
+                pfn: first - 1,
+                nr: 2,
+            },
+            Error::Inval,
+        );
+    });
+}
+
+#[test]
+fn range_whose_last_page_is_bad() {
+    small(|m, c| {
+        let pfn = base(m);
+        ok(
+            m,
+            c,
+            Call::DonateHyp {
+                pfn: pfn + 3,
+                nr: 1,
+            },
+        );
+        refused(m, c, Call::ShareHyp { pfn, nr: 4 }, Error::Perm);
+        // Last page pinned: the whole unshare is refused.
+        ok(m, c, Call::ShareHyp { pfn, nr: 3 });
+        ok(
+            m,
+            c,
+            Call::Pin {
+                pfn: pfn + 2,
+                nr: 1,
+            },
+        );
+        refused(m, c, Call::UnshareHyp { pfn, nr: 3 }, Error::Busy);
+    });
+}
+
+#[test]
+fn overflow_and_zero_length() {
+    small(|m, c| {
+        refused(
+            m,
+            c,
+            Call::ShareHyp {
+                pfn: u64::MAX,
+                nr: 1,
+            },
+            Error::Inval,
+        );
+        refused(
+            m,
+            c,
+            Call::ShareHyp {
+                pfn: 1,
+                nr: u64::MAX,
+            },
+            Error::Inval,
+        );
+        refused(
+            m,
+            c,
+            Call::ShareHyp {
+                pfn: base(m),
+                nr: 0,
+            },
+            Error::Inval,
+        );
+        refused(
+            m,
+            c,
+            Call::UnshareHyp {
+                pfn: base(m),
+                nr: 0,
+            },
+            Error::Inval,
+        );
+        refused(
+            m,
+            c,
+            Call::DonateHyp {
+                pfn: u64::MAX - 1,
+                nr: 4,
+            },
+            Error::Inval,
+        );
+    });
+}
+
+#[test]
+fn unshare_while_pinned() {
+    small(|m, c| {
+        let pfn = base(m);
+        ok(m, c, Call::ShareHyp { pfn, nr: 1 });
+        ok(m, c, Call::Pin { pfn, nr: 1 });
+        refused(m, c, Call::UnshareHyp { pfn, nr: 1 }, Error::Busy);
+        ok(m, c, Call::Unpin { pfn, nr: 1 });
+        ok(m, c, Call::UnshareHyp { pfn, nr: 1 });
+    });
+}
+
+#[test]
+fn share_count_saturation() {
+    small(|m, _| {
+        let pfn = base(m);
+        for _ in 0..u16::MAX {
+            assert_eq!(m.call(HostHcall::HostShareHyp, &[pfn, 1]), Ok(()));
+        }
+        assert_eq!(m.call(HostHcall::HostShareHyp, &[pfn, 1]), Err(Error::Busy));
+        assert_eq!(m.hyp.vmemmap().get(pfn).unwrap().share_count(), u16::MAX);
+        // And it still unwinds all the way down.
+        for _ in 0..u16::MAX {
+            assert_eq!(m.call(HostHcall::HostUnshareHyp, &[pfn, 1]), Ok(()));
+        }
+        assert_eq!(
+            m.call(HostHcall::HostUnshareHyp, &[pfn, 1]),
+            Err(Error::Perm)
+        );
+        m.check_invariants().unwrap();
+    });
+}
+
+#[test]
+fn donate_a_shared_page() {
+    small(|m, c| {
+        let pfn = base(m);
+        ok(m, c, Call::ShareHyp { pfn, nr: 1 });
+        refused(m, c, Call::DonateHyp { pfn, nr: 1 }, Error::Perm);
+        refused(m, c, Call::HypDonateHost { pfn, nr: 1 }, Error::Perm);
+    });
+}
+
+#[test]
+fn host_access_to_donated_page_aborts() {
+    small(|m, c| {
+        let pfn = base(m);
+        let pa = pfn << PAGE_SHIFT;
+        // First touch maps a block around it.
+        assert_eq!(
+            checked(m, c, Call::HostAccess { pa, write: true }).unwrap(),
+            Outcome::Access
+        );
+        ok(m, c, Call::DonateHyp { pfn, nr: 1 });
+        // The TLB entry from the first touch must have been invalidated.
+        assert_eq!(
+            checked(m, c, Call::HostAccess { pa, write: false }).unwrap(),
+            Outcome::Abort
+        );
+        // Neighbours in the old block are still the host's.
+        assert_eq!(
+            checked(
+                m,
+                c,
+                Call::HostAccess {
+                    pa: pa + PAGE_SIZE,
+                    write: true
+                }
+            )
+            .unwrap(),
+            Outcome::Access
+        );
+        assert!(m.hyp.stat(Stat::InjectedAborts) >= 1);
+        // The hypervisor's own memory is out of reach too.
+        assert_eq!(
+            checked(
+                m,
+                c,
+                Call::HostAccess {
+                    pa: m.carveout.0,
+                    write: true
+                }
+            )
+            .unwrap(),
+            Outcome::Abort
+        );
+    });
+}
+
+#[test]
+fn brief_transition_script() {
+    with_machine(&SimConfig::small(), |m| {
+        let mut out = String::new();
+        scenarios::transition_script(m, &mut out).unwrap_or_else(|e| panic!("{out}\n{e}"));
+    });
+}
+
+#[test]
+fn share_twice_keeps_mapping_until_last_unshare() {
+    with_machine(&SimConfig::small(), |m| {
+        let mut out = String::new();
+        scenarios::share_twice(m, &mut out).unwrap_or_else(|e| panic!("{out}\n{e}"));
+    });
+}
+
+#[test]
+fn boot_only_calls_refused_after_finalise() {
+    small(|m, _| {
+        assert_eq!(m.hvc(HostHcall::Finalize, &[])[0], SMCCC_NOT_SUPPORTED);
+        assert_eq!(m.hvc(HostHcall::Version, &[])[0], 0);
+        let mut x = [0xC600_7FFFu64, 0, 0, 0, 0, 0, 0, 0];
+        m.hyp.handle_host_hcall(&mut x);
+        assert_eq!(x[0], SMCCC_NOT_SUPPORTED);
+    });
+}
+
+/// After a sequence that ends with everything unshared: no EL2 mapping of host memory, no
+/// table page left behind, the pool back where it started.
+#[test]
+fn everything_unshared_leaves_nothing_behind() {
+    small(|m, c| {
+        let free0 = m.hyp.stat(Stat::PoolFreePages);
+        let tables0 = m.hyp.stat(Stat::TablePages);
+        let pfn = base(m);
+        for (p, n) in [(pfn, 3), (pfn + 1, 1), (pfn + 600, 512), (pfn + 1, 700)] {
+            ok(m, c, Call::ShareHyp { pfn: p, nr: n });
+        }
+        ok(
+            m,
+            c,
+            Call::DonateHyp {
+                pfn: pfn + 1500,
+                nr: 5,
+            },
+        );
+        assert!(m.hyp.stat(Stat::HypMappedHostPages) > 0);
+        for (p, n) in [(pfn + 1, 700), (pfn + 600, 512), (pfn + 1, 1), (pfn, 3)] {
+            ok(m, c, Call::UnshareHyp { pfn: p, nr: n });
+        }
+        ok(
+            m,
+            c,
+            Call::HypDonateHost {
+                pfn: pfn + 1500,
+                nr: 5,
+            },
+        );
+        assert_eq!(m.hyp.stat(Stat::HypMappedHostPages), 0);
+        assert_eq!(m.hyp.stat(Stat::SharedPages), 0);
+        assert_eq!(m.hyp.stat(Stat::PoolFreePages), free0);
+        assert_eq!(m.hyp.stat(Stat::TablePages), tables0);
+    });
+}
+
+/// Sharing 1,000 scattered pages must not split a single host block.
+#[test]
+fn sharing_does_not_split_host_blocks() {
+    with_machine(&SimConfig::sized(64), |m| {
+        let ram = m.config().ram[0].0;
+        // Touch the first 32 MiB so that the host maps it with 2 MiB blocks.
+        for off in (0..32u64 << 20).step_by(2 << 20) {
+            assert_eq!(m.host_access(ram + off, true), Outcome::Access);
+        }
+        let leaves = |m: &Machine<'_>| {
+            [Stat::HostLeavesL1, Stat::HostLeavesL2, Stat::HostLeavesL3].map(|s| m.hyp.stat(s))
+        };
+        let before = leaves(m);
+        assert!(before[1] >= 16, "expected 2 MiB blocks, got {before:?}");
+        for i in 0..1000u64 {
+            let pfn = (ram >> PAGE_SHIFT) + (i * 7919) % 8192;
+            let _ = m.call(HostHcall::HostShareHyp, &[pfn, 1]);
+        }
+        assert_eq!(leaves(m), before, "sharing changed the host stage-2");
+        m.check_invariants().unwrap();
+    });
+}
