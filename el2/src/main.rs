@@ -16,7 +16,7 @@
 #![cfg_attr(target_os = "none", no_std, no_main)]
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
-#[cfg(any(test, target_os = "none"))]
+#[cfg(target_os = "none")]
 mod context;
 #[cfg(any(test, target_os = "none"))]
 mod hcall;
@@ -28,10 +28,16 @@ mod boot;
 mod console;
 #[cfg(target_os = "none")]
 mod dt;
+#[cfg(any(test, target_os = "none"))]
+mod fdt_patch;
+#[cfg(target_os = "none")]
+mod hyp_init;
 #[cfg(target_os = "none")]
 mod image;
 #[cfg(target_os = "none")]
 mod panic;
+#[cfg(target_os = "none")]
+mod platform;
 #[cfg(target_os = "none")]
 mod psci;
 #[cfg(target_os = "none")]
@@ -97,7 +103,12 @@ extern "C" fn el2_main(dtb: usize) -> ! {
         host.text_offset
     );
 
+    let hb = hyp_init::init(&platform, host.image_size);
     sysregs::init_for_host();
-    println!("EL2: entering host at {HOST_LOAD_ADDR:#x} (EL1h, DAIF masked), x0 = DTB {dtb:#x}");
-    boot::enter_host(HOST_LOAD_ADDR, dtb as u64)
+    hyp_init::enable_host_stage2();
+    println!(
+        "EL2: entering host at {HOST_LOAD_ADDR:#x} (EL1h, DAIF masked, stage-2 on), x0 = DTB {:#x}",
+        hb.dtb
+    );
+    boot::enter_host(HOST_LOAD_ADDR, hb.dtb)
 }

@@ -124,3 +124,47 @@ pub fn init_for_host() {
     SCTLR_EL1.set(SCTLR_EL1_RESET);
     aarch64_cpu::asm::barrier::isb(aarch64_cpu::asm::barrier::SY);
 }
+
+/// FAR_EL2.
+#[inline(always)]
+pub fn far() -> u64 {
+    FAR_EL2.get()
+}
+
+/// HPFAR_EL2.
+#[inline(always)]
+pub fn hpfar() -> u64 {
+    HPFAR_EL2.get()
+}
+
+/// `ESR_ELx.ISS` fault status code of a synchronous external abort, not on a table walk.
+const FSC_SEA: u64 = 0b01_0000;
+
+/// Makes the host take a synchronous external abort for the access that trapped with
+/// `esr_el2` at `far` when EL2 returns: the exception entry an EL1 data/instruction abort
+/// would have had, emulated (ESR/FAR/ELR/SPSR_EL1, then `eret` into the host's vector).
+pub fn inject_host_sea(esr_el2: u64, far: u64) {
+    let spsr = SPSR_EL2.get();
+    let elr = ELR_EL2.get();
+    // SPSR.M[3:0]: 0b0000 EL0t, 0b0100 EL1t, 0b0101 EL1h.
+    let (vector, same_el) = match spsr & 0xf {
+        0b0000 => (0x400, false),
+        0b0100 => (0x000, true),
+        _ => (0x200, true),
+    };
+    let instruction = esr_el2 >> 26 == 0x20;
+    let ec: u64 = match (instruction, same_el) {
+        (false, true) => 0x25,
+        (false, false) => 0x24,
+        (true, true) => 0x21,
+        (true, false) => 0x20,
+    };
+    // Keep WnR (bit 6) of a data abort; IL = 1 (32-bit instruction).
+    let wnr = if instruction { 0 } else { esr_el2 & (1 << 6) };
+    ESR_EL1.set((ec << 26) | (1 << 25) | wnr | FSC_SEA);
+    FAR_EL1.set(far);
+    ELR_EL1.set(elr);
+    SPSR_EL1.set(spsr);
+    ELR_EL2.set(VBAR_EL1.get() + vector);
+    SPSR_EL2.set(SPSR_EL1H_DAIF_MASKED);
+}

@@ -6,13 +6,18 @@
 
 use crate::boot::FullFrame;
 use crate::context::HostContext;
-use crate::hcall::{self, Outcome};
-use crate::{psci, sysregs};
+use crate::{hyp_init, psci, sysregs};
+use pkvm_abi::HVC_BASE;
+use pkvm_hyp::mem_protect::HostFault;
 
 /// ESR_EL2.EC: HVC executed in AArch64 state.
 const EC_HVC64: u64 = 0x16;
 /// ESR_EL2.EC: SMC executed in AArch64 state (trapped by HCR_EL2.TSC).
 const EC_SMC64: u64 = 0x17;
+/// ESR_EL2.EC: instruction abort from a lower EL.
+const EC_IABT_LOW: u64 = 0x20;
+/// ESR_EL2.EC: data abort from a lower EL.
+const EC_DABT_LOW: u64 = 0x24;
 
 /// Names of the 16 vector entries, in table order.
 const VECTOR_NAMES: [&str; 16] = [
@@ -41,7 +46,15 @@ pub fn handle_host_trap(ctx: &mut HostContext) {
     let esr = sysregs::esr();
     match esr >> 26 {
         EC_HVC64 => {
-            if hcall::dispatch(ctx) == Outcome::NotOurs {
+            if ctx.reg(0) & !0xffff == HVC_BASE
+                && let Some(hyp) = hyp_init::hyp()
+            {
+                let (x, _) = ctx
+                    .regs
+                    .split_first_chunk_mut::<8>()
+                    .expect("19 saved registers");
+                hyp.handle_host_hcall(x);
+            } else {
                 psci::relay_host_call(ctx);
             }
         }
@@ -49,7 +62,33 @@ pub fn handle_host_trap(ctx: &mut HostContext) {
             psci::relay_host_call(ctx);
             sysregs::skip_host_instruction();
         }
+        EC_DABT_LOW | EC_IABT_LOW => host_mem_abort(esr),
         _ => unexpected_host_trap(esr),
+    }
+}
+
+/// A host access faulted at stage 2: map it lazily, or inject a synchronous external abort
+/// into the host if it may not access that address. EL2 keeps running either way.
+#[inline(never)]
+fn host_mem_abort(esr: u64) {
+    let far = sysregs::far();
+    // DFSC/IFSC: translation (0b0001xx), access flag (0b0010xx) and permission (0b0011xx)
+    // faults come with a valid HPFAR_EL2; anything else (an external abort from a device, say)
+    // is reflected to the host as it is.
+    let fsc = esr & 0x3f;
+    let decision = match (fsc >> 2, hyp_init::hyp()) {
+        (1..=3, Some(hyp)) => {
+            let ipa = ((sysregs::hpfar() >> 4) << 12) | (far & 0xfff);
+            hyp.handle_host_mem_abort(ipa)
+        }
+        _ => HostFault::InjectAbort,
+    };
+    if decision == HostFault::InjectAbort {
+        let elr = sysregs::fault_regs().1;
+        crate::console::print(format_args!(
+            "EL2: host access to {far:#x} (pc {elr:#x}) refused: abort injected into the host\n"
+        ));
+        sysregs::inject_host_sea(esr, far);
     }
 }
 

@@ -197,6 +197,11 @@ impl<'a, P: Platform> Hyp<'a, P> {
         self.hyp.lock().pgt.root()
     }
 
+    /// Configuration of the host stage-2 (for `VTCR_EL2`).
+    pub fn host_s2_config(&self) -> Config {
+        self.host.lock().pgt.config()
+    }
+
     /// Physical address of the host stage-2 root (for `VTTBR_EL2`, VMID 0).
     pub fn host_pgd(&self) -> u64 {
         self.host.lock().pgt.root()

@@ -1,0 +1,306 @@
+//! Brings the portable core (`pkvm-hyp`) up at EL2 on QEMU `virt`:
+//!
+//! 1. size the carve-out with the core's sizing functions and take it from the top of RAM:
+//!    `[vmemmap directory + entries][EL2 page pool][host stage-2 table pool]`;
+//! 2. build the vmemmap over all of memory, EL2's stage-1 (image text RX, rodata RO,
+//!    data/bss/stacks RW, the carve-out RW, the UART as device) and the host stage-2 with every
+//!    page EL2 owns annotated — all by `Hyp::new`;
+//! 3. copy the device tree below the carve-out with `/memreserve/` entries for EL2's memory,
+//!    for the host;
+//! 4. turn on EL2's MMU and caches, then (after the EL1 set-up) the host stage-2.
+
+use core::arch::asm;
+
+use pkvm_abi::PAGE_SIZE;
+use pkvm_abi::boot::{HOST_LOAD_ADDR, QEMU_VIRT_RAM_BASE};
+use pkvm_hyp::mem_protect::Hyp;
+use pkvm_hyp::memory::{MemRegion, MemoryMap};
+use pkvm_hyp::platform::PhysMem;
+use pkvm_hyp::setup::{BootParams, HypMapping};
+use pkvm_hyp::sizing;
+use pkvm_hyp::vmemmap::{HypPage, Vmemmap, VmemmapLayout};
+use pkvm_pgtable::Prot;
+use spin::Once;
+
+use crate::dt::Platform as Dt;
+use crate::fdt_patch;
+use crate::platform::{El2Platform, PLATFORM};
+
+static MEMORY_MAP: Once<MemoryMap> = Once::new();
+static HYP: Once<Hyp<'static, El2Platform>> = Once::new();
+
+/// Extra pages in EL2's pool beyond its stage-1 tables (guest structures, later).
+const HYP_POOL_EXTRA_PAGES: u64 = 256;
+/// Room for the host's copy of the device tree, below the carve-out.
+const DTB_SLOT: u64 = 2 << 20;
+const SZ_2M: u64 = 2 << 20;
+
+/// The running hypervisor. `None` until [`init`] has run.
+#[inline(always)]
+pub fn hyp() -> Option<&'static Hyp<'static, El2Platform>> {
+    HYP.get()
+}
+
+/// What the host gets.
+#[derive(Debug)]
+pub struct HostBoot {
+    /// Address of the host's device tree.
+    pub dtb: u64,
+}
+
+unsafe extern "C" {
+    static __text_start: u8;
+    static __text_end: u8;
+    static __rodata_start: u8;
+    static __rodata_end: u8;
+    static __data_start: u8;
+    static __image_end: u8;
+}
+
+fn sym(s: &u8) -> u64 {
+    core::ptr::from_ref(s) as u64
+}
+
+/// Physical address size from `ID_AA64MMFR0_EL1.PARange`: (bits, PS field value).
+pub fn pa_range() -> (u32, u64) {
+    let mmfr0: u64;
+    // SAFETY: ID_AA64MMFR0_EL1 is always readable at EL2; no side effect.
+    unsafe {
+        asm!("mrs {}, id_aa64mmfr0_el1", out(reg) mmfr0, options(nomem, nostack, preserves_flags))
+    };
+    match mmfr0 & 0xf {
+        0 => (32, 0),
+        1 => (36, 1),
+        2 => (40, 2),
+        3 => (42, 3),
+        4 => (44, 4),
+        // 48 bits, or more (52-bit PAs need the 64 KiB / LPA2 formats we do not use).
+        _ => (48, 5),
+    }
+}
+
+/// Sets up everything; on failure prints the reason, a fail result line, and powers off.
+pub fn init(dt: &Dt, host_image_size: u64) -> HostBoot {
+    PLATFORM.probe_features();
+    let mut regions = [MemRegion::default(); crate::dt::MAX_MEMORY_REGIONS];
+    for (r, m) in regions.iter_mut().zip(dt.memory()) {
+        *r = MemRegion::new(m.base, m.size);
+    }
+    let map = match MemoryMap::new(&regions[..dt.memory().len()]) {
+        Ok(m) => MEMORY_MAP.call_once(|| m),
+        Err(e) => result_fail!("bad memory map in the device tree: {e}"),
+    };
+    let (pa_bits, ps) = pa_range();
+
+    // 1. Carve-out sizes and place.
+    let Ok(layout) = VmemmapLayout::for_map(map) else {
+        result_fail!("memory map too large for the vmemmap")
+    };
+    let vm_pages = layout.pages();
+    let hyp_pages =
+        sizing::hyp_s1_pgtable_pages(map, sizing::HYP_PRIVATE_BYTES) + HYP_POOL_EXTRA_PAGES;
+    let host_pages = sizing::host_s2_pgtable_pages(map);
+    let total = (vm_pages + hyp_pages + host_pages) * PAGE_SIZE;
+    let Some(top) = map
+        .regions()
+        .iter()
+        .find(|r| r.contains(HOST_LOAD_ADDR))
+        .map(|r| r.end())
+    else {
+        result_fail!("no RAM at the host load address")
+    };
+    let co_start = (top - total) & !(SZ_2M - 1);
+    let co_end = top;
+    let dtb_dst = co_start - DTB_SLOT;
+    let host_end = HOST_LOAD_ADDR + host_image_size;
+    if dtb_dst < host_end + SZ_2M || dt.dtb_overlaps(dtb_dst, co_end - dtb_dst) {
+        result_fail!(
+            "not enough RAM for the host image, its DTB and EL2's {} KiB carve-out",
+            total / 1024
+        );
+    }
+    let vm_start = co_start;
+    let pool = (
+        vm_start + vm_pages * PAGE_SIZE,
+        vm_start + (vm_pages + hyp_pages) * PAGE_SIZE,
+    );
+    let host_pool = (pool.1, pool.1 + host_pages * PAGE_SIZE);
+    println!(
+        "EL2: carve-out {co_start:#x}..{co_end:#x} ({} KiB): vmemmap {vm_pages} pages, EL2 pool {hyp_pages}, host stage-2 pool {host_pages}; {pa_bits}-bit PA",
+        (co_end - co_start) / 1024
+    );
+
+    // 2. The vmemmap, over zeroed carve-out memory.
+    PLATFORM.zero(vm_start, vm_pages * PAGE_SIZE);
+    let dir_pa = vm_start;
+    let entries_pa = vm_start + layout.dir_pages() * PAGE_SIZE;
+    // SAFETY: `[dir_pa, dir_pa + dir_pages)` and `[entries_pa, entries_pa + entry_pages)` are
+    // disjoint, zeroed, page-aligned parts of the carve-out, which nothing else uses and which
+    // stays mapped (VA == PA) for EL2's whole life. Zero is a valid `u32` and a valid
+    // `HypPage` (all-atomic fields). These are the only references ever made to that memory.
+    let (dir, pages) = unsafe {
+        (
+            core::slice::from_raw_parts_mut(dir_pa as *mut u32, layout.dir_slots),
+            core::slice::from_raw_parts(entries_pa as *const HypPage, layout.entries()),
+        )
+    };
+    let vmemmap = match Vmemmap::new(map, dir, pages) {
+        Ok(v) => v,
+        Err(e) => result_fail!("vmemmap: {e}"),
+    };
+
+    // SAFETY: the linker script defines these symbols; only their addresses are used.
+    let (text, text_end, ro, ro_end, data, image_end) = unsafe {
+        (
+            sym(&__text_start),
+            sym(&__text_end),
+            sym(&__rodata_start),
+            sym(&__rodata_end),
+            sym(&__data_start),
+            sym(&__image_end),
+        )
+    };
+    let uart = (dt.uart_base as u64) & !(PAGE_SIZE - 1);
+    let maps = [
+        HypMapping {
+            va: text,
+            pa: text,
+            size: text_end - text,
+            prot: Prot::R | Prot::X,
+        },
+        HypMapping {
+            va: ro,
+            pa: ro,
+            size: ro_end - ro,
+            prot: Prot::R,
+        },
+        HypMapping {
+            va: data,
+            pa: data,
+            size: image_end - data,
+            prot: Prot::R | Prot::W,
+        },
+        HypMapping {
+            va: co_start,
+            pa: co_start,
+            size: co_end - co_start,
+            prot: Prot::R | Prot::W,
+        },
+        HypMapping {
+            va: uart,
+            pa: uart,
+            size: PAGE_SIZE,
+            prot: Prot::R | Prot::W | Prot::DEVICE,
+        },
+    ];
+    let hyp_ranges = [(QEMU_VIRT_RAM_BASE, HOST_LOAD_ADDR), (co_start, co_end)];
+    let params = BootParams {
+        hyp_ranges: &hyp_ranges,
+        pool,
+        host_pool,
+        hyp_maps: &maps,
+        pa_bits,
+    };
+    let hyp = match Hyp::new(&PLATFORM, map, vmemmap, &params) {
+        Ok(h) => HYP.call_once(|| h),
+        Err(e) => result_fail!("hypervisor set-up failed at {}: {}", e.step, e.error),
+    };
+    if hyp.finalise().is_err() {
+        result_fail!("finalise refused");
+    }
+
+    // 3. The host's device tree.
+    let (src, src_len) = dt.dtb;
+    // SAFETY: QEMU's DTB is `src_len` bytes at `src`, in RAM, and nothing writes it; the
+    // destination slot below the carve-out is RAM no one uses yet and does not overlap it
+    // (checked above). Both are plain byte buffers.
+    let (src_buf, dst_buf) = unsafe {
+        (
+            core::slice::from_raw_parts(src as *const u8, src_len as usize),
+            core::slice::from_raw_parts_mut(dtb_dst as *mut u8, DTB_SLOT as usize),
+        )
+    };
+    let reserved = [
+        (QEMU_VIRT_RAM_BASE, HOST_LOAD_ADDR - QEMU_VIRT_RAM_BASE),
+        (co_start, co_end - co_start),
+    ];
+    if let Err(e) = fdt_patch::add_memreserve(src_buf, dst_buf, &reserved) {
+        result_fail!("cannot copy the device tree for the host: {e:?}");
+    }
+
+    // 4. EL2's MMU.
+    enable_el2_mmu(hyp.hyp_pgd(), ps);
+    PLATFORM.set_mmu_on();
+    println!(
+        "EL2: MMU on (TTBR0_EL2 {:#x}); host stage-2 root {:#x}",
+        hyp.hyp_pgd(),
+        hyp.host_pgd()
+    );
+    HostBoot { dtb: dtb_dst }
+}
+
+/// Loads EL2's stage-1 and turns on the MMU and caches. The identity map keeps the PC valid.
+fn enable_el2_mmu(root: u64, ps: u64) {
+    // TCR_EL2 (E2H = 0): RES1 bits 31 and 23; PS; TG0 = 4 KiB; inner-shareable, write-back
+    // walks; T0SZ = 16 (48-bit VA).
+    let tcr = (1 << 31) | (1 << 23) | (ps << 16) | (3 << 12) | (1 << 10) | (1 << 8) | 16;
+    let sctlr = crate::boot::SCTLR_EL2_MMU_OFF | (1 << 0) | (1 << 2) | (1 << 12);
+    // SAFETY: the tables at `root` map this code, its stack, the console and all memory EL2
+    // touches at VA == PA with the right attributes (built by `Hyp::new`), so execution
+    // continues seamlessly once SCTLR_EL2.M is set. The TLB is invalidated first.
+    unsafe {
+        asm!(
+            "dsb ish",
+            "msr mair_el2, {mair}",
+            "msr tcr_el2, {tcr}",
+            "msr ttbr0_el2, {root}",
+            "isb",
+            "tlbi alle2",
+            "dsb ish",
+            "isb",
+            "msr sctlr_el2, {sctlr}",
+            "isb",
+            mair = in(reg) pkvm_pgtable::desc::MAIR_EL2_VALUE,
+            tcr = in(reg) tcr,
+            root = in(reg) root,
+            sctlr = in(reg) sctlr,
+            options(nostack)
+        );
+    }
+}
+
+/// Installs the host stage-2 (VMID 0) and sets `HCR_EL2.VM`: from here on every host access
+/// goes through it. Called after the EL1 set-up, just before entering the host.
+pub fn enable_host_stage2() {
+    let Some(hyp) = hyp() else { return };
+    let (_, ps) = pa_range();
+    let cfg = hyp.host_s2_config();
+    let vtcr = (1u64 << 31)
+        | (ps << 16)
+        | (3 << 12)
+        | (1 << 10)
+        | (1 << 8)
+        | (u64::from(cfg.vtcr_sl0()) << 6)
+        | u64::from(cfg.t0sz());
+    // SAFETY: the host stage-2 at `host_pgd` is complete (everything EL2 owns is annotated,
+    // the rest faults in lazily); enabling it only restricts what EL1 can reach. Stale stage-1+2
+    // TLB entries of VMID 0 are dropped.
+    unsafe {
+        asm!(
+            "msr vtcr_el2, {vtcr}",
+            "msr vttbr_el2, {vttbr}",
+            "isb",
+            "mrs {tmp}, hcr_el2",
+            "orr {tmp}, {tmp}, #1",
+            "msr hcr_el2, {tmp}",
+            "isb",
+            "tlbi vmalls12e1is",
+            "dsb ish",
+            "isb",
+            vtcr = in(reg) vtcr,
+            vttbr = in(reg) hyp.host_pgd(),
+            tmp = out(reg) _,
+            options(nostack)
+        );
+    }
+}
