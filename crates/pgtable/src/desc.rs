@@ -129,7 +129,7 @@ pub const fn is_valid(pte: u64) -> bool {
 #[inline]
 #[must_use]
 pub const fn is_table(pte: u64, level: u8) -> bool {
-    level < LEAF_LEVEL && pte & (PTE_VALID | PTE_TYPE) == PTE_VALID | PTE_TYPE
+    level != LEAF_LEVEL && pte & (PTE_VALID | PTE_TYPE) == PTE_VALID | PTE_TYPE
 }
 
 /// Whether `pte`, found at `level`, is a valid block or page (a valid leaf).
@@ -260,6 +260,24 @@ impl Format {
     /// [`Error::InvalidProt`] as for [`Format::check_prot`].
     #[inline]
     pub const fn leaf_attrs(self, prot: Prot) -> Result<u64, Error> {
+        // A table lookup on R/W/X/DEVICE (what `encode_attrs` computes), plus the SW bits.
+        let p = prot.bits();
+        if p & !Prot::all().bits() != 0 {
+            return Err(Error::InvalidProt);
+        }
+        let table = match self {
+            Format::Stage1El2 => &S1_ATTRS,
+            Format::Stage2 { .. } => &S2_ATTRS,
+        };
+        let a = table[(p & 0xf) as usize];
+        if a == NO_ATTRS {
+            return Err(Error::InvalidProt);
+        }
+        Ok(a | (p & PTE_SW_MASK))
+    }
+
+    /// [`Format::leaf_attrs`] computed field by field (used to build the lookup tables).
+    const fn encode_attrs(self, prot: Prot) -> Result<u64, Error> {
         if let Err(e) = self.check_prot(prot) {
             return Err(e);
         }
@@ -354,6 +372,25 @@ impl Format {
         p
     }
 }
+
+/// Marks an invalid R/W/X/DEVICE combination in the attribute tables.
+const NO_ATTRS: u64 = u64::MAX;
+
+/// Leaf attributes per R/W/X/DEVICE combination (`Prot` bits 3:0) for `format`.
+const fn attrs_table(format: Format) -> [u64; 16] {
+    let mut t = [NO_ATTRS; 16];
+    let mut i = 0;
+    while i < 16 {
+        if let Ok(a) = format.encode_attrs(Prot::from_bits_retain(i as u64)) {
+            t[i] = a;
+        }
+        i += 1;
+    }
+    t
+}
+
+static S1_ATTRS: [u64; 16] = attrs_table(Format::Stage1El2);
+static S2_ATTRS: [u64; 16] = attrs_table(Format::Stage2 { vmid: 0 });
 
 #[cfg(test)]
 mod tests {
@@ -473,6 +510,18 @@ mod tests {
             .leaf_pte(pa, Prot::RW | Prot::SW1 | Prot::SW2, 1)
             .unwrap();
         assert_eq!(sw, 0x0340_0000_8000_07fd);
+    }
+
+    #[test]
+    fn lookup_tables_match_the_field_encoder() {
+        for f in [S1, S2] {
+            for bits in 0..16u64 {
+                for sw in [0, 1 << 55, 0xf << 55] {
+                    let p = Prot::from_bits_retain(bits | sw);
+                    assert_eq!(f.leaf_attrs(p), f.encode_attrs(p), "{f:?} {p:?}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! Map, unmap, set_owner, set_prot and destroy, built on the walker.
 
 use crate::desc::{
-    self, LEAF_LEVEL, PTE_OA_MASK, PTE_SW_MASK, PTE_TYPE, PTE_VALID, PTES_PER_TABLE, granule,
-    is_valid, output_address, table_pte,
+    self, LEAF_LEVEL, PTE_SW_MASK, PTE_TYPE, PTE_VALID, PTES_PER_TABLE, granule, is_valid,
+    output_address, table_pte,
 };
 use crate::walk::{Visit, VisitKind, Visitor, walk_range};
 use crate::{ArchOps, Error, Format, MmOps, PageTable, Prot};
@@ -26,8 +26,12 @@ bitflags::bitflags! {
 ///
 /// Invalidations of cleared entries are queued (up to `N`) and issued in batches: one
 /// `DSB ISHST` for the batch, then the TLBIs, and a single `DSB ISH` (+ `ISB` for the EL2
-/// stage-1) when the operation needs them complete — before a break-before-make "make", before a
-/// table page is freed, and before the operation returns.
+/// stage-1) when the operation needs them complete — before a table page is freed and before
+/// the operation returns. A break-before-make of a single entry completes its own invalidation
+/// at once ([`bbm`]).
+///
+/// Everything here is inlined and nothing takes the struct by reference out of line, so that its
+/// counters stay in registers in the hot loops.
 struct Maint<'a, A: ArchOps, const N: usize> {
     arch: &'a mut A,
     /// `Some(vmid)` for stage-2.
@@ -65,7 +69,7 @@ impl<'a, A: ArchOps, const N: usize> Maint<'a, A, N> {
     /// non-last-level TLBI is used.
     #[inline(always)]
     fn invalidate(&mut self, va: u64, level: u8, leaf: bool) {
-        if self.n == N {
+        if self.n >= N {
             self.flush();
         }
         let tag = if leaf {
@@ -78,23 +82,14 @@ impl<'a, A: ArchOps, const N: usize> Maint<'a, A, N> {
     }
 
     /// `DSB ISHST`, then the queued TLBIs.
-    #[inline(never)]
+    #[inline(always)]
     fn flush(&mut self) {
-        if self.n == 0 {
-            return;
+        if self.n != 0 {
+            issue_tlbis(self.arch, self.vmid, &self.pending[..self.n]);
+            self.n = 0;
+            self.need_ish = true;
+            self.dirty = false;
         }
-        self.arch.dsb_ishst();
-        self.dirty = false;
-        for &p in &self.pending[..self.n] {
-            let va = p & !0xfff;
-            let level = (p & 3) as u8;
-            match self.vmid {
-                None => self.arch.tlbi_el2_va(va, level, p & PENDING_LEAF != 0),
-                Some(vmid) => self.arch.tlbi_s2_ipa(vmid, va, level),
-            }
-        }
-        self.n = 0;
-        self.need_ish = true;
     }
 
     /// Completes every queued invalidation.
@@ -123,17 +118,57 @@ impl<'a, A: ArchOps, const N: usize> Maint<'a, A, N> {
             self.dirty = false;
         }
     }
+}
 
-    /// Break-before-make: `ptep` (mapping `va` at `level`, currently `old`, valid) becomes `new`.
-    #[inline(never)]
-    fn bbm<M: MmOps>(&mut self, mm: &mut M, ptep: u64, old: u64, new: u64, va: u64, level: u8) {
-        mm.write_pte(ptep, 0);
-        let leaf = !desc::is_table(old, level);
-        self.invalidate(va, if leaf { level } else { 0 }, leaf);
-        self.sync();
-        mm.write_pte(ptep, new);
-        self.dirty = true;
+/// One TLBI for a cleared entry (see [`Maint::invalidate`] for the encoding).
+#[inline(always)]
+fn tlbi_one<A: ArchOps>(arch: &mut A, vmid: Option<u16>, p: u64) {
+    let va = p & !0xfff;
+    let level = (p & 3) as u8;
+    match vmid {
+        None => arch.tlbi_el2_va(va, level, p & PENDING_LEAF != 0),
+        Some(vmid) => arch.tlbi_s2_ipa(vmid, va, level),
     }
+}
+
+/// `DSB ISHST` (orders the clearing stores before the invalidations), then the TLBIs.
+#[inline(never)]
+fn issue_tlbis<A: ArchOps>(arch: &mut A, vmid: Option<u16>, pending: &[u64]) {
+    arch.dsb_ishst();
+    for &p in pending {
+        tlbi_one(arch, vmid, p);
+    }
+}
+
+/// Break-before-make of one entry: `ptep` (mapping `va` at `level`, currently the valid `old`)
+/// becomes `new`: clear, `DSB ISHST`, TLBI, `DSB ISH` (+ `ISB` at EL2 stage-1), write.
+/// The caller marks the operation dirty (a DSB is still due for `new`).
+#[inline(never)]
+#[allow(clippy::too_many_arguments)]
+fn bbm<M: MmOps, A: ArchOps>(
+    mm: &mut M,
+    arch: &mut A,
+    vmid: Option<u16>,
+    ptep: u64,
+    old: u64,
+    new: u64,
+    va: u64,
+    level: u8,
+) {
+    mm.write_pte(ptep, 0);
+    arch.dsb_ishst();
+    let leaf = !desc::is_table(old, level);
+    let tag = if leaf {
+        u64::from(level) | PENDING_LEAF
+    } else {
+        0
+    };
+    tlbi_one(arch, vmid, va | tag);
+    arch.dsb_ish();
+    if vmid.is_none() {
+        arch.isb();
+    }
+    mm.write_pte(ptep, new);
 }
 
 /// Whether `pte` counts towards its table page's refcount.
@@ -155,19 +190,21 @@ fn fill_child<M: MmOps>(mm: &mut M, stage2: bool, child: u64, first: u64, step: 
     }
 }
 
-/// Replaces the non-table entry `old` at `ptep` (level < 3, mapping `base`) by a table holding
-/// the same mapping one level down: a valid block becomes 512 smaller blocks/pages (with
+/// Replaces the non-table entry `v.pte` at `v.ptep` (level < 3) by a table holding the same
+/// mapping one level down: a valid block becomes 512 smaller blocks/pages (with
 /// break-before-make on the parent entry), an annotation (stage-2) becomes 512 copies, an
-/// empty (or, at stage-1, any invalid) entry becomes an empty table.
+/// empty (or, at stage-1, any invalid) entry becomes an empty table. The caller marks the
+/// operation dirty.
 #[inline(never)]
-fn install_table<M: MmOps, A: ArchOps, const N: usize>(
+fn install_table<M: MmOps, A: ArchOps>(
     mm: &mut M,
-    maint: &mut Maint<'_, A, N>,
-    stage2: bool,
-    v: &Visit,
+    arch: &mut A,
+    vmid: Option<u16>,
+    e: Entry,
 ) -> Result<(), Error> {
-    let old = v.pte;
-    let level = v.level;
+    let stage2 = vmid.is_some();
+    let old = e.pte;
+    let level = e.level;
     debug_assert!(level < LEAF_LEVEL && !desc::is_table(old, level));
     let child = mm.zalloc_page().ok_or(Error::NoMemory)?;
     if is_valid(old) {
@@ -179,31 +216,73 @@ fn install_table<M: MmOps, A: ArchOps, const N: usize>(
         };
         let first = (old & !PTE_TYPE) | ty;
         fill_child(mm, stage2, child, first, granule(child_level));
-        // The batch DSB of the break also publishes the child's contents.
-        maint.bbm(mm, v.ptep, old, table_pte(child), v.base(), level);
+        // The DSB of the break also publishes the child's contents.
+        bbm(mm, arch, vmid, e.ptep, old, table_pte(child), e.base, level);
     } else {
         if stage2 && old != 0 {
             fill_child(mm, stage2, child, old, 0);
         }
         // Make the zeroed (or filled) child visible to the walkers before linking it.
-        maint.arch.dsb_ishst();
-        mm.write_pte(v.ptep, table_pte(child));
-        maint.dirty = true;
+        arch.dsb_ishst();
+        mm.write_pte(e.ptep, table_pte(child));
         if !counted(stage2, old) {
-            mm.get_page(v.ptep);
+            mm.get_page(e.ptep);
         }
     }
     Ok(())
+}
+
+/// Replaces the valid leaf `v.pte` by the valid leaf `new` of the same level: a direct write if
+/// only software bits differ (hardware ignores them), break-before-make otherwise.
+#[inline(never)]
+fn replace_leaf<M: MmOps, A: ArchOps>(
+    mm: &mut M,
+    arch: &mut A,
+    vmid: Option<u16>,
+    e: Entry,
+    new: u64,
+) {
+    let old = e.pte;
+    if (old ^ new) & !PTE_SW_MASK == 0 {
+        mm.write_pte(e.ptep, new);
+    } else {
+        bbm(mm, arch, vmid, e.ptep, old, new, e.base, e.level);
+    }
+}
+
+/// What the out-of-line helpers need of a visited entry (small enough to go in registers).
+#[derive(Clone, Copy)]
+struct Entry {
+    ptep: u64,
+    pte: u64,
+    base: u64,
+    level: u8,
+}
+
+impl Entry {
+    #[inline(always)]
+    fn of(v: &Visit) -> Self {
+        Entry {
+            ptep: v.ptep,
+            pte: v.pte,
+            base: v.base(),
+            level: v.level,
+        }
+    }
 }
 
 /// The map walk.
 struct MapVisitor<'a, A: ArchOps> {
     maint: Maint<'a, A, 1>,
     stage2: bool,
-    start: u64,
-    phys: u64,
+    /// `phys - addr` (wrapping): the output address of input address `x` is `x + delta`.
+    delta: u64,
     attrs: u64,
     flags: MapFlags,
+    /// Blocks may be used (no [`MapFlags::FORCE_PAGES`]).
+    blocks: bool,
+    /// References to take on the current table page (batched, see `Visitor::table_done`).
+    gets: u32,
 }
 
 impl<M: MmOps, A: ArchOps> Visitor<M> for MapVisitor<'_, A> {
@@ -216,17 +295,15 @@ impl<M: MmOps, A: ArchOps> Visitor<M> for MapVisitor<'_, A> {
     fn visit(&mut self, mm: &mut M, v: &Visit) -> Result<(), Error> {
         let level = v.level;
         let old = v.pte;
-        let pa = self.phys + (v.addr - self.start);
+        let pa = v.addr.wrapping_add(self.delta);
         if level == LEAF_LEVEL {
             let new = pa | self.attrs | PTE_VALID | PTE_TYPE;
             return self.set_leaf(mm, v, new);
         }
         let g = granule(level);
-        if level > 0
-            && v.covers_entry()
-            && pa & (g - 1) == 0
-            && !self.flags.contains(MapFlags::FORCE_PAGES)
-        {
+        // A block: allowed at this level, the entry wholly inside the range, and input and
+        // output addresses aligned to it.
+        if self.blocks && level > 0 && (v.addr | pa) & (g - 1) == 0 && v.end - v.addr >= g {
             let new = pa | self.attrs | PTE_VALID;
             return self.set_leaf(mm, v, new);
         }
@@ -245,7 +322,17 @@ impl<M: MmOps, A: ArchOps> Visitor<M> for MapVisitor<'_, A> {
                 return Err(Error::WouldSplitBlock);
             }
         }
-        install_table(mm, &mut self.maint, self.stage2, v)
+        install_table(mm, self.maint.arch, self.maint.vmid, Entry::of(v))?;
+        self.maint.dirty = true;
+        Ok(())
+    }
+
+    #[inline(always)]
+    fn table_done(&mut self, mm: &mut M, table: u64) {
+        for _ in 0..self.gets {
+            mm.get_page(table);
+        }
+        self.gets = 0;
     }
 }
 
@@ -261,27 +348,16 @@ impl<A: ArchOps> MapVisitor<'_, A> {
             mm.write_pte(v.ptep, new);
             self.maint.dirty = true;
             if !counted(self.stage2, old) {
-                mm.get_page(v.ptep);
+                self.gets += 1;
             }
             return Ok(());
         }
         if !self.flags.contains(MapFlags::REPLACE) {
             return Err(Error::AlreadyMapped);
         }
-        self.replace(mm, v, new);
+        replace_leaf(mm, self.maint.arch, self.maint.vmid, Entry::of(v), new);
+        self.maint.dirty = true;
         Ok(())
-    }
-
-    #[inline(never)]
-    fn replace<M: MmOps>(&mut self, mm: &mut M, v: &Visit, new: u64) {
-        let old = v.pte;
-        if (old ^ new) & !PTE_SW_MASK == 0 {
-            // Only software bits differ: hardware ignores them, no break needed.
-            mm.write_pte(v.ptep, new);
-            self.maint.dirty = true;
-        } else {
-            self.maint.bbm(mm, v.ptep, old, new, v.base(), v.level);
-        }
     }
 }
 
@@ -293,6 +369,8 @@ struct UnmapVisitor<'a, A: ArchOps> {
     maint: Maint<'a, A, UNMAP_BATCH>,
     stage2: bool,
     unmapped: u64,
+    /// References to drop on the current table page (batched, see `Visitor::table_done`).
+    puts: u32,
 }
 
 impl<M: MmOps, A: ArchOps> Visitor<M> for UnmapVisitor<'_, A> {
@@ -307,7 +385,12 @@ impl<M: MmOps, A: ArchOps> Visitor<M> for UnmapVisitor<'_, A> {
         if v.kind == VisitKind::TablePost {
             let child = output_address(old);
             if mm.page_count(child) == 1 {
-                self.free_table(mm, v, child);
+                // Unlink, complete the invalidations, then free.
+                mm.write_pte(v.ptep, 0);
+                self.maint.invalidate(v.base(), 0, false);
+                self.maint.sync();
+                mm.put_page(v.ptep);
+                mm.put_page(child);
             }
             return Ok(());
         }
@@ -321,7 +404,7 @@ impl<M: MmOps, A: ArchOps> Visitor<M> for UnmapVisitor<'_, A> {
                 self.unmapped += v.granule();
             }
             if counted(self.stage2, old) {
-                mm.put_page(v.ptep);
+                self.puts += 1;
             }
             return Ok(());
         }
@@ -331,19 +414,17 @@ impl<M: MmOps, A: ArchOps> Visitor<M> for UnmapVisitor<'_, A> {
             return Ok(());
         }
         // Part of a block (or of a block-level annotation): split, then the walk descends.
-        install_table(mm, &mut self.maint, self.stage2, v)
+        install_table(mm, self.maint.arch, self.maint.vmid, Entry::of(v))?;
+        self.maint.dirty = true;
+        Ok(())
     }
-}
 
-impl<A: ArchOps> UnmapVisitor<'_, A> {
-    /// Unlinks and frees the empty table `child` referenced by the table entry `v.ptep`.
-    #[inline(never)]
-    fn free_table<M: MmOps>(&mut self, mm: &mut M, v: &Visit, child: u64) {
-        mm.write_pte(v.ptep, 0);
-        self.maint.invalidate(v.base(), 0, false);
-        self.maint.sync();
-        mm.put_page(v.ptep);
-        mm.put_page(child);
+    #[inline(always)]
+    fn table_done(&mut self, mm: &mut M, table: u64) {
+        for _ in 0..self.puts {
+            mm.put_page(table);
+        }
+        self.puts = 0;
     }
 }
 
@@ -363,14 +444,25 @@ impl<M: MmOps, A: ArchOps> Visitor<M> for OwnerVisitor<'_, A> {
     fn visit(&mut self, mm: &mut M, v: &Visit) -> Result<(), Error> {
         let old = v.pte;
         if v.level < LEAF_LEVEL {
-            return install_table(mm, &mut self.maint, true, v);
+            install_table(mm, self.maint.arch, self.maint.vmid, Entry::of(v))?;
+            self.maint.dirty = true;
+            return Ok(());
         }
         let new = self.annotation;
         if old == new {
             return Ok(());
         }
         if is_valid(old) {
-            self.maint.bbm(mm, v.ptep, old, new, v.base(), v.level);
+            bbm(
+                mm,
+                self.maint.arch,
+                self.maint.vmid,
+                v.ptep,
+                old,
+                new,
+                v.base(),
+                v.level,
+            );
         } else {
             mm.write_pte(v.ptep, new);
             if old == 0 {
@@ -384,7 +476,6 @@ impl<M: MmOps, A: ArchOps> Visitor<M> for OwnerVisitor<'_, A> {
 /// The set_prot walk.
 struct ProtVisitor<'a, A: ArchOps> {
     maint: Maint<'a, A, 1>,
-    stage2: bool,
     attrs: u64,
     changed: u64,
 }
@@ -405,12 +496,8 @@ impl<M: MmOps, A: ArchOps> Visitor<M> for ProtVisitor<'_, A> {
         if v.level == LEAF_LEVEL || v.covers_entry() {
             self.changed += v.granule();
             if new != old {
-                if (old ^ new) & !PTE_SW_MASK == 0 {
-                    mm.write_pte(v.ptep, new);
-                    self.maint.dirty = true;
-                } else {
-                    self.maint.bbm(mm, v.ptep, old, new, v.base(), v.level);
-                }
+                replace_leaf(mm, self.maint.arch, self.maint.vmid, Entry::of(v), new);
+                self.maint.dirty = true;
             }
             return Ok(());
         }
@@ -419,7 +506,9 @@ impl<M: MmOps, A: ArchOps> Visitor<M> for ProtVisitor<'_, A> {
             self.changed += v.part_end() - v.addr;
             return Ok(());
         }
-        install_table(mm, &mut self.maint, self.stage2, v)
+        install_table(mm, self.maint.arch, self.maint.vmid, Entry::of(v))?;
+        self.maint.dirty = true;
+        Ok(())
     }
 }
 
@@ -503,13 +592,55 @@ impl PageTable {
             _ => return Err(Error::OutOfRange),
         }
         let attrs = self.cfg.format.leaf_attrs(prot)?;
+        if size == desc::PAGE_SIZE
+            && let Some(ptep) = self.last_level_entry(mm, addr)
+        {
+            // One page whose last-level table exists: the common case (a share, a host fault)
+            // in a few dozen instructions. Anything but an empty slot or the identical mapping
+            // takes the general walk below.
+            let old = mm.read_pte(ptep);
+            let new = phys | attrs | PTE_VALID | PTE_TYPE;
+            if old == new {
+                return Ok(());
+            }
+            if !is_valid(old) {
+                let stage2 = self.cfg.format.is_stage2();
+                mm.write_pte(ptep, new);
+                if !counted(stage2, old) {
+                    mm.get_page(ptep);
+                }
+                arch.dsb_ishst();
+                if !stage2 {
+                    arch.isb();
+                }
+                return Ok(());
+            }
+        }
+        self.map_walk(mm, arch, addr, end, phys.wrapping_sub(addr), attrs, flags)
+    }
+
+    /// The general case of [`PageTable::map`] (out of line, so that the one-page path stays
+    /// small).
+    #[inline(never)]
+    #[expect(clippy::too_many_arguments, reason = "the checked arguments of `map`")]
+    fn map_walk<M: MmOps, A: ArchOps>(
+        &mut self,
+        mm: &mut M,
+        arch: &mut A,
+        addr: u64,
+        end: u64,
+        delta: u64,
+        attrs: u64,
+        flags: MapFlags,
+    ) -> Result<(), Error> {
         let mut v = MapVisitor {
             maint: Maint::new(arch, self.cfg.format),
             stage2: self.cfg.format.is_stage2(),
-            start: addr,
-            phys,
+            delta,
             attrs,
             flags,
+            blocks: !flags.contains(MapFlags::FORCE_PAGES),
+            gets: 0,
         };
         let r = walk_range(mm, self.root, self.start_level(), addr, end, &mut v);
         v.maint.finish();
@@ -538,14 +669,72 @@ impl PageTable {
         size: u64,
     ) -> Result<u64, Error> {
         let end = self.check_range(addr, size)?;
+        if size == desc::PAGE_SIZE
+            && let Some(ptep) = self.last_level_entry(mm, addr)
+        {
+            // One page whose last-level table stays in use: no table to free, so no walk.
+            let old = mm.read_pte(ptep);
+            let stage2 = self.cfg.format.is_stage2();
+            let count = mm.page_count(ptep);
+            if old == 0 && count > 1 {
+                return Ok(0);
+            }
+            if counted(stage2, old) && count > 2 {
+                mm.write_pte(ptep, 0);
+                let mut unmapped = 0;
+                if is_valid(old) {
+                    arch.dsb_ishst();
+                    match self.cfg.format {
+                        Format::Stage1El2 => arch.tlbi_el2_va(addr, LEAF_LEVEL, true),
+                        Format::Stage2 { vmid } => arch.tlbi_s2_ipa(vmid, addr, LEAF_LEVEL),
+                    }
+                    arch.dsb_ish();
+                    if !stage2 {
+                        arch.isb();
+                    }
+                    unmapped = desc::PAGE_SIZE;
+                }
+                mm.put_page(ptep);
+                return Ok(unmapped);
+            }
+        }
+        self.unmap_walk(mm, arch, addr, end)
+    }
+
+    /// The general case of [`PageTable::unmap`].
+    #[inline(never)]
+    fn unmap_walk<M: MmOps, A: ArchOps>(
+        &mut self,
+        mm: &mut M,
+        arch: &mut A,
+        addr: u64,
+        end: u64,
+    ) -> Result<u64, Error> {
         let mut v = UnmapVisitor {
             maint: Maint::new(arch, self.cfg.format),
             stage2: self.cfg.format.is_stage2(),
             unmapped: 0,
+            puts: 0,
         };
         let r = walk_range(mm, self.root, self.start_level(), addr, end, &mut v);
         v.maint.finish();
         r.map(|()| v.unmapped)
+    }
+
+    /// The address of the last-level descriptor for `addr` if every table on the way exists.
+    #[inline(always)]
+    fn last_level_entry<M: MmOps>(&self, mm: &M, addr: u64) -> Option<u64> {
+        let mut table = self.root;
+        let mut level = self.start_level();
+        while level < LEAF_LEVEL {
+            let pte = mm.read_pte(table + desc::table_index(addr, level) * 8);
+            if !desc::is_table(pte, level) {
+                return None;
+            }
+            table = output_address(pte);
+            level += 1;
+        }
+        Some(table + desc::table_index(addr, LEAF_LEVEL) * 8)
     }
 
     /// Marks every page of `[addr, addr + size)` as owned by `owner` (stage-2 only): each entry
@@ -614,7 +803,6 @@ impl PageTable {
         let attrs = self.cfg.format.leaf_attrs(prot)?;
         let mut v = ProtVisitor {
             maint: Maint::new(arch, self.cfg.format),
-            stage2: self.cfg.format.is_stage2(),
             attrs,
             changed: 0,
         };
@@ -643,6 +831,3 @@ impl PageTable {
         mm.put_page(self.root);
     }
 }
-
-// Keep the OA mask in use for documentation of the layout assumptions.
-const _: () = assert!(PTE_OA_MASK == 0x0000_ffff_ffff_f000);

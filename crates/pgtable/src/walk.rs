@@ -118,6 +118,13 @@ pub(crate) trait Visitor<M: PteRead> {
     const PRE: bool;
     const POST: bool;
     fn visit(&mut self, mm: &mut M, v: &Visit) -> Result<(), Self::Err>;
+    /// Called whenever the walk leaves the table page `table` — to descend into a child, to
+    /// return to the parent, at the end of the walk, or because a visit failed — before any
+    /// other visit. Visitors that batch the refcount changes of the current table page (one
+    /// `get_page`/`put_page` loop instead of one call per entry) apply them here, so that the
+    /// count is right whenever anyone (a post visit, the caller) can look at it.
+    #[inline(always)]
+    fn table_done(&mut self, _mm: &mut M, _table: u64) {}
 }
 
 /// Walks `[start, end)` (page aligned, `start < end <= ia size`) of the table rooted at `root`.
@@ -135,46 +142,92 @@ pub(crate) fn walk_range<M: PteRead, V: Visitor<M>>(
     let mut level = start_level;
     tables[usize::from(level & 3)] = root;
     let mut addr = start;
-    loop {
-        let shift = level_shift(level);
-        let ptep = tables[usize::from(level & 3)] + ((addr >> shift) & (PTES_PER_TABLE - 1)) * 8;
-        let mut pte = mm.read(ptep);
-        let mut table = is_table(pte, level);
-        if V::PRE && table {
-            let vis = Visit {
-                kind: VisitKind::TablePre,
-                addr,
-                end,
-                level,
-                ptep,
-                pte,
-            };
-            v.visit(mm, &vis)?;
-            pte = mm.read(ptep);
-            table = is_table(pte, level);
-        }
-        if V::LEAF && !table {
-            let vis = Visit {
-                kind: VisitKind::Leaf,
-                addr,
-                end,
-                level,
-                ptep,
-                pte,
-            };
-            v.visit(mm, &vis)?;
-            pte = mm.read(ptep);
-            table = is_table(pte, level);
-        }
-        if table {
+    if !V::PRE {
+        // Fast descent: while the whole range lies inside one table entry, that entry gets no
+        // visit (tables only get pre visits), so go straight down. A one-page operation thus
+        // reaches its last-level table in a few instructions per level.
+        while level < LEAF_LEVEL {
+            let shift = level_shift(level);
+            if addr >> shift != (end - 1) >> shift {
+                break;
+            }
+            let pte = mm.read(
+                tables[usize::from(level & 3)] + ((addr >> shift) & (PTES_PER_TABLE - 1)) * 8,
+            );
+            if !is_table(pte, level) {
+                break;
+            }
             level += 1;
             tables[usize::from(level & 3)] = output_address(pte);
-            continue;
         }
-        // Next entry at this level. `addr < end <= 2^48`, so this cannot overflow.
-        addr = (addr | ((1u64 << shift) - 1)) + 1;
+    }
+    loop {
+        // A run of entries of the table at `level`, from `addr` to the end of that table's range
+        // (or of the walk).
+        let table = tables[usize::from(level & 3)];
+        let stop = if level == start_level {
+            end
+        } else {
+            let table_end = (addr | (granule(level - 1) - 1)) + 1;
+            if table_end < end { table_end } else { end }
+        };
+        if level == LEAF_LEVEL {
+            // Last level: nothing here can be a table, so there is no pre/post visit and no
+            // descent; re-reading after the visit would have no effect.
+            if V::LEAF {
+                while addr < stop {
+                    let ptep = table + ((addr >> desc::PAGE_SHIFT) & (PTES_PER_TABLE - 1)) * 8;
+                    let pte = mm.read(ptep);
+                    let vis = Visit {
+                        kind: VisitKind::Leaf,
+                        addr,
+                        end,
+                        level: LEAF_LEVEL,
+                        ptep,
+                        pte,
+                    };
+                    if let Err(e) = v.visit(mm, &vis) {
+                        v.table_done(mm, table);
+                        return Err(e);
+                    }
+                    addr += desc::PAGE_SIZE;
+                }
+            } else {
+                addr = stop;
+            }
+        } else {
+            let shift = level_shift(level);
+            let mut child = None;
+            while addr < stop {
+                match visit_entry(mm, table, level, shift, addr, end, v) {
+                    Ok(None) => addr = (addr | ((1u64 << shift) - 1)) + 1,
+                    Ok(Some(c)) => {
+                        child = Some(c);
+                        break;
+                    }
+                    Err(e) => {
+                        v.table_done(mm, table);
+                        return Err(e);
+                    }
+                }
+            }
+            if let Some(c) = child {
+                // Entering the child: the parent's batched changes are applied first.
+                v.table_done(mm, table);
+                level += 1;
+                tables[usize::from(level & 3)] = c;
+                continue;
+            }
+        }
+        if !V::POST && addr >= end {
+            // Nothing to visit on the way up; the batches of the tables above were applied
+            // when the walk descended from them.
+            v.table_done(mm, tables[usize::from(level & 3)]);
+            return Ok(());
+        }
         // Leave every table whose range is finished (or all of them at the end of the walk).
         while level > start_level && (addr >= end || addr & (granule(level - 1) - 1) == 0) {
+            v.table_done(mm, tables[usize::from(level & 3)]);
             level -= 1;
             if V::POST {
                 let last = addr - 1;
@@ -191,14 +244,70 @@ pub(crate) fn walk_range<M: PteRead, V: Visitor<M>>(
                         ptep,
                         pte,
                     };
-                    v.visit(mm, &vis)?;
+                    if let Err(e) = v.visit(mm, &vis) {
+                        v.table_done(mm, tables[usize::from(level & 3)]);
+                        return Err(e);
+                    }
                 }
             }
         }
         if addr >= end {
+            v.table_done(mm, tables[usize::from(level & 3)]);
             return Ok(());
         }
     }
+}
+
+/// One entry at a level above the last: pre visit, leaf visit (each followed by a re-read);
+/// returns the child table to descend into, if the entry is (now) a table.
+#[inline(always)]
+fn visit_entry<M: PteRead, V: Visitor<M>>(
+    mm: &mut M,
+    table: u64,
+    level: u8,
+    shift: u32,
+    addr: u64,
+    end: u64,
+    v: &mut V,
+) -> Result<Option<u64>, V::Err> {
+    let ptep = table + ((addr >> shift) & (PTES_PER_TABLE - 1)) * 8;
+    let mut pte = mm.read(ptep);
+    let mut is_tbl = is_table(pte, level);
+    if V::PRE && is_tbl {
+        v.visit(
+            mm,
+            &Visit {
+                kind: VisitKind::TablePre,
+                addr,
+                end,
+                level,
+                ptep,
+                pte,
+            },
+        )?;
+        pte = mm.read(ptep);
+        is_tbl = is_table(pte, level);
+    }
+    if V::LEAF && !is_tbl {
+        v.visit(
+            mm,
+            &Visit {
+                kind: VisitKind::Leaf,
+                addr,
+                end,
+                level,
+                ptep,
+                pte,
+            },
+        )?;
+        pte = mm.read(ptep);
+        is_tbl = is_table(pte, level);
+    }
+    Ok(if is_tbl {
+        Some(output_address(pte))
+    } else {
+        None
+    })
 }
 
 /// Adapter from a closure getting `&mut M` to a [`Visitor`].
