@@ -193,6 +193,87 @@ el2_unexpected_entry:
     ctx = const HOST_CONTEXT_SIZE,
 );
 
+// Entry of a secondary CPU started by `smp::cpu_on` through the firmware's CPU_ON: at EL2,
+// MMU off, x0 = the CPU's index. It takes that CPU's stack, installs the vectors, turns on the
+// EL2 MMU with the primary's translation registers (`smp::el2_secondary_mmu`, cleaned to the
+// point of coherency, so readable with the MMU off) and calls `smp::el2_secondary_main`.
+global_asm!(
+    r#"
+    .section .text.el2_secondary_entry, "ax"
+    .global el2_secondary_entry
+el2_secondary_entry:
+    msr     daifset, #0xf
+    mov     x19, x0
+    ldr     x1, ={sctlr}
+    msr     sctlr_el2, x1
+    isb
+    cmp     x19, #{max_cpus}
+    b.hs    9f
+    adrp    x1, el2_stacks
+    add     x1, x1, :lo12:el2_stacks
+    add     x2, x19, #1
+    mov     x3, #{stack_size}
+    madd    x1, x2, x3, x1
+    mov     sp, x1
+    adrp    x1, el2_vectors
+    add     x1, x1, :lo12:el2_vectors
+    msr     vbar_el2, x1
+    adrp    x1, el2_secondary_mmu
+    add     x1, x1, :lo12:el2_secondary_mmu
+    ldp     x2, x3, [x1]
+    ldp     x4, x5, [x1, #16]
+    cbz     x4, 9f
+    dsb     ish
+    msr     mair_el2, x2
+    msr     tcr_el2, x3
+    msr     ttbr0_el2, x4
+    isb
+    tlbi    alle2
+    dsb     ish
+    isb
+    msr     sctlr_el2, x5
+    isb
+    mov     x0, x19
+    bl      el2_secondary_main
+9:  wfe
+    b       9b
+    .ltorg
+"#,
+    sctlr = const SCTLR_EL2_MMU_OFF,
+    stack_size = const STACK_SIZE,
+    max_cpus = const MAX_CPUS,
+);
+
+/// Drops a secondary CPU (`idx`) to the host at EL1h with interrupts masked, `x0` =
+/// `context_id`, every other general register zero and `SP_EL2` reset to the top of that CPU's
+/// stack.
+pub fn enter_host_secondary(idx: usize, entry: u64, context_id: u64) -> ! {
+    unsafe extern "C" {
+        fn el2_enter_host_sp(entry: u64, x0: u64, spsr: u64, sp: u64) -> !;
+    }
+    unsafe extern "C" {
+        static el2_stacks: u8;
+    }
+    // SAFETY: only the address of the stack area is taken.
+    let base = unsafe { core::ptr::from_ref(&el2_stacks) as u64 };
+    let sp = base + ((idx as u64 + 1) * STACK_SIZE as u64);
+    // SAFETY: as in `enter_host`: never returns; the old stack frames are dead.
+    unsafe { el2_enter_host_sp(entry, context_id, crate::sysregs::SPSR_EL1H_DAIF_MASKED, sp) }
+}
+
+global_asm!(
+    r#"
+    .section .text.el2_enter_host_sp, "ax"
+    .global el2_enter_host_sp
+el2_enter_host_sp:
+    msr     elr_el2, x0
+    msr     spsr_el2, x2
+    mov     sp, x3
+    mov     x0, x1
+    b       el2_enter_host_zero
+"#
+);
+
 /// All general registers at an unexpected exception, as `el2_unexpected_entry` stores them.
 #[repr(C)]
 #[derive(Debug)]
@@ -239,6 +320,8 @@ el2_enter_host:
     adrp    x1, el2_stacks
     add     x1, x1, :lo12:el2_stacks
     add     sp, x1, #{stack_size}
+    .global el2_enter_host_zero
+el2_enter_host_zero:
     mov     x1, xzr
     mov     x2, xzr
     mov     x3, xzr

@@ -31,6 +31,8 @@ pub struct Platform {
     pub nr_memory: usize,
     /// Whether `/psci` says `method = "smc"`.
     pub psci_conduit_is_smc: bool,
+    /// `[start, end)` of the initrd, from `/chosen` `linux,initrd-start/end`.
+    pub initrd: Option<(u64, u64)>,
 }
 
 impl Platform {
@@ -85,8 +87,21 @@ impl Platform {
             .and_then(|p| p.as_str())
             .is_some_and(|m| m == "smc");
 
+        let chosen_u64 = |name: &str| {
+            let p = fdt.find_node("/chosen")?.property(name)?;
+            match p.value.len() {
+                4 => Some(u64::from(u32::from_be_bytes(p.value.try_into().ok()?))),
+                8 => Some(u64::from_be_bytes(p.value.try_into().ok()?)),
+                _ => None,
+            }
+        };
+        let initrd = chosen_u64("linux,initrd-start")
+            .zip(chosen_u64("linux,initrd-end"))
+            .filter(|(s, e)| e > s);
+
         Some(Platform {
             dtb: (dtb as u64, fdt.total_size() as u64),
+            initrd,
             model: fdt.root().model(),
             uart_base,
             cpus: fdt.cpus().count(),
@@ -116,12 +131,21 @@ impl Platform {
         base < dtb + dtb_size && dtb < base.saturating_add(size)
     }
 
+    /// Whether `[base, base + size)` overlaps the initrd.
+    pub fn initrd_overlaps(&self, base: u64, size: u64) -> bool {
+        self.initrd
+            .is_some_and(|(s, e)| base < e && s < base.saturating_add(size))
+    }
+
     /// Prints what EL2 found.
     pub fn print_banner(&self) {
         println!("  machine: {}", self.model);
         println!("  DTB:     {:#x} ({} bytes)", self.dtb.0, self.dtb.1);
         println!("  console: PL011 at {:#x}", self.uart_base);
         println!("  CPUs:    {}", self.cpus);
+        if let Some((s, e)) = self.initrd {
+            println!("  initrd:  {s:#x}..{e:#x}");
+        }
         for r in self.memory() {
             println!(
                 "  memory:  {:#x}..{:#x} ({} MiB)",

@@ -113,7 +113,10 @@ pub fn init(dt: &Dt, host_image_size: u64) -> HostBoot {
     let co_end = top;
     let dtb_dst = co_start - DTB_SLOT;
     let host_end = HOST_LOAD_ADDR + host_image_size;
-    if dtb_dst < host_end + SZ_2M || dt.dtb_overlaps(dtb_dst, co_end - dtb_dst) {
+    if dtb_dst < host_end + SZ_2M
+        || dt.dtb_overlaps(dtb_dst, co_end - dtb_dst)
+        || dt.initrd_overlaps(dtb_dst, co_end - dtb_dst)
+    {
         result_fail!(
             "not enough RAM for the host image, its DTB and EL2's {} KiB carve-out",
             total / 1024

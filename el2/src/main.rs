@@ -41,6 +41,8 @@ mod platform;
 #[cfg(target_os = "none")]
 mod psci;
 #[cfg(target_os = "none")]
+mod smp;
+#[cfg(target_os = "none")]
 mod sysregs;
 #[cfg(target_os = "none")]
 mod trap;
@@ -96,6 +98,9 @@ extern "C" fn el2_main(dtb: usize) -> ! {
     if platform.dtb_overlaps(HOST_LOAD_ADDR, host.image_size) {
         result_fail!("host image ({:#x} bytes) overlaps the DTB", host.image_size);
     }
+    if platform.initrd_overlaps(HOST_LOAD_ADDR, host.image_size) {
+        result_fail!("host image ({:#x} bytes) overlaps the initrd", host.image_size);
+    }
     println!(
         "EL2: host image at {:#x}: {} KiB (arm64 Image, text_offset {:#x})",
         HOST_LOAD_ADDR,
@@ -103,9 +108,11 @@ extern "C" fn el2_main(dtb: usize) -> ! {
         host.text_offset
     );
 
+    smp::probe(platform.dtb.0);
     let hb = hyp_init::init(&platform, host.image_size);
     sysregs::init_for_host();
     hyp_init::enable_host_stage2();
+    smp::init();
     println!(
         "EL2: entering host at {HOST_LOAD_ADDR:#x} (EL1h, DAIF masked, stage-2 on), x0 = DTB {:#x}",
         hb.dtb

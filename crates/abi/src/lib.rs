@@ -269,6 +269,24 @@ pub mod psci {
     pub const DENIED: i32 = -3;
     /// PSCI "already on".
     pub const ALREADY_ON: i32 = -4;
+    /// PSCI "on pending".
+    pub const ON_PENDING: i32 = -5;
+    /// PSCI "internal failure".
+    pub const INTERNAL_FAILURE: i32 = -6;
+    /// PSCI "invalid address".
+    pub const INVALID_ADDRESS: i32 = -9;
+    /// PSCI "success".
+    pub const SUCCESS: i32 = 0;
+    /// CPU_ON (32-bit).
+    pub const CPU_ON_32: u32 = 0x8400_0003;
+    /// AFFINITY_INFO (32-bit).
+    pub const AFFINITY_INFO_32: u32 = 0x8400_0004;
+    /// CPU_SUSPEND (32-bit and 64-bit).
+    pub const CPU_SUSPEND_32: u32 = 0x8400_0001;
+    /// CPU_SUSPEND (64-bit).
+    pub const CPU_SUSPEND_64: u32 = 0xC400_0001;
+    /// SMCCC version EL2 reports (`SMCCC_VERSION`): 1.1.
+    pub const SMCCC_VERSION_1_1: u32 = 0x1_0001;
 }
 
 #[cfg(test)]
