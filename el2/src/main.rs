@@ -99,7 +99,10 @@ extern "C" fn el2_main(dtb: usize) -> ! {
         result_fail!("host image ({:#x} bytes) overlaps the DTB", host.image_size);
     }
     if platform.initrd_overlaps(HOST_LOAD_ADDR, host.image_size) {
-        result_fail!("host image ({:#x} bytes) overlaps the initrd", host.image_size);
+        result_fail!(
+            "host image ({:#x} bytes) overlaps the initrd",
+            host.image_size
+        );
     }
     println!(
         "EL2: host image at {:#x}: {} KiB (arm64 Image, text_offset {:#x})",

@@ -97,7 +97,6 @@ pub fn probe(dtb: u64) {
 /// Records the EL2 translation registers the secondaries copy. Call on the primary with the
 /// EL2 MMU on.
 pub fn init() {
-
     let regs: [u64; 4];
     // SAFETY: reading EL2 system registers has no side effect.
     unsafe {
