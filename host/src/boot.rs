@@ -1,16 +1,26 @@
-//! Entry, stack and exception vectors of the host image: all of its start-up assembly.
+//! Entry, stacks and exception vectors of the host image: all of its start-up assembly.
 //!
 //! `_start` begins with a 64-byte arm64 `Image` header (`text_offset` 0) so that EL2 can check
 //! it and enter the image exactly as it will enter a Linux kernel. The entry masks interrupts,
 //! enables FP/SIMD for EL1 (`CPACR_EL1.FPEN`: Rust on `aarch64-unknown-none` uses the SIMD
-//! registers), zeroes `.bss`, takes its stack and installs `VBAR_EL1`, then calls
-//! `host_main(dtb)`. Every vector entry reports the exception through [`host_exception`].
+//! registers), zeroes `.bss`, takes its stack, points `SP_EL0` at a separate exception stack
+//! and installs `VBAR_EL1`, then calls `host_main(dtb)`.
+//!
+//! The vectors: a synchronous exception at EL1 whose `ELR_EL1` is one of the probe
+//! instructions of [`crate::fault`] (or its exec probe page) is an expected abort — the entry
+//! records ESR/FAR/SPSR/ELR in `x2..=x5`, sets `x1 = 1`, resumes after the probe and `eret`s,
+//! without touching memory. Every other exception switches to the exception stack (`SPSel = 0`: the
+//! main stack may be what overflowed into its guard page) and reports through
+//! [`host_exception`], which fails the run.
 
 use core::arch::global_asm;
+use core::sync::atomic::{AtomicBool, Ordering};
 use pkvm_abi::boot::IMAGE_MAGIC;
 
-/// Size of the host's (only) stack.
+/// Size of the host's main stack.
 pub const STACK_SIZE: usize = 64 * 1024;
+/// Size of the stack unexpected exceptions are reported on.
+pub const EXC_STACK_SIZE: usize = 16 * 1024;
 
 global_asm!(
     r#"
@@ -21,7 +31,7 @@ _start:
     b       .Lentry                 /* code0 */
     .word   0                       /* code1 */
     .quad   0                       /* text_offset */
-    .quad   __image_size            /* image_size, .bss included */
+    .quad   __image_size            /* image_size, .bss and stacks included */
     .quad   0x2                     /* flags: little-endian, 4 KiB pages */
     .quad   0, 0, 0                 /* res2..res4 */
     .word   {magic}                 /* "ARM\x64" */
@@ -45,9 +55,13 @@ _start:
     stp     xzr, xzr, [x1], #16
     b       0b
 1:
-    adrp    x1, host_stack
-    add     x1, x1, :lo12:host_stack
-    add     sp, x1, #{stack_size}
+    /* Run on SP_EL1 (SPSel = 1, as EL2 entered us in EL1h); SP_EL0 is the exception stack. */
+    adrp    x1, __exc_stack_top
+    add     x1, x1, :lo12:__exc_stack_top
+    msr     sp_el0, x1
+    adrp    x1, __stack_top
+    add     x1, x1, :lo12:__stack_top
+    mov     sp, x1
 
     adrp    x1, host_vectors
     add     x1, x1, :lo12:host_vectors
@@ -59,13 +73,17 @@ _start:
 2:  wfi
     b       2b
 
-    .section .bss.host_stack, "aw", %nobits
-    .balign 16
-host_stack:
+    .section .stacks.main, "aw", %nobits
+    .balign 4096
     .space  {stack_size}
+
+    .section .stacks.exception, "aw", %nobits
+    .balign 4096
+    .space  {exc_stack_size}
 "#,
     magic = const IMAGE_MAGIC,
     stack_size = const STACK_SIZE,
+    exc_stack_size = const EXC_STACK_SIZE,
 );
 
 global_asm!(
@@ -73,10 +91,7 @@ global_asm!(
     .macro host_vector kind
     .balign 128
     mov     x0, #\kind
-    mrs     x1, esr_el1
-    mrs     x2, elr_el1
-    mrs     x3, far_el1
-    b       host_exception
+    b       host_unexpected
     .endm
 
     .section .text.vectors, "ax"
@@ -87,7 +102,11 @@ host_vectors:
     host_vector 1
     host_vector 2
     host_vector 3
-    host_vector 4
+
+    /* Current EL with SP_ELx, synchronous: a probe's abort, or a bug. */
+    .balign 128
+    b       host_sync_current
+
     host_vector 5
     host_vector 6
     host_vector 7
@@ -99,6 +118,44 @@ host_vectors:
     host_vector 13
     host_vector 14
     host_vector 15
+
+/*
+ * A probe's abort: x1..x5 = 1, ESR, FAR, SPSR, ELR, then resume after the probe. Anything
+ * else: report it. Only x0..x5 are used before deciding (the probes declare them clobbered).
+ */
+host_sync_current:
+    mrs     x1, elr_el1
+    adr     x2, pkvm_probe_ld
+    cmp     x1, x2
+    b.eq    5f
+    adr     x2, pkvm_probe_st
+    cmp     x1, x2
+    b.eq    5f
+    adr     x2, pkvm_probe_exec_page
+    cmp     x1, x2
+    b.eq    6f
+    mov     x0, #4
+    b       host_unexpected
+5:  adr     x0, pkvm_probe_done     /* a load or store: resume at the probe's `ret` */
+    b       7f
+6:  mov     x0, x30                 /* a branch into the exec probe page: resume after it */
+7:  mov     x5, x1
+    mrs     x2, esr_el1
+    mrs     x3, far_el1
+    mrs     x4, spsr_el1
+    msr     elr_el1, x0
+    mov     x1, #1
+    eret
+
+host_unexpected:
+    msr     spsel, #0
+    mrs     x1, esr_el1
+    mrs     x2, elr_el1
+    mrs     x3, far_el1
+    mrs     x4, spsr_el1
+    bl      host_exception
+4:  wfi
+    b       4b
 "#
 );
 
@@ -122,14 +179,23 @@ const VECTOR_NAMES: [&str; 16] = [
     "lower EL AArch32, SError",
 ];
 
-/// Every host vector lands here: the host takes no exception on purpose (yet), so any is a bug.
+static IN_EXCEPTION: AtomicBool = AtomicBool::new(false);
+
+/// Every exception except a probe's expected abort lands here, on the exception stack: it is a
+/// bug, reported with the syndrome, and the run fails.
 #[unsafe(no_mangle)]
-extern "C" fn host_exception(kind: u64, esr: u64, elr: u64, far: u64) -> ! {
+extern "C" fn host_exception(kind: u64, esr: u64, elr: u64, far: u64, spsr: u64) -> ! {
+    if IN_EXCEPTION.swap(true, Ordering::Relaxed) {
+        // An exception while reporting one: give up quietly (xtask reports the missing result
+        // line if the first report did not get out).
+        crate::psci::system_off();
+    }
     let name = VECTOR_NAMES.get(kind as usize).copied().unwrap_or("?");
     panic!(
-        "unexpected exception at EL1 ({name}): ESR_EL1={esr:#x} (EC {:#x}) ELR_EL1={elr:#x} \
-         FAR_EL1={far:#x}",
-        esr >> 26
+        "unexpected exception at EL1 ({name}): ESR_EL1={esr:#x} (EC {:#x}, ISS {:#x}) \
+         ELR_EL1={elr:#x} FAR_EL1={far:#x} SPSR_EL1={spsr:#x}",
+        esr >> 26,
+        esr & 0x1ff_ffff
     );
 }
 

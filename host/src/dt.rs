@@ -1,7 +1,11 @@
 //! What the host reads from the device tree (with the `fdt` crate).
 
 use crate::psci::Conduit;
+use crate::ranges::{Range, RangeSet};
 use fdt::Fdt;
+
+/// At most this many `/memreserve/` entries and `/reserved-memory` regions are kept.
+pub const MAX_RESERVED: usize = 16;
 
 /// The platform as the host sees it.
 #[derive(Debug)]
@@ -16,6 +20,16 @@ pub struct DeviceTree {
     pub cpus: usize,
     /// Total RAM.
     pub ram_bytes: u64,
+    /// RAM: the `reg` of every `device_type = "memory"` node.
+    pub ram: RangeSet,
+    /// The `/memreserve/` entries, then the `/reserved-memory` children's `reg`s, in DTB order.
+    pub reserved: [Range; MAX_RESERVED],
+    /// How many entries of `reserved` are used.
+    pub nr_reserved: usize,
+    /// Of those, how many came from `/memreserve/` (the first ones).
+    pub nr_memreserve: usize,
+    /// The device tree blob itself.
+    pub blob: Range,
 }
 
 impl DeviceTree {
@@ -54,7 +68,8 @@ impl DeviceTree {
             .and_then(|b| core::str::from_utf8(b).ok())
             .unwrap_or("");
 
-        let ram_bytes = fdt
+        let mut ram = RangeSet::new();
+        for r in fdt
             .all_nodes()
             .filter(|n| {
                 n.property("device_type")
@@ -62,15 +77,47 @@ impl DeviceTree {
                     .is_some_and(|s| s == "memory")
             })
             .flat_map(|n| n.reg().into_iter().flatten())
-            .map(|r| r.size.unwrap_or(0) as u64)
-            .sum();
+        {
+            ram.add(Range::sized(
+                r.starting_address as u64,
+                r.size.unwrap_or(0) as u64,
+            ))
+            .ok()?;
+        }
+
+        let mut reserved = [Range::default(); MAX_RESERVED];
+        let mut nr_reserved = 0;
+        for m in fdt.memory_reservations() {
+            *reserved.get_mut(nr_reserved)? = Range::sized(m.address() as u64, m.size() as u64);
+            nr_reserved += 1;
+        }
+        let nr_memreserve = nr_reserved;
+        if let Some(rm) = fdt.find_node("/reserved-memory") {
+            for r in rm.children().flat_map(|n| n.reg().into_iter().flatten()) {
+                *reserved.get_mut(nr_reserved)? =
+                    Range::sized(r.starting_address as u64, r.size.unwrap_or(0) as u64);
+                nr_reserved += 1;
+            }
+        }
 
         Some(DeviceTree {
             uart_base,
             psci_conduit,
             bootargs,
             cpus: fdt.cpus().count(),
-            ram_bytes,
+            ram_bytes: ram.total(),
+            ram,
+            reserved,
+            nr_reserved,
+            nr_memreserve,
+            blob: Range::sized(dtb as u64, fdt.total_size() as u64),
         })
+    }
+}
+
+impl DeviceTree {
+    /// The reserved ranges (`/memreserve/` first).
+    pub fn reserved(&self) -> &[Range] {
+        &self.reserved[..self.nr_reserved]
     }
 }

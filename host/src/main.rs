@@ -2,11 +2,12 @@
 //! exercises the hypervisor from below.
 //!
 //! It is an arm64 `Image` (so EL2's entry path is the one a real Linux host will take), linked
-//! at [`pkvm_abi::boot::HOST_LOAD_ADDR`]. [`boot`] sets up a stack, `.bss`, FP and `VBAR_EL1`;
-//! `host_main` finds the console and PSCI conduit in the device tree, reads the scenario from
-//! `/chosen/bootargs` (`pkvm.scenario=NAME`, `pkvm.hang`), runs it, prints
-//! `N passed, M failed` and the machine-readable `PKVM-RESULT pass|fail <reason>` line that
-//! `xtask` waits for, and powers off through PSCI.
+//! at [`pkvm_abi::boot::HOST_LOAD_ADDR`]. [`boot`] sets up the stacks, `.bss`, FP and
+//! `VBAR_EL1`; `host_main` finds the console, PSCI conduit, RAM and reserved memory in the
+//! device tree, turns on its own stage-1 ([`mmu`]), reads the scenario from `/chosen/bootargs`
+//! (`pkvm.scenario=NAME`, `pkvm.hang`), runs it, prints `N passed, M failed` and the
+//! machine-readable `PKVM-RESULT pass|fail <reason>` line that `xtask` waits for, and powers
+//! off through PSCI.
 //!
 //! On any other target only the pure, testable modules are built (plus an empty `main`).
 #![cfg_attr(target_os = "none", no_std, no_main)]
@@ -14,6 +15,8 @@
 
 #[cfg(any(test, target_os = "none"))]
 mod cmdline;
+#[cfg(any(test, target_os = "none"))]
+mod ranges;
 
 #[cfg(target_os = "none")]
 mod boot;
@@ -21,17 +24,29 @@ mod boot;
 #[macro_use]
 mod console;
 #[cfg(target_os = "none")]
+mod bench;
+#[cfg(target_os = "none")]
 mod checks;
 #[cfg(target_os = "none")]
 mod dt;
 #[cfg(target_os = "none")]
+mod env;
+#[cfg(target_os = "none")]
+mod fault;
+#[cfg(target_os = "none")]
 mod hvc;
+#[cfg(target_os = "none")]
+mod mmu;
+#[cfg(target_os = "none")]
+mod pkvm;
 #[cfg(target_os = "none")]
 mod pmu;
 #[cfg(target_os = "none")]
 mod psci;
 #[cfg(target_os = "none")]
 mod scenarios;
+#[cfg(target_os = "none")]
+mod selftest;
 
 #[cfg(not(target_os = "none"))]
 fn main() {}
@@ -58,6 +73,16 @@ extern "C" fn host_main(dtb: usize) -> ! {
     );
     println!("host: bootargs \"{}\"", dt.bootargs);
 
+    let s1 = mmu::enable(&dt.ram, dt.uart_base as u64);
+    println!(
+        "host: stage-1 on: identity map of RAM and MMIO, {} table pages, {}-bit PA",
+        s1.table_pages, s1.pa_bits
+    );
+    let Some(mut env) = env::Env::new(&dt, mmu::ImageLayout::get(), s1.pa_bits) else {
+        println!("PKVM-RESULT fail host: free RAM too fragmented to describe");
+        psci::system_off();
+    };
+
     let args = cmdline::parse(dt.bootargs);
     for unknown in args.unknown_pkvm_options() {
         println!("host: warning: unknown option {unknown}");
@@ -74,7 +99,7 @@ extern "C" fn host_main(dtb: usize) -> ! {
 
     println!("host: scenario '{}': {}", scenario.name, scenario.about);
     let mut checks = checks::Checks::new();
-    (scenario.run)(&mut checks);
+    (scenario.run)(&mut checks, &mut env);
     println!(
         "host checks: {} passed, {} failed",
         checks.passed(),

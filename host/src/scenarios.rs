@@ -1,9 +1,9 @@
 //! The scenario registry: what the host does once it is up, selected by `pkvm.scenario=NAME`.
-//! Later issues add scenarios (share/unshare self-tests over HVC, guests, benchmarks) here.
 
 use crate::checks::Checks;
+use crate::env::Env;
 use crate::hvc::{hvc, preserved_after_hvc};
-use crate::{boot, pmu, psci};
+use crate::{bench, boot, psci, selftest};
 use pkvm_abi::{
     ABI_VERSION, HVC_BASE, HostHcall, SMCCC_NOT_SUPPORTED, features, hvc_fid, psci as ids,
 };
@@ -16,14 +16,20 @@ pub struct Scenario {
     /// One-line description.
     pub about: &'static str,
     /// Runs the scenario, recording its checks.
-    pub run: fn(&mut Checks),
+    pub run: fn(&mut Checks, &mut Env),
 }
 
 /// The scenario run when the command line names none.
-pub const DEFAULT: &str = "boot";
+pub const DEFAULT: &str = "selftest";
 
 /// Every scenario.
 pub const SCENARIOS: &[Scenario] = &[
+    Scenario {
+        name: "selftest",
+        about: "ownership transitions over real hypercalls: the brief's transition script, the \
+                negative catalogue, share_hyp(obj), EL2 reads of host writes, injected aborts",
+        run: selftest::run,
+    },
     Scenario {
         name: "boot",
         about: "hypercall ABI smoke test: VERSION, unknown and boot-only ids, SMCCC register \
@@ -32,9 +38,9 @@ pub const SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         name: "bench",
-        about: "EL2 instructions per hypercall from the PMU cycle counter (meaningful under \
-                -icount shift=0 only)",
-        run: bench,
+        about: "EL2 instructions per hypercall and per host stage-2 fault, from the PMU cycle \
+                counter (meaningful under -icount shift=0 only)",
+        run: bench::run,
     },
 ];
 
@@ -50,7 +56,7 @@ const fn pattern(n: usize) -> u64 {
     0x5a5a_0000 + n as u64
 }
 
-fn boot_checks(c: &mut Checks) {
+fn boot_checks(c: &mut Checks, _env: &mut Env) {
     c.eq("host runs at EL1", boot::current_el(), 1);
 
     let [x0, x1, x2, x3] = hvc(hvc_fid(HostHcall::Version), [0; 6]);
@@ -119,33 +125,4 @@ fn boot_checks(c: &mut Checks) {
         m as u32 as i32 as i64 as u64,
         ids::NOT_SUPPORTED as i64 as u64,
     );
-}
-
-fn bench(c: &mut Checks) {
-    if !c.check(
-        "PMUv3 present",
-        pmu::available(),
-        format_args!("ID_AA64DFR0_EL1.PMUVer"),
-    ) {
-        return;
-    }
-    pmu::start_el2_cycle_counter();
-    println!(
-        "bench: EL2 instructions per call (PMCCNTR_EL0 counting EL2 only; exact under -icount)"
-    );
-    for (name, fid) in [
-        ("hvc_version", hvc_fid(HostHcall::Version)),
-        ("hvc_unknown", UNKNOWN_FID),
-    ] {
-        let mut samples = [0u64; 5];
-        for s in &mut samples {
-            let before = pmu::read();
-            core::hint::black_box(hvc(fid, [0; 6]));
-            *s = pmu::read().wrapping_sub(before);
-        }
-        let min = samples.iter().copied().min().unwrap_or(0);
-        let stable = samples.iter().all(|&s| s == samples[0]);
-        println!("PKVM-BENCH {name} {min} samples={samples:?} stable={stable}");
-        c.check(name, min > 0, format_args!("{min} EL2 instructions"));
-    }
 }

@@ -3,11 +3,13 @@
 //! ```text
 //! cargo xtask run   [options]   build EL2 + host (release), boot them in QEMU, exit with the result
 //! cargo xtask test              fmt, clippy (host and bare-metal targets), cargo test, QEMU system tests
-//! cargo xtask bench [options]   boot the `bench` scenario under -icount and print what the host measures
+//! cargo xtask bench [options]   boot the `bench` scenario twice under -icount, check both boots
+//!                               measured the same, print the table of EL2 instructions per operation
 //! ```
 //!
 //! Plain std Rust, no dependencies beyond the workspace's ABI crate (for the boot layout).
 
+mod bench;
 mod elf;
 mod prereq;
 mod qemu;
@@ -32,7 +34,8 @@ commands:
           host reports `PKVM-RESULT pass`
   test    cargo fmt --check, clippy (host and bare-metal targets), cargo test --workspace,
           then the QEMU system tests
-  bench   like `run --icount --scenario bench`: prints the EL2 instruction counts the host measures
+  bench   boots `--icount --scenario bench` twice, fails unless both boots measured the same
+          EL2 instruction counts, and prints them beside Linux 6.1 pKVM's and our targets
 
 run/bench options:
   --cpu <max|cortex-a72|...>  QEMU CPU model (default max; max means max,pauth-impdef=on)
@@ -40,7 +43,7 @@ run/bench options:
   --mem <SIZE>                RAM size, e.g. 512M, 1G (default 1G)
   --icount                    deterministic instruction counting (-icount shift=0)
   --timeout <SECS>            wall-clock limit for QEMU (default 60)
-  --scenario <NAME>           host scenario, passed as pkvm.scenario=NAME (default boot)
+  --scenario <NAME>           host scenario, passed as pkvm.scenario=NAME (default selftest)
   --hang                      tell the host to hang instead of finishing (tests the timeout)
   --no-host                   leave the host image out (EL2 must refuse to boot)
   -- <ARGS>...                extra QEMU arguments
@@ -60,7 +63,7 @@ fn main() -> ExitCode {
                 scenario: "bench".into(),
                 ..Default::default()
             };
-            parse_run_options(rest, defaults).and_then(|o| cmd_run(&o))
+            parse_run_options(rest, defaults).and_then(|o| bench::cmd_bench(&o))
         }
         "test" if rest.is_empty() => test::cmd_test(),
         "help" | "-h" | "--help" => {

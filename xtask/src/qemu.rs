@@ -56,7 +56,7 @@ impl Default for RunOptions {
             mem: "1G".into(),
             icount: false,
             timeout: Duration::from_secs(60),
-            scenario: "boot".into(),
+            scenario: "selftest".into(),
             hang: false,
             no_host: false,
             extra: Vec::new(),
@@ -195,10 +195,12 @@ enum Event {
     Eof,
 }
 
-/// Streams QEMU's console to stdout, sending every result line and end of file.
-fn console_reader(mut out: impl Read, tx: mpsc::Sender<Event>) {
+/// Streams QEMU's console to stdout, sending every result line and end of file; returns the
+/// console's lines.
+fn console_reader(mut out: impl Read, tx: mpsc::Sender<Event>) -> Vec<String> {
     let mut buf = [0u8; 4096];
     let mut line = Vec::new();
+    let mut lines = Vec::new();
     let stdout = io::stdout();
     loop {
         let n = match out.read(&mut buf) {
@@ -215,16 +217,25 @@ fn console_reader(mut out: impl Read, tx: mpsc::Sender<Event>) {
                 line.push(b);
                 continue;
             }
-            if let Some(r) = parse_result_line(&String::from_utf8_lossy(&line)) {
+            let text = String::from_utf8_lossy(&line)
+                .trim_end_matches('\r')
+                .to_string();
+            if let Some(r) = parse_result_line(&text) {
                 let _ = tx.send(Event::Result(r));
             }
+            lines.push(text);
             line.clear();
         }
     }
-    if let Some(r) = parse_result_line(&String::from_utf8_lossy(&line)) {
+    let text = String::from_utf8_lossy(&line).to_string();
+    if let Some(r) = parse_result_line(&text) {
         let _ = tx.send(Event::Result(r));
     }
+    if !text.is_empty() {
+        lines.push(text);
+    }
     let _ = tx.send(Event::Eof);
+    lines
 }
 
 fn kill(child: &mut Child) {
@@ -250,6 +261,12 @@ fn wait_or_kill(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
 
 /// Boots `images` in QEMU, streaming the console; returns the outcome and the time QEMU ran.
 pub fn run(images: &Images, opts: &RunOptions) -> (Outcome, Duration) {
+    let (outcome, ran, _) = run_capture(images, opts);
+    (outcome, ran)
+}
+
+/// Like [`run`], also returning the console's lines.
+pub fn run_capture(images: &Images, opts: &RunOptions) -> (Outcome, Duration, Vec<String>) {
     let args = args(images, opts);
     println!("xtask: {}", shell_line(QEMU, &args));
     for image in [Some(&images.el2), (!opts.no_host).then_some(&images.host)]
@@ -260,6 +277,7 @@ pub fn run(images: &Images, opts: &RunOptions) -> (Outcome, Duration) {
             return (
                 Outcome::Error(format!("missing image {}", image.display())),
                 Duration::ZERO,
+                Vec::new(),
             );
         }
     }
@@ -276,6 +294,7 @@ pub fn run(images: &Images, opts: &RunOptions) -> (Outcome, Duration) {
             return (
                 Outcome::Error(format!("cannot start {QEMU}: {e}")),
                 Duration::ZERO,
+                Vec::new(),
             );
         }
     };
@@ -312,9 +331,9 @@ pub fn run(images: &Images, opts: &RunOptions) -> (Outcome, Duration) {
                         GRACE.as_secs()
                     ));
                 } else {
-                    let _ = reader.join();
+                    let lines = reader.join().unwrap_or_default();
                     println!();
-                    return (Outcome::TimedOut, start.elapsed());
+                    return (Outcome::TimedOut, start.elapsed(), lines);
                 }
                 break;
             }
@@ -322,7 +341,7 @@ pub fn run(images: &Images, opts: &RunOptions) -> (Outcome, Duration) {
     }
     // The console closed (QEMU is exiting) or we killed it: reap it.
     let status = wait_or_kill(&mut child, Duration::from_secs(5));
-    let _ = reader.join();
+    let lines = reader.join().unwrap_or_default();
     let ran = start.elapsed();
     if let Some(n) = note {
         println!("\nxtask: {n}");
@@ -332,7 +351,7 @@ pub fn run(images: &Images, opts: &RunOptions) -> (Outcome, Duration) {
         (None, Some(s)) => Outcome::NoResult(format!("QEMU exited ({s})")),
         (None, None) => Outcome::NoResult("QEMU closed its console and had to be killed".into()),
     };
-    (outcome, ran)
+    (outcome, ran, lines)
 }
 
 #[cfg(test)]
@@ -377,7 +396,10 @@ mod tests {
             a.contains("loader,file=/t/host.bin,addr=0x40200000,force-raw=on"),
             "{a}"
         );
-        assert!(a.ends_with("-append pkvm.scenario=boot pkvm.hang"), "{a}");
+        assert!(
+            a.ends_with("-append pkvm.scenario=selftest pkvm.hang"),
+            "{a}"
+        );
         opts.cpu = "cortex-a72".into();
         opts.no_host = true;
         let a = args(&images, &opts).join(" ");

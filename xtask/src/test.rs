@@ -4,15 +4,19 @@
 //! 2. `cargo clippy --workspace --all-targets -- -D warnings` (development machine)
 //! 3. clippy `-D warnings` for the bare-metal crates on their own targets
 //! 4. `cargo test --workspace`
-//! 5. QEMU system tests: the default run on `max` and on `cortex-a72` must pass, a run with no
-//!    host image must be refused by EL2, a `--hang --timeout 5` run must fail by timing out,
-//!    and the `bench` scenario must run under `-icount`.
+//! 5. QEMU system tests: the `selftest` scenario (the default) on `max` and on `cortex-a72`
+//!    (2 CPUs, 2 GiB) must pass, the `boot` scenario (ABI smoke test) must pass, the `bench`
+//!    scenario must pass under `-icount` and measure the same figures on two boots, a run with
+//!    no host image must be refused by EL2, and a `--hang --timeout 5` run must fail by timing
+//!    out.
 //!
 //! Every step runs even if an earlier one failed; the summary lists them all and ends with the
 //! system tests' `N passed, M failed` line. The exit status is non-zero if anything failed.
 
-use crate::qemu::{self, Outcome, RunOptions};
-use crate::{BARE_TARGET, EL2_TARGET, Error, build_image_set, cargo, failed, prereq, run_cmd};
+use crate::qemu::{self, Images, Outcome, RunOptions};
+use crate::{
+    BARE_TARGET, EL2_TARGET, Error, bench, build_image_set, cargo, failed, prereq, run_cmd,
+};
 use std::time::{Duration, Instant};
 
 struct Step {
@@ -43,13 +47,28 @@ fn cargo_step(args: &[&str]) -> Result<String, Error> {
     run_cmd(cargo().args(args)).map(|()| String::new())
 }
 
+/// How a system test is judged.
+enum Judge {
+    /// One boot; `expect` decides from the outcome, `want` says what was expected.
+    Outcome {
+        expect: fn(&Outcome) -> bool,
+        want: &'static str,
+    },
+    /// [`bench::BOOTS`] boots that pass and print identical figures.
+    BenchBoots,
+}
+
 /// A system test: run QEMU with `opts` and judge the outcome.
 struct SystemTest {
     name: &'static str,
     opts: RunOptions,
-    expect: fn(&Outcome) -> bool,
-    want: &'static str,
+    judge: Judge,
 }
+
+const PASS: Judge = Judge::Outcome {
+    expect: Outcome::passed,
+    want: "PKVM-RESULT pass",
+};
 
 fn system_tests() -> Vec<SystemTest> {
     let base = RunOptions {
@@ -58,30 +77,36 @@ fn system_tests() -> Vec<SystemTest> {
     };
     vec![
         SystemTest {
-            name: "boot scenario on -cpu max",
+            name: "selftest on -cpu max",
             opts: base.clone(),
-            expect: Outcome::passed,
-            want: "PKVM-RESULT pass",
+            judge: PASS,
         },
         SystemTest {
-            name: "boot scenario on -cpu cortex-a72, 2 CPUs",
+            name: "selftest on -cpu cortex-a72, 2 CPUs, 2 GiB",
             opts: RunOptions {
                 cpu: "cortex-a72".into(),
                 smp: 2,
+                mem: "2G".into(),
                 ..base.clone()
             },
-            expect: Outcome::passed,
-            want: "PKVM-RESULT pass",
+            judge: PASS,
         },
         SystemTest {
-            name: "bench scenario under -icount",
+            name: "boot scenario (hypercall ABI smoke test) on -cpu max",
+            opts: RunOptions {
+                scenario: "boot".into(),
+                ..base.clone()
+            },
+            judge: PASS,
+        },
+        SystemTest {
+            name: "bench under -icount: two boots, identical figures",
             opts: RunOptions {
                 icount: true,
                 scenario: "bench".into(),
                 ..base.clone()
             },
-            expect: Outcome::passed,
-            want: "PKVM-RESULT pass",
+            judge: Judge::BenchBoots,
         },
         SystemTest {
             name: "EL2 refuses to boot without a host image",
@@ -89,20 +114,48 @@ fn system_tests() -> Vec<SystemTest> {
                 no_host: true,
                 ..base.clone()
             },
-            expect: |o| matches!(o, Outcome::Fail(r) if r.contains("no host image")),
-            want: "PKVM-RESULT fail el2: no host image ...",
+            judge: Judge::Outcome {
+                expect: |o| matches!(o, Outcome::Fail(r) if r.contains("no host image")),
+                want: "PKVM-RESULT fail el2: no host image ...",
+            },
         },
         SystemTest {
             name: "--hang --timeout 5 fails by timing out",
             opts: RunOptions {
                 hang: true,
+                scenario: "boot".into(),
                 timeout: Duration::from_secs(5),
                 ..base
             },
-            expect: |o| *o == Outcome::TimedOut,
-            want: "a timeout (QEMU killed)",
+            judge: Judge::Outcome {
+                expect: |o| *o == Outcome::TimedOut,
+                want: "a timeout (QEMU killed)",
+            },
         },
     ]
+}
+
+fn run_system_test(t: &SystemTest, images: &Images) -> Result<String, Error> {
+    match &t.judge {
+        Judge::Outcome { expect, want } => {
+            let (outcome, ran) = qemu::run(images, &t.opts);
+            let got = outcome.describe(t.opts.timeout);
+            if expect(&outcome) {
+                Ok(format!("{got} ({:.1} s in QEMU)", ran.as_secs_f64()))
+            } else {
+                failed(format!("{got}; wanted {want}"))
+            }
+        }
+        Judge::BenchBoots => {
+            let figs = bench::bench_boots(images, &t.opts)?;
+            println!("{}", bench::table(&figs));
+            Ok(format!(
+                "{} figures, identical on {} boots",
+                figs.len(),
+                bench::BOOTS
+            ))
+        }
+    }
 }
 
 /// Runs everything; see the module documentation.
@@ -194,13 +247,7 @@ pub fn cmd_test() -> Result<(), Error> {
             let Some(images) = &images else {
                 return failed("images did not build");
             };
-            let (outcome, ran) = qemu::run(images, &t.opts);
-            let got = outcome.describe(t.opts.timeout);
-            if (t.expect)(&outcome) {
-                Ok(format!("{got} ({:.1} s in QEMU)", ran.as_secs_f64()))
-            } else {
-                failed(format!("{got}; wanted {}", t.want))
-            }
+            run_system_test(&t, images)
         }));
     }
 

@@ -1,0 +1,137 @@
+//! The `bench` scenario: EL2 instructions per operation, from the PMU cycle counter filtered to
+//! EL2 (BRIEF §6; exact only under `-icount shift=0`).
+//!
+//! Every figure is the delta of `PMCCNTR_EL0` around one operation, sampled several times; the
+//! line printed is `PKVM-BENCH <name> <min> samples=[...]`, which `cargo xtask bench` collects
+//! from two boots and compares. Operations:
+//!
+//! | name | what is counted |
+//! |---|---|
+//! | `hvc_version` | an empty hypercall (`Version`): trap, dispatch, return |
+//! | `hvc_unknown` | an unknown id (refused at the first check) |
+//! | `share_1` / `unshare_1` | `host_share_hyp` / `host_unshare_hyp` of one page (count 0 ↔ 1: EL2 maps/unmaps it) |
+//! | `share_again` | a second share of a page already shared (count 1 → 2: no mapping change) |
+//! | `share_512` / `unshare_512` | one ranged call over 512 pages (a 2 MiB-aligned run) |
+//! | `host_fault` | one host load from a 2 MiB block it never touched: the host stage-2 fault that maps the block, then the retried load |
+
+use crate::checks::Checks;
+use crate::env::Env;
+use crate::fault::probe_read;
+use crate::hvc::hvc;
+use crate::pkvm::{self, HcallError};
+use crate::pmu;
+use pkvm_abi::{HVC_BASE, HostHcall, PAGE_SHIFT, hvc_fid};
+
+const SAMPLES: usize = 5;
+
+/// Counts EL2 instructions spent in `f`.
+#[inline(always)]
+fn count<R>(f: impl FnOnce() -> R) -> (u64, R) {
+    let before = pmu::read();
+    let r = f();
+    let after = pmu::read();
+    (after.wrapping_sub(before), r)
+}
+
+/// Prints the `PKVM-BENCH` line and records a check: the operations succeeded (`error` is the
+/// first failure, if any) and cost EL2 something.
+fn report<E: core::fmt::Debug>(
+    c: &mut Checks,
+    name: &'static str,
+    samples: &[u64],
+    error: Option<E>,
+) {
+    let min = samples.iter().copied().min().unwrap_or(0);
+    println!("PKVM-BENCH {name} {min} samples={samples:?}");
+    match error {
+        None => c.check(name, min > 0, format_args!("{min} EL2 instructions")),
+        Some(e) => c.check(
+            name,
+            false,
+            format_args!("{min} EL2 instructions, but {e:?}"),
+        ),
+    };
+}
+
+/// Runs the scenario.
+pub fn run(c: &mut Checks, env: &mut Env) {
+    if !c.check(
+        "PMUv3 present",
+        pmu::available(),
+        format_args!("ID_AA64DFR0_EL1.PMUVer"),
+    ) {
+        return;
+    }
+    pmu::start_el2_cycle_counter();
+    println!(
+        "bench: EL2 instructions per operation (PMCCNTR_EL0 counting EL2 only; exact under \
+         -icount)"
+    );
+
+    for (name, fid) in [
+        ("hvc_version", hvc_fid(HostHcall::Version)),
+        ("hvc_unknown", HVC_BASE | 0x7fff),
+    ] {
+        let mut s = [0; SAMPLES];
+        for v in &mut s {
+            *v = count(|| core::hint::black_box(hvc(fid, [0; 6]))).0;
+        }
+        report(c, name, &s, None::<HcallError>);
+    }
+
+    // One page, count 0 -> 1 -> 0, repeatedly.
+    let p = env.pfn();
+    let (mut sh, mut un) = ([0; SAMPLES], [0; SAMPLES]);
+    let mut res = Ok(());
+    for i in 0..SAMPLES {
+        let (n, r) = count(|| pkvm::share_hyp_pfns(p, 1));
+        sh[i] = n;
+        res = res.and(r);
+        let (n, r) = count(|| pkvm::unshare_hyp_pfns(p, 1));
+        un[i] = n;
+        res = res.and(r);
+    }
+    report(c, "share_1", &sh, res.err());
+    report(c, "unshare_1", &un, res.err());
+
+    // A second share of a shared page (count 1 -> 2).
+    let mut again = [0; SAMPLES];
+    let mut res = pkvm::share_hyp_pfns(p, 1);
+    for v in &mut again {
+        let (n, r) = count(|| pkvm::share_hyp_pfns(p, 1));
+        *v = n;
+        res = res.and(r).and(pkvm::unshare_hyp_pfns(p, 1));
+    }
+    res = res.and(pkvm::unshare_hyp_pfns(p, 1));
+    report(c, "share_again", &again, res.err());
+
+    // 512 pages in one call.
+    let b = env.pages(512, 2 << 20) >> PAGE_SHIFT;
+    let (mut sh, mut un) = ([0; 3], [0; 3]);
+    let mut res = Ok(());
+    for i in 0..sh.len() {
+        let (n, r) = count(|| pkvm::share_hyp_pfns(b, 512));
+        sh[i] = n;
+        res = res.and(r);
+        let (n, r) = count(|| pkvm::unshare_hyp_pfns(b, 512));
+        un[i] = n;
+        res = res.and(r);
+    }
+    report(c, "share_512", &sh, res.err());
+    report(c, "unshare_512", &un, res.err());
+
+    // First touch of never-touched 2 MiB blocks.
+    let mut faults = [0; SAMPLES];
+    let mut res = None;
+    for v in &mut faults {
+        let blk = env.pages(512, 2 << 20);
+        // SAFETY: `blk` is a free, aligned RAM page from the allocator; reading it has no side
+        // effect and no reference to it exists.
+        let (n, r) = count(|| unsafe { probe_read(blk) });
+        *v = n;
+        if let Err(a) = r {
+            res.get_or_insert(a);
+        }
+    }
+    report(c, "host_fault", &faults, res);
+}

@@ -1,0 +1,257 @@
+//! Memory accesses that may abort, and survive it: [`probe_read`], [`probe_write`] and
+//! [`probe_exec`].
+//!
+//! Each data probe is one load or store instruction at a known address (`pkvm_probe_ld`,
+//! `pkvm_probe_st`). When it aborts — for the host, typically because EL2 injected a
+//! synchronous external abort for memory the host does not own — the exception arrives at
+//! `VBAR_EL1 + 0x200` with `ELR_EL1` pointing at that instruction. The vector in
+//! [`crate::boot`] recognises it, puts `ESR_EL1`, `FAR_EL1`, `SPSR_EL1` and `ELR_EL1` in
+//! `x2..=x5`, sets `x1 = 1`, and resumes at `pkvm_probe_done`, which returns to the caller.
+//! The exec probe branches (`blr`) to a page of its own in `.text`
+//! ([`exec_page`]: `mov x1, #0; ret`); if fetching from it aborts, `ELR_EL1` is that page and
+//! the vector resumes at the return address in `x30`. Any other exception still fails the run.
+
+use core::arch::{asm, global_asm};
+
+global_asm!(
+    r#"
+    .section .text.probe, "ax"
+    .balign 16
+    .global pkvm_probe_read
+    .global pkvm_probe_ld
+    .global pkvm_probe_write
+    .global pkvm_probe_st
+    .global pkvm_probe_done
+/* x0 = address -> x0 = value, x1 = 0 (done) or 1 (aborted: x2..x5 = ESR, FAR, SPSR, ELR) */
+pkvm_probe_read:
+    mov     x1, #0
+pkvm_probe_ld:
+    ldr     x0, [x0]
+pkvm_probe_done:
+    ret
+
+/* x0 = address, x6 = value -> x1 as above */
+pkvm_probe_write:
+    mov     x1, #0
+pkvm_probe_st:
+    str     x6, [x0]
+    b       pkvm_probe_done
+
+/* -> x1 as above; uses x6, x7 */
+    .global pkvm_probe_exec
+pkvm_probe_exec:
+    mov     x6, x30
+    adr     x7, pkvm_probe_exec_page
+    blr     x7
+    mov     x30, x6
+    ret
+
+    .section .text.probe_exec_page, "ax"
+    .balign 4096
+    .global pkvm_probe_exec_page
+pkvm_probe_exec_page:
+    mov     x1, #0
+    ret
+    .balign 4096
+"#
+);
+
+/// What an aborted probe saw.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Abort {
+    /// `ESR_EL1`.
+    pub esr: u64,
+    /// `FAR_EL1`.
+    pub far: u64,
+    /// `SPSR_EL1`: the PSTATE the abort interrupted.
+    pub spsr: u64,
+    /// `ELR_EL1`: the instruction that aborted (a probe's load or store).
+    pub elr: u64,
+}
+
+/// ESR exception class: data abort taken without a change in exception level.
+pub const EC_DABT_CUR: u64 = 0x25;
+/// ESR exception class: instruction abort taken without a change in exception level.
+pub const EC_IABT_CUR: u64 = 0x21;
+/// `ESR_EL1.ISS.WnR`: the aborted data access was a write.
+pub const ESR_WNR: u64 = 1 << 6;
+/// DFSC/IFSC: synchronous external abort, not on a translation table walk.
+pub const FSC_SEA: u64 = 0b01_0000;
+
+impl Abort {
+    /// Exception class (`ESR_EL1.EC`).
+    pub fn ec(&self) -> u64 {
+        self.esr >> 26
+    }
+
+    /// Fault status code (`ESR_EL1.ISS.DFSC`/`IFSC`).
+    pub fn fsc(&self) -> u64 {
+        self.esr & 0x3f
+    }
+
+    /// Whether this is what EL2 injects for an illegal host data access: a synchronous
+    /// external abort on a data access, taken at EL1.
+    pub fn is_injected_data_abort(&self) -> bool {
+        self.ec() == EC_DABT_CUR && self.fsc() == FSC_SEA
+    }
+
+    /// Whether this is what EL2 injects for an illegal host instruction fetch.
+    pub fn is_injected_instruction_abort(&self) -> bool {
+        self.ec() == EC_IABT_CUR && self.fsc() == FSC_SEA
+    }
+}
+
+impl core::fmt::Display for Abort {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(
+            f,
+            "abort ESR {:#x} (EC {:#x}, FSC {:#x}) FAR {:#x} ELR {:#x} SPSR {:#x}",
+            self.esr,
+            self.ec(),
+            self.fsc(),
+            self.far,
+            self.elr,
+            self.spsr
+        )
+    }
+}
+
+/// Address of the probe's load instruction (what `ELR_EL1` must hold when it aborts).
+pub fn load_insn() -> u64 {
+    let a: u64;
+    // SAFETY: only computes the address of a symbol.
+    unsafe { asm!("adr {}, pkvm_probe_ld", out(reg) a, options(nomem, nostack, preserves_flags)) };
+    a
+}
+
+/// Address of the probe's store instruction.
+pub fn store_insn() -> u64 {
+    let a: u64;
+    // SAFETY: only computes the address of a symbol.
+    unsafe { asm!("adr {}, pkvm_probe_st", out(reg) a, options(nomem, nostack, preserves_flags)) };
+    a
+}
+
+/// Reads the `u64` at `addr` (VA == PA), reporting an abort instead of dying of it.
+///
+/// # Safety
+/// `addr` must be 8-byte aligned, and reading it must not break Rust's rules (no concurrent
+/// non-atomic writer) and must have no side effect the caller did not intend (MMIO).
+pub unsafe fn probe_read(addr: u64) -> Result<u64, Abort> {
+    let (value, aborted, esr, far, spsr, elr): (u64, u64, u64, u64, u64, u64);
+    // SAFETY: `pkvm_probe_read` loads from `addr` (the caller vouches for that) and changes
+    // only x0-x5 and x30 (declared); if the load aborts, the vector writes x1-x5 and resumes at
+    // its `ret`. It uses no stack.
+    unsafe {
+        asm!(
+            "bl pkvm_probe_read",
+            inout("x0") addr => value,
+            out("x1") aborted,
+            out("x2") esr,
+            out("x3") far,
+            out("x4") spsr,
+            out("x5") elr,
+            out("x30") _,
+            options(nostack)
+        );
+    }
+    if aborted == 0 {
+        Ok(value)
+    } else {
+        Err(Abort {
+            esr,
+            far,
+            spsr,
+            elr,
+        })
+    }
+}
+
+/// Writes `value` to the `u64` at `addr` (VA == PA), reporting an abort instead of dying of it.
+///
+/// # Safety
+/// `addr` must be 8-byte aligned and writable without breaking Rust's rules: no reference to
+/// that memory may be alive, and nothing else may rely on its contents.
+pub unsafe fn probe_write(addr: u64, value: u64) -> Result<(), Abort> {
+    let (aborted, esr, far, spsr, elr): (u64, u64, u64, u64, u64);
+    // SAFETY: as in `probe_read`, for one store of `value` (x6, not written) to `addr`.
+    unsafe {
+        asm!(
+            "bl pkvm_probe_write",
+            inout("x0") addr => _,
+            out("x1") aborted,
+            out("x2") esr,
+            out("x3") far,
+            out("x4") spsr,
+            out("x5") elr,
+            in("x6") value,
+            out("x30") _,
+            options(nostack)
+        );
+    }
+    if aborted == 0 {
+        Ok(())
+    } else {
+        Err(Abort {
+            esr,
+            far,
+            spsr,
+            elr,
+        })
+    }
+}
+
+/// The page the exec probe branches to (in `.text`: host-owned, executable in the stage-1).
+pub fn exec_page() -> u64 {
+    let a: u64;
+    // SAFETY: only computes the address of a symbol.
+    unsafe {
+        asm!("adr {}, pkvm_probe_exec_page", out(reg) a, options(nomem, nostack, preserves_flags))
+    };
+    a
+}
+
+/// Branches to [`exec_page`] and back, reporting an instruction abort instead of dying of it.
+pub fn probe_exec() -> Result<(), Abort> {
+    let (aborted, esr, far, spsr, elr): (u64, u64, u64, u64, u64);
+    // SAFETY: `pkvm_probe_exec` calls the two instructions of the exec page (`mov x1, #0;
+    // ret`) and changes only x1-x7 and x30 (declared); if the fetch aborts, the vector writes
+    // x1-x5 and resumes at the return address of the `blr`. It uses no stack or memory.
+    unsafe {
+        asm!(
+            "bl pkvm_probe_exec",
+            out("x0") _,
+            out("x1") aborted,
+            out("x2") esr,
+            out("x3") far,
+            out("x4") spsr,
+            out("x5") elr,
+            out("x6") _,
+            out("x7") _,
+            out("x30") _,
+            options(nostack, nomem)
+        );
+    }
+    if aborted == 0 {
+        Ok(())
+    } else {
+        Err(Abort {
+            esr,
+            far,
+            spsr,
+            elr,
+        })
+    }
+}
+
+/// The current `DAIF` and `CurrentEL`|`SPSel` bits, as they would appear in an `SPSR_EL1` that
+/// interrupted this code: `M[3:0]` = EL1h (0b0101), `DAIF` in bits 9:6.
+pub fn expected_spsr_mode_bits() -> u64 {
+    let daif: u64;
+    // SAFETY: reading DAIF has no side effect.
+    unsafe { asm!("mrs {}, daif", out(reg) daif, options(nomem, nostack, preserves_flags)) };
+    (daif & 0x3c0) | 0b0101
+}
+
+/// The bits of an `SPSR_EL1` that [`expected_spsr_mode_bits`] predicts.
+pub const SPSR_MODE_MASK: u64 = 0x3c0 | 0xf | 0x10;
