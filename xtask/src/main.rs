@@ -10,7 +10,9 @@
 //! Plain std Rust, no dependencies beyond the workspace's ABI crate (for the boot layout).
 
 mod bench;
+mod cpio;
 mod elf;
+mod linux;
 mod prereq;
 mod qemu;
 mod test;
@@ -46,6 +48,14 @@ run/bench options:
   --scenario <NAME>           host scenario, passed as pkvm.scenario=NAME (default selftest)
   --hang                      tell the host to hang instead of finishing (tests the timeout)
   --no-host                   leave the host image out (EL2 must refuse to boot)
+  --host linux                run Debian's arm64 Linux as the host (downloaded with apt, cached
+                              in target/linux/; defaults --smp 4 --timeout 180) with the
+                              linux/pkvm_test.c driver in its initramfs
+  --kernel <Image>            (with --host linux) boot this arm64 Image instead of Debian's
+  --initrd <FILE>             (with --host linux) use this initramfs; its /init must print
+                              the PKVM-RESULT line
+  --bench-linux [--reps N]    (with --host linux) time boot-to-/init: direct, under pkvm-rs,
+                              under Linux's pKVM (kvm-arm.mode=protected)
   -- <ARGS>...                extra QEMU arguments
 ";
 
@@ -56,6 +66,7 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     };
     let result = match cmd.as_str() {
+        "run" if linux::wanted(rest) => linux::cmd_run(rest),
         "run" => parse_run_options(rest, RunOptions::default()).and_then(|o| cmd_run(&o)),
         "bench" => {
             let defaults = RunOptions {
