@@ -95,7 +95,11 @@ fn depends_on(pkg: &str, prefix: &str) -> Result<Option<String>, Error> {
     let out = output(Command::new("apt-cache").args(["depends", pkg]))?;
     Ok(out.lines().find_map(|l| {
         let dep = l.trim().strip_prefix("Depends:")?.trim();
-        let name = dep.split(':').next()?.trim_start_matches('<').trim_end_matches('>');
+        let name = dep
+            .split(':')
+            .next()?
+            .trim_start_matches('<')
+            .trim_end_matches('>');
         name.starts_with(prefix).then(|| name.to_string())
     }))
 }
@@ -244,7 +248,9 @@ fn ensure_cross_compiler() -> Result<(), Error> {
             return Ok(());
         }
     }
-    failed(format!("{gcc} is missing: install the Debian package {CROSS_PACKAGE}"))
+    failed(format!(
+        "{gcc} is missing: install the Debian package {CROSS_PACKAGE}"
+    ))
 }
 
 /// Builds `linux/pkvm_test.c` against the extracted headers.
@@ -321,7 +327,9 @@ fn build_initramfs(abi: &str, root: &Path, module: &Path) -> Result<PathBuf, Err
     let bb = fs::read(&busybox).or_else(|e| failed(format!("{}: {e}", busybox.display())))?;
     let ko = fs::read(module).or_else(|e| failed(format!("{}: {e}", module.display())))?;
     let mut c = Cpio::new();
-    for d in ["bin", "sbin", "usr", "usr/bin", "usr/sbin", "dev", "proc", "sys", "tmp"] {
+    for d in [
+        "bin", "sbin", "usr", "usr/bin", "usr/sbin", "dev", "proc", "sys", "tmp",
+    ] {
         c.dir(d, 0o755);
     }
     c.char_dev("dev/console", 0o600, 5, 1);
@@ -571,11 +579,17 @@ fn bench_boot(files: &LinuxFiles, o: &RunOptions, reps: u32) -> Result<(), Error
     let modes = [
         ("direct (QEMU boot stub, Linux at EL2)", direct("")),
         ("under pkvm-rs", pkvm_rs),
-        ("Linux's pKVM (kvm-arm.mode=protected)", direct("kvm-arm.mode=protected")),
+        (
+            "Linux's pKVM (kvm-arm.mode=protected)",
+            direct("kvm-arm.mode=protected"),
+        ),
     ];
     let mut results = Vec::new();
     for (name, args) in &modes {
-        println!("xtask: bench {name}: {}", qemu::shell_line(qemu::QEMU, args));
+        println!(
+            "xtask: bench {name}: {}",
+            qemu::shell_line(qemu::QEMU, args)
+        );
         let mut runs = Vec::new();
         for r in 0..reps {
             let (init, total, ok) = timed_boot(args, o.timeout)?;
