@@ -30,7 +30,11 @@
 #include <linux/seq_file.h>
 #include <linux/slab.h>
 #include <linux/uaccess.h>
+#include <linux/psci.h>
+#include <uapi/linux/psci.h>
+#include <asm/cputype.h>
 #include <asm/memory.h>
+#include <asm/sysreg.h>
 
 /* pkvm-rs ABI (crates/abi/src/lib.rs). */
 #define PKVM_HVC_BASE 0xC6000000UL
@@ -333,6 +337,44 @@ static void test_negative(void)
 	pr_info("pkvm_test: RAM ends at pfn %#lx, kernel text pfn %#lx\n", end, text_pfn);
 }
 
+/* PSCI through EL2: bad CPU_ON requests get their PSCI error and nothing breaks. */
+static long psci_call(unsigned long fid, unsigned long a1, unsigned long a2,
+		      unsigned long a3)
+{
+	struct arm_smccc_res res;
+
+	arm_smccc_1_1_invoke(fid, a1, a2, a3, &res);
+	return (long)res.a0;
+}
+
+static void test_psci(void)
+{
+	unsigned long me = read_cpuid_mpidr() & MPIDR_HWID_BITMASK;
+	unsigned long entry = virt_to_phys(page_address(ZERO_PAGE(0)));
+	unsigned long end = ram_end_pfn() << PAGE_SHIFT;
+	unsigned int online = num_online_cpus();
+
+	CHECK(arm_smccc_1_1_get_conduit() == SMCCC_CONDUIT_SMC ||
+	      arm_smccc_1_1_get_conduit() == SMCCC_CONDUIT_HVC, "SMCCC conduit");
+	CHECK_EQ(psci_call(PSCI_0_2_FN64_CPU_ON, 0xff00ff, entry, 0),
+		 PSCI_RET_INVALID_PARAMS, "CPU_ON to an MPIDR that does not exist");
+	CHECK_EQ(psci_call(PSCI_0_2_FN64_CPU_ON, me, entry, 0), PSCI_RET_ALREADY_ON,
+		 "CPU_ON to a CPU that is on (a second time)");
+	CHECK_EQ(psci_call(PSCI_0_2_FN64_CPU_ON, me, EL2_IMAGE_PA, 0),
+		 PSCI_RET_INVALID_ADDRESS, "CPU_ON with the entry in EL2's image");
+	CHECK_EQ(psci_call(PSCI_0_2_FN64_CPU_ON, me, end - PAGE_SIZE, 0),
+		 PSCI_RET_INVALID_ADDRESS, "CPU_ON with the entry in EL2's carve-out");
+	CHECK_EQ(psci_call(PSCI_0_2_FN64_CPU_ON, me, VIRT_UART_PA, 0),
+		 PSCI_RET_INVALID_ADDRESS, "CPU_ON with the entry in MMIO");
+	CHECK_EQ(psci_call(PSCI_0_2_FN64_AFFINITY_INFO, me, 0, 0), 0,
+		 "AFFINITY_INFO of this CPU: on");
+	CHECK_EQ(psci_call(PSCI_1_0_FN_PSCI_FEATURES, PSCI_0_2_FN64_CPU_ON, 0, 0), 0,
+		 "PSCI_FEATURES(CPU_ON)");
+	CHECK_EQ(psci_call(ARM_SMCCC_VERSION_FUNC_ID, 0, 0, 0), ARM_SMCCC_VERSION_1_1,
+		 "SMCCC_VERSION");
+	CHECK_EQ(num_online_cpus(), online, "every CPU still online");
+}
+
 /* One kthread per CPU sharing and unsharing overlapping ranges. */
 #define CONC_PAGES 8
 #define CONC_ITERS 300
@@ -475,6 +517,86 @@ static void read_donated(void)
 	pr_err("pkvm_test: read %#llx from a page EL2 owns: no abort!\n", v);
 }
 
+/* Writes to the last page of RAM, inside EL2's carve-out: EL2 injects an external abort. */
+static void write_carveout(void)
+{
+	phys_addr_t pa = (ram_end_pfn() - 1) << PAGE_SHIFT;
+
+	pr_info("pkvm_test: writing pa %#llx, in EL2's carve-out: expect an external abort\n",
+		(unsigned long long)pa);
+	WRITE_ONCE(*(u64 *)phys_to_virt(pa), 0xbad);
+	pr_err("pkvm_test: wrote EL2's carve-out: no abort!\n");
+}
+
+/* After the aborts: the ABI still works (counted in the summary). */
+static void recheck(void)
+{
+	int f = failed;
+
+	test_version();
+	test_kmalloc();
+	test_two_in_one_page();
+	pr_info("pkvm_test: recheck %s; now %d passed, %d failed\n",
+		failed == f ? "ok" : "FAILED", passed, failed);
+}
+
+/*
+ * EL2 instructions of one call, under QEMU -icount (PMCCNTR_EL0 counts instructions there):
+ * the cycle counter is set to count at EL2 only for the call, then restored.
+ */
+static u64 el2_count(unsigned long id, unsigned long pfn, unsigned long nr)
+{
+	u64 pmcr = read_sysreg(pmcr_el0), filt = read_sysreg(pmccfiltr_el0);
+	u64 en = read_sysreg(pmcntenset_el0), c0, c1;
+	unsigned long flags;
+	long r;
+
+	local_irq_save(flags);
+	/* P=1 U=1 (not EL1/EL0), NSH=1 (EL2). */
+	write_sysreg((1UL << 31) | (1UL << 30) | (1UL << 27), pmccfiltr_el0);
+	write_sysreg(pmcr | 1 /* E */ | (1 << 6) /* LC */, pmcr_el0);
+	write_sysreg(1UL << 31, pmcntenset_el0);
+	isb();
+	c0 = read_sysreg(pmccntr_el0);
+	r = pkvm_call(id, pfn, nr, NULL);
+	c1 = read_sysreg(pmccntr_el0);
+	write_sysreg(filt, pmccfiltr_el0);
+	if (!(en & (1UL << 31)))
+		write_sysreg(1UL << 31, pmcntenclr_el0);
+	write_sysreg(pmcr, pmcr_el0);
+	isb();
+	local_irq_restore(flags);
+	if (r)
+		pr_err("pkvm_test: measured call %#lx failed: %ld\n", id, r);
+	return c1 - c0;
+}
+
+static void measure(void)
+{
+	struct page *p = alloc_pages(GFP_KERNEL, 4);
+	unsigned long pfn;
+	int i;
+
+	if (!p)
+		return;
+	pfn = page_to_pfn(p);
+	for (i = 0; i < 3; i++) {
+		u64 s1 = el2_count(PKVM_SHARE_HYP, pfn, 1);
+		u64 u1 = el2_count(PKVM_UNSHARE_HYP, pfn, 1);
+		u64 s16 = el2_count(PKVM_SHARE_HYP, pfn, 16);
+		u64 u16 = el2_count(PKVM_UNSHARE_HYP, pfn, 16);
+		u64 r1, ru1, ru2;
+
+		el2_count(PKVM_SHARE_HYP, pfn, 1);
+		r1 = el2_count(PKVM_SHARE_HYP, pfn, 1); /* second share: refcount only */
+		ru1 = el2_count(PKVM_UNSHARE_HYP, pfn, 1); /* back to one share */
+		ru2 = el2_count(PKVM_UNSHARE_HYP, pfn, 1); /* last share: unmaps */
+		pr_info("PKVM-BENCH linux share_1 %llu unshare_1 %llu share_16 %llu unshare_16 %llu share_refcount %llu unshare_refcount %llu unshare_last %llu\n",
+			s1, u1, s16, u16, r1, ru1, ru2);
+	}
+	__free_pages(p, 4);
+}
+
 static ssize_t pkvm_proc_write(struct file *file, const char __user *ubuf,
 			       size_t len, loff_t *off)
 {
@@ -484,6 +606,12 @@ static ssize_t pkvm_proc_write(struct file *file, const char __user *ubuf,
 		return -EFAULT;
 	if (sysfs_streq(buf, "read-donated"))
 		read_donated();
+	else if (sysfs_streq(buf, "write-carveout"))
+		write_carveout();
+	else if (sysfs_streq(buf, "recheck"))
+		recheck();
+	else if (sysfs_streq(buf, "measure"))
+		measure();
 	else
 		return -EINVAL;
 	return len;
@@ -505,6 +633,7 @@ static int __init pkvm_test_init(void)
 	test_alloc_pages();
 	test_donate();
 	test_negative();
+	test_psci();
 	test_concurrency();
 	test_timing();
 	print_stats(NULL);

@@ -309,13 +309,25 @@ echo "init: the child ended (status $?); /init carries on"
 after=$(sed -n 's/^injected_aborts //p' /proc/pkvm_test)
 [ "$after" -gt "$before" ] || fail "no abort injected (before $before, after $after)"
 dmesg | grep -q 'synchronous external abort' || fail "Linux did not report the external abort"
+echo "init: a child process writes to EL2's carve-out"
+sh -c 'echo write-carveout > /proc/pkvm_test'
+echo "init: the child ended (status $?); /init carries on"
+after2=$(sed -n 's/^injected_aborts //p' /proc/pkvm_test)
+[ "$after2" -gt "$after" ] || fail "no abort injected for the carve-out write"
+echo recheck > /proc/pkvm_test || fail "recheck"
+summary=$(head -n 1 /proc/pkvm_test)
+case "$summary" in
+    *" passed, 0 failed") ;;
+    *) fail "driver after the aborts: $summary" ;;
+esac
+if grep -q pkvm.measure /proc/cmdline; then echo measure > /proc/pkvm_test; fi
 echo survived > /tmp/check && [ "$(cat /tmp/check)" = survived ] || fail "tmpfs broken after the abort"
 for c in $(seq 0 $((cpus - 1))); do
     taskset -c "$c" true 2>/dev/null || fail "cannot run on CPU $c after the abort"
 done
 echo "init: EL2 statistics at the end:"
 sed 's/^/init:   /' /proc/pkvm_test
-echo "init: $summary; survived the illegal access"
+echo "init: $summary; survived the illegal accesses"
 echo "PKVM-RESULT pass"
 poweroff -f
 sleep 30
