@@ -27,6 +27,65 @@
 //!
 //! Output addresses are limited to 48 bits ([`desc::PA_BITS`]); blocks exist at L1 (1 GiB) and
 //! L2 (2 MiB), never at L0.
+//!
+//! # Attributes
+//!
+//! [`Prot`] is encoded per [`Format`] by [`Format::leaf_attrs`] and decoded by
+//! [`Format::pte_prot`]. EL2 stage-1 leaves use `MAIR_EL2` index [`MAIR_IDX_NORMAL`] (normal
+//! write-back) or [`MAIR_IDX_DEVICE_NGNRE`]; the EL2 image programs [`MAIR_EL2_VALUE`]. Stage-2
+//! leaves carry MemAttr directly (normal write-back 0b1111 or Device-nGnRE 0b0001, without
+//! FEAT_S2FWB).
+//!
+//! # Failures
+//!
+//! Bad arguments are refused before anything is touched. Conflicts and allocation failures found
+//! during a walk stop it at the offending entry, with the tables consistent and every started
+//! TLB invalidation completed; see each operation's `# Errors`.
+//!
+//! # Example
+//!
+//! ```
+//! use pkvm_pgtable::{ArchOps, Config, MapFlags, MmOps, PageTable, Prot};
+//!
+//! /// Table pages in a vector, at physical addresses 0x1000, 0x2000, ...
+//! #[derive(Default)]
+//! struct Mem { pages: Vec<[u64; 512]>, counts: Vec<u32> }
+//! impl MmOps for Mem {
+//!     fn zalloc_page(&mut self) -> Option<u64> {
+//!         self.pages.push([0; 512]);
+//!         self.counts.push(1);
+//!         Some(self.pages.len() as u64 * 4096)
+//!     }
+//!     fn get_page(&mut self, pa: u64) { self.counts[(pa >> 12) as usize - 1] += 1; }
+//!     fn put_page(&mut self, pa: u64) { self.counts[(pa >> 12) as usize - 1] -= 1; }
+//!     fn page_count(&self, pa: u64) -> u32 { self.counts[(pa >> 12) as usize - 1] }
+//!     fn read_pte(&self, pa: u64) -> u64 { self.pages[(pa >> 12) as usize - 1][(pa as usize & 0xfff) / 8] }
+//!     fn write_pte(&mut self, pa: u64, pte: u64) { self.pages[(pa >> 12) as usize - 1][(pa as usize & 0xfff) / 8] = pte; }
+//! }
+//! struct NoTlb;
+//! impl ArchOps for NoTlb {
+//!     fn dsb_ishst(&mut self) {}
+//!     fn dsb_ish(&mut self) {}
+//!     fn isb(&mut self) {}
+//!     fn tlbi_el2_va(&mut self, _: u64, _: u8, _: bool) {}
+//!     fn tlbi_s2_ipa(&mut self, _: u16, _: u64, _: u8) {}
+//!     fn tlbi_vmid(&mut self, _: u16) {}
+//! }
+//!
+//! let (mut mm, mut arch) = (Mem::default(), NoTlb);
+//! let mut s2 = PageTable::new(&mut mm, Config::stage2(1, 40))?;
+//! // 2 MiB + 4 KiB: one block and one page.
+//! s2.map(&mut mm, &mut arch, 0x4000_0000, 0x20_1000, 0x8000_0000, Prot::RWX, MapFlags::empty())?;
+//! assert_eq!(s2.count_leaves(&mm, 0, 1 << 32)?, [0, 0, 1, 1]);
+//! let (pte, level) = s2.get_leaf(&mm, 0x4000_1234)?;
+//! assert_eq!((pkvm_pgtable::desc::output_address(pte), level), (0x8000_1000 & !0x1f_ffff, 2));
+//! // Unmapping a page of the block splits it and removes just that page.
+//! assert_eq!(s2.unmap(&mut mm, &mut arch, 0x4000_1000, 0x1000)?, 0x1000);
+//! assert_eq!(s2.count_leaves(&mm, 0, 1 << 32)?, [0, 0, 0, 512]);
+//! s2.set_owner(&mut mm, &mut arch, 0x4000_1000, 0x1000, 1)?;
+//! assert_eq!(pkvm_pgtable::desc::pte_owner(s2.get_leaf(&mm, 0x4000_1000)?.0), Some(1));
+//! # Ok::<(), pkvm_pgtable::Error>(())
+//! ```
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]

@@ -177,51 +177,91 @@ fn counted(stage2: bool, pte: u64) -> bool {
     if stage2 { pte != 0 } else { is_valid(pte) }
 }
 
-/// Fills the zeroed table page `child` with 512 entries `first + i * step` and takes a
-/// reference per counted entry.
-#[inline(never)]
-fn fill_child<M: MmOps>(mm: &mut M, stage2: bool, child: u64, first: u64, step: u64) {
-    for i in 0..PTES_PER_TABLE {
-        let pte = first + i * step;
-        mm.write_pte(child + i * 8, pte);
-        if counted(stage2, pte) {
-            mm.get_page(child);
-        }
-    }
+/// What the entries of a new table that lie wholly inside the operation's range become (see
+/// [`install_table`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Cover {
+    /// The same as the others: a copy of the old entry's mapping (map: the walk then maps them).
+    Keep,
+    /// Zero (unmap).
+    Clear,
+    /// This owner annotation at the last level, zero above (set_owner: the walk then fills
+    /// the zero entries page by page).
+    Annotate(u64),
+    /// The old mapping with these attributes (set_prot).
+    Reattr(u64),
 }
 
-/// Replaces the non-table entry `v.pte` at `v.ptep` (level < 3) by a table holding the same
-/// mapping one level down: a valid block becomes 512 smaller blocks/pages (with
-/// break-before-make on the parent entry), an annotation (stage-2) becomes 512 copies, an
-/// empty (or, at stage-1, any invalid) entry becomes an empty table. The caller marks the
-/// operation dirty.
+/// Replaces the non-table entry `e` (level < 3) by a table one level down that keeps the old
+/// contents outside `[start, end)` — a valid block becomes 512 smaller blocks/pages, an
+/// annotation (stage-2) 512 copies, an empty (or, at stage-1, any invalid) entry an empty table —
+/// and whose entries wholly inside `[start, end)` become what `cover` says. So a partly covered
+/// block is split and its covered part changed in one break-before-make of the parent entry
+/// (one TLBI for the block), instead of a split followed by a break-before-make per new entry.
+///
+/// Returns the bytes of valid mapping the new table no longer maps (`Cover::Clear` /
+/// `Cover::Annotate`). The caller marks the operation dirty.
 #[inline(never)]
 fn install_table<M: MmOps, A: ArchOps>(
     mm: &mut M,
     arch: &mut A,
     vmid: Option<u16>,
     e: Entry,
-) -> Result<(), Error> {
+    (start, end): (u64, u64),
+    cover: Cover,
+) -> Result<u64, Error> {
     let stage2 = vmid.is_some();
     let old = e.pte;
     let level = e.level;
     debug_assert!(level < LEAF_LEVEL && !desc::is_table(old, level));
     let child = mm.zalloc_page().ok_or(Error::NoMemory)?;
-    if is_valid(old) {
-        let child_level = level + 1;
+    let child_level = level + 1;
+    let g = granule(child_level);
+    let valid = is_valid(old);
+    let (first, step) = if valid {
         let ty = if child_level == LEAF_LEVEL {
             PTE_TYPE
         } else {
             0
         };
-        let first = (old & !PTE_TYPE) | ty;
-        fill_child(mm, stage2, child, first, granule(child_level));
+        ((old & !PTE_TYPE) | ty, g)
+    } else if stage2 {
+        (old, 0)
+    } else {
+        (0, 0)
+    };
+    let mut removed = 0;
+    if first != 0 || cover != Cover::Keep {
+        for i in 0..PTES_PER_TABLE {
+            let mut pte = first + i * step;
+            let va = e.base + i * g;
+            if va >= start && va + g <= end {
+                match cover {
+                    Cover::Keep => {}
+                    Cover::Clear => pte = 0,
+                    Cover::Annotate(a) => pte = if child_level == LEAF_LEVEL { a } else { 0 },
+                    Cover::Reattr(attrs) => {
+                        if is_valid(pte) {
+                            pte = (pte & !desc::PTE_LEAF_ATTR_MASK) | attrs;
+                        }
+                    }
+                }
+                if valid && !is_valid(pte) {
+                    removed += g;
+                }
+            }
+            if pte != 0 {
+                mm.write_pte(child + i * 8, pte);
+                if counted(stage2, pte) {
+                    mm.get_page(child);
+                }
+            }
+        }
+    }
+    if valid {
         // The DSB of the break also publishes the child's contents.
         bbm(mm, arch, vmid, e.ptep, old, table_pte(child), e.base, level);
     } else {
-        if stage2 && old != 0 {
-            fill_child(mm, stage2, child, old, 0);
-        }
         // Make the zeroed (or filled) child visible to the walkers before linking it.
         arch.dsb_ishst();
         mm.write_pte(e.ptep, table_pte(child));
@@ -229,7 +269,7 @@ fn install_table<M: MmOps, A: ArchOps>(
             mm.get_page(e.ptep);
         }
     }
-    Ok(())
+    Ok(removed)
 }
 
 /// Replaces the valid leaf `v.pte` by the valid leaf `new` of the same level: a direct write if
@@ -322,7 +362,14 @@ impl<M: MmOps, A: ArchOps> Visitor<M> for MapVisitor<'_, A> {
                 return Err(Error::WouldSplitBlock);
             }
         }
-        install_table(mm, self.maint.arch, self.maint.vmid, Entry::of(v))?;
+        install_table(
+            mm,
+            self.maint.arch,
+            self.maint.vmid,
+            Entry::of(v),
+            (0, 0),
+            Cover::Keep,
+        )?;
         self.maint.dirty = true;
         Ok(())
     }
@@ -413,8 +460,17 @@ impl<M: MmOps, A: ArchOps> Visitor<M> for UnmapVisitor<'_, A> {
             mm.write_pte(v.ptep, 0);
             return Ok(());
         }
-        // Part of a block (or of a block-level annotation): split, then the walk descends.
-        install_table(mm, self.maint.arch, self.maint.vmid, Entry::of(v))?;
+        // Part of a block (or of a block-level annotation): split with the covered part cleared;
+        // the walk then descends for what is only partly covered.
+        let e = Entry::of(v);
+        self.unmapped += install_table(
+            mm,
+            self.maint.arch,
+            self.maint.vmid,
+            e,
+            (v.addr, v.end),
+            Cover::Clear,
+        )?;
         self.maint.dirty = true;
         Ok(())
     }
@@ -444,7 +500,15 @@ impl<M: MmOps, A: ArchOps> Visitor<M> for OwnerVisitor<'_, A> {
     fn visit(&mut self, mm: &mut M, v: &Visit) -> Result<(), Error> {
         let old = v.pte;
         if v.level < LEAF_LEVEL {
-            install_table(mm, self.maint.arch, self.maint.vmid, Entry::of(v))?;
+            let cover = Cover::Annotate(self.annotation);
+            install_table(
+                mm,
+                self.maint.arch,
+                self.maint.vmid,
+                Entry::of(v),
+                (v.addr, v.end),
+                cover,
+            )?;
             self.maint.dirty = true;
             return Ok(());
         }
@@ -506,7 +570,15 @@ impl<M: MmOps, A: ArchOps> Visitor<M> for ProtVisitor<'_, A> {
             self.changed += v.part_end() - v.addr;
             return Ok(());
         }
-        install_table(mm, self.maint.arch, self.maint.vmid, Entry::of(v))?;
+        let cover = Cover::Reattr(self.attrs);
+        install_table(
+            mm,
+            self.maint.arch,
+            self.maint.vmid,
+            Entry::of(v),
+            (v.addr, v.end),
+            cover,
+        )?;
         self.maint.dirty = true;
         Ok(())
     }
@@ -651,9 +723,11 @@ impl PageTable {
     ///
     /// Holes are skipped. Valid leaves are cleared (their invalidations batched: `DSB ISHST`,
     /// TLBI with the leaf's level as hint, and a final `DSB ISH`), owner annotations (stage-2)
-    /// are cleared too, a valid block only partly inside the range is first split (preserving
-    /// the rest of its mapping, break-before-make) and then the part is unmapped. Tables left
-    /// empty are unlinked (TLBI without level hint), and freed, bottom-up; the root never is.
+    /// are cleared too. A valid block only partly inside the range is split: in one
+    /// break-before-make it becomes a next-level table that keeps the rest of its mapping and
+    /// leaves the covered part unmapped (recursively for a part that is not a whole next-level
+    /// entry). Tables left empty are unlinked (TLBI without level hint) and freed, bottom-up;
+    /// the root never is.
     ///
     /// # Errors
     ///
@@ -739,7 +813,8 @@ impl PageTable {
 
     /// Marks every page of `[addr, addr + size)` as owned by `owner` (stage-2 only): each entry
     /// becomes the invalid annotation carrying `owner` in bits \[9:2\], page granular (tables are
-    /// allocated and blocks split as needed; valid mappings are removed with break-before-make).
+    /// allocated and blocks split as needed; valid mappings are removed with break-before-make —
+    /// one for a whole block, whose covered pages become annotations in the same step).
     ///
     /// Owner 0 is the all-zero entry, so `set_owner(.., 0)` is exactly [`PageTable::unmap`] of the
     /// range (including the freeing of emptied tables).
@@ -782,8 +857,9 @@ impl PageTable {
     /// addresses are kept), and returns how many bytes of valid mappings the range holds.
     ///
     /// Invalid entries are skipped. A changed entry goes through break-before-make (a direct
-    /// write when only software bits change); a block partly inside the range is split first if
-    /// its attributes change.
+    /// write when only software bits change); a block partly inside the range whose attributes
+    /// change is split, the covered part getting the new attributes in the same
+    /// break-before-make.
     ///
     /// # Errors
     ///

@@ -9,7 +9,16 @@
 //!   never makes the walk descend into the old (possibly freed) table;
 //! - a table is then walked recursively, and afterwards the entry is re-read and, if it still is
 //!   a table, post-visited;
-//! - an error from the visitor aborts the walk and is returned.
+//! - an error from the visitor aborts the walk and is returned (no further visit, post visits
+//!   included).
+//!
+//! At the last level an entry can never be a table, so nothing is re-read there (it could not
+//! change the walk). Entries are visited in address order; a visit gets the entry's value as read
+//! just before the call.
+//!
+//! Internally the walk is iterative (a 4-entry stack of table addresses), with a tight loop for a
+//! run of entries of one table, and a "fast descent" through tables that wholly contain the range
+//! when no pre visit is wanted.
 
 use crate::desc::{
     self, LEAF_LEVEL, PTES_PER_TABLE, granule, is_table, level_shift, output_address,

@@ -708,3 +708,94 @@ fn trait_objects_are_not_required() {
         "DSB before linking each of two tables, final DSB + ISB"
     );
 }
+
+/// Runs `f` on the harness and returns its events (the harness checks still run).
+fn events_of<R>(
+    h: &mut Harness,
+    f: impl FnOnce(&mut PageTable, &mut TestMm, &mut TestArch) -> R,
+) -> (R, Vec<Event>) {
+    let tables = common::table_pages(&h.pt, &h.mm);
+    h.log.borrow_mut().clear();
+    let r = f(&mut h.pt, &mut h.mm, &mut h.arch);
+    let ev = std::mem::take(&mut *h.log.borrow_mut());
+    common::check_maintenance(&ev, tables, h.pt.format()).unwrap();
+    check_structure(&h.pt, &h.mm).unwrap();
+    (r, ev)
+}
+
+fn tlbis(ev: &[Event]) -> Vec<Event> {
+    ev.iter()
+        .filter(|e| matches!(e, Event::TlbiIpa { .. } | Event::TlbiVa { .. }))
+        .copied()
+        .collect()
+}
+
+#[test]
+fn covered_part_of_a_block_changes_with_one_break() {
+    // set_owner over a whole 2 MiB block: one break-before-make of the block, not one per page.
+    let mut h = Harness::new(s2());
+    map(&mut h, M2, M2, 0, Prot::RWX, MapFlags::empty()).unwrap();
+    let (r, ev) = events_of(&mut h, |pt, mm, arch| pt.set_owner(mm, arch, M2, M2, 5));
+    r.unwrap();
+    assert_eq!(
+        tlbis(&ev),
+        vec![Event::TlbiIpa {
+            vmid: 7,
+            ipa: M2,
+            level: 2
+        }]
+    );
+    assert_eq!(h.pt.count_leaves(&h.mm, 0, G1).unwrap(), [0, 0, 0, 0]);
+    assert_eq!(leaf(&h, M2 + 77 * K4), (desc::owner_pte(5), 3));
+    // Unmap of all but one page of a block: the block's TLBI only.
+    let mut h = Harness::new(s2());
+    map(&mut h, M2, M2, 0, Prot::RWX, MapFlags::empty()).unwrap();
+    let (r, ev) = events_of(&mut h, |pt, mm, arch| pt.unmap(mm, arch, M2 + K4, M2 - K4));
+    assert_eq!(r, Ok(M2 - K4));
+    assert_eq!(
+        tlbis(&ev),
+        vec![Event::TlbiIpa {
+            vmid: 7,
+            ipa: M2,
+            level: 2
+        }]
+    );
+    assert_eq!(translate(&h, M2), Some((0, Prot::RWX)));
+    assert_eq!(translate(&h, M2 + K4), None);
+    // set_prot on part of a 1 GiB block: one break for the 1 GiB block, one for the 2 MiB
+    // block holding the partly covered end.
+    let mut h = Harness::new(s1());
+    map(&mut h, G1, G1, G1, Prot::RW, MapFlags::empty()).unwrap();
+    let (r, ev) = events_of(&mut h, |pt, mm, arch| {
+        pt.set_prot(mm, arch, G1, 3 * M2 + K4, Prot::R)
+    });
+    assert_eq!(r, Ok(3 * M2 + K4));
+    assert_eq!(
+        tlbis(&ev),
+        vec![
+            Event::TlbiVa {
+                va: G1,
+                level: 1,
+                last: true
+            },
+            Event::TlbiVa {
+                va: G1 + 3 * M2,
+                level: 2,
+                last: true
+            }
+        ]
+    );
+    assert_eq!(
+        translate(&h, G1 + 3 * M2 - K4),
+        Some((G1 + 3 * M2 - K4, Prot::R))
+    );
+    assert_eq!(translate(&h, G1 + 3 * M2), Some((G1 + 3 * M2, Prot::R)));
+    assert_eq!(
+        translate(&h, G1 + 3 * M2 + K4),
+        Some((G1 + 3 * M2 + K4, Prot::RW))
+    );
+    assert_eq!(
+        h.pt.count_leaves(&h.mm, 0, 4 * G1).unwrap(),
+        [0, 0, 511, 512]
+    );
+}
