@@ -78,14 +78,39 @@ impl PhysMem for El2Platform {
             };
             if dczid & 0x10 == 0 {
                 let block = 4u64 << (dczid & 0xf);
-                let mut a = pa;
-                while a < pa + len {
-                    // SAFETY: `[pa, pa + len)` is page-aligned memory EL2 owns and maps as
-                    // Normal memory (the MMU is on), where DC ZVA zeroes one block at `a`.
-                    unsafe { asm!("dc zva, {}", in(reg) a, options(nostack, preserves_flags)) };
-                    a += block;
+                if block <= 512 {
+                    let mut a = pa;
+                    while a < pa + len {
+                        // SAFETY: `[pa, pa + len)` is page-aligned memory EL2 owns and maps as
+                        // Normal memory (the MMU is on); each DC ZVA zeroes one block, and eight
+                        // blocks of at most 512 bytes stay inside the current page.
+                        unsafe {
+                            asm!(
+                                "dc zva, {a}",
+                                "add {t}, {a}, {b}",
+                                "dc zva, {t}",
+                                "add {t}, {t}, {b}",
+                                "dc zva, {t}",
+                                "add {t}, {t}, {b}",
+                                "dc zva, {t}",
+                                "add {t}, {t}, {b}",
+                                "dc zva, {t}",
+                                "add {t}, {t}, {b}",
+                                "dc zva, {t}",
+                                "add {t}, {t}, {b}",
+                                "dc zva, {t}",
+                                "add {t}, {t}, {b}",
+                                "dc zva, {t}",
+                                a = in(reg) a,
+                                b = in(reg) block,
+                                t = out(reg) _,
+                                options(nostack, preserves_flags)
+                            );
+                        }
+                        a += block * 8;
+                    }
+                    return;
                 }
-                return;
             }
         }
         let mut a = pa;

@@ -445,6 +445,21 @@ impl<'a> Vmemmap<'a> {
         self.pages.get(self.index(pa >> PAGE_SHIFT)?)
     }
 
+    /// The entries of `[pfn, pfn + nr_pages)` for a caller that has already checked the range
+    /// lies inside one memory region (the hypercall fast path, which must not search the memory
+    /// map twice). Without that check it is still memory-safe: it returns `None` unless both
+    /// ends are backed and the entries between them are contiguous.
+    #[inline]
+    #[must_use]
+    pub fn slice_checked_range(&self, pfn: u64, nr_pages: u64) -> Option<&'a [HypPage]> {
+        let first = self.index(pfn)?;
+        let last = self.index(pfn.checked_add(nr_pages.checked_sub(1)?)?)?;
+        if u64::try_from(last.checked_sub(first)?).ok()? != nr_pages - 1 {
+            return None;
+        }
+        self.pages.get(first..=last)
+    }
+
     /// The entries of the pages `[pfn, pfn + nr_pages)`, as one slice, if that range lies inside
     /// one memory region (`None` otherwise, and for `nr_pages == 0` or overflow).
     #[must_use]
