@@ -42,6 +42,12 @@ pub const SCENARIOS: &[Scenario] = &[
                 counter (meaningful under -icount shift=0 only)",
         run: bench::run,
     },
+    Scenario {
+        name: "overflow",
+        about: "overflows the host stack on purpose: the guard page must turn it into a \
+                reported failure (exception stack), never a hang or silent corruption",
+        run: overflow,
+    },
 ];
 
 /// Looks a scenario up by name.
@@ -120,9 +126,43 @@ fn boot_checks(c: &mut Checks, _env: &mut Env) {
         0,
     );
     let [m, ..] = psci::call(ids::MIGRATE_INFO_TYPE, [0; 3]);
+    c.check(
+        "PSCI MIGRATE_INFO_TYPE relayed: a PSCI answer",
+        (0..=2).contains(&(m as u32 as i32)),
+        format_args!("{}", m as u32 as i32),
+    );
+    let [s, ..] = psci::call(PSCI_CPU_SUSPEND_64, [0; 3]);
     c.eq(
-        "PSCI call EL2 does not relay yet (MIGRATE_INFO_TYPE): NOT_SUPPORTED",
-        m as u32 as i32 as i64 as u64,
+        "PSCI call EL2 does not handle (CPU_SUSPEND): NOT_SUPPORTED",
+        s as u32 as i32 as i64 as u64,
         ids::NOT_SUPPORTED as i64 as u64,
+    );
+    let [f, ..] = psci::call(ids::FEATURES, [u64::from(PSCI_CPU_SUSPEND_64), 0, 0]);
+    c.eq(
+        "PSCI_FEATURES(CPU_SUSPEND): NOT_SUPPORTED, as EL2 refuses it",
+        f as u32 as i32 as i64 as u64,
+        ids::NOT_SUPPORTED as i64 as u64,
+    );
+}
+
+/// PSCI CPU_SUSPEND (SMC64), which EL2 does not relay.
+const PSCI_CPU_SUSPEND_64: u32 = 0xC400_0001;
+
+fn overflow(c: &mut Checks, _env: &mut Env) {
+    /// Uses 1 KiB of stack per level: far more levels than the 64 KiB stack holds.
+    #[inline(never)]
+    fn recurse(depth: u64) -> u64 {
+        let frame = core::hint::black_box([depth; 128]);
+        if depth > 1 << 20 {
+            return depth;
+        }
+        recurse(depth + 1).wrapping_add(frame[(depth % 128) as usize])
+    }
+    println!("overflow: recursing until the stack guard page stops it");
+    let r = recurse(0);
+    c.check(
+        "overflow: the recursion never returns",
+        false,
+        format_args!("returned {r}"),
     );
 }

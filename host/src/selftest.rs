@@ -223,6 +223,7 @@ pub fn run(c: &mut Checks, env: &mut Env) {
         0,
     );
 
+    stage1(c, env);
     transition_script(c, env);
     catalogue(c, env);
     saturation(c, env);
@@ -283,128 +284,88 @@ fn print_layout(env: &Env) {
     }
 }
 
+/// The host's own stage-1: MMU and caches on, guard pages unmapped, code read-only. These
+/// faults are the host's (stage-1 translation/permission faults), not EL2's.
+fn stage1(c: &mut Checks, env: &mut Env) {
+    println!("selftest: host stage-1");
+    let sctlr = {
+        use aarch64_cpu::registers::{Readable, SCTLR_EL1};
+        SCTLR_EL1.get()
+    };
+    c.check(
+        "stage-1: MMU, data and instruction caches on",
+        sctlr & 0b1_0000_0000_0101 == 0b1_0000_0000_0101,
+        format_args!("SCTLR_EL1 {sctlr:#x}"),
+    );
+    let aborts0 = stat_or_max(Stat::InjectedAborts);
+    for (name, guard) in [
+        (
+            "stage-1: main stack guard page unmapped",
+            env.image.stack_guard,
+        ),
+        (
+            "stage-1: exception stack guard page unmapped",
+            env.image.exc_stack_guard,
+        ),
+    ] {
+        let r = read(guard.start);
+        c.check(
+            name,
+            matches!(r, Err(a) if a.ec() == fault::EC_DABT_CUR && a.fsc() == 0b00_0111
+                && a.far == guard.start),
+            format_args!(
+                "read {:#x}: {r:x?} (want a level-3 translation fault)",
+                guard.start
+            ),
+        );
+    }
+    // Writing back the word that is there: harmless if the mapping were wrongly writable.
+    let text = fault::exec_page();
+    let r = read(text).and_then(|v| write(text, v));
+    c.check(
+        "stage-1: host code is read-only",
+        matches!(r, Err(a) if a.ec() == fault::EC_DABT_CUR && a.fsc() == 0b00_1111
+            && a.esr & fault::ESR_WNR != 0),
+        format_args!("write {text:#x}: {r:x?} (want a level-3 permission fault)"),
+    );
+    c.eq(
+        "stage-1: those faults were the host's own, not injected by EL2",
+        stat_or_max(Stat::InjectedAborts).wrapping_sub(aborts0),
+        0,
+    );
+}
+
 /// One step of the transition script: name, call, expected result, and whether EL2 must map
 /// the page afterwards (checked with DebugRead when `Some`).
 type Step = (&'static str, Op, Result<(), Error>, Option<bool>);
 
+#[rustfmt::skip]
 const SCRIPT: &[Step] = &[
-    (
-        "script 0: donate_hyp a host page -> 0",
-        Op::Donate,
-        Ok(()),
-        Some(true),
-    ),
-    (
-        "script 1: (NOPAGE, OWNED) donate_hyp -> EPERM",
-        Op::Donate,
-        Err(Error::Perm),
-        None,
-    ),
-    (
-        "script 1: (NOPAGE, OWNED) share_hyp -> EPERM",
-        Op::Share,
-        Err(Error::Perm),
-        None,
-    ),
-    (
-        "script 1: (NOPAGE, OWNED) unshare_hyp -> EPERM",
-        Op::Unshare,
-        Err(Error::Perm),
-        None,
-    ),
-    (
-        "script 1: (NOPAGE, OWNED) pin -> EPERM",
-        Op::Pin,
-        Err(Error::Perm),
-        None,
-    ),
-    (
-        "script 2: hyp_donate_host -> 0, (OWNED, NOPAGE)",
-        Op::HypDonateHost,
-        Ok(()),
-        Some(false),
-    ),
-    (
-        "script 2: hyp_donate_host again -> EPERM",
-        Op::HypDonateHost,
-        Err(Error::Perm),
-        None,
-    ),
-    (
-        "script 2: (OWNED, NOPAGE) unshare_hyp -> EPERM",
-        Op::Unshare,
-        Err(Error::Perm),
-        None,
-    ),
-    (
-        "script 2: (OWNED, NOPAGE) pin -> EPERM",
-        Op::Pin,
-        Err(Error::Perm),
-        None,
-    ),
-    (
-        "script 3: share_hyp -> 0, count 1",
-        Op::Share,
-        Ok(()),
-        Some(true),
-    ),
-    (
-        "script 3: (SHARED_OWNED, SHARED_BORROWED) donate_hyp -> EPERM",
-        Op::Donate,
-        Err(Error::Perm),
-        None,
-    ),
-    (
-        "script 3: (SHARED_OWNED, SHARED_BORROWED) hyp_donate_host -> EPERM",
-        Op::HypDonateHost,
-        Err(Error::Perm),
-        None,
-    ),
-    (
-        "script 3: share_hyp again -> 0, count 2",
-        Op::Share,
-        Ok(()),
-        Some(true),
-    ),
-    (
-        "script 3: unshare_hyp -> 0, count 1, still mapped at EL2",
-        Op::Unshare,
-        Ok(()),
-        Some(true),
-    ),
+    ("script 0: donate_hyp a host page -> 0", Op::Donate, Ok(()), Some(true)),
+    ("script 1: (NOPAGE, OWNED) donate_hyp -> EPERM", Op::Donate, Err(Error::Perm), None),
+    ("script 1: (NOPAGE, OWNED) share_hyp -> EPERM", Op::Share, Err(Error::Perm), None),
+    ("script 1: (NOPAGE, OWNED) unshare_hyp -> EPERM", Op::Unshare, Err(Error::Perm), None),
+    ("script 1: (NOPAGE, OWNED) pin -> EPERM", Op::Pin, Err(Error::Perm), None),
+    ("script 2: hyp_donate_host -> 0, (OWNED, NOPAGE)", Op::HypDonateHost, Ok(()), Some(false)),
+    ("script 2: hyp_donate_host again -> EPERM", Op::HypDonateHost, Err(Error::Perm), None),
+    ("script 2: (OWNED, NOPAGE) unshare_hyp -> EPERM", Op::Unshare, Err(Error::Perm), None),
+    ("script 2: (OWNED, NOPAGE) pin -> EPERM", Op::Pin, Err(Error::Perm), None),
+    ("script 3: share_hyp -> 0, count 1", Op::Share, Ok(()), Some(true)),
+    ("script 3: (SHARED_OWNED, SHARED_BORROWED) donate_hyp -> EPERM",
+        Op::Donate, Err(Error::Perm), None),
+    ("script 3: (SHARED_OWNED, SHARED_BORROWED) hyp_donate_host -> EPERM",
+        Op::HypDonateHost, Err(Error::Perm), None),
+    ("script 3: share_hyp again -> 0, count 2", Op::Share, Ok(()), Some(true)),
+    ("script 3: unshare_hyp -> 0, count 1, still mapped at EL2", Op::Unshare, Ok(()), Some(true)),
     ("script 4: pin -> 0", Op::Pin, Ok(()), None),
     ("script 4: pin again -> 0", Op::Pin, Ok(()), None),
-    (
-        "script 4: unpin -> 0 (pinned once)",
-        Op::Unpin,
-        Ok(()),
-        None,
-    ),
-    (
-        "script 4: unshare_hyp while pinned -> EBUSY",
-        Op::Unshare,
-        Err(Error::Busy),
-        Some(true),
-    ),
+    ("script 4: unpin -> 0 (pinned once)", Op::Unpin, Ok(()), None),
+    ("script 4: unshare_hyp while pinned -> EBUSY", Op::Unshare, Err(Error::Busy), Some(true)),
     ("script 5: unpin -> 0", Op::Unpin, Ok(()), None),
-    (
-        "script 5: unshare_hyp -> 0, (OWNED, NOPAGE), EL2 mapping gone",
-        Op::Unshare,
-        Ok(()),
-        Some(false),
-    ),
-    (
-        "script 6: unshare_hyp -> EPERM",
-        Op::Unshare,
-        Err(Error::Perm),
-        None,
-    ),
-    (
-        "script 6: donate_hyp -> 0, (NOPAGE, OWNED)",
-        Op::Donate,
-        Ok(()),
-        Some(true),
-    ),
+    ("script 5: unshare_hyp -> 0, (OWNED, NOPAGE), EL2 mapping gone",
+        Op::Unshare, Ok(()), Some(false)),
+    ("script 6: unshare_hyp -> EPERM", Op::Unshare, Err(Error::Perm), None),
+    ("script 6: donate_hyp -> 0, (NOPAGE, OWNED)", Op::Donate, Ok(()), Some(true)),
 ];
 
 /// The brief's transition script (BRIEF §1), as `crates/sim`'s `transition_script` runs it.

@@ -6,9 +6,9 @@
 //! 4. `cargo test --workspace`
 //! 5. QEMU system tests: the `selftest` scenario (the default) on `max` and on `cortex-a72`
 //!    (2 CPUs, 2 GiB) must pass, the `boot` scenario (ABI smoke test) must pass, the `bench`
-//!    scenario must pass under `-icount` and measure the same figures on two boots, a run with
-//!    no host image must be refused by EL2, and a `--hang --timeout 5` run must fail by timing
-//!    out.
+//!    scenario must pass under `-icount` and measure the same figures on two boots, a host
+//!    stack overflow must be reported (guard page), a run with no host image must be refused
+//!    by EL2, and a `--hang --timeout 5` run must fail by timing out.
 //!
 //! Every step runs even if an earlier one failed; the summary lists them all and ends with the
 //! system tests' `N passed, M failed` line. The exit status is non-zero if anything failed.
@@ -107,6 +107,17 @@ fn system_tests() -> Vec<SystemTest> {
                 ..base.clone()
             },
             judge: Judge::BenchBoots,
+        },
+        SystemTest {
+            name: "host stack overflow hits the guard page and is reported",
+            opts: RunOptions {
+                scenario: "overflow".into(),
+                ..base.clone()
+            },
+            judge: Judge::Outcome {
+                expect: |o| matches!(o, Outcome::Fail(r) if r.contains("host panic")),
+                want: "PKVM-RESULT fail host panic (unexpected exception)",
+            },
         },
         SystemTest {
             name: "EL2 refuses to boot without a host image",
@@ -250,6 +261,10 @@ pub fn cmd_test() -> Result<(), Error> {
             run_system_test(&t, images)
         }));
     }
+    sys.push(timed(
+        "system test: Debian arm64 Linux host, driver checks (-smp 4, max, 1 GiB)",
+        crate::linux::system_test,
+    ));
 
     println!("\n==> summary");
     for s in steps.iter().chain(&sys) {
