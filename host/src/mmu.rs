@@ -14,6 +14,11 @@
 //! fault. Table pages come from a static pool in `.bss` (no heap); the mapping is never changed
 //! after the MMU is on. Translation: 4 KiB granule, 39-bit VA (`T0SZ` = 25, walks start at
 //! level 1), `TTBR1_EL1` walks disabled, `IPS` = the CPU's physical address size (up to 48).
+//!
+//! Caches: the tables are written with the MMU off (non-cacheable accesses) into `.bss` that
+//! nothing has accessed through a cacheable mapping before, so no stale line can shadow them
+//! when the walker starts reading through the (write-back) cache; `ic iallu` drops any
+//! instruction-cache lines before `SCTLR_EL1.I` is set.
 
 use aarch64_paging::Mapping;
 use aarch64_paging::descriptor::{El1Attributes, PhysicalAddress};
