@@ -627,3 +627,17 @@ fn bench_boot(files: &LinuxFiles, o: &RunOptions, reps: u32) -> Result<(), Error
     }
     Ok(())
 }
+
+/// The `cargo xtask test` step: Debian's kernel with the driver, `-smp 4`, `-cpu max`, 1 GiB,
+/// under pkvm-rs; must print `PKVM-RESULT pass` within 180 s.
+pub fn system_test() -> Result<String, Error> {
+    let files = prepare(None, None)?;
+    let o = default_options();
+    let (outcome, ran) = run(&files, &o)?;
+    let got = outcome.describe(o.timeout);
+    if outcome.passed() {
+        Ok(format!("{got} ({:.1} s in QEMU)", ran.as_secs_f64()))
+    } else {
+        failed(format!("{got}; wanted PKVM-RESULT pass"))
+    }
+}

@@ -261,6 +261,10 @@ pub fn cmd_test() -> Result<(), Error> {
             run_system_test(&t, images)
         }));
     }
+    sys.push(timed(
+        "system test: Debian arm64 Linux host, driver checks (-smp 4, max, 1 GiB)",
+        crate::linux::system_test,
+    ));
 
     println!("\n==> summary");
     for s in steps.iter().chain(&sys) {
