@@ -69,7 +69,10 @@ impl PhysMem for El2Platform {
     }
 
     fn zero(&self, pa: u64, len: u64) {
-        if self.mmu_on.load(Ordering::Relaxed) && pa.is_multiple_of(4096) && len.is_multiple_of(4096) {
+        if self.mmu_on.load(Ordering::Relaxed)
+            && pa.is_multiple_of(4096)
+            && len.is_multiple_of(4096)
+        {
             // QEMU's DCZID_EL0.BS is 64 bytes for every CPU model we run; read it anyway.
             let dczid: u64;
             // SAFETY: DCZID_EL0 is always readable; no side effect.

@@ -188,7 +188,9 @@ impl<'a, P: Platform> Hyp<'a, P> {
         {
             return Err(Error::Inval);
         }
-        self.vmemmap.slice_checked_range(pfn, nr).ok_or(Error::Fault)
+        self.vmemmap
+            .slice_checked_range(pfn, nr)
+            .ok_or(Error::Fault)
     }
 
     fn commit_failed(&self, what: &str, e: impl core::fmt::Debug) -> Error {

@@ -308,6 +308,21 @@ impl<'a, M: PhysMem> HypPool<'a, M> {
     ///   tail page of an unsplit block); nothing changes.
     #[inline]
     pub fn put_page(&mut self, pa: u64) -> Result<u16, Error> {
+        self.put_page_inner(pa, false)
+    }
+
+    /// [`HypPool::put_page`] for a page the caller guarantees is all zero (an empty page-table
+    /// page): freeing it skips the zeroing.
+    ///
+    /// # Errors
+    /// As [`HypPool::put_page`].
+    #[inline]
+    pub fn put_zeroed_page(&mut self, pa: u64) -> Result<u16, Error> {
+        self.put_page_inner(pa, true)
+    }
+
+    #[inline]
+    fn put_page_inner(&mut self, pa: u64, zeroed: bool) -> Result<u16, Error> {
         let pa = pa & !(PAGE_SIZE - 1);
         let page = self.entry(pa).ok_or(Error::Inval)?;
         let order = page.order();
@@ -321,15 +336,24 @@ impl<'a, M: PhysMem> HypPool<'a, M> {
         }
         let count = page.dec_refcount()?;
         if count == 0 {
-            self.attach(pa, page, order)?;
+            self.attach(pa, page, order, zeroed)?;
         }
         Ok(count)
     }
 
-    /// Frees the block `[pa, pa + 2^order pages)` whose head's refcount just dropped to 0.
+    /// Frees the block `[pa, pa + 2^order pages)` whose head's refcount just dropped to 0,
+    /// zeroing it first unless the caller guarantees it already is zero.
     #[inline]
-    fn attach(&mut self, mut pa: u64, page: &'a HypPage, mut order: u8) -> Result<(), Error> {
-        self.mem.zero(pa, PAGE_SIZE << order);
+    fn attach(
+        &mut self,
+        mut pa: u64,
+        page: &'a HypPage,
+        mut order: u8,
+        zeroed: bool,
+    ) -> Result<(), Error> {
+        if !zeroed {
+            self.mem.zero(pa, PAGE_SIZE << order);
+        }
         self.nr_free += 1 << order;
         let mut head = page;
         let mut result = Ok(());
@@ -480,6 +504,13 @@ impl<M: PhysMem> MmOps for HypPool<'_, M> {
     #[inline]
     fn put_page(&mut self, pa: u64) {
         if HypPool::put_page(self, pa).is_err() {
+            self.mmops_errors = self.mmops_errors.saturating_add(1);
+        }
+    }
+
+    #[inline]
+    fn put_zeroed_table(&mut self, pa: u64) {
+        if HypPool::put_zeroed_page(self, pa).is_err() {
             self.mmops_errors = self.mmops_errors.saturating_add(1);
         }
     }

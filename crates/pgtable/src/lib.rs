@@ -155,6 +155,13 @@ pub trait MmOps {
     fn get_page(&mut self, pa: u64);
     /// -1 on the count of the page containing `pa`; the page is freed when it reaches 0.
     fn put_page(&mut self, pa: u64);
+    /// Drops the last reference of an empty table page: every descriptor in it is zero (an
+    /// empty stage-2 table has no non-zero entry by the refcount invariant; this crate never
+    /// leaves a non-zero invalid entry in a stage-1 table). An allocator that zeroes pages when
+    /// they are freed may skip that work here. The default is [`MmOps::put_page`].
+    fn put_zeroed_table(&mut self, pa: u64) {
+        self.put_page(pa);
+    }
     /// Count of the page containing `pa`.
     fn page_count(&self, pa: u64) -> u32;
     /// Reads the descriptor at physical address `pa` (8-byte aligned, inside a table page).

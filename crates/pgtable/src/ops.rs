@@ -437,7 +437,7 @@ impl<M: MmOps, A: ArchOps> Visitor<M> for UnmapVisitor<'_, A> {
                 self.maint.invalidate(v.base(), 0, false);
                 self.maint.sync();
                 mm.put_page(v.ptep);
-                mm.put_page(child);
+                mm.put_zeroed_table(child);
             }
             return Ok(());
         }

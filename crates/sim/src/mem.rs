@@ -59,7 +59,10 @@ impl SimMemory {
     }
 
     fn expect(&self, pa: u64) -> &AtomicU64 {
-        assert!(pa.is_multiple_of(8), "misaligned physical access at {pa:#x}");
+        assert!(
+            pa.is_multiple_of(8),
+            "misaligned physical access at {pa:#x}"
+        );
         self.word(pa)
             .unwrap_or_else(|| panic!("hypervisor touched non-RAM physical address {pa:#x}"))
     }

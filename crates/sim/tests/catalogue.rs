@@ -369,6 +369,9 @@ fn everything_unshared_leaves_nothing_behind() {
         assert_eq!(m.hyp.stat(Stat::SharedPages), 0);
         assert_eq!(m.hyp.stat(Stat::PoolFreePages), free0);
         assert_eq!(m.hyp.stat(Stat::TablePages), tables0);
+        // Freed table pages went back zeroed (empty tables skip the zeroing: they are zero).
+        assert!(m.hyp.pools_free_memory_is_zero());
+        assert_eq!(m.hyp.mmops_errors(), 0);
     });
 }
 

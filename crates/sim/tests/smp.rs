@@ -33,7 +33,10 @@ fn concurrent_share_unshare_leaves_nothing_behind() {
                             _ => (base + 512 - 2, 4), // crosses a 2 MiB table boundary
                         };
                         let shared = m.call(HostHcall::HostShareHyp, &[pfn, nr]);
-                        assert!(matches!(shared, Ok(()) | Err(Error::Busy)), "share: {shared:?}");
+                        assert!(
+                            matches!(shared, Ok(()) | Err(Error::Busy)),
+                            "share: {shared:?}"
+                        );
                         if shared.is_ok() {
                             if i % 3 == 0 && m.call(HostHcall::DebugPin, &[pfn, nr]).is_ok() {
                                 // While pinned by us, an unshare of this range must be refused
@@ -52,8 +55,14 @@ fn concurrent_share_unshare_leaves_nothing_behind() {
                             }
                         }
                         // Faults on fresh MMIO and memory in between.
-                        assert_eq!(m.host_access(0x0900_0000 + (rng % 64) * 0x1000, false), Outcome::Access);
-                        assert_eq!(m.host_access(m.config().ram[0].0 + (rng % 0x800) * 0x1000, false), Outcome::Access);
+                        assert_eq!(
+                            m.host_access(0x0900_0000 + (rng % 64) * 0x1000, false),
+                            Outcome::Access
+                        );
+                        assert_eq!(
+                            m.host_access(m.config().ram[0].0 + (rng % 0x800) * 0x1000, false),
+                            Outcome::Access
+                        );
                     }
                 });
             }
@@ -62,10 +71,15 @@ fn concurrent_share_unshare_leaves_nothing_behind() {
         assert_eq!(m.hyp.stat(Stat::HypMappedHostPages), 0);
         assert_eq!(m.hyp.stat(Stat::PoolFreePages), free0);
         assert_eq!(m.hyp.mmops_errors(), 0);
+        assert!(m.hyp.pools_free_memory_is_zero());
         m.check_invariants().unwrap();
         // Host stage-2 tables may have grown (faults); EL2's own pool is back where it was.
         assert!(m.hyp.stat(Stat::TablePages) >= tables0);
         let spec = pkvm_spec::Checker::new(m.spec_machine());
-        assert_eq!(m.abstract_state().unwrap(), *spec.spec().state(), "state differs from boot");
+        assert_eq!(
+            m.abstract_state().unwrap(),
+            *spec.spec().state(),
+            "state differs from boot"
+        );
     });
 }

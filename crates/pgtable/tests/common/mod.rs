@@ -155,6 +155,19 @@ impl MmOps for TestMm {
         }
     }
 
+    fn put_zeroed_table(&mut self, pa: u64) {
+        let page = Self::page(pa);
+        let table = self
+            .pages
+            .get(&page)
+            .unwrap_or_else(|| panic!("put_zeroed_table on unallocated {pa:#x}"));
+        assert!(
+            table.iter().all(|&d| d == 0),
+            "put_zeroed_table on a table that is not all zero: {pa:#x}"
+        );
+        self.put_page(pa);
+    }
+
     fn page_count(&self, pa: u64) -> u32 {
         *self
             .counts
