@@ -413,7 +413,11 @@ pub fn run_options(files: &LinuxFiles, mut o: RunOptions, extra_cmdline: &str) -
 }
 
 /// Builds EL2 and boots Linux under it; `Ok` iff `PKVM-RESULT pass`.
-pub fn run(files: &LinuxFiles, o: &RunOptions) -> Result<(Outcome, Duration), Error> {
+pub fn run(
+    files: &LinuxFiles,
+    o: &RunOptions,
+    extra_cmdline: &str,
+) -> Result<(Outcome, Duration), Error> {
     use pkvm_abi::boot::EL2_LOAD_ADDR;
     check_image(&files.kernel)?;
     let el2 = crate::build_image("pkvm-el2", EL2_TARGET, EL2_LOAD_ADDR)?;
@@ -421,7 +425,7 @@ pub fn run(files: &LinuxFiles, o: &RunOptions) -> Result<(Outcome, Duration), Er
         el2,
         host: files.kernel.clone(),
     };
-    let opts = run_options(files, o.clone(), "");
+    let opts = run_options(files, o.clone(), extra_cmdline);
     Ok(qemu::run(&images, &opts))
 }
 
@@ -447,12 +451,15 @@ pub fn wanted(args: &[String]) -> bool {
             .any(|a| a == "--kernel" || a == "--initrd" || a == "--bench-linux")
 }
 
-/// `cargo xtask run --host linux [--kernel Image] [--initrd file] [run options]`, and
-/// `--bench-linux [--reps N]`.
+/// `cargo xtask run --host linux [--kernel Image] [--initrd file] [--measure] [run options]`,
+/// and `--bench-linux [--reps N]`. `--measure` makes `/init` ask the driver for the EL2
+/// instruction counts of share/unshare (meaningful with `--icount`, which QEMU runs well only
+/// with `--smp 1`).
 pub fn cmd_run(args: &[String]) -> Result<(), Error> {
     let mut kernel = None;
     let mut initrd = None;
     let mut bench = false;
+    let mut measure = false;
     let mut reps = 3u32;
     let mut rest = Vec::new();
     let mut it = args.iter();
@@ -472,6 +479,7 @@ pub fn cmd_run(args: &[String]) -> Result<(), Error> {
             "--kernel" => kernel = Some(PathBuf::from(value("--kernel")?)),
             "--initrd" => initrd = Some(PathBuf::from(value("--initrd")?)),
             "--bench-linux" => bench = true,
+            "--measure" => measure = true,
             "--reps" => {
                 let v = value("--reps")?;
                 reps = v
@@ -494,7 +502,7 @@ pub fn cmd_run(args: &[String]) -> Result<(), Error> {
     if bench {
         return bench_boot(&files, &o, reps);
     }
-    let (outcome, ran) = run(&files, &o)?;
+    let (outcome, ran) = run(&files, &o, if measure { "pkvm.measure" } else { "" })?;
     println!(
         "xtask: Linux under pkvm-rs: {} ({:.1} s in QEMU)",
         outcome.describe(o.timeout),
@@ -633,7 +641,7 @@ fn bench_boot(files: &LinuxFiles, o: &RunOptions, reps: u32) -> Result<(), Error
 pub fn system_test() -> Result<String, Error> {
     let files = prepare(None, None)?;
     let o = default_options();
-    let (outcome, ran) = run(&files, &o)?;
+    let (outcome, ran) = run(&files, &o, "")?;
     let got = outcome.describe(o.timeout);
     if outcome.passed() {
         Ok(format!("{got} ({:.1} s in QEMU)", ran.as_secs_f64()))

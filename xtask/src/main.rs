@@ -56,6 +56,8 @@ run/bench options:
                               the PKVM-RESULT line
   --bench-linux [--reps N]    (with --host linux) time boot-to-/init: direct, under pkvm-rs,
                               under Linux's pKVM (kvm-arm.mode=protected)
+  --measure                   (with --host linux) print the driver's EL2 instruction counts
+                              (use with --icount --smp 1)
   -- <ARGS>...                extra QEMU arguments
 ";
 
