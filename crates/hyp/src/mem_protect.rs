@@ -112,27 +112,6 @@ fn table_pages_bound(start: u64, end: u64) -> u64 {
         + ((last >> 39) - (start >> 39) + 1)
 }
 
-/// Calls `f(first, count)` for every maximal run of consecutive entries of `pages` for which
-/// `pred` holds.
-fn for_each_run(
-    pages: &[HypPage],
-    pred: impl Fn(&HypPage) -> bool,
-    mut f: impl FnMut(usize, usize),
-) {
-    let mut i = 0;
-    while i < pages.len() {
-        if !pred(&pages[i]) {
-            i += 1;
-            continue;
-        }
-        let first = i;
-        while i < pages.len() && pred(&pages[i]) {
-            i += 1;
-        }
-        f(first, i - first);
-    }
-}
-
 impl<'a, P: Platform> Hyp<'a, P> {
     /// The platform.
     pub fn platform(&self) -> &'a P {
@@ -262,25 +241,28 @@ impl<'a, P: Platform> Hyp<'a, P> {
             return Err(Error::NoMem);
         }
 
-        // Commit.
+        // Commit, in one pass: bump the counts, and map each run of pages shared afresh.
         let mut res = Ok(());
-        for_each_run(
-            pages,
-            |p| p.share_count() == 0,
-            |i, n| {
-                let pa = start + i as u64 * PAGE_SIZE;
-                if let Err(e) = self.hyp_map(&mut hyp, pa, n as u64 * PAGE_SIZE) {
-                    res = Err(e);
-                }
-            },
-        );
-        for p in pages {
+        let mut run: Option<usize> = None;
+        let mut map_run = |first: usize, end: usize, hyp: &mut HypMmu<'a, P>| {
+            let pa = start + first as u64 * PAGE_SIZE;
+            if let Err(e) = self.hyp_map(hyp, pa, (end - first) as u64 * PAGE_SIZE) {
+                res = Err(e);
+            }
+        };
+        for (i, p) in pages.iter().enumerate() {
             let n = p.share_count();
+            p.set_share_count(n + 1);
             if n == 0 {
                 p.set_host_state(PageState::SharedOwned);
                 p.set_hyp_state(PageState::SharedBorrowed);
+                run.get_or_insert(i);
+            } else if let Some(first) = run.take() {
+                map_run(first, i, &mut hyp);
             }
-            p.set_share_count(n + 1);
+        }
+        if let Some(first) = run {
+            map_run(first, pages.len(), &mut hyp);
         }
         res.map_err(|e| self.commit_failed("share", e))
     }
@@ -308,25 +290,29 @@ impl<'a, P: Platform> Hyp<'a, P> {
             return Err(Error::Busy);
         }
 
+        // One pass: drop the counts, and unmap each run of pages whose count reached zero.
         let start = pfn << PAGE_SHIFT;
         let mut res = Ok(());
-        for_each_run(
-            pages,
-            |p| p.share_count() == 1,
-            |i, n| {
-                let pa = start + i as u64 * PAGE_SIZE;
-                if let Err(e) = self.hyp_unmap(&mut hyp, pa, n as u64 * PAGE_SIZE) {
-                    res = Err(e);
-                }
-            },
-        );
-        for p in pages {
+        let mut run: Option<usize> = None;
+        let mut unmap_run = |first: usize, end: usize, hyp: &mut HypMmu<'a, P>| {
+            let pa = start + first as u64 * PAGE_SIZE;
+            if let Err(e) = self.hyp_unmap(hyp, pa, (end - first) as u64 * PAGE_SIZE) {
+                res = Err(e);
+            }
+        };
+        for (i, p) in pages.iter().enumerate() {
             let n = p.share_count() - 1;
             p.set_share_count(n);
             if n == 0 {
                 p.set_host_state(PageState::Owned);
                 p.set_hyp_state(PageState::NoPage);
+                run.get_or_insert(i);
+            } else if let Some(first) = run.take() {
+                unmap_run(first, i, &mut hyp);
             }
+        }
+        if let Some(first) = run {
+            unmap_run(first, pages.len(), &mut hyp);
         }
         res.map_err(|e| self.commit_failed("unshare", e))
     }

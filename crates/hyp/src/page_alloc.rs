@@ -321,7 +321,7 @@ impl<'a, M: PhysMem> HypPool<'a, M> {
         self.put_page_inner(pa, true)
     }
 
-    #[inline]
+    #[inline(always)]
     fn put_page_inner(&mut self, pa: u64, zeroed: bool) -> Result<u16, Error> {
         let pa = pa & !(PAGE_SIZE - 1);
         let page = self.entry(pa).ok_or(Error::Inval)?;
@@ -501,7 +501,7 @@ impl<M: PhysMem> MmOps for HypPool<'_, M> {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn put_page(&mut self, pa: u64) {
         if HypPool::put_page(self, pa).is_err() {
             self.mmops_errors = self.mmops_errors.saturating_add(1);

@@ -447,17 +447,16 @@ impl<'a> Vmemmap<'a> {
 
     /// The entries of `[pfn, pfn + nr_pages)` for a caller that has already checked the range
     /// lies inside one memory region (the hypercall fast path, which must not search the memory
-    /// map twice). Without that check it is still memory-safe: it returns `None` unless both
-    /// ends are backed and the entries between them are contiguous.
+    /// map twice). Without that check it is still memory-safe (it may then return entries of
+    /// other pages, never out-of-bounds ones); `None` if the first page has no entry.
     #[inline]
     #[must_use]
     pub fn slice_checked_range(&self, pfn: u64, nr_pages: u64) -> Option<&'a [HypPage]> {
+        // Inside one region, the chunks of consecutive windows are consecutive (see the module
+        // documentation), so the entries run on from the first page's.
         let first = self.index(pfn)?;
-        let last = self.index(pfn.checked_add(nr_pages.checked_sub(1)?)?)?;
-        if u64::try_from(last.checked_sub(first)?).ok()? != nr_pages - 1 {
-            return None;
-        }
-        self.pages.get(first..=last)
+        self.pages
+            .get(first..first.checked_add(usize::try_from(nr_pages).ok()?)?)
     }
 
     /// The entries of the pages `[pfn, pfn + nr_pages)`, as one slice, if that range lies inside

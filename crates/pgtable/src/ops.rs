@@ -409,7 +409,7 @@ impl<A: ArchOps> MapVisitor<'_, A> {
 }
 
 /// Number of invalidations an unmap queues before issuing them.
-const UNMAP_BATCH: usize = 32;
+const UNMAP_BATCH: usize = 8;
 
 /// The unmap walk (also `set_owner(.., 0)`).
 struct UnmapVisitor<'a, A: ArchOps> {
@@ -665,11 +665,11 @@ impl PageTable {
         }
         let attrs = self.cfg.format.leaf_attrs(prot)?;
         if size == desc::PAGE_SIZE
-            && let Some(ptep) = self.last_level_entry(mm, addr)
+            && let Some(ptep) = self.last_level_entry_alloc(mm, arch, addr)
         {
-            // One page whose last-level table exists: the common case (a share, a host fault)
-            // in a few dozen instructions. Anything but an empty slot or the identical mapping
-            // takes the general walk below.
+            // One page: the common case (a share, a donation's EL2 mapping). Missing tables on
+            // the way down were just linked in (invalid→valid table entries need no TLBI).
+            // Anything but an empty slot or the identical mapping takes the general walk below.
             let old = mm.read_pte(ptep);
             let new = phys | attrs | PTE_VALID | PTE_TYPE;
             if old == new {
@@ -744,33 +744,9 @@ impl PageTable {
     ) -> Result<u64, Error> {
         let end = self.check_range(addr, size)?;
         if size == desc::PAGE_SIZE
-            && let Some(ptep) = self.last_level_entry(mm, addr)
+            && let Some(unmapped) = self.unmap_one_page(mm, arch, addr)
         {
-            // One page whose last-level table stays in use: no table to free, so no walk.
-            let old = mm.read_pte(ptep);
-            let stage2 = self.cfg.format.is_stage2();
-            let count = mm.page_count(ptep);
-            if old == 0 && count > 1 {
-                return Ok(0);
-            }
-            if counted(stage2, old) && count > 2 {
-                mm.write_pte(ptep, 0);
-                let mut unmapped = 0;
-                if is_valid(old) {
-                    arch.dsb_ishst();
-                    match self.cfg.format {
-                        Format::Stage1El2 => arch.tlbi_el2_va(addr, LEAF_LEVEL, true),
-                        Format::Stage2 { vmid } => arch.tlbi_s2_ipa(vmid, addr, LEAF_LEVEL),
-                    }
-                    arch.dsb_ish();
-                    if !stage2 {
-                        arch.isb();
-                    }
-                    unmapped = desc::PAGE_SIZE;
-                }
-                mm.put_page(ptep);
-                return Ok(unmapped);
-            }
+            return Ok(unmapped);
         }
         self.unmap_walk(mm, arch, addr, end)
     }
@@ -795,20 +771,103 @@ impl PageTable {
         r.map(|()| v.unmapped)
     }
 
-    /// The address of the last-level descriptor for `addr` if every table on the way exists.
+    /// The address of the last-level descriptor for `addr`, linking a new, empty table for every zero entry on the way
+    /// down. `None` if an entry on the way is a block or an annotation (the general walk
+    /// handles those), or if a table page cannot be allocated (the general walk then reports
+    /// `NoMemory`; a table linked before that stays linked, empty and correctly counted).
     #[inline(always)]
-    fn last_level_entry<M: MmOps>(&self, mm: &M, addr: u64) -> Option<u64> {
+    fn last_level_entry_alloc<M: MmOps, A: ArchOps>(
+        &self,
+        mm: &mut M,
+        arch: &mut A,
+        addr: u64,
+    ) -> Option<u64> {
         let mut table = self.root;
         let mut level = self.start_level();
+        let mut linked = false;
         while level < LEAF_LEVEL {
-            let pte = mm.read_pte(table + desc::table_index(addr, level) * 8);
-            if !desc::is_table(pte, level) {
+            let ptep = table + desc::table_index(addr, level) * 8;
+            let mut pte = mm.read_pte(ptep);
+            if pte == 0 {
+                let Some(child) = mm.zalloc_page() else {
+                    if linked {
+                        // What was linked stays: make it visible before giving up.
+                        arch.dsb_ishst();
+                        if !self.cfg.format.is_stage2() {
+                            arch.isb();
+                        }
+                    }
+                    return None;
+                };
+                linked = true;
+                pte = desc::table_pte(child);
+                // The new table's (zero) contents must be visible before the table is.
+                arch.dsb_ishst();
+                mm.write_pte(ptep, pte);
+                mm.get_page(ptep);
+            } else if !desc::is_table(pte, level) {
                 return None;
             }
             table = output_address(pte);
             level += 1;
         }
         Some(table + desc::table_index(addr, LEAF_LEVEL) * 8)
+    }
+
+    /// Unmaps the one page at `addr` without a walk when every table on the way exists and
+    /// the page is mapped (or annotated): clears it, then unlinks and frees the tables it
+    /// leaves empty, bottom-up, with the same maintenance as the walk. `None` when the general
+    /// walk is needed (a block on the way, an empty slot, a stage-1 entry that is invalid).
+    #[inline(always)]
+    fn unmap_one_page<M: MmOps, A: ArchOps>(
+        &mut self,
+        mm: &mut M,
+        arch: &mut A,
+        addr: u64,
+    ) -> Option<u64> {
+        let start = self.start_level();
+        let mut path = [0u64; 4];
+        let mut table = self.root;
+        let mut level = start;
+        while level < LEAF_LEVEL {
+            let ptep = table + desc::table_index(addr, level) * 8;
+            let pte = mm.read_pte(ptep);
+            if !desc::is_table(pte, level) {
+                return None;
+            }
+            path[level as usize] = ptep;
+            table = output_address(pte);
+            level += 1;
+        }
+        let ptep = table + desc::table_index(addr, LEAF_LEVEL) * 8;
+        let old = mm.read_pte(ptep);
+        let stage2 = self.cfg.format.is_stage2();
+        if !counted(stage2, old) {
+            return None;
+        }
+        let mut maint: Maint<'_, A, 4> = Maint::new(arch, self.cfg.format);
+        mm.write_pte(ptep, 0);
+        let mut unmapped = 0;
+        if is_valid(old) {
+            maint.invalidate(addr & !(desc::PAGE_SIZE - 1), LEAF_LEVEL, true);
+            unmapped = desc::PAGE_SIZE;
+        }
+        mm.put_page(ptep);
+        // Free the tables left empty, bottom-up; the root never.
+        let mut child = table;
+        let mut level = LEAF_LEVEL;
+        while level > start && mm.page_count(child) == 1 {
+            let parent_ptep = path[level as usize - 1];
+            mm.write_pte(parent_ptep, 0);
+            maint.invalidate(addr & !(granule(level - 1) - 1), 0, false);
+            maint.sync();
+            mm.put_page(parent_ptep);
+            mm.put_zeroed_table(child);
+            child = parent_ptep & !(desc::PAGE_SIZE - 1);
+            level -= 1;
+        }
+        maint.finish();
+        Some(unmapped)
     }
 
     /// Marks every page of `[addr, addr + size)` as owned by `owner` (stage-2 only): each entry

@@ -525,9 +525,9 @@ fn unmap_batches_invalidations() {
     let n = |f: fn(&Event) -> bool| ev.iter().filter(|e| f(e)).count();
     // 512 pages and the L3, L2 and L1 tables.
     assert_eq!(n(|e| matches!(e, Event::TlbiIpa { .. })), 512 + 3);
-    // One DSB ISHST per batch of 32, not per page; a DSB ISH per freed table.
+    // One DSB ISHST per batch of 8, not per page; a DSB ISH per freed table.
     assert!(
-        n(|e| *e == Event::DsbIshst) <= 512 / 32 + 3,
+        n(|e| *e == Event::DsbIshst) <= 512 / 8 + 3,
         "{}",
         n(|e| *e == Event::DsbIshst)
     );
