@@ -181,6 +181,12 @@ impl Platform for El2Platform {
         unsafe { asm!("tlbi vmalls12e1is", options(nostack, preserves_flags)) };
     }
 
+    #[inline(always)]
+    fn tlbi_el2_all(&self) {
+        // SAFETY: TLB invalidation only drops cached translations.
+        unsafe { asm!("tlbi alle2is", options(nostack, preserves_flags)) };
+    }
+
     fn log(&self, args: core::fmt::Arguments<'_>) {
         crate::console::print(format_args!("{args}\n"));
     }

@@ -34,6 +34,10 @@ impl<P: Platform> pkvm_pgtable::ArchOps for Arch<'_, P> {
     fn tlbi_vmid(&mut self, vmid: u16) {
         self.0.tlbi_vmid(vmid);
     }
+    #[inline]
+    fn tlbi_el2_all(&mut self) {
+        self.0.tlbi_el2_all();
+    }
 }
 
 /// Maps a page-table error onto the ABI's error codes.

@@ -33,6 +33,8 @@ pub trait Platform: PhysMem {
     fn tlbi_s2_ipa(&self, vmid: u16, ipa: u64, level: u8);
     /// Invalidates every TLB entry of `vmid`.
     fn tlbi_vmid(&self, vmid: u16);
+    /// `tlbi alle2is`: invalidates every EL2 stage-1 entry.
+    fn tlbi_el2_all(&self);
     /// Writes a diagnostic line (EL2 console or the simulator's log).
     fn log(&self, args: core::fmt::Arguments<'_>);
 }

@@ -112,6 +112,8 @@ impl ArchOps for NopArch {
     fn tlbi_s2_ipa(&mut self, _: u16, _: u64, _: u8) {}
     #[inline(always)]
     fn tlbi_vmid(&mut self, _: u16) {}
+    #[inline(always)]
+    fn tlbi_el2_all(&mut self) {}
 }
 
 struct Pkvm {

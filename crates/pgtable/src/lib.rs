@@ -70,6 +70,7 @@
 //!     fn tlbi_el2_va(&mut self, _: u64, _: u8, _: bool) {}
 //!     fn tlbi_s2_ipa(&mut self, _: u16, _: u64, _: u8) {}
 //!     fn tlbi_vmid(&mut self, _: u16) {}
+//!     fn tlbi_el2_all(&mut self) {}
 //! }
 //!
 //! let (mut mm, mut arch) = (Mem::default(), NoTlb);
@@ -185,6 +186,9 @@ pub trait ArchOps {
     fn tlbi_s2_ipa(&mut self, vmid: u16, ipa: u64, level: u8);
     /// Invalidate all TLB entries of `vmid`.
     fn tlbi_vmid(&mut self, vmid: u16);
+    /// Invalidate every EL2 stage-1 TLB entry (`tlbi alle2is`): what a large unmap issues
+    /// instead of one TLBI per page.
+    fn tlbi_el2_all(&mut self);
 }
 
 /// Descriptor format of a table.

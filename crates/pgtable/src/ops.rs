@@ -43,7 +43,19 @@ struct Maint<'a, A: ArchOps, const N: usize> {
     need_ish: bool,
     /// Descriptors were written since the last DSB.
     dirty: bool,
+    /// Batches issued so far; past [`FLUSH_ALL_AFTER`] the operation invalidates everything.
+    batches: u32,
+    /// The operation switched to invalidating everything (the whole EL2 stage-1, or the whole
+    /// VMID) instead of queueing entries.
+    all: bool,
+    /// An entry was cleared since the last full invalidation.
+    all_pending: bool,
 }
+
+/// After this many full batches of TLBIs, an operation switches to one invalidation of the
+/// whole regime: unmapping a large range then costs one TLBI instead of one per page (the
+/// threshold keeps small and medium unmaps precise, so other EL2 mappings stay cached).
+const FLUSH_ALL_AFTER: u32 = 8;
 
 const PENDING_LEAF: u64 = 1 << 2;
 
@@ -61,6 +73,9 @@ impl<'a, A: ArchOps, const N: usize> Maint<'a, A, N> {
             n: 0,
             need_ish: false,
             dirty: false,
+            batches: 0,
+            all: false,
+            all_pending: false,
         }
     }
 
@@ -69,7 +84,18 @@ impl<'a, A: ArchOps, const N: usize> Maint<'a, A, N> {
     /// non-last-level TLBI is used.
     #[inline(always)]
     fn invalidate(&mut self, va: u64, level: u8, leaf: bool) {
+        if self.all {
+            self.all_pending = true;
+            return;
+        }
         if self.n >= N {
+            if self.batches + 1 >= FLUSH_ALL_AFTER {
+                // Everything queued is covered by the one invalidation `sync` will issue.
+                self.all = true;
+                self.all_pending = true;
+                self.n = 0;
+                return;
+            }
             self.flush();
         }
         let tag = if leaf {
@@ -87,6 +113,7 @@ impl<'a, A: ArchOps, const N: usize> Maint<'a, A, N> {
         if self.n != 0 {
             issue_tlbis(self.arch, self.vmid, &self.pending[..self.n]);
             self.n = 0;
+            self.batches += 1;
             self.need_ish = true;
             self.dirty = false;
         }
@@ -96,6 +123,18 @@ impl<'a, A: ArchOps, const N: usize> Maint<'a, A, N> {
     #[inline(always)]
     fn sync(&mut self) {
         self.flush();
+        if self.all_pending {
+            // The mode is sticky for the rest of the operation: later invalidations are
+            // covered by the next sync's full invalidation.
+            self.all_pending = false;
+            self.arch.dsb_ishst();
+            match self.vmid {
+                None => self.arch.tlbi_el2_all(),
+                Some(vmid) => self.arch.tlbi_vmid(vmid),
+            }
+            self.need_ish = true;
+            self.dirty = false;
+        }
         if self.need_ish {
             self.arch.dsb_ish();
             if self.vmid.is_none() {
@@ -845,28 +884,46 @@ impl PageTable {
         if !counted(stage2, old) {
             return None;
         }
-        let mut maint: Maint<'_, A, 4> = Maint::new(arch, self.cfg.format);
+        let vmid = match self.cfg.format {
+            Format::Stage1El2 => None,
+            Format::Stage2 { vmid } => Some(vmid),
+        };
+        let page = addr & !(desc::PAGE_SIZE - 1);
         mm.write_pte(ptep, 0);
-        let mut unmapped = 0;
-        if is_valid(old) {
-            maint.invalidate(addr & !(desc::PAGE_SIZE - 1), LEAF_LEVEL, true);
-            unmapped = desc::PAGE_SIZE;
-        }
+        // The leaf's TLBI is issued with the first freed table's, or at the end.
+        let mut leaf_pending = is_valid(old);
+        let unmapped = if leaf_pending { desc::PAGE_SIZE } else { 0 };
         mm.put_page(ptep);
-        // Free the tables left empty, bottom-up; the root never.
+        // Free the tables left empty, bottom-up; the root never. Each unlinked table's
+        // invalidation completes before the table is freed.
         let mut child = table;
         let mut level = LEAF_LEVEL;
         while level > start && mm.page_count(child) == 1 {
             let parent_ptep = path[level as usize - 1];
             mm.write_pte(parent_ptep, 0);
-            maint.invalidate(addr & !(granule(level - 1) - 1), 0, false);
-            maint.sync();
+            arch.dsb_ishst();
+            if leaf_pending {
+                tlbi_one(arch, vmid, page | u64::from(LEAF_LEVEL) | PENDING_LEAF);
+                leaf_pending = false;
+            }
+            tlbi_one(arch, vmid, addr & !(granule(level - 1) - 1));
+            arch.dsb_ish();
+            if vmid.is_none() {
+                arch.isb();
+            }
             mm.put_page(parent_ptep);
             mm.put_zeroed_table(child);
             child = parent_ptep & !(desc::PAGE_SIZE - 1);
             level -= 1;
         }
-        maint.finish();
+        if leaf_pending {
+            arch.dsb_ishst();
+            tlbi_one(arch, vmid, page | u64::from(LEAF_LEVEL) | PENDING_LEAF);
+            arch.dsb_ish();
+            if vmid.is_none() {
+                arch.isb();
+            }
+        }
         Some(unmapped)
     }
 

@@ -38,6 +38,8 @@ pub enum ArchEvent {
     },
     /// TLBI of a whole VMID.
     TlbiVmid(u16),
+    /// TLBI of every EL2 entry.
+    TlbiEl2All,
 }
 
 /// Counters of architectural effects.
@@ -151,6 +153,12 @@ impl Platform for SimPlatform {
             .lock()
             .unwrap()
             .invalidate_regime(Regime::Stage2(vmid));
+    }
+
+    fn tlbi_el2_all(&self) {
+        self.counts.tlbi.fetch_add(1, Ordering::Relaxed);
+        self.record(ArchEvent::TlbiEl2All);
+        self.tlb.lock().unwrap().invalidate_regime(Regime::El2);
     }
 
     fn log(&self, args: std::fmt::Arguments<'_>) {

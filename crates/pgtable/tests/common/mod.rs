@@ -45,6 +45,7 @@ pub enum Event {
     TlbiVa { va: u64, level: u8, last: bool },
     TlbiIpa { vmid: u16, ipa: u64, level: u8 },
     TlbiVmid(u16),
+    TlbiEl2All,
 }
 
 pub type Log = Rc<RefCell<Vec<Event>>>;
@@ -245,6 +246,9 @@ impl ArchOps for TestArch {
     }
     fn tlbi_vmid(&mut self, vmid: u16) {
         self.record(Event::TlbiVmid(vmid));
+    }
+    fn tlbi_el2_all(&mut self) {
+        self.record(Event::TlbiEl2All);
     }
 }
 
@@ -654,6 +658,12 @@ pub fn check_maintenance(
                 if vmid == want {
                     pending.tlbi(|_| true);
                 }
+            }
+            Event::TlbiEl2All => {
+                if !stage1 {
+                    return Err(format!("event {i}: EL2 TLBI on a stage-2 table"));
+                }
+                pending.tlbi(|_| true);
             }
             Event::Free(page) => {
                 if let Some(p) = pending
