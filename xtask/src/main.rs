@@ -12,6 +12,7 @@
 mod bench;
 mod cpio;
 mod elf;
+mod fuzz;
 mod linux;
 mod prereq;
 mod qemu;

@@ -3,7 +3,8 @@
 //! 1. `cargo fmt --all --check`
 //! 2. `cargo clippy --workspace --all-targets -- -D warnings` (development machine)
 //! 3. clippy `-D warnings` for the bare-metal crates on their own targets
-//! 4. `cargo test --workspace`
+//! 4. `cargo test --workspace` (the simulator's model test runs 10,000 hypercall sequences),
+//!    then `cargo fuzz` on the hypercall fuzz target for 60 s (`PKVM_FUZZ_SECONDS`)
 //! 5. QEMU system tests: the `selftest` scenario (the default) on `max` and on `cortex-a72`
 //!    (2 CPUs, 2 GiB) must pass, the `boot` scenario (ABI smoke test) must pass, the `bench`
 //!    scenario must pass under `-icount` and measure the same figures on two boots, a host
@@ -245,6 +246,10 @@ pub fn cmd_test() -> Result<(), Error> {
     steps.push(timed("cargo test --workspace", || {
         cargo_step(&["test", "--workspace"])
     }));
+    steps.push(timed(
+        "cargo fuzz: hypercall sequences against the spec (bounded)",
+        crate::fuzz::run_bounded,
+    ));
 
     let mut images = None;
     steps.push(timed("build the EL2 and host images (release)", || {
