@@ -168,6 +168,7 @@ el2_vectors:
     unexpected_vector 15
 
     .section .text.el2_unexpected, "ax"
+    .global el2_unexpected_entry
 el2_unexpected_entry:
     stp     x2, x3, [sp, #0x10]
     stp     x4, x5, [sp, #0x20]

@@ -46,6 +46,8 @@ mod smp;
 mod sysregs;
 #[cfg(target_os = "none")]
 mod trap;
+#[cfg(target_os = "none")]
+mod world;
 
 #[cfg(not(target_os = "none"))]
 fn main() {}

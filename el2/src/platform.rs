@@ -6,7 +6,7 @@
 use core::arch::asm;
 use core::sync::atomic::{AtomicBool, Ordering};
 
-use pkvm_hyp::platform::{PhysMem, Platform};
+use pkvm_hyp::platform::{GuestEntry, GuestExit, GuestRunner, PhysMem, Platform};
 
 /// The EL2 platform. EL2 maps everything it touches at VA == PA, before and after its MMU is on.
 #[derive(Debug)]
@@ -157,9 +157,14 @@ impl Platform for El2Platform {
 
     #[inline(always)]
     fn tlbi_s2_ipa(&self, vmid: u16, ipa: u64, level: u8) {
-        // Stage-2 TLBIs act on the VMID in VTTBR_EL2; only the host (VMID 0) exists for now,
-        // and its stage-2 is the one loaded whenever EL2 runs on behalf of the host.
-        debug_assert_eq!(vmid, 0);
+        // Stage-2 TLBIs act on the VMID in VTTBR_EL2: the host's (VMID 0) is loaded whenever
+        // EL2 runs on behalf of the host; a guest's is loaded just for the invalidation.
+        if vmid != 0 {
+            let old = load_vmid(vmid);
+            self.tlbi_s2_ipa(0, ipa, level);
+            restore_vttbr(old);
+            return;
+        }
         let op = self.tlbi_operand(ipa, level);
         // SAFETY: TLB invalidation only drops cached translations. The stage-1 entries of the
         // VMID may combine the dropped stage-2 entry, so they go too.
@@ -176,9 +181,12 @@ impl Platform for El2Platform {
 
     #[inline(always)]
     fn tlbi_vmid(&self, vmid: u16) {
-        debug_assert_eq!(vmid, 0);
+        let old = (vmid != 0).then(|| load_vmid(vmid));
         // SAFETY: TLB invalidation only drops cached translations.
         unsafe { asm!("tlbi vmalls12e1is", options(nostack, preserves_flags)) };
+        if let Some(old) = old {
+            restore_vttbr(old);
+        }
     }
 
     #[inline(always)]
@@ -189,5 +197,46 @@ impl Platform for El2Platform {
 
     fn log(&self, args: core::fmt::Arguments<'_>) {
         crate::console::print(format_args!("{args}\n"));
+    }
+}
+
+/// Loads `vmid` into `VTTBR_EL2` (base address unchanged) for a stage-2 TLB invalidation of
+/// that VMID; returns the old value. No lower EL runs until [`restore_vttbr`].
+fn load_vmid(vmid: u16) -> u64 {
+    let old: u64;
+    // SAFETY: only EL2 runs on this CPU until `restore_vttbr`; the EL1&0 regime is not used
+    // meanwhile, so its VMID may change. TLBIs issued meanwhile act on `vmid`.
+    unsafe {
+        asm!(
+            "mrs {old}, vttbr_el2",
+            "bfi {new}, {old}, #0, #48",
+            "msr vttbr_el2, {new}",
+            "isb",
+            old = out(reg) old,
+            new = inout(reg) u64::from(vmid) << 48 => _,
+            options(nostack, preserves_flags)
+        );
+    }
+    old
+}
+
+/// Completes the invalidations issued under another VMID and puts the host's VTTBR back.
+fn restore_vttbr(old: u64) {
+    // SAFETY: the `dsb` completes the TLBIs issued for the other VMID before the host's VMID
+    // is loaded again.
+    unsafe {
+        asm!(
+            "dsb ish",
+            "msr vttbr_el2, {old}",
+            "isb",
+            old = in(reg) old,
+            options(nostack, preserves_flags)
+        );
+    }
+}
+
+impl GuestRunner for El2Platform {
+    fn run_guest(&self, entry: &GuestEntry) -> GuestExit {
+        crate::world::run_guest(entry)
     }
 }

@@ -13,6 +13,8 @@
 //! | `share_again` | a second share of a page already shared (count 1 → 2: no mapping change) |
 //! | `share_512` / `unshare_512` | one ranged call over 512 pages (a 2 MiB-aligned run) |
 //! | `host_fault` | one host load from a 2 MiB block it never touched: the host stage-2 fault that maps the block, then the retried load |
+//! | `vm_lifecycle` | one whole guest lifecycle: share the VM structure, `VmInit` (memcache donation), share the vCPU and FP structures, `VcpuInit`, share 16 pages of RAM into the guest, `VcpuRun` until the (quiet) guest powers off, `VmTeardown`, three unshares |
+//! | `guest_hvc_roundtrip` | one `VcpuRun` that resumes a guest stopped at a hypercall exit and returns at its next hypercall: host HVC, world switch in, guest HVC, world switch out |
 
 use crate::checks::Checks;
 use crate::env::Env;
@@ -134,4 +136,57 @@ pub fn run(c: &mut Checks, env: &mut Env) {
         }
     }
     report(c, "host_fault", &faults, res);
+
+    guests(c, env);
+}
+
+/// The guest figures: a whole lifecycle, and a hypercall-exit round trip.
+fn guests(c: &mut Checks, env: &mut Env) {
+    use crate::guests::{self, RunEnd, SlotMem, flags};
+    use pkvm_abi::guest::{GUEST_HVC_PING, exit};
+    let mem = SlotMem::alloc(env);
+    let mut life = [0; SAMPLES];
+    let mut err = None;
+    for (i, v) in life.iter_mut().enumerate() {
+        let (n, r) = count(|| {
+            let vm = guests::create(0, mem, i as u64, 0, flags::QUIET)?;
+            let end = guests::run(&vm, false, |_, _| {});
+            guests::destroy(vm)?;
+            Ok::<_, HcallError>(end)
+        });
+        *v = n;
+        match r {
+            Ok(RunEnd::PowerOff) => {}
+            other => {
+                err.get_or_insert(other);
+            }
+        }
+    }
+    report(c, "vm_lifecycle", &life, err);
+    guests::lifecycle_breakdown(mem, |f| count(f));
+
+    // A quiet guest that pings many times: each sample is one run from one ping to the next.
+    let mut rt = [0; SAMPLES];
+    let mut err = None;
+    match guests::create(0, mem, 0, 1000, flags::QUIET) {
+        Ok(vm) => {
+            let first = guests::run_once(&vm);
+            for v in &mut rt {
+                guests::answer_ping(&vm, GUEST_HVC_PING);
+                let (n, r) = count(|| guests::run_once(&vm));
+                *v = n;
+                if r != Ok(exit::HYPERCALL) {
+                    err.get_or_insert(r.map(|_| ()));
+                }
+            }
+            if first != Ok(exit::HYPERCALL) {
+                err.get_or_insert(first.map(|_| ()));
+            }
+            if let Err(e) = guests::destroy(vm) {
+                err.get_or_insert(Err(e));
+            }
+        }
+        Err(e) => err = Some(Err(e)),
+    }
+    report(c, "guest_hvc_roundtrip", &rt, err);
 }

@@ -11,6 +11,8 @@ pub struct BootArgs<'a> {
     pub scenario: Option<&'a str>,
     /// `pkvm.hang`.
     pub hang: bool,
+    /// `pkvm.guests=N`: guest lifecycles the `guests` scenario runs.
+    pub guests: Option<u64>,
     line: &'a str,
 }
 
@@ -26,11 +28,15 @@ impl<'a> BootArgs<'a> {
 enum Word<'a> {
     Scenario(&'a str),
     Hang(bool),
+    Guests(u64),
 }
 
 fn parse_word(w: &str) -> Option<Word<'_>> {
     if let Some(name) = w.strip_prefix("pkvm.scenario=") {
         return (!name.is_empty()).then_some(Word::Scenario(name));
+    }
+    if let Some(n) = w.strip_prefix("pkvm.guests=") {
+        return n.parse().ok().map(Word::Guests);
     }
     match w {
         "pkvm.hang" | "pkvm.hang=1" => Some(Word::Hang(true)),
@@ -49,6 +55,7 @@ pub fn parse(line: &str) -> BootArgs<'_> {
         match parse_word(w) {
             Some(Word::Scenario(s)) => args.scenario = Some(s),
             Some(Word::Hang(h)) => args.hang = h,
+            Some(Word::Guests(n)) => args.guests = Some(n),
             None => {}
         }
     }
@@ -68,8 +75,9 @@ mod tests {
 
     #[test]
     fn scenario_and_hang() {
-        let a = parse("console=ttyAMA0  pkvm.scenario=bench pkvm.hang\n");
+        let a = parse("console=ttyAMA0  pkvm.scenario=bench pkvm.hang pkvm.guests=20\n");
         assert_eq!((a.scenario, a.hang), (Some("bench"), true));
+        assert_eq!(a.guests, Some(20));
         let a = parse("pkvm.scenario=a pkvm.scenario=b pkvm.hang pkvm.hang=0");
         assert_eq!((a.scenario, a.hang), (Some("b"), false));
     }

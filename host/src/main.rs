@@ -34,6 +34,8 @@ mod env;
 #[cfg(target_os = "none")]
 mod fault;
 #[cfg(target_os = "none")]
+mod guests;
+#[cfg(target_os = "none")]
 mod hvc;
 #[cfg(target_os = "none")]
 mod mmu;
@@ -86,6 +88,10 @@ extern "C" fn host_main(dtb: usize) -> ! {
     let args = cmdline::parse(dt.bootargs);
     for unknown in args.unknown_pkvm_options() {
         println!("host: warning: unknown option {unknown}");
+    }
+    #[cfg(target_os = "none")]
+    if let Some(n) = args.guests {
+        guests::set_cycles(n);
     }
     let name = args.scenario.unwrap_or(scenarios::DEFAULT);
     let Some(scenario) = scenarios::find(name) else {

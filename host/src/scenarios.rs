@@ -43,6 +43,12 @@ pub const SCENARIOS: &[Scenario] = &[
         run: bench::run,
     },
     Scenario {
+        name: "guests",
+        about: "guest lifecycles at scale (pkvm.guests=N, default 1000): create, run to PSCI \
+                power-off, destroy; several alive at once; bad inputs; leak report",
+        run: crate::guests::scenario,
+    },
+    Scenario {
         name: "overflow",
         about: "overflows the host stack on purpose: the guard page must turn it into a \
                 reported failure (exception stack), never a hang or silent corruption",

@@ -108,6 +108,20 @@ const ROWS: &[Row] = &[
         target: Some(500),
     },
     Row {
+        label: "whole VM lifecycle (create, share structures, run to power-off, destroy)",
+        name: "vm_lifecycle",
+        pages: 1,
+        linux: "≈26k–32k",
+        target: Some(8000),
+    },
+    Row {
+        label: "guest HVC exit to the host and back (vcpu_run round trip)",
+        name: "guest_hvc_roundtrip",
+        pages: 1,
+        linux: "≈432 + ≈627",
+        target: Some(400),
+    },
+    Row {
         label: "second share_hyp of a shared page",
         name: "share_again",
         pages: 1,

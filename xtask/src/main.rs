@@ -47,6 +47,8 @@ run/bench options:
   --icount                    deterministic instruction counting (-icount shift=0)
   --timeout <SECS>            wall-clock limit for QEMU (default 60)
   --scenario <NAME>           host scenario, passed as pkvm.scenario=NAME (default selftest)
+  --guests <N>                guest lifecycles for the `guests` scenario (pkvm.guests=N; selects
+                              that scenario unless --scenario names another; default 1000)
   --hang                      tell the host to hang instead of finishing (tests the timeout)
   --no-host                   leave the host image out (EL2 must refuse to boot)
   --host linux                run Debian's arm64 Linux as the host (downloaded with apt, cached
@@ -150,6 +152,16 @@ fn parse_run_options(args: &[String], mut o: RunOptions) -> Result<RunOptions, E
                 o.timeout = Duration::from_secs_f64(secs);
             }
             "--scenario" => o.scenario = value("--scenario")?,
+            "--guests" => {
+                let v = value("--guests")?;
+                o.guests = Some(
+                    v.parse()
+                        .map_err(|_| Error::Usage(format!("bad --guests {v:?}")))?,
+                );
+                if o.scenario == "selftest" {
+                    o.scenario = "guests".into();
+                }
+            }
             "--hang" => o.hang = true,
             "--no-host" => o.no_host = true,
             "--" => {
@@ -220,12 +232,22 @@ pub fn run_cmd(cmd: &mut Command) -> Result<(), Error> {
 pub fn build_image_set() -> Result<Images, Error> {
     use pkvm_abi::boot::{EL2_LOAD_ADDR, HOST_LOAD_ADDR};
     let el2 = build_image("pkvm-el2", EL2_TARGET, EL2_LOAD_ADDR)?;
-    let host = build_image("pkvm-host", BARE_TARGET, HOST_LOAD_ADDR)?;
+    let guest = build_guest_image()?;
+    let host = build_image_env(
+        "pkvm-host",
+        BARE_TARGET,
+        HOST_LOAD_ADDR,
+        &[("PKVM_GUEST_BIN", guest.as_os_str())],
+    )?;
     Ok(Images { el2, host })
 }
 
-fn build_image(package: &str, target: &str, load_addr: u64) -> Result<PathBuf, Error> {
-    use pkvm_abi::boot::{IMAGE_MAGIC, IMAGE_MAGIC_OFFSET};
+/// Builds the test guest (`guest/`) and converts it to a raw image linked at
+/// `pkvm_abi::guest::GUEST_RAM_IPA`; the host build embeds it (`PKVM_GUEST_BIN`, read by
+/// `host/build.rs`, then `include_bytes!`).
+fn build_guest_image() -> Result<PathBuf, Error> {
+    use pkvm_abi::guest::{GUEST_RAM_IPA, GUEST_RAM_PAGES};
+    let package = "pkvm-guest";
     run_cmd(cargo().args([
         "build",
         "--release",
@@ -234,8 +256,60 @@ fn build_image(package: &str, target: &str, load_addr: u64) -> Result<PathBuf, E
         "--bin",
         package,
         "--target",
-        target,
+        BARE_TARGET,
     ]))?;
+    let dir = target_dir().join(BARE_TARGET).join("release");
+    let elf_path = dir.join(package);
+    let data = fs::read(&elf_path)
+        .or_else(|e| failed(format!("cannot read {}: {e}", elf_path.display())))?;
+    let image =
+        elf::to_flat_image(&data).or_else(|e| failed(format!("{}: {e}", elf_path.display())))?;
+    if image.base != GUEST_RAM_IPA || image.entry != GUEST_RAM_IPA {
+        return failed(format!(
+            "{package} is linked at {:#x} (entry {:#x}), expected {GUEST_RAM_IPA:#x}",
+            image.base, image.entry
+        ));
+    }
+    if image.bytes.len() as u64 > GUEST_RAM_PAGES * pkvm_abi::PAGE_SIZE / 2 {
+        return failed(format!("{package} is too large for the guest's RAM"));
+    }
+    let bin = dir.join(format!("{package}.bin"));
+    fs::write(&bin, &image.bytes)
+        .or_else(|e| failed(format!("cannot write {}: {e}", bin.display())))?;
+    println!(
+        "xtask: {} ({} bytes at IPA {GUEST_RAM_IPA:#x})",
+        bin.display(),
+        image.bytes.len()
+    );
+    Ok(bin)
+}
+
+fn build_image(package: &str, target: &str, load_addr: u64) -> Result<PathBuf, Error> {
+    build_image_env(package, target, load_addr, &[])
+}
+
+fn build_image_env(
+    package: &str,
+    target: &str,
+    load_addr: u64,
+    envs: &[(&str, &std::ffi::OsStr)],
+) -> Result<PathBuf, Error> {
+    use pkvm_abi::boot::{IMAGE_MAGIC, IMAGE_MAGIC_OFFSET};
+    let mut cmd = cargo();
+    cmd.args([
+        "build",
+        "--release",
+        "-p",
+        package,
+        "--bin",
+        package,
+        "--target",
+        target,
+    ]);
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    run_cmd(&mut cmd)?;
     let dir = target_dir().join(target).join("release");
     let elf_path = dir.join(package);
     let data = fs::read(&elf_path)

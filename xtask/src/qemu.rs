@@ -42,6 +42,8 @@ pub struct RunOptions {
     pub scenario: String,
     /// Tell the host to hang instead of finishing (`pkvm.hang`).
     pub hang: bool,
+    /// Guest lifecycles for the `guests` scenario (`pkvm.guests=N`).
+    pub guests: Option<u64>,
     /// Leave the host image out (EL2 must refuse to boot).
     pub no_host: bool,
     /// Extra QEMU arguments.
@@ -58,6 +60,7 @@ impl Default for RunOptions {
             timeout: Duration::from_secs(60),
             scenario: "selftest".into(),
             hang: false,
+            guests: None,
             no_host: false,
             extra: Vec::new(),
         }
@@ -146,6 +149,9 @@ pub fn args(images: &Images, opts: &RunOptions) -> Vec<String> {
     let mut cmdline = format!("pkvm.scenario={}", opts.scenario);
     if opts.hang {
         cmdline.push_str(" pkvm.hang");
+    }
+    if let Some(n) = opts.guests {
+        cmdline.push_str(&format!(" pkvm.guests={n}"));
     }
     a.extend(["-append".into(), cmdline]);
     a.extend(opts.extra.iter().cloned());

@@ -110,6 +110,27 @@ fn system_tests() -> Vec<SystemTest> {
             judge: Judge::BenchBoots,
         },
         SystemTest {
+            name: "guests: 1,000 lifecycles (4 alive at once in part), bad inputs, leak report all zero",
+            opts: RunOptions {
+                scenario: "guests".into(),
+                guests: Some(1000),
+                timeout: Duration::from_secs(120),
+                ..base.clone()
+            },
+            judge: PASS,
+        },
+        SystemTest {
+            name: "guests on -cpu cortex-a72, 2 CPUs: 200 lifecycles, leak report all zero",
+            opts: RunOptions {
+                cpu: "cortex-a72".into(),
+                smp: 2,
+                scenario: "guests".into(),
+                guests: Some(200),
+                ..base.clone()
+            },
+            judge: PASS,
+        },
+        SystemTest {
             name: "host stack overflow hits the guard page and is reported",
             opts: RunOptions {
                 scenario: "overflow".into(),

@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 pub mod boot;
+pub mod guest;
 
 /// Size of a page (4 KiB granule) everywhere in pkvm-rs.
 pub const PAGE_SIZE: u64 = 4096;
@@ -103,6 +104,24 @@ hcalls! {
     DebugRead = 0x23, boot_only = false;
     /// `(selector) -> x2 = value`, debug: one EL2 statistic, see [`Stat`].
     DebugStat = 0x24, boot_only = false;
+    /// `(vm_desc_pa, memcache_pfn, memcache_nr) -> x2 = handle`: create a VM. The host has
+    /// shared the [`guest::VmDesc`] at `vm_desc_pa` with EL2 (EL2 pins it until teardown) and
+    /// donates the `memcache_nr` contiguous pages at `memcache_pfn` for the guest stage-2.
+    VmInit = 0x30, boot_only = false;
+    /// `(handle, vcpu_pa, fp_pa)`: add the VM's vCPU; its [`guest::VcpuState`] and
+    /// [`guest::FpState`] are host memory shared with EL2 (pinned until teardown).
+    VcpuInit = 0x31, boot_only = false;
+    /// `(handle, pfn, gfn, nr_pages, prot)`: map host pages into the guest (host keeps
+    /// SHARED_OWNED, the guest gets SHARED_BORROWED). `prot`: [`guest::PROT_R`] etc.
+    HostShareGuest = 0x32, boot_only = false;
+    /// `(handle, gfn, nr_pages)`: undo [`HostHcall::HostShareGuest`].
+    HostUnshareGuest = 0x33, boot_only = false;
+    /// `(handle) -> x2 = exit reason`: run the vCPU until it exits; the details are in the
+    /// vCPU structure's [`guest::VcpuExit`].
+    VcpuRun = 0x34, boot_only = false;
+    /// `(handle)`: destroy the VM: unmap every guest page, return the donated pages zeroed,
+    /// unpin the VM and vCPU structures, invalidate the VMID.
+    VmTeardown = 0x35, boot_only = false;
 }
 
 /// Selectors for [`HostHcall::DebugStat`].
@@ -127,6 +146,14 @@ pub enum Stat {
     TablePages = 7,
     /// Aborts injected into the host.
     InjectedAborts = 8,
+    /// Host pages donated to EL2 (NOPAGE, OWNED) outside EL2's own memory.
+    DonatedPages = 9,
+    /// Host pages shared with a guest (SHARED_OWNED, EL2 NOPAGE).
+    GuestSharedPages = 10,
+    /// Live VMs.
+    LiveVms = 11,
+    /// Pages pinned by EL2 (non-zero pin count on host pages shared with EL2).
+    PinnedPages = 12,
 }
 
 impl Stat {
@@ -143,6 +170,10 @@ impl Stat {
             6 => Stat::HostLeavesL3,
             7 => Stat::TablePages,
             8 => Stat::InjectedAborts,
+            9 => Stat::DonatedPages,
+            10 => Stat::GuestSharedPages,
+            11 => Stat::LiveVms,
+            12 => Stat::PinnedPages,
             _ => return None,
         })
     }
@@ -329,9 +360,9 @@ mod tests {
 
     #[test]
     fn stat_selectors_decode() {
-        for v in 0..9 {
+        for v in 0..13 {
             assert_eq!(Stat::from_u64(v).map(|s| s as u64), Some(v));
         }
-        assert_eq!(Stat::from_u64(9), None);
+        assert_eq!(Stat::from_u64(13), None);
     }
 }

@@ -19,6 +19,7 @@ use crate::platform::Platform;
 /// Feature bits this build advertises.
 pub const FEATURES: u64 = features::RANGES
     | features::EL2_REFCOUNT
+    | features::GUESTS
     | if cfg!(feature = "debug-hcalls") {
         features::DEBUG_HCALLS
     } else {
@@ -63,6 +64,12 @@ impl<P: Platform> Hyp<'_, P> {
             HostHcall::HostShareHyp => self.host_share_hyp(x[1], x[2]),
             HostHcall::HostUnshareHyp => self.host_unshare_hyp(x[1], x[2]),
             HostHcall::HostDonateHyp => self.host_donate_hyp(x[1], x[2]),
+            HostHcall::VmInit => self.vm_init(x[1], x[2], x[3]).map(|h| x[2] = h),
+            HostHcall::VcpuInit => self.vcpu_init(x[1], x[2], x[3]),
+            HostHcall::HostShareGuest => self.host_share_guest(x[1], x[2], x[3], x[4], x[5]),
+            HostHcall::HostUnshareGuest => self.host_unshare_guest(x[1], x[2], x[3]),
+            HostHcall::VcpuRun => self.vcpu_run(x[1]).map(|r| x[2] = r),
+            HostHcall::VmTeardown => self.vm_teardown(x[1]),
             _ if !cfg!(feature = "debug-hcalls") => {
                 x[0] = SMCCC_NOT_SUPPORTED;
                 return;
@@ -95,6 +102,15 @@ impl<P: Platform> Hyp<'_, P> {
             Stat::HostLeavesL2 => self.host_leaves()[2],
             Stat::HostLeavesL3 => self.host_leaves()[3],
             Stat::TablePages => self.table_pages(),
+            Stat::DonatedPages => self.donated_pages(),
+            Stat::GuestSharedPages => self.count_pages(|p| {
+                p.host_state() == crate::vmemmap::PageState::SharedOwned
+                    && p.hyp_state() == crate::vmemmap::PageState::NoPage
+            }),
+            Stat::LiveVms => self.live_vms(),
+            Stat::PinnedPages => {
+                self.count_pages(|p| Self::is_shared_with_hyp(p) && p.refcount() != 0)
+            }
         }
     }
 }

@@ -16,4 +16,5 @@ pub mod platform;
 pub mod setup;
 pub mod sizing;
 pub mod stats;
+pub mod vm;
 pub mod vmemmap;

@@ -93,6 +93,8 @@ pub struct Hyp<'a, P: Platform> {
     pub(crate) hyp: Mutex<HypMmu<'a, P>>,
     pub(crate) finalised: core::sync::atomic::AtomicBool,
     pub(crate) counters: Counters,
+    /// The VMs. Lock order: host → hyp → vms.
+    pub(crate) vms: Mutex<crate::vm::VmTable<'a, P>>,
 }
 
 impl<P: Platform> core::fmt::Debug for Hyp<'_, P> {
@@ -105,7 +107,7 @@ impl<P: Platform> core::fmt::Debug for Hyp<'_, P> {
 
 /// Upper bound on the table pages a page-granular change of `[start, end)` can allocate in a
 /// 4-level table: one per 2 MiB, 1 GiB and 512 GiB window touched (levels 3, 2 and 1).
-fn table_pages_bound(start: u64, end: u64) -> u64 {
+pub(crate) fn table_pages_bound(start: u64, end: u64) -> u64 {
     let last = end - 1;
     ((last >> 21) - (start >> 21) + 1)
         + ((last >> 30) - (start >> 30) + 1)
@@ -152,7 +154,7 @@ impl<'a, P: Platform> Hyp<'a, P> {
     /// not inside one memory region (MMIO, holes, straddling); `ERANGE` beyond the host's
     /// address space. Returns the vmemmap entries of the range.
     #[inline]
-    fn host_range(&self, pfn: u64, nr: u64) -> Result<&'a [HypPage], Error> {
+    pub(crate) fn host_range(&self, pfn: u64, nr: u64) -> Result<&'a [HypPage], Error> {
         if nr == 0 {
             return Err(Error::Inval);
         }
@@ -172,7 +174,7 @@ impl<'a, P: Platform> Hyp<'a, P> {
             .ok_or(Error::Fault)
     }
 
-    fn commit_failed(&self, what: &str, e: impl core::fmt::Debug) -> Error {
+    pub(crate) fn commit_failed(&self, what: &str, e: impl core::fmt::Debug) -> Error {
         self.plat.log(format_args!(
             "pkvm: commit phase of {what} failed: {e:?} (internal bug)"
         ));
@@ -180,7 +182,7 @@ impl<'a, P: Platform> Hyp<'a, P> {
     }
 
     /// Maps `[pa, pa + size)` into EL2's stage-1 at VA == PA. Hyp lock held, memory reserved.
-    fn hyp_map(&self, hyp: &mut HypMmu<'a, P>, pa: u64, size: u64) -> Result<(), Error> {
+    pub(crate) fn hyp_map(&self, hyp: &mut HypMmu<'a, P>, pa: u64, size: u64) -> Result<(), Error> {
         let mm = &mut hyp.pool;
         hyp.pgt
             .map(
@@ -196,7 +198,12 @@ impl<'a, P: Platform> Hyp<'a, P> {
     }
 
     /// Unmaps `[pa, pa + size)` from EL2's stage-1; all of it must have been mapped.
-    fn hyp_unmap(&self, hyp: &mut HypMmu<'a, P>, pa: u64, size: u64) -> Result<(), Error> {
+    pub(crate) fn hyp_unmap(
+        &self,
+        hyp: &mut HypMmu<'a, P>,
+        pa: u64,
+        size: u64,
+    ) -> Result<(), Error> {
         let mm = &mut hyp.pool;
         let done = hyp
             .pgt
@@ -317,7 +324,7 @@ impl<'a, P: Platform> Hyp<'a, P> {
         res.map_err(|e| self.commit_failed("unshare", e))
     }
 
-    fn is_shared_with_hyp(p: &HypPage) -> bool {
+    pub(crate) fn is_shared_with_hyp(p: &HypPage) -> bool {
         p.host_state() == PageState::SharedOwned
             && p.hyp_state() == PageState::SharedBorrowed
             && p.share_count() > 0

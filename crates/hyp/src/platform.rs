@@ -18,7 +18,7 @@ pub trait PhysMem: Sync {
 ///
 /// At EL2 these are single instructions; the simulator records them and models a TLB so that a
 /// missing invalidation shows up as a stale translation.
-pub trait Platform: PhysMem {
+pub trait Platform: PhysMem + GuestRunner {
     /// `dsb ishst`.
     fn dsb_ishst(&self);
     /// `dsb ish`.
@@ -37,4 +37,46 @@ pub trait Platform: PhysMem {
     fn tlbi_el2_all(&self);
     /// Writes a diagnostic line (EL2 console or the simulator's log).
     fn log(&self, args: core::fmt::Arguments<'_>);
+}
+
+/// One guest entry, prepared and validated by the core ([`crate::vm`]).
+///
+/// The world switch loads the guest's general registers, EL1 system registers and FP/SIMD
+/// registers straight from the host-shared vCPU structure at `vcpu_pa` and FP area at `fp_pa`
+/// (no value of those is invalid) and saves them back there on exit. The fields that need
+/// validation — `pc` and `pstate` — were read once by the core and are taken from here.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GuestEntry {
+    /// Physical address of the host-shared `pkvm_abi::guest::VcpuState` (pinned).
+    pub vcpu_pa: u64,
+    /// Physical address of the host-shared `pkvm_abi::guest::FpState` (pinned).
+    pub fp_pa: u64,
+    /// Validated guest PC.
+    pub pc: u64,
+    /// Validated guest PSTATE.
+    pub pstate: u64,
+    /// `VTTBR_EL2`: guest stage-2 root | VMID << 48.
+    pub vttbr: u64,
+}
+
+/// How a guest run ended: which EL2 vector took the exception and its syndrome. The guest's
+/// registers, PC and PSTATE were saved into the vCPU structure.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GuestExit {
+    /// 0 synchronous, 1 IRQ, 2 FIQ, 3 SError.
+    pub vector: u64,
+    /// `ESR_EL2`.
+    pub esr: u64,
+    /// `FAR_EL2`.
+    pub far: u64,
+    /// `HPFAR_EL2`.
+    pub hpfar: u64,
+}
+
+/// The world switch: runs a guest until it exits to EL2.
+pub trait GuestRunner {
+    /// Saves the host's EL1 state, loads the guest's (registers, EL1 system registers,
+    /// FP/SIMD, `VTTBR_EL2`, the guest `HCR_EL2`), runs it until an exception takes it to
+    /// EL2, saves it and restores the host.
+    fn run_guest(&self, entry: &GuestEntry) -> GuestExit;
 }

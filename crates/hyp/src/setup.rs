@@ -189,6 +189,7 @@ impl<'a, P: Platform> Hyp<'a, P> {
             hyp: Mutex::new(HypMmu { pgt: hyp_pgt, pool }),
             finalised: AtomicBool::new(false),
             counters: Counters::default(),
+            vms: Mutex::new(crate::vm::VmTable::new()),
         })
     }
 

@@ -4,7 +4,7 @@
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use pkvm_hyp::platform::{PhysMem, Platform};
+use pkvm_hyp::platform::{GuestEntry, GuestExit, GuestRunner, PhysMem, Platform};
 
 use crate::mem::SimMemory;
 use crate::mmu::{Regime, Tlb};
@@ -66,6 +66,32 @@ pub struct SimPlatform {
     pub recent: Mutex<Vec<ArchEvent>>,
     /// Lines the hypervisor logged.
     pub log: Mutex<Vec<String>>,
+    /// What the simulated guest does on its next runs (front first); when empty it calls
+    /// PSCI SYSTEM_OFF.
+    pub guest_script: Mutex<std::collections::VecDeque<SimGuestAction>>,
+    /// Every guest entry the world switch was asked for.
+    pub guest_entries: Mutex<Vec<GuestEntry>>,
+}
+
+/// One thing the simulated guest does before it exits (the world switch itself is EL2-only:
+/// the simulator writes the guest's registers into the vCPU structure as the real one would).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SimGuestAction {
+    /// `HVC #0` with `x0`, `x1`.
+    Hvc(u64, u64),
+    /// A store of `size` bytes of `value` (from register `reg`) to `ipa` with a valid syndrome.
+    MmioWrite {
+        ipa: u64,
+        size: u8,
+        reg: u8,
+        value: u64,
+    },
+    /// A load of `size` bytes from `ipa` into register `reg`, with a valid syndrome.
+    MmioRead { ipa: u64, size: u8, reg: u8 },
+    /// A synchronous exception with this ESR (a trapped instruction, a fault without syndrome).
+    Sync(u64),
+    /// A physical interrupt.
+    Irq,
 }
 
 const RECENT_MAX: usize = 4096;
@@ -80,6 +106,8 @@ impl SimPlatform {
             counts: ArchCounts::default(),
             recent: Mutex::new(Vec::new()),
             log: Mutex::new(Vec::new()),
+            guest_script: Mutex::new(std::collections::VecDeque::new()),
+            guest_entries: Mutex::new(Vec::new()),
         }
     }
 
@@ -94,6 +122,87 @@ impl SimPlatform {
     /// Takes the recorded effects.
     pub fn take_events(&self) -> Vec<ArchEvent> {
         std::mem::take(&mut *self.recent.lock().unwrap())
+    }
+}
+
+impl GuestRunner for SimPlatform {
+    fn run_guest(&self, e: &GuestEntry) -> GuestExit {
+        use pkvm_abi::guest::vcpu_off;
+        self.guest_entries.lock().unwrap().push(*e);
+        let regs = e.vcpu_pa + vcpu_off::REGS as u64;
+        // Like the real world switch, the guest's PC and PSTATE come back in the structure.
+        self.write_u64(e.vcpu_pa + vcpu_off::PC as u64, e.pc);
+        self.write_u64(e.vcpu_pa + vcpu_off::PSTATE as u64, e.pstate);
+        let action = self
+            .guest_script
+            .lock()
+            .unwrap()
+            .pop_front()
+            .unwrap_or(SimGuestAction::Hvc(
+                u64::from(pkvm_abi::psci::SYSTEM_OFF),
+                0,
+            ));
+        let hpfar = |ipa: u64| (ipa >> 12) << 4;
+        match action {
+            SimGuestAction::Hvc(x0, x1) => {
+                self.write_u64(regs, x0);
+                self.write_u64(regs + 8, x1);
+                self.write_u64(e.vcpu_pa + vcpu_off::PC as u64, e.pc + 4);
+                GuestExit {
+                    vector: 0,
+                    esr: 0x16 << 26 | 1 << 25,
+                    far: 0,
+                    hpfar: 0,
+                }
+            }
+            SimGuestAction::MmioWrite {
+                ipa,
+                size,
+                reg,
+                value,
+            } => {
+                if reg < 31 {
+                    self.write_u64(regs + 8 * u64::from(reg), value);
+                }
+                let sas = u64::from(size.trailing_zeros());
+                let esr = 0x24 << 26
+                    | 1 << 25
+                    | 1 << 24
+                    | sas << 22
+                    | u64::from(reg) << 16
+                    | 1 << 6
+                    | 0b000111;
+                GuestExit {
+                    vector: 0,
+                    esr,
+                    far: ipa,
+                    hpfar: hpfar(ipa),
+                }
+            }
+            SimGuestAction::MmioRead { ipa, size, reg } => {
+                let sas = u64::from(size.trailing_zeros());
+                let esr =
+                    0x24 << 26 | 1 << 25 | 1 << 24 | sas << 22 | u64::from(reg) << 16 | 0b000111;
+                GuestExit {
+                    vector: 0,
+                    esr,
+                    far: ipa,
+                    hpfar: hpfar(ipa),
+                }
+            }
+            SimGuestAction::Sync(esr) => GuestExit {
+                vector: 0,
+                esr,
+                far: 0,
+                hpfar: 0,
+            },
+            SimGuestAction::Irq => GuestExit {
+                vector: 1,
+                esr: 0,
+                far: 0,
+                hpfar: 0,
+            },
+        }
     }
 }
 

@@ -1,0 +1,228 @@
+//! Guests: the structures the host shares with EL2 for a VM and its vCPU, exit reasons, and
+//! the guest-side constants (memory layout of the test guest, its console).
+//!
+//! Every structure here is `#[repr(C)]` and lives in host memory shared with EL2 through
+//! `host_share_hyp`. The host may change it at any time: EL2 reads each field it needs **once**
+//! per use into its own memory and validates it there; fields with no validity constraint
+//! (general and FP/SIMD registers) are loaded straight into the CPU by the world switch.
+
+/// Most VMs alive at once.
+pub const MAX_VMS: usize = 8;
+
+/// Pages the host donates at VM init for the guest stage-2 (root and tables): enough for
+/// 512 shared pages inside one 2 MiB window with a 4-level table.
+pub const VM_MEMCACHE_PAGES: u64 = 8;
+
+/// Smallest and largest guest IPA sizes accepted in [`VmDesc::ipa_bits`].
+pub const MIN_IPA_BITS: u64 = 32;
+/// Largest guest IPA size (the host stage-2 size caps it further).
+pub const MAX_IPA_BITS: u64 = 48;
+
+/// `prot` of [`crate::HostHcall::HostShareGuest`]: readable.
+pub const PROT_R: u64 = 1 << 0;
+/// Writable.
+pub const PROT_W: u64 = 1 << 1;
+/// Executable.
+pub const PROT_X: u64 = 1 << 2;
+/// Everything.
+pub const PROT_RWX: u64 = PROT_R | PROT_W | PROT_X;
+
+/// The VM structure the host shares with EL2 at [`crate::HostHcall::VmInit`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VmDesc {
+    /// Guest IPA size in bits ([`MIN_IPA_BITS`]..=min([`MAX_IPA_BITS`], host PA bits)).
+    pub ipa_bits: u64,
+    /// Number of vCPUs (1).
+    pub nr_vcpus: u64,
+    /// Free for the host.
+    pub host_cookie: u64,
+    /// Reserved, zero.
+    pub reserved: u64,
+}
+
+/// Number of EL1 system registers in [`VcpuState::sys`].
+pub const NR_SYSREGS: usize = 24;
+
+/// Indices into [`VcpuState::sys`].
+pub mod sys {
+    /// `SCTLR_EL1`.
+    pub const SCTLR_EL1: usize = 0;
+    /// `CPACR_EL1`.
+    pub const CPACR_EL1: usize = 1;
+    /// `TTBR0_EL1`.
+    pub const TTBR0_EL1: usize = 2;
+    /// `TTBR1_EL1`.
+    pub const TTBR1_EL1: usize = 3;
+    /// `TCR_EL1`.
+    pub const TCR_EL1: usize = 4;
+    /// `ESR_EL1`.
+    pub const ESR_EL1: usize = 5;
+    /// `AFSR0_EL1`.
+    pub const AFSR0_EL1: usize = 6;
+    /// `AFSR1_EL1`.
+    pub const AFSR1_EL1: usize = 7;
+    /// `FAR_EL1`.
+    pub const FAR_EL1: usize = 8;
+    /// `MAIR_EL1`.
+    pub const MAIR_EL1: usize = 9;
+    /// `VBAR_EL1`.
+    pub const VBAR_EL1: usize = 10;
+    /// `CONTEXTIDR_EL1`.
+    pub const CONTEXTIDR_EL1: usize = 11;
+    /// `AMAIR_EL1`.
+    pub const AMAIR_EL1: usize = 12;
+    /// `CNTKCTL_EL1`.
+    pub const CNTKCTL_EL1: usize = 13;
+    /// `PAR_EL1`.
+    pub const PAR_EL1: usize = 14;
+    /// `TPIDR_EL1`.
+    pub const TPIDR_EL1: usize = 15;
+    /// `SP_EL1`.
+    pub const SP_EL1: usize = 16;
+    /// `ELR_EL1`.
+    pub const ELR_EL1: usize = 17;
+    /// `SPSR_EL1`.
+    pub const SPSR_EL1: usize = 18;
+    /// `SP_EL0`.
+    pub const SP_EL0: usize = 19;
+    /// `TPIDR_EL0`.
+    pub const TPIDR_EL0: usize = 20;
+    /// `TPIDRRO_EL0`.
+    pub const TPIDRRO_EL0: usize = 21;
+    /// `CNTV_CTL_EL0`.
+    pub const CNTV_CTL_EL0: usize = 22;
+    /// `CNTV_CVAL_EL0`.
+    pub const CNTV_CVAL_EL0: usize = 23;
+}
+
+/// `SCTLR_EL1` reset value for a guest: RES1 bits only (MMU and caches off).
+pub const SCTLR_EL1_RESET: u64 = 0x30d0_0800;
+
+/// PSTATE of a guest entering at EL1h with DAIF masked.
+pub const PSTATE_EL1H_DAIF: u64 = 0x3c5;
+/// PSTATE.M values EL2 accepts: EL0t, EL1t, EL1h (AArch64).
+pub const PSTATE_MODES: [u64; 3] = [0b0000, 0b0100, 0b0101];
+/// PSTATE bits EL2 accepts besides M: NZCV (31:28) and DAIF (9:6).
+pub const PSTATE_ALLOWED: u64 = (0xf << 28) | (0xf << 6) | 0xf;
+
+/// Exit reasons ([`VcpuExit::reason`], also returned in `x2` by `VcpuRun`).
+pub mod exit {
+    /// PSCI SYSTEM_OFF or SYSTEM_RESET: [`super::VcpuExit::code`] holds the PSCI function id.
+    pub const SYSTEM_EVENT: u64 = 1;
+    /// Any other guest HVC: the guest's `x0..x3` are in the vCPU registers; the host writes
+    /// the results into them before the next run.
+    pub const HYPERCALL: u64 = 2;
+    /// A stage-2 data abort outside guest memory with a valid syndrome: emulate it. For a
+    /// read, put the value in [`super::VcpuExit::mmio_data`]; EL2 writes it into the target
+    /// register and skips the instruction on the next run.
+    pub const MMIO: u64 = 3;
+    /// Any other exception the guest took to EL2 (stage-2 fault without a usable syndrome,
+    /// a trapped instruction, an SError): `esr`, `far`, `ipa` say what. The vCPU is not
+    /// advanced; running it again retakes the fault.
+    pub const FAULT: u64 = 4;
+    /// A physical interrupt arrived while the guest ran; run again.
+    pub const IRQ: u64 = 5;
+}
+
+/// How the last run ended; written by EL2 before `VcpuRun` returns.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VcpuExit {
+    /// One of [`exit`].
+    pub reason: u64,
+    /// `ESR_EL2` of the exit.
+    pub esr: u64,
+    /// `FAR_EL2` of the exit.
+    pub far: u64,
+    /// Faulting IPA (from `HPFAR_EL2` and `FAR_EL2`), for MMIO and stage-2 faults.
+    pub ipa: u64,
+    /// MMIO access size in bytes (1, 2, 4, 8).
+    pub mmio_size: u64,
+    /// 1 for an MMIO write, 0 for a read.
+    pub mmio_write: u64,
+    /// The written value (write), or the value the host supplies (read).
+    pub mmio_data: u64,
+    /// System event: the PSCI function id.
+    pub code: u64,
+}
+
+/// A vCPU's register state, shared by the host with EL2.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VcpuState {
+    /// `x0..=x30`.
+    pub regs: [u64; 31],
+    /// Program counter (IPA while the guest MMU is off).
+    pub pc: u64,
+    /// PSTATE (SPSR format). Validated on every entry: AArch64 EL0t/EL1t/EL1h, only NZCV,
+    /// DAIF and M set; anything else makes `VcpuRun` fail with `EINVAL`.
+    pub pstate: u64,
+    /// EL1 system registers, indexed by [`sys`].
+    pub sys: [u64; NR_SYSREGS],
+    /// The last exit.
+    pub exit: VcpuExit,
+}
+
+impl Default for VcpuState {
+    fn default() -> Self {
+        let mut sys = [0; NR_SYSREGS];
+        sys[sys::SCTLR_EL1] = SCTLR_EL1_RESET;
+        Self {
+            regs: [0; 31],
+            pc: 0,
+            pstate: PSTATE_EL1H_DAIF,
+            sys,
+            exit: VcpuExit::default(),
+        }
+    }
+}
+
+/// Byte offsets inside [`VcpuState`] (the world switch's assembly uses them).
+pub mod vcpu_off {
+    /// `regs`.
+    pub const REGS: usize = core::mem::offset_of!(super::VcpuState, regs);
+    /// `pc`.
+    pub const PC: usize = core::mem::offset_of!(super::VcpuState, pc);
+    /// `pstate`.
+    pub const PSTATE: usize = core::mem::offset_of!(super::VcpuState, pstate);
+    /// `sys`.
+    pub const SYS: usize = core::mem::offset_of!(super::VcpuState, sys);
+    /// `exit`.
+    pub const EXIT: usize = core::mem::offset_of!(super::VcpuState, exit);
+    /// `exit.reason`.
+    pub const EXIT_REASON: usize = EXIT;
+    /// `exit.mmio_data`.
+    pub const EXIT_MMIO_DATA: usize = EXIT + core::mem::offset_of!(super::VcpuExit, mmio_data);
+}
+
+/// A vCPU's FP/SIMD registers, shared by the host with EL2 (the world switch loads and saves
+/// them directly: no value is invalid).
+#[repr(C, align(16))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FpState {
+    /// `q0..=q31` as (low, high) halves.
+    pub v: [[u64; 2]; 32],
+    /// `FPSR`.
+    pub fpsr: u64,
+    /// `FPCR`.
+    pub fpcr: u64,
+}
+
+/// Size of [`FpState`].
+pub const FP_STATE_SIZE: usize = core::mem::size_of::<FpState>();
+
+const _: () = assert!(core::mem::size_of::<VmDesc>() == 32);
+const _: () = assert!(FP_STATE_SIZE == 528);
+const _: () = assert!(vcpu_off::PC == 0xf8 && vcpu_off::SYS == 0x108);
+
+/// Test-guest layout: guest RAM starts at this IPA; the image is linked there.
+pub const GUEST_RAM_IPA: u64 = 0x8000_0000;
+/// Test-guest RAM size in pages (image, data, stack).
+pub const GUEST_RAM_PAGES: u64 = 16;
+/// The emulated console: a byte written at this IPA is one character of output.
+pub const GUEST_CONSOLE_IPA: u64 = 0x0900_0000;
+/// A readable emulated register (the host answers with the guest's cycle number).
+pub const GUEST_ID_REG_IPA: u64 = 0x0900_0008;
+/// Guest → host "ping" hypercall id (answered by the host with `x1 + 1` in `x0`).
+pub const GUEST_HVC_PING: u64 = 0xC600_0100;

@@ -1,0 +1,678 @@
+//! Guests: VMs with an EL2-owned stage-2, their vCPU, sharing host pages into them, running
+//! the vCPU (through the platform's world switch) and teardown.
+//!
+//! # State
+//!
+//! - The host shares its `VmDesc`, `VcpuState` and `FpState` with EL2 (`host_share_hyp`,
+//!   refcounted, so structures of two guests may share a page); EL2 **pins** the pages covering
+//!   each structure while the VM exists, so the host cannot unshare them (`EBUSY`). Teardown
+//!   unpins; then the host unshares.
+//! - The guest stage-2 lives in pages the host donated at VM init (a small memcache, host →
+//!   hyp donation: host NOPAGE/annotated, hyp OWNED); EL2 builds a buddy pool over them. The
+//!   host never writes guest tables. Teardown frees the tables, zeroes the pages and gives them
+//!   back (hyp → host).
+//! - A host page shared into a guest is (host SHARED_OWNED, hyp NOPAGE) with share count 1 in
+//!   the vmemmap; the guest side (SHARED_BORROWED) is software bit 0 of the guest stage-2
+//!   leaf. Since hyp is NOPAGE, `host_share_hyp`/`host_unshare_hyp`/`host_donate_hyp`/pin of
+//!   such a page fail with `EPERM` (both sides checked).
+//! - VMID = slot + 1 (VMID 0 is the host); a slot is reused only after teardown invalidated
+//!   every TLB entry of its VMID.
+//!
+//! Lock order: host → hyp → vms.
+
+use pkvm_abi::guest::{
+    self as g, MAX_VMS, PSTATE_ALLOWED, PSTATE_MODES, VcpuExit, VmDesc, exit, vcpu_off,
+};
+use pkvm_abi::{Error, PAGE_SHIFT, PAGE_SIZE, psci};
+use pkvm_pgtable::{Config, MapFlags, PageTable, Prot, WalkFlags};
+
+use crate::mem_protect::{HYP_OWNER_ID, HostMmu, Hyp, HypMmu, table_pages_bound};
+use crate::mm::{Arch, pt_err};
+use crate::page_alloc::HypPool;
+use crate::platform::{GuestEntry, GuestExit, Platform};
+use crate::vmemmap::{HypPage, PageState};
+
+/// Software bit marking a guest stage-2 leaf as SHARED_BORROWED (the page belongs to the host).
+pub const GUEST_SHARED_BORROWED: Prot = Prot::SW0;
+
+/// Smallest and largest memcache (pages donated for the guest stage-2).
+const MEMCACHE_MIN: u64 = 2;
+const MEMCACHE_MAX: u64 = 64;
+
+/// An MMIO access waiting for the host's emulation: completed on the next entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct PendingMmio {
+    /// Target register of a read (31 = xzr), or `None` for a write.
+    read_reg: Option<u8>,
+    /// Access size in bytes.
+    size: u8,
+}
+
+#[derive(Debug)]
+struct Vcpu {
+    state_pa: u64,
+    fp_pa: u64,
+    /// Pinned pages of the state and FP structures.
+    pins: [(u64, u64); 2],
+    pending_mmio: Option<PendingMmio>,
+    running: bool,
+}
+
+struct Vm<'a, P: Platform> {
+    handle: u64,
+    vmid: u16,
+    ipa_bits: u32,
+    desc_pin: (u64, u64),
+    memcache: (u64, u64),
+    pgt: PageTable,
+    pool: HypPool<'a, P>,
+    vcpu: Option<Vcpu>,
+    /// Bounding IPA range `[lo, hi)` of everything ever shared into the guest: teardown walks
+    /// only this part of the stage-2.
+    shared_span: (u64, u64),
+}
+
+/// Every VM EL2 knows about.
+pub struct VmTable<'a, P: Platform> {
+    slots: [Option<Vm<'a, P>>; MAX_VMS],
+    generation: u64,
+}
+
+impl<P: Platform> core::fmt::Debug for VmTable<'_, P> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("VmTable")
+            .field("live", &self.slots.iter().filter(|s| s.is_some()).count())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<P: Platform> Default for VmTable<'_, P> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<'a, P: Platform> VmTable<'a, P> {
+    /// No VM.
+    #[must_use]
+    pub fn new() -> Self {
+        Self {
+            slots: [const { None }; MAX_VMS],
+            generation: 0,
+        }
+    }
+
+    fn get(&mut self, handle: u64) -> Result<&mut Vm<'a, P>, Error> {
+        let slot = (handle & 0xff).wrapping_sub(1) as usize;
+        match self.slots.get_mut(slot) {
+            Some(Some(vm)) if vm.handle == handle => Ok(vm),
+            _ => Err(Error::NoEnt),
+        }
+    }
+
+    /// Number of live VMs.
+    pub fn live(&self) -> u64 {
+        self.slots.iter().filter(|s| s.is_some()).count() as u64
+    }
+}
+
+/// The pfn range covering `[pa, pa + len)`.
+fn pfns_of(pa: u64, len: u64) -> Result<(u64, u64), Error> {
+    let end = pa.checked_add(len).ok_or(Error::Inval)?;
+    let first = pa >> PAGE_SHIFT;
+    Ok((first, ((end - 1) >> PAGE_SHIFT) - first + 1))
+}
+
+fn prot_from_abi(prot: u64) -> Result<Prot, Error> {
+    if prot == 0 || prot & !g::PROT_RWX != 0 {
+        return Err(Error::Inval);
+    }
+    let mut p = GUEST_SHARED_BORROWED;
+    if prot & g::PROT_R != 0 {
+        p |= Prot::R;
+    }
+    if prot & g::PROT_W != 0 {
+        p |= Prot::W;
+    }
+    if prot & g::PROT_X != 0 {
+        p |= Prot::X;
+    }
+    Ok(p)
+}
+
+/// Whether `pstate` is an AArch64 EL0t/EL1t/EL1h state with only NZCV, DAIF and M set.
+#[must_use]
+pub fn pstate_is_valid(pstate: u64) -> bool {
+    pstate & !PSTATE_ALLOWED == 0 && PSTATE_MODES.contains(&(pstate & 0xf))
+}
+
+const EC_HVC64: u64 = 0x16;
+const EC_SMC64: u64 = 0x17;
+const EC_DABT_LOW: u64 = 0x24;
+
+impl<'a, P: Platform> Hyp<'a, P> {
+    fn is_guest_shared(p: &HypPage) -> bool {
+        p.host_state() == PageState::SharedOwned
+            && p.hyp_state() == PageState::NoPage
+            && p.share_count() == 1
+    }
+
+    /// Pins `[pfn, pfn + nr)` (shared with EL2) with both locks held.
+    fn pin_locked(&self, pfn: u64, nr: u64) -> Result<(), Error> {
+        let pages = self.host_range(pfn, nr)?;
+        let mut saturated = false;
+        for p in pages {
+            if !Self::is_shared_with_hyp(p) {
+                return Err(Error::Perm);
+            }
+            saturated |= p.refcount() == crate::mem_protect::MAX_COUNT;
+        }
+        if saturated {
+            return Err(Error::Busy);
+        }
+        for p in pages {
+            p.set_refcount(p.refcount() + 1);
+        }
+        Ok(())
+    }
+
+    fn unpin_locked(&self, (pfn, nr): (u64, u64)) {
+        if let Ok(pages) = self.host_range(pfn, nr) {
+            for p in pages {
+                p.set_refcount(p.refcount().saturating_sub(1));
+            }
+        }
+    }
+
+    /// Host → hyp donation with both locks held (as `host_donate_hyp`).
+    fn donate_locked(
+        &self,
+        host: &mut HostMmu<'a, P>,
+        hyp: &mut HypMmu<'a, P>,
+        pfn: u64,
+        nr: u64,
+    ) -> Result<(), Error> {
+        let pages = self.host_range(pfn, nr)?;
+        for p in pages {
+            if (p.host_state(), p.hyp_state(), p.share_count(), p.refcount())
+                != (PageState::Owned, PageState::NoPage, 0, 0)
+            {
+                return Err(Error::Perm);
+            }
+        }
+        let (start, end) = (pfn << PAGE_SHIFT, (pfn + nr) << PAGE_SHIFT);
+        let bound = table_pages_bound(start, end);
+        if host.pool.free_pages() < bound || hyp.pool.free_pages() < bound {
+            return Err(Error::NoMem);
+        }
+        let r1 = {
+            let mm = &mut host.pool;
+            host.pgt
+                .set_owner(
+                    mm,
+                    &mut Arch(self.plat),
+                    start,
+                    end - start,
+                    u32::from(HYP_OWNER_ID),
+                )
+                .map_err(pt_err)
+        };
+        let r2 = self.hyp_map(hyp, start, end - start);
+        for p in pages {
+            p.set_host_state(PageState::NoPage);
+            p.set_hyp_state(PageState::Owned);
+        }
+        r1.and(r2).map_err(|e| self.commit_failed("vm donate", e))
+    }
+
+    /// Hyp → host return of donated pages (zeroed, vmemmap entries reset), both locks held.
+    fn return_locked(
+        &self,
+        host: &mut HostMmu<'a, P>,
+        hyp: &mut HypMmu<'a, P>,
+        (pfn, nr): (u64, u64),
+    ) -> Result<(), Error> {
+        let pages = self.host_range(pfn, nr)?;
+        let (start, size) = (pfn << PAGE_SHIFT, nr << PAGE_SHIFT);
+        self.plat.zero(start, size);
+        let r1 = self.hyp_unmap(hyp, start, size);
+        let r2 = {
+            let mm = &mut host.pool;
+            host.pgt
+                .unmap(mm, &mut Arch(self.plat), start, size)
+                .map(|_| ())
+                .map_err(pt_err)
+        };
+        for p in pages {
+            p.reset();
+        }
+        r1.and(r2)
+            .map_err(|e| self.commit_failed("vm memcache return", e))
+    }
+
+    /// `vm_init(desc_pa, memcache_pfn, memcache_nr) -> handle`.
+    ///
+    /// # Errors
+    /// `EINVAL` for a misaligned descriptor, a bad `ipa_bits`/`nr_vcpus` or memcache size;
+    /// `EPERM` if the descriptor is not shared with EL2 or the memcache pages are not the
+    /// host's alone; `ENOMEM` if every VM slot is in use; range errors as for sharing.
+    pub fn vm_init(&self, desc_pa: u64, mc_pfn: u64, mc_nr: u64) -> Result<u64, Error> {
+        if !desc_pa.is_multiple_of(8) || !(MEMCACHE_MIN..=MEMCACHE_MAX).contains(&mc_nr) {
+            return Err(Error::Inval);
+        }
+        let desc_pin = pfns_of(desc_pa, size_of::<VmDesc>() as u64)?;
+        let mut host = self.host.lock();
+        let mut hyp = self.hyp.lock();
+        let mut vms = self.vms.lock();
+        let slot = vms
+            .slots
+            .iter()
+            .position(Option::is_none)
+            .ok_or(Error::NoMem)?;
+        self.pin_locked(desc_pin.0, desc_pin.1)?;
+        // Pinned: read the descriptor once.
+        let ipa_bits = self.plat.read_u64(desc_pa);
+        let nr_vcpus = self.plat.read_u64(desc_pa + 8);
+        if !(g::MIN_IPA_BITS..=g::MAX_IPA_BITS.min(u64::from(self.pa_bits))).contains(&ipa_bits)
+            || nr_vcpus != 1
+        {
+            self.unpin_locked(desc_pin);
+            return Err(Error::Inval);
+        }
+        if let Err(e) = self.donate_locked(&mut host, &mut hyp, mc_pfn, mc_nr) {
+            self.unpin_locked(desc_pin);
+            return Err(e);
+        }
+        let vmid = slot as u16 + 1;
+        let built =
+            HypPool::new(&self.vmemmap, self.plat, mc_pfn, mc_nr, 0).and_then(|mut pool| {
+                PageTable::new(&mut pool, Config::stage2(vmid, self.pa_bits as u8))
+                    .map(|pgt| (pool, pgt))
+                    .map_err(pt_err)
+            });
+        let (pool, pgt) = match built {
+            Ok(b) => b,
+            Err(e) => {
+                let _ = self.return_locked(&mut host, &mut hyp, (mc_pfn, mc_nr));
+                self.unpin_locked(desc_pin);
+                return Err(self.commit_failed("vm init", e));
+            }
+        };
+        vms.generation = vms.generation.wrapping_add(1) & 0x00ff_ffff_ffff_ffff;
+        let handle = (vms.generation << 8) | (slot as u64 + 1);
+        vms.slots[slot] = Some(Vm {
+            handle,
+            vmid,
+            ipa_bits: ipa_bits as u32,
+            desc_pin,
+            memcache: (mc_pfn, mc_nr),
+            pgt,
+            pool,
+            vcpu: None,
+            shared_span: (u64::MAX, 0),
+        });
+        Ok(handle)
+    }
+
+    /// `vcpu_init(handle, state_pa, fp_pa)`.
+    ///
+    /// # Errors
+    /// `ENOENT` for an unknown handle; `EBUSY` if the VM has its vCPU already; `EINVAL` for
+    /// misaligned structures; `EPERM` if they are not shared with EL2.
+    pub fn vcpu_init(&self, handle: u64, state_pa: u64, fp_pa: u64) -> Result<(), Error> {
+        if !state_pa.is_multiple_of(8) || !fp_pa.is_multiple_of(16) {
+            return Err(Error::Inval);
+        }
+        let sp = pfns_of(state_pa, size_of::<g::VcpuState>() as u64)?;
+        let fp = pfns_of(fp_pa, g::FP_STATE_SIZE as u64)?;
+        let _host = self.host.lock();
+        let _hyp = self.hyp.lock();
+        let mut vms = self.vms.lock();
+        let vm = vms.get(handle)?;
+        if vm.vcpu.is_some() {
+            return Err(Error::Busy);
+        }
+        self.pin_locked(sp.0, sp.1)?;
+        if let Err(e) = self.pin_locked(fp.0, fp.1) {
+            self.unpin_locked(sp);
+            return Err(e);
+        }
+        vm.vcpu = Some(Vcpu {
+            state_pa,
+            fp_pa,
+            pins: [sp, fp],
+            pending_mmio: None,
+            running: false,
+        });
+        Ok(())
+    }
+
+    /// `host_share_guest(handle, pfn, gfn, nr, prot)`: maps host pages into the guest.
+    ///
+    /// # Errors
+    /// `ENOENT` unknown handle; `EINVAL`/`ERANGE` bad host range or bad `prot`; `ERANGE` if
+    /// the gfn range leaves the guest IPA space; `EPERM` unless every host page is the host's
+    /// alone and every gfn unmapped; `ENOMEM` if the memcache cannot hold the tables.
+    pub fn host_share_guest(
+        &self,
+        handle: u64,
+        pfn: u64,
+        gfn: u64,
+        nr: u64,
+        prot: u64,
+    ) -> Result<(), Error> {
+        let pages = self.host_range(pfn, nr)?;
+        let prot = prot_from_abi(prot)?;
+        let _host = self.host.lock();
+        let _hyp = self.hyp.lock();
+        let mut vms = self.vms.lock();
+        let vm = vms.get(handle)?;
+        let end_gfn = gfn.checked_add(nr).ok_or(Error::Range)?;
+        if end_gfn > 1u64 << (vm.ipa_bits - PAGE_SHIFT) {
+            return Err(Error::Range);
+        }
+        for p in pages {
+            if (p.host_state(), p.hyp_state(), p.share_count(), p.refcount())
+                != (PageState::Owned, PageState::NoPage, 0, 0)
+            {
+                return Err(Error::Perm);
+            }
+        }
+        let (ipa, size) = (gfn << PAGE_SHIFT, nr << PAGE_SHIFT);
+        let mut a = ipa;
+        while a < ipa + size {
+            match vm.pgt.get_leaf(&vm.pool, a) {
+                Ok((0, level)) => a = (a | (pkvm_pgtable::desc::granule(level) - 1)) + 1,
+                _ => return Err(Error::Perm),
+            }
+        }
+        if vm.pool.free_pages() < table_pages_bound(ipa, ipa + size) {
+            return Err(Error::NoMem);
+        }
+        let r = {
+            let mm = &mut vm.pool;
+            vm.pgt
+                .map(
+                    mm,
+                    &mut Arch(self.plat),
+                    ipa,
+                    size,
+                    pfn << PAGE_SHIFT,
+                    prot,
+                    MapFlags::FORCE_PAGES,
+                )
+                .map_err(pt_err)
+        };
+        for p in pages {
+            p.set_host_state(PageState::SharedOwned);
+            p.set_share_count(1);
+        }
+        vm.shared_span = (vm.shared_span.0.min(ipa), vm.shared_span.1.max(ipa + size));
+        r.map_err(|e| self.commit_failed("share guest", e))
+    }
+
+    /// `host_unshare_guest(handle, gfn, nr)`: unmaps pages shared into the guest (with TLB
+    /// invalidation for its VMID) and gives them back to the host alone.
+    ///
+    /// # Errors
+    /// `ENOENT` unknown handle; `EINVAL` zero pages; `ERANGE` outside the guest IPA space;
+    /// `EPERM` unless every gfn maps a page the host shared (both sides checked).
+    pub fn host_unshare_guest(&self, handle: u64, gfn: u64, nr: u64) -> Result<(), Error> {
+        if nr == 0 {
+            return Err(Error::Inval);
+        }
+        let _host = self.host.lock();
+        let _hyp = self.hyp.lock();
+        let mut vms = self.vms.lock();
+        let vm = vms.get(handle)?;
+        let end_gfn = gfn.checked_add(nr).ok_or(Error::Range)?;
+        if end_gfn > 1u64 << (vm.ipa_bits - PAGE_SHIFT) {
+            return Err(Error::Range);
+        }
+        let (ipa, size) = (gfn << PAGE_SHIFT, nr << PAGE_SHIFT);
+        for i in 0..nr {
+            let page = match vm.pgt.get_leaf(&vm.pool, ipa + (i << PAGE_SHIFT)) {
+                Ok((pte, 3)) if pte & 1 != 0 && pte & GUEST_SHARED_BORROWED.bits() != 0 => {
+                    self.vmemmap.page(pkvm_pgtable::desc::output_address(pte))
+                }
+                _ => None,
+            };
+            if !page.is_some_and(Self::is_guest_shared) {
+                return Err(Error::Perm);
+            }
+        }
+        for i in 0..nr {
+            if let Ok((pte, _)) = vm.pgt.get_leaf(&vm.pool, ipa + (i << PAGE_SHIFT))
+                && let Some(p) = self.vmemmap.page(pkvm_pgtable::desc::output_address(pte))
+            {
+                p.set_share_count(0);
+                p.set_host_state(PageState::Owned);
+            }
+        }
+        let mm = &mut vm.pool;
+        match vm.pgt.unmap(mm, &mut Arch(self.plat), ipa, size) {
+            Ok(n) if n == size => Ok(()),
+            r => Err(self.commit_failed("unshare guest", r)),
+        }
+    }
+
+    /// `vm_teardown(handle)`: unmaps every guest page (back to the host alone), frees the guest
+    /// stage-2, invalidates the VMID, returns the memcache zeroed and unpins the VM and vCPU
+    /// structures.
+    ///
+    /// # Errors
+    /// `ENOENT` unknown handle (teardown twice); `EBUSY` while the vCPU runs.
+    pub fn vm_teardown(&self, handle: u64) -> Result<(), Error> {
+        let mut host = self.host.lock();
+        let mut hyp = self.hyp.lock();
+        let mut vms = self.vms.lock();
+        let vm = vms.get(handle)?;
+        if vm.vcpu.as_ref().is_some_and(|v| v.running) {
+            return Err(Error::Busy);
+        }
+        let slot = (handle & 0xff) as usize - 1;
+        let Some(vm) = vms.slots[slot].take() else {
+            return Err(Error::NoEnt);
+        };
+        // Every page still shared into the guest goes back to the host alone. Only the span
+        // ever shared is walked.
+        let mut bad = 0u64;
+        let (lo, hi) = vm.shared_span;
+        let vmemmap = &self.vmemmap;
+        if lo < hi {
+            let _ = vm.pgt.walk(&vm.pool, lo, hi - lo, WalkFlags::LEAF, |v| {
+                if v.pte & 1 != 0 {
+                    let pa = pkvm_pgtable::desc::output_address(v.pte);
+                    for off in (0..v.granule()).step_by(PAGE_SIZE as usize) {
+                        match vmemmap.page(pa + off) {
+                            Some(p) if Self::is_guest_shared(p) => {
+                                p.set_share_count(0);
+                                p.set_host_state(PageState::Owned);
+                            }
+                            _ => bad += 1,
+                        }
+                    }
+                }
+                Ok::<(), pkvm_pgtable::Error>(())
+            });
+        }
+        // The stage-2 tables live in the memcache alone: rather than freeing them one by one,
+        // the whole memcache is zeroed and returned below, and the pool is dropped. The VMID may
+        // be reused (and the memcache pages handed back) only once no TLB entry of it survives.
+        self.plat.dsb_ishst();
+        self.plat.tlbi_vmid(vm.vmid);
+        self.plat.dsb_ish();
+        self.plat.isb();
+        let r = self.return_locked(&mut host, &mut hyp, vm.memcache);
+        self.unpin_locked(vm.desc_pin);
+        if let Some(v) = &vm.vcpu {
+            for &pin in &v.pins {
+                self.unpin_locked(pin);
+            }
+        }
+        if bad != 0 {
+            return Err(self.commit_failed("vm teardown", bad));
+        }
+        r
+    }
+
+    /// `vcpu_run(handle) -> exit reason`: validates the vCPU's PSTATE (read once), completes
+    /// a pending MMIO access, runs the guest through the platform's world switch and decodes
+    /// the exit into the vCPU structure's `exit`.
+    ///
+    /// # Errors
+    /// `ENOENT` unknown handle or no vCPU; `EBUSY` if it is already running; `EINVAL` for an
+    /// invalid PSTATE (nothing runs).
+    pub fn vcpu_run(&self, handle: u64) -> Result<u64, Error> {
+        let (entry, vmid_pgt) = {
+            let mut vms = self.vms.lock();
+            let vm = vms.get(handle)?;
+            let vttbr = vm.pgt.root() | (u64::from(vm.vmid) << 48);
+            let vcpu = vm.vcpu.as_mut().ok_or(Error::NoEnt)?;
+            if vcpu.running {
+                return Err(Error::Busy);
+            }
+            let st = vcpu.state_pa;
+            // Read once, validate the private copies.
+            let pstate = self.plat.read_u64(st + vcpu_off::PSTATE as u64);
+            let mut pc = self.plat.read_u64(st + vcpu_off::PC as u64);
+            if !pstate_is_valid(pstate) {
+                return Err(Error::Inval);
+            }
+            if let Some(m) = vcpu.pending_mmio.take() {
+                pc = pc.wrapping_add(4);
+                if let Some(r) = m.read_reg
+                    && r < 31
+                {
+                    let data = self.plat.read_u64(st + vcpu_off::EXIT_MMIO_DATA as u64);
+                    let mask = if m.size >= 8 {
+                        u64::MAX
+                    } else {
+                        (1u64 << (8 * u32::from(m.size))) - 1
+                    };
+                    self.plat
+                        .write_u64(st + vcpu_off::REGS as u64 + 8 * u64::from(r), data & mask);
+                }
+            }
+            vcpu.running = true;
+            (
+                GuestEntry {
+                    vcpu_pa: st,
+                    fp_pa: vcpu.fp_pa,
+                    pc,
+                    pstate,
+                    vttbr,
+                },
+                vttbr,
+            )
+        };
+        let _ = vmid_pgt;
+        let ex = self.plat.run_guest(&entry);
+        let (reason, pending) = self.decode_exit(&entry, &ex);
+        let mut vms = self.vms.lock();
+        if let Ok(vm) = vms.get(handle)
+            && let Some(v) = vm.vcpu.as_mut()
+        {
+            v.running = false;
+            v.pending_mmio = pending;
+        }
+        Ok(reason)
+    }
+
+    /// Turns an exit into the vCPU structure's `exit` and a reason.
+    fn decode_exit(&self, e: &GuestEntry, ex: &GuestExit) -> (u64, Option<PendingMmio>) {
+        let st = e.vcpu_pa;
+        let mut out = VcpuExit {
+            esr: ex.esr,
+            far: ex.far,
+            ipa: ((ex.hpfar >> 4) << PAGE_SHIFT) | (ex.far & (PAGE_SIZE - 1)),
+            ..VcpuExit::default()
+        };
+        let mut pending = None;
+        let ec = ex.esr >> 26;
+        out.reason = match (ex.vector, ec) {
+            (1 | 2, _) => exit::IRQ,
+            (0, EC_HVC64 | EC_SMC64) => {
+                if ec == EC_SMC64 {
+                    // A trapped SMC reports its own address.
+                    let pc = self.plat.read_u64(st + vcpu_off::PC as u64);
+                    self.plat
+                        .write_u64(st + vcpu_off::PC as u64, pc.wrapping_add(4));
+                }
+                let x0 = self.plat.read_u64(st + vcpu_off::REGS as u64) as u32;
+                if x0 == psci::SYSTEM_OFF || x0 == psci::SYSTEM_RESET {
+                    out.code = u64::from(x0);
+                    exit::SYSTEM_EVENT
+                } else {
+                    exit::HYPERCALL
+                }
+            }
+            (0, EC_DABT_LOW) if ex.esr & (1 << 24) != 0 && (ex.esr & 0x3f) >> 2 == 1 => {
+                // Translation fault with a valid syndrome: MMIO.
+                let size = 1u8 << ((ex.esr >> 22) & 3);
+                let srt = ((ex.esr >> 16) & 0x1f) as u8;
+                let write = ex.esr & (1 << 6) != 0;
+                out.mmio_size = u64::from(size);
+                out.mmio_write = u64::from(write);
+                if write {
+                    let v = if srt == 31 {
+                        0
+                    } else {
+                        self.plat
+                            .read_u64(st + vcpu_off::REGS as u64 + 8 * u64::from(srt))
+                    };
+                    out.mmio_data = if size >= 8 {
+                        v
+                    } else {
+                        v & ((1u64 << (8 * u32::from(size))) - 1)
+                    };
+                }
+                pending = Some(PendingMmio {
+                    read_reg: (!write).then_some(srt),
+                    size,
+                });
+                exit::MMIO
+            }
+            _ => exit::FAULT,
+        };
+        let base = st + vcpu_off::EXIT as u64;
+        let words = [
+            out.reason,
+            out.esr,
+            out.far,
+            out.ipa,
+            out.mmio_size,
+            out.mmio_write,
+            out.mmio_data,
+            out.code,
+        ];
+        for (i, w) in words.iter().enumerate() {
+            self.plat.write_u64(base + 8 * i as u64, *w);
+        }
+        (out.reason, pending)
+    }
+
+    /// Number of live VMs.
+    pub fn live_vms(&self) -> u64 {
+        self.vms.lock().live()
+    }
+
+    /// Pages donated to EL2 outside its own memory.
+    pub fn donated_pages(&self) -> u64 {
+        let mut n = 0;
+        for r in self.map.regions() {
+            if let Some(pages) = self.vmemmap.slice(r.base_pfn(), r.nr_pages()) {
+                for (i, p) in pages.iter().enumerate() {
+                    let pa = (r.base_pfn() + i as u64) << PAGE_SHIFT;
+                    if p.host_state() == PageState::NoPage
+                        && p.hyp_state() == PageState::Owned
+                        && !self.is_hyp_memory(pa)
+                    {
+                        n += 1;
+                    }
+                }
+            }
+        }
+        n
+    }
+}

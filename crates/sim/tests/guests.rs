@@ -1,0 +1,426 @@
+//! Guests in the simulator: VM init, vCPU init, share/unshare into the guest, run (with a
+//! scripted guest: the world switch itself is EL2-only), teardown, and the bad inputs; after
+//! every test the machine must be back at its boot state (nothing leaked).
+
+use pkvm_abi::guest::{
+    self as g, FpState, PSTATE_EL1H_DAIF, VcpuState, VmDesc, exit, sys, vcpu_off,
+};
+use pkvm_abi::{Error, HostHcall, PAGE_SHIFT, PAGE_SIZE, Stat, psci};
+use pkvm_hyp::platform::PhysMem;
+use pkvm_sim::platform::SimGuestAction;
+use pkvm_sim::{Machine, SimConfig, with_machine};
+
+struct Host {
+    base: u64,
+}
+
+/// Page `i` of the host's test memory.
+impl Host {
+    fn page(&self, i: u64) -> u64 {
+        self.base + i * PAGE_SIZE
+    }
+    fn pfn(&self, i: u64) -> u64 {
+        self.page(i) >> PAGE_SHIFT
+    }
+}
+
+fn stats(m: &Machine<'_>) -> [u64; 6] {
+    [
+        m.hyp.stat(Stat::HypMappedHostPages),
+        m.hyp.stat(Stat::PoolFreePages),
+        m.hyp.stat(Stat::SharedPages),
+        m.hyp.stat(Stat::DonatedPages),
+        m.hyp.stat(Stat::GuestSharedPages),
+        m.hyp.stat(Stat::LiveVms) + m.hyp.stat(Stat::PinnedPages),
+    ]
+}
+
+/// A VM with its structures at `desc_pa`/`vcpu_pa`/`fp_pa` (shared with EL2 first).
+fn create(m: &Machine<'_>, h: &Host, desc_pa: u64, vcpu_pa: u64, fp_pa: u64, mc: u64) -> u64 {
+    m.plat.write_u64(desc_pa, 32);
+    m.plat.write_u64(desc_pa + 8, 1);
+    let st = VcpuState::default();
+    m.plat
+        .write_u64(vcpu_pa + vcpu_off::PSTATE as u64, st.pstate);
+    m.plat
+        .write_u64(vcpu_pa + vcpu_off::PC as u64, g::GUEST_RAM_IPA);
+    m.plat.write_u64(
+        vcpu_pa + (vcpu_off::SYS + 8 * sys::SCTLR_EL1) as u64,
+        st.sys[0],
+    );
+    for (pa, len) in [
+        (desc_pa, 32),
+        (vcpu_pa, size_of::<VcpuState>() as u64),
+        (fp_pa, 528),
+    ] {
+        let (first, last) = (pa >> PAGE_SHIFT, (pa + len - 1) >> PAGE_SHIFT);
+        m.call(HostHcall::HostShareHyp, &[first, last - first + 1])
+            .unwrap();
+    }
+    let r = m.hvc(
+        HostHcall::VmInit,
+        &[desc_pa, h.pfn(mc), g::VM_MEMCACHE_PAGES],
+    );
+    assert_eq!(r[1], 0, "vm_init");
+    let handle = r[2];
+    m.call(HostHcall::VcpuInit, &[handle, vcpu_pa, fp_pa])
+        .unwrap();
+    handle
+}
+
+fn destroy(m: &Machine<'_>, handle: u64, structs: &[u64]) {
+    m.call(HostHcall::VmTeardown, &[handle]).unwrap();
+    for pa in structs {
+        m.call(HostHcall::HostUnshareHyp, &[pa >> PAGE_SHIFT, 1])
+            .unwrap();
+    }
+}
+
+fn run(m: &Machine<'_>, handle: u64) -> Result<u64, Error> {
+    let r = m.hvc(HostHcall::VcpuRun, &[handle]);
+    pkvm_abi::decode_result(r[1]).map(|()| r[2])
+}
+
+fn machine(f: impl FnOnce(&Machine<'_>, &Host)) {
+    with_machine(&SimConfig::small(), |m| {
+        let h = Host {
+            base: m.config().ram[0].0 + 0x10_0000,
+        };
+        let before = stats(m);
+        f(m, &h);
+        assert_eq!(
+            stats(m),
+            before,
+            "leak: [hyp-mapped, pool free, shared, donated, guest-shared, vms+pins]"
+        );
+        m.check_invariants().unwrap();
+    });
+}
+
+#[test]
+fn lifecycle_runs_to_power_off_and_leaks_nothing() {
+    machine(|m, h| {
+        // Two guests' structures in the same pages (refcount path).
+        let (desc, vcpu, fp) = (h.page(0), h.page(1), h.page(2));
+        let a = create(m, h, desc, vcpu, fp, 16);
+        let b = create(m, h, desc + 64, vcpu + 0x400, fp + 0x400, 32);
+        assert_eq!(m.hyp.stat(Stat::LiveVms), 2);
+        // Both share the pages: the page counts are 2.
+        assert_eq!(m.hyp.vmemmap().page(desc).unwrap().share_count(), 2);
+        m.call(
+            HostHcall::HostShareGuest,
+            &[
+                a,
+                h.pfn(100),
+                g::GUEST_RAM_IPA >> PAGE_SHIFT,
+                16,
+                g::PROT_RWX,
+            ],
+        )
+        .unwrap();
+        m.call(
+            HostHcall::HostShareGuest,
+            &[
+                b,
+                h.pfn(200),
+                g::GUEST_RAM_IPA >> PAGE_SHIFT,
+                16,
+                g::PROT_RWX,
+            ],
+        )
+        .unwrap();
+        assert_eq!(m.hyp.stat(Stat::GuestSharedPages), 32);
+
+        m.plat.guest_script.lock().unwrap().extend([
+            SimGuestAction::MmioWrite {
+                ipa: g::GUEST_CONSOLE_IPA,
+                size: 1,
+                reg: 3,
+                value: 0x141,
+            },
+            SimGuestAction::MmioRead {
+                ipa: g::GUEST_ID_REG_IPA,
+                size: 4,
+                reg: 5,
+            },
+            SimGuestAction::Hvc(g::GUEST_HVC_PING, 7),
+            SimGuestAction::Irq,
+        ]);
+        let pc0 = g::GUEST_RAM_IPA;
+        assert_eq!(run(m, a), Ok(exit::MMIO));
+        assert_eq!(
+            m.plat.read_u64(vcpu + (vcpu_off::EXIT + 48) as u64),
+            0x41,
+            "write data, 1 byte"
+        );
+        assert_eq!(run(m, a), Ok(exit::MMIO));
+        // The host answers the read; the next entry writes x5 and skips the load.
+        m.plat
+            .write_u64(vcpu + vcpu_off::EXIT_MMIO_DATA as u64, 0x1_2345_6789);
+        assert_eq!(run(m, a), Ok(exit::HYPERCALL));
+        assert_eq!(
+            m.plat.read_u64(vcpu + (vcpu_off::REGS + 5 * 8) as u64),
+            0x2345_6789
+        );
+        let entries = m.plat.guest_entries.lock().unwrap().clone();
+        assert_eq!(entries[0].pc, pc0);
+        assert_eq!(entries[1].pc, pc0 + 4, "MMIO write skipped");
+        assert_eq!(entries[2].pc, pc0 + 8, "MMIO read skipped");
+        assert_eq!(entries[0].vttbr >> 48, 1, "VMID of the first slot");
+        assert_eq!(run(m, a), Ok(exit::IRQ));
+        assert_eq!(run(m, a), Ok(exit::SYSTEM_EVENT));
+        assert_eq!(
+            m.plat.read_u64(vcpu + (vcpu_off::EXIT + 56) as u64),
+            u64::from(psci::SYSTEM_OFF)
+        );
+        assert_eq!(run(m, b), Ok(exit::SYSTEM_EVENT));
+
+        // While the VMs live their structures are pinned.
+        assert_eq!(
+            m.call(HostHcall::HostUnshareHyp, &[vcpu >> PAGE_SHIFT, 1]),
+            Err(Error::Busy)
+        );
+        m.call(
+            HostHcall::HostUnshareGuest,
+            &[a, g::GUEST_RAM_IPA >> PAGE_SHIFT, 4],
+        )
+        .unwrap();
+        m.call(HostHcall::VmTeardown, &[a]).unwrap();
+        assert_eq!(m.hyp.stat(Stat::LiveVms), 1);
+        // Teardown twice, run after teardown.
+        assert_eq!(m.call(HostHcall::VmTeardown, &[a]), Err(Error::NoEnt));
+        assert_eq!(run(m, a), Err(Error::NoEnt));
+        // The first teardown unpinned a's structures; b still pins the shared pages.
+        assert_eq!(
+            m.call(HostHcall::HostUnshareHyp, &[vcpu >> PAGE_SHIFT, 1]),
+            Err(Error::Busy)
+        );
+        destroy(m, b, &[desc, vcpu, fp]);
+        for pa in [desc, vcpu, fp] {
+            m.call(HostHcall::HostUnshareHyp, &[pa >> PAGE_SHIFT, 1])
+                .unwrap();
+        }
+        // A new VM reuses slot 1 with a new handle; the old handle stays dead.
+        let c = create(m, h, desc, vcpu, fp, 16);
+        assert_ne!(c, a);
+        assert_eq!(run(m, a), Err(Error::NoEnt));
+        destroy(m, c, &[desc, vcpu, fp]);
+        m.check_invariants().unwrap();
+    });
+}
+
+#[test]
+fn bad_inputs() {
+    machine(|m, h| {
+        let (desc, vcpu, fp) = (h.page(0), h.page(1), h.page(2));
+        // VM descriptor not shared.
+        assert_eq!(
+            m.hvc(HostHcall::VmInit, &[desc, h.pfn(16), 8])[1],
+            Error::Perm.errno() as u64
+        );
+        let a = create(m, h, desc, vcpu, fp, 16);
+        let gfn = g::GUEST_RAM_IPA >> PAGE_SHIFT;
+        // Run on a vCPU that is not there: unknown handle.
+        assert_eq!(run(m, a + 1), Err(Error::NoEnt));
+        // Share a page the host does not own: the memcache (donated), EL2's own memory, a page
+        // shared with EL2.
+        assert_eq!(
+            m.call(
+                HostHcall::HostShareGuest,
+                &[a, h.pfn(16), gfn, 1, g::PROT_RWX]
+            ),
+            Err(Error::Perm)
+        );
+        let co = m.carveout.0 >> PAGE_SHIFT;
+        assert_eq!(
+            m.call(HostHcall::HostShareGuest, &[a, co, gfn, 1, g::PROT_RWX]),
+            Err(Error::Perm)
+        );
+        assert_eq!(
+            m.call(
+                HostHcall::HostShareGuest,
+                &[a, h.pfn(1), gfn, 1, g::PROT_RWX]
+            ),
+            Err(Error::Perm)
+        );
+        // gfn beyond the guest IPA space (32 bits).
+        assert_eq!(
+            m.call(
+                HostHcall::HostShareGuest,
+                &[a, h.pfn(100), 1 << 20, 1, g::PROT_RWX]
+            ),
+            Err(Error::Range)
+        );
+        assert_eq!(
+            m.call(
+                HostHcall::HostShareGuest,
+                &[a, h.pfn(100), (1 << 20) - 1, 2, g::PROT_RWX]
+            ),
+            Err(Error::Range)
+        );
+        assert_eq!(
+            m.call(HostHcall::HostShareGuest, &[a, h.pfn(100), gfn, 1, 0]),
+            Err(Error::Inval)
+        );
+        // A page shared into the guest is not shared with EL2: share_hyp/unshare_hyp/pin EPERM.
+        m.call(
+            HostHcall::HostShareGuest,
+            &[a, h.pfn(100), gfn, 2, g::PROT_RWX],
+        )
+        .unwrap();
+        assert_eq!(
+            m.call(
+                HostHcall::HostShareGuest,
+                &[a, h.pfn(100), gfn + 4, 1, g::PROT_RWX]
+            ),
+            Err(Error::Perm)
+        );
+        assert_eq!(
+            m.call(
+                HostHcall::HostShareGuest,
+                &[a, h.pfn(110), gfn + 1, 1, g::PROT_RWX]
+            ),
+            Err(Error::Perm),
+            "gfn in use"
+        );
+        assert_eq!(
+            m.call(HostHcall::HostShareHyp, &[h.pfn(100), 1]),
+            Err(Error::Perm)
+        );
+        assert_eq!(
+            m.call(HostHcall::HostUnshareHyp, &[h.pfn(100), 1]),
+            Err(Error::Perm)
+        );
+        assert_eq!(
+            m.call(HostHcall::HostDonateHyp, &[h.pfn(100), 1]),
+            Err(Error::Perm)
+        );
+        assert_eq!(
+            m.call(HostHcall::DebugPin, &[h.pfn(100), 1]),
+            Err(Error::Perm)
+        );
+        // Unshare of gfns not shared.
+        assert_eq!(
+            m.call(HostHcall::HostUnshareGuest, &[a, gfn + 1, 2]),
+            Err(Error::Perm)
+        );
+        // Corrupted PSTATE: AArch32, EL2h, a stray bit; nothing runs.
+        let ps = vcpu + vcpu_off::PSTATE as u64;
+        for bad in [0x10, 0x9, 0x3c5 | 1 << 20, 0x3c8, 0x1] {
+            m.plat.write_u64(ps, bad);
+            assert_eq!(run(m, a), Err(Error::Inval), "pstate {bad:#x}");
+        }
+        assert!(m.plat.guest_entries.lock().unwrap().is_empty());
+        m.plat.write_u64(ps, PSTATE_EL1H_DAIF);
+        // Unshare of the vCPU structure while the VM lives: EBUSY.
+        assert_eq!(
+            m.call(HostHcall::HostUnshareHyp, &[vcpu >> PAGE_SHIFT, 1]),
+            Err(Error::Busy)
+        );
+        // A second vCPU.
+        assert_eq!(
+            m.call(HostHcall::VcpuInit, &[a, vcpu + 0x800, fp]),
+            Err(Error::Busy)
+        );
+        // A guest fault and a trapped instruction come back as FAULT exits.
+        m.plat.guest_script.lock().unwrap().extend([
+            SimGuestAction::Sync(0x18 << 26 | 1 << 25),
+            SimGuestAction::Sync(0x24 << 26 | 0x10),
+        ]);
+        assert_eq!(run(m, a), Ok(exit::FAULT));
+        assert_eq!(run(m, a), Ok(exit::FAULT));
+        assert_eq!(run(m, a), Ok(exit::SYSTEM_EVENT));
+        destroy(m, a, &[desc, vcpu, fp]);
+        // Run on a since-unshared vCPU structure / after teardown.
+        assert_eq!(run(m, a), Err(Error::NoEnt));
+        // A VM without a vCPU cannot run; bad descriptor fields are refused.
+        m.call(HostHcall::HostShareHyp, &[desc >> PAGE_SHIFT, 1])
+            .unwrap();
+        m.plat.write_u64(desc, 32);
+        m.plat.write_u64(desc + 8, 1);
+        let r = m.hvc(HostHcall::VmInit, &[desc, h.pfn(16), 8]);
+        assert_eq!(r[1], 0);
+        assert_eq!(run(m, r[2]), Err(Error::NoEnt));
+        // vCPU structure not shared.
+        assert_eq!(
+            m.call(HostHcall::VcpuInit, &[r[2], vcpu, fp]),
+            Err(Error::Perm)
+        );
+        m.call(HostHcall::VmTeardown, &[r[2]]).unwrap();
+        m.plat.write_u64(desc, 60);
+        assert_eq!(
+            m.hvc(HostHcall::VmInit, &[desc + 32, h.pfn(16), 8])[1],
+            Error::Inval.errno() as u64
+        );
+        m.plat.write_u64(desc + 32, 32);
+        m.plat.write_u64(desc + 40, 2);
+        assert_eq!(
+            m.hvc(HostHcall::VmInit, &[desc + 32, h.pfn(16), 8])[1],
+            Error::Inval.errno() as u64
+        );
+        assert_eq!(
+            m.hvc(HostHcall::VmInit, &[desc, h.pfn(16), 1])[1],
+            Error::Inval.errno() as u64
+        );
+        m.call(HostHcall::HostUnshareHyp, &[desc >> PAGE_SHIFT, 1])
+            .unwrap();
+        let _ = FpState::default();
+        let _ = VmDesc::default();
+    });
+}
+
+#[test]
+fn eight_vms_then_enomem() {
+    machine(|m, h| {
+        let mut vms = Vec::new();
+        for i in 0..g::MAX_VMS as u64 {
+            vms.push(create(
+                m,
+                h,
+                h.page(0) + 64 * i,
+                h.page(1) + 0x210 * i,
+                h.page(3) + 0x240 * i,
+                16 + 8 * i,
+            ));
+        }
+        // Structures of 8 guests share a page: count 8.
+        assert_eq!(m.hyp.vmemmap().page(h.page(0)).unwrap().share_count(), 8);
+        m.call(HostHcall::HostShareHyp, &[h.pfn(10), 1]).unwrap();
+        m.plat.write_u64(h.page(10), 32);
+        m.plat.write_u64(h.page(10) + 8, 1);
+        assert_eq!(
+            m.hvc(HostHcall::VmInit, &[h.page(10), h.pfn(100), 8])[1],
+            Error::NoMem.errno() as u64
+        );
+        m.call(HostHcall::HostUnshareHyp, &[h.pfn(10), 1]).unwrap();
+        for (i, v) in vms.iter().enumerate() {
+            m.call(
+                HostHcall::HostShareGuest,
+                &[
+                    *v,
+                    h.pfn(200 + 16 * i as u64),
+                    g::GUEST_RAM_IPA >> PAGE_SHIFT,
+                    16,
+                    g::PROT_RWX,
+                ],
+            )
+            .unwrap();
+            assert_eq!(run(m, *v), Ok(exit::SYSTEM_EVENT));
+        }
+        let vmids: Vec<u64> = m
+            .plat
+            .guest_entries
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|e| e.vttbr >> 48)
+            .collect();
+        assert_eq!(vmids, (1..=8).collect::<Vec<_>>());
+        for v in vms.iter().rev() {
+            m.call(HostHcall::VmTeardown, &[*v]).unwrap();
+        }
+        for i in 0..6 {
+            while m.call(HostHcall::HostUnshareHyp, &[h.pfn(i), 1]).is_ok() {}
+        }
+    });
+}

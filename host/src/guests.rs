@@ -1,0 +1,726 @@
+//! Guests from the host's side: the VM lifecycle API (create, load image, add vCPU, run until
+//! exit, destroy) over the VM hypercalls, and the `guests` scenario — the seed's "spawn and
+//! power off a guest" test at scale, with a leak report.
+//!
+//! # Where the structures live
+//!
+//! The VM descriptor, vCPU state and FP/SIMD area of **two** guests share one page
+//! ([`PairPage`]), on purpose: each structure is shared with EL2 by `share_hyp(&obj)` (the
+//! seed's refcounted share), so a page's count goes up to 6 while both guests live, and the
+//! page leaves EL2's stage-1 only when the last structure on it is unshared. EL2 pins each
+//! structure while the VM exists (unshare → `EBUSY`); teardown unpins, then the host unshares.
+//!
+//! Guest RAM ([`GUEST_RAM_PAGES`] pages) and the stage-2 memcache ([`VM_MEMCACHE_PAGES`]
+//! pages) of each slot are allocated once and reused: teardown gives both back to the host.
+
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use crate::checks::Checks;
+use crate::env::Env;
+use crate::hvc::hvc;
+use crate::pkvm::{self, HcallError};
+use pkvm_abi::guest::{
+    FpState, GUEST_CONSOLE_IPA, GUEST_HVC_PING, GUEST_ID_REG_IPA, GUEST_RAM_IPA, GUEST_RAM_PAGES,
+    PROT_RWX, PSTATE_EL1H_DAIF, VM_MEMCACHE_PAGES, VcpuState, VmDesc, exit,
+};
+use pkvm_abi::{
+    Error, HostHcall, PAGE_SHIFT, PAGE_SIZE, SMCCC_SUCCESS, Stat, decode_result, hvc_fid, psci,
+};
+
+/// The guest image `xtask` built (`guest/`), embedded by `host/build.rs`.
+static GUEST_IMAGE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/guest.bin"));
+
+/// Guests alive at once in the concurrent part of the run.
+pub const SLOTS: usize = 4;
+/// Default number of lifecycles (`pkvm.guests=N` overrides).
+pub const DEFAULT_CYCLES: u64 = 1000;
+/// Pings each guest makes (hypercall exits with FP state checked across them).
+const PINGS: u64 = 2;
+
+static CYCLES: AtomicU64 = AtomicU64::new(DEFAULT_CYCLES);
+
+/// Sets the number of lifecycles (`pkvm.guests=N`).
+pub fn set_cycles(n: u64) {
+    CYCLES.store(n, Ordering::Relaxed);
+}
+
+/// The structures of two guests, in one page.
+#[repr(C, align(4096))]
+pub struct PairPage {
+    vcpu: [VcpuState; 2],
+    fp: [FpState; 2],
+    desc: [VmDesc; 2],
+}
+
+const _: () = assert!(size_of::<PairPage>() == PAGE_SIZE as usize);
+
+/// Zero-initialised in `.bss`; only reached through raw pointers.
+static mut PAIRS: [PairPage; SLOTS / 2] = [const {
+    PairPage {
+        vcpu: [VcpuState {
+            regs: [0; 31],
+            pc: 0,
+            pstate: 0,
+            sys: [0; pkvm_abi::guest::NR_SYSREGS],
+            exit: pkvm_abi::guest::VcpuExit {
+                reason: 0,
+                esr: 0,
+                far: 0,
+                ipa: 0,
+                mmio_size: 0,
+                mmio_write: 0,
+                mmio_data: 0,
+                code: 0,
+            },
+        }; 2],
+        fp: [FpState {
+            v: [[0; 2]; 32],
+            fpsr: 0,
+            fpcr: 0,
+        }; 2],
+        desc: [VmDesc {
+            ipa_bits: 0,
+            nr_vcpus: 0,
+            host_cookie: 0,
+            reserved: 0,
+        }; 2],
+    }
+}; SLOTS / 2];
+
+fn desc_ptr(slot: usize) -> *mut VmDesc {
+    // SAFETY: only the address is computed; `slot < SLOTS`.
+    unsafe { &raw mut PAIRS[slot / 2].desc[slot % 2] }
+}
+fn vcpu_ptr(slot: usize) -> *mut VcpuState {
+    // SAFETY: as above.
+    unsafe { &raw mut PAIRS[slot / 2].vcpu[slot % 2] }
+}
+fn fp_ptr(slot: usize) -> *mut FpState {
+    // SAFETY: as above.
+    unsafe { &raw mut PAIRS[slot / 2].fp[slot % 2] }
+}
+
+/// Memory of one guest slot, allocated once.
+#[derive(Clone, Copy, Debug)]
+pub struct SlotMem {
+    /// First pfn of the guest's RAM.
+    pub ram_pfn: u64,
+    /// First pfn of the memcache.
+    pub memcache_pfn: u64,
+}
+
+impl SlotMem {
+    /// Allocates a slot's RAM and memcache from the host's free memory.
+    pub fn alloc(env: &mut Env) -> Self {
+        SlotMem {
+            ram_pfn: env.pages(GUEST_RAM_PAGES, PAGE_SIZE) >> PAGE_SHIFT,
+            memcache_pfn: env.pages(VM_MEMCACHE_PAGES, PAGE_SIZE) >> PAGE_SHIFT,
+        }
+    }
+}
+
+/// A hypercall with up to five arguments: `Ok(x2)`.
+fn call5(id: HostHcall, a: [u64; 5]) -> Result<u64, HcallError> {
+    let [x0, x1, x2, _] = hvc(hvc_fid(id), [a[0], a[1], a[2], a[3], a[4], 0]);
+    if x0 != SMCCC_SUCCESS {
+        return Err(HcallError::NotSupported(x0));
+    }
+    decode_result(x1).map_err(HcallError::Errno)?;
+    Ok(x2)
+}
+
+/// A live VM.
+#[derive(Debug)]
+pub struct Vm {
+    /// EL2's handle.
+    pub handle: u64,
+    /// Which slot's structures and memory it uses.
+    pub slot: usize,
+    /// Its cycle number.
+    pub id: u64,
+}
+
+/// Guest options (the guest's `x2`).
+pub mod flags {
+    /// Skip the console, the id read and the memory test.
+    pub const QUIET: u64 = 1;
+}
+
+/// Creates a VM in `slot`: shares its descriptor, donates the memcache, adds the vCPU (state
+/// and FP area shared), loads the guest image and shares the guest RAM into it.
+///
+/// # Errors
+/// The first hypercall that failed (everything done so far is undone by the caller's
+/// [`destroy`], or here for the structures shared before `vm_init`).
+pub fn create(
+    slot: usize,
+    mem: SlotMem,
+    id: u64,
+    loops: u64,
+    guest_flags: u64,
+) -> Result<Vm, HcallError> {
+    let (desc, vcpu, fp) = (desc_ptr(slot), vcpu_ptr(slot), fp_ptr(slot));
+    // SAFETY: the slot's structures are not shared with EL2 right now (the previous VM of this
+    // slot was destroyed and they were unshared), so the host alone writes them.
+    unsafe {
+        desc.write_volatile(VmDesc {
+            ipa_bits: 32,
+            nr_vcpus: 1,
+            host_cookie: id,
+            reserved: 0,
+        });
+        let mut st = VcpuState::default();
+        st.regs[0] = id;
+        st.regs[1] = loops;
+        st.regs[2] = guest_flags;
+        st.pc = GUEST_RAM_IPA;
+        st.pstate = PSTATE_EL1H_DAIF;
+        vcpu.write_volatile(st);
+        fp.write_volatile(FpState::default());
+    }
+    load_image(mem);
+    // SAFETY: only the references' addresses and sizes are used by `share_hyp`.
+    let (d, v, f) = unsafe { (&*desc, &*vcpu, &*fp) };
+    pkvm::share_hyp(d)?;
+    let handle = match call5(
+        HostHcall::VmInit,
+        [desc as u64, mem.memcache_pfn, VM_MEMCACHE_PAGES, 0, 0],
+    ) {
+        Ok(h) => h,
+        Err(e) => {
+            let _ = pkvm::unshare_hyp(d);
+            return Err(e);
+        }
+    };
+    let vm = Vm { handle, slot, id };
+    let r = pkvm::share_hyp(v)
+        .and_then(|()| pkvm::share_hyp(f))
+        .and_then(|()| call5(HostHcall::VcpuInit, [handle, vcpu as u64, fp as u64, 0, 0]))
+        .and_then(|_| {
+            call5(
+                HostHcall::HostShareGuest,
+                [
+                    handle,
+                    mem.ram_pfn,
+                    GUEST_RAM_IPA >> PAGE_SHIFT,
+                    GUEST_RAM_PAGES,
+                    PROT_RWX,
+                ],
+            )
+        });
+    match r {
+        Ok(_) => Ok(vm),
+        Err(e) => {
+            let _ = destroy(vm);
+            Err(e)
+        }
+    }
+}
+
+/// Copies the guest image to the start of the slot's RAM and zeroes the rest.
+fn load_image(mem: SlotMem) {
+    let base = (mem.ram_pfn << PAGE_SHIFT) as *mut u8;
+    let len = (GUEST_RAM_PAGES * PAGE_SIZE) as usize;
+    // SAFETY: the slot's RAM is host memory from the allocator, not shared with anyone now
+    // (the previous guest's teardown gave it back), identity-mapped read-write.
+    unsafe {
+        core::ptr::copy_nonoverlapping(GUEST_IMAGE.as_ptr(), base, GUEST_IMAGE.len());
+        core::ptr::write_bytes(base.add(GUEST_IMAGE.len()), 0, len - GUEST_IMAGE.len());
+    }
+}
+
+/// Destroys a VM: teardown at EL2 (which unpins its structures), then the host unshares
+/// them ([`release`]).
+///
+/// # Errors
+/// The first failure (the rest is still attempted).
+pub fn destroy(vm: Vm) -> Result<(), HcallError> {
+    let slot = vm.slot;
+    teardown(vm).and(release(slot))
+}
+
+/// Tears a VM down at EL2: every guest page goes back to the host, the memcache comes back
+/// zeroed, the structures are unpinned.
+///
+/// # Errors
+/// The hypercall's error.
+pub fn teardown(vm: Vm) -> Result<(), HcallError> {
+    call5(HostHcall::VmTeardown, [vm.handle, 0, 0, 0, 0]).map(|_| ())
+}
+
+/// Unshares a slot's structures from EL2 (after its VM's teardown).
+///
+/// Pins are per page: while another live VM's structure on the same page is pinned, the page
+/// cannot be unshared (`EBUSY`), so with two guests per page the host releases a page's
+/// structures once both guests are torn down.
+///
+/// # Errors
+/// The first failure (the rest is still attempted).
+pub fn release(slot: usize) -> Result<(), HcallError> {
+    // SAFETY: only the addresses and sizes are used.
+    let (d, v, f) = unsafe { (&*desc_ptr(slot), &*vcpu_ptr(slot), &*fp_ptr(slot)) };
+    let r2 = pkvm::unshare_hyp(f);
+    let r3 = pkvm::unshare_hyp(v);
+    let r4 = pkvm::unshare_hyp(d);
+    r2.and(r3).and(r4)
+}
+
+/// How a run ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunEnd {
+    /// PSCI SYSTEM_OFF.
+    PowerOff,
+    /// PSCI SYSTEM_RESET (the test guest's way of reporting a failed check).
+    Reset,
+    /// A fault exit: ESR.
+    Fault(u64),
+    /// A run hypercall failed.
+    Error(HcallError),
+}
+
+/// One `VcpuRun`: the exit reason.
+///
+/// # Errors
+/// The hypercall's error.
+pub fn run_once(vm: &Vm) -> Result<u64, HcallError> {
+    call5(HostHcall::VcpuRun, [vm.handle, 0, 0, 0, 0])
+}
+
+/// Answers a ping hypercall exit the way [`run`] does (`x0 = x1 + 1`).
+pub fn answer_ping(vm: &Vm, ping: u64) {
+    // SAFETY: the vCPU is not running (no run hypercall in progress); the host owns the
+    // structure's contents.
+    let st = unsafe { &mut *vcpu_ptr(vm.slot) };
+    if st.regs[0] == ping {
+        st.regs[0] = st.regs[1] + 1;
+    }
+}
+
+/// Console line buffer for one guest.
+struct Console {
+    line: [u8; 80],
+    len: usize,
+    echo: bool,
+}
+
+impl Console {
+    fn put(&mut self, c: u8) {
+        if c != b'\n' && self.len < self.line.len() {
+            self.line[self.len] = c;
+            self.len += 1;
+        }
+        if c == b'\n' || self.len == self.line.len() {
+            if self.echo {
+                let s = core::str::from_utf8(&self.line[..self.len]).unwrap_or("<binary>");
+                println!("  | {s}");
+            }
+            self.len = 0;
+        }
+    }
+}
+
+/// Runs the vCPU until it powers off or faults, emulating the console and the id register
+/// and answering pings. `on_exit` is called after every exit (the scenario tries an unshare
+/// of the running vCPU's structure there).
+pub fn run(vm: &Vm, echo: bool, mut on_exit: impl FnMut(&Vm, u64)) -> RunEnd {
+    let vcpu = vcpu_ptr(vm.slot);
+    let mut con = Console {
+        line: [0; 80],
+        len: 0,
+        echo,
+    };
+    loop {
+        let reason = match run_once(vm) {
+            Ok(r) => r,
+            Err(e) => return RunEnd::Error(e),
+        };
+        on_exit(vm, reason);
+        // SAFETY: the vCPU structure is host memory; EL2 is not running this vCPU now (the
+        // run hypercall returned), so reading and writing it races with nobody.
+        let st = unsafe { &mut *vcpu };
+        let ex = st.exit;
+        match reason {
+            exit::MMIO if ex.mmio_write == 1 && ex.ipa == GUEST_CONSOLE_IPA => {
+                con.put(ex.mmio_data as u8);
+            }
+            exit::MMIO if ex.mmio_write == 0 && ex.ipa == GUEST_ID_REG_IPA => {
+                st.exit.mmio_data = vm.id;
+            }
+            exit::MMIO => st.exit.mmio_data = 0,
+            exit::HYPERCALL if st.regs[0] == GUEST_HVC_PING => st.regs[0] = st.regs[1] + 1,
+            exit::HYPERCALL => st.regs[0] = u64::MAX,
+            exit::IRQ => {}
+            exit::SYSTEM_EVENT if ex.code == u64::from(psci::SYSTEM_OFF) => {
+                return RunEnd::PowerOff;
+            }
+            exit::SYSTEM_EVENT => return RunEnd::Reset,
+            _ => return RunEnd::Fault(ex.esr),
+        }
+    }
+}
+
+fn stat(s: Stat) -> u64 {
+    pkvm::stat(s).unwrap_or(u64::MAX)
+}
+
+/// EL2 counters that must come back to their start values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Leaks {
+    hyp_mapped: u64,
+    pool_free: u64,
+    shared: u64,
+    donated: u64,
+    guest_shared: u64,
+    pinned: u64,
+    vms: u64,
+}
+
+fn leaks() -> Leaks {
+    Leaks {
+        hyp_mapped: stat(Stat::HypMappedHostPages),
+        pool_free: stat(Stat::PoolFreePages),
+        shared: stat(Stat::SharedPages),
+        donated: stat(Stat::DonatedPages),
+        guest_shared: stat(Stat::GuestSharedPages),
+        pinned: stat(Stat::PinnedPages),
+        vms: stat(Stat::LiveVms),
+    }
+}
+
+fn counter() -> (u64, u64) {
+    let (c, f): (u64, u64);
+    // SAFETY: reading the virtual counter and its frequency has no side effect.
+    unsafe {
+        core::arch::asm!("isb", "mrs {c}, cntvct_el0", "mrs {f}, cntfrq_el0", c = out(reg) c, f = out(reg) f,
+                         options(nomem, nostack))
+    };
+    (c, f)
+}
+
+fn expect_err(c: &mut Checks, name: &'static str, r: Result<u64, HcallError>, want: Error) {
+    c.check(
+        name,
+        r == Err(HcallError::Errno(want)),
+        format_args!("got {r:?}, want {want}"),
+    );
+}
+
+/// The bad inputs, each a check (EL2 must refuse them and keep working).
+fn bad_inputs(c: &mut Checks, mem: &[SlotMem; SLOTS], env: &mut Env) {
+    let vm = match create(0, mem[0], 0, 0, flags::QUIET) {
+        Ok(vm) => vm,
+        Err(e) => {
+            c.check("bad inputs: create", false, format_args!("{e}"));
+            return;
+        }
+    };
+    let h = vm.handle;
+    // A page the host does not own: the slot's memcache (donated to EL2), EL2's own memory.
+    expect_err(
+        c,
+        "share into a guest a page donated to EL2",
+        call5(
+            HostHcall::HostShareGuest,
+            [h, mem[0].memcache_pfn, 0, 1, PROT_RWX],
+        ),
+        Error::Perm,
+    );
+    let el2 = env.el2_image().start >> PAGE_SHIFT;
+    expect_err(
+        c,
+        "share into a guest EL2's memory",
+        call5(HostHcall::HostShareGuest, [h, el2, 0, 1, PROT_RWX]),
+        Error::Perm,
+    );
+    let p = env.pfn();
+    expect_err(
+        c,
+        "gfn beyond the guest IPA space",
+        call5(HostHcall::HostShareGuest, [h, p, 1 << 20, 1, PROT_RWX]),
+        Error::Range,
+    );
+    expect_err(
+        c,
+        "gfn range crossing the end of the IPA space",
+        call5(
+            HostHcall::HostShareGuest,
+            [h, p, (1 << 20) - 1, 2, PROT_RWX],
+        ),
+        Error::Range,
+    );
+    // Guest RAM is shared with the guest, not with EL2: share/unshare_hyp refused.
+    let ram = mem[0].ram_pfn;
+    expect_err(
+        c,
+        "share_hyp of a page shared with a guest",
+        pkvm::share_hyp_pfns(ram, 1).map(|()| 0),
+        Error::Perm,
+    );
+    expect_err(
+        c,
+        "unshare_hyp of a page shared with a guest",
+        pkvm::unshare_hyp_pfns(ram, 1).map(|()| 0),
+        Error::Perm,
+    );
+    expect_err(
+        c,
+        "share of a page already in the guest",
+        call5(HostHcall::HostShareGuest, [h, ram, 0, 1, PROT_RWX]),
+        Error::Perm,
+    );
+    // The vCPU structure is pinned while the VM lives.
+    // SAFETY: only the address and size are used.
+    let v = unsafe { &*vcpu_ptr(0) };
+    expect_err(
+        c,
+        "unshare of a live vCPU structure",
+        pkvm::unshare_hyp(v).map(|()| 0),
+        Error::Busy,
+    );
+    // Corrupted PSTATE: AArch32, EL2h, a stray bit. Rejected; nothing runs.
+    for bad in [0x10u64, 0x9, PSTATE_EL1H_DAIF | 1 << 20] {
+        // SAFETY: the host owns the vCPU structure; EL2 reads it only inside a run.
+        unsafe { (&raw mut (*vcpu_ptr(0)).pstate).write_volatile(bad) };
+        expect_err(
+            c,
+            "vCPU with a corrupted PSTATE",
+            run_once(&vm),
+            Error::Inval,
+        );
+    }
+    // SAFETY: as above.
+    unsafe { (&raw mut (*vcpu_ptr(0)).pstate).write_volatile(PSTATE_EL1H_DAIF) };
+    // A guest jumping to an address with no memory: an instruction abort, a fault exit.
+    // SAFETY: as above.
+    unsafe { (&raw mut (*vcpu_ptr(0)).pc).write_volatile(0x1000_0000) };
+    let r = run(&vm, false, |_, _| {});
+    c.check(
+        "guest fetching from unmapped IPA: fault exit",
+        matches!(r, RunEnd::Fault(esr) if esr >> 26 == 0x20),
+        format_args!("{r:x?}"),
+    );
+    // SAFETY: as above.
+    unsafe { (&raw mut (*vcpu_ptr(0)).pc).write_volatile(GUEST_RAM_IPA) };
+    let r = run(&vm, false, |_, _| {});
+    c.check(
+        "guest runs after the refused inputs",
+        r == RunEnd::PowerOff,
+        format_args!("{r:?}"),
+    );
+    let h = vm.handle;
+    let r = destroy(vm);
+    c.check("destroy", r.is_ok(), format_args!("{r:?}"));
+    expect_err(
+        c,
+        "teardown twice",
+        call5(HostHcall::VmTeardown, [h, 0, 0, 0, 0]),
+        Error::NoEnt,
+    );
+    expect_err(
+        c,
+        "run after teardown (vCPU structure since unshared)",
+        call5(HostHcall::VcpuRun, [h, 0, 0, 0, 0]),
+        Error::NoEnt,
+    );
+    expect_err(
+        c,
+        "VM init with a descriptor not shared",
+        call5(
+            HostHcall::VmInit,
+            [
+                desc_ptr(0) as u64,
+                mem[0].memcache_pfn,
+                VM_MEMCACHE_PAGES,
+                0,
+                0,
+            ],
+        ),
+        Error::Perm,
+    );
+}
+
+fn note(failures: &mut u64, what: &str, id: u64, detail: &dyn core::fmt::Debug) {
+    *failures += 1;
+    if *failures <= 5 {
+        println!("guests: cycle {id}: {what}: {detail:?}");
+    }
+}
+
+/// The `guests` scenario.
+pub fn scenario(c: &mut Checks, env: &mut Env) {
+    if GUEST_IMAGE.is_empty() {
+        c.check(
+            "guest image",
+            false,
+            format_args!("the host was built without PKVM_GUEST_BIN (use cargo xtask)"),
+        );
+        return;
+    }
+    let n = CYCLES.load(Ordering::Relaxed);
+    let start = leaks();
+    println!("guests: EL2 before: {start:?}");
+    let mem: [SlotMem; SLOTS] = core::array::from_fn(|_| SlotMem::alloc(env));
+    bad_inputs(c, &mem, env);
+
+    // The main loop: blocks of 10 lifecycles, 6 one at a time, then 4 alive at once (two per
+    // structure page).
+    let (t0, freq) = counter();
+    let mut done = 0u64;
+    let mut failures = 0u64;
+    let mut busy_checked = false;
+    while done < n {
+        let batch = if done % 10 >= 6 { (n - done).min(4) } else { 1 };
+        let mut live: [Option<Vm>; SLOTS] = [const { None }; SLOTS];
+        for (i, l) in live.iter_mut().enumerate().take(batch as usize) {
+            let slot = if batch == 1 { (done % 2) as usize } else { i };
+            let id = done + i as u64;
+            match create(slot, mem[slot], id, PINGS, 0) {
+                Ok(vm) => *l = Some(vm),
+                Err(e) => note(&mut failures, "create", id, &e),
+            }
+        }
+        for vm in live.iter().flatten() {
+            let echo = vm.id < 2 || vm.id % 250 == 0;
+            let r = run(vm, echo, |vm, _| {
+                if !busy_checked {
+                    busy_checked = true;
+                    // SAFETY: only the address and size are used.
+                    let v = unsafe { &*vcpu_ptr(vm.slot) };
+                    let r = pkvm::unshare_hyp(v);
+                    println!("guests: unshare of the vCPU structure from its exit handler: {r:?}");
+                    if r != Err(HcallError::Errno(Error::Busy)) {
+                        failures += 1;
+                    }
+                }
+            });
+            if r != RunEnd::PowerOff {
+                note(&mut failures, "run", vm.id, &r);
+            }
+        }
+        // Tear down in a different order than created, then release the structures (a
+        // structure page is pinned until both of its guests are torn down).
+        let mut slots = [None; SLOTS];
+        for i in [1, 0, 3, 2] {
+            if let Some(vm) = live[i].take() {
+                let id = vm.id;
+                slots[i] = Some((vm.slot, id));
+                if let Err(e) = teardown(vm) {
+                    note(&mut failures, "teardown", id, &e);
+                }
+            }
+        }
+        for (slot, id) in slots.into_iter().flatten() {
+            if let Err(e) = release(slot) {
+                note(&mut failures, "release", id, &e);
+            }
+        }
+        done += batch;
+    }
+    let (t1, _) = counter();
+    let ms = (t1 - t0) * 1000 / freq.max(1);
+    c.check(
+        "guest lifecycles",
+        failures == 0,
+        format_args!("{done} created, run to power-off and destroyed, {failures} failures"),
+    );
+    c.check(
+        "unshare from the exit handler",
+        busy_checked,
+        format_args!("EBUSY while the VM lives"),
+    );
+    let end = leaks();
+    let d = |a: u64, b: u64| a as i64 - b as i64;
+    println!(
+        "PKVM-GUESTS cycles={done} time_ms={ms} leak: hyp_mapped_host_pages={:+} \
+         donated_pages={} shared_pages={} guest_shared_pages={} pinned_pages={} live_vms={} \
+         pool_free_delta={:+}",
+        d(end.hyp_mapped, start.hyp_mapped),
+        end.donated,
+        end.shared,
+        end.guest_shared,
+        end.pinned,
+        end.vms,
+        d(end.pool_free, start.pool_free),
+    );
+    c.check(
+        "leak report all zero",
+        end == start && end.donated == 0 && end.shared == 0 && end.vms == 0,
+        format_args!("before {start:?}, after {end:?}"),
+    );
+}
+
+/// One step of [`lifecycle_breakdown`].
+pub type Step<'a> = &'a mut dyn FnMut() -> Result<u64, HcallError>;
+
+/// Prints the EL2 cost of each step of one quiet lifecycle (`count` measures a closure).
+pub fn lifecycle_breakdown(
+    mem: SlotMem,
+    count: impl Fn(Step<'_>) -> (u64, Result<u64, HcallError>),
+) {
+    let slot = 0;
+    let (desc, vcpu, fp) = (desc_ptr(slot), vcpu_ptr(slot), fp_ptr(slot));
+    // SAFETY: as in `create`.
+    unsafe {
+        desc.write_volatile(VmDesc {
+            ipa_bits: 32,
+            nr_vcpus: 1,
+            host_cookie: 0,
+            reserved: 0,
+        });
+        let mut st = VcpuState::default();
+        st.regs[2] = flags::QUIET;
+        st.pc = GUEST_RAM_IPA;
+        vcpu.write_volatile(st);
+        fp.write_volatile(FpState::default());
+    }
+    load_image(mem);
+    // SAFETY: only addresses and sizes are used.
+    let (d, v, f) = unsafe { (&*desc, &*vcpu, &*fp) };
+    let handle = core::cell::Cell::new(0);
+    let steps: [(&str, Step<'_>); 10] = [
+        ("share_hyp(desc)", &mut || pkvm::share_hyp(d).map(|()| 0)),
+        ("vm_init", &mut || {
+            call5(
+                HostHcall::VmInit,
+                [desc as u64, mem.memcache_pfn, VM_MEMCACHE_PAGES, 0, 0],
+            )
+            .inspect(|h| handle.set(*h))
+        }),
+        ("share_hyp(vcpu)", &mut || pkvm::share_hyp(v).map(|()| 0)),
+        ("share_hyp(fp)", &mut || pkvm::share_hyp(f).map(|()| 0)),
+        ("vcpu_init", &mut || {
+            call5(
+                HostHcall::VcpuInit,
+                [handle.get(), vcpu as u64, fp as u64, 0, 0],
+            )
+        }),
+        ("share_guest(16)", &mut || {
+            call5(
+                HostHcall::HostShareGuest,
+                [
+                    handle.get(),
+                    mem.ram_pfn,
+                    GUEST_RAM_IPA >> PAGE_SHIFT,
+                    GUEST_RAM_PAGES,
+                    PROT_RWX,
+                ],
+            )
+        }),
+        ("vcpu_run", &mut || {
+            call5(HostHcall::VcpuRun, [handle.get(), 0, 0, 0, 0])
+        }),
+        ("vm_teardown", &mut || {
+            call5(HostHcall::VmTeardown, [handle.get(), 0, 0, 0, 0])
+        }),
+        ("unshare_hyp(fp)", &mut || pkvm::unshare_hyp(f).map(|()| 0)),
+        ("unshare_hyp(vcpu)+(desc)", &mut || {
+            pkvm::unshare_hyp(v)
+                .and_then(|()| pkvm::unshare_hyp(d))
+                .map(|()| 0)
+        }),
+    ];
+    for (name, f) in steps {
+        let (n, r) = count(f);
+        println!("bench: lifecycle step {name}: {n} EL2 instructions ({r:?})");
+    }
+}
