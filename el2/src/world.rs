@@ -68,38 +68,33 @@ unsafe extern "C" {
 
 /// Runs the guest described by `e` until it exits; see the module documentation.
 pub fn run_guest(e: &GuestEntry) -> GuestExit {
-    let mut ctx = WorldCtx {
-        vcpu_pa: e.vcpu_pa,
-        fp_pa: e.fp_pa,
-        pc: e.pc,
-        pstate: e.pstate,
-        vttbr: e.vttbr,
-        hcr: HCR_GUEST,
-        esr: 0,
-        far: 0,
-        hpfar: 0,
-        vector: 0,
-        host_elr: 0,
-        host_spsr: 0,
-        host_hcr: 0,
-        host_vttbr: 0,
-        host_vbar: 0,
-        host_cnthctl: 0,
-        host_gprs: [0; 14],
-        host_sys: [0; NR_SYSREGS],
-        host_fp: [0; 66],
-    };
+    let mut slot = core::mem::MaybeUninit::<WorldCtx>::uninit();
+    let ctx = slot.as_mut_ptr();
+    // SAFETY: writes to fields of a local, properly aligned `WorldCtx`; the save areas stay
+    // uninitialised: the assembly fills them before it reads them.
+    unsafe {
+        (&raw mut (*ctx).vcpu_pa).write(e.vcpu_pa);
+        (&raw mut (*ctx).fp_pa).write(e.fp_pa);
+        (&raw mut (*ctx).pc).write(e.pc);
+        (&raw mut (*ctx).pstate).write(e.pstate);
+        (&raw mut (*ctx).vttbr).write(e.vttbr);
+        (&raw mut (*ctx).hcr).write(HCR_GUEST);
+    }
     // SAFETY: `el2_guest_run` behaves as an AAPCS64 function to its caller: it preserves
     // x19..x30 and SP (saved in `ctx`, restored on the guest's exit) and returns normally.
     // It reads and writes only `ctx` and the vCPU and FP structures, which the core has
     // pinned (host memory shared with EL2, mapped in EL2's stage-1 at VA == PA). The host's
-    // EL1, FP/SIMD and EL2 control state it changes is restored before it returns.
-    unsafe { el2_guest_run(&raw mut ctx) };
-    GuestExit {
-        vector: ctx.vector,
-        esr: ctx.esr,
-        far: ctx.far,
-        hpfar: ctx.hpfar,
+    // EL1, FP/SIMD and EL2 control state it changes is restored before it returns, and it
+    // always writes `vector`, `esr`, `far` and `hpfar`.
+    unsafe { el2_guest_run(ctx) };
+    // SAFETY: the exit fields were written by the assembly (see above).
+    unsafe {
+        GuestExit {
+            vector: (&raw const (*ctx).vector).read(),
+            esr: (&raw const (*ctx).esr).read(),
+            far: (&raw const (*ctx).far).read(),
+            hpfar: (&raw const (*ctx).hpfar).read(),
+        }
     }
 }
 

@@ -28,9 +28,9 @@ use pkvm_pgtable::{Config, MapFlags, PageTable, Prot, WalkFlags};
 
 use crate::mem_protect::{HYP_OWNER_ID, HostMmu, Hyp, HypMmu, table_pages_bound};
 use crate::mm::{Arch, pt_err};
-use crate::page_alloc::HypPool;
+use crate::page_alloc::{HypPool, NODE_NEXT, NODE_PREV};
 use crate::platform::{GuestEntry, GuestExit, Platform};
-use crate::vmemmap::{HypPage, PageState};
+use crate::vmemmap::{HypPage, NO_ORDER, PageState};
 
 /// Software bit marking a guest stage-2 leaf as SHARED_BORROWED (the page belongs to the host).
 pub const GUEST_SHARED_BORROWED: Prot = Prot::SW0;
@@ -226,15 +226,32 @@ impl<'a, P: Platform> Hyp<'a, P> {
     }
 
     /// Hyp → host return of donated pages (zeroed, vmemmap entries reset), both locks held.
+    ///
+    /// `was_pool`: the pages are a guest memcache whose buddy pool is being dropped. Its free
+    /// memory is zero apart from the list node of each free block (the pool's invariant), so
+    /// only allocated pages (the stage-2 tables) and those nodes are zeroed.
     fn return_locked(
         &self,
         host: &mut HostMmu<'a, P>,
         hyp: &mut HypMmu<'a, P>,
         (pfn, nr): (u64, u64),
+        was_pool: bool,
     ) -> Result<(), Error> {
         let pages = self.host_range(pfn, nr)?;
         let (start, size) = (pfn << PAGE_SHIFT, nr << PAGE_SHIFT);
-        self.plat.zero(start, size);
+        if was_pool {
+            for (i, p) in pages.iter().enumerate() {
+                let pa = start + i as u64 * PAGE_SIZE;
+                if p.refcount() != 0 {
+                    self.plat.zero(pa, PAGE_SIZE);
+                } else if p.order() != NO_ORDER {
+                    self.plat.write_u64(pa + NODE_NEXT, 0);
+                    self.plat.write_u64(pa + NODE_PREV, 0);
+                }
+            }
+        } else {
+            self.plat.zero(start, size);
+        }
         let r1 = self.hyp_unmap(hyp, start, size);
         let r2 = {
             let mm = &mut host.pool;
@@ -293,7 +310,7 @@ impl<'a, P: Platform> Hyp<'a, P> {
         let (pool, pgt) = match built {
             Ok(b) => b,
             Err(e) => {
-                let _ = self.return_locked(&mut host, &mut hyp, (mc_pfn, mc_nr));
+                let _ = self.return_locked(&mut host, &mut hyp, (mc_pfn, mc_nr), false);
                 self.unpin_locked(desc_pin);
                 return Err(self.commit_failed("vm init", e));
             }
@@ -503,7 +520,7 @@ impl<'a, P: Platform> Hyp<'a, P> {
         self.plat.tlbi_vmid(vm.vmid);
         self.plat.dsb_ish();
         self.plat.isb();
-        let r = self.return_locked(&mut host, &mut hyp, vm.memcache);
+        let r = self.return_locked(&mut host, &mut hyp, vm.memcache, true);
         self.unpin_locked(vm.desc_pin);
         if let Some(v) = &vm.vcpu {
             for &pin in &v.pins {

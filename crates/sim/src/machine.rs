@@ -65,6 +65,9 @@ pub struct Machine<'a> {
     pub hyp: Hyp<'a, SimPlatform>,
     /// Where EL2's memory is: `[start, end)`.
     pub carveout: (u64, u64),
+    /// The VM that [`pkvm_spec::Call::ShareGuest`]/`UnshareGuest` act on (see
+    /// [`Machine::create_model_vm`]).
+    pub model_vm: Option<u64>,
     cfg: SimConfig,
 }
 
@@ -118,6 +121,7 @@ pub fn with_machine<R>(cfg: &SimConfig, f: impl FnOnce(&mut Machine<'_>) -> R) -
         plat: &plat,
         hyp,
         carveout: (co_start, base + size),
+        model_vm: None,
         cfg: cfg.clone(),
     };
     f(&mut m)
@@ -233,7 +237,39 @@ impl Machine<'_> {
             Call::Unpin { pfn, nr } => ret(self.call(HostHcall::DebugUnpin, &[pfn, nr])),
             Call::HostAccess { pa, write } => self.host_access(pa, write),
             Call::HypRead { pa } => self.hyp_access(pa),
+            Call::ShareGuest { pfn, nr } => ret(self.call(
+                HostHcall::HostShareGuest,
+                &[self.vm(), pfn, pfn, nr, pkvm_abi::guest::PROT_RWX],
+            )),
+            Call::UnshareGuest { pfn, nr } => {
+                ret(self.call(HostHcall::HostUnshareGuest, &[self.vm(), pfn, nr]))
+            }
         }
+    }
+
+    fn vm(&self) -> u64 {
+        self.model_vm
+            .expect("guest calls need Machine::create_model_vm first")
+    }
+
+    /// Creates the VM the spec's guest calls act on: IPA space = the host's PA space (so
+    /// `gfn = pfn` always fits), its descriptor in page `desc_pfn` (shared with EL2 and pinned
+    /// from now on) and a 64-page memcache at `memcache_pfn` (donated). These pages must stay
+    /// out of the calls a test makes; read the abstract state afterwards to start a checker
+    /// ([`pkvm_spec::Checker::with_state`]).
+    ///
+    /// # Panics
+    /// If a hypercall fails.
+    pub fn create_model_vm(&mut self, desc_pfn: u64, memcache_pfn: u64) -> u64 {
+        let desc = desc_pfn << PAGE_SHIFT;
+        self.call(HostHcall::HostShareHyp, &[desc_pfn, 1])
+            .expect("share the VM descriptor");
+        self.plat.write_u64(desc, u64::from(self.cfg.pa_bits));
+        self.plat.write_u64(desc + 8, 1);
+        let r = self.hvc(HostHcall::VmInit, &[desc, memcache_pfn, 64]);
+        assert_eq!(r[1], 0, "VmInit");
+        self.model_vm = Some(r[2]);
+        r[2]
     }
 
     fn is_hyp_memory(&self, pa: u64) -> bool {
@@ -265,8 +301,16 @@ impl Machine<'_> {
                     host: conv(e.host_state()),
                     hyp: conv(e.hyp_state()),
                     shares: e.share_count(),
-                    // For EL2's own pages the refcount is the pool's, not a pin count.
-                    pins: if hyp_mem { 0 } else { e.refcount() },
+                    // For EL2's own pages, and pages donated to it (a guest's memcache is
+                    // a buddy pool), the refcount is the pool's, not a pin count.
+                    pins: if hyp_mem
+                        || (e.host_state() == PageState::NoPage
+                            && e.hyp_state() == PageState::Owned)
+                    {
+                        0
+                    } else {
+                        e.refcount()
+                    },
                 };
                 let boot = if hyp_mem {
                     Page::HYP_OWNED

@@ -20,6 +20,8 @@ enum Op {
     Unpin(usize, u64),
     Access(usize, bool),
     HypRead(usize),
+    ShareGuest(usize, u64),
+    UnshareGuest(usize, u64),
 }
 
 /// Interesting page frames: a cluster of ordinary pages, the last pages below the carve-out,
@@ -59,9 +61,11 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (idx.clone(), nr.clone()).prop_map(|(i, n)| Op::Donate(i, n)),
         2 => (idx.clone(), nr.clone()).prop_map(|(i, n)| Op::Reclaim(i, n)),
         2 => (idx.clone(), nr.clone()).prop_map(|(i, n)| Op::Pin(i, n)),
-        2 => (idx.clone(), nr).prop_map(|(i, n)| Op::Unpin(i, n)),
+        2 => (idx.clone(), nr.clone()).prop_map(|(i, n)| Op::Unpin(i, n)),
         3 => (idx.clone(), any::<bool>()).prop_map(|(i, w)| Op::Access(i, w)),
-        1 => idx.prop_map(Op::HypRead),
+        1 => idx.clone().prop_map(Op::HypRead),
+        3 => (idx.clone(), nr.clone()).prop_map(|(i, n)| Op::ShareGuest(i, n)),
+        3 => (idx, nr).prop_map(|(i, n)| Op::UnshareGuest(i, n)),
     ]
 }
 
@@ -69,7 +73,12 @@ fn run(ops: &[Op]) -> Result<(), String> {
     let cfg = SimConfig::small();
     with_machine(&cfg, |m| {
         let p = pfns(&cfg, m.carveout.0);
-        let mut c = Checker::new(m.spec_machine());
+        // A guest for the guest calls: its descriptor and memcache live below the pages the
+        // ops use; the checker starts from the state the VM creation left.
+        let r0 = cfg.ram[0].0 >> PAGE_SHIFT;
+        m.create_model_vm(r0 + 0x140, r0 + 0x100);
+        let start = m.abstract_state()?;
+        let mut c = Checker::with_state(m.spec_machine(), start);
         for &o in ops {
             let call = match o {
                 Op::Share(i, nr) => Call::ShareHyp { pfn: p[i], nr },
@@ -85,6 +94,8 @@ fn run(ops: &[Op]) -> Result<(), String> {
                 Op::HypRead(i) => Call::HypRead {
                     pa: p[i].wrapping_shl(PAGE_SHIFT),
                 },
+                Op::ShareGuest(i, nr) => Call::ShareGuest { pfn: p[i], nr },
+                Op::UnshareGuest(i, nr) => Call::UnshareGuest { pfn: p[i], nr },
             };
             checked(m, &mut c, call)?;
         }

@@ -62,6 +62,13 @@ impl Page {
         shares: 0,
         pins: 0,
     };
+    /// A host page shared with a guest (not with EL2).
+    pub const GUEST_SHARED: Page = Page {
+        host: State::SharedOwned,
+        hyp: State::NoPage,
+        shares: 1,
+        pins: 0,
+    };
     /// A page of the hypervisor's own memory.
     pub const HYP_OWNED: Page = Page {
         host: State::NoPage,
@@ -122,6 +129,12 @@ pub enum Call {
     HostAccess { pa: u64, write: bool },
     /// EL2 reads one byte through its stage-1 (its own memory, or host memory it was given).
     HypRead { pa: u64 },
+    /// `host_share_guest` into the model's one guest, at IPA == PA (`gfn = pfn`), whose IPA
+    /// space is the host's: host (OWNED, NOPAGE) → host SHARED_OWNED with share count 1, EL2
+    /// NOPAGE (the guest side, SHARED_BORROWED, is in the guest stage-2).
+    ShareGuest { pfn: u64, nr: u64 },
+    /// `host_unshare_guest` of `gfn = pfn` from the model's guest.
+    UnshareGuest { pfn: u64, nr: u64 },
 }
 
 /// What a call is expected to produce.
@@ -179,6 +192,13 @@ impl Spec {
                 hyp_maps: BTreeMap::new(),
             },
         }
+    }
+
+    /// A model starting from `state` (for example one read back from an implementation after
+    /// a set-up the model does not describe, such as creating a VM).
+    #[must_use]
+    pub fn with_state(machine: Machine, state: AbsState) -> Self {
+        Spec { machine, state }
     }
 
     /// The machine.
@@ -253,6 +273,8 @@ impl Spec {
             Call::Pin { pfn, nr } => Outcome::Ret(self.pin(pfn, nr)),
             Call::Unpin { pfn, nr } => Outcome::Ret(self.unpin(pfn, nr)),
             Call::HostAccess { pa, .. } => self.host_access(pa),
+            Call::ShareGuest { pfn, nr } => Outcome::Ret(self.share_guest(pfn, nr)),
+            Call::UnshareGuest { pfn, nr } => Outcome::Ret(self.unshare_guest(pfn, nr)),
             Call::HypRead { pa } => {
                 // EL2 always maps its own memory; host memory only while shared or donated.
                 if self.machine.is_hyp_memory(pa)
@@ -370,6 +392,39 @@ impl Spec {
         Ok(())
     }
 
+    fn share_guest(&mut self, pfn: u64, nr: u64) -> Result<(), Error> {
+        // The guest's IPA space is the host's PA space, so the host range check covers the
+        // gfn range too.
+        let r = self.check_range(pfn, nr)?;
+        if !self.all(r, |p| p == Page::HOST_OWNED) {
+            return Err(Error::Perm);
+        }
+        for pfn in r.0..r.1 {
+            self.set_page(pfn, Page::GUEST_SHARED);
+        }
+        Ok(())
+    }
+
+    fn unshare_guest(&mut self, gfn: u64, nr: u64) -> Result<(), Error> {
+        if nr == 0 {
+            return Err(Error::Inval);
+        }
+        let end = gfn.checked_add(nr).ok_or(Error::Range)?;
+        if end > 1u64 << (self.machine.pa_bits - PAGE_SHIFT) {
+            return Err(Error::Range);
+        }
+        let shared = |pfn: u64| {
+            self.machine.is_memory(pfn << PAGE_SHIFT) && self.page(pfn) == Page::GUEST_SHARED
+        };
+        if !(gfn..end).all(shared) {
+            return Err(Error::Perm);
+        }
+        for pfn in gfn..end {
+            self.set_page(pfn, Page::HOST_OWNED);
+        }
+        Ok(())
+    }
+
     fn host_access(&self, pa: u64) -> Outcome {
         if pa >> self.machine.pa_bits != 0 {
             return Outcome::Abort;
@@ -411,6 +466,15 @@ impl Checker {
     pub fn new(machine: Machine) -> Self {
         Checker {
             spec: Spec::new(machine),
+            trace: Vec::new(),
+        }
+    }
+
+    /// A checker starting from `state` (see [`Spec::with_state`]).
+    #[must_use]
+    pub fn with_state(machine: Machine, state: AbsState) -> Self {
+        Checker {
+            spec: Spec::with_state(machine, state),
             trace: Vec::new(),
         }
     }
