@@ -9,9 +9,11 @@
 /// Most VMs alive at once.
 pub const MAX_VMS: usize = 8;
 
-/// Pages the host donates at VM init for the guest stage-2 (root and tables): enough for
-/// 512 shared pages inside one 2 MiB window with a 4-level table.
-pub const VM_MEMCACHE_PAGES: u64 = 8;
+/// Pages the test host donates at VM init for the guest stage-2 (root and tables): the root
+/// and one table per level below it, enough for up to 512 shared pages inside one 2 MiB
+/// window with a 4-level table. `VmInit` accepts 2..=64; a share that needs more tables than
+/// are left fails with `ENOMEM`.
+pub const VM_MEMCACHE_PAGES: u64 = 4;
 
 /// Smallest and largest guest IPA sizes accepted in [`VmDesc::ipa_bits`].
 pub const MIN_IPA_BITS: u64 = 32;

@@ -251,6 +251,18 @@ fn bad_inputs() {
             ),
             Err(Error::Perm)
         );
+        // The 4-page memcache holds the tables of one 2 MiB window (the first share made
+        // them): a page in another 1 GiB window needs two more tables.
+        m.call(HostHcall::HostShareGuest, &[a, h.pfn(120), gfn, 1, g::PROT_RWX])
+            .unwrap();
+        assert_eq!(
+            m.call(
+                HostHcall::HostShareGuest,
+                &[a, h.pfn(121), 0x4000_0000 >> PAGE_SHIFT, 1, g::PROT_RWX]
+            ),
+            Err(Error::NoMem)
+        );
+        m.call(HostHcall::HostUnshareGuest, &[a, gfn, 1]).unwrap();
         // gfn beyond the guest IPA space (32 bits).
         assert_eq!(
             m.call(
