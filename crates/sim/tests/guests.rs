@@ -253,8 +253,11 @@ fn bad_inputs() {
         );
         // The 4-page memcache holds the tables of one 2 MiB window (the first share made
         // them): a page in another 1 GiB window needs two more tables.
-        m.call(HostHcall::HostShareGuest, &[a, h.pfn(120), gfn, 1, g::PROT_RWX])
-            .unwrap();
+        m.call(
+            HostHcall::HostShareGuest,
+            &[a, h.pfn(120), gfn, 1, g::PROT_RWX],
+        )
+        .unwrap();
         assert_eq!(
             m.call(
                 HostHcall::HostShareGuest,
