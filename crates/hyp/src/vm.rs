@@ -24,7 +24,7 @@ use pkvm_abi::guest::{
     self as g, MAX_VMS, PSTATE_ALLOWED, PSTATE_MODES, VcpuExit, VmDesc, exit, vcpu_off,
 };
 use pkvm_abi::{Error, PAGE_SHIFT, PAGE_SIZE, psci};
-use pkvm_pgtable::{Config, MapFlags, PageTable, Prot, WalkFlags};
+use pkvm_pgtable::{Config, MapFlags, MmOps, PageTable, Prot, VisitKind, WalkFlags};
 
 use crate::mem_protect::{HYP_OWNER_ID, HostMmu, Hyp, HypMmu, table_pages_bound};
 use crate::mm::{Arch, pt_err};
@@ -228,8 +228,8 @@ impl<'a, P: Platform> Hyp<'a, P> {
     /// Hyp → host return of donated pages (zeroed, vmemmap entries reset), both locks held.
     ///
     /// `was_pool`: the pages are a guest memcache whose buddy pool is being dropped. Its free
-    /// memory is zero apart from the list node of each free block (the pool's invariant), so
-    /// only allocated pages (the stage-2 tables) and those nodes are zeroed.
+    /// memory is zero apart from the list node of each free block (the pool's invariant), and
+    /// teardown has cleared every entry of the stage-2 tables, so only those nodes are zeroed.
     fn return_locked(
         &self,
         host: &mut HostMmu<'a, P>,
@@ -242,9 +242,7 @@ impl<'a, P: Platform> Hyp<'a, P> {
         if was_pool {
             for (i, p) in pages.iter().enumerate() {
                 let pa = start + i as u64 * PAGE_SIZE;
-                if p.refcount() != 0 {
-                    self.plat.zero(pa, PAGE_SIZE);
-                } else if p.order() != NO_ORDER {
+                if p.refcount() == 0 && p.order() != NO_ORDER {
                     self.plat.write_u64(pa + NODE_NEXT, 0);
                     self.plat.write_u64(pa + NODE_PREV, 0);
                 }
@@ -301,33 +299,37 @@ impl<'a, P: Platform> Hyp<'a, P> {
             return Err(e);
         }
         let vmid = slot as u16 + 1;
-        let built =
-            HypPool::new(&self.vmemmap, self.plat, mc_pfn, mc_nr, 0).and_then(|mut pool| {
-                PageTable::new(&mut pool, Config::stage2(vmid, self.pa_bits as u8))
-                    .map(|pgt| (pool, pgt))
-                    .map_err(pt_err)
+        let cfg = Config::stage2(vmid, self.pa_bits as u8);
+        let generation = vms.generation.wrapping_add(1) & 0x00ff_ffff_ffff_ffff;
+        vms.generation = generation;
+        let handle = (generation << 8) | (slot as u64 + 1);
+        // Built in place in its slot (the VM is a few hundred bytes: no moves through the
+        // stack), the root table taken from the new pool afterwards.
+        let built = HypPool::new(&self.vmemmap, self.plat, mc_pfn, mc_nr, 0).and_then(|pool| {
+            let vm = vms.slots[slot].insert(Vm {
+                handle: 0,
+                vmid,
+                ipa_bits: ipa_bits as u32,
+                desc_pin,
+                memcache: (mc_pfn, mc_nr),
+                pgt: PageTable::from_root(0, cfg).map_err(pt_err)?,
+                pool,
+                vcpu: None,
+                shared_span: (u64::MAX, 0),
             });
-        let (pool, pgt) = match built {
-            Ok(b) => b,
+            vm.pgt = PageTable::new(&mut vm.pool, cfg).map_err(pt_err)?;
+            Ok(vm)
+        });
+        let vm = match built {
+            Ok(vm) => vm,
             Err(e) => {
+                vms.slots[slot] = None;
                 let _ = self.return_locked(&mut host, &mut hyp, (mc_pfn, mc_nr), false);
                 self.unpin_locked(desc_pin);
                 return Err(self.commit_failed("vm init", e));
             }
         };
-        vms.generation = vms.generation.wrapping_add(1) & 0x00ff_ffff_ffff_ffff;
-        let handle = (vms.generation << 8) | (slot as u64 + 1);
-        vms.slots[slot] = Some(Vm {
-            handle,
-            vmid,
-            ipa_bits: ipa_bits as u32,
-            desc_pin,
-            memcache: (mc_pfn, mc_nr),
-            pgt,
-            pool,
-            vcpu: None,
-            shared_span: (u64::MAX, 0),
-        });
+        vm.handle = handle;
         Ok(handle)
     }
 
@@ -488,17 +490,20 @@ impl<'a, P: Platform> Hyp<'a, P> {
             return Err(Error::Busy);
         }
         let slot = (handle & 0xff) as usize - 1;
-        let Some(vm) = vms.slots[slot].take() else {
-            return Err(Error::NoEnt);
-        };
-        // Every page still shared into the guest goes back to the host alone. Only the span
-        // ever shared is walked.
+        // Every page still shared into the guest goes back to the host alone, and every
+        // non-zero entry of the stage-2 (leaves, then table descriptors after their subtree)
+        // is cleared, which leaves the table pages zero. Only the span ever shared is walked:
+        // nothing outside it was ever mapped.
         let mut bad = 0u64;
         let (lo, hi) = vm.shared_span;
         let vmemmap = &self.vmemmap;
         if lo < hi {
-            let _ = vm.pgt.walk(&vm.pool, lo, hi - lo, WalkFlags::LEAF, |v| {
-                if v.pte & 1 != 0 {
+            let flags = WalkFlags::LEAF | WalkFlags::TABLE_POST;
+            let r = vm.pgt.walk_mut(&mut vm.pool, lo, hi - lo, flags, |mm, v| {
+                if v.pte == 0 {
+                    return Ok(());
+                }
+                if v.kind == VisitKind::Leaf && v.pte & 1 != 0 {
                     let pa = pkvm_pgtable::desc::output_address(v.pte);
                     for off in (0..v.granule()).step_by(PAGE_SIZE as usize) {
                         match vmemmap.page(pa + off) {
@@ -510,8 +515,12 @@ impl<'a, P: Platform> Hyp<'a, P> {
                         }
                     }
                 }
+                mm.write_pte(v.ptep, 0);
                 Ok::<(), pkvm_pgtable::Error>(())
             });
+            if r.is_err() {
+                bad += 1;
+            }
         }
         // The stage-2 tables live in the memcache alone: rather than freeing them one by one,
         // the whole memcache is zeroed and returned below, and the pool is dropped. The VMID may
@@ -520,6 +529,10 @@ impl<'a, P: Platform> Hyp<'a, P> {
         self.plat.tlbi_vmid(vm.vmid);
         self.plat.dsb_ish();
         self.plat.isb();
+        // The table pages are zero now; the root too unless nothing was ever shared.
+        if lo >= hi {
+            self.plat.zero(vm.pgt.root(), PAGE_SIZE);
+        }
         let r = self.return_locked(&mut host, &mut hyp, vm.memcache, true);
         self.unpin_locked(vm.desc_pin);
         if let Some(v) = &vm.vcpu {
@@ -527,6 +540,7 @@ impl<'a, P: Platform> Hyp<'a, P> {
                 self.unpin_locked(pin);
             }
         }
+        vms.slots[slot] = None;
         if bad != 0 {
             return Err(self.commit_failed("vm teardown", bad));
         }

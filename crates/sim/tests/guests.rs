@@ -94,6 +94,10 @@ fn machine(f: impl FnOnce(&Machine<'_>, &Host)) {
             "leak: [hyp-mapped, pool free, shared, donated, guest-shared, vms+pins]"
         );
         m.check_invariants().unwrap();
+        // Every memcache the tests used (pages 16..80) came back zeroed.
+        for off in (16 * PAGE_SIZE..80 * PAGE_SIZE).step_by(8) {
+            assert_eq!(m.plat.read_u64(h.base + off), 0, "memcache page not zeroed");
+        }
     });
 }
 
