@@ -19,9 +19,10 @@
 //!    structures, `ESR_EL2`/`FAR_EL2`/`HPFAR_EL2` into the context, the host's state is
 //!    reloaded, and `el2_guest_run` returns to its Rust caller as if it were a normal call.
 //!
-//! The guest's `HCR_EL2`: VM (stage-2), RW (AArch64 EL1), TSC (its SMCs trap), IMO/FMO/AMO
-//! (physical interrupts and SErrors come to EL2 and end the run), DC (with its MMU off the guest
-//! sees Normal cacheable memory), PTW; no API/APK (pointer-auth key registers trap, so a guest
+//! The guest's `HCR_EL2`: VM (stage-2), RW (AArch64 EL1), TSC (its SMCs trap), TWI (a `WFI`
+//! ends the run instead of stopping the host's CPU), IMO/FMO/AMO (physical interrupts and
+//! SErrors come to EL2 and end the run), DC (with its MMU off the guest sees Normal cacheable
+//! memory), PTW; no API/APK (pointer-auth key registers trap, so a guest
 //! cannot change the host's keys).
 
 use core::arch::global_asm;
@@ -30,9 +31,16 @@ use core::mem::offset_of;
 use pkvm_abi::guest::{NR_SYSREGS, vcpu_off};
 use pkvm_hyp::platform::{GuestEntry, GuestExit};
 
-/// `HCR_EL2` while a guest runs: VM | PTW | FMO | IMO | AMO | DC | TSC | RW.
-pub const HCR_GUEST: u64 =
-    (1 << 0) | (1 << 2) | (1 << 3) | (1 << 4) | (1 << 5) | (1 << 12) | (1 << 19) | (1 << 31);
+/// `HCR_EL2` while a guest runs: VM | PTW | FMO | IMO | AMO | DC | TWI | TSC | RW.
+pub const HCR_GUEST: u64 = (1 << 0)
+    | (1 << 2)
+    | (1 << 3)
+    | (1 << 4)
+    | (1 << 5)
+    | (1 << 12)
+    | (1 << 13)
+    | (1 << 19)
+    | (1 << 31);
 /// `CNTHCTL_EL2` while a guest runs: EL1PCTEN (counter readable), physical timer trapped.
 pub const CNTHCTL_GUEST: u64 = 1;
 

@@ -13,7 +13,8 @@
 //! 4. `loops` times: puts a pattern in `d16`, makes a "ping" hypercall the host answers with
 //!    `x1 + 1`, and checks both the answer and that `d16` survived the exit (the host's FP
 //!    state is switched);
-//! 5. powers off with PSCI SYSTEM_OFF over `HVC` — or SYSTEM_RESET if a check failed, which
+//! 5. executes one `WFI` (trapped: an IDLE exit);
+//! 6. powers off with PSCI SYSTEM_OFF over `HVC` — or SYSTEM_RESET if a check failed, which
 //!    the host treats as a failure.
 //!
 //! On any other target it is an empty `main`, so that `cargo test --workspace` builds it.
@@ -157,6 +158,11 @@ mod guest {
         }
         for i in 0..loops {
             ok &= ping(i);
+        }
+        if flags & 1 == 0 {
+            // SAFETY: WFI has no memory effect; EL2 traps it (HCR_EL2.TWI) and the host
+            // runs the guest again.
+            unsafe { asm!("wfi", options(nomem, nostack)) };
         }
         if !ok && flags & 1 == 0 {
             puts("guest: a check FAILED\n");

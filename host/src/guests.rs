@@ -38,6 +38,8 @@ pub const DEFAULT_CYCLES: u64 = 1000;
 const PINGS: u64 = 2;
 
 static CYCLES: AtomicU64 = AtomicU64::new(DEFAULT_CYCLES);
+/// IDLE exits (trapped `WFI`) seen by [`run`].
+static IDLE_EXITS: AtomicU64 = AtomicU64::new(0);
 
 /// Sets the number of lifecycles (`pkvm.guests=N`).
 pub fn set_cycles(n: u64) {
@@ -350,6 +352,9 @@ pub fn run(vm: &Vm, echo: bool, mut on_exit: impl FnMut(&Vm, u64)) -> RunEnd {
             exit::HYPERCALL if st.regs[0] == GUEST_HVC_PING => st.regs[0] = st.regs[1] + 1,
             exit::HYPERCALL => st.regs[0] = u64::MAX,
             exit::IRQ => {}
+            exit::IDLE => {
+                IDLE_EXITS.fetch_add(1, Ordering::Relaxed);
+            }
             exit::SYSTEM_EVENT if ex.code == u64::from(psci::SYSTEM_OFF) => {
                 return RunEnd::PowerOff;
             }
@@ -564,6 +569,7 @@ pub fn scenario(c: &mut Checks, env: &mut Env) {
 
     // The main loop: blocks of 10 lifecycles, 6 one at a time, then 4 alive at once (two per
     // structure page).
+    let idle0 = IDLE_EXITS.load(Ordering::Relaxed);
     let (t0, freq) = counter();
     let mut done = 0u64;
     let mut failures = 0u64;
@@ -622,6 +628,12 @@ pub fn scenario(c: &mut Checks, env: &mut Env) {
         "guest lifecycles",
         failures == 0,
         format_args!("{done} created, run to power-off and destroyed, {failures} failures"),
+    );
+    let idle = IDLE_EXITS.load(Ordering::Relaxed) - idle0;
+    c.check(
+        "each guest's WFI came back as an IDLE exit",
+        idle == done,
+        format_args!("{idle} IDLE exits for {done} guests"),
     );
     c.check(
         "unshare from the exit handler",

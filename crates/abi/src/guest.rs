@@ -125,6 +125,9 @@ pub mod exit {
     pub const FAULT: u64 = 4;
     /// A physical interrupt arrived while the guest ran; run again.
     pub const IRQ: u64 = 5;
+    /// The guest executed `WFI` (trapped by `HCR_EL2.TWI`): it waits for an interrupt. The PC
+    /// is already past the instruction; run again when there is a reason to.
+    pub const IDLE: u64 = 6;
 }
 
 /// How the last run ended; written by EL2 before `VcpuRun` returns.

@@ -146,6 +146,7 @@ pub fn pstate_is_valid(pstate: u64) -> bool {
     pstate & !PSTATE_ALLOWED == 0 && PSTATE_MODES.contains(&(pstate & 0xf))
 }
 
+const EC_WFX: u64 = 0x01;
 const EC_HVC64: u64 = 0x16;
 const EC_SMC64: u64 = 0x17;
 const EC_DABT_LOW: u64 = 0x24;
@@ -637,6 +638,12 @@ impl<'a, P: Platform> Hyp<'a, P> {
                 } else {
                     exit::HYPERCALL
                 }
+            }
+            (0, EC_WFX) => {
+                let pc = self.plat.read_u64(st + vcpu_off::PC as u64);
+                self.plat
+                    .write_u64(st + vcpu_off::PC as u64, pc.wrapping_add(4));
+                exit::IDLE
             }
             (0, EC_DABT_LOW) if ex.esr & (1 << 24) != 0 && (ex.esr & 0x3f) >> 2 == 1 => {
                 // Translation fault with a valid syndrome: MMIO.

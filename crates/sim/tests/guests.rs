@@ -350,6 +350,15 @@ fn bad_inputs() {
             Err(Error::Busy)
         );
         // A guest fault and a trapped instruction come back as FAULT exits.
+        // WFI: an IDLE exit, the PC advanced.
+        m.plat
+            .guest_script
+            .lock()
+            .unwrap()
+            .push_back(SimGuestAction::Sync(0x01 << 26 | 1 << 25));
+        let pc = m.plat.read_u64(vcpu + vcpu_off::PC as u64);
+        assert_eq!(run(m, a), Ok(exit::IDLE));
+        assert_eq!(m.plat.read_u64(vcpu + vcpu_off::PC as u64), pc + 4);
         m.plat.guest_script.lock().unwrap().extend([
             SimGuestAction::Sync(0x18 << 26 | 1 << 25),
             SimGuestAction::Sync(0x24 << 26 | 0x10),
