@@ -158,13 +158,8 @@ impl Platform for El2Platform {
     #[inline(always)]
     fn tlbi_s2_ipa(&self, vmid: u16, ipa: u64, level: u8) {
         // Stage-2 TLBIs act on the VMID in VTTBR_EL2: the host's (VMID 0) is loaded whenever
-        // EL2 runs on behalf of the host; a guest's is loaded just for the invalidation.
-        if vmid != 0 {
-            let old = load_vmid(vmid);
-            self.tlbi_s2_ipa(0, ipa, level);
-            restore_vttbr(old);
-            return;
-        }
+        // EL2 runs on behalf of the host. Guests' go through `tlbi_guest_s2_ipa`.
+        debug_assert_eq!(vmid, 0);
         let op = self.tlbi_operand(ipa, level);
         // SAFETY: TLB invalidation only drops cached translations. The stage-1 entries of the
         // VMID may combine the dropped stage-2 entry, so they go too.
@@ -181,12 +176,21 @@ impl Platform for El2Platform {
 
     #[inline(always)]
     fn tlbi_vmid(&self, vmid: u16) {
-        let old = (vmid != 0).then(|| load_vmid(vmid));
+        debug_assert_eq!(vmid, 0);
         // SAFETY: TLB invalidation only drops cached translations.
         unsafe { asm!("tlbi vmalls12e1is", options(nostack, preserves_flags)) };
-        if let Some(old) = old {
-            restore_vttbr(old);
-        }
+    }
+
+    fn tlbi_guest_s2_ipa(&self, vttbr: u64, ipa: u64, level: u8) {
+        let old = load_vttbr(vttbr);
+        self.tlbi_s2_ipa(0, ipa, level);
+        restore_vttbr(old);
+    }
+
+    fn tlbi_guest_vmid(&self, vttbr: u64) {
+        let old = load_vttbr(vttbr);
+        self.tlbi_vmid(0);
+        restore_vttbr(old);
     }
 
     #[inline(always)]
@@ -200,20 +204,20 @@ impl Platform for El2Platform {
     }
 }
 
-/// Loads `vmid` into `VTTBR_EL2` (base address unchanged) for a stage-2 TLB invalidation of
-/// that VMID; returns the old value. No lower EL runs until [`restore_vttbr`].
-fn load_vmid(vmid: u16) -> u64 {
+/// Loads a guest's `VTTBR_EL2` (its stage-2 root and VMID) for a stage-2 TLB invalidation of
+/// that VMID; returns the host's value. No lower EL runs until [`restore_vttbr`].
+fn load_vttbr(vttbr: u64) -> u64 {
     let old: u64;
     // SAFETY: only EL2 runs on this CPU until `restore_vttbr`; the EL1&0 regime is not used
-    // meanwhile, so its VMID may change. TLBIs issued meanwhile act on `vmid`.
+    // meanwhile, and the loaded root is the guest's own table, so even a speculative walk
+    // under its VMID sees only the guest's mappings. TLBIs issued meanwhile act on its VMID.
     unsafe {
         asm!(
             "mrs {old}, vttbr_el2",
-            "bfi {new}, {old}, #0, #48",
             "msr vttbr_el2, {new}",
             "isb",
             old = out(reg) old,
-            new = inout(reg) u64::from(vmid) << 48 => _,
+            new = in(reg) vttbr,
             options(nostack, preserves_flags)
         );
     }

@@ -33,6 +33,13 @@ pub trait Platform: PhysMem + GuestRunner {
     fn tlbi_s2_ipa(&self, vmid: u16, ipa: u64, level: u8);
     /// Invalidates every TLB entry of `vmid`.
     fn tlbi_vmid(&self, vmid: u16);
+    /// `tlbi ipas2e1is` + `vmalle1is` for a guest: `vttbr` (its stage-2 root | VMID << 48) is
+    /// the `VTTBR_EL2` loaded around the invalidation (the real root, so that no speculative
+    /// walk under that VMID can see another table), then the host's is restored.
+    fn tlbi_guest_s2_ipa(&self, vttbr: u64, ipa: u64, level: u8);
+    /// `tlbi vmalls12e1is` for a guest, with `vttbr` loaded as in
+    /// [`Platform::tlbi_guest_s2_ipa`].
+    fn tlbi_guest_vmid(&self, vttbr: u64);
     /// `tlbi alle2is`: invalidates every EL2 stage-1 entry.
     fn tlbi_el2_all(&self);
     /// Writes a diagnostic line (EL2 console or the simulator's log).

@@ -27,7 +27,7 @@ use pkvm_abi::{Error, PAGE_SHIFT, PAGE_SIZE, psci};
 use pkvm_pgtable::{Config, MapFlags, MmOps, PageTable, Prot, VisitKind, WalkFlags};
 
 use crate::mem_protect::{HYP_OWNER_ID, HostMmu, Hyp, HypMmu, table_pages_bound};
-use crate::mm::{Arch, pt_err};
+use crate::mm::{Arch, GuestArch, pt_err};
 use crate::page_alloc::{HypPool, NODE_NEXT, NODE_PREV};
 use crate::platform::{GuestEntry, GuestExit, Platform};
 use crate::vmemmap::{HypPage, NO_ORDER, PageState};
@@ -414,7 +414,10 @@ impl<'a, P: Platform> Hyp<'a, P> {
             vm.pgt
                 .map(
                     mm,
-                    &mut Arch(self.plat),
+                    &mut GuestArch {
+                        plat: self.plat,
+                        vttbr: vm.pgt.root() | (u64::from(vm.vmid) << 48),
+                    },
                     ipa,
                     size,
                     pfn << PAGE_SHIFT,
@@ -470,7 +473,11 @@ impl<'a, P: Platform> Hyp<'a, P> {
             }
         }
         let mm = &mut vm.pool;
-        match vm.pgt.unmap(mm, &mut Arch(self.plat), ipa, size) {
+        let mut arch = GuestArch {
+            plat: self.plat,
+            vttbr: vm.pgt.root() | (u64::from(vm.vmid) << 48),
+        };
+        match vm.pgt.unmap(mm, &mut arch, ipa, size) {
             Ok(n) if n == size => Ok(()),
             r => Err(self.commit_failed("unshare guest", r)),
         }
@@ -527,7 +534,8 @@ impl<'a, P: Platform> Hyp<'a, P> {
         // the whole memcache is zeroed and returned below, and the pool is dropped. The VMID may
         // be reused (and the memcache pages handed back) only once no TLB entry of it survives.
         self.plat.dsb_ishst();
-        self.plat.tlbi_vmid(vm.vmid);
+        self.plat
+            .tlbi_guest_vmid(vm.pgt.root() | (u64::from(vm.vmid) << 48));
         self.plat.dsb_ish();
         self.plat.isb();
         // The table pages are zero now; the root too unless nothing was ever shared.

@@ -264,6 +264,14 @@ impl Platform for SimPlatform {
             .invalidate_regime(Regime::Stage2(vmid));
     }
 
+    fn tlbi_guest_s2_ipa(&self, vttbr: u64, ipa: u64, level: u8) {
+        self.tlbi_s2_ipa((vttbr >> 48) as u16, ipa, level);
+    }
+
+    fn tlbi_guest_vmid(&self, vttbr: u64) {
+        self.tlbi_vmid((vttbr >> 48) as u16);
+    }
+
     fn tlbi_el2_all(&self) {
         self.counts.tlbi.fetch_add(1, Ordering::Relaxed);
         self.record(ArchEvent::TlbiEl2All);

@@ -7,7 +7,7 @@ use pkvm_abi::guest::{
 };
 use pkvm_abi::{Error, HostHcall, PAGE_SHIFT, PAGE_SIZE, Stat, psci};
 use pkvm_hyp::platform::PhysMem;
-use pkvm_sim::platform::SimGuestAction;
+use pkvm_sim::platform::{ArchEvent, SimGuestAction};
 use pkvm_sim::{Machine, SimConfig, with_machine};
 
 struct Host {
@@ -184,13 +184,31 @@ fn lifecycle_runs_to_power_off_and_leaks_nothing() {
             m.call(HostHcall::HostUnshareHyp, &[vcpu >> PAGE_SHIFT, 1]),
             Err(Error::Busy)
         );
+        m.plat.take_events();
         m.call(
             HostHcall::HostUnshareGuest,
             &[a, g::GUEST_RAM_IPA >> PAGE_SHIFT, 4],
         )
         .unwrap();
-        // Dirty the guest's memcache tables first: a's stage-2 uses some of its pages.
+        // The unmapped IPAs are invalidated for a's VMID (1), never the host's.
+        let ev = m.plat.take_events();
+        for i in 0..4 {
+            let ipa = g::GUEST_RAM_IPA + i * PAGE_SIZE;
+            assert!(
+                ev.iter().any(
+                    |e| matches!(e, ArchEvent::TlbiS2Ipa { vmid: 1, ipa: x, .. } if *x == ipa)
+                        || *e == ArchEvent::TlbiVmid(1)
+                ),
+                "no TLBI of {ipa:#x} for VMID 1 in {ev:?}"
+            );
+        }
+        assert!(!ev.iter().any(|e| matches!(
+            e,
+            ArchEvent::TlbiS2Ipa { vmid: 0, .. } | ArchEvent::TlbiVmid(0)
+        )));
         m.call(HostHcall::VmTeardown, &[a]).unwrap();
+        // Teardown invalidated the whole VMID before the slot can be reused.
+        assert!(m.plat.take_events().contains(&ArchEvent::TlbiVmid(1)));
         for off in (0..g::VM_MEMCACHE_PAGES * PAGE_SIZE).step_by(8) {
             assert_eq!(
                 m.plat.read_u64(h.page(16) + off),
