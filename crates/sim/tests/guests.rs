@@ -478,3 +478,70 @@ fn eight_vms_then_enomem() {
         }
     });
 }
+
+/// Four simulated CPUs create, run and destroy VMs at once, the structures of two threads'
+/// VMs sharing one page, while the host shares and unshares other pages with EL2: every call
+/// returns a legal result and nothing is left afterwards.
+#[test]
+fn concurrent_lifecycles_leave_nothing_behind() {
+    const THREADS: u64 = 4;
+    const ROUNDS: u64 = 300;
+    machine(|m, h| {
+        std::thread::scope(|s| {
+            for t in 0..THREADS {
+                s.spawn(move || {
+                    // Threads 0/1 put their structures in pages 0..2, threads 2/3 in 3..5.
+                    let pair = (t / 2) * 3;
+                    let half = (t % 2) * 0x800;
+                    let (desc, vcpu, fp) = (
+                        h.page(pair) + half,
+                        h.page(pair + 1) + half,
+                        h.page(pair + 2) + half,
+                    );
+                    let mc = 16 + 8 * t;
+                    let ram = 100 + 32 * t;
+                    let other = 300 + t;
+                    for i in 0..ROUNDS {
+                        let vm = create(m, h, desc, vcpu, fp, mc);
+                        let gfn = g::GUEST_RAM_IPA >> PAGE_SHIFT;
+                        m.call(
+                            HostHcall::HostShareGuest,
+                            &[vm, h.pfn(ram), gfn, 16, g::PROT_RWX],
+                        )
+                        .unwrap();
+                        if i % 2 == 0 {
+                            m.call(HostHcall::HostUnshareGuest, &[vm, gfn + 4, 4])
+                                .unwrap();
+                        }
+                        // Another thread's VM may own this page's pins; our own run works.
+                        assert_eq!(run(m, vm), Ok(exit::SYSTEM_EVENT));
+                        m.call(HostHcall::HostShareHyp, &[h.pfn(other), 1]).unwrap();
+                        m.call(HostHcall::VmTeardown, &[vm]).unwrap();
+                        assert_eq!(run(m, vm), Err(Error::NoEnt));
+                        m.call(HostHcall::HostUnshareHyp, &[h.pfn(other), 1])
+                            .unwrap();
+                        // Release our structures: EBUSY while the other thread's VM on the
+                        // same pages lives.
+                        for (pa, len) in [
+                            (desc, 32u64),
+                            (vcpu, size_of::<VcpuState>() as u64),
+                            (fp, 528),
+                        ] {
+                            let (first, last) = (pa >> PAGE_SHIFT, (pa + len - 1) >> PAGE_SHIFT);
+                            loop {
+                                match m.call(HostHcall::HostUnshareHyp, &[first, last - first + 1])
+                                {
+                                    Ok(()) => break,
+                                    Err(Error::Busy) => std::thread::yield_now(),
+                                    Err(e) => panic!("unshare of our structure: {e:?}"),
+                                }
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        assert_eq!(m.hyp.mmops_errors(), 0);
+        assert!(m.hyp.pools_free_memory_is_zero());
+    });
+}
