@@ -41,6 +41,9 @@ pub const HCR_GUEST: u64 = (1 << 0)
     | (1 << 13)
     | (1 << 19)
     | (1 << 31);
+/// `CPTR_EL2` bits added while a guest runs: TZ (SVE, bit 8), TFP (FP/SIMD, bit 10: switched
+/// lazily on the first access), TSM (SME, bit 12).
+pub const CPTR_GUEST_TRAPS: u64 = (1 << 8) | (1 << 10) | (1 << 12);
 /// `CNTHCTL_EL2` while a guest runs: EL1PCTEN (counter readable), physical timer trapped.
 pub const CNTHCTL_GUEST: u64 = 1;
 
@@ -64,6 +67,9 @@ pub struct WorldCtx {
     host_vttbr: u64,
     host_vbar: u64,
     host_cnthctl: u64,
+    host_cptr: u64,
+    /// Non-zero once the guest's FP/SIMD registers are loaded (its first FP access this run).
+    fp_loaded: u64,
     /// `x19..=x30`, then `sp`.
     host_gprs: [u64; 14],
     host_sys: [u64; NR_SYSREGS],
@@ -251,10 +257,13 @@ el2_guest_run:
 
     add     x2, x0, #{host_sys}
     el1_save x2
-    add     x2, x0, #{host_fp}
-    fp_save x2
-    ldr     x2, [x0, #{fp_pa}]
-    fp_load x2
+    /* FP/SIMD is switched lazily: the guest's first FP access traps (CPTR_EL2.TFP). SVE and
+       SME trap too (TZ, TSM) and end the run: their state is not switched. */
+    mrs     x3, cptr_el2
+    mov     x4, #{cptr_guest_traps}
+    orr     x4, x3, x4
+    stp     x3, xzr, [x0, #{host_cptr}]
+    msr     cptr_el2, x4
     ldr     x1, [x0, #{vcpu_pa}]
     add     x2, x1, #{sys}
     el1_load x2
@@ -335,10 +344,15 @@ el2_guest_exit:
 
     add     x2, x1, #{sys}
     el1_save x2
+    ldp     x2, x3, [x0, #{host_cptr}]
+    msr     cptr_el2, x2
+    isb
+    cbz     x3, 1f
     ldr     x2, [x0, #{fp_pa}]
     fp_save x2
     add     x2, x0, #{host_fp}
     fp_load x2
+1:
     add     x2, x0, #{host_sys}
     el1_load x2
 
@@ -362,6 +376,32 @@ el2_guest_exit:
     ldp     x27, x28, [x0, #{gprs} + 0x40]
     ldp     x29, x30, [x0, #{gprs} + 0x50]
     ret
+
+    /* The guest's synchronous exceptions: a trapped FP/SIMD access (EC 0x07) loads its FP
+       state and resumes it; anything else ends the run. x0/x1 are on the stack. */
+el2_guest_sync:
+    mrs     x0, esr_el2
+    lsr     x0, x0, #26
+    cmp     x0, #0x07
+    b.eq    2f
+    mov     x1, #0
+    b       el2_guest_exit
+2:  stp     x2, x3, [sp, #-32]!
+    str     x4, [sp, #16]
+    mrs     x0, tpidr_el2
+    ldr     x2, [x0, #{host_cptr}]
+    msr     cptr_el2, x2
+    isb
+    add     x2, x0, #{host_fp}
+    fp_save x2
+    ldr     x2, [x0, #{fp_pa}]
+    fp_load x2
+    mov     x2, #1
+    str     x2, [x0, #{fp_loaded}]
+    ldr     x4, [sp, #16]
+    ldp     x2, x3, [sp], #32
+    ldp     x0, x1, [sp], #16
+    eret
 
     /* Vectors while a guest runs. Exceptions taken at EL2 itself are bugs: report them. */
     .macro guest_exit_vector kind
@@ -391,7 +431,9 @@ el2_guest_vectors:
     guest_el2_vector 5
     guest_el2_vector 6
     guest_el2_vector 7
-    guest_exit_vector 0
+    .balign 128
+    stp     x0, x1, [sp, #-16]!
+    b       el2_guest_sync
     guest_exit_vector 1
     guest_exit_vector 2
     guest_exit_vector 3
@@ -403,6 +445,9 @@ el2_guest_vectors:
     gprs = const offset_of!(WorldCtx, host_gprs),
     host_sys = const offset_of!(WorldCtx, host_sys),
     host_fp = const offset_of!(WorldCtx, host_fp),
+    host_cptr = const offset_of!(WorldCtx, host_cptr),
+    fp_loaded = const offset_of!(WorldCtx, fp_loaded),
+    cptr_guest_traps = const CPTR_GUEST_TRAPS,
     fp_pa = const offset_of!(WorldCtx, fp_pa),
     vcpu_pa = const offset_of!(WorldCtx, vcpu_pa),
     host_elr = const offset_of!(WorldCtx, host_elr),
@@ -428,6 +473,7 @@ const _: () = {
     assert!(offset_of!(WorldCtx, host_vttbr) == offset_of!(WorldCtx, host_hcr) + 8);
     assert!(offset_of!(WorldCtx, host_cnthctl) == offset_of!(WorldCtx, host_vbar) + 8);
     assert!(offset_of!(WorldCtx, host_fp).is_multiple_of(16));
+    assert!(offset_of!(WorldCtx, fp_loaded) == offset_of!(WorldCtx, host_cptr) + 8);
     assert!(vcpu_off::PSTATE == vcpu_off::PC + 8);
     assert!(NR_SYSREGS * 8 == 0xc0);
 };

@@ -15,6 +15,7 @@
 //! | `host_fault` | one host load from a 2 MiB block it never touched: the host stage-2 fault that maps the block, then the retried load |
 //! | `vm_lifecycle` | one whole guest lifecycle: share the VM structure, `VmInit` (memcache donation), share the vCPU and FP structures, `VcpuInit`, share 16 pages of RAM into the guest, `VcpuRun` until the (quiet) guest powers off, `VmTeardown`, three unshares |
 //! | `guest_hvc_roundtrip` | one `VcpuRun` that resumes a guest stopped at a hypercall exit and returns at its next hypercall: host HVC, world switch in, guest HVC, world switch out |
+//! | `guest_hvc_roundtrip_fp` | the same with the guest using FP between the exits: plus its FP-access trap and the lazy FP/SIMD switch both ways |
 
 use crate::checks::Checks;
 use crate::env::Env;
@@ -165,28 +166,34 @@ fn guests(c: &mut Checks, env: &mut Env) {
     report(c, "vm_lifecycle", &life, err);
     guests::lifecycle_breakdown(mem, |f| count(f));
 
-    // A quiet guest that pings many times: each sample is one run from one ping to the next.
-    let mut rt = [0; SAMPLES];
-    let mut err = None;
-    match guests::create(0, mem, 0, 1000, flags::QUIET) {
-        Ok(vm) => {
-            let first = guests::run_once(&vm);
-            for v in &mut rt {
-                guests::answer_ping(&vm, GUEST_HVC_PING);
-                let (n, r) = count(|| guests::run_once(&vm));
-                *v = n;
-                if r != Ok(exit::HYPERCALL) {
-                    err.get_or_insert(r.map(|_| ()));
+    // A quiet guest that pings many times: each sample is one run from one ping to the next;
+    // with FP_PINGS the guest uses FP each time, so each run also switches FP lazily.
+    for (name, gflags) in [
+        ("guest_hvc_roundtrip", flags::QUIET),
+        ("guest_hvc_roundtrip_fp", flags::QUIET | flags::FP_PINGS),
+    ] {
+        let mut rt = [0; SAMPLES];
+        let mut err = None;
+        match guests::create(0, mem, 0, 1000, gflags) {
+            Ok(vm) => {
+                let first = guests::run_once(&vm);
+                for v in &mut rt {
+                    guests::answer_ping(&vm, GUEST_HVC_PING);
+                    let (n, r) = count(|| guests::run_once(&vm));
+                    *v = n;
+                    if r != Ok(exit::HYPERCALL) {
+                        err.get_or_insert(r.map(|_| ()));
+                    }
+                }
+                if first != Ok(exit::HYPERCALL) {
+                    err.get_or_insert(first.map(|_| ()));
+                }
+                if let Err(e) = guests::destroy(vm) {
+                    err.get_or_insert(Err(e));
                 }
             }
-            if first != Ok(exit::HYPERCALL) {
-                err.get_or_insert(first.map(|_| ()));
-            }
-            if let Err(e) = guests::destroy(vm) {
-                err.get_or_insert(Err(e));
-            }
+            Err(e) => err = Some(Err(e)),
         }
-        Err(e) => err = Some(Err(e)),
+        report(c, name, &rt, err);
     }
-    report(c, "guest_hvc_roundtrip", &rt, err);
 }

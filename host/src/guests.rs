@@ -144,8 +144,10 @@ pub struct Vm {
 
 /// Guest options (the guest's `x2`).
 pub mod flags {
-    /// Skip the console, the id read and the memory test.
+    /// Skip the console, the id read, the memory test and the WFI; pings do not use FP.
     pub const QUIET: u64 = 1;
+    /// Pings keep a pattern in `d16` across the exit even when quiet.
+    pub const FP_PINGS: u64 = 2;
 }
 
 /// Creates a VM in `slot`: shares its descriptor, donates the memcache, adds the vCPU (state
@@ -298,6 +300,41 @@ pub fn answer_ping(vm: &Vm, ping: u64) {
     }
 }
 
+/// `VcpuRun` with a pattern in the host's own `d16` across the hypercall: `Ok((reason,
+/// d16 survived))`. The guest puts its own pattern in `d16`, so a world switch that failed to
+/// restore the host's FP registers shows up here.
+fn run_once_fp_checked(vm: &Vm) -> Result<(u64, bool), HcallError> {
+    let pattern = 0x0f0f_1234_5678_0000 ^ vm.id;
+    let (x0, x1, x2, back): (u64, u64, u64, u64);
+    // SAFETY: as `hvc::hvc` (SMCCC: only x0..x3 change; x4..x17 declared clobbered), plus
+    // `v16`, which the block writes and reads itself.
+    unsafe {
+        core::arch::asm!(
+            "fmov d16, {p}",
+            "hvc #0",
+            "fmov {b}, d16",
+            p = in(reg) pattern,
+            b = out(reg) back,
+            inout("x0") hvc_fid(HostHcall::VcpuRun) => x0,
+            inout("x1") vm.handle => x1,
+            inout("x2") 0u64 => x2,
+            inout("x3") 0u64 => _,
+            out("x4") _, out("x5") _, out("x6") _, out("x7") _, out("x8") _, out("x9") _,
+            out("x10") _, out("x11") _, out("x12") _, out("x13") _, out("x14") _,
+            out("x15") _, out("x16") _, out("x17") _, out("v16") _,
+            options(nostack)
+        );
+    }
+    if x0 != SMCCC_SUCCESS {
+        return Err(HcallError::NotSupported(x0));
+    }
+    decode_result(x1).map_err(HcallError::Errno)?;
+    Ok((x2, back == pattern))
+}
+
+/// Runs in which the host's `d16` did not survive (must stay 0).
+static HOST_FP_LOST: AtomicU64 = AtomicU64::new(0);
+
 /// Console line buffer for one guest.
 struct Console {
     line: [u8; 80],
@@ -332,8 +369,13 @@ pub fn run(vm: &Vm, echo: bool, mut on_exit: impl FnMut(&Vm, u64)) -> RunEnd {
         echo,
     };
     loop {
-        let reason = match run_once(vm) {
-            Ok(r) => r,
+        let reason = match run_once_fp_checked(vm) {
+            Ok((r, fp_ok)) => {
+                if !fp_ok {
+                    HOST_FP_LOST.fetch_add(1, Ordering::Relaxed);
+                }
+                r
+            }
             Err(e) => return RunEnd::Error(e),
         };
         on_exit(vm, reason);
@@ -628,6 +670,12 @@ pub fn scenario(c: &mut Checks, env: &mut Env) {
         "guest lifecycles",
         failures == 0,
         format_args!("{done} created, run to power-off and destroyed, {failures} failures"),
+    );
+    let lost = HOST_FP_LOST.load(Ordering::Relaxed);
+    c.check(
+        "host FP/SIMD registers survive every run",
+        lost == 0,
+        format_args!("{lost} runs lost the host's d16"),
     );
     let idle = IDLE_EXITS.load(Ordering::Relaxed) - idle0;
     c.check(

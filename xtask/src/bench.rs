@@ -122,6 +122,13 @@ const ROWS: &[Row] = &[
         target: Some(400),
     },
     Row {
+        label: "the same, guest using FP between exits (lazy FP switch)",
+        name: "guest_hvc_roundtrip_fp",
+        pages: 1,
+        linux: "-",
+        target: None,
+    },
+    Row {
         label: "second share_hyp of a shared page",
         name: "share_again",
         pages: 1,
