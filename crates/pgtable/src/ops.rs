@@ -726,6 +726,21 @@ impl PageTable {
                 }
                 return Ok(());
             }
+        } else if let Some(first) = self.small_run(mm, arch, addr, size) {
+            // A few pages inside one last-level table, all empty: written in one loop.
+            let new0 = phys | attrs | PTE_VALID | PTE_TYPE;
+            let n = size / desc::PAGE_SIZE;
+            if (0..n).all(|i| mm.read_pte(first + i * 8) == 0) {
+                for i in 0..n {
+                    mm.write_pte(first + i * 8, new0 + i * desc::PAGE_SIZE);
+                    mm.get_page(first);
+                }
+                arch.dsb_ishst();
+                if !self.cfg.format.is_stage2() {
+                    arch.isb();
+                }
+                return Ok(());
+            }
         }
         self.map_walk(mm, arch, addr, end, phys.wrapping_sub(addr), attrs, flags)
     }
@@ -787,6 +802,9 @@ impl PageTable {
         {
             return Ok(unmapped);
         }
+        if let Some(unmapped) = self.unmap_small_run(mm, arch, addr, size) {
+            return Ok(unmapped);
+        }
         self.unmap_walk(mm, arch, addr, end)
     }
 
@@ -808,6 +826,27 @@ impl PageTable {
         let r = walk_range(mm, self.root, self.start_level(), addr, end, &mut v);
         v.maint.finish();
         r.map(|()| v.unmapped)
+    }
+
+    /// For a range of pages inside one last-level table and smaller than a block (so that it
+    /// can only be mapped with pages), the address of its first descriptor, linking missing
+    /// tables on the way down; `None` otherwise.
+    #[inline(always)]
+    fn small_run<M: MmOps, A: ArchOps>(
+        &self,
+        mm: &mut M,
+        arch: &mut A,
+        addr: u64,
+        size: u64,
+    ) -> Option<u64> {
+        let last = addr + size - desc::PAGE_SIZE;
+        if size >= granule(LEAF_LEVEL - 1)
+            || addr >> desc::level_shift(LEAF_LEVEL - 1)
+                != last >> desc::level_shift(LEAF_LEVEL - 1)
+        {
+            return None;
+        }
+        self.last_level_entry_alloc(mm, arch, addr)
     }
 
     /// The address of the last-level descriptor for `addr`, linking a new, empty table for every zero entry on the way
@@ -927,6 +966,82 @@ impl PageTable {
         Some(unmapped)
     }
 
+    /// Unmaps a range of pages inside one last-level table, smaller than a block, without a
+    /// walk when every table on the way exists and each entry is empty, mapped or annotated:
+    /// clears them (TLBIs queued and batched as in the walk), drops their references, then
+    /// unlinks and frees the tables left empty, bottom-up. `None` when the walk is needed.
+    #[inline(never)]
+    fn unmap_small_run<M: MmOps, A: ArchOps>(
+        &mut self,
+        mm: &mut M,
+        arch: &mut A,
+        addr: u64,
+        size: u64,
+    ) -> Option<u64> {
+        let last = addr + size - desc::PAGE_SIZE;
+        if size >= granule(LEAF_LEVEL - 1)
+            || addr >> desc::level_shift(LEAF_LEVEL - 1)
+                != last >> desc::level_shift(LEAF_LEVEL - 1)
+        {
+            return None;
+        }
+        let start = self.start_level();
+        let mut path = [0u64; 4];
+        let mut table = self.root;
+        let mut level = start;
+        while level < LEAF_LEVEL {
+            let ptep = table + desc::table_index(addr, level) * 8;
+            let pte = mm.read_pte(ptep);
+            if !desc::is_table(pte, level) {
+                return None;
+            }
+            path[level as usize] = ptep;
+            table = output_address(pte);
+            level += 1;
+        }
+        let stage2 = self.cfg.format.is_stage2();
+        let first = table + desc::table_index(addr, LEAF_LEVEL) * 8;
+        let n = size / desc::PAGE_SIZE;
+        if !(0..n).all(|i| {
+            let pte = mm.read_pte(first + i * 8);
+            pte == 0 || counted(stage2, pte)
+        }) {
+            return None;
+        }
+        let mut maint: Maint<'_, A, UNMAP_BATCH> = Maint::new(arch, self.cfg.format);
+        let mut unmapped = 0;
+        let mut puts = 0;
+        for i in 0..n {
+            let pte = mm.read_pte(first + i * 8);
+            if pte == 0 {
+                continue;
+            }
+            mm.write_pte(first + i * 8, 0);
+            if is_valid(pte) {
+                maint.invalidate(addr + i * desc::PAGE_SIZE, LEAF_LEVEL, true);
+                unmapped += desc::PAGE_SIZE;
+            }
+            puts += 1;
+        }
+        for _ in 0..puts {
+            mm.put_page(first);
+        }
+        let mut child = table;
+        let mut level = LEAF_LEVEL;
+        while level > start && mm.page_count(child) == 1 {
+            let parent_ptep = path[level as usize - 1];
+            mm.write_pte(parent_ptep, 0);
+            maint.invalidate(addr & !(granule(level - 1) - 1), 0, false);
+            maint.sync();
+            mm.put_page(parent_ptep);
+            mm.put_zeroed_table(child);
+            child = parent_ptep & !(desc::PAGE_SIZE - 1);
+            level -= 1;
+        }
+        maint.finish();
+        Some(unmapped)
+    }
+
     /// Marks every page of `[addr, addr + size)` as owned by `owner` (stage-2 only): each entry
     /// becomes the invalid annotation carrying `owner` in bits \[9:2\], page granular (tables are
     /// allocated and blocks split as needed; valid mappings are removed with break-before-make —
@@ -960,9 +1075,27 @@ impl PageTable {
             return self.unmap(mm, arch, addr, size).map(|_| ());
         }
         let end = self.check_range(addr, size)?;
+        let annotation = desc::owner_pte(owner as u8);
+        if let Some(first) = self.small_run(mm, arch, addr, size).or_else(|| {
+            (size == desc::PAGE_SIZE)
+                .then(|| self.last_level_entry_alloc(mm, arch, addr))
+                .flatten()
+        }) {
+            // Pages inside one last-level table, all empty: annotate them in one loop (no valid
+            // entry changes, so no TLB maintenance; the final barrier orders the writes).
+            let n = size / desc::PAGE_SIZE;
+            if (0..n).all(|i| mm.read_pte(first + i * 8) == 0) {
+                for i in 0..n {
+                    mm.write_pte(first + i * 8, annotation);
+                    mm.get_page(first);
+                }
+                arch.dsb_ishst();
+                return Ok(());
+            }
+        }
         let mut v = OwnerVisitor {
             maint: Maint::new(arch, self.cfg.format),
-            annotation: desc::owner_pte(owner as u8),
+            annotation,
         };
         let r = walk_range(mm, self.root, self.start_level(), addr, end, &mut v);
         v.maint.finish();
