@@ -904,19 +904,7 @@ impl PageTable {
         addr: u64,
     ) -> Option<u64> {
         let start = self.start_level();
-        let mut path = [0u64; 4];
-        let mut table = self.root;
-        let mut level = start;
-        while level < LEAF_LEVEL {
-            let ptep = table + desc::table_index(addr, level) * 8;
-            let pte = mm.read_pte(ptep);
-            if !desc::is_table(pte, level) {
-                return None;
-            }
-            path[level as usize] = ptep;
-            table = output_address(pte);
-            level += 1;
-        }
+        let (path, table) = self.table_path(mm, addr)?;
         let ptep = table + desc::table_index(addr, LEAF_LEVEL) * 8;
         let old = mm.read_pte(ptep);
         let stage2 = self.cfg.format.is_stage2();
@@ -966,6 +954,27 @@ impl PageTable {
         Some(unmapped)
     }
 
+    /// The descriptor addresses of the table entries leading to `addr`'s last-level table
+    /// (`path[level]` for each level above the last) and that table's address, if every table
+    /// on the way exists.
+    #[inline(always)]
+    fn table_path<M: MmOps>(&self, mm: &M, addr: u64) -> Option<([u64; 4], u64)> {
+        let mut path = [0u64; 4];
+        let mut table = self.root;
+        let mut level = self.start_level();
+        while level < LEAF_LEVEL {
+            let ptep = table + desc::table_index(addr, level) * 8;
+            let pte = mm.read_pte(ptep);
+            if !desc::is_table(pte, level) {
+                return None;
+            }
+            path[level as usize] = ptep;
+            table = output_address(pte);
+            level += 1;
+        }
+        Some((path, table))
+    }
+
     /// Unmaps a range of pages inside one last-level table, smaller than a block, without a
     /// walk when every table on the way exists and each entry is empty, mapped or annotated:
     /// clears them (TLBIs queued and batched as in the walk), drops their references, then
@@ -986,19 +995,7 @@ impl PageTable {
             return None;
         }
         let start = self.start_level();
-        let mut path = [0u64; 4];
-        let mut table = self.root;
-        let mut level = start;
-        while level < LEAF_LEVEL {
-            let ptep = table + desc::table_index(addr, level) * 8;
-            let pte = mm.read_pte(ptep);
-            if !desc::is_table(pte, level) {
-                return None;
-            }
-            path[level as usize] = ptep;
-            table = output_address(pte);
-            level += 1;
-        }
+        let (path, table) = self.table_path(mm, addr)?;
         let stage2 = self.cfg.format.is_stage2();
         let first = table + desc::table_index(addr, LEAF_LEVEL) * 8;
         let n = size / desc::PAGE_SIZE;
