@@ -40,7 +40,7 @@ fuzz_target!(|data: &[u8]| {
         let mut c = Checker::new(m.spec_machine());
         for rec in data.chunks_exact(3).take(64) {
             let (pfn, nr) = (pfn_of(rec[1]), nr_of(rec[2]));
-            let call = match rec[0] % 8 {
+            let call = match rec[0] % 9 {
                 0 => Call::ShareHyp { pfn, nr },
                 1 => Call::UnshareHyp { pfn, nr },
                 2 => Call::DonateHyp { pfn, nr },
@@ -48,6 +48,7 @@ fuzz_target!(|data: &[u8]| {
                 4 => Call::Pin { pfn, nr },
                 5 => Call::Unpin { pfn, nr },
                 6 => Call::HostAccess { pa: pfn.wrapping_shl(PAGE_SHIFT), write: rec[2] & 1 != 0 },
+                7 => Call::DebugRead { pa: pfn.wrapping_shl(PAGE_SHIFT) | u64::from(rec[2] & 0xf) },
                 _ => Call::HypRead { pa: pfn.wrapping_shl(PAGE_SHIFT) },
             };
             if let Err(e) = checked(m, &mut c, call) {

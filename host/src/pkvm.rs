@@ -87,7 +87,7 @@ pub fn hyp_read(pa: u64) -> Result<u64, HcallError> {
 
 /// Debug: one EL2 statistic.
 pub fn stat(s: Stat) -> Result<u64, HcallError> {
-    call(HostHcall::DebugStat, s as u64, 0).map(|(v, _)| v)
+    call(HostHcall::Stat, s as u64, 0).map(|(v, _)| v)
 }
 
 /// `Version`: `(ABI version, feature bits)`.

@@ -4,7 +4,7 @@
 //!
 //! 1. the brief's transition script on one page;
 //! 2. the negative catalogue of `crates/sim/tests/catalogue.rs`, each refused call with its
-//!    exact error and an unchanged EL2 state (DebugStat before and after), followed by the
+//!    exact error and an unchanged EL2 state (Stat before and after), followed by the
 //!    legal operation to show nothing was left half-done;
 //! 3. `share_hyp(obj)` of two objects in one page, and of one straddling two pages;
 //! 4. host writes seen by EL2 through its own mapping (DebugRead);
@@ -146,7 +146,7 @@ fn refused(c: &mut Checks, name: &'static str, op: Op, pfn: u64, nr: u64, want: 
             name,
             false,
             format_args!(
-                "{}({pfn:#x}, {nr}) -> {} (want {}); DebugStat failed: {:?} / {:?}",
+                "{}({pfn:#x}, {nr}) -> {} (want {}); Stat failed: {:?} / {:?}",
                 op.name(),
                 show(r),
                 want.name(),
@@ -210,7 +210,7 @@ pub fn run(c: &mut Checks, env: &mut Env) {
     let start = Snapshot::take();
     match start {
         Ok(s) => println!("selftest: EL2 state at start: {s}"),
-        Err(e) => println!("selftest: DebugStat failed: {e}"),
+        Err(e) => println!("selftest: Stat failed: {e}"),
     }
     c.eq(
         "at start: no host page mapped at EL2",

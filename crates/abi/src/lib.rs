@@ -34,7 +34,9 @@ pub mod features {
     pub const RANGES: u64 = 1 << 0;
     /// EL2 refcounts pages shared more than once (the seed's semantics).
     pub const EL2_REFCOUNT: u64 = 1 << 1;
-    /// Debug hypercalls ([`super::HostHcall::DebugStat`] and friends) are enabled.
+    /// Debug hypercalls ([`super::HostHcall::DebugPin`] and friends) are enabled. Only the
+    /// test build of EL2 (`pkvm-el2-debug`) sets this; every image a user runs leaves it clear
+    /// and answers the debug ids with `NOT_SUPPORTED`.
     pub const DEBUG_HCALLS: u64 = 1 << 2;
     /// Guests (VM/vCPU hypercalls) are supported.
     pub const GUESTS: u64 = 1 << 3;
@@ -94,16 +96,20 @@ hcalls! {
     HostUnshareHyp = 0x03, boot_only = false;
     /// `(pfn, nr_pages)`: give host pages to EL2.
     HostDonateHyp = 0x04, boot_only = false;
-    /// `(pfn, nr_pages)`, debug: EL2 gives pages back to the host (only pages EL2 does not use).
+    /// `(pfn, nr_pages)`, debug: EL2 gives back pages the host donated with
+    /// [`HostHcall::HostDonateHyp`] and that it does not use (never its own memory, never a
+    /// VM's memcache).
     DebugHypDonateHost = 0x20, boot_only = false;
-    /// `(pfn, nr_pages)`, debug: EL2 pins shared pages (as it does while it uses them).
+    /// `(pfn, nr_pages)`, debug: the host pins pages it shares with EL2 (unshare then fails
+    /// with `EBUSY`). Host pins are counted apart from EL2's own pins.
     DebugPin = 0x21, boot_only = false;
-    /// `(pfn, nr_pages)`, debug: undo one [`HostHcall::DebugPin`].
+    /// `(pfn, nr_pages)`, debug: undo one [`HostHcall::DebugPin`] (never one of EL2's pins).
     DebugUnpin = 0x22, boot_only = false;
-    /// `(pa) -> x2 = value`, debug: EL2 reads a u64 through its own stage-1 mapping.
+    /// `(pa) -> x2 = value`, debug: EL2 reads a u64 of a page the host shares with it.
     DebugRead = 0x23, boot_only = false;
-    /// `(selector) -> x2 = value`, debug: one EL2 statistic, see [`Stat`].
-    DebugStat = 0x24, boot_only = false;
+    /// `(selector) -> x2 = value`: one EL2 statistic, see [`Stat`]. Read-only; available in
+    /// every build (the leak counters a host checks after tearing guests down).
+    Stat = 0x24, boot_only = false;
     /// `(vm_desc_pa, memcache_pfn, memcache_nr) -> x2 = handle`: create a VM. The host has
     /// shared the [`guest::VmDesc`] at `vm_desc_pa` with EL2 (EL2 pins it until teardown) and
     /// donates the `memcache_nr` contiguous pages at `memcache_pfn` for the guest stage-2.
@@ -124,7 +130,7 @@ hcalls! {
     VmTeardown = 0x35, boot_only = false;
 }
 
-/// Selectors for [`HostHcall::DebugStat`].
+/// Selectors for [`HostHcall::Stat`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u64)]
 pub enum Stat {

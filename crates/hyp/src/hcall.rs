@@ -70,6 +70,13 @@ impl<P: Platform> Hyp<'_, P> {
             HostHcall::HostUnshareGuest => self.host_unshare_guest(x[1], x[2], x[3]),
             HostHcall::VcpuRun => self.vcpu_run(x[1]).map(|r| x[2] = r),
             HostHcall::VmTeardown => self.vm_teardown(x[1]),
+            HostHcall::Stat => match Stat::from_u64(x[1]) {
+                Some(s) => {
+                    x[2] = self.stat(s);
+                    Ok(())
+                }
+                None => Err(Error::Inval),
+            },
             _ if !cfg!(feature = "debug-hcalls") => {
                 x[0] = SMCCC_NOT_SUPPORTED;
                 return;
@@ -78,13 +85,6 @@ impl<P: Platform> Hyp<'_, P> {
             HostHcall::DebugPin => self.pin_shared(x[1], x[2]),
             HostHcall::DebugUnpin => self.unpin_shared(x[1], x[2]),
             HostHcall::DebugRead => self.hyp_read(x[1]).map(|v| x[2] = v),
-            HostHcall::DebugStat => match Stat::from_u64(x[1]) {
-                Some(s) => {
-                    x[2] = self.stat(s);
-                    Ok(())
-                }
-                None => Err(Error::Inval),
-            },
         };
         x[0] = SMCCC_SUCCESS;
         x[1] = encode_result(r);
@@ -109,7 +109,7 @@ impl<P: Platform> Hyp<'_, P> {
             }),
             Stat::LiveVms => self.live_vms(),
             Stat::PinnedPages => {
-                self.count_pages(|p| Self::is_shared_with_hyp(p) && p.refcount() != 0)
+                self.count_pages(|p| Self::is_shared_with_hyp(p) && Self::is_pinned(p))
             }
         }
     }

@@ -31,13 +31,15 @@ use crate::memory::MemoryMap;
 use crate::mm::{Arch, pt_err};
 use crate::page_alloc::HypPool;
 use crate::platform::{PhysMem, Platform};
-use crate::vmemmap::{HypPage, PageState, Vmemmap};
+use crate::vmemmap::{HypPage, HypUse, PageState, Vmemmap};
 
 /// Owner id written into host stage-2 annotations for pages the hypervisor owns.
 pub const HYP_OWNER_ID: u8 = 1;
 
-/// Largest share or pin count; one more is refused with `EBUSY`.
+/// Largest share count, and largest count of EL2's own pins; one more is refused with `EBUSY`.
 pub const MAX_COUNT: u16 = u16::MAX;
+/// Largest count of host (debug) pins of a page; one more is refused with `EBUSY`.
+pub const MAX_HOST_PINS: u8 = u8::MAX;
 
 /// Prot of the host's default identity mapping of RAM.
 pub const HOST_MEM_PROT: Prot = Prot::R.union(Prot::W).union(Prot::X);
@@ -291,7 +293,7 @@ impl<'a, P: Platform> Hyp<'a, P> {
             if !Self::is_shared_with_hyp(p) {
                 return Err(Error::Perm);
             }
-            pinned |= p.refcount() != 0;
+            pinned |= Self::is_pinned(p);
         }
         if pinned {
             return Err(Error::Busy);
@@ -330,33 +332,49 @@ impl<'a, P: Platform> Hyp<'a, P> {
             && p.share_count() > 0
     }
 
-    /// `host_donate_hyp(pfn, nr_pages)`: gives host pages to EL2. The host stage-2 entries become
-    /// invalid and annotated with EL2's owner id (splitting host blocks as needed, with
-    /// break-before-make), and EL2 maps the pages read/write.
+    /// Whether anyone — EL2 for a structure it uses, or the host through the debug pin call —
+    /// pins the page (then it cannot be unshared).
+    pub(crate) fn is_pinned(p: &HypPage) -> bool {
+        p.refcount() != 0 || p.host_pins() != 0
+    }
+
+    /// Whether the page is the host's alone: (OWNED, NOPAGE), shared with nobody, pinned by
+    /// nobody. The precondition of every transition that takes a page away from the host.
+    pub(crate) fn is_host_exclusive(p: &HypPage) -> bool {
+        p.host_state() == PageState::Owned
+            && p.hyp_state() == PageState::NoPage
+            && p.share_count() == 0
+            && !Self::is_pinned(p)
+    }
+
+    /// Host → hyp donation of `[pfn, pfn + nr)` for `usage`, with both locks held: check that
+    /// every page is the host's alone and that both sides have table memory, then annotate the
+    /// host stage-2 with EL2's owner id, map the pages at EL2 and record what they are for.
+    ///
+    /// The one donation block: `host_donate_hyp` ([`HypUse::Idle`]) and VM creation
+    /// ([`HypUse::Vm`], the memcache) both go through it.
     ///
     /// # Errors
-    /// `EINVAL`/`ERANGE` for a bad range; `EPERM` unless every page is (OWNED, NOPAGE) and
-    /// unshared; `ENOMEM` if either side has no table memory for the change.
-    pub fn host_donate_hyp(&self, pfn: u64, nr: u64) -> Result<(), Error> {
+    /// Range errors; `EPERM` unless every page is the host's alone; `ENOMEM`.
+    pub(crate) fn donate_locked(
+        &self,
+        host: &mut HostMmu<'a, P>,
+        hyp: &mut HypMmu<'a, P>,
+        pfn: u64,
+        nr: u64,
+        usage: HypUse,
+    ) -> Result<(), Error> {
         let pages = self.host_range(pfn, nr)?;
-        let mut host = self.host.lock();
-        let mut hyp = self.hyp.lock();
-        for p in pages {
-            if (p.host_state(), p.hyp_state(), p.share_count(), p.refcount())
-                != (PageState::Owned, PageState::NoPage, 0, 0)
-            {
-                return Err(Error::Perm);
-            }
+        if !pages.iter().all(Self::is_host_exclusive) {
+            return Err(Error::Perm);
         }
         let (start, end) = (pfn << PAGE_SHIFT, (pfn + nr) << PAGE_SHIFT);
         let bound = table_pages_bound(start, end);
         if host.pool.free_pages() < bound || hyp.pool.free_pages() < bound {
             return Err(Error::NoMem);
         }
-
         let size = end - start;
         let r1 = {
-            let host = &mut *host;
             let mm = &mut host.pool;
             host.pgt
                 .set_owner(
@@ -368,20 +386,62 @@ impl<'a, P: Platform> Hyp<'a, P> {
                 )
                 .map_err(pt_err)
         };
-        let r2 = self.hyp_map(&mut hyp, start, size);
+        let r2 = self.hyp_map(hyp, start, size);
         for p in pages {
             p.set_host_state(PageState::NoPage);
-            p.set_hyp_state(PageState::Owned);
+            p.set_hyp_owned(usage);
         }
         r1.and(r2).map_err(|e| self.commit_failed("donate", e))
     }
 
-    /// `hyp_donate_host(pfn, nr_pages)`: EL2 gives back pages the host donated to it. EL2's own
-    /// memory (image, carve-out) and pages EL2 is using (non-zero refcount) are refused.
+    /// Hyp → host return of `[pfn, pfn + nr)` with both locks held, after the caller checked
+    /// the pages may go: EL2 unmaps them, the host stage-2 annotations are cleared (the host
+    /// re-faults them lazily) and the vmemmap entries go back to the boot state (OWNED, NOPAGE).
+    /// Cannot fail but for a broken invariant (`EFAULT`).
+    pub(crate) fn give_back_locked(
+        &self,
+        host: &mut HostMmu<'a, P>,
+        hyp: &mut HypMmu<'a, P>,
+        pfn: u64,
+        nr: u64,
+    ) -> Result<(), Error> {
+        let pages = self.host_range(pfn, nr)?;
+        let (start, size) = (pfn << PAGE_SHIFT, nr << PAGE_SHIFT);
+        let r1 = self.hyp_unmap(hyp, start, size);
+        let r2 = {
+            let mm = &mut host.pool;
+            host.pgt
+                .unmap(mm, &mut Arch(self.plat), start, size)
+                .map(|_| ())
+                .map_err(pt_err)
+        };
+        for p in pages {
+            p.reset();
+        }
+        r1.and(r2).map_err(|e| self.commit_failed("give back", e))
+    }
+
+    /// `host_donate_hyp(pfn, nr_pages)`: gives host pages to EL2. The host stage-2 entries become
+    /// invalid and annotated with EL2's owner id (splitting host blocks as needed, with
+    /// break-before-make), and EL2 maps the pages read/write. EL2 records them as
+    /// [`HypUse::Idle`]: donated, unused, the only pages `hyp_donate_host` may return.
     ///
     /// # Errors
-    /// `EINVAL`/`ERANGE` for a bad range; `EPERM` unless every page is (NOPAGE, OWNED), unused,
-    /// and outside EL2's own memory.
+    /// `EINVAL`/`ERANGE` for a bad range; `EPERM` unless every page is (OWNED, NOPAGE),
+    /// unshared and unpinned; `ENOMEM` if either side has no table memory for the change.
+    pub fn host_donate_hyp(&self, pfn: u64, nr: u64) -> Result<(), Error> {
+        let mut host = self.host.lock();
+        let mut hyp = self.hyp.lock();
+        self.donate_locked(&mut host, &mut hyp, pfn, nr, HypUse::Idle)
+    }
+
+    /// `hyp_donate_host(pfn, nr_pages)` (debug hypercall): EL2 gives back pages the host donated
+    /// to it with `host_donate_hyp` and that it does not use ([`HypUse::Idle`]). EL2's own
+    /// memory, a VM's memcache (even its free pages) and anything else are refused.
+    ///
+    /// # Errors
+    /// `EINVAL`/`ERANGE` for a bad range; `EPERM` unless every page is (NOPAGE, OWNED) and
+    /// idle.
     pub fn hyp_donate_host(&self, pfn: u64, nr: u64) -> Result<(), Error> {
         let pages = self.host_range(pfn, nr)?;
         let (start, end) = (pfn << PAGE_SHIFT, (pfn + nr) << PAGE_SHIFT);
@@ -390,42 +450,27 @@ impl<'a, P: Platform> Hyp<'a, P> {
         }
         let mut host = self.host.lock();
         let mut hyp = self.hyp.lock();
-        for p in pages {
-            if (p.host_state(), p.hyp_state(), p.share_count(), p.refcount())
-                != (PageState::NoPage, PageState::Owned, 0, 0)
-            {
-                return Err(Error::Perm);
-            }
-        }
-        let size = end - start;
-        let r1 = self.hyp_unmap(&mut hyp, start, size);
-        // Clearing the annotations hands the range back to the lazy fault path.
-        let r2 = {
-            let host = &mut *host;
-            let mm = &mut host.pool;
-            host.pgt
-                .unmap(mm, &mut Arch(self.plat), start, size)
-                .map(|_| ())
-                .map_err(pt_err)
+        let idle = |p: &HypPage| {
+            p.host_state() == PageState::NoPage
+                && p.hyp_state() == PageState::Owned
+                && p.hyp_use() == HypUse::Idle
+                && p.share_count() == 0
+                && p.refcount() == 0
         };
-        for p in pages {
-            p.set_host_state(PageState::Owned);
-            p.set_hyp_state(PageState::NoPage);
+        if !pages.iter().all(idle) {
+            return Err(Error::Perm);
         }
-        r1.and(r2)
-            .map_err(|e| self.commit_failed("hyp_donate_host", e))
+        self.give_back_locked(&mut host, &mut hyp, pfn, nr)
     }
 
-    /// Pins pages the host shares with EL2, so that the host cannot unshare them (`EBUSY`) while
-    /// EL2 uses them.
+    /// EL2 pins `[pfn, pfn + nr)` (shared with it) for a structure it uses, with both locks held.
+    /// These pins are EL2's own ([`HypPage::refcount`]): nothing the host does can drop them.
     ///
     /// # Errors
-    /// `EINVAL`/`ERANGE` for a bad range; `EPERM` if any page is not shared with EL2; `EBUSY`
-    /// if a pin count would overflow.
-    pub fn pin_shared(&self, pfn: u64, nr: u64) -> Result<(), Error> {
+    /// Range errors; `EPERM` if any page is not shared with EL2; `EBUSY` if a count would
+    /// overflow.
+    pub(crate) fn hyp_pin_locked(&self, pfn: u64, nr: u64) -> Result<(), Error> {
         let pages = self.host_range(pfn, nr)?;
-        let _host = self.host.lock();
-        let _hyp = self.hyp.lock();
         let mut saturated = false;
         for p in pages {
             if !Self::is_shared_with_hyp(p) {
@@ -442,39 +487,79 @@ impl<'a, P: Platform> Hyp<'a, P> {
         Ok(())
     }
 
-    /// Undoes one [`Hyp::pin_shared`].
+    /// Drops one of EL2's own pins of `[pfn, pfn + nr)`, both locks held.
+    pub(crate) fn hyp_unpin_locked(&self, (pfn, nr): (u64, u64)) {
+        if let Ok(pages) = self.host_range(pfn, nr) {
+            for p in pages {
+                p.set_refcount(p.refcount().saturating_sub(1));
+            }
+        }
+    }
+
+    /// The debug pin call: the host pins pages it shares with EL2, so that it cannot unshare
+    /// them (`EBUSY`) until it unpins them. Counted apart from EL2's own pins.
     ///
     /// # Errors
-    /// `EINVAL`/`ERANGE` for a bad range; `EPERM` if any page is not shared with EL2 or not
-    /// pinned.
+    /// `EINVAL`/`ERANGE` for a bad range; `EPERM` if any page is not shared with EL2; `EBUSY`
+    /// if a host pin count would overflow ([`MAX_HOST_PINS`]).
+    pub fn pin_shared(&self, pfn: u64, nr: u64) -> Result<(), Error> {
+        let pages = self.host_range(pfn, nr)?;
+        let _host = self.host.lock();
+        let _hyp = self.hyp.lock();
+        let mut saturated = false;
+        for p in pages {
+            if !Self::is_shared_with_hyp(p) {
+                return Err(Error::Perm);
+            }
+            saturated |= p.host_pins() == MAX_HOST_PINS;
+        }
+        if saturated {
+            return Err(Error::Busy);
+        }
+        for p in pages {
+            p.set_host_pins(p.host_pins() + 1);
+        }
+        Ok(())
+    }
+
+    /// Undoes one [`Hyp::pin_shared`]. It never touches EL2's own pins.
+    ///
+    /// # Errors
+    /// `EINVAL`/`ERANGE` for a bad range; `EPERM` if any page is not shared with EL2 or holds
+    /// no host pin.
     pub fn unpin_shared(&self, pfn: u64, nr: u64) -> Result<(), Error> {
         let pages = self.host_range(pfn, nr)?;
         let _host = self.host.lock();
         let _hyp = self.hyp.lock();
         if !pages
             .iter()
-            .all(|p| Self::is_shared_with_hyp(p) && p.refcount() > 0)
+            .all(|p| Self::is_shared_with_hyp(p) && p.host_pins() > 0)
         {
             return Err(Error::Perm);
         }
         for p in pages {
-            p.set_refcount(p.refcount() - 1);
+            p.set_host_pins(p.host_pins() - 1);
         }
         Ok(())
     }
 
-    /// Reads the `u64` at `pa` through EL2's stage-1, if EL2 maps it (debug).
+    /// The debug read call: the `u64` at `pa`, which must lie in a page the host currently
+    /// shares with EL2 (never EL2's own memory, its tables, pools or stacks, nor donated or
+    /// guest pages). The hyp lock is held across the check and the read, so the page cannot be
+    /// unshared (and unmapped) in between.
     ///
     /// # Errors
-    /// `EINVAL` if `pa` is misaligned; `ENOENT` if EL2 does not map it.
+    /// `EINVAL` if `pa` is misaligned; `EPERM` unless its page is shared with EL2.
     pub fn hyp_read(&self, pa: u64) -> Result<u64, Error> {
         if !pa.is_multiple_of(8) {
             return Err(Error::Inval);
         }
-        let hyp = self.hyp.lock();
-        match hyp.pgt.get_leaf(&hyp.pool, pa) {
-            Ok((pte, _)) if pte & 1 != 0 => Ok(self.plat.read_u64(pa)),
-            _ => Err(Error::NoEnt),
+        let _hyp = self.hyp.lock();
+        match self.vmemmap.page(pa) {
+            Some(p) if self.map.is_memory(pa) && Self::is_shared_with_hyp(p) => {
+                Ok(self.plat.read_u64(pa))
+            }
+            _ => Err(Error::Perm),
         }
     }
 

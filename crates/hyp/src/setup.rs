@@ -25,7 +25,7 @@ use crate::memory::MemoryMap;
 use crate::mm::{Arch, pt_err};
 use crate::page_alloc::HypPool;
 use crate::platform::Platform;
-use crate::vmemmap::{PageState, Vmemmap};
+use crate::vmemmap::{HypUse, PageState, Vmemmap};
 
 /// Input size of EL2's stage-1 (48-bit VA, 4 levels).
 pub const HYP_VA_BITS: u32 = 48;
@@ -171,7 +171,7 @@ impl<'a, P: Platform> Hyp<'a, P> {
             )?;
             for p in pages {
                 p.set_host_state(PageState::NoPage);
-                p.set_hyp_state(PageState::Owned);
+                p.set_hyp_owned(HypUse::Own);
             }
         }
 

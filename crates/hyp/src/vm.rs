@@ -26,11 +26,11 @@ use pkvm_abi::guest::{
 use pkvm_abi::{Error, PAGE_SHIFT, PAGE_SIZE, psci};
 use pkvm_pgtable::{Config, MapFlags, MmOps, PageTable, Prot, VisitKind, WalkFlags};
 
-use crate::mem_protect::{HYP_OWNER_ID, HostMmu, Hyp, HypMmu, table_pages_bound};
-use crate::mm::{Arch, GuestArch, pt_err};
+use crate::mem_protect::{HostMmu, Hyp, HypMmu, table_pages_bound};
+use crate::mm::{GuestArch, pt_err};
 use crate::page_alloc::{HypPool, NODE_NEXT, NODE_PREV};
 use crate::platform::{GuestEntry, GuestExit, Platform};
-use crate::vmemmap::{HypPage, NO_ORDER, PageState};
+use crate::vmemmap::{HypPage, HypUse, NO_ORDER, PageState};
 
 /// Software bit marking a guest stage-2 leaf as SHARED_BORROWED (the page belongs to the host).
 pub const GUEST_SHARED_BORROWED: Prot = Prot::SW0;
@@ -158,74 +158,6 @@ impl<'a, P: Platform> Hyp<'a, P> {
             && p.share_count() == 1
     }
 
-    /// Pins `[pfn, pfn + nr)` (shared with EL2) with both locks held.
-    fn pin_locked(&self, pfn: u64, nr: u64) -> Result<(), Error> {
-        let pages = self.host_range(pfn, nr)?;
-        let mut saturated = false;
-        for p in pages {
-            if !Self::is_shared_with_hyp(p) {
-                return Err(Error::Perm);
-            }
-            saturated |= p.refcount() == crate::mem_protect::MAX_COUNT;
-        }
-        if saturated {
-            return Err(Error::Busy);
-        }
-        for p in pages {
-            p.set_refcount(p.refcount() + 1);
-        }
-        Ok(())
-    }
-
-    fn unpin_locked(&self, (pfn, nr): (u64, u64)) {
-        if let Ok(pages) = self.host_range(pfn, nr) {
-            for p in pages {
-                p.set_refcount(p.refcount().saturating_sub(1));
-            }
-        }
-    }
-
-    /// Host → hyp donation with both locks held (as `host_donate_hyp`).
-    fn donate_locked(
-        &self,
-        host: &mut HostMmu<'a, P>,
-        hyp: &mut HypMmu<'a, P>,
-        pfn: u64,
-        nr: u64,
-    ) -> Result<(), Error> {
-        let pages = self.host_range(pfn, nr)?;
-        for p in pages {
-            if (p.host_state(), p.hyp_state(), p.share_count(), p.refcount())
-                != (PageState::Owned, PageState::NoPage, 0, 0)
-            {
-                return Err(Error::Perm);
-            }
-        }
-        let (start, end) = (pfn << PAGE_SHIFT, (pfn + nr) << PAGE_SHIFT);
-        let bound = table_pages_bound(start, end);
-        if host.pool.free_pages() < bound || hyp.pool.free_pages() < bound {
-            return Err(Error::NoMem);
-        }
-        let r1 = {
-            let mm = &mut host.pool;
-            host.pgt
-                .set_owner(
-                    mm,
-                    &mut Arch(self.plat),
-                    start,
-                    end - start,
-                    u32::from(HYP_OWNER_ID),
-                )
-                .map_err(pt_err)
-        };
-        let r2 = self.hyp_map(hyp, start, end - start);
-        for p in pages {
-            p.set_host_state(PageState::NoPage);
-            p.set_hyp_state(PageState::Owned);
-        }
-        r1.and(r2).map_err(|e| self.commit_failed("vm donate", e))
-    }
-
     /// Hyp → host return of donated pages (zeroed, vmemmap entries reset), both locks held.
     ///
     /// `was_pool`: the pages are a guest memcache whose buddy pool is being dropped. Its free
@@ -251,19 +183,7 @@ impl<'a, P: Platform> Hyp<'a, P> {
         } else {
             self.plat.zero(start, size);
         }
-        let r1 = self.hyp_unmap(hyp, start, size);
-        let r2 = {
-            let mm = &mut host.pool;
-            host.pgt
-                .unmap(mm, &mut Arch(self.plat), start, size)
-                .map(|_| ())
-                .map_err(pt_err)
-        };
-        for p in pages {
-            p.reset();
-        }
-        r1.and(r2)
-            .map_err(|e| self.commit_failed("vm memcache return", e))
+        self.give_back_locked(host, hyp, pfn, nr)
     }
 
     /// `vm_init(desc_pa, memcache_pfn, memcache_nr) -> handle`.
@@ -285,18 +205,18 @@ impl<'a, P: Platform> Hyp<'a, P> {
             .iter()
             .position(Option::is_none)
             .ok_or(Error::NoMem)?;
-        self.pin_locked(desc_pin.0, desc_pin.1)?;
+        self.hyp_pin_locked(desc_pin.0, desc_pin.1)?;
         // Pinned: read the descriptor once.
         let ipa_bits = self.plat.read_u64(desc_pa);
         let nr_vcpus = self.plat.read_u64(desc_pa + 8);
         if !(g::MIN_IPA_BITS..=g::MAX_IPA_BITS.min(u64::from(self.pa_bits))).contains(&ipa_bits)
             || nr_vcpus != 1
         {
-            self.unpin_locked(desc_pin);
+            self.hyp_unpin_locked(desc_pin);
             return Err(Error::Inval);
         }
-        if let Err(e) = self.donate_locked(&mut host, &mut hyp, mc_pfn, mc_nr) {
-            self.unpin_locked(desc_pin);
+        if let Err(e) = self.donate_locked(&mut host, &mut hyp, mc_pfn, mc_nr, HypUse::Vm) {
+            self.hyp_unpin_locked(desc_pin);
             return Err(e);
         }
         let vmid = slot as u16 + 1;
@@ -326,7 +246,7 @@ impl<'a, P: Platform> Hyp<'a, P> {
             Err(e) => {
                 vms.slots[slot] = None;
                 let _ = self.return_locked(&mut host, &mut hyp, (mc_pfn, mc_nr), false);
-                self.unpin_locked(desc_pin);
+                self.hyp_unpin_locked(desc_pin);
                 return Err(self.commit_failed("vm init", e));
             }
         };
@@ -352,9 +272,9 @@ impl<'a, P: Platform> Hyp<'a, P> {
         if vm.vcpu.is_some() {
             return Err(Error::Busy);
         }
-        self.pin_locked(sp.0, sp.1)?;
-        if let Err(e) = self.pin_locked(fp.0, fp.1) {
-            self.unpin_locked(sp);
+        self.hyp_pin_locked(sp.0, sp.1)?;
+        if let Err(e) = self.hyp_pin_locked(fp.0, fp.1) {
+            self.hyp_unpin_locked(sp);
             return Err(e);
         }
         vm.vcpu = Some(Vcpu {
@@ -391,12 +311,8 @@ impl<'a, P: Platform> Hyp<'a, P> {
         if end_gfn > 1u64 << (vm.ipa_bits - PAGE_SHIFT) {
             return Err(Error::Range);
         }
-        for p in pages {
-            if (p.host_state(), p.hyp_state(), p.share_count(), p.refcount())
-                != (PageState::Owned, PageState::NoPage, 0, 0)
-            {
-                return Err(Error::Perm);
-            }
+        if !pages.iter().all(Self::is_host_exclusive) {
+            return Err(Error::Perm);
         }
         let (ipa, size) = (gfn << PAGE_SHIFT, nr << PAGE_SHIFT);
         let mut a = ipa;
@@ -543,10 +459,10 @@ impl<'a, P: Platform> Hyp<'a, P> {
             self.plat.zero(vm.pgt.root(), PAGE_SIZE);
         }
         let r = self.return_locked(&mut host, &mut hyp, vm.memcache, true);
-        self.unpin_locked(vm.desc_pin);
+        self.hyp_unpin_locked(vm.desc_pin);
         if let Some(v) = &vm.vcpu {
             for &pin in &v.pins {
-                self.unpin_locked(pin);
+                self.hyp_unpin_locked(pin);
             }
         }
         vms.slots[slot] = None;

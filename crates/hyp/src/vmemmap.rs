@@ -79,24 +79,61 @@ impl PageState {
 /// The hyp state is stored XOR-ed with this (its 2-bit complement), so that a zeroed entry
 /// decodes as `NoPage` for EL2 while the host state, stored as is, decodes as `Owned`.
 const HYP_STATE_XOR: u8 = 0b11;
+/// Where [`HypUse`] sits in the `hyp_state` byte (bits 3:2; bits 1:0 are the state).
+const HYP_USE_SHIFT: u32 = 2;
+
+/// What EL2 uses a page it owns for: where the page came from, and so whether it may ever go
+/// back to the host. Stored beside the hyp state (same byte, same lock).
+///
+/// Only [`HypUse::Idle`] pages may be given back by `hyp_donate_host`: EL2's own memory never
+/// leaves it, and a VM's pages (its memcache, holding its stage-2 tables) go back only through
+/// that VM's teardown.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum HypUse {
+    /// Not a page EL2 owns (or owned before provenance was recorded: treated as in use).
+    None = 0,
+    /// EL2's own memory from boot: its image and carve-out.
+    Own = 1,
+    /// Donated by the host (`host_donate_hyp`) and not used by EL2 for anything.
+    Idle = 2,
+    /// Donated for a VM (its memcache): page-table or pool memory of a live guest.
+    Vm = 3,
+}
+
+impl HypUse {
+    /// Decodes two bits.
+    #[must_use]
+    pub const fn from_bits(bits: u8) -> Self {
+        match bits & 3 {
+            0 => HypUse::None,
+            1 => HypUse::Own,
+            2 => HypUse::Idle,
+            _ => HypUse::Vm,
+        }
+    }
+}
 
 /// One vmemmap entry: the EL2 metadata of one 4 KiB physical page. 8 bytes.
 ///
-/// A zeroed entry is the boot state: refcount 0, order 0, host `Owned`, hyp `NoPage`,
-/// share count 0.
+/// A zeroed entry is the boot state: refcount 0, order 0, host `Owned`, hyp `NoPage` (use
+/// `None`), no host pins, share count 0.
 ///
 /// Field owners (see the module documentation): `refcount` and `order` belong to the pool that
-/// owns the page (for a host page shared with EL2, `refcount` is EL2's **pin** count);
-/// `host_state` to the host lock, `hyp_state` to the hyp lock, `share_count` (EL2's share count
-/// of a host page shared with it) to the host and hyp locks together.
+/// owns the page (for a host page shared with EL2, `refcount` is the count of **EL2's own**
+/// pins: the VM and vCPU structures it uses); `host_state` to the host lock, `hyp_state` (and
+/// the [`HypUse`] stored with it) to the hyp lock; `share_count` (EL2's share count of a host
+/// page shared with it) and `host_pins` (pins the host asked for with the debug pin call,
+/// counted apart so that the host can never drop one of EL2's) to the host and hyp locks
+/// together.
 #[repr(C)]
 pub struct HypPage {
     refcount: AtomicU16,
     order: AtomicU8,
     host_state: AtomicU8,
-    /// Stored as `state ^ HYP_STATE_XOR`.
+    /// Stored as `(state ^ HYP_STATE_XOR) | use << HYP_USE_SHIFT`.
     hyp_state: AtomicU8,
-    _spare: u8,
+    host_pins: AtomicU8,
     share_count: AtomicU16,
 }
 
@@ -116,6 +153,8 @@ impl core::fmt::Debug for HypPage {
             .field("order", &self.order())
             .field("host_state", &self.host_state())
             .field("hyp_state", &self.hyp_state())
+            .field("hyp_use", &self.hyp_use())
+            .field("host_pins", &self.host_pins())
             .field("share_count", &self.share_count())
             .finish()
     }
@@ -130,7 +169,7 @@ impl HypPage {
             order: AtomicU8::new(0),
             host_state: AtomicU8::new(0),
             hyp_state: AtomicU8::new(0),
-            _spare: 0,
+            host_pins: AtomicU8::new(0),
             share_count: AtomicU16::new(0),
         }
     }
@@ -141,6 +180,7 @@ impl HypPage {
         self.order.store(0, Relaxed);
         self.host_state.store(0, Relaxed);
         self.hyp_state.store(0, Relaxed);
+        self.host_pins.store(0, Relaxed);
         self.share_count.store(0, Relaxed);
     }
 
@@ -208,10 +248,41 @@ impl HypPage {
         PageState::from_bits(self.hyp_state.load(Relaxed) ^ HYP_STATE_XOR)
     }
 
-    /// Sets EL2's state for this page.
+    /// Sets EL2's state for this page, with use [`HypUse::None`] (use
+    /// [`HypPage::set_hyp_owned`] for a page EL2 owns).
     #[inline]
     pub fn set_hyp_state(&self, state: PageState) {
         self.hyp_state.store(state.bits() ^ HYP_STATE_XOR, Relaxed);
+    }
+
+    /// Makes EL2 the page's owner ([`PageState::Owned`]) for `usage`.
+    #[inline]
+    pub fn set_hyp_owned(&self, usage: HypUse) {
+        self.hyp_state.store(
+            (PageState::Owned.bits() ^ HYP_STATE_XOR) | ((usage as u8) << HYP_USE_SHIFT),
+            Relaxed,
+        );
+    }
+
+    /// What EL2 uses the page for ([`HypUse::None`] unless EL2 owns it).
+    #[inline]
+    #[must_use]
+    pub fn hyp_use(&self) -> HypUse {
+        HypUse::from_bits(self.hyp_state.load(Relaxed) >> HYP_USE_SHIFT)
+    }
+
+    /// Pins the host holds on this page (debug pin call), apart from EL2's own
+    /// ([`HypPage::refcount`]).
+    #[inline]
+    #[must_use]
+    pub fn host_pins(&self) -> u8 {
+        self.host_pins.load(Relaxed)
+    }
+
+    /// Overwrites the host pin count.
+    #[inline]
+    pub fn set_host_pins(&self, count: u8) {
+        self.host_pins.store(count, Relaxed);
     }
 
     /// EL2's share count of this (host) page.

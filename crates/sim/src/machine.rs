@@ -10,9 +10,9 @@ use pkvm_hyp::mem_protect::{HostFault, Hyp};
 use pkvm_hyp::memory::{MemRegion, MemoryMap};
 use pkvm_hyp::platform::PhysMem;
 use pkvm_hyp::setup::{BootParams, HypMapping};
-use pkvm_hyp::vmemmap::{HypPage, PageState, Vmemmap, VmemmapLayout};
+use pkvm_hyp::vmemmap::{HypPage, HypUse, PageState, Vmemmap, VmemmapLayout};
 use pkvm_pgtable::Prot;
-use pkvm_spec::{AbsState, HypProt, Machine as SpecMachine, Outcome, Page, State};
+use pkvm_spec::{AbsState, HypProt, Machine as SpecMachine, Outcome, Page, State, Use};
 
 use crate::mmu::{self, Regime, Translation};
 use crate::platform::SimPlatform;
@@ -235,6 +235,7 @@ impl Machine<'_> {
             }
             Call::Pin { pfn, nr } => ret(self.call(HostHcall::DebugPin, &[pfn, nr])),
             Call::Unpin { pfn, nr } => ret(self.call(HostHcall::DebugUnpin, &[pfn, nr])),
+            Call::DebugRead { pa } => ret(self.call(HostHcall::DebugRead, &[pa])),
             Call::HostAccess { pa, write } => self.host_access(pa, write),
             Call::HypRead { pa } => self.hyp_access(pa),
             Call::ShareGuest { pfn, nr } => ret(self.call(
@@ -254,13 +255,20 @@ impl Machine<'_> {
 
     /// Creates the VM the spec's guest calls act on: IPA space = the host's PA space (so
     /// `gfn = pfn` always fits), its descriptor in page `desc_pfn` (shared with EL2 and pinned
-    /// from now on) and a 64-page memcache at `memcache_pfn` (donated). These pages must stay
-    /// out of the calls a test makes; read the abstract state afterwards to start a checker
-    /// ([`pkvm_spec::Checker::with_state`]).
+    /// by EL2 from now on), a 64-page memcache at `memcache_pfn` (donated), and, with
+    /// `vcpu_pfn`, a vCPU whose state and FP structures share that page (shared, pinned twice).
+    /// These pages are EL2's to pin: a test may aim calls at them to check the host cannot
+    /// unpin, reclaim or read what EL2 uses. Read the abstract state afterwards to start a
+    /// checker ([`pkvm_spec::Checker::with_state`]).
     ///
     /// # Panics
     /// If a hypercall fails.
-    pub fn create_model_vm(&mut self, desc_pfn: u64, memcache_pfn: u64) -> u64 {
+    pub fn create_model_vm(
+        &mut self,
+        desc_pfn: u64,
+        memcache_pfn: u64,
+        vcpu_pfn: Option<u64>,
+    ) -> u64 {
         let desc = desc_pfn << PAGE_SHIFT;
         self.call(HostHcall::HostShareHyp, &[desc_pfn, 1])
             .expect("share the VM descriptor");
@@ -269,6 +277,13 @@ impl Machine<'_> {
         let r = self.hvc(HostHcall::VmInit, &[desc, memcache_pfn, 64]);
         assert_eq!(r[1], 0, "VmInit");
         self.model_vm = Some(r[2]);
+        if let Some(vp) = vcpu_pfn {
+            let st = vp << PAGE_SHIFT;
+            self.call(HostHcall::HostShareHyp, &[vp, 1])
+                .expect("share the vCPU page");
+            self.call(HostHcall::VcpuInit, &[r[2], st, st + 0x400])
+                .expect("VcpuInit");
+        }
         r[2]
     }
 
@@ -301,6 +316,13 @@ impl Machine<'_> {
                     host: conv(e.host_state()),
                     hyp: conv(e.hyp_state()),
                     shares: e.share_count(),
+                    host_pins: e.host_pins(),
+                    hyp_use: match e.hyp_use() {
+                        HypUse::None => Use::None,
+                        HypUse::Own => Use::Own,
+                        HypUse::Idle => Use::Idle,
+                        HypUse::Vm => Use::Vm,
+                    },
                     // For EL2's own pages, and pages donated to it (a guest's memcache is
                     // a buddy pool), the refcount is the pool's, not a pin count.
                     pins: if hyp_mem

@@ -20,13 +20,21 @@ enum Op {
     Unpin(usize, u64),
     Access(usize, bool),
     HypRead(usize),
+    DebugRead(usize, u64),
     ShareGuest(usize, u64),
     UnshareGuest(usize, u64),
 }
 
-/// Interesting page frames: a cluster of ordinary pages, the last pages below the carve-out,
-/// the carve-out, the end of the first region, the second region, MMIO, a hole, beyond the
-/// address space, and an overflowing pfn.
+/// Where the model VM's pages are, relative to the first RAM page: its 64-page memcache, its
+/// descriptor page, and the page holding its vCPU state and FP structures.
+const VM_MEMCACHE: u64 = 0x100;
+const VM_DESC: u64 = 0x140;
+const VM_VCPU: u64 = 0x141;
+
+/// Interesting page frames: a cluster of ordinary pages, the model VM's pages (EL2-pinned
+/// structures, its memcache: the host must not be able to unpin, reclaim or read them), the
+/// last pages below the carve-out, the carve-out, the end of the first region, the second
+/// region, MMIO, a hole, beyond the address space, and an overflowing pfn.
 fn pfns(cfg: &SimConfig, carveout: u64) -> Vec<u64> {
     let r0 = cfg.ram[0].0 >> PAGE_SHIFT;
     let r0_end = (cfg.ram[0].0 + cfg.ram[0].1) >> PAGE_SHIFT;
@@ -40,6 +48,11 @@ fn pfns(cfg: &SimConfig, carveout: u64) -> Vec<u64> {
         r0 + 0x203,
         r0 + 0x3FF, // last page of a 2 MiB block
         r0 + 0x400, // first page of the next
+        r0 + VM_DESC,
+        r0 + VM_VCPU,
+        r0 + VM_MEMCACHE,     // the VM's stage-2 root
+        r0 + VM_MEMCACHE + 1, // a free memcache page
+        r0 + VM_MEMCACHE + 63,
         co - 2,
         co,
         r0_end - 1,
@@ -53,7 +66,7 @@ fn pfns(cfg: &SimConfig, carveout: u64) -> Vec<u64> {
 }
 
 fn op() -> impl Strategy<Value = Op> {
-    let idx = 0usize..15;
+    let idx = 0usize..20;
     let nr = prop_oneof![8 => 1u64..4, 1 => Just(0u64), 1 => 512u64..514];
     prop_oneof![
         4 => (idx.clone(), nr.clone()).prop_map(|(i, n)| Op::Share(i, n)),
@@ -64,6 +77,8 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (idx.clone(), nr.clone()).prop_map(|(i, n)| Op::Unpin(i, n)),
         3 => (idx.clone(), any::<bool>()).prop_map(|(i, w)| Op::Access(i, w)),
         1 => idx.clone().prop_map(Op::HypRead),
+        2 => (idx.clone(), prop_oneof![Just(0u64), Just(8), Just(4), Just(0xff8)])
+            .prop_map(|(i, o)| Op::DebugRead(i, o)),
         3 => (idx.clone(), nr.clone()).prop_map(|(i, n)| Op::ShareGuest(i, n)),
         3 => (idx, nr).prop_map(|(i, n)| Op::UnshareGuest(i, n)),
     ]
@@ -76,7 +91,7 @@ fn run(ops: &[Op]) -> Result<(), String> {
         // A guest for the guest calls: its descriptor and memcache live below the pages the
         // ops use; the checker starts from the state the VM creation left.
         let r0 = cfg.ram[0].0 >> PAGE_SHIFT;
-        m.create_model_vm(r0 + 0x140, r0 + 0x100);
+        m.create_model_vm(r0 + VM_DESC, r0 + VM_MEMCACHE, Some(r0 + VM_VCPU));
         let start = m.abstract_state()?;
         let mut c = Checker::with_state(m.spec_machine(), start);
         for &o in ops {
@@ -93,6 +108,9 @@ fn run(ops: &[Op]) -> Result<(), String> {
                 },
                 Op::HypRead(i) => Call::HypRead {
                     pa: p[i].wrapping_shl(PAGE_SHIFT),
+                },
+                Op::DebugRead(i, off) => Call::DebugRead {
+                    pa: p[i].wrapping_shl(PAGE_SHIFT).wrapping_add(off),
                 },
                 Op::ShareGuest(i, nr) => Call::ShareGuest { pfn: p[i], nr },
                 Op::UnshareGuest(i, nr) => Call::UnshareGuest { pfn: p[i], nr },

@@ -25,8 +25,10 @@ use core::fmt;
 pub use pkvm_abi::Error;
 use pkvm_abi::PAGE_SHIFT;
 
-/// Largest EL2 share count / pin count; one more is refused with [`Error::Busy`].
+/// Largest EL2 share count / count of EL2's own pins; one more is refused with [`Error::Busy`].
 pub const MAX_COUNT: u16 = u16::MAX;
+/// Largest count of host (debug) pins of a page; one more is refused with [`Error::Busy`].
+pub const MAX_HOST_PINS: u8 = u8::MAX;
 
 /// Per-component page state (brief §1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -41,6 +43,19 @@ pub enum State {
     NoPage,
 }
 
+/// What EL2 uses a page it owns for (where the page came from).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Use {
+    /// Not owned by EL2.
+    None,
+    /// EL2's own memory from boot: never given away.
+    Own,
+    /// Donated by the host and unused: the only pages `hyp_donate_host` gives back.
+    Idle,
+    /// A VM's memcache (its stage-2 tables): given back only by the VM's teardown.
+    Vm,
+}
+
 /// Abstract state of one physical page of memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Page {
@@ -50,8 +65,12 @@ pub struct Page {
     pub hyp: State,
     /// EL2 share count (pages shared host→hyp; the seed's refcount).
     pub shares: u16,
-    /// EL2 pin count.
+    /// EL2's own pins (structures of live VMs). Only EL2 takes and drops them.
     pub pins: u16,
+    /// Pins the host took with the debug pin call; the debug unpin call drops only these.
+    pub host_pins: u8,
+    /// For a page EL2 owns, what for.
+    pub hyp_use: Use,
 }
 
 impl Page {
@@ -61,20 +80,27 @@ impl Page {
         hyp: State::NoPage,
         shares: 0,
         pins: 0,
+        host_pins: 0,
+        hyp_use: Use::None,
     };
     /// A host page shared with a guest (not with EL2).
     pub const GUEST_SHARED: Page = Page {
         host: State::SharedOwned,
         hyp: State::NoPage,
         shares: 1,
-        pins: 0,
+        ..Page::HOST_OWNED
     };
     /// A page of the hypervisor's own memory.
     pub const HYP_OWNED: Page = Page {
         host: State::NoPage,
         hyp: State::Owned,
-        shares: 0,
-        pins: 0,
+        hyp_use: Use::Own,
+        ..Page::HOST_OWNED
+    };
+    /// A page the host donated to EL2, which EL2 does not use.
+    pub const HYP_IDLE: Page = Page {
+        hyp_use: Use::Idle,
+        ..Page::HYP_OWNED
     };
 }
 
@@ -121,10 +147,13 @@ pub enum Call {
     DonateHyp { pfn: u64, nr: u64 },
     /// `hyp_donate_host(pfn, nr_pages)` for pages the host donated earlier.
     HypDonateHost { pfn: u64, nr: u64 },
-    /// EL2 pins shared pages.
+    /// The host pins shared pages (debug pin call).
     Pin { pfn: u64, nr: u64 },
-    /// EL2 unpins shared pages.
+    /// The host drops one of its pins (debug unpin call).
     Unpin { pfn: u64, nr: u64 },
+    /// The debug read call: EL2 reads the `u64` at `pa` for the host, only from a page the host
+    /// shares with it.
+    DebugRead { pa: u64 },
     /// The host reads (or writes) one byte at a physical address through its stage-2.
     HostAccess { pa: u64, write: bool },
     /// EL2 reads one byte through its stage-1 (its own memory, or host memory it was given).
@@ -272,6 +301,7 @@ impl Spec {
             Call::HypDonateHost { pfn, nr } => Outcome::Ret(self.hyp_donate_host(pfn, nr)),
             Call::Pin { pfn, nr } => Outcome::Ret(self.pin(pfn, nr)),
             Call::Unpin { pfn, nr } => Outcome::Ret(self.unpin(pfn, nr)),
+            Call::DebugRead { pa } => Outcome::Ret(self.debug_read(pa)),
             Call::HostAccess { pa, .. } => self.host_access(pa),
             Call::ShareGuest { pfn, nr } => Outcome::Ret(self.share_guest(pfn, nr)),
             Call::UnshareGuest { pfn, nr } => Outcome::Ret(self.unshare_guest(pfn, nr)),
@@ -321,7 +351,7 @@ impl Spec {
         if !self.all(r, Self::is_shared) {
             return Err(Error::Perm);
         }
-        if !self.all(r, |p| p.pins == 0) {
+        if !self.all(r, |p| p.pins == 0 && p.host_pins == 0) {
             return Err(Error::Busy);
         }
         for pfn in r.0..r.1 {
@@ -343,7 +373,7 @@ impl Spec {
             return Err(Error::Perm);
         }
         for pfn in r.0..r.1 {
-            self.set_page(pfn, Page::HYP_OWNED);
+            self.set_page(pfn, Page::HYP_IDLE);
             self.state.hyp_maps.insert(pfn, HypProt::ReadWrite);
         }
         Ok(())
@@ -351,9 +381,10 @@ impl Spec {
 
     fn hyp_donate_host(&mut self, pfn: u64, nr: u64) -> Result<(), Error> {
         let r = self.check_range(pfn, nr)?;
-        // Only pages the host donated: EL2's own memory never goes to the host.
+        // Only pages the host donated and EL2 does not use: never EL2's own memory, never a
+        // VM's memcache (free or not).
         let own = (r.0..r.1).any(|pfn| self.machine.is_hyp_memory(pfn << PAGE_SHIFT));
-        if own || !self.all(r, |p| p == Page::HYP_OWNED) {
+        if own || !self.all(r, |p| p == Page::HYP_IDLE) {
             return Err(Error::Perm);
         }
         for pfn in r.0..r.1 {
@@ -368,12 +399,12 @@ impl Spec {
         if !self.all(r, Self::is_shared) {
             return Err(Error::Perm);
         }
-        if !self.all(r, |p| p.pins < MAX_COUNT) {
+        if !self.all(r, |p| p.host_pins < MAX_HOST_PINS) {
             return Err(Error::Busy);
         }
         for pfn in r.0..r.1 {
             let mut p = self.page(pfn);
-            p.pins += 1;
+            p.host_pins += 1;
             self.set_page(pfn, p);
         }
         Ok(())
@@ -381,15 +412,27 @@ impl Spec {
 
     fn unpin(&mut self, pfn: u64, nr: u64) -> Result<(), Error> {
         let r = self.check_range(pfn, nr)?;
-        if !self.all(r, |p| Self::is_shared(p) && p.pins > 0) {
+        // Only the host's own pins: EL2's pins of a live VM's structures stay.
+        if !self.all(r, |p| Self::is_shared(p) && p.host_pins > 0) {
             return Err(Error::Perm);
         }
         for pfn in r.0..r.1 {
             let mut p = self.page(pfn);
-            p.pins -= 1;
+            p.host_pins -= 1;
             self.set_page(pfn, p);
         }
         Ok(())
+    }
+
+    fn debug_read(&self, pa: u64) -> Result<(), Error> {
+        if pa % 8 != 0 {
+            return Err(Error::Inval);
+        }
+        if self.machine.is_memory(pa) && Self::is_shared(self.page(pa >> PAGE_SHIFT)) {
+            Ok(())
+        } else {
+            Err(Error::Perm)
+        }
     }
 
     fn share_guest(&mut self, pfn: u64, nr: u64) -> Result<(), Error> {

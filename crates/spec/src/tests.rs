@@ -29,7 +29,7 @@ fn brief_transition_script() {
     let (pfn, nr) = (P, 1);
     // Start (NOPAGE, OWNED): reach it by a host donation.
     assert_eq!(ret(&mut s, DonateHyp { pfn, nr }), Ok(()));
-    assert_eq!(s.page(P), Page::HYP_OWNED);
+    assert_eq!(s.page(P), Page::HYP_IDLE);
     let before = s.state().clone();
     for c in [
         DonateHyp { pfn, nr },
@@ -59,7 +59,7 @@ fn brief_transition_script() {
             host: State::SharedOwned,
             hyp: State::SharedBorrowed,
             shares: 1,
-            pins: 0
+            ..Page::HOST_OWNED
         }
     );
     for c in [DonateHyp { pfn, nr }, HypDonateHost { pfn, nr }] {
@@ -74,7 +74,7 @@ fn brief_transition_script() {
     assert_eq!(ret(&mut s, Pin { pfn, nr }), Ok(()));
     assert_eq!(ret(&mut s, Pin { pfn, nr }), Ok(()));
     assert_eq!(ret(&mut s, Unpin { pfn, nr }), Ok(()));
-    assert_eq!(s.page(P).pins, 1);
+    assert_eq!(s.page(P).host_pins, 1);
     let before = s.state().clone();
     assert_eq!(ret(&mut s, UnshareHyp { pfn, nr }), Err(Error::Busy));
     assert_eq!(s.state(), &before);
@@ -86,7 +86,7 @@ fn brief_transition_script() {
     // 6.
     assert_eq!(ret(&mut s, UnshareHyp { pfn, nr }), Err(Error::Perm));
     assert_eq!(ret(&mut s, DonateHyp { pfn, nr }), Ok(()));
-    assert_eq!(s.page(P), Page::HYP_OWNED);
+    assert_eq!(s.page(P), Page::HYP_IDLE);
 }
 
 #[test]
@@ -198,7 +198,7 @@ fn saturation_is_busy() {
         host: State::SharedOwned,
         hyp: State::SharedBorrowed,
         shares: MAX_COUNT,
-        pins: 0,
+        ..Page::HOST_OWNED
     };
     s.set_page(P, p);
     s.state.hyp_maps.insert(P, HypProt::ReadWrite);
@@ -206,9 +206,84 @@ fn saturation_is_busy() {
         ret(&mut s, Call::ShareHyp { pfn: P, nr: 1 }),
         Err(Error::Busy)
     );
-    p.pins = MAX_COUNT;
+    p.host_pins = MAX_HOST_PINS;
     s.set_page(P, p);
     assert_eq!(ret(&mut s, Call::Pin { pfn: P, nr: 1 }), Err(Error::Busy));
+}
+
+/// EL2's own pins (a live VM's structure) are not the host's to drop: the debug unpin call
+/// refuses a page that only EL2 pins, and the page stays unshareable.
+#[test]
+fn host_cannot_drop_el2_pins() {
+    let mut s = Spec::new(machine());
+    let shared = Page {
+        host: State::SharedOwned,
+        hyp: State::SharedBorrowed,
+        shares: 1,
+        pins: 1,
+        ..Page::HOST_OWNED
+    };
+    s.set_page(P, shared);
+    s.state.hyp_maps.insert(P, HypProt::ReadWrite);
+    assert_eq!(ret(&mut s, Call::Unpin { pfn: P, nr: 1 }), Err(Error::Perm));
+    assert_eq!(
+        ret(&mut s, Call::UnshareHyp { pfn: P, nr: 1 }),
+        Err(Error::Busy)
+    );
+    // A host pin on top is the host's to drop, EL2's stays.
+    assert_eq!(ret(&mut s, Call::Pin { pfn: P, nr: 1 }), Ok(()));
+    assert_eq!(ret(&mut s, Call::Unpin { pfn: P, nr: 1 }), Ok(()));
+    assert_eq!(s.page(P), shared);
+    assert_eq!(ret(&mut s, Call::Unpin { pfn: P, nr: 1 }), Err(Error::Perm));
+}
+
+/// Only idle donated pages go back to the host: never a VM's memcache page.
+#[test]
+fn hyp_donate_host_needs_an_idle_page() {
+    let mut s = Spec::new(machine());
+    s.set_page(
+        P,
+        Page {
+            hyp_use: Use::Vm,
+            ..Page::HYP_IDLE
+        },
+    );
+    s.state.hyp_maps.insert(P, HypProt::ReadWrite);
+    let before = s.state().clone();
+    assert_eq!(
+        ret(&mut s, Call::HypDonateHost { pfn: P, nr: 1 }),
+        Err(Error::Perm)
+    );
+    assert_eq!(s.state(), &before);
+    assert_eq!(ret(&mut s, Call::DonateHyp { pfn: P + 1, nr: 1 }), Ok(()));
+    assert_eq!(s.page(P + 1), Page::HYP_IDLE);
+    assert_eq!(
+        ret(&mut s, Call::HypDonateHost { pfn: P, nr: 2 }),
+        Err(Error::Perm)
+    );
+    assert_eq!(
+        ret(&mut s, Call::HypDonateHost { pfn: P + 1, nr: 1 }),
+        Ok(())
+    );
+}
+
+/// The debug read reads only pages the host shares with EL2.
+#[test]
+fn debug_read_only_of_shared_pages() {
+    let mut s = Spec::new(machine());
+    let pa = P << 12;
+    assert_eq!(ret(&mut s, Call::DebugRead { pa }), Err(Error::Perm));
+    assert_eq!(ret(&mut s, Call::DebugRead { pa: HYP.0 }), Err(Error::Perm));
+    assert_eq!(
+        ret(&mut s, Call::DebugRead { pa: 0x0900_0000 }),
+        Err(Error::Perm)
+    );
+    assert_eq!(ret(&mut s, Call::ShareHyp { pfn: P, nr: 1 }), Ok(()));
+    assert_eq!(ret(&mut s, Call::DebugRead { pa: pa + 8 }), Ok(()));
+    assert_eq!(ret(&mut s, Call::DebugRead { pa: pa + 4 }), Err(Error::Inval));
+    assert_eq!(ret(&mut s, Call::UnshareHyp { pfn: P, nr: 1 }), Ok(()));
+    assert_eq!(ret(&mut s, Call::DonateHyp { pfn: P, nr: 1 }), Ok(()));
+    assert_eq!(ret(&mut s, Call::DebugRead { pa }), Err(Error::Perm));
 }
 
 #[test]
@@ -259,7 +334,7 @@ fn checker_reports_divergence_with_trace() {
             host: State::SharedOwned,
             hyp: State::SharedBorrowed,
             shares: 1,
-            pins: 0,
+            ..Page::HOST_OWNED
         },
     );
     // Implementation "forgot" the EL2 mapping: must be reported.

@@ -1,0 +1,264 @@
+//! Regression tests for the escapes an adversarial review reproduced on main at 437c5c9
+//! (issue "Nothing the host does can break EL2"), where the simulator reaches them. Each test
+//! replays the attack through the hypercall dispatcher with the spec checker and the structural
+//! invariants as the oracle, and asserts that the step that used to succeed is refused and
+//! changes nothing.
+//!
+//! The escapes that live in the EL2 image (trap handling, the world switch, the GIC) are tested
+//! by the `hostile` and `guests` QEMU scenarios; see docs/SECURITY.md for the full map.
+
+use pkvm_abi::{Error, HostHcall, PAGE_SHIFT, PAGE_SIZE};
+use pkvm_hyp::platform::PhysMem;
+use pkvm_sim::scenarios::checked;
+use pkvm_sim::{Machine, SimConfig, with_machine};
+use pkvm_spec::{Call, Checker, Outcome};
+
+/// First RAM page the tests use (well below the carve-out).
+fn r0(m: &Machine<'_>) -> u64 {
+    m.config().ram[0].0 >> PAGE_SHIFT
+}
+
+fn refused(m: &Machine<'_>, c: &mut Checker, call: Call, err: Error) {
+    let before = m.abstract_state().unwrap();
+    let got = checked(m, c, call).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(got, Outcome::Ret(Err(err)), "{call:?}");
+    assert_eq!(
+        m.abstract_state().unwrap(),
+        before,
+        "{call:?} changed state"
+    );
+}
+
+fn ok(m: &Machine<'_>, c: &mut Checker, call: Call) {
+    let got = checked(m, c, call).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(got, Outcome::Ret(Ok(())), "{call:?}");
+}
+
+/// Escape 1 (critical): `VmInit` with a 4-page memcache, then `DebugHypDonateHost` of a free
+/// memcache page used to succeed (its "unused" test was `refcount == 0`, which free pool pages
+/// also pass); the host then forged a level-1 table in it that became the guest's. Now only
+/// pages the host donated with `HostDonateHyp` and that EL2 does not use go back.
+#[test]
+fn escape1_debug_reclaim_of_a_live_vms_memcache_page_is_refused() {
+    with_machine(&SimConfig::small(), |m| {
+        let base = r0(m) + 0x100;
+        let (desc_pfn, mc) = (base, base + 0x10);
+        let desc = desc_pfn << PAGE_SHIFT;
+        m.call(HostHcall::HostShareHyp, &[desc_pfn, 1]).unwrap();
+        m.plat.write_u64(desc, 32);
+        m.plat.write_u64(desc + 8, 1);
+        let r = m.hvc(HostHcall::VmInit, &[desc, mc, 4]);
+        assert_eq!(r[1], 0, "VmInit");
+        let vm = r[2];
+
+        let mut c = Checker::with_state(m.spec_machine(), m.abstract_state().unwrap());
+        for pfn in [mc, mc + 1, mc + 3] {
+            refused(m, &mut c, Call::HypDonateHost { pfn, nr: 1 }, Error::Perm);
+        }
+        refused(
+            m,
+            &mut c,
+            Call::HypDonateHost { pfn: mc, nr: 4 },
+            Error::Perm,
+        );
+        // The host cannot write the page either: it is still EL2's.
+        assert_eq!(
+            checked(
+                m,
+                &mut c,
+                Call::HostAccess {
+                    pa: (mc + 1) << PAGE_SHIFT,
+                    write: true
+                }
+            )
+            .unwrap(),
+            Outcome::Abort
+        );
+        // The guest's next share builds its tables in the untouched memcache.
+        let data = base + 0x40;
+        m.call(HostHcall::HostShareGuest, &[vm, data, 0x8_0000, 1, 7])
+            .unwrap();
+        m.call(HostHcall::HostUnshareGuest, &[vm, 0x8_0000, 1])
+            .unwrap();
+        // An idle donated page still goes back.
+        let mut c = Checker::with_state(m.spec_machine(), m.abstract_state().unwrap());
+        ok(
+            m,
+            &mut c,
+            Call::DonateHyp {
+                pfn: base + 0x50,
+                nr: 1,
+            },
+        );
+        ok(
+            m,
+            &mut c,
+            Call::HypDonateHost {
+                pfn: base + 0x50,
+                nr: 1,
+            },
+        );
+        m.call(HostHcall::VmTeardown, &[vm]).unwrap();
+    });
+}
+
+/// Escape 2 (critical): `DebugUnpin` used to drop EL2's own pin of a live vCPU structure (the
+/// same count held both), so the host could unshare the page under the running VM and hand it
+/// to EL2 again as another VM's memcache. EL2's pins are now counted apart from host pins.
+#[test]
+fn escape2_debug_unpin_cannot_drop_el2_pins() {
+    with_machine(&SimConfig::small(), |m| {
+        let base = r0(m) + 0x100;
+        let vm = vm_with_vcpu(m, base, base + 0x10, base + 1);
+        let vcpu_pfn = base + 1;
+
+        let mut c = Checker::with_state(m.spec_machine(), m.abstract_state().unwrap());
+        for pfn in [vcpu_pfn, base] {
+            refused(m, &mut c, Call::Unpin { pfn, nr: 1 }, Error::Perm);
+            refused(m, &mut c, Call::UnshareHyp { pfn, nr: 1 }, Error::Busy);
+        }
+        // A host pin on top comes and goes; EL2's stays.
+        ok(
+            m,
+            &mut c,
+            Call::Pin {
+                pfn: vcpu_pfn,
+                nr: 1,
+            },
+        );
+        ok(
+            m,
+            &mut c,
+            Call::Unpin {
+                pfn: vcpu_pfn,
+                nr: 1,
+            },
+        );
+        refused(
+            m,
+            &mut c,
+            Call::Unpin {
+                pfn: vcpu_pfn,
+                nr: 1,
+            },
+            Error::Perm,
+        );
+        refused(
+            m,
+            &mut c,
+            Call::UnshareHyp {
+                pfn: vcpu_pfn,
+                nr: 1,
+            },
+            Error::Busy,
+        );
+        // The page cannot become another VM's memcache while the first VM lives.
+        let desc2 = (base + 0x30) << PAGE_SHIFT;
+        m.call(HostHcall::HostShareHyp, &[base + 0x30, 1]).unwrap();
+        m.plat.write_u64(desc2, 32);
+        m.plat.write_u64(desc2 + 8, 1);
+        let r = m.hvc(HostHcall::VmInit, &[desc2, vcpu_pfn, 2]);
+        assert_eq!(
+            r[1] as i64,
+            Error::Perm.errno(),
+            "VmInit over a pinned page"
+        );
+
+        // After teardown EL2's pins are gone and the host unshares normally.
+        m.call(HostHcall::VmTeardown, &[vm]).unwrap();
+        let mut c = Checker::with_state(m.spec_machine(), m.abstract_state().unwrap());
+        refused(
+            m,
+            &mut c,
+            Call::Unpin {
+                pfn: vcpu_pfn,
+                nr: 1,
+            },
+            Error::Perm,
+        );
+        ok(
+            m,
+            &mut c,
+            Call::UnshareHyp {
+                pfn: vcpu_pfn,
+                nr: 1,
+            },
+        );
+    });
+}
+
+/// Escape 6 (medium): `DebugRead` used to read any word EL2 maps — its page tables, pools,
+/// stacks, the vmemmap, a VM's stage-2. Now only pages the host shares with EL2.
+#[test]
+fn escape6_debug_read_only_reads_pages_shared_with_el2() {
+    with_machine(&SimConfig::small(), |m| {
+        let base = r0(m) + 0x100;
+        let _vm = vm_with_vcpu(m, base, base + 0x10, base + 1);
+        let mut c = Checker::with_state(m.spec_machine(), m.abstract_state().unwrap());
+        let targets = [
+            m.hyp.hyp_pgd(),             // EL2's stage-1 root
+            m.hyp.host_pgd(),            // the host stage-2 root
+            m.carveout.0,                // the EL2 pool
+            m.carveout.1 - PAGE_SIZE,    // the last carve-out page
+            (base + 0x10) << PAGE_SHIFT, // the VM's stage-2 root (memcache)
+            (base + 0x11) << PAGE_SHIFT, // a free memcache page
+        ];
+        for pa in targets {
+            refused(m, &mut c, Call::DebugRead { pa }, Error::Perm);
+        }
+        ok(
+            m,
+            &mut c,
+            Call::DonateHyp {
+                pfn: base + 0x50,
+                nr: 1,
+            },
+        );
+        refused(
+            m,
+            &mut c,
+            Call::DebugRead {
+                pa: (base + 0x50) << PAGE_SHIFT,
+            },
+            Error::Perm,
+        );
+        // What the host shares it can read back, through the same call.
+        let pa = (base + 0x60) << PAGE_SHIFT;
+        ok(
+            m,
+            &mut c,
+            Call::ShareHyp {
+                pfn: base + 0x60,
+                nr: 1,
+            },
+        );
+        m.plat.write_u64(pa + 16, 0x1234_5678);
+        let r = m.hvc(HostHcall::DebugRead, &[pa + 16]);
+        assert_eq!((r[1], r[2]), (0, 0x1234_5678));
+        ok(
+            m,
+            &mut c,
+            Call::UnshareHyp {
+                pfn: base + 0x60,
+                nr: 1,
+            },
+        );
+        refused(m, &mut c, Call::DebugRead { pa }, Error::Perm);
+    });
+}
+
+/// A VM with its descriptor in page `desc_pfn`, a 4-page memcache at `mc`, and its vCPU
+/// state and FP structures in page `vcpu_pfn` (all pinned by EL2).
+fn vm_with_vcpu(m: &Machine<'_>, desc_pfn: u64, mc: u64, vcpu_pfn: u64) -> u64 {
+    let desc = desc_pfn << PAGE_SHIFT;
+    m.call(HostHcall::HostShareHyp, &[desc_pfn, 1]).unwrap();
+    m.plat.write_u64(desc, 32);
+    m.plat.write_u64(desc + 8, 1);
+    let r = m.hvc(HostHcall::VmInit, &[desc, mc, 4]);
+    assert_eq!(r[1], 0, "VmInit");
+    m.call(HostHcall::HostShareHyp, &[vcpu_pfn, 1]).unwrap();
+    let st = vcpu_pfn << PAGE_SHIFT;
+    m.call(HostHcall::VcpuInit, &[r[2], st, st + 0x400])
+        .unwrap();
+    r[2]
+}
