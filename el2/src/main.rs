@@ -52,6 +52,33 @@ mod world;
 #[cfg(not(target_os = "none"))]
 fn main() {}
 
+/// Prints the feature bits `Version` reports, by name: a production build never shows
+/// `debug-hcalls`.
+#[cfg(target_os = "none")]
+fn print_features() {
+    use pkvm_abi::features as f;
+    let bits = pkvm_hyp::hcall::FEATURES;
+    print!("  features: {bits:#x} =");
+    for (bit, name) in [
+        (f::RANGES, "ranges"),
+        (f::EL2_REFCOUNT, "el2-refcount"),
+        (f::GUESTS, "guests"),
+        (f::DEBUG_HCALLS, "debug-hcalls"),
+    ] {
+        if bits & bit != 0 {
+            print!(" {name}");
+        }
+    }
+    println!(
+        "{}",
+        if bits & f::DEBUG_HCALLS == 0 {
+            " (production build: no debug hypercalls)"
+        } else {
+            " (TEST BUILD: debug hypercalls enabled)"
+        }
+    );
+}
+
 /// Rust entry of the primary CPU, called by [`boot`] with a stack, zeroed `.bss` and `VBAR_EL2`
 /// set. `dtb` is the device-tree address QEMU passed in `x0`.
 #[cfg(target_os = "none")]
@@ -75,6 +102,7 @@ extern "C" fn el2_main(dtb: usize) -> ! {
         sysregs::current_el()
     );
     platform.print_banner();
+    print_features();
 
     if !platform.psci_conduit_is_smc {
         println!(

@@ -249,7 +249,7 @@ pub fn cmd_bench(opts: &RunOptions) -> Result<(), Error> {
     if !opts.icount {
         println!("xtask: warning: without -icount the counts are not instruction counts");
     }
-    let images = build_image_set()?;
+    let images = build_image_set(false)?;
     let figs = bench_boots(&images, opts)?;
     println!(
         "\nEL2 instructions per operation ({BOOTS} boots, identical; -cpu {}{}):\n",

@@ -27,7 +27,7 @@
 
 use crate::cpio::Cpio;
 use crate::qemu::{self, Images, Outcome, RunOptions};
-use crate::{EL2_TARGET, Error, failed, run_cmd, workspace_root};
+use crate::{Error, failed, run_cmd, workspace_root};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -418,9 +418,8 @@ pub fn run(
     o: &RunOptions,
     extra_cmdline: &str,
 ) -> Result<(Outcome, Duration), Error> {
-    use pkvm_abi::boot::EL2_LOAD_ADDR;
     check_image(&files.kernel)?;
-    let el2 = crate::build_image("pkvm-el2", EL2_TARGET, EL2_LOAD_ADDR)?;
+    let el2 = crate::build_el2(o.debug_el2)?;
     let images = Images {
         el2,
         host: files.kernel.clone(),
@@ -555,9 +554,8 @@ fn timed_boot(args: &[String], timeout: Duration) -> Result<(f64, f64, bool), Er
 /// Boot-to-`/init` and whole-run wall time of the same kernel and initramfs: entered directly
 /// by QEMU's boot stub, under pkvm-rs, and under Linux's own pKVM (`kvm-arm.mode=protected`).
 fn bench_boot(files: &LinuxFiles, o: &RunOptions, reps: u32) -> Result<(), Error> {
-    use pkvm_abi::boot::EL2_LOAD_ADDR;
     check_image(&files.kernel)?;
-    let el2 = crate::build_image("pkvm-el2", EL2_TARGET, EL2_LOAD_ADDR)?;
+    let el2 = crate::build_el2(o.debug_el2)?;
     let pkvm_rs = {
         let images = Images {
             el2,
@@ -583,6 +581,8 @@ fn bench_boot(files: &LinuxFiles, o: &RunOptions, reps: u32) -> Result<(), Error
             &o.mem,
             "-nographic",
             "-no-reboot",
+            "-nic",
+            "none",
             "-kernel",
         ]
         .iter()

@@ -50,6 +50,8 @@ run/bench options:
   --guests <N>                guest lifecycles for the `guests` scenario (pkvm.guests=N; selects
                               that scenario unless --scenario names another; default 1000)
   --hang                      tell the host to hang instead of finishing (tests the timeout)
+  --debug-el2                 boot the test build of EL2 (pkvm-el2-debug: with the debug
+                              hypercalls; every other run boots the production EL2)
   --no-host                   leave the host image out (EL2 must refuse to boot)
   --host linux                run Debian's arm64 Linux as the host (downloaded with apt, cached
                               in target/linux/; defaults --smp 4 --timeout 180) with the
@@ -163,6 +165,7 @@ fn parse_run_options(args: &[String], mut o: RunOptions) -> Result<RunOptions, E
                 }
             }
             "--hang" => o.hang = true,
+            "--debug-el2" => o.debug_el2 = true,
             "--no-host" => o.no_host = true,
             "--" => {
                 o.extra.extend(it.by_ref().cloned());
@@ -179,7 +182,7 @@ fn parse_run_options(args: &[String], mut o: RunOptions) -> Result<RunOptions, E
 fn cmd_run(o: &RunOptions) -> Result<(), Error> {
     prereq::ensure_targets()?;
     prereq::ensure_qemu()?;
-    let images = build_image_set()?;
+    let images = build_image_set(o.debug_el2)?;
     let (outcome, ran) = qemu::run(&images, o);
     let verdict = outcome.describe(o.timeout);
     println!("xtask: {verdict} ({:.1} s in QEMU)", ran.as_secs_f64());
@@ -228,18 +231,34 @@ pub fn run_cmd(cmd: &mut Command) -> Result<(), Error> {
     }
 }
 
-/// Builds the EL2 and host images (release) and converts them to raw arm64 `Image`s.
-pub fn build_image_set() -> Result<Images, Error> {
-    use pkvm_abi::boot::{EL2_LOAD_ADDR, HOST_LOAD_ADDR};
-    let el2 = build_image("pkvm-el2", EL2_TARGET, EL2_LOAD_ADDR)?;
+/// Builds the EL2 image (`debug`: the test build with the debug hypercalls) and the host image
+/// (release) and converts them to raw arm64 `Image`s.
+pub fn build_image_set(debug: bool) -> Result<Images, Error> {
+    use pkvm_abi::boot::HOST_LOAD_ADDR;
+    let el2 = build_el2(debug)?;
     let guest = build_guest_image()?;
     let host = build_image_env(
         "pkvm-host",
         BARE_TARGET,
         HOST_LOAD_ADDR,
+        &[],
+        "pkvm-host.bin",
         &[("PKVM_GUEST_BIN", guest.as_os_str())],
     )?;
     Ok(Images { el2, host })
+}
+
+/// Builds EL2 (release): the production image `pkvm-el2.bin` (no debug hypercalls: what
+/// every user-facing command boots), or with `debug` the test build `pkvm-el2-debug.bin`
+/// (feature `debug-hcalls`, which the self-tests need to pin, read back and reclaim pages).
+pub fn build_el2(debug: bool) -> Result<PathBuf, Error> {
+    use pkvm_abi::boot::EL2_LOAD_ADDR;
+    let (features, bin): (&[&str], _) = if debug {
+        (&["--features", "debug-hcalls"], "pkvm-el2-debug.bin")
+    } else {
+        (&[], "pkvm-el2.bin")
+    };
+    build_image_env("pkvm-el2", EL2_TARGET, EL2_LOAD_ADDR, features, bin, &[])
 }
 
 /// Builds the test guest (`guest/`) and converts it to a raw image linked at
@@ -284,14 +303,14 @@ fn build_guest_image() -> Result<PathBuf, Error> {
     Ok(bin)
 }
 
-fn build_image(package: &str, target: &str, load_addr: u64) -> Result<PathBuf, Error> {
-    build_image_env(package, target, load_addr, &[])
-}
-
+/// Builds `package` for `target` (release, with `cargo_args` and `envs`), checks it is an arm64
+/// `Image` linked at `load_addr`, and writes the raw image as `bin` next to the ELF.
 fn build_image_env(
     package: &str,
     target: &str,
     load_addr: u64,
+    cargo_args: &[&str],
+    bin: &str,
     envs: &[(&str, &std::ffi::OsStr)],
 ) -> Result<PathBuf, Error> {
     use pkvm_abi::boot::{IMAGE_MAGIC, IMAGE_MAGIC_OFFSET};
@@ -306,6 +325,7 @@ fn build_image_env(
         "--target",
         target,
     ]);
+    cmd.args(cargo_args);
     for (k, v) in envs {
         cmd.env(k, v);
     }
@@ -326,7 +346,7 @@ fn build_image_env(
     if magic != Some(IMAGE_MAGIC.to_le_bytes().as_slice()) {
         return failed(format!("{package} has no arm64 Image header"));
     }
-    let bin = dir.join(format!("{package}.bin"));
+    let bin = dir.join(bin);
     fs::write(&bin, &image.bytes)
         .or_else(|e| failed(format!("cannot write {}: {e}", bin.display())))?;
     println!(

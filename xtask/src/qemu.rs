@@ -46,6 +46,8 @@ pub struct RunOptions {
     pub guests: Option<u64>,
     /// Leave the host image out (EL2 must refuse to boot).
     pub no_host: bool,
+    /// Boot the test build of EL2 (`pkvm-el2-debug`, with the debug hypercalls).
+    pub debug_el2: bool,
     /// Extra QEMU arguments.
     pub extra: Vec<String>,
 }
@@ -62,6 +64,7 @@ impl Default for RunOptions {
             hang: false,
             guests: None,
             no_host: false,
+            debug_el2: false,
             extra: Vec::new(),
         }
     }
@@ -132,6 +135,10 @@ pub fn args(images: &Images, opts: &RunOptions) -> Vec<String> {
         opts.mem.clone(),
         "-nographic".into(),
         "-no-reboot".into(),
+        // No network card: QEMU would otherwise add a virtio-net PCI device, a DMA master no
+        // IOMMU guards (out of pkvm-rs's scope, docs/SECURITY.md).
+        "-nic".into(),
+        "none".into(),
     ];
     if opts.icount {
         a.extend(["-icount".into(), "shift=0".into()]);

@@ -20,6 +20,12 @@ use crate::{
 };
 use std::time::{Duration, Instant};
 
+/// The images of both EL2 builds (the host and guest are the same).
+struct ImageSets {
+    production: Images,
+    debug: Images,
+}
+
 struct Step {
     name: String,
     ok: bool,
@@ -76,19 +82,28 @@ fn system_tests() -> Vec<SystemTest> {
         timeout: Duration::from_secs(60),
         ..RunOptions::default()
     };
+    let debug = RunOptions {
+        debug_el2: true,
+        ..base.clone()
+    };
     vec![
         SystemTest {
-            name: "selftest on -cpu max",
+            name: "selftest on the production EL2 (debug calls refused), -cpu max",
             opts: base.clone(),
             judge: PASS,
         },
         SystemTest {
-            name: "selftest on -cpu cortex-a72, 2 CPUs, 2 GiB",
+            name: "selftest on the debug EL2 (whole catalogue), -cpu max",
+            opts: debug.clone(),
+            judge: PASS,
+        },
+        SystemTest {
+            name: "selftest on the debug EL2, -cpu cortex-a72, 2 CPUs, 2 GiB",
             opts: RunOptions {
                 cpu: "cortex-a72".into(),
                 smp: 2,
                 mem: "2G".into(),
-                ..base.clone()
+                ..debug
             },
             judge: PASS,
         },
@@ -168,7 +183,12 @@ fn system_tests() -> Vec<SystemTest> {
     ]
 }
 
-fn run_system_test(t: &SystemTest, images: &Images) -> Result<String, Error> {
+fn run_system_test(t: &SystemTest, images: &ImageSets) -> Result<String, Error> {
+    let images = if t.opts.debug_el2 {
+        &images.debug
+    } else {
+        &images.production
+    };
     match &t.judge {
         Judge::Outcome { expect, want } => {
             let (outcome, ran) = qemu::run(images, &t.opts);
@@ -225,6 +245,24 @@ pub fn cmd_test() -> Result<(), Error> {
         ])
     }));
     steps.push(timed(
+        &format!("clippy: el2 with debug-hcalls on {EL2_TARGET}"),
+        || {
+            cargo_step(&[
+                "clippy",
+                "-p",
+                "pkvm-el2",
+                "--bins",
+                "--features",
+                "debug-hcalls",
+                "--target",
+                EL2_TARGET,
+                "--",
+                "-D",
+                "warnings",
+            ])
+        },
+    ));
+    steps.push(timed(
         &format!("clippy: host, guest on {BARE_TARGET}"),
         || {
             cargo_step(&[
@@ -273,10 +311,16 @@ pub fn cmd_test() -> Result<(), Error> {
     ));
 
     let mut images = None;
-    steps.push(timed("build the EL2 and host images (release)", || {
-        images = Some(build_image_set()?);
-        Ok(String::new())
-    }));
+    steps.push(timed(
+        "build the images: EL2 (production and debug), host, guest (release)",
+        || {
+            images = Some(ImageSets {
+                production: build_image_set(false)?,
+                debug: build_image_set(true)?,
+            });
+            Ok(String::new())
+        },
+    ));
 
     let mut sys = Vec::new();
     for t in system_tests() {

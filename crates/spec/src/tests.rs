@@ -280,7 +280,10 @@ fn debug_read_only_of_shared_pages() {
     );
     assert_eq!(ret(&mut s, Call::ShareHyp { pfn: P, nr: 1 }), Ok(()));
     assert_eq!(ret(&mut s, Call::DebugRead { pa: pa + 8 }), Ok(()));
-    assert_eq!(ret(&mut s, Call::DebugRead { pa: pa + 4 }), Err(Error::Inval));
+    assert_eq!(
+        ret(&mut s, Call::DebugRead { pa: pa + 4 }),
+        Err(Error::Inval)
+    );
     assert_eq!(ret(&mut s, Call::UnshareHyp { pfn: P, nr: 1 }), Ok(()));
     assert_eq!(ret(&mut s, Call::DonateHyp { pfn: P, nr: 1 }), Ok(()));
     assert_eq!(ret(&mut s, Call::DebugRead { pa }), Err(Error::Perm));
