@@ -158,8 +158,16 @@ pub enum Stat {
     GuestSharedPages = 10,
     /// Live VMs.
     LiveVms = 11,
-    /// Pages pinned by EL2 (non-zero pin count on host pages shared with EL2).
+    /// Pages pinned (by EL2 for a structure it uses, or by the host) among those shared with
+    /// EL2.
     PinnedPages = 12,
+    /// UNDEFs injected into the host: trapped instructions EL2 does not emulate.
+    InjectedUndefs = 13,
+    /// Host accesses to device registers EL2 trapped and emulated (the GIC redistributors'
+    /// `RD_base` frames).
+    EmulatedMmio = 14,
+    /// Host writes to device registers EL2 refused (an LPI table outside the host's RAM).
+    RefusedDeviceWrites = 15,
 }
 
 impl Stat {
@@ -180,6 +188,9 @@ impl Stat {
             10 => Stat::GuestSharedPages,
             11 => Stat::LiveVms,
             12 => Stat::PinnedPages,
+            13 => Stat::InjectedUndefs,
+            14 => Stat::EmulatedMmio,
+            15 => Stat::RefusedDeviceWrites,
             _ => return None,
         })
     }
@@ -366,9 +377,9 @@ mod tests {
 
     #[test]
     fn stat_selectors_decode() {
-        for v in 0..13 {
+        for v in 0..16 {
             assert_eq!(Stat::from_u64(v).map(|s| s as u64), Some(v));
         }
-        assert_eq!(Stat::from_u64(13), None);
+        assert_eq!(Stat::from_u64(16), None);
     }
 }

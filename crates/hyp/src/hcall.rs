@@ -95,6 +95,11 @@ impl<P: Platform> Hyp<'_, P> {
         match s {
             Stat::HostFaults => self.counters.host_faults.load(Ordering::Relaxed),
             Stat::InjectedAborts => self.counters.injected_aborts.load(Ordering::Relaxed),
+            Stat::InjectedUndefs => self.counters.injected_undefs.load(Ordering::Relaxed),
+            Stat::EmulatedMmio => self.counters.emulated_mmio.load(Ordering::Relaxed),
+            Stat::RefusedDeviceWrites => {
+                self.counters.refused_device_writes.load(Ordering::Relaxed)
+            }
             Stat::PoolFreePages => self.hyp.lock().pool.free_pages(),
             Stat::SharedPages => self.count_pages(|p| p.share_count() != 0),
             Stat::HypMappedHostPages => self.hyp_mapped_host_pages(),

@@ -6,6 +6,7 @@
 #![no_std]
 #![forbid(unsafe_code)]
 
+pub mod devices;
 pub mod early_alloc;
 pub mod hcall;
 pub mod mem_protect;

@@ -27,14 +27,19 @@ use pkvm_abi::{Error, PAGE_SHIFT, PAGE_SIZE};
 use pkvm_pgtable::{MapFlags, PageTable, Prot};
 use spin::Mutex;
 
+use crate::devices::{DeviceRange, MAX_DEVICE_RANGES};
 use crate::memory::MemoryMap;
 use crate::mm::{Arch, pt_err};
 use crate::page_alloc::HypPool;
 use crate::platform::{PhysMem, Platform};
 use crate::vmemmap::{HypPage, HypUse, PageState, Vmemmap};
 
-/// Owner id written into host stage-2 annotations for pages the hypervisor owns.
+/// Owner id written into host stage-2 annotations for pages the hypervisor owns (memory, and
+/// device ranges hidden from the host).
 pub const HYP_OWNER_ID: u8 = 1;
+/// Owner id of host stage-2 annotations over device registers EL2 traps and emulates for the
+/// host ([`crate::devices::DeviceKind::GicrRdBase`]).
+pub const EMULATED_MMIO_OWNER_ID: u8 = 2;
 
 /// Largest share count, and largest count of EL2's own pins; one more is refused with `EBUSY`.
 pub const MAX_COUNT: u16 = u16::MAX;
@@ -70,6 +75,9 @@ pub enum HostFault {
     Mapped,
     /// The host may not access this address: inject a synchronous external abort.
     InjectAbort,
+    /// A device register EL2 emulates: decode the access and call
+    /// [`Hyp::host_mmio_access`].
+    Emulate,
 }
 
 /// Counters kept by EL2.
@@ -79,6 +87,12 @@ pub struct Counters {
     pub host_faults: AtomicU64,
     /// Aborts injected into the host.
     pub injected_aborts: AtomicU64,
+    /// UNDEFs injected into the host (trapped instructions EL2 does not emulate).
+    pub injected_undefs: AtomicU64,
+    /// Host accesses to device registers EL2 emulated.
+    pub emulated_mmio: AtomicU64,
+    /// Host writes to device registers EL2 refused (a table base outside the host's RAM).
+    pub refused_device_writes: AtomicU64,
 }
 
 /// The portable hypervisor: memory map, vmemmap, components and their locks.
@@ -89,6 +103,9 @@ pub struct Hyp<'a, P: Platform> {
     /// Memory EL2 owns from boot (its image, its carve-out): never given to anyone.
     pub(crate) hyp_ranges: [(u64, u64); 4],
     pub(crate) nr_hyp_ranges: usize,
+    /// Device ranges EL2 keeps from the host (hidden or emulated).
+    pub(crate) devices: [DeviceRange; MAX_DEVICE_RANGES],
+    pub(crate) nr_devices: usize,
     /// Host physical address space size in bits.
     pub(crate) pa_bits: u32,
     pub(crate) host: Mutex<HostMmu<'a, P>>,
@@ -606,8 +623,14 @@ impl<'a, P: Platform> Hyp<'a, P> {
             return Ok(HostFault::Mapped);
         }
         if pte != 0 {
-            // Annotated: owned by someone else.
-            return Ok(HostFault::InjectAbort);
+            // Annotated: owned by someone else, or a device register EL2 emulates.
+            return Ok(
+                if pkvm_pgtable::desc::pte_owner(pte) == Some(EMULATED_MMIO_OWNER_ID) {
+                    HostFault::Emulate
+                } else {
+                    HostFault::InjectAbort
+                },
+            );
         }
         let (lo, hi, prot) = match self.map.find_region(ipa) {
             Ok(r) => {
@@ -651,28 +674,41 @@ impl<'a, P: Platform> Hyp<'a, P> {
         self.host_unmap_mmio(&mut host);
     }
 
-    /// Unmaps every MMIO mapping of the host stage-2 (they are re-created on demand).
+    /// Unmaps every MMIO mapping of the host stage-2 (they are re-created on demand). The
+    /// annotations of the device ranges EL2 keeps from the host stay: `unmap` would clear
+    /// them, so those ranges are stepped over.
     fn host_unmap_mmio(&self, host: &mut HostMmu<'a, P>) {
         let host = &mut *host;
         let mm = &mut host.pool;
         let top = 1u64 << self.pa_bits;
-        let mut prev = 0;
-        for r in self
+        let mut unmap = |lo: u64, hi: u64| {
+            if hi > lo {
+                let _ = host.pgt.unmap(mm, &mut Arch(self.plat), lo, hi - lo);
+            }
+        };
+        // The regions to keep, sorted: memory and the device ranges.
+        let mut keep = [(0u64, 0u64); crate::memory::MAX_MEM_REGIONS + MAX_DEVICE_RANGES];
+        let mut n = 0;
+        for (s, e) in self
             .map
             .regions()
             .iter()
             .map(|r| (r.base, r.end()))
-            .chain(core::iter::once((top, top)))
+            .chain(self.devices().iter().map(|d| (d.start, d.end)))
         {
-            if r.0 > prev {
-                let _ = host
-                    .pgt
-                    .unmap(mm, &mut Arch(self.plat), prev, r.0.min(top) - prev);
-            }
-            prev = r.1;
+            keep[n] = (s, e);
+            n += 1;
+        }
+        let keep = &mut keep[..n];
+        keep.sort_unstable();
+        let mut prev = 0;
+        for &(s, e) in keep.iter() {
+            unmap(prev, s.min(top));
+            prev = prev.max(e);
             if prev >= top {
-                break;
+                return;
             }
         }
+        unmap(prev, top);
     }
 }

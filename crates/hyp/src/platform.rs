@@ -42,6 +42,11 @@ pub trait Platform: PhysMem + GuestRunner {
     fn tlbi_guest_vmid(&self, vttbr: u64);
     /// `tlbi alle2is`: invalidates every EL2 stage-1 entry.
     fn tlbi_el2_all(&self);
+    /// Reads the `size`-byte (4 or 8) device register at `pa` (a device range EL2 emulates
+    /// for the host and maps for itself).
+    fn mmio_read(&self, pa: u64, size: u8) -> u64;
+    /// Writes the `size`-byte (4 or 8) device register at `pa`.
+    fn mmio_write(&self, pa: u64, size: u8, val: u64);
     /// Writes a diagnostic line (EL2 console or the simulator's log).
     fn log(&self, args: core::fmt::Arguments<'_>);
 }

@@ -19,8 +19,9 @@ use pkvm_abi::{Error, PAGE_SHIFT, PAGE_SIZE};
 use pkvm_pgtable::{Config, MapFlags, PageTable, Prot};
 use spin::Mutex;
 
+use crate::devices::{DeviceKind, DeviceRange, MAX_DEVICE_RANGES};
 use crate::early_alloc::EarlyAlloc;
-use crate::mem_protect::{Counters, HYP_OWNER_ID, HostMmu, Hyp, HypMmu};
+use crate::mem_protect::{Counters, EMULATED_MMIO_OWNER_ID, HYP_OWNER_ID, HostMmu, Hyp, HypMmu};
 use crate::memory::MemoryMap;
 use crate::mm::{Arch, pt_err};
 use crate::page_alloc::HypPool;
@@ -56,6 +57,9 @@ pub struct BootParams<'p> {
     pub hyp_maps: &'p [HypMapping],
     /// Host physical address space size in bits (the host stage-2 input size).
     pub pa_bits: u32,
+    /// Device ranges EL2 keeps from the host: hidden, or trapped and emulated (at most
+    /// [`MAX_DEVICE_RANGES`], page aligned, outside memory, disjoint).
+    pub devices: &'p [DeviceRange],
 }
 
 /// Why boot failed.
@@ -175,12 +179,57 @@ impl<'a, P: Platform> Hyp<'a, P> {
             }
         }
 
+        let mut devices = [DeviceRange {
+            start: 0,
+            end: 0,
+            kind: DeviceKind::Hidden,
+        }; MAX_DEVICE_RANGES];
+        if params.devices.len() > MAX_DEVICE_RANGES {
+            return Err(BootError {
+                step: "device ranges",
+                error: Error::TooBig,
+            });
+        }
+        for (i, d) in params.devices.iter().enumerate() {
+            let overlaps = params.devices[..i]
+                .iter()
+                .any(|o| d.start < o.end && o.start < d.end);
+            if d.start >= d.end
+                || d.start % PAGE_SIZE != 0
+                || d.end % PAGE_SIZE != 0
+                || d.end > 1u64 << params.pa_bits
+                || overlaps
+                || (d.start..d.end)
+                    .step_by(PAGE_SIZE as usize)
+                    .any(|pa| map.is_memory(pa))
+            {
+                return Err(BootError {
+                    step: "device range",
+                    error: Error::Inval,
+                });
+            }
+            let owner = match d.kind {
+                DeviceKind::Hidden => HYP_OWNER_ID,
+                DeviceKind::GicrRdBase => EMULATED_MMIO_OWNER_ID,
+            };
+            let mm = &mut host_pool;
+            step(
+                "host stage-2 device annotation",
+                host_pgt
+                    .set_owner(mm, &mut Arch(plat), d.start, d.end - d.start, owner.into())
+                    .map_err(pt_err),
+            )?;
+            devices[i] = *d;
+        }
+
         Ok(Hyp {
             plat,
             map,
             vmemmap,
             hyp_ranges,
             nr_hyp_ranges: params.hyp_ranges.len(),
+            devices,
+            nr_devices: params.devices.len(),
             pa_bits: params.pa_bits,
             host: Mutex::new(HostMmu {
                 pgt: host_pgt,

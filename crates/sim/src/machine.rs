@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 
 use pkvm_abi::{Error, HostHcall, PAGE_SHIFT, PAGE_SIZE, SMCCC_SUCCESS, decode_result, hvc_fid};
+use pkvm_hyp::devices::{DeviceKind, DeviceRange, MmioAccess};
 use pkvm_hyp::mem_protect::{HostFault, Hyp};
 use pkvm_hyp::memory::{MemRegion, MemoryMap};
 use pkvm_hyp::platform::PhysMem;
@@ -28,7 +29,39 @@ pub struct SimConfig {
     pub hyp_pool_pages: u64,
     /// Pages of the host stage-2 table pool.
     pub host_pool_pages: u64,
+    /// Device ranges EL2 keeps from the host (as on QEMU `virt`: the ITS and fw_cfg hidden,
+    /// a redistributor's `RD_base` frame emulated).
+    pub devices: Vec<DeviceRange>,
 }
+
+/// The device ranges of QEMU `virt` with one CPU, as EL2 sets them up there.
+#[must_use]
+pub fn virt_devices() -> Vec<DeviceRange> {
+    vec![
+        DeviceRange {
+            start: VIRT_ITS.0,
+            end: VIRT_ITS.1,
+            kind: DeviceKind::Hidden,
+        },
+        DeviceRange {
+            start: VIRT_GICR_RD.0,
+            end: VIRT_GICR_RD.1,
+            kind: DeviceKind::GicrRdBase,
+        },
+        DeviceRange {
+            start: VIRT_FW_CFG.0,
+            end: VIRT_FW_CFG.1,
+            kind: DeviceKind::Hidden,
+        },
+    ]
+}
+
+/// QEMU `virt`'s GICv3 ITS frames.
+pub const VIRT_ITS: (u64, u64) = (0x0808_0000, 0x080a_0000);
+/// QEMU `virt`'s first redistributor's `RD_base` frame.
+pub const VIRT_GICR_RD: (u64, u64) = (0x080a_0000, 0x080b_0000);
+/// QEMU `virt`'s fw_cfg page.
+pub const VIRT_FW_CFG: (u64, u64) = (0x0902_0000, 0x0902_1000);
 
 impl SimConfig {
     /// A small machine: 8 MiB of RAM at 1 GiB, 2 MiB at 4 GiB, 40-bit PA, MMIO everywhere else.
@@ -39,6 +72,7 @@ impl SimConfig {
             pa_bits: 40,
             hyp_pool_pages: 64,
             host_pool_pages: 64,
+            devices: virt_devices(),
         }
     }
 
@@ -53,6 +87,7 @@ impl SimConfig {
             pa_bits: 40,
             hyp_pool_pages: pkvm_hyp::sizing::hyp_s1_pgtable_pages(&map, 2 << 20),
             host_pool_pages: pkvm_hyp::sizing::host_s2_pgtable_pages(&map),
+            devices: virt_devices(),
         }
     }
 }
@@ -114,6 +149,7 @@ pub fn with_machine<R>(cfg: &SimConfig, f: impl FnOnce(&mut Machine<'_>) -> R) -
         host_pool,
         hyp_maps: &maps,
         pa_bits: cfg.pa_bits,
+        devices: &cfg.devices,
     };
     let hyp = Hyp::new(&plat, &map, vmemmap, &params).expect("hypervisor boots");
     hyp.finalise().expect("first finalise");
@@ -151,6 +187,13 @@ impl Machine<'_> {
             memory: self.cfg.ram.iter().map(|&(b, s)| (b, b + s)).collect(),
             hyp_memory: vec![self.carveout],
             pa_bits: self.cfg.pa_bits,
+            hidden_mmio: self
+                .cfg
+                .devices
+                .iter()
+                .filter(|d| d.kind == DeviceKind::Hidden)
+                .map(|d| (d.start, d.end))
+                .collect(),
         }
     }
 
@@ -207,6 +250,17 @@ impl Machine<'_> {
                 _ => match self.hyp.handle_host_mem_abort(pa) {
                     HostFault::Mapped => {}
                     HostFault::InjectAbort => return Outcome::Abort,
+                    HostFault::Emulate => {
+                        let acc = MmioAccess {
+                            write,
+                            size: 4,
+                            value: 0,
+                        };
+                        return match self.hyp.host_mmio_access(pa & !3, acc) {
+                            Ok(_) => Outcome::Access,
+                            Err(_) => Outcome::Abort,
+                        };
+                    }
                 },
             }
         }
@@ -447,6 +501,24 @@ impl Machine<'_> {
         });
         if let Some(e) = err {
             return Err(e);
+        }
+        // Every page of a device range EL2 keeps from the host carries its annotation.
+        for d in &self.cfg.devices {
+            let want = match d.kind {
+                DeviceKind::Hidden => pkvm_hyp::mem_protect::HYP_OWNER_ID,
+                DeviceKind::GicrRdBase => pkvm_hyp::mem_protect::EMULATED_MMIO_OWNER_ID,
+            };
+            for pa in (d.start..d.end).step_by(PAGE_SIZE as usize) {
+                match mmu::walk(&self.plat.mem, Regime::Stage2(0), host_root, sl, pa) {
+                    Err(f) if f.level == 3 && (f.desc >> 2) & 0xFF == u64::from(want) => {}
+                    r => {
+                        return Err(format!(
+                            "device page {pa:#x} ({:?}) not annotated {want}: {r:?}",
+                            d.kind
+                        ));
+                    }
+                }
+            }
         }
         for &(base, size) in &self.cfg.ram {
             for pa in (base..base + size).step_by(PAGE_SIZE as usize) {

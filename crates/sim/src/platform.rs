@@ -71,6 +71,11 @@ pub struct SimPlatform {
     pub guest_script: Mutex<std::collections::VecDeque<SimGuestAction>>,
     /// Every guest entry the world switch was asked for.
     pub guest_entries: Mutex<Vec<GuestEntry>>,
+    /// Device registers EL2 reads and writes for the host (the emulated GIC redistributor
+    /// frames): a register file by physical address; unset registers read as zero.
+    pub device_regs: Mutex<std::collections::BTreeMap<u64, u64>>,
+    /// Every device-register write EL2 made, in order: `(pa, size, value)`.
+    pub device_writes: Mutex<Vec<(u64, u8, u64)>>,
 }
 
 /// One thing the simulated guest does before it exits (the world switch itself is EL2-only:
@@ -108,6 +113,8 @@ impl SimPlatform {
             log: Mutex::new(Vec::new()),
             guest_script: Mutex::new(std::collections::VecDeque::new()),
             guest_entries: Mutex::new(Vec::new()),
+            device_regs: Mutex::new(std::collections::BTreeMap::new()),
+            device_writes: Mutex::new(Vec::new()),
         }
     }
 
@@ -270,6 +277,23 @@ impl Platform for SimPlatform {
 
     fn tlbi_guest_vmid(&self, vttbr: u64) {
         self.tlbi_vmid((vttbr >> 48) as u16);
+    }
+
+    fn mmio_read(&self, pa: u64, size: u8) -> u64 {
+        let v = self
+            .device_regs
+            .lock()
+            .unwrap()
+            .get(&pa)
+            .copied()
+            .unwrap_or(0);
+        if size >= 8 { v } else { v & 0xffff_ffff }
+    }
+
+    fn mmio_write(&self, pa: u64, size: u8, val: u64) {
+        let val = if size >= 8 { val } else { val & 0xffff_ffff };
+        self.device_regs.lock().unwrap().insert(pa, val);
+        self.device_writes.lock().unwrap().push((pa, size, val));
     }
 
     fn tlbi_el2_all(&self) {

@@ -8,7 +8,7 @@
 //! by the `hostile` and `guests` QEMU scenarios; see docs/SECURITY.md for the full map.
 
 use pkvm_abi::{Error, HostHcall, PAGE_SHIFT, PAGE_SIZE};
-use pkvm_hyp::platform::PhysMem;
+use pkvm_hyp::platform::{PhysMem, Platform};
 use pkvm_sim::scenarios::checked;
 use pkvm_sim::{Machine, SimConfig, with_machine};
 use pkvm_spec::{Call, Checker, Outcome};
@@ -261,4 +261,123 @@ fn vm_with_vcpu(m: &Machine<'_>, desc_pfn: u64, mc: u64, vcpu_pfn: u64) -> u64 {
     m.call(HostHcall::VcpuInit, &[r[2], st, st + 0x400])
         .unwrap();
     r[2]
+}
+
+/// Escape 3 (high), the ITS: the host used to reach the ITS through the lazy identity map of
+/// the MMIO gaps, point its device table at EL2's carve-out and have it write there. The ITS
+/// (and fw_cfg, whose DMA interface is the same class) is now hidden: annotated as EL2's in
+/// the host stage-2, so every host access aborts — also after the fault path recycles the
+/// MMIO mappings when its table pool runs dry.
+#[test]
+fn escape3_its_and_fw_cfg_are_hidden_from_the_host() {
+    use pkvm_sim::machine::{VIRT_FW_CFG, VIRT_ITS};
+    with_machine(&SimConfig::small(), |m| {
+        let mut c = Checker::new(m.spec_machine());
+        let targets = [
+            VIRT_ITS.0,           // GITS_CTLR
+            VIRT_ITS.0 + 0x100,   // GITS_BASER0
+            VIRT_ITS.0 + 0x80,    // GITS_CBASER
+            VIRT_ITS.1 - 8,       // GITS_TRANSLATER frame
+            VIRT_FW_CFG.0 + 0x10, // fw_cfg DMA address register
+        ];
+        for round in 0..2 {
+            for pa in targets {
+                for write in [false, true] {
+                    let got = checked(m, &mut c, Call::HostAccess { pa, write }).unwrap();
+                    assert_eq!(got, Outcome::Abort, "round {round}: {pa:#x} write={write}");
+                }
+            }
+            // MMIO next to them is still the host's.
+            let got = checked(
+                m,
+                &mut c,
+                Call::HostAccess {
+                    pa: VIRT_ITS.0 - 8,
+                    write: true,
+                },
+            )
+            .unwrap();
+            assert_eq!(got, Outcome::Access);
+            // What EL2 does when the host stage-2 pool runs dry: the annotations survive.
+            m.hyp.host_stage2_unmap_mmio();
+            m.check_invariants().unwrap();
+        }
+        assert!(m.plat.device_writes.lock().unwrap().is_empty());
+    });
+}
+
+/// Escape 3 (high), the LPI tables: a redistributor reads and writes its LPI tables behind
+/// stage-2 once `GICR_CTLR.EnableLPIs` is set. EL2 traps the `RD_base` frame: LPI support is
+/// hidden, `EnableLPIs` never reaches the device, and a table base outside the host's RAM is
+/// refused (the device register keeps its value).
+#[test]
+fn escape3_lpis_stay_off_and_lpi_tables_stay_in_host_ram() {
+    use pkvm_abi::Stat;
+    use pkvm_hyp::devices::{MmioAccess, gicr};
+    use pkvm_hyp::mem_protect::HostFault;
+    use pkvm_sim::machine::VIRT_GICR_RD;
+    with_machine(&SimConfig::small(), |m| {
+        let rd = VIRT_GICR_RD.0;
+        // What QEMU's redistributor reports: LPIs and DirectLPI supported, last frame.
+        m.plat.device_regs.lock().unwrap().insert(
+            rd + gicr::TYPER,
+            (1 << 32) | (1 << 4) | gicr::TYPER_PLPIS | gicr::TYPER_DIRECT_LPI,
+        );
+        let access = |off: u64, write: bool, size: u8, value: u64| {
+            assert_eq!(m.hyp.handle_host_mem_abort(rd + off), HostFault::Emulate);
+            m.hyp
+                .host_mmio_access(rd + off, MmioAccess { write, size, value })
+                .unwrap()
+        };
+        let typer = access(gicr::TYPER, false, 8, 0);
+        assert_eq!(
+            typer,
+            (1 << 32) | (1 << 4),
+            "LPI support hidden, the rest kept"
+        );
+        access(gicr::CTLR, true, 4, gicr::CTLR_ENABLE_LPIS);
+        assert_eq!(
+            m.plat.mmio_read(rd + gicr::CTLR, 4),
+            0,
+            "EnableLPIs held at 0"
+        );
+
+        let carveout_table = m.carveout.1 - 0x1_0000;
+        let host_table = (r0(m) + 0x200) << PAGE_SHIFT;
+        let refused0 = m.hyp.stat(Stat::RefusedDeviceWrites);
+        for bad in [
+            carveout_table,
+            m.hyp.hyp_pgd(),
+            0x0900_0000,                                        // MMIO
+            m.config().ram[0].0 + m.config().ram[0].1 - 0x4000, // runs into the carve-out
+        ] {
+            access(gicr::PROPBASER, true, 8, bad | 15);
+            access(gicr::PENDBASER, true, 8, bad & !0xffff);
+        }
+        assert!(
+            m.plat
+                .device_writes
+                .lock()
+                .unwrap()
+                .iter()
+                .all(|&(pa, _, _)| { pa != rd + gicr::PROPBASER && pa != rd + gicr::PENDBASER })
+        );
+        assert_eq!(m.hyp.stat(Stat::RefusedDeviceWrites), refused0 + 8);
+        // Tables in the host's own RAM are accepted (LPIs stay off regardless).
+        access(gicr::PROPBASER, true, 8, host_table | 15);
+        access(gicr::PENDBASER, true, 8, host_table + 0x1_0000);
+        assert_eq!(m.plat.mmio_read(rd + gicr::PROPBASER, 8), host_table | 15);
+        assert_eq!(access(gicr::PENDBASER, false, 8, 0), host_table + 0x1_0000);
+        // A page the host gave away is no longer its RAM.
+        m.call(HostHcall::HostDonateHyp, &[r0(m) + 0x300, 1])
+            .unwrap();
+        access(
+            gicr::PROPBASER,
+            true,
+            8,
+            ((r0(m) + 0x300) << PAGE_SHIFT) | 13,
+        );
+        assert_eq!(m.plat.mmio_read(rd + gicr::PROPBASER, 8), host_table | 15);
+        m.check_invariants().unwrap();
+    });
 }

@@ -59,6 +59,8 @@ fn pfns(cfg: &SimConfig, carveout: u64) -> Vec<u64> {
         r1,
         r1_end - 1,
         0x0900_0000 >> PAGE_SHIFT,       // MMIO
+        0x0808_0000 >> PAGE_SHIFT,       // the ITS (hidden from the host)
+        0x080a_0000 >> PAGE_SHIFT,       // a redistributor's RD_base (emulated)
         0x8000_0000 >> PAGE_SHIFT,       // hole between regions
         1 << (cfg.pa_bits - PAGE_SHIFT), // beyond the address space
         u64::MAX - 1,                    // pfn + nr overflows
@@ -66,7 +68,7 @@ fn pfns(cfg: &SimConfig, carveout: u64) -> Vec<u64> {
 }
 
 fn op() -> impl Strategy<Value = Op> {
-    let idx = 0usize..20;
+    let idx = 0usize..22;
     let nr = prop_oneof![8 => 1u64..4, 1 => Just(0u64), 1 => 512u64..514];
     prop_oneof![
         4 => (idx.clone(), nr.clone()).prop_map(|(i, n)| Op::Share(i, n)),

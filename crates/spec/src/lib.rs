@@ -120,6 +120,10 @@ pub struct Machine {
     pub hyp_memory: Vec<(u64, u64)>,
     /// Size of the host's physical address space in bits (the host stage-2 input size).
     pub pa_bits: u32,
+    /// Device ranges hidden from the host, `[start, end)`: every host access aborts (the
+    /// devices that could write memory behind stage-2). Other MMIO is the host's, or
+    /// emulated for it by EL2.
+    pub hidden_mmio: Vec<(u64, u64)>,
 }
 
 impl Machine {
@@ -473,7 +477,11 @@ impl Spec {
             return Outcome::Abort;
         }
         if !self.machine.is_memory(pa) {
-            // MMIO: identity-mapped for the host on demand.
+            // MMIO: identity-mapped for the host on demand (or emulated for it), except the
+            // devices EL2 hides.
+            if self.machine.hidden_mmio.iter().any(|&(s, e)| pa >= s && pa < e) {
+                return Outcome::Abort;
+            }
             return Outcome::Access;
         }
         match self.page(pa >> PAGE_SHIFT).host {

@@ -9,6 +9,7 @@ fn machine() -> Machine {
         memory: vec![RAM, (0x8000_0000, 0x8000_4000)],
         hyp_memory: vec![HYP],
         pa_bits: 40,
+        hidden_mmio: vec![(0x0808_0000, 0x080a_0000)],
     }
 }
 
@@ -315,6 +316,14 @@ fn host_access_follows_ownership() {
         s.step(Call::HostAccess {
             pa: 1 << 40,
             write: false
+        }),
+        Outcome::Abort
+    );
+    // A device EL2 hides (the ITS): the host never reaches it.
+    assert_eq!(
+        s.step(Call::HostAccess {
+            pa: 0x0808_0040,
+            write: true
         }),
         Outcome::Abort
     );

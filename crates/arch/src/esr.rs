@@ -1,0 +1,329 @@
+//! Exception syndromes: `ESR_ELx` decoded into an exception class and, for the classes EL2
+//! acts on, a typed instruction-specific syndrome.
+
+/// `ESR_ELx.EC`: why an exception was taken. Only the classes pkvm-rs names; everything else
+/// decodes to [`Ec::Other`] with the raw value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Ec {
+    /// 0x00: unknown reason (what an UNDEF reports).
+    Unknown,
+    /// 0x01: trapped `WFI`/`WFE`.
+    Wfx,
+    /// 0x03..=0x06, 0x0C: trapped AArch32 coprocessor / system-register access.
+    Aarch32Sysreg,
+    /// 0x07: trapped SVE, Advanced SIMD or floating-point access (`CPTR_ELx.TFP`).
+    FpSimd,
+    /// 0x15: `SVC` from AArch64.
+    Svc64,
+    /// 0x16: `HVC` from AArch64.
+    Hvc64,
+    /// 0x17: `SMC` from AArch64 (trapped by `HCR_EL2.TSC`).
+    Smc64,
+    /// 0x18: trapped `MSR`, `MRS` or System instruction (AArch64).
+    Sysreg64,
+    /// 0x19: trapped SVE access (`CPTR_ELx.TZ`).
+    Sve,
+    /// 0x1D: trapped SME access (`CPTR_ELx.TSM`).
+    Sme,
+    /// 0x20: instruction abort from a lower exception level.
+    IabtLow,
+    /// 0x21: instruction abort without a change in exception level.
+    IabtCur,
+    /// 0x24: data abort from a lower exception level.
+    DabtLow,
+    /// 0x25: data abort without a change in exception level.
+    DabtCur,
+    /// Any other class (raw `EC` value).
+    Other(u8),
+}
+
+impl Ec {
+    /// Decodes the 6-bit `EC` field.
+    #[must_use]
+    pub const fn from_bits(ec: u8) -> Self {
+        match ec & 0x3f {
+            0x00 => Ec::Unknown,
+            0x01 => Ec::Wfx,
+            0x03..=0x06 | 0x0c => Ec::Aarch32Sysreg,
+            0x07 => Ec::FpSimd,
+            0x15 => Ec::Svc64,
+            0x16 => Ec::Hvc64,
+            0x17 => Ec::Smc64,
+            0x18 => Ec::Sysreg64,
+            0x19 => Ec::Sve,
+            0x1d => Ec::Sme,
+            0x20 => Ec::IabtLow,
+            0x21 => Ec::IabtCur,
+            0x24 => Ec::DabtLow,
+            0x25 => Ec::DabtCur,
+            other => Ec::Other(other),
+        }
+    }
+
+    /// The 6-bit `EC` value, for classes with one value (the AArch32 sysreg group reports
+    /// 0x03, `MCR`/`MRC` to CP15).
+    #[must_use]
+    pub const fn bits(self) -> u8 {
+        match self {
+            Ec::Unknown => 0x00,
+            Ec::Wfx => 0x01,
+            Ec::Aarch32Sysreg => 0x03,
+            Ec::FpSimd => 0x07,
+            Ec::Svc64 => 0x15,
+            Ec::Hvc64 => 0x16,
+            Ec::Smc64 => 0x17,
+            Ec::Sysreg64 => 0x18,
+            Ec::Sve => 0x19,
+            Ec::Sme => 0x1d,
+            Ec::IabtLow => 0x20,
+            Ec::IabtCur => 0x21,
+            Ec::DabtLow => 0x24,
+            Ec::DabtCur => 0x25,
+            Ec::Other(v) => v,
+        }
+    }
+}
+
+/// `ESR_ELx.IL`: the trapped instruction was 32 bits long (always for A64).
+pub const IL: u64 = 1 << 25;
+
+/// An exception syndrome register value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Esr(pub u64);
+
+impl Esr {
+    /// The exception class.
+    #[must_use]
+    pub const fn ec(self) -> Ec {
+        Ec::from_bits((self.0 >> 26) as u8)
+    }
+
+    /// The raw 6-bit `EC` field.
+    #[must_use]
+    pub const fn ec_bits(self) -> u8 {
+        ((self.0 >> 26) & 0x3f) as u8
+    }
+
+    /// `IL`: the instruction that caused it was 32 bits (false: a 16-bit T32 instruction).
+    #[must_use]
+    pub const fn il(self) -> bool {
+        self.0 & IL != 0
+    }
+
+    /// Length in bytes of the instruction the syndrome describes (4, or 2 for 16-bit T32).
+    #[must_use]
+    pub const fn insn_len(self) -> u64 {
+        if self.il() { 4 } else { 2 }
+    }
+
+    /// `ISS`, bits 24:0.
+    #[must_use]
+    pub const fn iss(self) -> u32 {
+        (self.0 & 0x1ff_ffff) as u32
+    }
+
+    /// The syndrome of a data abort ([`Ec::DabtLow`] or [`Ec::DabtCur`]), else `None`.
+    #[must_use]
+    pub const fn data_abort(self) -> Option<DataAbort> {
+        match self.ec() {
+            Ec::DabtLow | Ec::DabtCur => Some(DataAbort::from_iss(self.iss())),
+            _ => None,
+        }
+    }
+
+    /// The fault status class of an instruction or data abort (`DFSC`/`IFSC` bits 5:2).
+    #[must_use]
+    pub const fn fault_class(self) -> FaultClass {
+        FaultClass::from_fsc((self.0 & 0x3f) as u8)
+    }
+}
+
+/// What kind of fault an abort's status code (`DFSC`/`IFSC`) reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FaultClass {
+    /// Address size fault (0b0000xx).
+    AddressSize,
+    /// Translation fault (0b0001xx): `HPFAR_EL2` is valid for a stage-2 fault.
+    Translation,
+    /// Access flag fault (0b0010xx): `HPFAR_EL2` is valid.
+    AccessFlag,
+    /// Permission fault (0b0011xx): `HPFAR_EL2` is valid.
+    Permission,
+    /// Anything else: external aborts, alignment, TLB conflict, ...
+    Other,
+}
+
+impl FaultClass {
+    /// Classifies a 6-bit fault status code.
+    #[must_use]
+    pub const fn from_fsc(fsc: u8) -> Self {
+        match (fsc & 0x3f) >> 2 {
+            0 => FaultClass::AddressSize,
+            1 => FaultClass::Translation,
+            2 => FaultClass::AccessFlag,
+            3 => FaultClass::Permission,
+            _ => FaultClass::Other,
+        }
+    }
+
+    /// Whether `HPFAR_EL2` holds the faulting IPA for a stage-2 abort of this class.
+    #[must_use]
+    pub const fn hpfar_valid(self) -> bool {
+        matches!(
+            self,
+            FaultClass::Translation | FaultClass::AccessFlag | FaultClass::Permission
+        )
+    }
+}
+
+/// `DFSC` of a synchronous external abort not on a table walk: what EL2 injects.
+pub const FSC_SEA: u64 = 0b01_0000;
+
+/// The instruction-specific syndrome of a data abort (`ISS` for EC 0x24/0x25).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DataAbort {
+    /// `ISV`: the fields `sas`..`ar` are valid (a single load or store of one register).
+    pub isv: bool,
+    /// `SAS`: access size, log2 bytes (0..=3).
+    pub sas: u8,
+    /// `SSE`: a load whose value is sign-extended.
+    pub sse: bool,
+    /// `SRT`: the transfer register (31 = `xzr`/`wzr`).
+    pub srt: u8,
+    /// `SF`: the transfer register is 64 bits wide (else 32: the upper half is zeroed).
+    pub sf: bool,
+    /// `AR`: acquire/release semantics.
+    pub ar: bool,
+    /// `FnV`: `FAR` is not valid.
+    pub fnv: bool,
+    /// `EA`: external abort type.
+    pub ea: bool,
+    /// `CM`: the fault came from a cache-maintenance or address-translation instruction.
+    pub cm: bool,
+    /// `S1PTW`: the fault was on a stage-2 access made by a stage-1 table walk.
+    pub s1ptw: bool,
+    /// `WnR`: a write (or a read-modify-write).
+    pub wnr: bool,
+    /// `DFSC`: the fault status code.
+    pub dfsc: u8,
+}
+
+impl DataAbort {
+    /// Decodes a data-abort `ISS`.
+    #[must_use]
+    pub const fn from_iss(iss: u32) -> Self {
+        DataAbort {
+            isv: iss & (1 << 24) != 0,
+            sas: ((iss >> 22) & 3) as u8,
+            sse: iss & (1 << 21) != 0,
+            srt: ((iss >> 16) & 0x1f) as u8,
+            sf: iss & (1 << 15) != 0,
+            ar: iss & (1 << 14) != 0,
+            fnv: iss & (1 << 10) != 0,
+            ea: iss & (1 << 9) != 0,
+            cm: iss & (1 << 8) != 0,
+            s1ptw: iss & (1 << 7) != 0,
+            wnr: iss & (1 << 6) != 0,
+            dfsc: (iss & 0x3f) as u8,
+        }
+    }
+
+    /// Access size in bytes.
+    #[must_use]
+    pub const fn size(&self) -> u8 {
+        1 << self.sas
+    }
+
+    /// The access a trap-and-emulate path can carry out: a plain single-register load or
+    /// store with a valid syndrome, not from a table walk or a cache-maintenance instruction.
+    #[must_use]
+    pub const fn is_emulatable(&self) -> bool {
+        self.isv && !self.s1ptw && !self.cm
+    }
+
+    /// The register value a load of `raw` (the `size()`-byte value read) leaves in `SRT`:
+    /// sign-extended if `SSE`, truncated to 32 bits unless `SF`.
+    #[must_use]
+    pub const fn load_value(&self, raw: u64) -> u64 {
+        let bits = 8 * self.size() as u32;
+        let mut v = if bits >= 64 {
+            raw
+        } else {
+            raw & ((1u64 << bits) - 1)
+        };
+        if self.sse && bits < 64 && v & (1 << (bits - 1)) != 0 {
+            v |= !((1u64 << bits) - 1);
+        }
+        if !self.sf {
+            v &= 0xffff_ffff;
+        }
+        v
+    }
+
+    /// The bytes a store of register value `reg` writes (its low `size()` bytes).
+    #[must_use]
+    pub const fn store_value(&self, reg: u64) -> u64 {
+        let bits = 8 * self.size() as u32;
+        if bits >= 64 {
+            reg
+        } else {
+            reg & ((1u64 << bits) - 1)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exception_classes_round_trip() {
+        for v in 0u8..64 {
+            let ec = Ec::from_bits(v);
+            if !matches!(ec, Ec::Aarch32Sysreg) {
+                assert_eq!(ec.bits(), v, "{ec:?}");
+            }
+        }
+        assert_eq!(Esr(0x5a00_0000).ec(), Ec::Hvc64);
+        assert_eq!(Esr(0x6200_0000).ec(), Ec::Sysreg64);
+        assert_eq!(Esr(0x6200_0000).insn_len(), 4);
+        assert_eq!(Esr(0x0c00_0000).ec(), Ec::Aarch32Sysreg);
+        assert_eq!(Esr(0x0c00_0000).insn_len(), 2);
+    }
+
+    #[test]
+    fn data_abort_syndrome() {
+        // ldr w3, [x1]: ISV, SAS=2 (4 bytes), SRT=3, SF=0, translation fault level 3, read.
+        let esr = Esr((0x24 << 26) | IL | (1 << 24) | (2 << 22) | (3 << 16) | 0b00_0111);
+        let d = esr.data_abort().unwrap();
+        assert!(d.isv && !d.wnr && !d.sf && d.is_emulatable());
+        assert_eq!((d.size(), d.srt), (4, 3));
+        assert_eq!(esr.fault_class(), FaultClass::Translation);
+        assert!(esr.fault_class().hpfar_valid());
+        // 32-bit load: upper half zero; signed byte load into x: sign-extended.
+        assert_eq!(d.load_value(0xdead_beef_8000_0001), 0x8000_0001);
+        let ldrsb = DataAbort {
+            isv: true,
+            sas: 0,
+            sse: true,
+            sf: true,
+            ..DataAbort::default()
+        };
+        assert_eq!(ldrsb.load_value(0x80), 0xffff_ffff_ffff_ff80);
+        assert_eq!(ldrsb.load_value(0x7f), 0x7f);
+        let ldrsh_w = DataAbort {
+            sas: 1,
+            sse: true,
+            sf: false,
+            ..ldrsb
+        };
+        assert_eq!(ldrsh_w.load_value(0x8000), 0xffff_8000);
+        assert_eq!(ldrsb.store_value(0x1234), 0x34);
+        // A table-walk fault or a CMO is never emulated.
+        let walk = DataAbort::from_iss((1 << 24) | (1 << 7));
+        assert!(!walk.is_emulatable());
+        assert!(!DataAbort::from_iss(0).is_emulatable());
+        assert_eq!(Esr(0x24 << 26 | 0x10).fault_class(), FaultClass::Other);
+        assert_eq!(Esr(0x16 << 26).data_abort(), None);
+    }
+}

@@ -1,0 +1,312 @@
+//! Devices that can read or write memory behind stage-2, and how EL2 keeps them from the host.
+//!
+//! A device that masters memory sees physical addresses: whatever the host programs it with,
+//! it reaches without going through the host stage-2. On QEMU `virt` two such devices are
+//! always present and are in scope (docs/SECURITY.md):
+//!
+//! - the **GICv3 ITS** (device, collection and command tables, ITTs) and QEMU's **fw_cfg** DMA
+//!   interface: EL2 **hides** them ([`DeviceKind::Hidden`]): their frames are annotated as
+//!   EL2's in the host stage-2, so the lazy fault path never maps them and every host access
+//!   gets an injected abort; EL2 also removes their device-tree nodes for the host;
+//! - the **redistributors' LPI tables** (`GICR_PROPBASER`, `GICR_PENDBASER`): the host needs
+//!   its redistributors, so EL2 **traps and emulates** each `RD_base` frame
+//!   ([`DeviceKind::GicrRdBase`]): host accesses fault to EL2, which forwards the harmless
+//!   registers, hides LPI support (`GICR_TYPER.PLPIS`, `DirectLPI`), holds
+//!   `GICR_CTLR.EnableLPIs` at 0 — so the redistributor never touches its tables — and accepts
+//!   a table base only if the whole table lies in RAM the host owns. The `SGI_base` frames
+//!   (SGI/PPI configuration, no memory access) stay identity-mapped for the host.
+//!
+//! Everything here is portable: the simulator runs it against a register file
+//! ([`crate::platform::Platform::mmio_read`]), EL2 against the real GIC.
+
+use core::sync::atomic::Ordering;
+
+use pkvm_abi::{Error, PAGE_SIZE};
+
+use crate::mem_protect::Hyp;
+use crate::platform::Platform;
+use crate::vmemmap::PageState;
+
+/// Most device ranges EL2 keeps from the host (the redistributors of [`MAX_GICR_FRAMES`]
+/// CPUs, the ITS, fw_cfg, and room for more).
+pub const MAX_DEVICE_RANGES: usize = 16;
+/// Size of a redistributor's `RD_base` frame.
+pub const GICR_RD_FRAME: u64 = 0x1_0000;
+
+/// How EL2 treats a device's MMIO range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DeviceKind {
+    /// Invisible to the host: every access gets an injected abort.
+    Hidden,
+    /// A GICv3 redistributor's `RD_base` frame: trapped and emulated (see the module docs).
+    GicrRdBase,
+}
+
+/// One MMIO range EL2 keeps from the host: `[start, end)`, page aligned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct DeviceRange {
+    /// First byte.
+    pub start: u64,
+    /// One past the last byte.
+    pub end: u64,
+    /// What EL2 does with host accesses.
+    pub kind: DeviceKind,
+}
+
+impl DeviceRange {
+    /// Whether `pa` lies in the range.
+    #[must_use]
+    pub const fn contains(&self, pa: u64) -> bool {
+        pa >= self.start && pa < self.end
+    }
+}
+
+/// One host access to an emulated device register, decoded from the trap's syndrome.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct MmioAccess {
+    /// A store (else a load).
+    pub write: bool,
+    /// Access size in bytes (1, 2, 4 or 8).
+    pub size: u8,
+    /// The value stored (its low `size` bytes), for a store.
+    pub value: u64,
+}
+
+/// Offsets and fields of the `RD_base` frame (GICv3 architecture specification, 12.11).
+pub mod gicr {
+    /// `GICR_CTLR`: bit 0 `EnableLPIs`, bit 3 `RWP` (read-only).
+    pub const CTLR: u64 = 0x0000;
+    /// `GICR_IIDR`.
+    pub const IIDR: u64 = 0x0004;
+    /// `GICR_TYPER` (64 bits; also read as two 32-bit halves).
+    pub const TYPER: u64 = 0x0008;
+    /// `GICR_STATUSR`.
+    pub const STATUSR: u64 = 0x0010;
+    /// `GICR_WAKER`.
+    pub const WAKER: u64 = 0x0014;
+    /// `GICR_MPAMIDR`.
+    pub const MPAMIDR: u64 = 0x0018;
+    /// `GICR_PARTIDR`.
+    pub const PARTIDR: u64 = 0x001c;
+    /// `GICR_PROPBASER`: LPI configuration table.
+    pub const PROPBASER: u64 = 0x0070;
+    /// `GICR_PENDBASER`: LPI pending table.
+    pub const PENDBASER: u64 = 0x0078;
+    /// `GICR_SYNCR` (bit 0 `Busy`).
+    pub const SYNCR: u64 = 0x00c0;
+    /// Start of the identification registers (`GICR_PIDR4` ... `GICR_CIDR3`).
+    pub const ID_START: u64 = 0xffd0;
+    /// `GICR_CTLR.EnableLPIs`.
+    pub const CTLR_ENABLE_LPIS: u64 = 1 << 0;
+    /// `GICR_TYPER.PLPIS`: physical LPIs supported.
+    pub const TYPER_PLPIS: u64 = 1 << 0;
+    /// `GICR_TYPER.VLPIS`: virtual LPIs supported.
+    pub const TYPER_VLPIS: u64 = 1 << 1;
+    /// `GICR_TYPER.DirectLPI`: `GICR_SETLPIR` and friends supported.
+    pub const TYPER_DIRECT_LPI: u64 = 1 << 3;
+    /// `GICR_PROPBASER.IDbits` (bits 4:0): number of LPI ID bits - 1.
+    pub const PROPBASER_IDBITS: u64 = 0x1f;
+    /// Physical address field of `GICR_PROPBASER` (bits 51:12).
+    pub const PROPBASER_PA: u64 = ((1 << 52) - 1) & !0xfff;
+    /// Physical address field of `GICR_PENDBASER` (bits 51:16).
+    pub const PENDBASER_PA: u64 = ((1 << 52) - 1) & !0xffff;
+    /// Smallest LPI interrupt ID.
+    pub const FIRST_LPI: u64 = 8192;
+}
+
+/// What EL2 does with one access to an `RD_base` register.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Action {
+    /// Read the register and hand the host `value & mask`.
+    Read { mask: u64 },
+    /// Write `value` to the register.
+    Write(u64),
+    /// Validate a table base, write it only if valid.
+    TableBase,
+    /// Read as zero, or a write that is dropped.
+    Ignore,
+}
+
+/// The emulation policy of one `RD_base` register access (pure).
+fn gicr_policy(offset: u64, acc: &MmioAccess) -> Action {
+    use gicr::*;
+    // Only naturally aligned 32- and 64-bit accesses reach a register; everything else is
+    // reserved (RAZ/WI), as it is on the hardware.
+    let ok_size = matches!(acc.size, 4 | 8) && offset.is_multiple_of(u64::from(acc.size));
+    if !ok_size {
+        return Action::Ignore;
+    }
+    let is64 = acc.size == 8;
+    match (offset, acc.write) {
+        (CTLR, false) => Action::Read {
+            mask: !CTLR_ENABLE_LPIS,
+        },
+        // LPIs stay off: the redistributor never reads or writes its tables.
+        (CTLR, true) => Action::Write(acc.value & !CTLR_ENABLE_LPIS),
+        (IIDR, false) if !is64 => Action::Read { mask: u64::MAX },
+        (TYPER, false) => Action::Read {
+            mask: !(TYPER_PLPIS | TYPER_VLPIS | TYPER_DIRECT_LPI),
+        },
+        (0x000c, false) if !is64 => Action::Read { mask: u64::MAX },
+        (STATUSR | WAKER | MPAMIDR | PARTIDR, false) if !is64 => Action::Read { mask: u64::MAX },
+        (STATUSR | WAKER | PARTIDR, true) if !is64 => Action::Write(acc.value),
+        (PROPBASER | PENDBASER, false) if is64 => Action::Read { mask: u64::MAX },
+        (PROPBASER | PENDBASER, true) if is64 => Action::TableBase,
+        (o, false) if o >= ID_START && !is64 => Action::Read { mask: u64::MAX },
+        // GICR_SETLPIR, CLRLPIR, INVLPIR, INVALLR (LPIs are off), SYNCR (never busy), the
+        // ID registers (read-only), and everything reserved.
+        _ => Action::Ignore,
+    }
+}
+
+/// Size in bytes of the LPI table a `GICR_PROPBASER`/`GICR_PENDBASER` value describes, given
+/// the `IDbits` in force (`propbaser`'s).
+fn lpi_table_bytes(reg: u64, propbaser: u64) -> u64 {
+    let ids = 1u64 << (((propbaser & gicr::PROPBASER_IDBITS) + 1).min(32));
+    if reg == gicr::PROPBASER {
+        // One configuration byte per LPI (IDs 8192 and up).
+        ids.saturating_sub(gicr::FIRST_LPI)
+    } else {
+        // One pending bit per interrupt ID, at least the 64 KiB the alignment implies.
+        (ids / 8).max(0x1_0000)
+    }
+}
+
+impl<P: Platform> Hyp<'_, P> {
+    /// The device ranges EL2 keeps from the host.
+    pub fn devices(&self) -> &[DeviceRange] {
+        &self.devices[..self.nr_devices]
+    }
+
+    /// The device range holding `pa`, if any.
+    pub fn device_at(&self, pa: u64) -> Option<&DeviceRange> {
+        self.devices().iter().find(|d| d.contains(pa))
+    }
+
+    /// Whether every page of `[start, start + len)` is RAM the host owns (OWNED or
+    /// SHARED_OWNED: not donated, not EL2's, not a hole). Host lock held by the caller.
+    fn is_host_ram(&self, start: u64, len: u64) -> bool {
+        let Some(end) = start.checked_add(len) else {
+            return false;
+        };
+        if len == 0 || !self.map.range_is_memory(start, end) {
+            return false;
+        }
+        let first = start & !(PAGE_SIZE - 1);
+        (first..end).step_by(PAGE_SIZE as usize).all(|pa| {
+            self.vmemmap.page(pa).is_some_and(|p| {
+                matches!(p.host_state(), PageState::Owned | PageState::SharedOwned)
+            })
+        })
+    }
+
+    /// Emulates one host access to an emulated device register at `ipa` (the host stage-2
+    /// fault path answered [`crate::mem_protect::HostFault::Emulate`]). Returns the value a
+    /// load gives the host (0 for a store).
+    ///
+    /// # Errors
+    /// `EPERM` if `ipa` is not in an emulated range (the caller injects an abort).
+    pub fn host_mmio_access(&self, ipa: u64, acc: MmioAccess) -> Result<u64, Error> {
+        let Some(dev) = self.device_at(ipa).copied() else {
+            return Err(Error::Perm);
+        };
+        if dev.kind != DeviceKind::GicrRdBase {
+            return Err(Error::Perm);
+        }
+        self.counters.emulated_mmio.fetch_add(1, Ordering::Relaxed);
+        let frame = dev.start + ((ipa - dev.start) & !(GICR_RD_FRAME - 1));
+        let offset = ipa - frame;
+        Ok(match gicr_policy(offset, &acc) {
+            Action::Read { mask } => self.plat.mmio_read(ipa, acc.size) & mask,
+            Action::Write(v) => {
+                self.plat.mmio_write(ipa, acc.size, v);
+                0
+            }
+            Action::TableBase => {
+                let _host = self.host.lock();
+                let propbaser = if offset == gicr::PROPBASER {
+                    acc.value
+                } else {
+                    self.plat.mmio_read(frame + gicr::PROPBASER, 8)
+                };
+                let (pa_mask, len) = (
+                    if offset == gicr::PROPBASER {
+                        gicr::PROPBASER_PA
+                    } else {
+                        gicr::PENDBASER_PA
+                    },
+                    lpi_table_bytes(offset, propbaser),
+                );
+                if self.is_host_ram(acc.value & pa_mask, len) {
+                    self.plat.mmio_write(ipa, 8, acc.value);
+                } else {
+                    self.counters
+                        .refused_device_writes
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                0
+            }
+            Action::Ignore => 0,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rd(offset: u64, size: u8) -> Action {
+        gicr_policy(
+            offset,
+            &MmioAccess {
+                write: false,
+                size,
+                value: 0,
+            },
+        )
+    }
+
+    fn wr(offset: u64, size: u8, value: u64) -> Action {
+        gicr_policy(
+            offset,
+            &MmioAccess {
+                write: true,
+                size,
+                value,
+            },
+        )
+    }
+
+    #[test]
+    fn lpis_stay_off_and_hidden() {
+        assert_eq!(wr(gicr::CTLR, 4, 0b1001), Action::Write(0b1000));
+        assert_eq!(
+            rd(gicr::TYPER, 8),
+            Action::Read {
+                mask: !0b1011
+            }
+        );
+        assert_eq!(wr(gicr::PROPBASER, 8, 0x4000_0000), Action::TableBase);
+        assert_eq!(wr(gicr::PENDBASER, 8, 0x4000_0000), Action::TableBase);
+        // SETLPIR and friends: dropped.
+        for off in [0x40, 0x48, 0xa0, 0xb0] {
+            assert_eq!(wr(off, 8, 1), Action::Ignore);
+        }
+        // Odd sizes and misaligned accesses: RAZ/WI.
+        assert_eq!(rd(gicr::CTLR, 1), Action::Ignore);
+        assert_eq!(wr(gicr::PROPBASER, 4, 0x4000_0000), Action::Ignore);
+        assert_eq!(rd(gicr::TYPER + 2, 4), Action::Ignore);
+        assert_eq!(rd(0xffe8, 4), Action::Read { mask: u64::MAX });
+        assert_eq!(wr(0xffe8, 4, 0), Action::Ignore);
+    }
+
+    #[test]
+    fn table_sizes() {
+        // IDbits = 15: 64 Ki IDs, 56 Ki LPI config bytes, 8 KiB pending (rounded to 64 KiB).
+        assert_eq!(lpi_table_bytes(gicr::PROPBASER, 15), 65536 - 8192);
+        assert_eq!(lpi_table_bytes(gicr::PENDBASER, 15), 0x1_0000);
+        // IDbits = 31: 4 Gi IDs: the table is huge, and the check covers all of it.
+        assert_eq!(lpi_table_bytes(gicr::PROPBASER, 31), (1 << 32) - 8192);
+        assert_eq!(lpi_table_bytes(gicr::PENDBASER, 31), 1 << 29);
+    }
+}
