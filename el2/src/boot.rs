@@ -4,14 +4,18 @@
 //!   image at RAM base + `text_offset` and enters it with `x0` = DTB). It checks that it runs at
 //!   EL2 at its link address, puts `SCTLR_EL2` in a known MMU-off state, zeroes `.bss`, takes
 //!   CPU 0's stack and installs `VBAR_EL2`, then calls [`crate::el2_main`].
-//! * `el2_vectors` is the full 16-entry table. The lower-EL AArch64 synchronous entry is the
-//!   host's trap path: it saves the caller-saved registers into a [`HostContext`] frame
-//!   (layout in [`crate::context`]), calls [`crate::trap::handle_host_trap`] and `eret`s —
-//!   25 instructions around the handler, no branch. Every other entry saves all of `x0`–`x30`
-//!   and reports the exception through [`crate::trap::unexpected_exception`], which panics.
+//! * `el2_vectors` is the full 16-entry table. The lower-EL synchronous entries (AArch64, and
+//!   AArch32 for the host's 32-bit EL0) are the host's trap path: it saves the caller-saved
+//!   registers into a [`HostContext`] frame (layout in [`crate::context`]), calls
+//!   [`crate::trap::handle_host_trap`] and `eret`s — 26 instructions around the handler. When
+//!   the handler asks for it (an emulated device access, whose transfer register may be any of
+//!   `x0`–`x30`), a slow path also saves `x19`–`x29` ([`HighRegs`]) and calls
+//!   [`crate::trap::handle_host_trap_all`]. Every other entry saves all of `x0`–`x30` and
+//!   reports the exception through [`crate::trap::unexpected_exception`], which panics: those
+//!   are EL2's own exceptions, or interrupts EL2 never routes to itself for the host.
 //! * [`enter_host`] drops to the host at EL1.
 
-use crate::context::{HOST_CONTEXT_SIZE, HostContext};
+use crate::context::{HIGH_REGS_SIZE, HOST_CONTEXT_SIZE, HighRegs, HostContext};
 use core::arch::global_asm;
 use pkvm_abi::boot::{EL2_TEXT_OFFSET, IMAGE_MAGIC};
 
@@ -131,8 +135,11 @@ el2_vectors:
     unexpected_vector 6
     unexpected_vector 7
 
-    /* Lower EL, AArch64, synchronous: the host's trap path (HVC, SMC, ...). */
+    /* Lower EL, AArch64, synchronous: the host's trap path (HVC, SMC, aborts, ...). The
+       handler returns non-zero when it needs x19-x29 too (an emulated MMIO access whose
+       register may be any): then the slow path saves them and calls the full handler. */
     .balign 128
+.Lhost_sync:
     sub     sp, sp, #{ctx}
     stp     x0, x1, [sp, #0x00]
     stp     x2, x3, [sp, #0x10]
@@ -146,6 +153,9 @@ el2_vectors:
     stp     x18, x30, [sp, #0x90]
     mov     x0, sp
     bl      el2_host_sync
+    cbnz    x0, el2_host_sync_slow
+    .global el2_host_sync_return
+el2_host_sync_return:
     ldp     x0, x1, [sp, #0x00]
     ldp     x2, x3, [sp, #0x10]
     ldp     x4, x5, [sp, #0x20]
@@ -161,11 +171,34 @@ el2_vectors:
     unexpected_vector 9
     unexpected_vector 10
     unexpected_vector 11
-    /* Lower EL, AArch32 */
-    unexpected_vector 12
+    /* Lower EL, AArch32: the host's EL0 in AArch32 state traps here (stage-2 aborts, trapped
+       instructions): the same path as AArch64; the frame holds r0-r14 as x0-x14. */
+    .balign 128
+    b       .Lhost_sync
     unexpected_vector 13
     unexpected_vector 14
     unexpected_vector 15
+
+    .section .text.el2_host_sync_slow, "ax"
+el2_host_sync_slow:
+    sub     sp, sp, #{high}
+    stp     x19, x20, [sp, #0x00]
+    stp     x21, x22, [sp, #0x10]
+    stp     x23, x24, [sp, #0x20]
+    stp     x25, x26, [sp, #0x30]
+    stp     x27, x28, [sp, #0x40]
+    str     x29, [sp, #0x50]
+    add     x0, sp, #{high}
+    mov     x1, sp
+    bl      el2_host_sync_all
+    ldp     x19, x20, [sp, #0x00]
+    ldp     x21, x22, [sp, #0x10]
+    ldp     x23, x24, [sp, #0x20]
+    ldp     x25, x26, [sp, #0x30]
+    ldp     x27, x28, [sp, #0x40]
+    ldr     x29, [sp, #0x50]
+    add     sp, sp, #{high}
+    b       el2_host_sync_return
 
     .section .text.el2_unexpected, "ax"
     .global el2_unexpected_entry
@@ -192,6 +225,7 @@ el2_unexpected_entry:
 "#,
     full = const FULL_FRAME_SIZE,
     ctx = const HOST_CONTEXT_SIZE,
+    high = const HIGH_REGS_SIZE,
 );
 
 // Entry of a secondary CPU started by `smp::cpu_on` through the firmware's CPU_ON: at EL2,
@@ -286,10 +320,17 @@ pub struct FullFrame {
 
 const _: () = assert!(core::mem::size_of::<FullFrame>() == FULL_FRAME_SIZE);
 
-/// Called by the lower-EL AArch64 synchronous vector with the host's saved registers.
+/// Called by the lower-EL synchronous vectors with the host's saved caller-saved registers.
+/// A non-zero result sends the vector to [`el2_host_sync_all`].
 #[unsafe(no_mangle)]
-extern "C" fn el2_host_sync(ctx: &mut HostContext) {
-    crate::trap::handle_host_trap(ctx);
+extern "C" fn el2_host_sync(ctx: &mut HostContext) -> u64 {
+    crate::trap::handle_host_trap(ctx)
+}
+
+/// The slow path of the host's trap: with every general register saved.
+#[unsafe(no_mangle)]
+extern "C" fn el2_host_sync_all(ctx: &mut HostContext, high: &mut HighRegs) {
+    crate::trap::handle_host_trap_all(ctx, high);
 }
 
 /// Called by every other vector entry; never returns.

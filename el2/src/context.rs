@@ -48,3 +48,38 @@ impl HostContext {
         self.regs[n] = value;
     }
 }
+
+/// The host's callee-saved registers `x19`–`x29`, saved (below the [`HostContext`]) only on
+/// the slow path of a trap whose handler reads or writes an arbitrary host register.
+#[repr(C, align(16))]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HighRegs {
+    /// `x19`..=`x29`.
+    pub regs: [u64; 11],
+    _pad: u64,
+}
+
+/// Size of [`HighRegs`] in bytes; the vector code uses the same number.
+pub const HIGH_REGS_SIZE: usize = 96;
+
+const _: () = assert!(core::mem::size_of::<HighRegs>() == HIGH_REGS_SIZE);
+
+/// Register `xn` of the host (`n` = 31 is the zero register).
+pub fn host_reg(ctx: &HostContext, high: &HighRegs, n: u8) -> u64 {
+    match n {
+        0..=18 => ctx.regs[usize::from(n)],
+        19..=29 => high.regs[usize::from(n - 19)],
+        30 => ctx.lr,
+        _ => 0,
+    }
+}
+
+/// Sets register `xn` of the host (writes to `n` = 31, the zero register, are dropped).
+pub fn set_host_reg(ctx: &mut HostContext, high: &mut HighRegs, n: u8, v: u64) {
+    match n {
+        0..=18 => ctx.regs[usize::from(n)] = v,
+        19..=29 => high.regs[usize::from(n - 19)] = v,
+        30 => ctx.lr = v,
+        _ => {}
+    }
+}

@@ -14,6 +14,34 @@ pub struct MemoryRegion {
     pub size: u64,
 }
 
+/// Most GIC redistributor regions, ITS nodes and other masters EL2 records.
+pub const MAX_DEVICE_NODES: usize = 4;
+
+/// A device register range from the device tree: `[base, base + size)`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Reg {
+    /// Physical base.
+    pub base: u64,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// The GICv3 and the devices around it that can write memory behind stage-2.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Gic {
+    /// Redistributor regions (`reg` entries after the distributor's).
+    pub redist: [Reg; MAX_DEVICE_NODES],
+    /// How many entries of [`Gic::redist`] are valid.
+    pub nr_redist: usize,
+    /// Distance between two redistributors (`redistributor-stride`, else 128 KiB: GICv3
+    /// without virtual LPIs).
+    pub redist_stride: u64,
+    /// The ITS frames (`arm,gic-v3-its` nodes).
+    pub its: [Reg; MAX_DEVICE_NODES],
+    /// How many entries of [`Gic::its`] are valid.
+    pub nr_its: usize,
+}
+
 /// The platform as described by the device tree.
 #[derive(Debug)]
 pub struct Platform {
@@ -33,6 +61,10 @@ pub struct Platform {
     pub psci_conduit_is_smc: bool,
     /// `[start, end)` of the initrd, from `/chosen` `linux,initrd-start/end`.
     pub initrd: Option<(u64, u64)>,
+    /// The GICv3 (`arm,gic-v3`), if any.
+    pub gic: Option<Gic>,
+    /// QEMU's fw_cfg (`qemu,fw-cfg-mmio`), whose DMA interface writes memory.
+    pub fw_cfg: Option<Reg>,
 }
 
 impl Platform {
@@ -99,7 +131,53 @@ impl Platform {
             .zip(chosen_u64("linux,initrd-end"))
             .filter(|(s, e)| e > s);
 
+        let regs = |node: fdt::node::FdtNode<'_, '_>, out: &mut [Reg]| -> usize {
+            let mut n = 0;
+            for r in node.reg().into_iter().flatten() {
+                if n < out.len() {
+                    out[n] = Reg {
+                        base: r.starting_address as u64,
+                        size: r.size.unwrap_or(0) as u64,
+                    };
+                    n += 1;
+                }
+            }
+            n
+        };
+        let gic = fdt.find_compatible(&["arm,gic-v3"]).map(|node| {
+            let mut all = [Reg::default(); MAX_DEVICE_NODES + 1];
+            let n = regs(node, &mut all);
+            let mut g = Gic {
+                redist_stride: node
+                    .property("redistributor-stride")
+                    .and_then(|p| p.as_usize())
+                    .map_or(0x2_0000, |v| v as u64),
+                ..Gic::default()
+            };
+            for (d, r) in g.redist.iter_mut().zip(all.iter().take(n).skip(1)) {
+                *d = *r;
+                g.nr_redist += 1;
+            }
+            for its in fdt.all_nodes().filter(|n| {
+                n.compatible()
+                    .is_some_and(|c| c.all().any(|s| s == "arm,gic-v3-its"))
+            }) {
+                let mut one = [Reg::default(); 1];
+                if regs(its, &mut one) == 1 && g.nr_its < MAX_DEVICE_NODES {
+                    g.its[g.nr_its] = one[0];
+                    g.nr_its += 1;
+                }
+            }
+            g
+        });
+        let fw_cfg = fdt.find_compatible(&["qemu,fw-cfg-mmio"]).and_then(|node| {
+            let mut one = [Reg::default(); 1];
+            (regs(node, &mut one) == 1).then_some(one[0])
+        });
+
         Some(Platform {
+            gic,
+            fw_cfg,
             dtb: (dtb as u64, fdt.total_size() as u64),
             initrd,
             model: fdt.root().model(),
@@ -145,6 +223,26 @@ impl Platform {
         println!("  CPUs:    {}", self.cpus);
         if let Some((s, e)) = self.initrd {
             println!("  initrd:  {s:#x}..{e:#x}");
+        }
+        if let Some(g) = &self.gic {
+            for r in &g.redist[..g.nr_redist] {
+                println!(
+                    "  GICR:    {:#x} (+{:#x}, stride {:#x})",
+                    r.base, r.size, g.redist_stride
+                );
+            }
+            for r in &g.its[..g.nr_its] {
+                println!(
+                    "  ITS:     {:#x} (+{:#x}): hidden from the host",
+                    r.base, r.size
+                );
+            }
+        }
+        if let Some(r) = self.fw_cfg {
+            println!(
+                "  fw_cfg:  {:#x} (+{:#x}): hidden from the host",
+                r.base, r.size
+            );
         }
         for r in self.memory() {
             println!(

@@ -1,5 +1,8 @@
 //! Copies a flattened device tree, adding `/memreserve/` entries: how EL2 hides its own memory
-//! from the host without moving or resizing any node.
+//! from the host without moving or resizing any node. [`hide_nodes`] then removes, in place,
+//! the nodes of devices EL2 keeps from the host, and every `msi-parent` or `msi-map` that
+//! pointed at one of them (their bytes are cut out of the structure block, which shrinks; `FDT_NOP` tokens would
+//! be simpler, but the `fdt` crate the host and EL2 parse with stops at them).
 //!
 //! The memory reservation block sits between the header and the structure block; the copy
 //! is laid out as header, reservation block (old entries, then the new ones, then the
@@ -104,6 +107,201 @@ pub fn add_memreserve(
     put32(dst, 12, new_strings as u32);
     put32(dst, 16, new_rsv as u32);
     Ok(new_total)
+}
+
+const FDT_BEGIN_NODE: u32 = 1;
+const FDT_END_NODE: u32 = 2;
+const FDT_PROP: u32 = 3;
+const FDT_NOP: u32 = 4;
+const FDT_END: u32 = 9;
+/// Header offset of `size_dt_struct`.
+const HDR_SIZE_STRUCT: usize = 36;
+/// Deepest node nesting [`hide_nodes`] follows.
+const MAX_DEPTH: usize = 16;
+/// Most nodes [`hide_nodes`] removes in one call.
+const MAX_HIDDEN: usize = 8;
+
+/// Cuts the byte ranges `cuts` (sorted, disjoint, inside the structure block) out of the FDT
+/// in `b`: the rest of the structure block and the strings block after it move down, and the
+/// header's sizes and offsets follow.
+fn cut(b: &mut [u8], cuts: &mut [(usize, usize)]) {
+    cuts.sort_unstable();
+    let off_struct = be32(b, 8).unwrap_or(0) as usize;
+    let size_struct = be32(b, HDR_SIZE_STRUCT).unwrap_or(0) as usize;
+    let off_strings = be32(b, 12).unwrap_or(0) as usize;
+    let total = be32(b, 4).unwrap_or(0) as usize;
+    let struct_end = off_struct + size_struct;
+    // Compact the structure block.
+    let (mut dst, mut src, mut removed) = (cuts[0].0, cuts[0].0, 0);
+    for &(s, e) in cuts.iter() {
+        b.copy_within(src..s, dst);
+        dst += s - src;
+        src = e;
+        removed += e - s;
+    }
+    b.copy_within(src..struct_end, dst);
+    // Everything after the structure block (the strings) moves down with it.
+    b.copy_within(struct_end..total, struct_end - removed);
+    put32(b, HDR_SIZE_STRUCT, (size_struct - removed) as u32);
+    put32(b, 4, (total - removed) as u32);
+    if off_strings >= struct_end {
+        put32(b, 12, (off_strings - removed) as u32);
+    }
+}
+
+/// Walks the structure block of the FDT in `b` and calls `f(kind, token_offset, end_offset,
+/// name, value)` for every node start (`name` = node name) and property (`name` = property
+/// name, `value` = its bytes); `end_offset` is where the token's data ends.
+fn walk_tokens(
+    b: &[u8],
+    mut f: impl FnMut(u32, usize, usize, &[u8], &[u8]),
+) -> Result<(), FdtPatchError> {
+    let h = |off| be32(b, off).ok_or(FdtPatchError::BadHeader);
+    if h(0)? != MAGIC {
+        return Err(FdtPatchError::BadHeader);
+    }
+    let (off_struct, off_strings) = (h(8)? as usize, h(12)? as usize);
+    let (size_strings, size_struct) = (h(32)? as usize, h(36)? as usize);
+    let end = off_struct
+        .checked_add(size_struct)
+        .filter(|&e| e <= b.len())
+        .ok_or(FdtPatchError::BadHeader)?;
+    let strings = b
+        .get(off_strings..off_strings.saturating_add(size_strings))
+        .ok_or(FdtPatchError::BadHeader)?;
+    let cstr =
+        |bytes: &[u8]| -> usize { bytes.iter().position(|&c| c == 0).unwrap_or(bytes.len()) };
+    let mut at = off_struct;
+    while at + 4 <= end {
+        let tok = be32(b, at).ok_or(FdtPatchError::BadHeader)?;
+        match tok {
+            FDT_BEGIN_NODE => {
+                let name = b.get(at + 4..end).ok_or(FdtPatchError::BadHeader)?;
+                let n = cstr(name);
+                let next = (at + 4 + n + 1).next_multiple_of(4);
+                f(tok, at, next, &name[..n], &[]);
+                at = next;
+            }
+            FDT_PROP => {
+                let len = be32(b, at + 4).ok_or(FdtPatchError::BadHeader)? as usize;
+                let nameoff = be32(b, at + 8).ok_or(FdtPatchError::BadHeader)? as usize;
+                let value = b
+                    .get(at + 12..(at + 12).saturating_add(len))
+                    .filter(|_| at + 12 + len <= end)
+                    .ok_or(FdtPatchError::BadHeader)?;
+                let pname = strings.get(nameoff..).ok_or(FdtPatchError::BadHeader)?;
+                let next = (at + 12 + len).next_multiple_of(4);
+                f(tok, at, next, &pname[..cstr(pname)], value);
+                at = next;
+            }
+            FDT_END_NODE | FDT_NOP => {
+                f(tok, at, at + 4, &[], &[]);
+                at += 4;
+            }
+            FDT_END => return Ok(()),
+            _ => return Err(FdtPatchError::BadHeader),
+        }
+    }
+    Err(FdtPatchError::BadHeader)
+}
+
+/// Removes, in place, every node of the FDT in `b` whose `compatible` list contains one of
+/// `compatibles` (with its subnodes), and every `msi-parent` or `msi-map` property that
+/// referenced one of them by phandle (QEMU `virt`'s PCIe node has `msi-map = <0 &its 0
+/// 0x10000>`). Returns how many nodes were removed; the blob shrinks (its new size is in
+/// the header), the memory reservation block does not move.
+///
+/// # Errors
+/// [`FdtPatchError::BadHeader`] if `b` is not a consistent FDT, or nests deeper than EL2
+/// follows (16 levels) or holds more matching nodes than it removes at once (8); nothing is
+/// changed then.
+pub fn hide_nodes(b: &mut [u8], compatibles: &[&str]) -> Result<usize, FdtPatchError> {
+    // Pass 1: the token ranges and phandles of the matching nodes.
+    let mut hidden = [(0usize, 0usize, 0u32); MAX_HIDDEN];
+    let mut n = 0;
+    let mut stack = [(0usize, false, 0u32); MAX_DEPTH];
+    let mut depth = 0usize;
+    let mut bad = false;
+    walk_tokens(b, |tok, at, next, name, value| match tok {
+        FDT_BEGIN_NODE => {
+            if depth == MAX_DEPTH {
+                bad = true;
+            } else {
+                stack[depth] = (at, false, 0);
+                depth += 1;
+            }
+        }
+        FDT_PROP if depth > 0 => {
+            let top = &mut stack[depth - 1];
+            if name == b"compatible" {
+                top.1 |= value
+                    .split(|&c| c == 0)
+                    .any(|c| compatibles.iter().any(|w| w.as_bytes() == c));
+            } else if name == b"phandle" && value.len() == 4 {
+                top.2 = u32::from_be_bytes([value[0], value[1], value[2], value[3]]);
+            }
+        }
+        FDT_END_NODE if depth > 0 => {
+            depth -= 1;
+            let (start, matched, phandle) = stack[depth];
+            // A match inside a node that is removed anyway needs no entry of its own.
+            let inside = hidden[..n].iter().any(|&(s, e, _)| start >= s && start < e);
+            if matched && !inside {
+                if n == MAX_HIDDEN {
+                    bad = true;
+                } else {
+                    hidden[n] = (start, next, phandle);
+                    n += 1;
+                }
+            }
+        }
+        _ => {}
+    })?;
+    if bad || depth != 0 {
+        return Err(FdtPatchError::BadHeader);
+    }
+    // Pass 2: the msi-parent / msi-map properties that point at a removed node. An
+    // msi-parent starts with the phandle; each msi-map entry is (rid-base, phandle, msi-base,
+    // length).
+    let mut refs = [(0usize, 0usize); MAX_HIDDEN * 4];
+    let mut nrefs = 0;
+    let cell = |v: &[u8], i: usize| {
+        v.get(4 * i..4 * i + 4)
+            .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
+    };
+    walk_tokens(b, |tok, at, next, name, value| {
+        let phandles = match name {
+            b"msi-parent" => (0..1).step_by(1),
+            b"msi-map" => (1..value.len() / 4).step_by(4),
+            _ => (0..0).step_by(1),
+        };
+        if tok == FDT_PROP {
+            let gone = phandles
+                .filter_map(|i| cell(value, i))
+                .any(|ph| hidden[..n].iter().any(|&(_, _, p)| p != 0 && p == ph));
+            if gone && nrefs < refs.len() {
+                refs[nrefs] = (at, next);
+                nrefs += 1;
+            }
+        }
+    })?;
+    let mut cuts = [(0usize, 0usize); MAX_HIDDEN * 5];
+    for (c, &(s, e, _)) in cuts.iter_mut().zip(&hidden[..n]) {
+        *c = (s, e);
+    }
+    for (c, &r) in cuts[n..].iter_mut().zip(&refs[..nrefs]) {
+        *c = r;
+    }
+    if n + nrefs > 0 {
+        // Strings before the structure block would be overwritten by nothing, but the
+        // blob's layout must be the one `add_memreserve` writes: header, reservations,
+        // structure, strings.
+        if be32(b, 12).unwrap_or(0) < be32(b, 8).unwrap_or(0) {
+            return Err(FdtPatchError::BadHeader);
+        }
+        cut(b, &mut cuts[..n + nrefs]);
+    }
+    Ok(n)
 }
 
 #[cfg(test)]
@@ -233,5 +431,167 @@ mod tests {
             add_memreserve(&src, &mut tiny, &[(1, 1)]),
             Err(FdtPatchError::TooSmall)
         );
+    }
+
+    /// A tiny device-tree builder: nodes and properties, then the blob.
+    #[derive(Default)]
+    struct Builder {
+        st: Vec<u8>,
+        strings: Vec<u8>,
+    }
+
+    impl Builder {
+        fn tok(&mut self, t: u32) {
+            self.st.extend_from_slice(&t.to_be_bytes());
+        }
+        fn begin(&mut self, name: &str) {
+            self.tok(FDT_BEGIN_NODE);
+            self.st.extend_from_slice(name.as_bytes());
+            self.st.push(0);
+            while self.st.len() % 4 != 0 {
+                self.st.push(0);
+            }
+        }
+        fn end(&mut self) {
+            self.tok(FDT_END_NODE);
+        }
+        fn prop(&mut self, name: &str, value: &[u8]) {
+            let off = self.strings.len() as u32;
+            self.strings.extend_from_slice(name.as_bytes());
+            self.strings.push(0);
+            self.tok(FDT_PROP);
+            self.tok(value.len() as u32);
+            self.tok(off);
+            self.st.extend_from_slice(value);
+            while self.st.len() % 4 != 0 {
+                self.st.push(0);
+            }
+        }
+        fn u32s(&mut self, name: &str, v: &[u32]) {
+            let b: Vec<u8> = v.iter().flat_map(|x| x.to_be_bytes()).collect();
+            self.prop(name, &b);
+        }
+        fn blob(mut self) -> Vec<u8> {
+            self.tok(FDT_END);
+            let rsv_off = 40u32;
+            let struct_off = rsv_off + 16;
+            let strings_off = struct_off + self.st.len() as u32;
+            let total = strings_off + self.strings.len() as u32;
+            let mut b = Vec::new();
+            for v in [
+                MAGIC,
+                total,
+                struct_off,
+                strings_off,
+                rsv_off,
+                17,
+                16,
+                0,
+                self.strings.len() as u32,
+                self.st.len() as u32,
+            ] {
+                b.extend_from_slice(&v.to_be_bytes());
+            }
+            b.extend_from_slice(&[0; 16]);
+            b.extend_from_slice(&self.st);
+            b.extend_from_slice(&self.strings);
+            b
+        }
+    }
+
+    /// A QEMU-virt-like tree: a GICv3 with an ITS subnode, a PCIe host whose `msi-parent`
+    /// points at the ITS, fw_cfg, and a UART.
+    fn virt_like() -> Vec<u8> {
+        let mut t = Builder::default();
+        t.begin("");
+        t.u32s("#address-cells", &[2]);
+        t.u32s("#size-cells", &[2]);
+        t.begin("intc@8000000");
+        t.prop("compatible", b"arm,gic-v3\0");
+        t.u32s("#address-cells", &[2]);
+        t.u32s("#size-cells", &[2]);
+        t.u32s(
+            "reg",
+            &[0, 0x0800_0000, 0, 0x1_0000, 0, 0x080a_0000, 0, 0xf6_0000],
+        );
+        t.begin("its@8080000");
+        t.prop("compatible", b"arm,gic-v3-its\0");
+        t.u32s("reg", &[0, 0x0808_0000, 0, 0x2_0000]);
+        t.u32s("phandle", &[0x8005]);
+        t.end();
+        t.end();
+        t.begin("pcie@10000000");
+        t.prop("compatible", b"pci-host-ecam-generic\0");
+        t.u32s("msi-map", &[0, 0x8005, 0, 0x1_0000]);
+        t.u32s("bus-range", &[0, 0xff]);
+        t.end();
+        t.begin("virtio@a000000");
+        t.prop("compatible", b"virtio,mmio\0");
+        t.u32s("msi-parent", &[0x8005]);
+        t.end();
+        t.begin("fw-cfg@9020000");
+        t.prop("compatible", b"qemu,fw-cfg-mmio\0");
+        t.u32s("reg", &[0, 0x0902_0000, 0, 0x18]);
+        t.end();
+        t.begin("pl011@9000000");
+        t.prop("compatible", b"arm,pl011\0arm,primecell\0");
+        t.u32s("reg", &[0, 0x0900_0000, 0, 0x1000]);
+        t.end();
+        t.end();
+        t.blob()
+    }
+
+    #[test]
+    fn hides_the_its_and_fw_cfg() {
+        let mut b = virt_like();
+        let orig = b.clone();
+        let before = fdt::Fdt::new(&orig).unwrap();
+        assert!(before.find_compatible(&["arm,gic-v3-its"]).is_some());
+        let n = hide_nodes(&mut b, &["arm,gic-v3-its", "qemu,fw-cfg-mmio"]).unwrap();
+        assert_eq!(n, 2);
+        let after = fdt::Fdt::new(&b).unwrap();
+        assert!(after.find_compatible(&["arm,gic-v3-its"]).is_none());
+        assert!(after.find_compatible(&["qemu,fw-cfg-mmio"]).is_none());
+        // Everything else is still there, the GIC with its registers.
+        let gic = after.find_compatible(&["arm,gic-v3"]).unwrap();
+        assert_eq!(gic.reg().unwrap().count(), 2);
+        assert!(after.find_compatible(&["arm,pl011"]).is_some());
+        let pcie = after.find_compatible(&["pci-host-ecam-generic"]).unwrap();
+        assert!(
+            pcie.property("msi-map").is_none(),
+            "dangling msi-map removed"
+        );
+        assert!(pcie.property("bus-range").is_some());
+        let virtio = after.find_compatible(&["virtio,mmio"]).unwrap();
+        assert!(
+            virtio.property("msi-parent").is_none(),
+            "dangling msi-parent removed"
+        );
+        assert_eq!(after.all_nodes().count(), before.all_nodes().count() - 2);
+        // Nothing left to hide the second time.
+        assert_eq!(hide_nodes(&mut b, &["arm,gic-v3-its"]).unwrap(), 0);
+    }
+
+    #[test]
+    fn hide_nodes_rejects_garbage() {
+        let mut junk = vec![0u8; 128];
+        assert_eq!(hide_nodes(&mut junk, &["x"]), Err(FdtPatchError::BadHeader));
+        let mut b = virt_like();
+        // A structure block that runs past the buffer.
+        let n = b.len();
+        b[36..40].copy_from_slice(&(n as u32 * 2).to_be_bytes());
+        let copy = b.clone();
+        assert_eq!(
+            hide_nodes(&mut b, &["arm,gic-v3-its"]),
+            Err(FdtPatchError::BadHeader)
+        );
+        assert_eq!(b, copy, "nothing changed");
+        // Cut in the middle of a node: no END token.
+        let mut t = virt_like();
+        let cut = t.len() - 40;
+        t.truncate(cut);
+        let total = t.len() as u32;
+        t[4..8].copy_from_slice(&total.to_be_bytes());
+        assert!(hide_nodes(&mut t, &["arm,gic-v3-its"]).is_err());
     }
 }

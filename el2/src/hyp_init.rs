@@ -6,13 +6,15 @@
 //!    data/bss/stacks RW, the carve-out RW, the UART as device) and the host stage-2 with every
 //!    page EL2 owns annotated — all by `Hyp::new`;
 //! 3. copy the device tree below the carve-out with `/memreserve/` entries for EL2's memory,
-//!    for the host;
+//!    for the host, without the nodes of the devices EL2 hides (the GICv3 ITS, fw_cfg: they
+//!    write memory behind stage-2; `pkvm_hyp::devices`);
 //! 4. turn on EL2's MMU and caches, then (after the EL1 set-up) the host stage-2.
 
 use core::arch::asm;
 
 use pkvm_abi::PAGE_SIZE;
 use pkvm_abi::boot::{HOST_LOAD_ADDR, QEMU_VIRT_RAM_BASE};
+use pkvm_hyp::devices::{DeviceKind, DeviceRange, GICR_RD_FRAME, MAX_DEVICE_RANGES};
 use pkvm_hyp::mem_protect::Hyp;
 use pkvm_hyp::memory::{MemRegion, MemoryMap};
 use pkvm_hyp::platform::PhysMem;
@@ -77,6 +79,48 @@ pub fn pa_range() -> (u32, u64) {
         // 48 bits, or more (52-bit PAs need the 64 KiB / LPA2 formats we do not use).
         _ => (48, 5),
     }
+}
+
+/// Device-tree `compatible`s of the devices EL2 hides from the host.
+const HIDDEN_COMPATIBLES: [&str; 2] = ["arm,gic-v3-its", "qemu,fw-cfg-mmio"];
+
+/// The device ranges EL2 keeps from the host: the ITS and fw_cfg hidden, the `RD_base` frame
+/// of each redistributor the machine backs (one per CPU in the device tree: QEMU backs no
+/// more, and a frame it does not back would abort EL2's own forwarded access) emulated.
+fn device_ranges(dt: &Dt) -> ([DeviceRange; MAX_DEVICE_RANGES], usize) {
+    let mut out = [DeviceRange {
+        start: 0,
+        end: 0,
+        kind: DeviceKind::Hidden,
+    }; MAX_DEVICE_RANGES];
+    let mut n = 0;
+    let mut push = |base: u64, size: u64, kind| {
+        let start = base & !(PAGE_SIZE - 1);
+        let end = base.saturating_add(size).next_multiple_of(PAGE_SIZE);
+        if n == MAX_DEVICE_RANGES {
+            result_fail!("too many device ranges to keep from the host");
+        }
+        out[n] = DeviceRange { start, end, kind };
+        n += 1;
+    };
+    if let Some(g) = &dt.gic {
+        for r in &g.its[..g.nr_its] {
+            push(r.base, r.size, DeviceKind::Hidden);
+        }
+        let mut left = dt.cpus as u64;
+        for r in &g.redist[..g.nr_redist] {
+            let stride = g.redist_stride.max(GICR_RD_FRAME);
+            let k = left.min(r.size / stride);
+            for i in 0..k {
+                push(r.base + i * stride, GICR_RD_FRAME, DeviceKind::GicrRdBase);
+            }
+            left -= k;
+        }
+    }
+    if let Some(r) = dt.fw_cfg {
+        push(r.base, r.size, DeviceKind::Hidden);
+    }
+    (out, n)
 }
 
 /// Sets up everything; on failure prints the reason, a fail result line, and powers off.
@@ -164,7 +208,9 @@ pub fn init(dt: &Dt, host_image_size: u64) -> HostBoot {
         )
     };
     let uart = (dt.uart_base as u64) & !(PAGE_SIZE - 1);
-    let maps = [
+    let (devices, nr_devices) = device_ranges(dt);
+    let devices = &devices[..nr_devices];
+    let image_maps = [
         HypMapping {
             va: text,
             pa: text,
@@ -196,13 +242,38 @@ pub fn init(dt: &Dt, host_image_size: u64) -> HostBoot {
             prot: Prot::R | Prot::W | Prot::DEVICE,
         },
     ];
+    // EL2 maps the registers it emulates for the host (device, never executable).
+    let mut maps = [image_maps[0]; 5 + MAX_DEVICE_RANGES];
+    maps[..5].copy_from_slice(&image_maps);
+    let mut nr_maps = 5;
+    for d in devices.iter().filter(|d| d.kind == DeviceKind::GicrRdBase) {
+        maps[nr_maps] = HypMapping {
+            va: d.start,
+            pa: d.start,
+            size: d.end - d.start,
+            prot: Prot::R | Prot::W | Prot::DEVICE,
+        };
+        nr_maps += 1;
+    }
+    for d in devices {
+        println!(
+            "EL2: device {:#x}..{:#x} kept from the host: {}",
+            d.start,
+            d.end,
+            match d.kind {
+                DeviceKind::Hidden => "hidden (writes memory behind stage-2)",
+                DeviceKind::GicrRdBase => "redistributor RD_base, trapped and emulated",
+            }
+        );
+    }
     let hyp_ranges = [(QEMU_VIRT_RAM_BASE, HOST_LOAD_ADDR), (co_start, co_end)];
     let params = BootParams {
         hyp_ranges: &hyp_ranges,
         pool,
         host_pool,
-        hyp_maps: &maps,
+        hyp_maps: &maps[..nr_maps],
         pa_bits,
+        devices,
     };
     let hyp = match Hyp::new(&PLATFORM, map, vmemmap, &params) {
         Ok(h) => HYP.call_once(|| h),
@@ -227,8 +298,13 @@ pub fn init(dt: &Dt, host_image_size: u64) -> HostBoot {
         (QEMU_VIRT_RAM_BASE, HOST_LOAD_ADDR - QEMU_VIRT_RAM_BASE),
         (co_start, co_end - co_start),
     ];
-    if let Err(e) = fdt_patch::add_memreserve(src_buf, dst_buf, &reserved) {
-        result_fail!("cannot copy the device tree for the host: {e:?}");
+    let len = match fdt_patch::add_memreserve(src_buf, dst_buf, &reserved) {
+        Ok(len) => len,
+        Err(e) => result_fail!("cannot copy the device tree for the host: {e:?}"),
+    };
+    match fdt_patch::hide_nodes(&mut dst_buf[..len], &HIDDEN_COMPATIBLES) {
+        Ok(n) => println!("EL2: host device tree: {n} device node(s) removed (ITS, fw_cfg)"),
+        Err(e) => result_fail!("cannot remove hidden devices from the host's device tree: {e:?}"),
     }
 
     // 4. EL2's MMU.

@@ -193,6 +193,31 @@ impl Platform for El2Platform {
         restore_vttbr(old);
     }
 
+    fn mmio_read(&self, pa: u64, size: u8) -> u64 {
+        // SAFETY: the portable core only forwards accesses to the device ranges it emulates,
+        // which `hyp_init` mapped at VA == PA as Device memory in EL2's stage-1, naturally
+        // aligned (checked by its policy); a volatile access of the register's width is what
+        // the device expects.
+        unsafe {
+            if size == 8 {
+                core::ptr::read_volatile(pa as *const u64)
+            } else {
+                u64::from(core::ptr::read_volatile(pa as *const u32))
+            }
+        }
+    }
+
+    fn mmio_write(&self, pa: u64, size: u8, val: u64) {
+        // SAFETY: as in `mmio_read`.
+        unsafe {
+            if size == 8 {
+                core::ptr::write_volatile(pa as *mut u64, val);
+            } else {
+                core::ptr::write_volatile(pa as *mut u32, val as u32);
+            }
+        }
+    }
+
     #[inline(always)]
     fn tlbi_el2_all(&self) {
         // SAFETY: TLB invalidation only drops cached translations.

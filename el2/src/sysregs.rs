@@ -5,18 +5,14 @@
 
 use aarch64_cpu::registers::*;
 use core::arch::asm;
+use pkvm_arch::exception::{self, PstateFeatures};
+use pkvm_arch::regs::{cnthctl, cptr, hcr, mdcr};
 
 /// `SPSR_EL2` for entering the host: EL1h (EL1 with `SP_EL1`), AArch64, D, A, I and F masked.
 pub const SPSR_EL1H_DAIF_MASKED: u64 = 0x3c5;
 
 /// `SCTLR_EL1` reset value for the host: RES1 bits only, MMU and caches off, little-endian.
 pub const SCTLR_EL1_RESET: u64 = 0x30d0_0800;
-
-/// `CPTR_EL2` (nVHE layout): RES1 bits 13, 9 and 7:0. `TFP` (bit 10), `TZ` (bit 8), `TSM`
-/// (bit 12, RES1 without SME) and `TTA`/`TAM`/`TCPAC` clear: the host uses FP, SIMD, SVE, SME
-/// and the trace/activity-monitor registers without trapping.
-const CPTR_EL2_RES1: u64 = (1 << 13) | (1 << 9) | 0xff;
-const CPTR_EL2_TSM: u64 = 1 << 12;
 
 /// The exception level we are running at.
 pub fn current_el() -> u64 {
@@ -34,18 +30,38 @@ pub fn esr() -> u64 {
     ESR_EL2.get()
 }
 
-/// Moves the host past the instruction that trapped (a trapped `SMC` reports its own address).
+/// Moves the host past the instruction that trapped (`len` bytes: a trapped `SMC` or an
+/// emulated access reports its own address).
 #[inline(always)]
-pub fn skip_host_instruction() {
-    ELR_EL2.set(ELR_EL2.get() + 4);
+pub fn skip_host_instruction(len: u64) {
+    ELR_EL2.set(ELR_EL2.get().wrapping_add(len));
 }
 
 fn field(value: u64, shift: u32, width: u32) -> u64 {
     (value >> shift) & ((1 << width) - 1)
 }
 
-/// Configures EL2 for an AArch64 EL1 host. Stage-2 translation stays off (a later issue adds
-/// the host stage-2).
+/// `HCR_EL2` for the host (stage-2 off until `hyp_init::enable_host_stage2` sets `VM`). Every
+/// bit is a decision; docs/SECURITY.md has the table. Set:
+/// - `RW`: EL1 is AArch64;
+/// - `TSC`: host `SMC`s trap (EL2 relays PSCI and keeps CPU_ON's entry point its own);
+/// - `API`, `APK`: pointer authentication works at EL1/EL0 without trapping (the keys are the
+///   host's; guests get them switched or trapped).
+///
+/// Left clear: `FMO`/`IMO`/`AMO` (the host owns the interrupt controller and its SErrors),
+/// `TWI`/`TWE` (the host's idle is its own business), the ID traps `TID*` (nothing to hide),
+/// `TACR`/`TIDCP` (the host's ACTLR and implementation-defined EL1 registers are its own; they
+/// configure its CPU, not EL2), `TSW`/`TPCP`/`TPU` (cache maintenance is by address or
+/// set/way of the host's own view; EL2's memory is never mapped for it), `TVM`/`TRVM`,
+/// `TTLB` (host TLBIs only reach VMID 0), `TDZ`, `HCD` (HVC is the hypercall conduit),
+/// `TLOR` (LORegions only order the host's own accesses), `TERR`/`TEA`/`FIEN`, `ATA` (MTE
+/// registers trap: EL2 does not switch them; QEMU without `mte=on` has none), `EnSCXT`
+/// (`SCXTNUM_EL0/1` trap, and the host gets an UNDEF: EL2 does not switch them for guests
+/// either, so nobody owns them), `E2H`/`TGE`/`NV*` (no VHE, no nesting), `FWB`, `DC`.
+pub const HCR_HOST: u64 = hcr::RW | hcr::TSC | hcr::API | hcr::APK;
+
+/// Configures EL2 for an AArch64 EL1 host. Stage-2 translation stays off (`enable_host_stage2`
+/// turns it on once EL2's tables are ready).
 pub fn init_for_host() {
     let pfr0 = ID_AA64PFR0_EL1.get();
     let pfr1 = ID_AA64PFR1_EL1.get();
@@ -53,16 +69,15 @@ pub fn init_for_host() {
     let mmfr0 = ID_AA64MMFR0_EL1.get();
     let mmfr1 = ID_AA64MMFR1_EL1.get();
 
-    // RW: EL1 is AArch64. TSC: host SMCs trap to EL2, which relays PSCI. API/APK: pointer
-    // authentication instructions and key registers do not trap. VM=0: no stage-2 yet.
-    // IMO/FMO/AMO=0: physical interrupts and SErrors go straight to EL1.
-    HCR_EL2.write(
-        HCR_EL2::RW::EL1IsAarch64 + HCR_EL2::TSC::SET + HCR_EL2::API::SET + HCR_EL2::APK::SET,
-    );
+    HCR_EL2.set(HCR_HOST);
 
+    // CPTR_EL2: no trap for the host (FP/SIMD, SVE, SME, trace, activity monitors, CPACR):
+    // its registers are its own and EL2 never touches them (softfloat). TZ/TSM are RES1
+    // where SVE/SME are absent.
+    let sve = field(pfr0, 32, 4) != 0;
     let sme = field(pfr1, 24, 4) != 0;
-    CPTR_EL2.set(CPTR_EL2_RES1 | if sme { 0 } else { CPTR_EL2_TSM });
-    if field(pfr0, 32, 4) != 0 {
+    CPTR_EL2.set(cptr::RES1 | if sve { 0 } else { cptr::TZ } | if sme { 0 } else { cptr::TSM });
+    if sve {
         // SVE: let the host use the largest vector length.
         // SAFETY: ZCR_EL2 (S3_4_C1_C2_0) exists when ID_AA64PFR0_EL1.SVE != 0; writing it only
         // limits the vector length seen below EL2.
@@ -70,7 +85,7 @@ pub fn init_for_host() {
     }
 
     // EL1 may read the physical counter and use the physical timer; no virtual offset.
-    CNTHCTL_EL2.write(CNTHCTL_EL2::EL1PCTEN::SET + CNTHCTL_EL2::EL1PCEN::SET);
+    CNTHCTL_EL2.set(cnthctl::EL1PCTEN | cnthctl::EL1PCEN);
     CNTVOFF_EL2.set(0);
 
     // No stage-2 for now.
@@ -83,18 +98,22 @@ pub fn init_for_host() {
     unsafe { asm!("msr S3_4_C0_C0_0, {}", in(reg) midr, options(nomem, nostack)) };
     VMPIDR_EL2.set(MPIDR_EL1.get());
 
-    // PMU: give every event counter to EL1 (HPMN = PMCR_EL0.N), trap nothing, and leave
-    // counting at EL2 allowed (HPMD=0, HCCD=0) so the host can measure EL2's cost.
+    // MDCR_EL2: the host owns its debug registers and its PMU (HPMN = PMCR_EL0.N: every
+    // counter; nothing trapped; counting at EL2 allowed, so the host can measure EL2's cost
+    // — a timing side channel, out of scope). The statistical-profiling and trace buffers,
+    // which write memory, stay EL2's (E2PB = E2TB = 0b00) and their registers trap (TPMS):
+    // an UNDEF for the host. QEMU implements neither.
     let pmuver = field(dfr0, 8, 4);
-    if pmuver != 0 && pmuver != 0xf {
+    let hpmn = if pmuver != 0 && pmuver != 0xf {
         let pmcr: u64;
         // SAFETY: PMCR_EL0 exists when a PMUv3 is implemented (checked above); reading it has
         // no side effect.
         unsafe { asm!("mrs {}, S3_3_C9_C12_0", out(reg) pmcr, options(nomem, nostack)) };
-        MDCR_EL2.set(field(pmcr, 11, 5));
+        field(pmcr, 11, 5)
     } else {
-        MDCR_EL2.set(0);
-    }
+        0
+    };
+    MDCR_EL2.set((hpmn & mdcr::HPMN_MASK) | mdcr::TPMS);
 
     // GICv3 system-register interface: let EL1 use it, no virtual interrupts.
     if field(pfr0, 24, 4) != 0 {
@@ -105,18 +124,22 @@ pub fn init_for_host() {
         }
     }
 
-    // Fine-grained traps (FEAT_FGT) and HCRX_EL2 (FEAT_HCX) reset to UNKNOWN values: clear
-    // them when present so nothing the host does traps unexpectedly.
+    // Fine-grained traps (FEAT_FGT) reset to UNKNOWN values. Positive bits 0: no trap. The
+    // "n" bits trap when 0: with SME, nSMPRI_EL1 and nTPIDR2_EL0 are set (the host's SME
+    // state is its own); n-bits of features EL2 does not know stay 0 (RES0 when absent,
+    // a trap — hence an UNDEF — when present). QEMU 7.2 has no FGT.
     if field(mmfr0, 56, 4) != 0 {
-        HFGRTR_EL2.set(0);
-        HFGWTR_EL2.set(0);
+        let n = if sme { (1 << 54) | (1 << 55) } else { 0 };
+        HFGRTR_EL2.set(n);
+        HFGWTR_EL2.set(n);
         HFGITR_EL2.set(0);
         HDFGRTR_EL2.set(0);
         HDFGWTR_EL2.set(0);
     }
     if field(mmfr1, 40, 4) != 0 {
-        // SAFETY: HCRX_EL2 (S3_4_C1_C2_2) exists when ID_AA64MMFR1_EL1.HCX != 0; zero enables
-        // no extra trap.
+        // HCRX_EL2 (FEAT_HCX): 0 enables none of the extensions it gates (their registers
+        // and instructions trap: UNDEF for the host) and traps nothing else.
+        // SAFETY: HCRX_EL2 (S3_4_C1_C2_2) exists when ID_AA64MMFR1_EL1.HCX != 0.
         unsafe { asm!("msr S3_4_C1_C2_2, xzr", options(nomem, nostack)) };
     }
 
@@ -137,34 +160,39 @@ pub fn hpfar() -> u64 {
     HPFAR_EL2.get()
 }
 
-/// `ESR_ELx.ISS` fault status code of a synchronous external abort, not on a table walk.
-const FSC_SEA: u64 = 0b01_0000;
+/// The PSTATE features that change what an exception entry writes, from the ID registers.
+fn pstate_features() -> PstateFeatures {
+    PstateFeatures::from_id_regs(ID_AA64MMFR1_EL1.get(), ID_AA64PFR1_EL1.get())
+}
+
+/// Makes the host take the synchronous exception `esr` at EL1 when EL2 returns: the entry the
+/// architecture would have made, emulated (ESR/ELR/SPSR_EL1, then `eret` into the host's
+/// vector with the entry PSTATE). Vectors by where the host was: EL1t +0x000, EL1h +0x200,
+/// AArch64 EL0 +0x400, AArch32 EL0 +0x600.
+fn inject_host_sync(esr: u64) {
+    let e = exception::el1_sync(
+        esr,
+        ELR_EL2.get(),
+        SPSR_EL2.get(),
+        VBAR_EL1.get(),
+        SCTLR_EL1.get(),
+        pstate_features(),
+    );
+    ESR_EL1.set(e.esr);
+    ELR_EL1.set(e.elr);
+    SPSR_EL1.set(e.spsr);
+    ELR_EL2.set(e.vector);
+    SPSR_EL2.set(e.pstate);
+}
 
 /// Makes the host take a synchronous external abort for the access that trapped with
-/// `esr_el2` at `far` when EL2 returns: the exception entry an EL1 data/instruction abort
-/// would have had, emulated (ESR/FAR/ELR/SPSR_EL1, then `eret` into the host's vector).
+/// `esr_el2` at `far`.
 pub fn inject_host_sea(esr_el2: u64, far: u64) {
-    let spsr = SPSR_EL2.get();
-    let elr = ELR_EL2.get();
-    // SPSR.M[3:0]: 0b0000 EL0t, 0b0100 EL1t, 0b0101 EL1h.
-    let (vector, same_el) = match spsr & 0xf {
-        0b0000 => (0x400, false),
-        0b0100 => (0x000, true),
-        _ => (0x200, true),
-    };
-    let instruction = esr_el2 >> 26 == 0x20;
-    let ec: u64 = match (instruction, same_el) {
-        (false, true) => 0x25,
-        (false, false) => 0x24,
-        (true, true) => 0x21,
-        (true, false) => 0x20,
-    };
-    // Keep WnR (bit 6) of a data abort; IL = 1 (32-bit instruction).
-    let wnr = if instruction { 0 } else { esr_el2 & (1 << 6) };
-    ESR_EL1.set((ec << 26) | (1 << 25) | wnr | FSC_SEA);
     FAR_EL1.set(far);
-    ELR_EL1.set(elr);
-    SPSR_EL1.set(spsr);
-    ELR_EL2.set(VBAR_EL1.get() + vector);
-    SPSR_EL2.set(SPSR_EL1H_DAIF_MASKED);
+    inject_host_sync(exception::sea_esr(esr_el2, SPSR_EL2.get()));
+}
+
+/// Makes the host take an UNDEF for the instruction that trapped.
+pub fn inject_host_undef() {
+    inject_host_sync(exception::UNDEF_ESR);
 }

@@ -22,30 +22,54 @@
 //! The guest's `HCR_EL2`: VM (stage-2), RW (AArch64 EL1), TSC (its SMCs trap), TWI (a `WFI`
 //! ends the run instead of stopping the host's CPU), IMO/FMO/AMO (physical interrupts and
 //! SErrors come to EL2 and end the run), DC (with its MMU off the guest sees Normal cacheable
-//! memory), PTW; no API/APK (pointer-auth key registers trap, so a guest
-//! cannot change the host's keys).
+//! memory), PTW; and the traps that keep it off state the world switch does not switch (each
+//! ends the run with a `FAULT` exit): TACR (`ACTLR_EL1`), TIDCP (implementation-defined EL1
+//! registers), TSW (set/way cache maintenance, which acts on the host's caches too), TLOR
+//! (LORegion registers), TERR (RAS error records); no API/APK (pointer-auth keys and
+//! instructions trap: the keys are the host's), no ATA (MTE registers trap), no EnSCXT
+//! (`SCXTNUM_EL0/1` trap).
+//!
+//! Beyond the EL1 registers in `VcpuState::sys` (`CSSELR_EL1` among them, and `TPIDR2_EL0`
+//! when the CPU has SME: nothing can trap it), the guest must not reach host state through:
+//! - FP/SIMD/SVE/SME: `CPTR_EL2` TFP (switched lazily: the first access traps and the trap
+//!   clears **only** TFP), TZ and TSM stay set for the whole run (SVE/SME and `ZCR_EL1`,
+//!   `SMCR_EL1`, `SVCR` trap and end it), TTA (trace), TAM (activity monitors);
+//! - debug: `MDCR_EL2` TDA/TDOSA/TDRA trap every debug register (breakpoints, watchpoints,
+//!   `MDSCR_EL1`, the OS lock), and `MDSCR_EL1` is 0 while the guest runs (the host's
+//!   breakpoints, watchpoints and single-step are off in the guest; the host's value is
+//!   restored on exit), so a guest can neither arm a breakpoint the host then hits nor step;
+//! - the PMU: `MDCR_EL2` TPM/TPMCR trap every PMU register; the trace filter (TTRF) traps.
 
 use core::arch::global_asm;
 use core::mem::offset_of;
 
 use pkvm_abi::guest::{NR_SYSREGS, vcpu_off};
+use pkvm_arch::regs::{cnthctl, cptr, hcr, mdcr};
 use pkvm_hyp::platform::{GuestEntry, GuestExit};
 
-/// `HCR_EL2` while a guest runs: VM | PTW | FMO | IMO | AMO | DC | TWI | TSC | RW.
-pub const HCR_GUEST: u64 = (1 << 0)
-    | (1 << 2)
-    | (1 << 3)
-    | (1 << 4)
-    | (1 << 5)
-    | (1 << 12)
-    | (1 << 13)
-    | (1 << 19)
-    | (1 << 31);
-/// `CPTR_EL2` bits added while a guest runs: TZ (SVE, bit 8), TFP (FP/SIMD, bit 10: switched
-/// lazily on the first access), TSM (SME, bit 12).
-pub const CPTR_GUEST_TRAPS: u64 = (1 << 8) | (1 << 10) | (1 << 12);
+/// `HCR_EL2` while a guest runs (see the module documentation).
+pub const HCR_GUEST: u64 = hcr::VM
+    | hcr::PTW
+    | hcr::FMO
+    | hcr::IMO
+    | hcr::AMO
+    | hcr::DC
+    | hcr::TWI
+    | hcr::TSC
+    | hcr::TIDCP
+    | hcr::TACR
+    | hcr::TSW
+    | hcr::RW
+    | hcr::TLOR
+    | hcr::TERR;
+/// `CPTR_EL2` bits added while a guest runs: TZ (SVE), TFP (FP/SIMD: switched lazily on the
+/// first access, which clears TFP alone), TSM (SME), TTA (trace), TAM (activity monitors).
+pub const CPTR_GUEST_TRAPS: u64 = cptr::TZ | cptr::TFP | cptr::TSM | cptr::TTA | cptr::TAM;
+/// `MDCR_EL2` bits added while a guest runs: every debug, PMU and trace-filter register traps.
+pub const MDCR_GUEST_TRAPS: u64 =
+    mdcr::TDA | mdcr::TDOSA | mdcr::TDRA | mdcr::TPM | mdcr::TPMCR | mdcr::TTRF;
 /// `CNTHCTL_EL2` while a guest runs: EL1PCTEN (counter readable), physical timer trapped.
-pub const CNTHCTL_GUEST: u64 = 1;
+pub const CNTHCTL_GUEST: u64 = cnthctl::EL1PCTEN;
 
 /// The world switch's private context, on the EL2 stack for the duration of one run.
 #[repr(C, align(16))]
@@ -70,6 +94,11 @@ pub struct WorldCtx {
     host_cptr: u64,
     /// Non-zero once the guest's FP/SIMD registers are loaded (its first FP access this run).
     fp_loaded: u64,
+    host_mdcr: u64,
+    host_mdscr: u64,
+    /// Non-zero when the CPU has SME: `TPIDR2_EL0` exists and is switched.
+    sme: u64,
+    _pad: u64,
     /// `x19..=x30`, then `sp`.
     host_gprs: [u64; 14],
     host_sys: [u64; NR_SYSREGS],
@@ -78,6 +107,12 @@ pub struct WorldCtx {
 
 unsafe extern "C" {
     fn el2_guest_run(ctx: *mut WorldCtx);
+}
+
+/// Whether the CPU implements SME (`ID_AA64PFR1_EL1.SME`): then `TPIDR2_EL0` exists.
+fn has_sme() -> bool {
+    use aarch64_cpu::registers::{ID_AA64PFR1_EL1, Readable};
+    (ID_AA64PFR1_EL1.get() >> 24) & 0xf != 0
 }
 
 /// Runs the guest described by `e` until it exits; see the module documentation.
@@ -93,6 +128,7 @@ pub fn run_guest(e: &GuestEntry) -> GuestExit {
         (&raw mut (*ctx).pstate).write(e.pstate);
         (&raw mut (*ctx).vttbr).write(e.vttbr);
         (&raw mut (*ctx).hcr).write(HCR_GUEST);
+        (&raw mut (*ctx).sme).write(u64::from(has_sme()));
     }
     // SAFETY: `el2_guest_run` behaves as an AAPCS64 function to its caller: it preserves
     // x19..x30 and SP (saved in `ctx`, restored on the guest's exit) and returns normally.
@@ -117,7 +153,8 @@ global_asm!(
     .arch_extension fp
     .arch_extension simd
 
-    /* EL1 system registers <-> [\base] in pkvm_abi::guest::sys order; clobbers x3, x4. */
+    /* EL1 system registers <-> [\base] in pkvm_abi::guest::sys order; clobbers x3, x4;
+       x0 is the WorldCtx (its `sme` flag says whether TPIDR2_EL0 exists). */
     .macro el1_save base
     mrs     x3, sctlr_el1
     mrs     x4, cpacr_el1
@@ -155,6 +192,13 @@ global_asm!(
     mrs     x3, cntv_ctl_el0
     mrs     x4, cntv_cval_el0
     stp     x3, x4, [\base, #0xb0]
+    mrs     x3, csselr_el1
+    str     x3, [\base, #0xc0]
+    ldr     x4, [x0, #{sme}]
+    cbz     x4, 8f
+    mrs     x3, S3_3_C13_C0_5       /* TPIDR2_EL0 */
+    str     x3, [\base, #0xc8]
+8:
     .endm
 
     .macro el1_load base
@@ -194,6 +238,13 @@ global_asm!(
     ldp     x3, x4, [\base, #0xb0]
     msr     cntv_ctl_el0, x3
     msr     cntv_cval_el0, x4
+    ldr     x3, [\base, #0xc0]
+    msr     csselr_el1, x3
+    ldr     x4, [x0, #{sme}]
+    cbz     x4, 8f
+    ldr     x3, [\base, #0xc8]
+    msr     S3_3_C13_C0_5, x3       /* TPIDR2_EL0 */
+8:
     .endm
 
     /* q0..q31, FPSR, FPCR <-> [\base] (pkvm_abi::guest::FpState); clobbers x3, x4. */
@@ -260,10 +311,18 @@ el2_guest_run:
     /* FP/SIMD is switched lazily: the guest's first FP access traps (CPTR_EL2.TFP). SVE and
        SME trap too (TZ, TSM) and end the run: their state is not switched. */
     mrs     x3, cptr_el2
-    mov     x4, #{cptr_guest_traps}
+    ldr     x4, ={cptr_guest_traps}
     orr     x4, x3, x4
     stp     x3, xzr, [x0, #{host_cptr}]
     msr     cptr_el2, x4
+    /* Debug, PMU and trace filter trap; the host's breakpoints and step are off. */
+    mrs     x3, mdcr_el2
+    mrs     x4, mdscr_el1
+    stp     x3, x4, [x0, #{host_mdcr}]
+    ldr     x4, ={mdcr_guest_traps}
+    orr     x3, x3, x4
+    msr     mdcr_el2, x3
+    msr     mdscr_el1, xzr
     ldr     x1, [x0, #{vcpu_pa}]
     add     x2, x1, #{sys}
     el1_load x2
@@ -344,6 +403,9 @@ el2_guest_exit:
 
     add     x2, x1, #{sys}
     el1_save x2
+    ldp     x2, x3, [x0, #{host_mdcr}]
+    msr     mdcr_el2, x2
+    msr     mdscr_el1, x3
     ldp     x2, x3, [x0, #{host_cptr}]
     msr     cptr_el2, x2
     isb
@@ -389,7 +451,9 @@ el2_guest_sync:
 2:  stp     x2, x3, [sp, #-32]!
     str     x4, [sp, #16]
     mrs     x0, tpidr_el2
-    ldr     x2, [x0, #{host_cptr}]
+    /* Clear TFP only: TZ and TSM stay set, SVE/SME keep trapping for the whole run. */
+    mrs     x2, cptr_el2
+    bic     x2, x2, #{cptr_tfp}
     msr     cptr_el2, x2
     isb
     add     x2, x0, #{host_fp}
@@ -448,6 +512,10 @@ el2_guest_vectors:
     host_cptr = const offset_of!(WorldCtx, host_cptr),
     fp_loaded = const offset_of!(WorldCtx, fp_loaded),
     cptr_guest_traps = const CPTR_GUEST_TRAPS,
+    cptr_tfp = const cptr::TFP,
+    mdcr_guest_traps = const MDCR_GUEST_TRAPS,
+    host_mdcr = const offset_of!(WorldCtx, host_mdcr),
+    sme = const offset_of!(WorldCtx, sme),
     fp_pa = const offset_of!(WorldCtx, fp_pa),
     vcpu_pa = const offset_of!(WorldCtx, vcpu_pa),
     host_elr = const offset_of!(WorldCtx, host_elr),
@@ -475,5 +543,6 @@ const _: () = {
     assert!(offset_of!(WorldCtx, host_fp).is_multiple_of(16));
     assert!(offset_of!(WorldCtx, fp_loaded) == offset_of!(WorldCtx, host_cptr) + 8);
     assert!(vcpu_off::PSTATE == vcpu_off::PC + 8);
-    assert!(NR_SYSREGS * 8 == 0xc0);
+    assert!(NR_SYSREGS * 8 == 0xd0);
+    assert!(offset_of!(WorldCtx, host_mdscr) == offset_of!(WorldCtx, host_mdcr) + 8);
 };

@@ -44,7 +44,7 @@ pub struct VmDesc {
 }
 
 /// Number of EL1 system registers in [`VcpuState::sys`].
-pub const NR_SYSREGS: usize = 24;
+pub const NR_SYSREGS: usize = 26;
 
 /// Indices into [`VcpuState::sys`].
 pub mod sys {
@@ -96,6 +96,11 @@ pub mod sys {
     pub const CNTV_CTL_EL0: usize = 22;
     /// `CNTV_CVAL_EL0`.
     pub const CNTV_CVAL_EL0: usize = 23;
+    /// `CSSELR_EL1` (selects the cache `CCSIDR_EL1` describes).
+    pub const CSSELR_EL1: usize = 24;
+    /// `TPIDR2_EL0` (SME's thread register; switched only when the CPU has SME, which
+    /// offers no trap for it without fine-grained traps).
+    pub const TPIDR2_EL0: usize = 25;
 }
 
 /// `SCTLR_EL1` reset value for a guest: RES1 bits only (MMU and caches off).

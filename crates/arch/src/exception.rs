@@ -102,12 +102,9 @@ pub const fn el1_sync(
     }
 }
 
-/// The `ESR_EL1` of an UNDEF ("unknown reason", EC 0) for an instruction of the length the
-/// trap's syndrome `trap_esr` reports.
-#[must_use]
-pub const fn undef_esr(trap_esr: u64) -> u64 {
-    trap_esr & IL
-}
+/// The `ESR_EL1` of an UNDEF: "unknown reason" (EC 0), `ISS` 0, and `IL` 1 — for EC 0 the
+/// architecture defines `IL` as 1 whatever the instruction's length.
+pub const UNDEF_ESR: u64 = IL;
 
 /// The `ESR_EL1` of a synchronous external abort for the aborted access the trap's syndrome
 /// `trap_esr` (a data or instruction abort taken to EL2) describes, taken at EL1 from the
@@ -159,7 +156,10 @@ mod tests {
         // SPAN = 0: PAN set on entry. SPAN = 1: PAN kept (here from the interrupted state).
         assert_ne!(entry_pstate(0x5, 0, ALL) & spsr::PAN, 0);
         assert_eq!(entry_pstate(0x5, SCTLR_SPAN, ALL) & spsr::PAN, 0);
-        assert_ne!(entry_pstate(0x5 | spsr::PAN, SCTLR_SPAN, ALL) & spsr::PAN, 0);
+        assert_ne!(
+            entry_pstate(0x5 | spsr::PAN, SCTLR_SPAN, ALL) & spsr::PAN,
+            0
+        );
         assert_ne!(entry_pstate(0x5, SCTLR_DSSBS, ALL) & spsr::SSBS, 0);
         assert_eq!(entry_pstate(0x5 | spsr::SSBS, 0, ALL) & spsr::SSBS, 0);
         // Without the features those bits stay clear.
@@ -192,10 +192,8 @@ mod tests {
 
     #[test]
     fn syndromes() {
-        // A trapped A64 MRS (EC 0x18, IL 1): UNDEF with EC 0, IL 1, ISS 0.
-        assert_eq!(undef_esr((0x18 << 26) | IL | 0x1234), IL);
-        // A trapped 16-bit T32 instruction: IL 0.
-        assert_eq!(undef_esr(0x03 << 26), 0);
+        assert_eq!(crate::esr::Esr(UNDEF_ESR).ec(), Ec::Unknown);
+        assert!(crate::esr::Esr(UNDEF_ESR).il());
         // Data abort write from EL1h -> EC 0x25, WnR; from AArch32 EL0 -> EC 0x24.
         let dabt = (0x24 << 26) | IL | (1 << 6) | 0b000111;
         assert_eq!(sea_esr(dabt, 0x5), (0x25 << 26) | IL | (1 << 6) | FSC_SEA);

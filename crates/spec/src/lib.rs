@@ -479,7 +479,12 @@ impl Spec {
         if !self.machine.is_memory(pa) {
             // MMIO: identity-mapped for the host on demand (or emulated for it), except the
             // devices EL2 hides.
-            if self.machine.hidden_mmio.iter().any(|&(s, e)| pa >= s && pa < e) {
+            if self
+                .machine
+                .hidden_mmio
+                .iter()
+                .any(|&(s, e)| pa >= s && pa < e)
+            {
                 return Outcome::Abort;
             }
             return Outcome::Access;
