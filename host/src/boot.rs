@@ -9,9 +9,11 @@
 //! The vectors: a synchronous exception at EL1 whose `ELR_EL1` is one of the probe
 //! instructions of [`crate::fault`] (or its exec probe page) is an expected abort — the entry
 //! records ESR/FAR/SPSR/ELR in `x2..=x5`, sets `x1 = 1`, resumes after the probe and `eret`s,
-//! without touching memory. Every other exception switches to the exception stack (`SPSel = 0`: the
-//! main stack may be what overflowed into its guard page) and reports through
-//! [`host_exception`], which fails the run.
+//! without touching memory. One in the hostile scenario's sandbox is counted and skipped
+//! ([`crate::sandbox`]); an exception from EL0 returns from the scenario's EL0 call. Every
+//! other exception switches to the exception stack (`SPSel = 0`: the main stack may be what
+//! overflowed into its guard page) and reports through [`host_exception`], which fails the
+//! run.
 
 use core::arch::global_asm;
 use core::sync::atomic::{AtomicBool, Ordering};
@@ -110,14 +112,22 @@ host_vectors:
     host_vector 5
     host_vector 6
     host_vector 7
-    host_vector 8
-    host_vector 9
-    host_vector 10
-    host_vector 11
-    host_vector 12
-    host_vector 13
-    host_vector 14
-    host_vector 15
+
+    /* Lower EL (AArch64, then AArch32): only the hostile scenario runs EL0 code, inside
+       `pkvm_el0_call`, which these entries return from (crate::sandbox). */
+    .macro lower_vector kind
+    .balign 128
+    mov     x0, #\kind
+    b       pkvm_el0_return
+    .endm
+    lower_vector 8
+    lower_vector 9
+    lower_vector 10
+    lower_vector 11
+    lower_vector 12
+    lower_vector 13
+    lower_vector 14
+    lower_vector 15
 
 /*
  * A probe's abort: x1..x5 = 1, ESR, FAR, SPSR, ELR, then resume after the probe. Anything
@@ -134,7 +144,22 @@ host_sync_current:
     adr     x2, pkvm_probe_exec_page
     cmp     x1, x2
     b.eq    6f
-    mov     x0, #4
+    adr     x2, pkvm_probe_ld32
+    cmp     x1, x2
+    b.eq    5f
+    adr     x2, pkvm_probe_st32
+    cmp     x1, x2
+    b.eq    5f
+    /* An instruction of the hostile scenario's sandbox (crate::sandbox). */
+    adrp    x2, __sandbox_start
+    add     x2, x2, :lo12:__sandbox_start
+    cmp     x1, x2
+    b.lo    8f
+    adrp    x2, __sandbox_end
+    add     x2, x2, :lo12:__sandbox_end
+    cmp     x1, x2
+    b.lo    pkvm_sandbox_exception
+8:  mov     x0, #4
     b       host_unexpected
 5:  adr     x0, pkvm_probe_done     /* a load or store: resume at the probe's `ret` */
     b       7f

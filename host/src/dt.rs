@@ -30,9 +30,17 @@ pub struct DeviceTree {
     pub nr_memreserve: usize,
     /// The device tree blob itself.
     pub blob: Range,
+    /// The first GICv3 redistributor (the second `reg` of the `arm,gic-v3` node).
+    pub gicr_base: Option<u64>,
+    fdt: Fdt<'static>,
 }
 
 impl DeviceTree {
+    /// Whether some node is `compatible` with `c`.
+    pub fn has_compatible(&self, c: &str) -> bool {
+        self.fdt.find_compatible(&[c]).is_some()
+    }
+
     /// Parses the DTB at `dtb`; `None` if it is not a valid device tree or names no PL011.
     pub fn probe(dtb: usize) -> Option<Self> {
         if dtb == 0 || !dtb.is_multiple_of(8) {
@@ -101,6 +109,11 @@ impl DeviceTree {
         }
 
         Some(DeviceTree {
+            gicr_base: fdt
+                .find_compatible(&["arm,gic-v3"])
+                .and_then(|n| n.reg()?.nth(1))
+                .map(|r| r.starting_address as u64),
+            fdt,
             uart_base,
             psci_conduit,
             bootargs,

@@ -37,6 +37,22 @@ pkvm_probe_st:
     str     x6, [x0]
     b       pkvm_probe_done
 
+/* 32-bit variants (device registers): x0 = address -> w0; x0 = address, w6 = value */
+    .global pkvm_probe_read32
+    .global pkvm_probe_ld32
+    .global pkvm_probe_write32
+    .global pkvm_probe_st32
+pkvm_probe_read32:
+    mov     x1, #0
+pkvm_probe_ld32:
+    ldr     w0, [x0]
+    b       pkvm_probe_done
+pkvm_probe_write32:
+    mov     x1, #0
+pkvm_probe_st32:
+    str     w6, [x0]
+    b       pkvm_probe_done
+
 /* -> x1 as above; uses x6, x7 */
     .global pkvm_probe_exec
 pkvm_probe_exec:
@@ -157,6 +173,71 @@ pub unsafe fn probe_read(addr: u64) -> Result<u64, Abort> {
     }
     if aborted == 0 {
         Ok(value)
+    } else {
+        Err(Abort {
+            esr,
+            far,
+            spsr,
+            elr,
+        })
+    }
+}
+
+/// Reads the `u32` at `addr` (a 32-bit device register), reporting an abort instead of dying.
+///
+/// # Safety
+/// As [`probe_read`], for a 4-byte-aligned `addr`.
+pub unsafe fn probe_read32(addr: u64) -> Result<u32, Abort> {
+    let (value, aborted, esr, far, spsr, elr): (u64, u64, u64, u64, u64, u64);
+    // SAFETY: as in `probe_read`, for one 32-bit load.
+    unsafe {
+        asm!(
+            "bl pkvm_probe_read32",
+            inout("x0") addr => value,
+            out("x1") aborted,
+            out("x2") esr,
+            out("x3") far,
+            out("x4") spsr,
+            out("x5") elr,
+            out("x30") _,
+            options(nostack)
+        );
+    }
+    if aborted == 0 {
+        Ok(value as u32)
+    } else {
+        Err(Abort {
+            esr,
+            far,
+            spsr,
+            elr,
+        })
+    }
+}
+
+/// Writes the `u32` at `addr` (a 32-bit device register), reporting an abort instead of dying.
+///
+/// # Safety
+/// As [`probe_write`], for a 4-byte-aligned `addr`.
+pub unsafe fn probe_write32(addr: u64, value: u32) -> Result<(), Abort> {
+    let (aborted, esr, far, spsr, elr): (u64, u64, u64, u64, u64);
+    // SAFETY: as in `probe_write`, for one 32-bit store of `value` (w6, not written).
+    unsafe {
+        asm!(
+            "bl pkvm_probe_write32",
+            inout("x0") addr => _,
+            out("x1") aborted,
+            out("x2") esr,
+            out("x3") far,
+            out("x4") spsr,
+            out("x5") elr,
+            in("x6") u64::from(value),
+            out("x30") _,
+            options(nostack)
+        );
+    }
+    if aborted == 0 {
+        Ok(())
     } else {
         Err(Abort {
             esr,

@@ -36,6 +36,8 @@ mod fault;
 #[cfg(target_os = "none")]
 mod guests;
 #[cfg(target_os = "none")]
+mod hostile;
+#[cfg(target_os = "none")]
 mod hvc;
 #[cfg(target_os = "none")]
 mod mmu;
@@ -45,6 +47,8 @@ mod pkvm;
 mod pmu;
 #[cfg(target_os = "none")]
 mod psci;
+#[cfg(target_os = "none")]
+mod sandbox;
 #[cfg(target_os = "none")]
 mod scenarios;
 #[cfg(target_os = "none")]

@@ -6,7 +6,10 @@
 //! | `[0, lowest RAM)` and the console UART | Device-nGnRE, never executable |
 //! | RAM from the device tree | Normal write-back, read-write, never executable |
 //! | host `.text` | Normal, read-only, executable |
+//! | host `.el0_text` | Normal, read-only, executable at EL0 only (the hostile scenario's EL0 code) |
 //! | host `.rodata` | Normal, read-only |
+//! | host `.sandbox` | Normal, read-write **and** executable at EL1 (generated code) |
+//! | the last page of RAM (EL2's) | Normal, read-write **at EL0** too (an EL0 access EL2 must refuse) |
 //! | the guard pages below both stacks | unmapped |
 //!
 //! All RAM is mapped, EL2's memory included: whether the host may touch it is the host
@@ -55,6 +58,15 @@ const TEXT: El1Attributes = NORMAL
 const RODATA: El1Attributes = RAM_RW.union(El1Attributes::READ_ONLY);
 /// No `VALID`: unmapped.
 const GUARD: El1Attributes = El1Attributes::empty();
+/// EL0 code: read-only for both, executable at EL0 only.
+const EL0_TEXT: El1Attributes = NORMAL
+    .union(El1Attributes::USER)
+    .union(El1Attributes::READ_ONLY)
+    .union(El1Attributes::PXN);
+/// Generated code: read-write and executable at EL1.
+const SANDBOX: El1Attributes = NORMAL.union(El1Attributes::UXN);
+/// Data EL0 may read and write (never execute).
+const EL0_DATA: El1Attributes = RAM_RW.union(El1Attributes::USER);
 
 #[repr(C, align(4096))]
 struct Pool(UnsafeCell<[[u64; 512]; POOL_PAGES]>);
@@ -94,6 +106,10 @@ impl Translation<El1Attributes> for PoolTranslation {
 unsafe extern "C" {
     static __image_start: u8;
     static __text_end: u8;
+    static __el0_text_start: u8;
+    static __el0_text_end: u8;
+    static __sandbox_start: u8;
+    static __sandbox_end: u8;
     static __rodata_end: u8;
     static __stack_guard: u8;
     static __exc_stack_guard: u8;
@@ -113,6 +129,10 @@ pub struct ImageLayout {
     pub text: Range,
     /// `.rodata`.
     pub rodata: Range,
+    /// `.el0_text`: code the hostile scenario runs at EL0.
+    pub el0_text: Range,
+    /// `.sandbox`: memory the hostile scenario writes instructions into and runs.
+    pub sandbox: Range,
     /// The guard page below the main stack.
     pub stack_guard: Range,
     /// The guard page below the exception stack.
@@ -134,6 +154,14 @@ impl ImageLayout {
             image: Range::new(start, end),
             text: Range::new(start, text_end),
             rodata: Range::new(text_end, rodata_end),
+            el0_text: Range::new(
+                sym(&raw const __el0_text_start),
+                sym(&raw const __el0_text_end),
+            ),
+            sandbox: Range::new(
+                sym(&raw const __sandbox_start),
+                sym(&raw const __sandbox_end),
+            ),
             stack_guard: Range::sized(guard, 4096),
             exc_stack_guard: Range::sized(exc_guard, 4096),
         }
@@ -196,6 +224,13 @@ pub fn enable(ram: &RangeSet, uart: u64) -> Stage1 {
     }
     put(img.text, TEXT);
     put(img.rodata, RODATA);
+    if !img.el0_text.is_empty() {
+        put(img.el0_text, EL0_TEXT);
+    }
+    put(img.sandbox, SANDBOX);
+    if let Some(last) = ram.ranges().last().filter(|r| r.end - r.start >= 4096) {
+        put(Range::sized(last.end - 4096, 4096), EL0_DATA);
+    }
     put(img.stack_guard, GUARD);
     put(img.exc_stack_guard, GUARD);
 

@@ -49,6 +49,14 @@ pub const SCENARIOS: &[Scenario] = &[
         run: crate::guests::scenario,
     },
     Scenario {
+        name: "hostile",
+        about: "a host that attacks EL2: every MRS encoding, every trapping instruction class, \
+                100,000 random trap-prone instructions, EL0 (AArch64 and AArch32) accesses, the \
+                ITS, fw_cfg and LPI tables, guests reaching for host state; EL2 must survive, \
+                refuse, and leak nothing",
+        run: crate::hostile::run,
+    },
+    Scenario {
         name: "overflow",
         about: "overflows the host stack on purpose: the guard page must turn it into a \
                 reported failure (exception stack), never a hang or silent corruption",

@@ -162,16 +162,27 @@ fn gicr_policy(offset: u64, acc: &MmioAccess) -> Action {
     }
 }
 
-/// Size in bytes of the LPI table a `GICR_PROPBASER`/`GICR_PENDBASER` value describes, given
-/// the `IDbits` in force (`propbaser`'s).
-fn lpi_table_bytes(reg: u64, propbaser: u64) -> u64 {
-    let ids = 1u64 << (((propbaser & gicr::PROPBASER_IDBITS) + 1).min(32));
+/// Most LPI ID bits EL2 accepts in `GICR_PROPBASER.IDbits + 1`: what a 64 KiB pending table
+/// covers (QEMU's GIC and Linux use 16).
+pub const MAX_LPI_ID_BITS: u64 = 19;
+/// Size of the pending table EL2 validates a `GICR_PENDBASER` for: 64 KiB, one bit per ID of
+/// [`MAX_LPI_ID_BITS`].
+pub const PENDING_TABLE_BYTES: u64 = (1 << MAX_LPI_ID_BITS) / 8;
+
+/// The LPI table a `GICR_PROPBASER`/`GICR_PENDBASER` value describes, `(base, size)`, or
+/// `None` for a configuration EL2 refuses (more LPI ID bits than [`MAX_LPI_ID_BITS`]). A
+/// configuration table with fewer than 14 ID bits has no LPI, hence no table (size 0).
+fn lpi_table(reg: u64, value: u64) -> Option<(u64, u64)> {
     if reg == gicr::PROPBASER {
+        let bits = (value & gicr::PROPBASER_IDBITS) + 1;
+        if bits > MAX_LPI_ID_BITS {
+            return None;
+        }
         // One configuration byte per LPI (IDs 8192 and up).
-        ids.saturating_sub(gicr::FIRST_LPI)
+        let size = (1u64 << bits).saturating_sub(gicr::FIRST_LPI);
+        Some((value & gicr::PROPBASER_PA, if bits < 14 { 0 } else { size }))
     } else {
-        // One pending bit per interrupt ID, at least the 64 KiB the alignment implies.
-        (ids / 8).max(0x1_0000)
+        Some((value & gicr::PENDBASER_PA, PENDING_TABLE_BYTES))
     }
 }
 
@@ -187,12 +198,16 @@ impl<P: Platform> Hyp<'_, P> {
     }
 
     /// Whether every page of `[start, start + len)` is RAM the host owns (OWNED or
-    /// SHARED_OWNED: not donated, not EL2's, not a hole). Host lock held by the caller.
+    /// SHARED_OWNED: not donated, not EL2's, not a hole); an empty range is (no table).
+    /// Host lock held by the caller.
     fn is_host_ram(&self, start: u64, len: u64) -> bool {
+        if len == 0 {
+            return true;
+        }
         let Some(end) = start.checked_add(len) else {
             return false;
         };
-        if len == 0 || !self.map.range_is_memory(start, end) {
+        if !self.map.range_is_memory(start, end) {
             return false;
         }
         let first = start & !(PAGE_SIZE - 1);
@@ -227,20 +242,9 @@ impl<P: Platform> Hyp<'_, P> {
             }
             Action::TableBase => {
                 let _host = self.host.lock();
-                let propbaser = if offset == gicr::PROPBASER {
-                    acc.value
-                } else {
-                    self.plat.mmio_read(frame + gicr::PROPBASER, 8)
-                };
-                let (pa_mask, len) = (
-                    if offset == gicr::PROPBASER {
-                        gicr::PROPBASER_PA
-                    } else {
-                        gicr::PENDBASER_PA
-                    },
-                    lpi_table_bytes(offset, propbaser),
-                );
-                if self.is_host_ram(acc.value & pa_mask, len) {
+                let valid = lpi_table(offset, acc.value)
+                    .is_some_and(|(base, len)| self.is_host_ram(base, len));
+                if valid {
                     self.plat.mmio_write(ipa, 8, acc.value);
                 } else {
                     self.counters
@@ -302,11 +306,20 @@ mod tests {
 
     #[test]
     fn table_sizes() {
-        // IDbits = 15: 64 Ki IDs, 56 Ki LPI config bytes, 8 KiB pending (rounded to 64 KiB).
-        assert_eq!(lpi_table_bytes(gicr::PROPBASER, 15), 65536 - 8192);
-        assert_eq!(lpi_table_bytes(gicr::PENDBASER, 15), 0x1_0000);
-        // IDbits = 31: 4 Gi IDs: the table is huge, and the check covers all of it.
-        assert_eq!(lpi_table_bytes(gicr::PROPBASER, 31), (1 << 32) - 8192);
-        assert_eq!(lpi_table_bytes(gicr::PENDBASER, 31), 1 << 29);
+        // IDbits = 15: 64 Ki IDs, 56 Ki LPI config bytes; the pending table is 64 KiB.
+        assert_eq!(
+            lpi_table(gicr::PROPBASER, 0x4000_0000 | 15),
+            Some((0x4000_0000, 65536 - 8192))
+        );
+        assert_eq!(
+            lpi_table(gicr::PENDBASER, 0x4001_0000 | 0x7),
+            Some((0x4001_0000, 0x1_0000))
+        );
+        // More ID bits than a 64 KiB pending table covers: refused.
+        assert_eq!(lpi_table(gicr::PROPBASER, 19), None);
+        assert_eq!(lpi_table(gicr::PROPBASER, 31), None);
+        assert_eq!(lpi_table(gicr::PROPBASER, 18), Some((0, (1 << 19) - 8192)));
+        // Fewer than 14 ID bits: no LPI, no table.
+        assert_eq!(lpi_table(gicr::PROPBASER, 12), Some((0, 0)));
     }
 }

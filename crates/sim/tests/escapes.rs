@@ -363,6 +363,9 @@ fn escape3_lpis_stay_off_and_lpi_tables_stay_in_host_ram() {
                 .all(|&(pa, _, _)| { pa != rd + gicr::PROPBASER && pa != rd + gicr::PENDBASER })
         );
         assert_eq!(m.hyp.stat(Stat::RefusedDeviceWrites), refused0 + 8);
+        // More LPI ID bits than a 64 KiB pending table covers: refused, even in host RAM.
+        access(gicr::PROPBASER, true, 8, host_table | 31);
+        assert_eq!(m.hyp.stat(Stat::RefusedDeviceWrites), refused0 + 9);
         // Tables in the host's own RAM are accepted (LPIs stay off regardless).
         access(gicr::PROPBASER, true, 8, host_table | 15);
         access(gicr::PENDBASER, true, 8, host_table + 0x1_0000);
