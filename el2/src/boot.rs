@@ -4,8 +4,8 @@
 //!   image at RAM base + `text_offset` and enters it with `x0` = DTB). It checks that it runs at
 //!   EL2 at its link address, puts `SCTLR_EL2` in a known MMU-off state, zeroes `.bss`, takes
 //!   CPU 0's stack and installs `VBAR_EL2`, then calls [`crate::el2_main`].
-//! * `el2_vectors` is the full 16-entry table. The lower-EL synchronous entries (AArch64, and
-//!   AArch32 for the host's 32-bit EL0) are the host's trap path: it saves the caller-saved
+//! * `el2_vectors` is the full 16-entry table. The lower-EL synchronous entry is the host's
+//!   trap path (for its AArch32 EL0 too: the group is chosen by EL1's state, AArch64): it saves the caller-saved
 //!   registers into a [`HostContext`] frame (layout in [`crate::context`]), calls
 //!   [`crate::trap::handle_host_trap`] and `eret`s — 26 instructions around the handler. When
 //!   the handler asks for it (an emulated device access, whose transfer register may be any of
@@ -171,8 +171,9 @@ el2_host_sync_return:
     unexpected_vector 9
     unexpected_vector 10
     unexpected_vector 11
-    /* Lower EL, AArch32: the host's EL0 in AArch32 state traps here (stage-2 aborts, trapped
-       instructions): the same path as AArch64; the frame holds r0-r14 as x0-x14. */
+    /* Lower EL, AArch32: the vector group is picked by the state of the EL below EL2, and
+       HCR_EL2.RW = 1 keeps EL1 in AArch64, so nothing arrives here (the host's AArch32 EL0
+       traps through the AArch64 entry above). Should it ever, it takes the same path. */
     .balign 128
     b       .Lhost_sync
     unexpected_vector 13

@@ -17,6 +17,37 @@
 //! 6. powers off with PSCI SYSTEM_OFF over `HVC` — or SYSTEM_RESET if a check failed, which
 //!    the host treats as a failure.
 //!
+//! # Hostile mode
+//!
+//! Flags bits 15:8 select a hostile test (0: none, the behaviour above). A hostile guest
+//! points its `VBAR_EL1` at a vector table of its own (any exception it takes itself ends in
+//! PSCI SYSTEM_RESET with `x1` = its `ESR_EL1`), makes one FP access (`fmov d0, xzr`, so EL2's
+//! lazy FP switch has run and cleared `CPTR_EL2.TFP`), then performs **one** hostile action,
+//! with `x1` as its argument where it writes a register. If EL2 traps it, the run ends there
+//! with a FAULT exit (the host checks the EC). If it executes, the guest makes one ping and
+//! powers off with SYSTEM_OFF (or SYSTEM_RESET with `x1` = 0 if a check of its own failed), so
+//! the host can tell "trapped" from "executed". For SVE and SME it first enables them in its own
+//! `CPACR_EL1` (ZEN / SMEN = 0b11), as a malicious guest would, so that only EL2 can stop it.
+//!
+//! | test | action | expected exit |
+//! |---|---|---|
+//! | 1 | `CPACR_EL1.ZEN = 0b11`, `rdvl x0, #1` | FAULT, EC 0x19 (SVE) |
+//! | 2 | `CPACR_EL1.ZEN = 0b11`, `pfalse p7.b` (would clobber the host's `p7`) | FAULT, EC 0x19 |
+//! | 3 | `CPACR_EL1.SMEN = 0b11`, `smstart` (`smstop` right after, if it ran) | FAULT, EC 0x1D (SME) |
+//! | 4 | `msr mdscr_el1` with KDE, MDE and SS | FAULT, EC 0x18 |
+//! | 5 | `msr dbgbvr0_el1, x1` | FAULT, EC 0x18 |
+//! | 6 | `msr dbgbcr0_el1, x1` | FAULT, EC 0x18 |
+//! | 7 | `msr oslar_el1, x1` | FAULT, EC 0x18 |
+//! | 8 | `mrs x0, pmcr_el0` | FAULT, EC 0x18 |
+//! | 9 | `mrs x0, pmccntr_el0` | FAULT, EC 0x18 |
+//! | 10 | `msr pmcr_el0, x1` | FAULT, EC 0x18 |
+//! | 11 | `mrs x0, actlr_el1` | FAULT, EC 0x18 |
+//! | 12 | `msr SCXTNUM_EL1, x1` | FAULT, EC 0x18 (with FEAT_CSV2_2) |
+//! | 13 | `dc isw, xzr` (set/way maintenance) | FAULT, EC 0x18 |
+//! | 14 | `mrs x0, LORID_EL1` | FAULT, EC 0x18 (with FEAT_LOR) |
+//! | 15 | `CSSELR_EL1 = 2`, ping, read it back: must still be 2 | SYSTEM_OFF |
+//! | 16 | `TPIDR2_EL0 = x1`, ping, read it back: must still be `x1` (SME only) | SYSTEM_OFF |
+//!
 //! On any other target it is an empty `main`, so that `cargo test --workspace` builds it.
 #![cfg_attr(target_os = "none", no_std, no_main)]
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
@@ -54,7 +85,24 @@ mod guest {
         mov     x2, x21
         bl      guest_main
     2:  b       2b
-    "#
+
+        /* Hostile mode's EL1 vectors: any exception the guest takes itself is reported as
+           PSCI SYSTEM_RESET with x1 = ESR_EL1. */
+        .section .text.vectors, "ax"
+        .balign 2048
+        .global guest_vectors
+    guest_vectors:
+        .rept 16
+        .balign 128
+        mrs     x1, esr_el1
+        movz    x0, #{reset_lo}
+        movk    x0, #{reset_hi}, lsl #16
+    3:  hvc     #0
+        b       3b
+        .endr
+    "#,
+        reset_lo = const psci::SYSTEM_RESET & 0xffff,
+        reset_hi = const psci::SYSTEM_RESET >> 16,
     );
 
     fn hvc(x0: u64, x1: u64) -> u64 {
@@ -146,8 +194,210 @@ mod guest {
         })
     }
 
+    /// Hostile tests (flags bits 15:8; see the module documentation).
+    mod test {
+        pub const SVE_RDVL: u64 = 1;
+        pub const SVE_PFALSE: u64 = 2;
+        pub const SME_SMSTART: u64 = 3;
+        pub const MDSCR_WRITE: u64 = 4;
+        pub const DBGBVR0_WRITE: u64 = 5;
+        pub const DBGBCR0_WRITE: u64 = 6;
+        pub const OSLAR_WRITE: u64 = 7;
+        pub const PMCR_READ: u64 = 8;
+        pub const PMCCNTR_READ: u64 = 9;
+        pub const PMCR_WRITE: u64 = 10;
+        pub const ACTLR_READ: u64 = 11;
+        pub const SCXTNUM_WRITE: u64 = 12;
+        pub const DC_ISW: u64 = 13;
+        pub const LORID_READ: u64 = 14;
+        pub const CSSELR_SWITCH: u64 = 15;
+        pub const TPIDR2_SWITCH: u64 = 16;
+    }
+
+    /// `MDSCR_EL1`: KDE (bit 13), MDE (bit 15), SS (bit 0).
+    const MDSCR_KDE_MDE_SS: u64 = (1 << 13) | (1 << 15) | 1;
+    /// The cache level a hostile guest selects in `CSSELR_EL1` (level 2, data/unified).
+    const GUEST_CSSELR: u64 = 2;
+
+    /// Hostile mode: one FP access, one hostile action with argument `arg`, then (if that was
+    /// not trapped) a ping and a power-off. See the module documentation.
+    fn hostile(t: u64, arg: u64) -> ! {
+        // SAFETY: points the guest's own EL1 vectors at `guest_vectors` (in the image, 2 KiB
+        // aligned); it affects nothing but where this guest's own exceptions go.
+        unsafe {
+            asm!(
+                "adrp {v}, guest_vectors",
+                "add {v}, {v}, :lo12:guest_vectors",
+                "msr vbar_el1, {v}",
+                "isb",
+                v = out(reg) _,
+                options(nomem, nostack)
+            )
+        };
+        // SAFETY: an FP register write (declared clobbered): EL2's lazy FP switch traps it
+        // and resumes the guest with its own FP state loaded.
+        unsafe { asm!("fmov d0, xzr", out("v0") _, options(nomem, nostack)) };
+        let ok = match t {
+            test::SVE_RDVL | test::SVE_PFALSE => {
+                // SAFETY: the guest enables SVE for its own EL1 and runs one SVE instruction:
+                // EL2 must trap it (the run then ends here for good); if it executes, it
+                // changes x0 or p7 (declared clobbered / not used by compiled code) only.
+                unsafe {
+                    asm!(
+                        "mrs {t}, cpacr_el1",
+                        "orr {t}, {t}, #(3 << 16)",
+                        "msr cpacr_el1, {t}",
+                        "isb",
+                        "cbnz {pf}, 1f",
+                        ".inst 0x04bf5020", /* rdvl x0, #1 */
+                        "b 2f",
+                        "1: .inst 0x2518e407", /* pfalse p7.b */
+                        "2:",
+                        t = out(reg) _,
+                        pf = in(reg) u64::from(t == test::SVE_PFALSE),
+                        out("x0") _,
+                        options(nomem, nostack)
+                    )
+                };
+                true
+            }
+            test::SME_SMSTART => {
+                // SAFETY: the guest enables SME for its own EL1 and enters streaming mode with
+                // ZA on: EL2 must trap it; if it executes, `smstop` leaves both again at once
+                // (no FP register is live across the block).
+                unsafe {
+                    asm!(
+                        "mrs {t}, cpacr_el1",
+                        "orr {t}, {t}, #(3 << 24)",
+                        "msr cpacr_el1, {t}",
+                        "isb",
+                        ".inst 0xd503477f", /* smstart */
+                        ".inst 0xd503467f", /* smstop */
+                        t = out(reg) _,
+                        options(nomem, nostack)
+                    )
+                };
+                true
+            }
+            test::MDSCR_WRITE => {
+                // SAFETY: a debug control register write: EL2 must trap it. If it executes,
+                // debug exceptions stay masked (PSTATE.D is set) and nothing steps.
+                unsafe {
+                    asm!("msr mdscr_el1, {v}", "isb", v = in(reg) MDSCR_KDE_MDE_SS,
+                         options(nomem, nostack))
+                };
+                true
+            }
+            test::DBGBVR0_WRITE => {
+                // SAFETY: a breakpoint register write: EL2 must trap it; no memory effect.
+                unsafe {
+                    asm!("msr dbgbvr0_el1, {v}", "isb", v = in(reg) arg, options(nomem, nostack))
+                };
+                true
+            }
+            test::DBGBCR0_WRITE => {
+                // SAFETY: as above.
+                unsafe {
+                    asm!("msr dbgbcr0_el1, {v}", "isb", v = in(reg) arg, options(nomem, nostack))
+                };
+                true
+            }
+            test::OSLAR_WRITE => {
+                // SAFETY: the OS lock: EL2 must trap it; no memory effect.
+                unsafe {
+                    asm!("msr oslar_el1, {v}", "isb", v = in(reg) arg, options(nomem, nostack))
+                };
+                true
+            }
+            test::PMCR_READ => {
+                // SAFETY: a PMU register read: EL2 must trap it; no side effect.
+                unsafe { asm!("mrs {v}, pmcr_el0", v = out(reg) _, options(nomem, nostack)) };
+                true
+            }
+            test::PMCCNTR_READ => {
+                // SAFETY: as above.
+                unsafe { asm!("mrs {v}, pmccntr_el0", v = out(reg) _, options(nomem, nostack)) };
+                true
+            }
+            test::PMCR_WRITE => {
+                // SAFETY: a PMU control write: EL2 must trap it; no memory effect.
+                unsafe {
+                    asm!("msr pmcr_el0, {v}", "isb", v = in(reg) arg, options(nomem, nostack))
+                };
+                true
+            }
+            test::ACTLR_READ => {
+                // SAFETY: an implementation-defined control register read: EL2 must trap it.
+                unsafe { asm!("mrs {v}, actlr_el1", v = out(reg) _, options(nomem, nostack)) };
+                true
+            }
+            test::SCXTNUM_WRITE => {
+                // SAFETY: SCXTNUM_EL1 (a speculation context number): EL2 must trap it.
+                unsafe {
+                    asm!("msr S3_0_C13_C0_7, {v}", "isb", v = in(reg) arg, options(nomem, nostack))
+                };
+                true
+            }
+            test::DC_ISW => {
+                // SAFETY: set/way invalidation of the data cache: EL2 must trap it (executed,
+                // it could discard dirty lines of the host's memory, as a hostile guest wants).
+                unsafe { asm!("dc isw, xzr", options(nostack)) };
+                true
+            }
+            test::LORID_READ => {
+                // SAFETY: LORID_EL1 read: EL2 must trap it; no side effect.
+                unsafe { asm!("mrs {v}, S3_0_C10_C4_7", v = out(reg) _, options(nomem, nostack)) };
+                true
+            }
+            test::CSSELR_SWITCH => {
+                // SAFETY: CSSELR_EL1 only selects what this guest's CCSIDR_EL1 reads describe.
+                unsafe {
+                    asm!("msr csselr_el1, {v}", "isb", v = in(reg) GUEST_CSSELR, options(nomem, nostack))
+                };
+                let pinged = hvc(GUEST_HVC_PING, t) == t + 1;
+                let back: u64;
+                // SAFETY: reading CSSELR_EL1 has no side effect.
+                unsafe { asm!("mrs {v}, csselr_el1", v = out(reg) back, options(nomem, nostack)) };
+                pinged && back == GUEST_CSSELR
+            }
+            test::TPIDR2_SWITCH => {
+                // SAFETY: TPIDR2_EL0 is a software thread register (the CPU has SME: the host
+                // only asks for this test then).
+                unsafe {
+                    asm!("msr S3_3_C13_C0_5, {v}", "isb", v = in(reg) arg, options(nomem, nostack))
+                };
+                let pinged = hvc(GUEST_HVC_PING, t) == t + 1;
+                let back: u64;
+                // SAFETY: reading TPIDR2_EL0 has no side effect.
+                unsafe {
+                    asm!("mrs {v}, S3_3_C13_C0_5", v = out(reg) back, options(nomem, nostack))
+                };
+                pinged && back == arg
+            }
+            _ => false,
+        };
+        // Not trapped: say so with a ping, then power off.
+        let ok = hvc(GUEST_HVC_PING, t) == t + 1 && ok;
+        power_off(ok)
+    }
+
+    fn power_off(ok: bool) -> ! {
+        let f = if ok {
+            psci::SYSTEM_OFF
+        } else {
+            psci::SYSTEM_RESET
+        };
+        loop {
+            hvc(u64::from(f), 0);
+        }
+    }
+
     #[unsafe(no_mangle)]
     extern "C" fn guest_main(id: u64, loops: u64, flags: u64) -> ! {
+        let hostile_test = (flags >> 8) & 0xff;
+        if hostile_test != 0 {
+            hostile(hostile_test, loops);
+        }
         let mut ok = true;
         if flags & 1 == 0 {
             puts("guest ");
@@ -173,14 +423,7 @@ mod guest {
         if !ok && flags & 1 == 0 {
             puts("guest: a check FAILED\n");
         }
-        let f = if ok {
-            psci::SYSTEM_OFF
-        } else {
-            psci::SYSTEM_RESET
-        };
-        loop {
-            hvc(u64::from(f), 0);
-        }
+        power_off(ok)
     }
 
     #[panic_handler]

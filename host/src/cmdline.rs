@@ -13,6 +13,9 @@ pub struct BootArgs<'a> {
     pub hang: bool,
     /// `pkvm.guests=N`: guest lifecycles the `guests` scenario runs.
     pub guests: Option<u64>,
+    /// `pkvm.parts=a,b,...`: which parts of a scenario to run (the `hostile` scenario's:
+    /// `sysregs`, `classes`, `random`, `el0`, `devices`, `guests`); all when absent.
+    pub parts: Option<&'a str>,
     line: &'a str,
 }
 
@@ -27,6 +30,7 @@ impl<'a> BootArgs<'a> {
 
 enum Word<'a> {
     Scenario(&'a str),
+    Parts(&'a str),
     Hang(bool),
     Guests(u64),
 }
@@ -34,6 +38,9 @@ enum Word<'a> {
 fn parse_word(w: &str) -> Option<Word<'_>> {
     if let Some(name) = w.strip_prefix("pkvm.scenario=") {
         return (!name.is_empty()).then_some(Word::Scenario(name));
+    }
+    if let Some(p) = w.strip_prefix("pkvm.parts=") {
+        return (!p.is_empty()).then_some(Word::Parts(p));
     }
     if let Some(n) = w.strip_prefix("pkvm.guests=") {
         return n.parse().ok().map(Word::Guests);
@@ -56,6 +63,7 @@ pub fn parse(line: &str) -> BootArgs<'_> {
             Some(Word::Scenario(s)) => args.scenario = Some(s),
             Some(Word::Hang(h)) => args.hang = h,
             Some(Word::Guests(n)) => args.guests = Some(n),
+            Some(Word::Parts(p)) => args.parts = Some(p),
             None => {}
         }
     }
@@ -78,6 +86,8 @@ mod tests {
         let a = parse("console=ttyAMA0  pkvm.scenario=bench pkvm.hang pkvm.guests=20\n");
         assert_eq!((a.scenario, a.hang), (Some("bench"), true));
         assert_eq!(a.guests, Some(20));
+        assert_eq!(parse("pkvm.parts=el0,devices").parts, Some("el0,devices"));
+        assert_eq!(parse("pkvm.parts=").parts, None);
         let a = parse("pkvm.scenario=a pkvm.scenario=b pkvm.hang pkvm.hang=0");
         assert_eq!((a.scenario, a.hang), (Some("b"), false));
     }

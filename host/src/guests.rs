@@ -148,6 +148,47 @@ pub mod flags {
     pub const QUIET: u64 = 1;
     /// Pings keep a pattern in `d16` across the exit even when quiet.
     pub const FP_PINGS: u64 = 2;
+    /// Hostile mode: the guest performs hostile test `test` (one of [`super::hostile`]).
+    pub const fn hostile(test: u64) -> u64 {
+        (test & 0xff) << 8
+    }
+}
+
+/// The test guest's hostile tests (its `x2` bits 15:8, see [`flags::hostile`]); the table in
+/// `guest/src/main.rs` says what each does. `x1` is the value a writing test writes.
+pub mod hostile {
+    /// `CPACR_EL1.ZEN = 0b11`, `rdvl x0, #1`.
+    pub const SVE_RDVL: u64 = 1;
+    /// `CPACR_EL1.ZEN = 0b11`, `pfalse p7.b`.
+    pub const SVE_PFALSE: u64 = 2;
+    /// `CPACR_EL1.SMEN = 0b11`, `smstart`.
+    pub const SME_SMSTART: u64 = 3;
+    /// `msr mdscr_el1` with KDE, MDE and SS.
+    pub const MDSCR_WRITE: u64 = 4;
+    /// `msr dbgbvr0_el1, x1`.
+    pub const DBGBVR0_WRITE: u64 = 5;
+    /// `msr dbgbcr0_el1, x1`.
+    pub const DBGBCR0_WRITE: u64 = 6;
+    /// `msr oslar_el1, x1`.
+    pub const OSLAR_WRITE: u64 = 7;
+    /// `mrs x0, pmcr_el0`.
+    pub const PMCR_READ: u64 = 8;
+    /// `mrs x0, pmccntr_el0`.
+    pub const PMCCNTR_READ: u64 = 9;
+    /// `msr pmcr_el0, x1`.
+    pub const PMCR_WRITE: u64 = 10;
+    /// `mrs x0, actlr_el1`.
+    pub const ACTLR_READ: u64 = 11;
+    /// `msr SCXTNUM_EL1, x1`.
+    pub const SCXTNUM_WRITE: u64 = 12;
+    /// `dc isw, xzr`.
+    pub const DC_ISW: u64 = 13;
+    /// `mrs x0, LORID_EL1`.
+    pub const LORID_READ: u64 = 14;
+    /// `CSSELR_EL1 = 2`, ping, read back (must be 2), power off.
+    pub const CSSELR_SWITCH: u64 = 15;
+    /// `TPIDR2_EL0 = x1`, ping, read back (must be `x1`), power off.
+    pub const TPIDR2_SWITCH: u64 = 16;
 }
 
 /// Creates a VM in `slot`: shares its descriptor, donates the memcache, adds the vCPU (state
@@ -705,6 +746,576 @@ pub fn scenario(c: &mut Checks, env: &mut Env) {
     c.check(
         "leak report all zero",
         end == start && end.donated == 0 && end.shared == 0 && end.vms == 0,
+        format_args!("before {start:?}, after {end:?}"),
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Hostile guests: regression tests of what EL2 keeps from a guest.
+
+/// Exception classes of the FAULT exits the hostile guests expect.
+const EC_SYSREG: u64 = 0x18;
+const EC_SVE: u64 = 0x19;
+const EC_SME: u64 = 0x1d;
+
+/// What a hostile test needs from the CPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Need {
+    Nothing,
+    Sve,
+    Sme,
+    Pmu,
+    /// FEAT_CSV2_2 (`ID_AA64PFR0_EL1.CSV2 >= 2`): `SCXTNUM_ELx` exist.
+    Csv2_2,
+    /// FEAT_LOR (`ID_AA64MMFR1_EL1.LO != 0`).
+    Lor,
+}
+
+/// One hostile guest: its test, the FAULT EC it must end with (`None`: it must power off
+/// cleanly), what it needs from the CPU, and its check's name.
+struct HostileCase {
+    test: u64,
+    ec: Option<u64>,
+    need: Need,
+    name: &'static str,
+}
+
+const HOSTILE_CASES: &[HostileCase] = &[
+    HostileCase {
+        test: hostile::SVE_RDVL,
+        ec: Some(EC_SVE),
+        need: Need::Sve,
+        name: "hostile guest: SVE (rdvl) after its first FP access traps (EC 0x19)",
+    },
+    HostileCase {
+        test: hostile::SVE_PFALSE,
+        ec: Some(EC_SVE),
+        need: Need::Sve,
+        name: "hostile guest: SVE (pfalse p7.b) after its first FP access traps (EC 0x19)",
+    },
+    HostileCase {
+        test: hostile::SME_SMSTART,
+        ec: Some(EC_SME),
+        need: Need::Sme,
+        name: "hostile guest: SME (smstart) after its first FP access traps (EC 0x1D)",
+    },
+    HostileCase {
+        test: hostile::MDSCR_WRITE,
+        ec: Some(EC_SYSREG),
+        need: Need::Nothing,
+        name: "hostile guest: MDSCR_EL1 write (KDE|MDE|SS) traps (EC 0x18)",
+    },
+    HostileCase {
+        test: hostile::DBGBVR0_WRITE,
+        ec: Some(EC_SYSREG),
+        need: Need::Nothing,
+        name: "hostile guest: DBGBVR0_EL1 write traps (EC 0x18)",
+    },
+    HostileCase {
+        test: hostile::DBGBCR0_WRITE,
+        ec: Some(EC_SYSREG),
+        need: Need::Nothing,
+        name: "hostile guest: DBGBCR0_EL1 write traps (EC 0x18)",
+    },
+    HostileCase {
+        test: hostile::OSLAR_WRITE,
+        ec: Some(EC_SYSREG),
+        need: Need::Nothing,
+        name: "hostile guest: OSLAR_EL1 (OS lock) write traps (EC 0x18)",
+    },
+    HostileCase {
+        test: hostile::PMCR_READ,
+        ec: Some(EC_SYSREG),
+        need: Need::Pmu,
+        name: "hostile guest: PMCR_EL0 read traps (EC 0x18)",
+    },
+    HostileCase {
+        test: hostile::PMCCNTR_READ,
+        ec: Some(EC_SYSREG),
+        need: Need::Pmu,
+        name: "hostile guest: PMCCNTR_EL0 read traps (EC 0x18)",
+    },
+    HostileCase {
+        test: hostile::PMCR_WRITE,
+        ec: Some(EC_SYSREG),
+        need: Need::Pmu,
+        name: "hostile guest: PMCR_EL0 write traps (EC 0x18)",
+    },
+    HostileCase {
+        test: hostile::ACTLR_READ,
+        ec: Some(EC_SYSREG),
+        need: Need::Nothing,
+        name: "hostile guest: ACTLR_EL1 read traps (EC 0x18)",
+    },
+    HostileCase {
+        test: hostile::SCXTNUM_WRITE,
+        ec: Some(EC_SYSREG),
+        need: Need::Csv2_2,
+        name: "hostile guest: SCXTNUM_EL1 write traps (EC 0x18)",
+    },
+    HostileCase {
+        test: hostile::DC_ISW,
+        ec: Some(EC_SYSREG),
+        need: Need::Nothing,
+        name: "hostile guest: DC ISW (set/way maintenance) traps (EC 0x18)",
+    },
+    HostileCase {
+        test: hostile::LORID_READ,
+        ec: Some(EC_SYSREG),
+        need: Need::Lor,
+        name: "hostile guest: LORID_EL1 read traps (EC 0x18)",
+    },
+    HostileCase {
+        test: hostile::CSSELR_SWITCH,
+        ec: None,
+        need: Need::Nothing,
+        name: "hostile guest: its CSSELR_EL1 survives an exit (switched) and it powers off",
+    },
+    HostileCase {
+        test: hostile::TPIDR2_SWITCH,
+        ec: None,
+        need: Need::Sme,
+        name: "hostile guest: its TPIDR2_EL0 survives an exit (switched) and it powers off",
+    },
+];
+
+/// The CPU features the hostile tests depend on, from the ID registers.
+#[derive(Clone, Copy, Debug)]
+struct CpuFeatures {
+    sve: bool,
+    sme: bool,
+    pmu: bool,
+    csv2_2: bool,
+    lor: bool,
+}
+
+impl CpuFeatures {
+    fn read() -> Self {
+        use aarch64_cpu::registers::{
+            ID_AA64MMFR1_EL1, ID_AA64PFR0_EL1, ID_AA64PFR1_EL1, Readable,
+        };
+        let field = |r: u64, shift: u32| (r >> shift) & 0xf;
+        let (pfr0, pfr1, mmfr1) = (
+            ID_AA64PFR0_EL1.get(),
+            ID_AA64PFR1_EL1.get(),
+            ID_AA64MMFR1_EL1.get(),
+        );
+        CpuFeatures {
+            sve: field(pfr0, 32) != 0,
+            sme: field(pfr1, 24) != 0,
+            pmu: crate::pmu::available(),
+            csv2_2: field(pfr0, 56) >= 2,
+            lor: field(mmfr1, 16) != 0,
+        }
+    }
+
+    /// `None` if the CPU has what `need` asks for, else the missing feature's name.
+    fn missing(&self, need: Need) -> Option<&'static str> {
+        match need {
+            Need::Nothing => None,
+            Need::Sve => (!self.sve).then_some("SVE"),
+            Need::Sme => (!self.sme).then_some("SME"),
+            Need::Pmu => (!self.pmu).then_some("PMUv3"),
+            Need::Csv2_2 => (!self.csv2_2).then_some("FEAT_CSV2_2 (SCXTNUM_EL1)"),
+            Need::Lor => (!self.lor).then_some("FEAT_LOR"),
+        }
+    }
+}
+
+/// Accessors of the host's own system registers that the hostile guests go for. The host
+/// owns them (EL2 traps none of them for the host: `MDCR_EL2` TDA/TDOSA/TPM/TPMCR clear, no
+/// TSC-like trap for `CSSELR_EL1`, `TPIDR2_EL0` untrapped with SME).
+macro_rules! host_sysreg {
+    ($(#[$m:meta])* $get:ident, $set:ident, $reg:literal) => {
+        $(#[$m])*
+        fn $get() -> u64 {
+            let v: u64;
+            // SAFETY: the register exists on this CPU (callers check the feature where it is
+            // optional) and is not trapped for the host; reading it has no side effect.
+            unsafe { core::arch::asm!(concat!("mrs {}, ", $reg), out(reg) v, options(nomem, nostack)) };
+            v
+        }
+        $(#[$m])*
+        fn $set(v: u64) {
+            // SAFETY: as above; the host writes only its own earlier value or one that
+            // affects nothing it relies on (a disabled breakpoint, EL0 DCC trap, a cache
+            // selection, a thread register, the PMU's DP bit, the OS lock it does not use).
+            unsafe {
+                core::arch::asm!(concat!("msr ", $reg, ", {}"), "isb", in(reg) v, options(nomem, nostack))
+            };
+        }
+    };
+}
+
+host_sysreg!(mdscr, set_mdscr, "mdscr_el1");
+host_sysreg!(csselr, set_csselr, "csselr_el1");
+host_sysreg!(
+    /// `TPIDR2_EL0`: only with SME.
+    tpidr2,
+    set_tpidr2,
+    "S3_3_C13_C0_5"
+);
+host_sysreg!(dbgbvr0, set_dbgbvr0, "dbgbvr0_el1");
+host_sysreg!(dbgbcr0, set_dbgbcr0, "dbgbcr0_el1");
+host_sysreg!(
+    /// `PMCR_EL0`: only with a PMUv3.
+    pmcr,
+    set_pmcr,
+    "pmcr_el0"
+);
+
+/// `OSLSR_EL1.OSLK`: the OS lock.
+fn os_lock() -> u64 {
+    let v: u64;
+    // SAFETY: OSLSR_EL1 always exists in AArch64 and is not trapped for the host; a read has
+    // no side effect.
+    unsafe { core::arch::asm!("mrs {}, oslsr_el1", out(reg) v, options(nomem, nostack)) };
+    (v >> 1) & 1
+}
+
+/// Sets the OS lock to `lk` (0 or 1).
+fn set_os_lock(lk: u64) {
+    // SAFETY: OSLAR_EL1 always exists and is not trapped for the host; the OS lock only gates
+    // debug exceptions and external debug, neither of which the host uses.
+    unsafe { core::arch::asm!("msr oslar_el1, {}", "isb", in(reg) lk, options(nomem, nostack)) };
+}
+
+/// `MDSCR_EL1.TDCC`: EL0 access to the debug communication channel traps (the host has no
+/// EL0, so it is a harmless non-zero value for the host's `MDSCR_EL1`).
+const MDSCR_TDCC: u64 = 1 << 12;
+/// `PMCR_EL0` bits: P and C (write-only resets), DP (cycle counter disabled where event
+/// counting is prohibited).
+const PMCR_P: u64 = 1 << 1;
+const PMCR_C: u64 = 1 << 2;
+const PMCR_DP: u64 = 1 << 5;
+/// The host's values while the hostile guests run, and the guests' own.
+const HOST_CSSELR: u64 = 0;
+const HOST_TPIDR2: u64 = 0x7e57_0000_7091_d200;
+const GUEST_TPIDR2: u64 = 0x6b6b_1111_2222_3333;
+/// A disabled breakpoint for the host (E = 0), and the guest's armed one: enabled (E), at EL1
+/// and EL0 (PMC = 0b11), all bytes (BAS = 0xf).
+const HOST_DBGBVR0: u64 = 0x1234_5678;
+const HOST_DBGBCR0: u64 = 0;
+const GUEST_DBGBVR0: u64 = 0x7777_0000;
+const GUEST_DBGBCR0: u64 = 0x1e7;
+
+/// The host's registers the hostile guests must not change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct HostRegs {
+    mdscr: u64,
+    csselr: u64,
+    /// With SME.
+    tpidr2: Option<u64>,
+    dbgbvr0: u64,
+    dbgbcr0: u64,
+    os_lock: u64,
+    /// With a PMU.
+    pmcr: Option<u64>,
+}
+
+impl HostRegs {
+    fn read(cpu: &CpuFeatures) -> Self {
+        HostRegs {
+            mdscr: mdscr(),
+            csselr: csselr(),
+            tpidr2: cpu.sme.then(tpidr2),
+            dbgbvr0: dbgbvr0(),
+            dbgbcr0: dbgbcr0(),
+            os_lock: os_lock(),
+            pmcr: cpu.pmu.then(pmcr),
+        }
+    }
+
+    fn write(&self) {
+        set_mdscr(self.mdscr);
+        set_csselr(self.csselr);
+        if let Some(v) = self.tpidr2 {
+            set_tpidr2(v);
+        }
+        set_dbgbvr0(self.dbgbvr0);
+        set_dbgbcr0(self.dbgbcr0);
+        set_os_lock(self.os_lock);
+        if let Some(v) = self.pmcr {
+            set_pmcr(v & !(PMCR_P | PMCR_C));
+        }
+    }
+}
+
+/// Enables SVE for the host's EL1 (`CPACR_EL1.ZEN = 0b11`) and sets every element of its
+/// `p7`; returns the previous `CPACR_EL1`. Only with SVE.
+fn host_p7_set() -> u64 {
+    let old: u64;
+    // SAFETY: the CPU has SVE and EL2 does not trap it for the host; enabling it at EL1 and
+    // writing p7 affect no state the compiled code uses (this target has no SVE: the compiler
+    // never allocates p registers).
+    unsafe {
+        core::arch::asm!(
+            ".arch_extension sve",
+            "mrs {old}, cpacr_el1",
+            "orr {t}, {old}, #(3 << 16)",
+            "msr cpacr_el1, {t}",
+            "isb",
+            "ptrue p7.b",
+            old = out(reg) old,
+            t = out(reg) _,
+            options(nomem, nostack)
+        )
+    };
+    old
+}
+
+/// The number of set byte elements of the host's `p7` and the vector length in bytes, then
+/// `CPACR_EL1` back to `cpacr`. Only after [`host_p7_set`].
+fn host_p7_check(cpacr: u64) -> (u64, u64) {
+    let (n, vl): (u64, u64);
+    // SAFETY: SVE is enabled for EL1 (host_p7_set); counting p7 and reading the vector length
+    // have no side effect; CPACR_EL1 gets the value it had before host_p7_set.
+    unsafe {
+        core::arch::asm!(
+            ".arch_extension sve",
+            "cntp {n}, p7, p7.b",
+            "rdvl {vl}, #1",
+            "msr cpacr_el1, {c}",
+            "isb",
+            n = out(reg) n,
+            vl = out(reg) vl,
+            c = in(reg) cpacr,
+            options(nomem, nostack)
+        )
+    };
+    (n, vl)
+}
+
+/// Guest RAM and memcache of the hostile guests, in the host image ([`hostile_guests`] has no
+/// [`Env`] to allocate from): one slot's worth, reused by each hostile VM in turn.
+#[repr(C, align(4096))]
+struct HostileMem([u8; ((GUEST_RAM_PAGES + VM_MEMCACHE_PAGES) * PAGE_SIZE) as usize]);
+static mut HOSTILE_MEM: HostileMem = HostileMem([0; _]);
+
+/// Runs one fresh VM per hostile test (`guest/src/main.rs`, hostile mode) under the real EL2
+/// and checks that each trapped instruction ends the run with a FAULT exit of the expected
+/// EC, that the switched registers (`CSSELR_EL1`, `TPIDR2_EL0`) keep the guest's and the
+/// host's values apart, that the host's own `MDSCR_EL1`, `CSSELR_EL1`, `TPIDR2_EL0`,
+/// breakpoint 0, OS lock, `PMCR_EL0`, `d16` and (with SVE) `p7` are unchanged, and that every
+/// VM is torn down with EL2's counters back where they started. Tests whose feature the CPU
+/// lacks are skipped with a note.
+pub fn hostile_guests(c: &mut Checks) {
+    if GUEST_IMAGE.is_empty() {
+        c.check(
+            "hostile guests: guest image",
+            false,
+            format_args!("the host was built without PKVM_GUEST_BIN (use cargo xtask)"),
+        );
+        return;
+    }
+    let cpu = CpuFeatures::read();
+    println!("hostile guests: CPU {cpu:?}");
+    let start = leaks();
+    let base = (&raw const HOSTILE_MEM) as u64;
+    let mem = SlotMem {
+        ram_pfn: base >> PAGE_SHIFT,
+        memcache_pfn: (base >> PAGE_SHIFT) + GUEST_RAM_PAGES,
+    };
+
+    // The host's registers: known values where that is harmless, checked after every run.
+    let orig = HostRegs::read(&cpu);
+    let known = HostRegs {
+        mdscr: orig.mdscr | MDSCR_TDCC,
+        csselr: HOST_CSSELR,
+        tpidr2: cpu.sme.then_some(HOST_TPIDR2),
+        dbgbvr0: HOST_DBGBVR0,
+        dbgbcr0: HOST_DBGBCR0,
+        ..orig
+    };
+    known.write();
+    let before = HostRegs::read(&cpu);
+    let fp_lost0 = HOST_FP_LOST.load(Ordering::Relaxed);
+    let (mut ran, mut skipped, mut teardown_failures) = (0u32, 0u32, 0u32);
+    // Exits after which the host's CSSELR_EL1 / TPIDR2_EL0 were not its own.
+    let (mut csselr_bad, mut tpidr2_bad) = (0u32, 0u32);
+    let mut after_bad: Option<(&'static str, HostRegs)> = None;
+    let mut p7 = None;
+
+    for (i, case) in HOSTILE_CASES.iter().enumerate() {
+        if let Some(what) = cpu.missing(case.need) {
+            println!(
+                "hostile guests: skipped ({}): the CPU has no {what}",
+                case.name
+            );
+            skipped += 1;
+            continue;
+        }
+        // What a writing test writes: always a value other than the host's.
+        let arg = match case.test {
+            hostile::DBGBVR0_WRITE => GUEST_DBGBVR0,
+            hostile::DBGBCR0_WRITE => GUEST_DBGBCR0,
+            hostile::OSLAR_WRITE => before.os_lock ^ 1,
+            hostile::PMCR_WRITE => (before.pmcr.unwrap_or(0) ^ PMCR_DP) & !(PMCR_P | PMCR_C),
+            hostile::SCXTNUM_WRITE => 0x5c5c_5c5c,
+            hostile::TPIDR2_SWITCH => GUEST_TPIDR2,
+            _ => 0,
+        };
+        let id = 0x4000 + i as u64;
+        let vm = match create(0, mem, id, arg, flags::hostile(case.test)) {
+            Ok(vm) => vm,
+            Err(e) => {
+                c.check(case.name, false, format_args!("create: {e}"));
+                continue;
+            }
+        };
+        ran += 1;
+        let cpacr = (case.test == hostile::SVE_PFALSE).then(host_p7_set);
+        let r = run(&vm, false, |_, _| {
+            // The host's values must be back at every exit; put them there again anyway, so
+            // that a guest whose own value was not switched reads the host's.
+            if csselr() != HOST_CSSELR {
+                csselr_bad += 1;
+                set_csselr(HOST_CSSELR);
+            }
+            if cpu.sme && tpidr2() != HOST_TPIDR2 {
+                tpidr2_bad += 1;
+                set_tpidr2(HOST_TPIDR2);
+            }
+        });
+        if let Some(cpacr) = cpacr {
+            p7 = Some(host_p7_check(cpacr));
+        }
+        let now = HostRegs::read(&cpu);
+        if now != before && after_bad.is_none() {
+            after_bad = Some((case.name, now));
+        }
+        // SAFETY: the run is over (no run hypercall in progress): the host alone reads the
+        // vCPU structure.
+        let guest_x1 = unsafe { (*vcpu_ptr(vm.slot)).regs[1] };
+        let name = case.name;
+        match (case.ec, r) {
+            (Some(want), RunEnd::Fault(esr)) => c.check(
+                name,
+                esr >> 26 == want,
+                format_args!(
+                    "FAULT exit, EC {:#x} (ESR {esr:#x}), want EC {want:#x}",
+                    esr >> 26
+                ),
+            ),
+            (Some(_), RunEnd::PowerOff) => c.check(
+                name,
+                false,
+                format_args!("NOT trapped: the guest executed it, pinged and powered off"),
+            ),
+            (None, RunEnd::PowerOff) => c.check(
+                name,
+                true,
+                format_args!("powered off, its own checks passed"),
+            ),
+            (None, RunEnd::Fault(esr)) => {
+                c.check(name, false, format_args!("FAULT exit, ESR {esr:#x}"))
+            }
+            (_, RunEnd::Reset) if guest_x1 == 0 => c.check(
+                name,
+                false,
+                format_args!("SYSTEM_RESET: a check of the guest's own failed"),
+            ),
+            (_, RunEnd::Reset) => c.check(
+                name,
+                false,
+                format_args!(
+                    "the guest took an exception at its own EL1 (ESR_EL1 {guest_x1:#x}), \
+                     reported with SYSTEM_RESET"
+                ),
+            ),
+            (_, RunEnd::Error(e)) => c.check(name, false, format_args!("run: {e}")),
+        };
+        if let Err(e) = destroy(vm) {
+            println!("hostile guests: destroy after test {}: {e}", case.test);
+            teardown_failures += 1;
+        }
+    }
+    println!("hostile guests: {ran} run, {skipped} skipped");
+
+    let after = HostRegs::read(&cpu);
+    orig.write();
+    if let Some((vl, n)) = p7.map(|(n, vl)| (vl, n)) {
+        c.check(
+            "hostile guest: host's SVE p7 survives the guest's pfalse p7.b",
+            n == vl,
+            format_args!("{n} of {vl} byte elements of p7 still set"),
+        );
+    }
+    c.check(
+        "hostile guests: host's MDSCR_EL1 unchanged",
+        after.mdscr == before.mdscr,
+        format_args!("before {:#x}, after {:#x}", before.mdscr, after.mdscr),
+    );
+    c.check(
+        "hostile guests: host's CSSELR_EL1 back at every exit",
+        csselr_bad == 0 && after.csselr == before.csselr,
+        format_args!(
+            "{csselr_bad} exits with another value; before {:#x}, after {:#x}",
+            before.csselr, after.csselr
+        ),
+    );
+    if cpu.sme {
+        c.check(
+            "hostile guests: host's TPIDR2_EL0 back at every exit",
+            tpidr2_bad == 0 && after.tpidr2 == before.tpidr2,
+            format_args!(
+                "{tpidr2_bad} exits with another value; before {:x?}, after {:x?}",
+                before.tpidr2, after.tpidr2
+            ),
+        );
+    }
+    c.check(
+        "hostile guests: host's breakpoint 0 (DBGBVR0_EL1, DBGBCR0_EL1) unchanged",
+        (after.dbgbvr0, after.dbgbcr0) == (before.dbgbvr0, before.dbgbcr0),
+        format_args!(
+            "before {:#x}/{:#x}, after {:#x}/{:#x}",
+            before.dbgbvr0, before.dbgbcr0, after.dbgbvr0, after.dbgbcr0
+        ),
+    );
+    c.check(
+        "hostile guests: host's OS lock (OSLSR_EL1.OSLK) unchanged",
+        after.os_lock == before.os_lock,
+        format_args!("before {}, after {}", before.os_lock, after.os_lock),
+    );
+    if cpu.pmu {
+        c.check(
+            "hostile guests: host's PMCR_EL0 unchanged",
+            after.pmcr == before.pmcr,
+            format_args!("before {:x?}, after {:x?}", before.pmcr, after.pmcr),
+        );
+    }
+    c.check(
+        "hostile guests: host's registers unchanged after every run",
+        after_bad.is_none(),
+        format_args!("first change: {after_bad:x?}; before {before:x?}"),
+    );
+    let lost = HOST_FP_LOST.load(Ordering::Relaxed) - fp_lost0;
+    c.check(
+        "hostile guests: host's d16 survives every run",
+        lost == 0,
+        format_args!("{lost} runs lost the host's d16"),
+    );
+    c.check(
+        "hostile guests: every VM torn down",
+        teardown_failures == 0,
+        format_args!("{ran} VMs, {teardown_failures} teardown/release failures"),
+    );
+    let end = leaks();
+    let d = |a: u64, b: u64| a as i64 - b as i64;
+    println!(
+        "hostile guests: leak: hyp_mapped_host_pages={:+} donated_pages={:+} shared_pages={:+} \
+         guest_shared_pages={} pinned_pages={:+} live_vms={} pool_free_delta={:+}",
+        d(end.hyp_mapped, start.hyp_mapped),
+        d(end.donated, start.donated),
+        d(end.shared, start.shared),
+        end.guest_shared,
+        d(end.pinned, start.pinned),
+        end.vms,
+        d(end.pool_free, start.pool_free),
+    );
+    c.check(
+        "hostile guests: leak report all zero",
+        end == start && end.vms == 0 && end.guest_shared == 0,
         format_args!("before {start:?}, after {end:?}"),
     );
 }

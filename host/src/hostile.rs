@@ -24,6 +24,7 @@ use crate::env::Env;
 use crate::fault::{self, probe_read, probe_read32, probe_write, probe_write32};
 use crate::pkvm;
 use crate::sandbox::{self, el0};
+use core::sync::atomic::{AtomicU8, Ordering};
 use pkvm_abi::{HostHcall, Stat, hvc_fid, psci};
 
 /// Instructions the random run executes.
@@ -195,13 +196,46 @@ fn el2_alive() -> bool {
 }
 
 /// Readable system-register encodings (bit per encoding), from the sweep.
-static mut READABLE: [u8; 4096] = [0; 4096];
-/// Per-encoding results of one sweep chunk (written by the generated code: 1 = faulted).
-static mut FAULTED: [u8; 512] = [0; 512];
+static READABLE: [AtomicU8; 4096] = [const { AtomicU8::new(0) }; 4096];
+/// Whether the sweep ran (and so READABLE is known).
+static SWEPT: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+/// Per-encoding results of one sweep chunk, written by the generated code (`strb`): 1 = the
+/// read faulted. Atomics (same layout as `u8`) so that no `static mut` is needed; the sandbox
+/// call is opaque to the compiler, so the loads after it see what the code stored.
+static FAULTED: [AtomicU8; 512] = [const { AtomicU8::new(0) }; 512];
 
 fn readable(e: u32) -> bool {
-    // SAFETY: one CPU runs the scenario; no reference to READABLE outlives this read.
-    unsafe { (*(&raw const READABLE))[(e >> 3) as usize] & (1 << (e & 7)) != 0 }
+    READABLE[(e >> 3) as usize].load(Ordering::Relaxed) & (1 << (e & 7)) != 0
+}
+
+/// The parts of the scenario, in order; `pkvm.parts=` on the command line picks some.
+const PARTS: [&str; 6] = ["sysregs", "classes", "random", "el0", "devices", "guests"];
+/// Bit `i` set: run `PARTS[i]`.
+static PARTS_SELECTED: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(!0);
+
+/// Selects the parts to run from a comma-separated list (`pkvm.parts=el0,devices`); unknown
+/// names are reported and ignored.
+pub fn set_parts(list: &str) {
+    let mut bits = 0;
+    for w in list.split(',') {
+        match PARTS.iter().position(|p| *p == w) {
+            Some(i) => bits |= 1 << i,
+            None => println!("hostile: unknown part {w:?} (known: {PARTS:?})"),
+        }
+    }
+    PARTS_SELECTED.store(bits, Ordering::Relaxed);
+}
+
+fn part(name: &str) -> bool {
+    let bits = PARTS_SELECTED.load(Ordering::Relaxed);
+    let on = PARTS
+        .iter()
+        .position(|p| *p == name)
+        .is_some_and(|i| bits & (1 << i) != 0);
+    if !on {
+        println!("hostile: part '{name}' not selected (pkvm.parts)");
+    }
+    on
 }
 
 /// Runs the scenario.
@@ -212,12 +246,24 @@ pub fn run(c: &mut Checks, env: &mut Env) {
     println!("hostile: EL2 features {features:x?}");
 
     let mut chunk = Chunk::new(env);
-    sysreg_sweep(c, &mut chunk);
-    trap_classes(c, &mut chunk);
-    random_run(c, &mut chunk);
-    el0_tests(c, env);
-    devices(c, env);
-    // HOSTILE_GUESTS_PENDING crate::guests::hostile_guests(c);
+    if part("sysregs") {
+        sysreg_sweep(c, &mut chunk);
+    }
+    if part("classes") {
+        trap_classes(c, &mut chunk);
+    }
+    if part("random") {
+        random_run(c, &mut chunk);
+    }
+    if part("el0") {
+        el0_tests(c, env);
+    }
+    if part("devices") {
+        devices(c, env);
+    }
+    if part("guests") {
+        crate::guests::hostile_guests(c);
+    }
 
     c.check(
         "EL2 is alive at the end (Version answers)",
@@ -291,7 +337,7 @@ fn sysreg_sweep(c: &mut Checks, chunk: &mut Chunk) {
     let mut trapped = [0u32; 32];
     let mut n_trapped = 0usize;
     let el2_undefs0 = stat(Stat::InjectedUndefs);
-    let faulted = (&raw mut FAULTED) as u64;
+    let faulted = FAULTED.as_ptr() as u64;
     for first in (0..1u32 << 15).step_by(PER_CHUNK as usize) {
         let before = stat(Stat::InjectedUndefs);
         chunk.load(8, faulted);
@@ -306,12 +352,9 @@ fn sysreg_sweep(c: &mut Checks, chunk: &mut Chunk) {
         undefs += u;
         others += o;
         for i in 0..PER_CHUNK {
-            // SAFETY: the generated code wrote FAULTED; one CPU, no reference outlives this.
-            let f = unsafe { (*(&raw const FAULTED))[i as usize] };
-            if f == 0 {
+            if FAULTED[i as usize].load(Ordering::Relaxed) == 0 {
                 let e = first + i;
-                // SAFETY: as above, for READABLE.
-                unsafe { (*(&raw mut READABLE))[(e >> 3) as usize] |= 1 << (e & 7) };
+                READABLE[(e >> 3) as usize].fetch_or(1 << (e & 7), Ordering::Relaxed);
                 n_readable += 1;
             }
         }
@@ -328,6 +371,7 @@ fn sysreg_sweep(c: &mut Checks, chunk: &mut Chunk) {
             }
         }
     }
+    SWEPT.store(true, Ordering::Relaxed);
     let el2_undefs = stat(Stat::InjectedUndefs) - el2_undefs0;
     println!(
         "hostile: sweep: {n_readable} encodings readable, {} faulted on read; {undefs} UNDEFs \
@@ -581,7 +625,9 @@ fn random_run(c: &mut Checks, chunk: &mut Chunk) {
     let mut wo = [0u32; 1024];
     let mut n_wo = 0;
     let icc = |e: u32| e >> 7 == enc(3, 0, 12, 0, 0) >> 7;
-    for e in 0..1u32 << 15 {
+    // Without the sweep nothing is known to be safe to write: no random MSR then.
+    let swept = SWEPT.load(Ordering::Relaxed);
+    for e in (0..1u32 << 15).filter(|_| swept) {
         let sampled = e.wrapping_mul(0x9e37_79b9) >> 27 == 0;
         if !readable(e) && n_wo < wo.len() && (sampled || icc(e)) {
             wo[n_wo] = e;

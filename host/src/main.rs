@@ -97,6 +97,9 @@ extern "C" fn host_main(dtb: usize) -> ! {
     if let Some(n) = args.guests {
         guests::set_cycles(n);
     }
+    if let Some(p) = args.parts {
+        hostile::set_parts(p);
+    }
     let name = args.scenario.unwrap_or(scenarios::DEFAULT);
     let Some(scenario) = scenarios::find(name) else {
         println!("host: unknown scenario '{name}'; known scenarios:");

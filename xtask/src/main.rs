@@ -49,6 +49,8 @@ run/bench options:
   --scenario <NAME>           host scenario, passed as pkvm.scenario=NAME (default selftest)
   --guests <N>                guest lifecycles for the `guests` scenario (pkvm.guests=N; selects
                               that scenario unless --scenario names another; default 1000)
+  --parts <a,b,...>           run only these parts of the scenario (pkvm.parts=; the hostile
+                              scenario: sysregs, classes, random, el0, devices, guests)
   --hang                      tell the host to hang instead of finishing (tests the timeout)
   --debug-el2                 boot the test build of EL2 (pkvm-el2-debug: with the debug
                               hypercalls; every other run boots the production EL2)
@@ -163,6 +165,13 @@ fn parse_run_options(args: &[String], mut o: RunOptions) -> Result<RunOptions, E
                 if o.scenario == "selftest" {
                     o.scenario = "guests".into();
                 }
+            }
+            "--parts" => {
+                let v = value("--parts")?;
+                if v.is_empty() || v.contains(char::is_whitespace) {
+                    return Err(Error::Usage(format!("bad --parts {v:?}")));
+                }
+                o.parts = Some(v);
             }
             "--hang" => o.hang = true,
             "--debug-el2" => o.debug_el2 = true,

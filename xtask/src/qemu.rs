@@ -44,6 +44,8 @@ pub struct RunOptions {
     pub hang: bool,
     /// Guest lifecycles for the `guests` scenario (`pkvm.guests=N`).
     pub guests: Option<u64>,
+    /// Parts of the scenario to run (`pkvm.parts=a,b`; the `hostile` scenario has parts).
+    pub parts: Option<String>,
     /// Leave the host image out (EL2 must refuse to boot).
     pub no_host: bool,
     /// Boot the test build of EL2 (`pkvm-el2-debug`, with the debug hypercalls).
@@ -63,6 +65,7 @@ impl Default for RunOptions {
             scenario: "selftest".into(),
             hang: false,
             guests: None,
+            parts: None,
             no_host: false,
             debug_el2: false,
             extra: Vec::new(),
@@ -159,6 +162,9 @@ pub fn args(images: &Images, opts: &RunOptions) -> Vec<String> {
     }
     if let Some(n) = opts.guests {
         cmdline.push_str(&format!(" pkvm.guests={n}"));
+    }
+    if let Some(p) = &opts.parts {
+        cmdline.push_str(&format!(" pkvm.parts={p}"));
     }
     a.extend(["-append".into(), cmdline]);
     a.extend(opts.extra.iter().cloned());

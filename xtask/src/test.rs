@@ -5,11 +5,13 @@
 //! 3. clippy `-D warnings` for the bare-metal crates on their own targets
 //! 4. `cargo test --workspace` (the simulator's model test runs 10,000 hypercall sequences),
 //!    then `cargo fuzz` on the hypercall fuzz target for 60 s (`PKVM_FUZZ_SECONDS`)
-//! 5. QEMU system tests: the `selftest` scenario (the default) on `max` and on `cortex-a72`
-//!    (2 CPUs, 2 GiB) must pass, the `boot` scenario (ABI smoke test) must pass, the `bench`
-//!    scenario must pass under `-icount` and measure the same figures on two boots, a host
-//!    stack overflow must be reported (guard page), a run with no host image must be refused
-//!    by EL2, and a `--hang --timeout 5` run must fail by timing out.
+//! 5. QEMU system tests: the `selftest` scenario (the default) on the production EL2 and, in
+//!    full, on the debug EL2 (`max`, and `cortex-a72` with 2 CPUs, 2 GiB) must pass, the `boot`
+//!    scenario (ABI smoke test) must pass, the `bench` scenario must pass under `-icount` and
+//!    measure the same figures on two boots, the guest lifecycles, the `hostile` scenario on
+//!    `max` and `cortex-a72`, a host stack overflow must be reported (guard page), a run with
+//!    no host image must be refused by EL2, a `--hang --timeout 5` run must fail by timing
+//!    out, and Debian's Linux must boot as the host (production EL2) and pass its driver.
 //!
 //! Every step runs even if an earlier one failed; the summary lists them all and ends with the
 //! system tests' `N passed, M failed` line. The exit status is non-zero if anything failed.
@@ -141,6 +143,26 @@ fn system_tests() -> Vec<SystemTest> {
                 smp: 2,
                 scenario: "guests".into(),
                 guests: Some(200),
+                ..base.clone()
+            },
+            judge: PASS,
+        },
+        SystemTest {
+            name: "hostile host on the production EL2, -cpu max: every sysreg and trap class, 100,000 random words, EL0, devices, guests",
+            opts: RunOptions {
+                scenario: "hostile".into(),
+                timeout: Duration::from_secs(180),
+                ..base.clone()
+            },
+            judge: PASS,
+        },
+        SystemTest {
+            name: "hostile host on -cpu cortex-a72, 2 CPUs",
+            opts: RunOptions {
+                cpu: "cortex-a72".into(),
+                smp: 2,
+                scenario: "hostile".into(),
+                timeout: Duration::from_secs(180),
                 ..base.clone()
             },
             judge: PASS,
