@@ -448,7 +448,7 @@ mod tests {
             self.tok(FDT_BEGIN_NODE);
             self.st.extend_from_slice(name.as_bytes());
             self.st.push(0);
-            while self.st.len() % 4 != 0 {
+            while !self.st.len().is_multiple_of(4) {
                 self.st.push(0);
             }
         }
@@ -463,7 +463,7 @@ mod tests {
             self.tok(value.len() as u32);
             self.tok(off);
             self.st.extend_from_slice(value);
-            while self.st.len() % 4 != 0 {
+            while !self.st.len().is_multiple_of(4) {
                 self.st.push(0);
             }
         }

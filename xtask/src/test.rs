@@ -303,12 +303,14 @@ pub fn cmd_test() -> Result<(), Error> {
         },
     ));
     steps.push(timed(
-        &format!("clippy: abi, pgtable, hyp, spec (lib) on {BARE_TARGET}"),
+        &format!("clippy: abi, arch, pgtable, hyp, spec (lib) on {BARE_TARGET}"),
         || {
             cargo_step(&[
                 "clippy",
                 "-p",
                 "pkvm-abi",
+                "-p",
+                "pkvm-arch",
                 "-p",
                 "pkvm-pgtable",
                 "-p",

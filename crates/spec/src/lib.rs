@@ -429,7 +429,7 @@ impl Spec {
     }
 
     fn debug_read(&self, pa: u64) -> Result<(), Error> {
-        if pa % 8 != 0 {
+        if !pa.is_multiple_of(8) {
             return Err(Error::Inval);
         }
         if self.machine.is_memory(pa) && Self::is_shared(self.page(pa >> PAGE_SHIFT)) {
