@@ -195,24 +195,7 @@ mod guest {
     }
 
     /// Hostile tests (flags bits 15:8; see the module documentation).
-    mod test {
-        pub const SVE_RDVL: u64 = 1;
-        pub const SVE_PFALSE: u64 = 2;
-        pub const SME_SMSTART: u64 = 3;
-        pub const MDSCR_WRITE: u64 = 4;
-        pub const DBGBVR0_WRITE: u64 = 5;
-        pub const DBGBCR0_WRITE: u64 = 6;
-        pub const OSLAR_WRITE: u64 = 7;
-        pub const PMCR_READ: u64 = 8;
-        pub const PMCCNTR_READ: u64 = 9;
-        pub const PMCR_WRITE: u64 = 10;
-        pub const ACTLR_READ: u64 = 11;
-        pub const SCXTNUM_WRITE: u64 = 12;
-        pub const DC_ISW: u64 = 13;
-        pub const LORID_READ: u64 = 14;
-        pub const CSSELR_SWITCH: u64 = 15;
-        pub const TPIDR2_SWITCH: u64 = 16;
-    }
+    use pkvm_abi::guest::hostile as test;
 
     /// `MDSCR_EL1`: KDE (bit 13), MDE (bit 15), SS (bit 0).
     const MDSCR_KDE_MDE_SS: u64 = (1 << 13) | (1 << 15) | 1;

@@ -148,118 +148,27 @@ pub fn store_insn() -> u64 {
     a
 }
 
-/// Reads the `u64` at `addr` (VA == PA), reporting an abort instead of dying of it.
-///
-/// # Safety
-/// `addr` must be 8-byte aligned, and reading it must not break Rust's rules (no concurrent
-/// non-atomic writer) and must have no side effect the caller did not intend (MMIO).
-pub unsafe fn probe_read(addr: u64) -> Result<u64, Abort> {
-    let (value, aborted, esr, far, spsr, elr): (u64, u64, u64, u64, u64, u64);
-    // SAFETY: `pkvm_probe_read` loads from `addr` (the caller vouches for that) and changes
-    // only x0-x5 and x30 (declared); if the load aborts, the vector writes x1-x5 and resumes at
-    // its `ret`. It uses no stack.
-    unsafe {
-        asm!(
-            "bl pkvm_probe_read",
-            inout("x0") addr => value,
-            out("x1") aborted,
-            out("x2") esr,
-            out("x3") far,
-            out("x4") spsr,
-            out("x5") elr,
-            out("x30") _,
-            options(nostack)
-        );
-    }
-    if aborted == 0 {
-        Ok(value)
-    } else {
-        Err(Abort {
-            esr,
-            far,
-            spsr,
-            elr,
-        })
-    }
+unsafe extern "C" {
+    fn pkvm_probe_read();
+    fn pkvm_probe_read32();
+    fn pkvm_probe_write();
+    fn pkvm_probe_write32();
 }
 
-/// Reads the `u32` at `addr` (a 32-bit device register), reporting an abort instead of dying.
+/// Calls the data probe `entry` with `x0` = `addr`, `x6` = `value`: `Ok(x0)`, or the abort.
 ///
 /// # Safety
-/// As [`probe_read`], for a 4-byte-aligned `addr`.
-pub unsafe fn probe_read32(addr: u64) -> Result<u32, Abort> {
-    let (value, aborted, esr, far, spsr, elr): (u64, u64, u64, u64, u64, u64);
-    // SAFETY: as in `probe_read`, for one 32-bit load.
+/// `entry` is one of the four data probes; the caller vouches for the access it makes.
+unsafe fn probe(entry: unsafe extern "C" fn(), addr: u64, value: u64) -> Result<u64, Abort> {
+    let (out, aborted, esr, far, spsr, elr): (u64, u64, u64, u64, u64, u64);
+    // SAFETY: each probe makes one load or store at `addr` (the caller vouches for it) and
+    // changes only x0-x5 and x30 (declared); if the access aborts, the vector writes x1-x5 and
+    // resumes at the probe's `ret`. It uses no stack.
     unsafe {
         asm!(
-            "bl pkvm_probe_read32",
-            inout("x0") addr => value,
-            out("x1") aborted,
-            out("x2") esr,
-            out("x3") far,
-            out("x4") spsr,
-            out("x5") elr,
-            out("x30") _,
-            options(nostack)
-        );
-    }
-    if aborted == 0 {
-        Ok(value as u32)
-    } else {
-        Err(Abort {
-            esr,
-            far,
-            spsr,
-            elr,
-        })
-    }
-}
-
-/// Writes the `u32` at `addr` (a 32-bit device register), reporting an abort instead of dying.
-///
-/// # Safety
-/// As [`probe_write`], for a 4-byte-aligned `addr`.
-pub unsafe fn probe_write32(addr: u64, value: u32) -> Result<(), Abort> {
-    let (aborted, esr, far, spsr, elr): (u64, u64, u64, u64, u64);
-    // SAFETY: as in `probe_write`, for one 32-bit store of `value` (w6, not written).
-    unsafe {
-        asm!(
-            "bl pkvm_probe_write32",
-            inout("x0") addr => _,
-            out("x1") aborted,
-            out("x2") esr,
-            out("x3") far,
-            out("x4") spsr,
-            out("x5") elr,
-            in("x6") u64::from(value),
-            out("x30") _,
-            options(nostack)
-        );
-    }
-    if aborted == 0 {
-        Ok(())
-    } else {
-        Err(Abort {
-            esr,
-            far,
-            spsr,
-            elr,
-        })
-    }
-}
-
-/// Writes `value` to the `u64` at `addr` (VA == PA), reporting an abort instead of dying of it.
-///
-/// # Safety
-/// `addr` must be 8-byte aligned and writable without breaking Rust's rules: no reference to
-/// that memory may be alive, and nothing else may rely on its contents.
-pub unsafe fn probe_write(addr: u64, value: u64) -> Result<(), Abort> {
-    let (aborted, esr, far, spsr, elr): (u64, u64, u64, u64, u64);
-    // SAFETY: as in `probe_read`, for one store of `value` (x6, not written) to `addr`.
-    unsafe {
-        asm!(
-            "bl pkvm_probe_write",
-            inout("x0") addr => _,
+            "blr {entry}",
+            entry = in(reg) entry,
+            inout("x0") addr => out,
             out("x1") aborted,
             out("x2") esr,
             out("x3") far,
@@ -271,7 +180,7 @@ pub unsafe fn probe_write(addr: u64, value: u64) -> Result<(), Abort> {
         );
     }
     if aborted == 0 {
-        Ok(())
+        Ok(out)
     } else {
         Err(Abort {
             esr,
@@ -280,6 +189,44 @@ pub unsafe fn probe_write(addr: u64, value: u64) -> Result<(), Abort> {
             elr,
         })
     }
+}
+
+/// Reads the `u64` at `addr` (VA == PA), reporting an abort instead of dying of it.
+///
+/// # Safety
+/// `addr` must be 8-byte aligned, and reading it must not break Rust's rules (no concurrent
+/// non-atomic writer) and must have no side effect the caller did not intend (MMIO).
+pub unsafe fn probe_read(addr: u64) -> Result<u64, Abort> {
+    // SAFETY: the caller's contract is the probe's.
+    unsafe { probe(pkvm_probe_read, addr, 0) }
+}
+
+/// Reads the `u32` at `addr` (a 32-bit device register), reporting an abort instead of dying.
+///
+/// # Safety
+/// As [`probe_read`], for a 4-byte-aligned `addr`.
+pub unsafe fn probe_read32(addr: u64) -> Result<u32, Abort> {
+    // SAFETY: as above.
+    unsafe { probe(pkvm_probe_read32, addr, 0).map(|v| v as u32) }
+}
+
+/// Writes `value` to the `u64` at `addr` (VA == PA), reporting an abort instead of dying of it.
+///
+/// # Safety
+/// `addr` must be 8-byte aligned and writable without breaking Rust's rules: no reference to
+/// that memory may be alive, and nothing else may rely on its contents.
+pub unsafe fn probe_write(addr: u64, value: u64) -> Result<(), Abort> {
+    // SAFETY: as above.
+    unsafe { probe(pkvm_probe_write, addr, value).map(|_| ()) }
+}
+
+/// Writes the `u32` at `addr` (a 32-bit device register), reporting an abort instead of dying.
+///
+/// # Safety
+/// As [`probe_write`], for a 4-byte-aligned `addr`.
+pub unsafe fn probe_write32(addr: u64, value: u32) -> Result<(), Abort> {
+    // SAFETY: as above.
+    unsafe { probe(pkvm_probe_write32, addr, u64::from(value)).map(|_| ()) }
 }
 
 /// The page the exec probe branches to (in `.text`: host-owned, executable in the stage-1).

@@ -154,42 +154,7 @@ pub mod flags {
     }
 }
 
-/// The test guest's hostile tests (its `x2` bits 15:8, see [`flags::hostile`]); the table in
-/// `guest/src/main.rs` says what each does. `x1` is the value a writing test writes.
-pub mod hostile {
-    /// `CPACR_EL1.ZEN = 0b11`, `rdvl x0, #1`.
-    pub const SVE_RDVL: u64 = 1;
-    /// `CPACR_EL1.ZEN = 0b11`, `pfalse p7.b`.
-    pub const SVE_PFALSE: u64 = 2;
-    /// `CPACR_EL1.SMEN = 0b11`, `smstart`.
-    pub const SME_SMSTART: u64 = 3;
-    /// `msr mdscr_el1` with KDE, MDE and SS.
-    pub const MDSCR_WRITE: u64 = 4;
-    /// `msr dbgbvr0_el1, x1`.
-    pub const DBGBVR0_WRITE: u64 = 5;
-    /// `msr dbgbcr0_el1, x1`.
-    pub const DBGBCR0_WRITE: u64 = 6;
-    /// `msr oslar_el1, x1`.
-    pub const OSLAR_WRITE: u64 = 7;
-    /// `mrs x0, pmcr_el0`.
-    pub const PMCR_READ: u64 = 8;
-    /// `mrs x0, pmccntr_el0`.
-    pub const PMCCNTR_READ: u64 = 9;
-    /// `msr pmcr_el0, x1`.
-    pub const PMCR_WRITE: u64 = 10;
-    /// `mrs x0, actlr_el1`.
-    pub const ACTLR_READ: u64 = 11;
-    /// `msr SCXTNUM_EL1, x1`.
-    pub const SCXTNUM_WRITE: u64 = 12;
-    /// `dc isw, xzr`.
-    pub const DC_ISW: u64 = 13;
-    /// `mrs x0, LORID_EL1`.
-    pub const LORID_READ: u64 = 14;
-    /// `CSSELR_EL1 = 2`, ping, read back (must be 2), power off.
-    pub const CSSELR_SWITCH: u64 = 15;
-    /// `TPIDR2_EL0 = x1`, ping, read back (must be `x1`), power off.
-    pub const TPIDR2_SWITCH: u64 = 16;
-}
+pub use pkvm_abi::guest::hostile;
 
 /// Creates a VM in `slot`: shares its descriptor, donates the memcache, adds the vCPU (state
 /// and FP area shared), loads the guest image and shares the guest RAM into it.
@@ -451,19 +416,28 @@ fn stat(s: Stat) -> u64 {
     pkvm::stat(s).unwrap_or(u64::MAX)
 }
 
-/// EL2 counters that must come back to their start values.
+/// EL2 counters that must come back to their start values (the leak report of the `guests`
+/// and `hostile` scenarios).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Leaks {
-    hyp_mapped: u64,
-    pool_free: u64,
-    shared: u64,
-    donated: u64,
-    guest_shared: u64,
-    pinned: u64,
-    vms: u64,
+pub struct Leaks {
+    /// Host pages EL2's stage-1 maps.
+    pub hyp_mapped: u64,
+    /// Free pages in EL2's pool.
+    pub pool_free: u64,
+    /// Pages shared with EL2.
+    pub shared: u64,
+    /// Pages donated to EL2.
+    pub donated: u64,
+    /// Pages shared with a guest.
+    pub guest_shared: u64,
+    /// Pinned pages.
+    pub pinned: u64,
+    /// Live VMs.
+    pub vms: u64,
 }
 
-fn leaks() -> Leaks {
+/// EL2's leak counters now.
+pub fn leaks() -> Leaks {
     Leaks {
         hyp_mapped: stat(Stat::HypMappedHostPages),
         pool_free: stat(Stat::PoolFreePages),

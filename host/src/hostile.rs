@@ -22,6 +22,7 @@
 use crate::checks::Checks;
 use crate::env::Env;
 use crate::fault::{self, probe_read, probe_read32, probe_write, probe_write32};
+use crate::guests::leaks;
 use crate::pkvm;
 use crate::sandbox::{self, el0};
 use core::sync::atomic::{AtomicU8, Ordering};
@@ -240,7 +241,7 @@ fn part(name: &str) -> bool {
 
 /// Runs the scenario.
 pub fn run(c: &mut Checks, env: &mut Env) {
-    let start = Leaks::take();
+    let start = leaks();
     println!("hostile: EL2 state at start: {start:?}");
     let features = pkvm::version().map(|(_, f)| f);
     println!("hostile: EL2 features {features:x?}");
@@ -270,7 +271,7 @@ pub fn run(c: &mut Checks, env: &mut Env) {
         el2_alive(),
         format_args!("{:x?}", pkvm::version()),
     );
-    let end = Leaks::take();
+    let end = leaks();
     println!("hostile: EL2 state at end: {end:?}");
     c.check(
         "leak counters back at their start values",
@@ -285,32 +286,6 @@ pub fn run(c: &mut Checks, env: &mut Env) {
         stat(Stat::EmulatedMmio),
         stat(Stat::RefusedDeviceWrites)
     );
-}
-
-/// EL2 counters a run must leave as it found them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Leaks {
-    hyp_mapped: u64,
-    pool_free: u64,
-    shared: u64,
-    donated: u64,
-    guest_shared: u64,
-    pinned: u64,
-    vms: u64,
-}
-
-impl Leaks {
-    fn take() -> Self {
-        Leaks {
-            hyp_mapped: stat(Stat::HypMappedHostPages),
-            pool_free: stat(Stat::PoolFreePages),
-            shared: stat(Stat::SharedPages),
-            donated: stat(Stat::DonatedPages),
-            guest_shared: stat(Stat::GuestSharedPages),
-            pinned: stat(Stat::PinnedPages),
-            vms: stat(Stat::LiveVms),
-        }
-    }
 }
 
 /// Whether the CPU has `SCXTNUM_EL0/EL1` (FEAT_CSV2_2, or FEAT_CSV2_1p2).

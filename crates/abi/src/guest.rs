@@ -236,3 +236,40 @@ pub const GUEST_CONSOLE_IPA: u64 = 0x0900_0000;
 pub const GUEST_ID_REG_IPA: u64 = 0x0900_0008;
 /// Guest → host "ping" hypercall id (answered by the host with `x1 + 1` in `x0`).
 pub const GUEST_HVC_PING: u64 = 0xC600_0100;
+
+/// The test guest's hostile tests (its `x2` bits 15:8, the host's `guests::flags::hostile`); the table in
+/// `guest/src/main.rs` says what each does. `x1` is the value a writing test writes.
+pub mod hostile {
+    /// `CPACR_EL1.ZEN = 0b11`, `rdvl x0, #1`.
+    pub const SVE_RDVL: u64 = 1;
+    /// `CPACR_EL1.ZEN = 0b11`, `pfalse p7.b`.
+    pub const SVE_PFALSE: u64 = 2;
+    /// `CPACR_EL1.SMEN = 0b11`, `smstart`.
+    pub const SME_SMSTART: u64 = 3;
+    /// `msr mdscr_el1` with KDE, MDE and SS.
+    pub const MDSCR_WRITE: u64 = 4;
+    /// `msr dbgbvr0_el1, x1`.
+    pub const DBGBVR0_WRITE: u64 = 5;
+    /// `msr dbgbcr0_el1, x1`.
+    pub const DBGBCR0_WRITE: u64 = 6;
+    /// `msr oslar_el1, x1`.
+    pub const OSLAR_WRITE: u64 = 7;
+    /// `mrs x0, pmcr_el0`.
+    pub const PMCR_READ: u64 = 8;
+    /// `mrs x0, pmccntr_el0`.
+    pub const PMCCNTR_READ: u64 = 9;
+    /// `msr pmcr_el0, x1`.
+    pub const PMCR_WRITE: u64 = 10;
+    /// `mrs x0, actlr_el1`.
+    pub const ACTLR_READ: u64 = 11;
+    /// `msr SCXTNUM_EL1, x1`.
+    pub const SCXTNUM_WRITE: u64 = 12;
+    /// `dc isw, xzr`.
+    pub const DC_ISW: u64 = 13;
+    /// `mrs x0, LORID_EL1`.
+    pub const LORID_READ: u64 = 14;
+    /// `CSSELR_EL1 = 2`, ping, read back (must be 2), power off.
+    pub const CSSELR_SWITCH: u64 = 15;
+    /// `TPIDR2_EL0 = x1`, ping, read back (must be `x1`), power off.
+    pub const TPIDR2_SWITCH: u64 = 16;
+}

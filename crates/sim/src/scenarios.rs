@@ -20,6 +20,31 @@ pub fn checked(m: &Machine<'_>, checker: &mut Checker, call: Call) -> Result<Out
     Ok(got)
 }
 
+/// Runs `call`, which must fail with `err` and change nothing (checked against the spec and
+/// the structural invariants, and by comparing the abstract state before and after).
+///
+/// # Panics
+/// If it does not (a test helper).
+pub fn expect_refused(m: &Machine<'_>, c: &mut Checker, call: Call, err: Error) {
+    let before = m.abstract_state().unwrap();
+    let got = checked(m, c, call).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(got, Outcome::Ret(Err(err)), "{call:?}");
+    assert_eq!(
+        m.abstract_state().unwrap(),
+        before,
+        "{call:?} changed the state"
+    );
+}
+
+/// Runs `call`, which must succeed (checked as [`expect_refused`]).
+///
+/// # Panics
+/// If it does not (a test helper).
+pub fn expect_ok(m: &Machine<'_>, c: &mut Checker, call: Call) {
+    let got = checked(m, c, call).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(got, Outcome::Ret(Ok(())), "{call:?}");
+}
+
 /// One line describing a page: host and hyp states, counts, whether EL2 maps it.
 #[must_use]
 pub fn describe_page(m: &Machine<'_>, pfn: u64) -> String {

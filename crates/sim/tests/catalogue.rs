@@ -19,21 +19,7 @@ fn base(m: &Machine<'_>) -> u64 {
 }
 
 /// Runs `call`, which must fail with `err` and change nothing.
-fn refused(m: &Machine<'_>, c: &mut Checker, call: Call, err: Error) {
-    let before = m.abstract_state().unwrap();
-    let got = checked(m, c, call).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(got, Outcome::Ret(Err(err)), "{call:?}");
-    assert_eq!(
-        m.abstract_state().unwrap(),
-        before,
-        "{call:?} changed the state"
-    );
-}
-
-fn ok(m: &Machine<'_>, c: &mut Checker, call: Call) {
-    let got = checked(m, c, call).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(got, Outcome::Ret(Ok(())), "{call:?}");
-}
+use pkvm_sim::scenarios::{expect_ok as ok, expect_refused as refused};
 
 #[test]
 fn double_unshare() {

@@ -18,21 +18,7 @@ fn r0(m: &Machine<'_>) -> u64 {
     m.config().ram[0].0 >> PAGE_SHIFT
 }
 
-fn refused(m: &Machine<'_>, c: &mut Checker, call: Call, err: Error) {
-    let before = m.abstract_state().unwrap();
-    let got = checked(m, c, call).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(got, Outcome::Ret(Err(err)), "{call:?}");
-    assert_eq!(
-        m.abstract_state().unwrap(),
-        before,
-        "{call:?} changed state"
-    );
-}
-
-fn ok(m: &Machine<'_>, c: &mut Checker, call: Call) {
-    let got = checked(m, c, call).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(got, Outcome::Ret(Ok(())), "{call:?}");
-}
+use pkvm_sim::scenarios::{expect_ok as ok, expect_refused as refused};
 
 /// Escape 1 (critical): `VmInit` with a 4-page memcache, then `DebugHypDonateHost` of a free
 /// memcache page used to succeed (its "unused" test was `refcount == 0`, which free pool pages
