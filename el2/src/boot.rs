@@ -22,7 +22,11 @@ use pkvm_abi::boot::{EL2_TEXT_OFFSET, IMAGE_MAGIC};
 /// Maximum number of CPUs EL2 reserves a stack for.
 pub const MAX_CPUS: usize = 8;
 /// Size of each CPU's EL2 stack.
-pub const STACK_SIZE: usize = 16 * 1024;
+pub const STACK_SIZE: usize = 32 * 1024;
+/// The unmapped guard page below each stack: an overflow faults instead of writing `.bss`.
+pub const STACK_GUARD: usize = 4096;
+/// Distance between two CPUs' stack tops: a guard page and a stack.
+pub const STACK_STRIDE: usize = STACK_GUARD + STACK_SIZE;
 /// `SCTLR_EL2` while the EL2 MMU is off: the RES1 bits only (little-endian, MMU, caches and
 /// alignment checks off).
 pub const SCTLR_EL2_MMU_OFF: u64 = 0x30c5_0830;
@@ -95,8 +99,8 @@ _start:
     b       2b
     .ltorg
 
-    .section .bss.el2_stacks, "aw", %nobits
-    .balign 16
+    .section .el2_stacks, "aw", %nobits
+    .balign 4096
     .global el2_stacks
 el2_stacks:
     .space  {stacks_size}
@@ -104,8 +108,8 @@ el2_stacks:
     text_offset = const EL2_TEXT_OFFSET,
     magic = const IMAGE_MAGIC,
     sctlr = const SCTLR_EL2_MMU_OFF,
-    stack_size = const STACK_SIZE,
-    stacks_size = const STACK_SIZE * MAX_CPUS,
+    stack_size = const STACK_STRIDE,
+    stacks_size = const STACK_STRIDE * MAX_CPUS,
     system_off = const PSCI_SYSTEM_OFF,
 );
 
@@ -276,7 +280,7 @@ el2_secondary_entry:
     .ltorg
 "#,
     sctlr = const SCTLR_EL2_MMU_OFF,
-    stack_size = const STACK_SIZE,
+    stack_size = const STACK_STRIDE,
     max_cpus = const MAX_CPUS,
 );
 
@@ -292,7 +296,7 @@ pub fn enter_host_secondary(idx: usize, entry: u64, context_id: u64) -> ! {
     }
     // SAFETY: only the address of the stack area is taken.
     let base = unsafe { core::ptr::from_ref(&el2_stacks) as u64 };
-    let sp = base + ((idx as u64 + 1) * STACK_SIZE as u64);
+    let sp = base + ((idx as u64 + 1) * STACK_STRIDE as u64);
     // SAFETY: as in `enter_host`: never returns; the old stack frames are dead.
     unsafe { el2_enter_host_sp(entry, context_id, crate::sysregs::SPSR_EL1H_DAIF_MASKED, sp) }
 }
@@ -397,5 +401,5 @@ el2_enter_host_zero:
     mov     x30, xzr
     eret
 "#,
-    stack_size = const STACK_SIZE,
+    stack_size = const STACK_STRIDE,
 );

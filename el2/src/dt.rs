@@ -33,9 +33,9 @@ pub struct Gic {
     pub redist: [Reg; MAX_DEVICE_NODES],
     /// How many entries of [`Gic::redist`] are valid.
     pub nr_redist: usize,
-    /// Distance between two redistributors (`redistributor-stride`, else 128 KiB: GICv3
-    /// without virtual LPIs).
-    pub redist_stride: u64,
+    /// Distance between two redistributors from the device tree (`redistributor-stride`), if
+    /// it says; otherwise `GICR_TYPER.VLPIS` decides (EL2 reads it at boot).
+    pub redist_stride: Option<u64>,
     /// The ITS frames (`arm,gic-v3-its` nodes).
     pub its: [Reg; MAX_DEVICE_NODES],
     /// How many entries of [`Gic::its`] are valid.
@@ -65,6 +65,11 @@ pub struct Platform {
     pub gic: Option<Gic>,
     /// QEMU's fw_cfg (`qemu,fw-cfg-mmio`), whose DMA interface writes memory.
     pub fw_cfg: Option<Reg>,
+    /// Other devices that write memory and that EL2 hides (an SMMUv3, `arm,smmu-v3`: its
+    /// queues and tables live in memory).
+    pub hidden: [Reg; MAX_DEVICE_NODES],
+    /// How many entries of [`Platform::hidden`] are valid.
+    pub nr_hidden: usize,
 }
 
 impl Platform {
@@ -151,7 +156,8 @@ impl Platform {
                 redist_stride: node
                     .property("redistributor-stride")
                     .and_then(|p| p.as_usize())
-                    .map_or(0x2_0000, |v| v as u64),
+                    .map(|v| v as u64)
+                    .filter(|&v| v >= 0x2_0000 && v.is_multiple_of(0x1_0000)),
                 ..Gic::default()
             };
             for (d, r) in g.redist.iter_mut().zip(all.iter().take(n).skip(1)) {
@@ -175,9 +181,20 @@ impl Platform {
             (regs(node, &mut one) == 1).then_some(one[0])
         });
 
+        let mut hidden = [Reg::default(); MAX_DEVICE_NODES];
+        let mut nr_hidden = 0;
+        for node in fdt.all_nodes().filter(|n| {
+            n.compatible()
+                .is_some_and(|c| c.all().any(|s| s == "arm,smmu-v3"))
+        }) {
+            nr_hidden += regs(node, &mut hidden[nr_hidden..]);
+        }
+
         Some(Platform {
             gic,
             fw_cfg,
+            hidden,
+            nr_hidden,
             dtb: (dtb as u64, fdt.total_size() as u64),
             initrd,
             model: fdt.root().model(),
@@ -227,8 +244,13 @@ impl Platform {
         if let Some(g) = &self.gic {
             for r in &g.redist[..g.nr_redist] {
                 println!(
-                    "  GICR:    {:#x} (+{:#x}, stride {:#x})",
-                    r.base, r.size, g.redist_stride
+                    "  GICR:    {:#x} (+{:#x}, stride {})",
+                    r.base,
+                    r.size,
+                    match g.redist_stride {
+                        Some(_) => "from the device tree",
+                        None => "from GICR_TYPER.VLPIS",
+                    }
                 );
             }
             for r in &g.its[..g.nr_its] {

@@ -24,6 +24,7 @@ use pkvm_hyp::vmemmap::{HypPage, Vmemmap, VmemmapLayout};
 use pkvm_pgtable::Prot;
 use spin::Once;
 
+use crate::boot::{MAX_CPUS, STACK_SIZE, STACK_STRIDE};
 use crate::dt::Platform as Dt;
 use crate::fdt_patch;
 use crate::platform::{El2Platform, PLATFORM};
@@ -56,7 +57,8 @@ unsafe extern "C" {
     static __rodata_start: u8;
     static __rodata_end: u8;
     static __data_start: u8;
-    static __image_end: u8;
+    static __data_end: u8;
+    static el2_stacks: u8;
 }
 
 fn sym(s: &u8) -> u64 {
@@ -82,12 +84,34 @@ pub fn pa_range() -> (u32, u64) {
 }
 
 /// Device-tree `compatible`s of the devices EL2 hides from the host.
-const HIDDEN_COMPATIBLES: [&str; 2] = ["arm,gic-v3-its", "qemu,fw-cfg-mmio"];
+const HIDDEN_COMPATIBLES: [&str; 3] = ["arm,gic-v3-its", "qemu,fw-cfg-mmio", "arm,smmu-v3"];
 
-/// The device ranges EL2 keeps from the host: the ITS and fw_cfg hidden, the `RD_base` frame
-/// of each redistributor the machine backs (one per CPU in the device tree: QEMU backs no
-/// more, and a frame it does not back would abort EL2's own forwarded access) emulated.
+/// Reads the 64-bit register at `pa` (MMU off: a Device access).
+fn mmio_read64(pa: u64) -> u64 {
+    // SAFETY: only called at boot, with EL2's MMU off (so a Device-nGnRnE access), on
+    // registers of a redistributor the walk below knows exists (the device tree's region,
+    // frame by frame until `GICR_TYPER.Last`); reading them has no side effect.
+    unsafe { core::ptr::read_volatile(pa as *const u64) }
+}
+
+/// Writes the 32-bit register at `pa` (MMU off), as [`mmio_read64`].
+fn mmio_write32(pa: u64, v: u32) {
+    // SAFETY: as in `mmio_read64`; clearing `GICR_CTLR.EnableLPIs` of a redistributor no one
+    // uses yet.
+    unsafe { core::ptr::write_volatile(pa as *mut u32, v) }
+}
+
+/// The device ranges EL2 keeps from the host: the ITS and fw_cfg hidden, and every
+/// redistributor the machine has, found by walking each redistributor region frame by frame
+/// as the GIC architecture defines it (not guessed from the CPU count): its `RD_base` frame
+/// emulated; with virtual LPIs (`GICR_TYPER.VLPIS`, GICv4) the frame pair after it (the
+/// `VLPI_base` frame, whose `GICR_VPROPBASER`/`GICR_VPENDBASER` name memory the GIC uses, and
+/// the reserved frame) hidden and the stride 256 KiB instead of 128 KiB; until
+/// `GICR_TYPER.Last`. A device-tree `redistributor-stride` wins, as it does for Linux. LPIs
+/// left enabled by firmware are switched off, and EL2 refuses to boot if they stay on.
 fn device_ranges(dt: &Dt) -> ([DeviceRange; MAX_DEVICE_RANGES], usize) {
+    const TYPER_VLPIS: u64 = 1 << 1;
+    const TYPER_LAST: u64 = 1 << 4;
     let mut out = [DeviceRange {
         start: 0,
         end: 0,
@@ -107,17 +131,40 @@ fn device_ranges(dt: &Dt) -> ([DeviceRange; MAX_DEVICE_RANGES], usize) {
         for r in &g.its[..g.nr_its] {
             push(r.base, r.size, DeviceKind::Hidden);
         }
-        let mut left = dt.cpus as u64;
-        for r in &g.redist[..g.nr_redist] {
-            let stride = g.redist_stride.max(GICR_RD_FRAME);
-            let k = left.min(r.size / stride);
-            for i in 0..k {
-                push(r.base + i * stride, GICR_RD_FRAME, DeviceKind::GicrRdBase);
+        'regions: for r in &g.redist[..g.nr_redist] {
+            let mut frame = r.base;
+            while frame + GICR_RD_FRAME <= r.base + r.size {
+                let typer = mmio_read64(frame + pkvm_hyp::devices::gicr::TYPER);
+                if mmio_read64(frame + pkvm_hyp::devices::gicr::CTLR) & 1 != 0 {
+                    mmio_write32(frame + pkvm_hyp::devices::gicr::CTLR, 0);
+                    if mmio_read64(frame + pkvm_hyp::devices::gicr::CTLR) & 1 != 0 {
+                        result_fail!("LPIs enabled on the redistributor at {frame:#x} and stuck");
+                    }
+                }
+                push(frame, GICR_RD_FRAME, DeviceKind::GicrRdBase);
+                let vlpis = typer & TYPER_VLPIS != 0;
+                if vlpis {
+                    push(
+                        frame + 2 * GICR_RD_FRAME,
+                        2 * GICR_RD_FRAME,
+                        DeviceKind::Hidden,
+                    );
+                }
+                if typer & TYPER_LAST != 0 {
+                    continue 'regions;
+                }
+                frame += g.redist_stride.unwrap_or(if vlpis {
+                    4 * GICR_RD_FRAME
+                } else {
+                    2 * GICR_RD_FRAME
+                });
             }
-            left -= k;
         }
     }
     if let Some(r) = dt.fw_cfg {
+        push(r.base, r.size, DeviceKind::Hidden);
+    }
+    for r in &dt.hidden[..dt.nr_hidden] {
         push(r.base, r.size, DeviceKind::Hidden);
     }
     (out, n)
@@ -197,14 +244,15 @@ pub fn init(dt: &Dt, host_image_size: u64) -> HostBoot {
     };
 
     // SAFETY: the linker script defines these symbols; only their addresses are used.
-    let (text, text_end, ro, ro_end, data, image_end) = unsafe {
+    let (text, text_end, ro, ro_end, data, data_end, stacks) = unsafe {
         (
             sym(&__text_start),
             sym(&__text_end),
             sym(&__rodata_start),
             sym(&__rodata_end),
             sym(&__data_start),
-            sym(&__image_end),
+            sym(&__data_end),
+            sym(&el2_stacks),
         )
     };
     let uart = (dt.uart_base as u64) & !(PAGE_SIZE - 1);
@@ -226,7 +274,7 @@ pub fn init(dt: &Dt, host_image_size: u64) -> HostBoot {
         HypMapping {
             va: data,
             pa: data,
-            size: image_end - data,
+            size: data_end - data,
             prot: Prot::R | Prot::W,
         },
         HypMapping {
@@ -242,10 +290,21 @@ pub fn init(dt: &Dt, host_image_size: u64) -> HostBoot {
             prot: Prot::R | Prot::W | Prot::DEVICE,
         },
     ];
-    // EL2 maps the registers it emulates for the host (device, never executable).
-    let mut maps = [image_maps[0]; 5 + MAX_DEVICE_RANGES];
+    // Each CPU's stack, without the guard page below it; then the registers EL2 emulates for
+    // the host (device, never executable).
+    let mut maps = [image_maps[0]; 5 + MAX_CPUS + MAX_DEVICE_RANGES];
     maps[..5].copy_from_slice(&image_maps);
     let mut nr_maps = 5;
+    for i in 0..MAX_CPUS as u64 {
+        let top = stacks + (i + 1) * STACK_STRIDE as u64;
+        maps[nr_maps] = HypMapping {
+            va: top - STACK_SIZE as u64,
+            pa: top - STACK_SIZE as u64,
+            size: STACK_SIZE as u64,
+            prot: Prot::R | Prot::W,
+        };
+        nr_maps += 1;
+    }
     for d in devices.iter().filter(|d| d.kind == DeviceKind::GicrRdBase) {
         maps[nr_maps] = HypMapping {
             va: d.start,
@@ -303,7 +362,7 @@ pub fn init(dt: &Dt, host_image_size: u64) -> HostBoot {
         Err(e) => result_fail!("cannot copy the device tree for the host: {e:?}"),
     };
     match fdt_patch::hide_nodes(&mut dst_buf[..len], &HIDDEN_COMPATIBLES) {
-        Ok(n) => println!("EL2: host device tree: {n} device node(s) removed (ITS, fw_cfg)"),
+        Ok(n) => println!("EL2: host device tree: {n} device node(s) removed (ITS, fw_cfg, SMMU)"),
         Err(e) => result_fail!("cannot remove hidden devices from the host's device tree: {e:?}"),
     }
 

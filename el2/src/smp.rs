@@ -70,6 +70,10 @@ fn current_mpidr() -> u64 {
 
 /// Records the CPUs of the device tree (the boot CPU is on). Call on the primary before the
 /// EL2 MMU is on (QEMU's device tree is not in EL2's stage-1).
+///
+/// The boot CPU is always index 0, whatever its place in `/cpus`: index `i` is also the EL2
+/// stack slot the CPU runs on (`boot.rs`), and the primary took slot 0 before it knew its
+/// index. The other CPUs follow in device-tree order.
 pub fn probe(dtb: u64) {
     // SAFETY: `dtb` is QEMU's device tree, already parsed by `dt::Platform::probe`; it stays
     // in place and unmodified.
@@ -77,18 +81,19 @@ pub fn probe(dtb: u64) {
         return;
     };
     let me = current_mpidr();
-    let mut n = 0;
+    CPUS[0].mpidr.store(me, Ordering::Relaxed);
+    CPUS[0].state.store(ON, Ordering::Relaxed);
+    let mut n = 1;
     for cpu in fdt.cpus() {
-        let id = cpu.ids().first();
+        let mpidr = cpu.ids().first() as u64 & MPIDR_AFF_MASK;
+        if mpidr == me {
+            continue;
+        }
         if n == MAX_CPUS {
             println!("EL2: more than {MAX_CPUS} CPUs in the device tree; the rest stay off");
             break;
         }
-        let mpidr = id as u64 & MPIDR_AFF_MASK;
         CPUS[n].mpidr.store(mpidr, Ordering::Relaxed);
-        if mpidr == me {
-            CPUS[n].state.store(ON, Ordering::Relaxed);
-        }
         n += 1;
     }
     NR_CPUS.store(n, Ordering::Release);

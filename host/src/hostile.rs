@@ -804,27 +804,75 @@ fn devices(c: &mut Checks, env: &Env) {
         );
     }
 
-    let Some(rd) = dt.gicr_base else {
+    let Some(first) = dt.gicr_base else {
         println!("hostile: no GICv3 redistributors: skipping the LPI checks");
         return;
     };
     let refused0 = stat(Stat::RefusedDeviceWrites);
     let emulated0 = stat(Stat::EmulatedMmio);
-    // SAFETY: GICR_TYPER, a read-only 64-bit register of this CPU's redistributor.
-    let typer = unsafe { probe_read(rd + 0x8) };
+    // Every redistributor, as the GIC architecture lays them out (Linux's walk): the review's
+    // exploit used a frame EL2 had not found (GICv4's 256 KiB stride).
+    let mut frame = first;
+    let mut frames = 0u64;
+    let mut bad = 0u64;
+    loop {
+        // SAFETY: GICR_TYPER, a read-only 64-bit register (EL2 emulates it).
+        let Ok(typer) = (unsafe { probe_read(frame + 0x8) }) else {
+            bad += 1;
+            break;
+        };
+        frames += 1;
+        bad += u64::from(!redistributor_attack(c, env, frame, typer));
+        if typer & (1 << 1) != 0 {
+            // GICv4: the VLPI frame (GICR_VPROPBASER/VPENDBASER name memory) is hidden.
+            // SAFETY: a store to a frame the host may not reach; it aborts (checked).
+            let w = unsafe { probe_write(frame + 0x2_0000 + 0x70, carveout_page) };
+            bad += u64::from(!w.is_err_and(|a| a.is_injected_data_abort()));
+        }
+        if typer & (1 << 4) != 0 || frames == 64 {
+            break;
+        }
+        frame += if typer & (1 << 1) != 0 {
+            0x4_0000
+        } else {
+            0x2_0000
+        };
+    }
     c.check(
+        "every redistributor (one per CPU) found and defended",
+        bad == 0 && frames == dt.cpus as u64,
+        format_args!("{frames} redistributors for {} CPUs, {bad} failed", dt.cpus),
+    );
+    c.eq(
+        "EL2 counted the refused table bases (two per redistributor)",
+        stat(Stat::RefusedDeviceWrites) - refused0,
+        2 * frames,
+    );
+    c.check(
+        "EL2 emulated the redistributor accesses",
+        stat(Stat::EmulatedMmio) - emulated0 >= 9 * frames,
+        format_args!("{}", stat(Stat::EmulatedMmio) - emulated0),
+    );
+}
+
+/// The LPI attack on one redistributor's `RD_base` frame at `rd`: LPI support must be hidden,
+/// `EnableLPIs` must not stick, table bases in EL2's memory must be refused and one in the
+/// host's RAM accepted. Returns whether every check passed.
+fn redistributor_attack(c: &mut Checks, env: &Env, rd: u64, typer: u64) -> bool {
+    let carveout_page = env.ram.ranges().last().map_or(0, |r| r.end - 4096);
+    let mut ok = c.check(
         "GICR_TYPER: LPIs hidden (PLPIS = DirectLPI = 0)",
-        typer.is_ok_and(|t| t & 0b1011 == 0),
-        format_args!("{typer:x?}"),
+        typer & 0b1001 == 0,
+        format_args!("{rd:#x}: {typer:#x}"),
     );
     // SAFETY: GICR_CTLR; LPIs are never enabled (EL2 holds EnableLPIs at 0).
     let w = unsafe { probe_write32(rd, 1) };
     // SAFETY: as above.
     let ctlr = unsafe { probe_read32(rd) };
-    c.check(
+    ok &= c.check(
         "GICR_CTLR.EnableLPIs stays 0 after the host sets it",
         w.is_ok() && ctlr.is_ok_and(|v| v & 1 == 0),
-        format_args!("write {w:x?}, read {ctlr:x?}"),
+        format_args!("{rd:#x}: write {w:x?}, read {ctlr:x?}"),
     );
     for (name, off, v) in [
         (
@@ -844,32 +892,23 @@ fn devices(c: &mut Checks, env: &Env) {
         let w = unsafe { probe_write(rd + off, v) };
         // SAFETY: as above.
         let after = unsafe { probe_read(rd + off) };
-        c.check(
+        ok &= c.check(
             "LPI table base in EL2's memory refused (register unchanged)",
             w.is_ok() && before.is_ok() && after == before && after != Ok(v),
-            format_args!("{name}: before {before:x?}, after {after:x?}"),
+            format_args!("{rd:#x} {name}: before {before:x?}, after {after:x?}"),
         );
     }
-    c.eq(
-        "EL2 counted the two refused table bases",
-        stat(Stat::RefusedDeviceWrites) - refused0,
-        2,
-    );
-    // A table in the host's own RAM is accepted (EnableLPIs stays 0 regardless).
+    // A table in the host's own RAM is accepted (EnableLPIs stays 0 regardless), then the
+    // register goes back to 0 (no table: fewer than 14 ID bits).
     let own = env.image.sandbox.start;
-    // SAFETY: as above; the value names a page of the host's image, never used as a table
-    // (LPIs stay off), and the register is put back to 0.
+    // SAFETY: as above; the value names a page of the host's image, never used as a table.
     let r = unsafe { probe_write(rd + 0x70, own | 13).and_then(|()| probe_read(rd + 0x70)) };
     // SAFETY: as above.
-    let w = unsafe { probe_write(rd + 0x70, 0) };
-    c.check(
+    let back = unsafe { probe_write(rd + 0x70, 0).and_then(|()| probe_read(rd + 0x70)) };
+    ok &= c.check(
         "LPI table base in the host's RAM accepted (the emulation forwards legitimate writes)",
-        r == Ok(own | 13) && w.is_ok(),
-        format_args!("read back {r:x?}"),
+        r == Ok(own | 13) && back == Ok(0),
+        format_args!("{rd:#x}: read back {r:x?}, then {back:x?}"),
     );
-    c.check(
-        "EL2 emulated the redistributor accesses",
-        stat(Stat::EmulatedMmio) - emulated0 >= 7,
-        format_args!("{}", stat(Stat::EmulatedMmio) - emulated0),
-    );
+    ok
 }

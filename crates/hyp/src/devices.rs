@@ -11,7 +11,8 @@
 //! - the **redistributors' LPI tables** (`GICR_PROPBASER`, `GICR_PENDBASER`): the host needs
 //!   its redistributors, so EL2 **traps and emulates** each `RD_base` frame
 //!   ([`DeviceKind::GicrRdBase`]): host accesses fault to EL2, which forwards the harmless
-//!   registers, hides LPI support (`GICR_TYPER.PLPIS`, `DirectLPI`), holds
+//!   registers, hides LPI support (`GICR_TYPER.PLPIS`, `DirectLPI`; `VLPIS` stays, it tells
+//!   the host the redistributor stride, and GICv4's `VLPI_base` frames are hidden), holds
 //!   `GICR_CTLR.EnableLPIs` at 0 — so the redistributor never touches its tables — and accepts
 //!   a table base only if the whole table lies in RAM the host owns. The `SGI_base` frames
 //!   (SGI/PPI configuration, no memory access) stay identity-mapped for the host.
@@ -27,9 +28,9 @@ use crate::mem_protect::Hyp;
 use crate::platform::Platform;
 use crate::vmemmap::PageState;
 
-/// Most device ranges EL2 keeps from the host (the redistributors of [`MAX_GICR_FRAMES`]
-/// CPUs, the ITS, fw_cfg, and room for more).
-pub const MAX_DEVICE_RANGES: usize = 16;
+/// Most device ranges EL2 keeps from the host (two per redistributor with GICv4 for 8 CPUs,
+/// the ITS, fw_cfg, an SMMU, and room for more).
+pub const MAX_DEVICE_RANGES: usize = 32;
 /// Size of a redistributor's `RD_base` frame.
 pub const GICR_RD_FRAME: u64 = 0x1_0000;
 
@@ -144,8 +145,9 @@ fn gicr_policy(offset: u64, acc: &MmioAccess) -> Action {
         // LPIs stay off: the redistributor never reads or writes its tables.
         (CTLR, true) if !is64 => Action::Write(acc.value & !CTLR_ENABLE_LPIS),
         (IIDR, false) if !is64 => Action::Read { mask: u64::MAX },
+        // VLPIS stays: it gives the redistributor stride (the VLPI frame itself is hidden).
         (TYPER, false) => Action::Read {
-            mask: !(TYPER_PLPIS | TYPER_VLPIS | TYPER_DIRECT_LPI),
+            mask: !(TYPER_PLPIS | TYPER_DIRECT_LPI),
         },
         // The upper half of GICR_TYPER (affinity) as a 32-bit read.
         (0x000c, false) if !is64 => Action::Read { mask: u64::MAX },
@@ -289,7 +291,7 @@ mod tests {
         assert_eq!(wr(gicr::CTLR, 4, 0b1001), Action::Write(0b1000));
         assert_eq!(wr(gicr::CTLR, 8, 0b1), Action::Ignore);
         assert_eq!(rd(gicr::CTLR, 8), Action::Ignore);
-        assert_eq!(rd(gicr::TYPER, 8), Action::Read { mask: !0b1011 });
+        assert_eq!(rd(gicr::TYPER, 8), Action::Read { mask: !0b1001 });
         assert_eq!(wr(gicr::PROPBASER, 8, 0x4000_0000), Action::TableBase);
         assert_eq!(wr(gicr::PENDBASER, 8, 0x4000_0000), Action::TableBase);
         // SETLPIR and friends: dropped.
