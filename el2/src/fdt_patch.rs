@@ -279,7 +279,9 @@ pub fn hide_nodes(b: &mut [u8], compatibles: &[&str]) -> Result<usize, FdtPatchE
             let gone = phandles
                 .filter_map(|i| cell(value, i))
                 .any(|ph| hidden[..n].iter().any(|&(_, _, p)| p != 0 && p == ph));
-            if gone && nrefs < refs.len() {
+            // A reference inside a node that is removed anyway goes with it.
+            let inside = hidden[..n].iter().any(|&(s, e, _)| at >= s && at < e);
+            if gone && !inside && nrefs < refs.len() {
                 refs[nrefs] = (at, next);
                 nrefs += 1;
             }
@@ -570,6 +572,27 @@ mod tests {
         assert_eq!(after.all_nodes().count(), before.all_nodes().count() - 2);
         // Nothing left to hide the second time.
         assert_eq!(hide_nodes(&mut b, &["arm,gic-v3-its"]).unwrap(), 0);
+    }
+
+    /// A removed node that references another removed node (the PCIe host's `msi-map` to the
+    /// ITS, both hidden): the reference goes with its node, nothing is cut twice.
+    #[test]
+    fn hides_nodes_that_reference_each_other() {
+        let mut b = virt_like();
+        let orig = b.clone();
+        let n = hide_nodes(
+            &mut b,
+            &["arm,gic-v3-its", "pci-host-ecam-generic", "virtio,mmio"],
+        )
+        .unwrap();
+        assert_eq!(n, 3);
+        let after = fdt::Fdt::new(&b).unwrap();
+        for c in ["arm,gic-v3-its", "pci-host-ecam-generic", "virtio,mmio"] {
+            assert!(after.find_compatible(&[c]).is_none(), "{c}");
+        }
+        assert!(after.find_compatible(&["arm,pl011"]).is_some());
+        let before = fdt::Fdt::new(&orig).unwrap();
+        assert_eq!(after.all_nodes().count(), before.all_nodes().count() - 3);
     }
 
     #[test]

@@ -83,6 +83,31 @@ pub fn init_for_host() {
         // limits the vector length seen below EL2.
         unsafe { asm!("msr S3_4_C1_C2_0, {}", in(reg) 0x1ffu64, options(nomem, nostack)) };
     }
+    if sme {
+        // SME: the largest streaming vector length, and the full A64 instruction set in
+        // streaming mode when the CPU has it (SMCR_EL2 resets to an UNKNOWN value).
+        let smfr0: u64;
+        // SAFETY: ID_AA64SMFR0_EL1 (S3_0_C0_C4_5) exists with SME; reading has no effect.
+        unsafe { asm!("mrs {}, S3_0_C0_C4_5", out(reg) smfr0, options(nomem, nostack)) };
+        let fa64 = (smfr0 >> 63) << 31;
+        // SAFETY: SMCR_EL2 (S3_4_C1_C2_6) exists with SME; it only limits SME below EL2.
+        unsafe { asm!("msr S3_4_C1_C2_6, {}", in(reg) 0xf | fa64, options(nomem, nostack)) };
+    }
+    // EL2 itself is never traced, sampled or branch-recorded: the controls of those features
+    // reset to UNKNOWN values and the host owns the units (statistical profiling buffer and
+    // trace buffer excepted, below).
+    if field(dfr0, 40, 4) != 0 {
+        // SAFETY: TRFCR_EL2 (S3_4_C1_C2_1) exists with FEAT_TRF; 0 prohibits trace at EL2.
+        unsafe { asm!("msr S3_4_C1_C2_1, xzr", options(nomem, nostack)) };
+    }
+    if field(dfr0, 32, 4) != 0 {
+        // SAFETY: PMSCR_EL2 (S3_4_C9_C9_0) exists with FEAT_SPE; 0 disables sampling at EL2.
+        unsafe { asm!("msr S3_4_C9_C9_0, xzr", options(nomem, nostack)) };
+    }
+    if field(dfr0, 52, 4) != 0 {
+        // SAFETY: BRBCR_EL2 (S2_4_C9_C0_0) exists with FEAT_BRBE; 0 records no branch at EL2.
+        unsafe { asm!("msr S2_4_C9_C0_0, xzr", options(nomem, nostack)) };
+    }
 
     // EL1 may read the physical counter and use the physical timer; no virtual offset.
     CNTHCTL_EL2.set(cnthctl::EL1PCTEN | cnthctl::EL1PCEN);

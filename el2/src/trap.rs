@@ -88,7 +88,7 @@ fn host_mem_abort(esr: Esr) -> u64 {
     // Translation, access-flag and permission faults come with a valid HPFAR_EL2; anything
     // else (an external abort from a device, say) is reflected to the host as it is.
     let decision = match (esr.fault_class().hpfar_valid(), hyp_init::hyp()) {
-        (true, Some(hyp)) => hyp.handle_host_mem_abort(fault_ipa(far)),
+        (true, Some(hyp)) => hyp.handle_host_mem_abort(fault_ipa(far), esr.fault_class()),
         _ => HostFault::InjectAbort,
     };
     match decision {

@@ -141,7 +141,8 @@ host_sync_current:
     adr     x2, pkvm_probe_st
     cmp     x1, x2
     b.eq    5f
-    adr     x2, pkvm_probe_exec_page
+    adrp    x2, pkvm_probe_exec_target
+    ldr     x2, [x2, :lo12:pkvm_probe_exec_target]
     cmp     x1, x2
     b.eq    6f
     adr     x2, pkvm_probe_ld32

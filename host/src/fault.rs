@@ -53,11 +53,10 @@ pkvm_probe_st32:
     str     w6, [x0]
     b       pkvm_probe_done
 
-/* -> x1 as above; uses x6, x7 */
+/* x7 = target (also in pkvm_probe_exec_target) -> x1 as above; uses x6 */
     .global pkvm_probe_exec
 pkvm_probe_exec:
     mov     x6, x30
-    adr     x7, pkvm_probe_exec_page
     blr     x7
     mov     x30, x6
     ret
@@ -239,12 +238,29 @@ pub fn exec_page() -> u64 {
     a
 }
 
+/// Where the exec probe branches to: the vector recognises an instruction abort at this
+/// address as the probe's.
+#[unsafe(no_mangle)]
+static pkvm_probe_exec_target: core::sync::atomic::AtomicU64 =
+    core::sync::atomic::AtomicU64::new(0);
+
 /// Branches to [`exec_page`] and back, reporting an instruction abort instead of dying of it.
 pub fn probe_exec() -> Result<(), Abort> {
+    // SAFETY: the exec page holds `mov x1, #0; ret`.
+    unsafe { probe_exec_at(exec_page()) }
+}
+
+/// Branches to `target` and back, reporting an instruction abort instead of dying of it.
+///
+/// # Safety
+/// Fetching at `target` must either abort or run code that returns to `x30` with `x1 = 0`
+/// and changes nothing else (the exec page; or memory that cannot be fetched).
+pub unsafe fn probe_exec_at(target: u64) -> Result<(), Abort> {
+    pkvm_probe_exec_target.store(target, core::sync::atomic::Ordering::SeqCst);
     let (aborted, esr, far, spsr, elr): (u64, u64, u64, u64, u64);
-    // SAFETY: `pkvm_probe_exec` calls the two instructions of the exec page (`mov x1, #0;
-    // ret`) and changes only x1-x7 and x30 (declared); if the fetch aborts, the vector writes
-    // x1-x5 and resumes at the return address of the `blr`. It uses no stack or memory.
+    // SAFETY: `pkvm_probe_exec` branches to `target` (the caller vouches for what runs there)
+    // and changes only x1-x7 and x30 (declared); if the fetch aborts, the vector writes x1-x5
+    // and resumes at the return address of the `blr`. It uses no stack.
     unsafe {
         asm!(
             "bl pkvm_probe_exec",
@@ -255,9 +271,9 @@ pub fn probe_exec() -> Result<(), Abort> {
             out("x4") spsr,
             out("x5") elr,
             out("x6") _,
-            out("x7") _,
+            inout("x7") target => _,
             out("x30") _,
-            options(nostack, nomem)
+            options(nostack)
         );
     }
     if aborted == 0 {

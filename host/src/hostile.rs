@@ -777,6 +777,15 @@ fn devices(c: &mut Checks, env: &Env) {
         !dt.has_compatible("arm,gic-v3-its") && !dt.has_compatible("qemu,fw-cfg-mmio"),
         format_args!("GIC redistributors at {:x?}", dt.gicr_base),
     );
+    // An instruction fetch from MMIO (stage-1 lets it, the host stage-2 maps MMIO
+    // execute-never): an injected instruction abort, not a fault the host retries forever.
+    // SAFETY: the fetch is refused at stage 2 (checked); nothing runs there.
+    let x = unsafe { fault::probe_exec_at(crate::mmu::EXEC_MMIO_PAGE) };
+    c.check(
+        "instruction fetch from MMIO: instruction abort injected (no livelock)",
+        x.is_err_and(|a| a.is_injected_instruction_abort()),
+        format_args!("{x:x?}"),
+    );
     // The attack of the review: program the ITS device table into EL2's memory, enable it.
     let carveout_page = env.ram.ranges().last().map_or(0, |r| r.end - 4096);
     for (name, pa, v) in [

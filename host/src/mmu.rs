@@ -67,6 +67,14 @@ const EL0_TEXT: El1Attributes = NORMAL
 const SANDBOX: El1Attributes = NORMAL.union(El1Attributes::UXN);
 /// Data EL0 may read and write (never execute).
 const EL0_DATA: El1Attributes = RAM_RW.union(El1Attributes::USER);
+/// Device memory EL1 may fetch from (stage-1): the hostile scenario's instruction fetch from
+/// MMIO, which the host stage-2 must refuse.
+const EXEC_MMIO: El1Attributes = El1Attributes::ATTRIBUTE_INDEX_0
+    .union(El1Attributes::VALID)
+    .union(El1Attributes::ACCESSED)
+    .union(El1Attributes::UXN);
+/// The MMIO page mapped [`EXEC_MMIO`] (QEMU `virt`'s PL061 GPIO).
+pub const EXEC_MMIO_PAGE: u64 = 0x0903_0000;
 
 #[repr(C, align(4096))]
 struct Pool(UnsafeCell<[[u64; 512]; POOL_PAGES]>);
@@ -228,6 +236,9 @@ pub fn enable(ram: &RangeSet, uart: u64) -> Stage1 {
         put(img.el0_text, EL0_TEXT);
     }
     put(img.sandbox, SANDBOX);
+    if EXEC_MMIO_PAGE + 4096 <= low_ram && uart != EXEC_MMIO_PAGE {
+        put(Range::sized(EXEC_MMIO_PAGE, 4096), EXEC_MMIO);
+    }
     if let Some(last) = ram.ranges().last().filter(|r| r.end - r.start >= 4096) {
         put(Range::sized(last.end - 4096, 4096), EL0_DATA);
     }

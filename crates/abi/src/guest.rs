@@ -110,8 +110,12 @@ pub const SCTLR_EL1_RESET: u64 = 0x30d0_0800;
 pub const PSTATE_EL1H_DAIF: u64 = 0x3c5;
 /// PSTATE.M values EL2 accepts: EL0t, EL1t, EL1h (AArch64).
 pub const PSTATE_MODES: [u64; 3] = [0b0000, 0b0100, 0b0101];
-/// PSTATE bits EL2 accepts besides M: NZCV (31:28) and DAIF (9:6).
-pub const PSTATE_ALLOWED: u64 = (0xf << 28) | (0xf << 6) | 0xf;
+/// PSTATE bits EL2 accepts besides M: NZCV (31:28), TCO (25), DIT (24), UAO (23), PAN (22),
+/// ALLINT (13), SSBS (12), BTYPE (11:10) and DAIF (9:6) — states a guest reaches on its own
+/// (`msr pan, #1`, ...) and that only affect the guest. Refused: the execution state and
+/// exception level (M\[4\], EL2/EL3 modes), IL and SS (an illegal-state or software-step
+/// return the guest did not set up), and every reserved bit.
+pub const PSTATE_ALLOWED: u64 = (0xf << 28) | (0xf << 22) | (0xf << 10) | (0xf << 6) | 0xf;
 
 /// Exit reasons ([`VcpuExit::reason`], also returned in `x2` by `VcpuRun`).
 pub mod exit {

@@ -24,6 +24,7 @@
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use pkvm_abi::{Error, PAGE_SHIFT, PAGE_SIZE};
+pub use pkvm_arch::esr::FaultClass;
 use pkvm_pgtable::{MapFlags, PageTable, Prot};
 use spin::Mutex;
 
@@ -580,12 +581,20 @@ impl<'a, P: Platform> Hyp<'a, P> {
         }
     }
 
-    /// Handles a host stage-2 fault at `ipa`: maps the largest block around it that lies inside
-    /// one memory region (or one MMIO gap) and is not owned by anyone else, or decides to inject
-    /// an abort. Never panics, whatever the address.
-    pub fn handle_host_mem_abort(&self, ipa: u64) -> HostFault {
+    /// Handles a host stage-2 fault of class `class` at `ipa`: maps the largest block around
+    /// it that lies inside one memory region (or one MMIO gap) and is not owned by anyone else,
+    /// or decides to inject an abort. Never panics, whatever the address.
+    ///
+    /// A permission fault means the page is mapped and the access is not allowed (an
+    /// instruction fetch from MMIO, which the host stage-2 maps execute-never): an abort, not
+    /// a retry — retrying would loop forever.
+    pub fn handle_host_mem_abort(&self, ipa: u64, class: FaultClass) -> HostFault {
         self.counters.host_faults.fetch_add(1, Ordering::Relaxed);
-        let r = self.host_fault(ipa);
+        let r = if class == FaultClass::Permission {
+            HostFault::InjectAbort
+        } else {
+            self.host_fault(ipa)
+        };
         if r == HostFault::InjectAbort {
             self.counters
                 .injected_aborts

@@ -24,6 +24,7 @@ use pkvm_abi::guest::{
     self as g, MAX_VMS, PSTATE_ALLOWED, PSTATE_MODES, VcpuExit, VmDesc, exit, vcpu_off,
 };
 use pkvm_abi::{Error, PAGE_SHIFT, PAGE_SIZE, psci};
+use pkvm_arch::esr::{DataAbort, Esr, FaultClass};
 use pkvm_pgtable::{Config, MapFlags, MmOps, PageTable, Prot, VisitKind, WalkFlags};
 
 use crate::mem_protect::{HostMmu, Hyp, HypMmu, table_pages_bound};
@@ -42,10 +43,8 @@ const MEMCACHE_MAX: u64 = 64;
 /// An MMIO access waiting for the host's emulation: completed on the next entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct PendingMmio {
-    /// Target register of a read (31 = xzr), or `None` for a write.
-    read_reg: Option<u8>,
-    /// Access size in bytes.
-    size: u8,
+    /// The access's syndrome: size, target register, sign extension, register width.
+    abort: DataAbort,
 }
 
 #[derive(Debug)]
@@ -495,19 +494,16 @@ impl<'a, P: Platform> Hyp<'a, P> {
             if !pstate_is_valid(pstate) {
                 return Err(Error::Inval);
             }
-            if let Some(m) = vcpu.pending_mmio.take() {
+            if let Some(PendingMmio { abort: d }) = vcpu.pending_mmio.take() {
                 pc = pc.wrapping_add(4);
-                if let Some(r) = m.read_reg
-                    && r < 31
-                {
+                if !d.wnr && d.srt < 31 {
+                    // The host's value, as the load would have left it in the register
+                    // (sized, sign-extended if `SSE`, 32 bits wide unless `SF`).
                     let data = self.plat.read_u64(st + vcpu_off::EXIT_MMIO_DATA as u64);
-                    let mask = if m.size >= 8 {
-                        u64::MAX
-                    } else {
-                        (1u64 << (8 * u32::from(m.size))) - 1
-                    };
-                    self.plat
-                        .write_u64(st + vcpu_off::REGS as u64 + 8 * u64::from(r), data & mask);
+                    self.plat.write_u64(
+                        st + vcpu_off::REGS as u64 + 8 * u64::from(d.srt),
+                        d.load_value(data),
+                    );
                 }
             }
             vcpu.running = true;
@@ -545,6 +541,7 @@ impl<'a, P: Platform> Hyp<'a, P> {
             ..VcpuExit::default()
         };
         let mut pending = None;
+        let esr = Esr(ex.esr);
         let ec = ex.esr >> 26;
         out.reason = match (ex.vector, ec) {
             (1 | 2, _) => exit::IRQ,
@@ -569,30 +566,24 @@ impl<'a, P: Platform> Hyp<'a, P> {
                     .write_u64(st + vcpu_off::PC as u64, pc.wrapping_add(4));
                 exit::IDLE
             }
-            (0, EC_DABT_LOW) if ex.esr & (1 << 24) != 0 && (ex.esr & 0x3f) >> 2 == 1 => {
+            (0, EC_DABT_LOW)
+                if esr.data_abort().is_some_and(|d| d.isv && !d.s1ptw && !d.cm)
+                    && esr.fault_class() == FaultClass::Translation =>
+            {
                 // Translation fault with a valid syndrome: MMIO.
-                let size = 1u8 << ((ex.esr >> 22) & 3);
-                let srt = ((ex.esr >> 16) & 0x1f) as u8;
-                let write = ex.esr & (1 << 6) != 0;
-                out.mmio_size = u64::from(size);
-                out.mmio_write = u64::from(write);
-                if write {
-                    let v = if srt == 31 {
+                let d = DataAbort::from_iss(esr.iss());
+                out.mmio_size = u64::from(d.size());
+                out.mmio_write = u64::from(d.wnr);
+                if d.wnr {
+                    let v = if d.srt == 31 {
                         0
                     } else {
                         self.plat
-                            .read_u64(st + vcpu_off::REGS as u64 + 8 * u64::from(srt))
+                            .read_u64(st + vcpu_off::REGS as u64 + 8 * u64::from(d.srt))
                     };
-                    out.mmio_data = if size >= 8 {
-                        v
-                    } else {
-                        v & ((1u64 << (8 * u32::from(size))) - 1)
-                    };
+                    out.mmio_data = d.store_value(v);
                 }
-                pending = Some(PendingMmio {
-                    read_reg: (!write).then_some(srt),
-                    size,
-                });
+                pending = Some(PendingMmio { abort: d });
                 exit::MMIO
             }
             _ => exit::FAULT,

@@ -44,7 +44,10 @@ fn host_fault(c: &mut Criterion) {
                 let mut t = Duration::ZERO;
                 for _ in 0..iters {
                     let start = Instant::now();
-                    let r = m.hyp.handle_host_mem_abort(0x0900_0000);
+                    let r = m.hyp.handle_host_mem_abort(
+                        0x0900_0000,
+                        pkvm_hyp::mem_protect::FaultClass::Translation,
+                    );
                     t += start.elapsed();
                     assert_eq!(r, pkvm_hyp::mem_protect::HostFault::Mapped);
                     m.hyp.host_stage2_unmap_mmio();

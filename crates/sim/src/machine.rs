@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use pkvm_abi::{Error, HostHcall, PAGE_SHIFT, PAGE_SIZE, SMCCC_SUCCESS, decode_result, hvc_fid};
 use pkvm_hyp::devices::{DeviceKind, DeviceRange, MmioAccess};
-use pkvm_hyp::mem_protect::{HostFault, Hyp};
+use pkvm_hyp::mem_protect::{FaultClass, HostFault, Hyp};
 use pkvm_hyp::memory::{MemRegion, MemoryMap};
 use pkvm_hyp::platform::PhysMem;
 use pkvm_hyp::setup::{BootParams, HypMapping};
@@ -247,7 +247,7 @@ impl Machine<'_> {
                     }
                     return Outcome::Access;
                 }
-                _ => match self.hyp.handle_host_mem_abort(pa) {
+                _ => match self.hyp.handle_host_mem_abort(pa, FaultClass::Translation) {
                     HostFault::Mapped => {}
                     HostFault::InjectAbort => return Outcome::Abort,
                     HostFault::Emulate => {

@@ -93,6 +93,14 @@ pub enum SimGuestAction {
     },
     /// A load of `size` bytes from `ipa` into register `reg`, with a valid syndrome.
     MmioRead { ipa: u64, size: u8, reg: u8 },
+    /// A sign-extending load (`LDRSB`/`LDRSH`/`LDRSW`) of `size` bytes from `ipa` into `reg`,
+    /// a 64-bit register if `sf` (else its 32-bit view), with a valid syndrome.
+    MmioReadSigned {
+        ipa: u64,
+        size: u8,
+        reg: u8,
+        sf: bool,
+    },
     /// A synchronous exception with this ESR (a trapped instruction, a fault without syndrome).
     Sync(u64),
     /// A physical interrupt.
@@ -188,8 +196,32 @@ impl GuestRunner for SimPlatform {
             }
             SimGuestAction::MmioRead { ipa, size, reg } => {
                 let sas = u64::from(size.trailing_zeros());
-                let esr =
-                    0x24 << 26 | 1 << 25 | 1 << 24 | sas << 22 | u64::from(reg) << 16 | 0b000111;
+                // A 64-bit register for an 8-byte load (SF), a 32-bit one otherwise.
+                let sf = u64::from(size == 8) << 15;
+                let esr = 0x24 << 26
+                    | 1 << 25
+                    | 1 << 24
+                    | sas << 22
+                    | u64::from(reg) << 16
+                    | sf
+                    | 0b000111;
+                GuestExit {
+                    vector: 0,
+                    esr,
+                    far: ipa,
+                    hpfar: hpfar(ipa),
+                }
+            }
+            SimGuestAction::MmioReadSigned { ipa, size, reg, sf } => {
+                let sas = u64::from(size.trailing_zeros());
+                let esr = 0x24 << 26
+                    | 1 << 25
+                    | 1 << 24
+                    | sas << 22
+                    | 1 << 21
+                    | u64::from(reg) << 16
+                    | u64::from(sf) << 15
+                    | 0b000111;
                 GuestExit {
                     vector: 0,
                     esr,

@@ -310,7 +310,13 @@ fn escape3_lpis_stay_off_and_lpi_tables_stay_in_host_ram() {
             (1 << 32) | (1 << 4) | gicr::TYPER_PLPIS | gicr::TYPER_DIRECT_LPI,
         );
         let access = |off: u64, write: bool, size: u8, value: u64| {
-            assert_eq!(m.hyp.handle_host_mem_abort(rd + off), HostFault::Emulate);
+            assert_eq!(
+                m.hyp.handle_host_mem_abort(
+                    rd + off,
+                    pkvm_hyp::mem_protect::FaultClass::Translation
+                ),
+                HostFault::Emulate
+            );
             m.hyp
                 .host_mmio_access(rd + off, MmioAccess { write, size, value })
                 .unwrap()
@@ -367,6 +373,32 @@ fn escape3_lpis_stay_off_and_lpi_tables_stay_in_host_ram() {
             ((r0(m) + 0x300) << PAGE_SHIFT) | 13,
         );
         assert_eq!(m.plat.mmio_read(rd + gicr::PROPBASER, 8), host_table | 15);
+        m.check_invariants().unwrap();
+    });
+}
+
+/// Found by the second review: an instruction fetch from MMIO (which the host stage-2 maps
+/// execute-never) is a stage-2 *permission* fault on a valid entry; the fault path used to
+/// treat every valid entry as "another CPU mapped it first" and let the host retry — forever.
+/// A permission fault is now answered with an abort.
+#[test]
+fn permission_fault_on_a_mapped_page_is_an_abort_not_a_retry() {
+    use pkvm_abi::Stat;
+    use pkvm_hyp::mem_protect::{FaultClass, HostFault};
+    with_machine(&SimConfig::small(), |m| {
+        let mmio = 0x0903_0000;
+        assert_eq!(m.host_access(mmio, false), Outcome::Access, "mapped now");
+        let aborts = m.hyp.stat(Stat::InjectedAborts);
+        assert_eq!(
+            m.hyp.handle_host_mem_abort(mmio, FaultClass::Permission),
+            HostFault::InjectAbort
+        );
+        assert_eq!(m.hyp.stat(Stat::InjectedAborts), aborts + 1);
+        // A translation fault on a mapped page is still the benign race.
+        assert_eq!(
+            m.hyp.handle_host_mem_abort(mmio, FaultClass::Translation),
+            HostFault::Mapped
+        );
         m.check_invariants().unwrap();
     });
 }

@@ -423,6 +423,70 @@ fn bad_inputs() {
     });
 }
 
+/// PSTATE bits a guest sets for itself (PAN, UAO, DIT, TCO, SSBS, BTYPE, ALLINT) do not make
+/// its next run fail: they only affect the guest. IL and SS still do.
+#[test]
+fn guest_pstate_bits_of_its_own_are_accepted() {
+    machine(|m, h| {
+        let (desc, vcpu, fp) = (h.page(0), h.page(1), h.page(2));
+        let a = create(m, h, desc, vcpu, fp, 16);
+        let ps = vcpu + vcpu_off::PSTATE as u64;
+        let own = (1u64 << 22) | (1 << 23) | (1 << 24) | (1 << 25) | (1 << 12) | (1 << 13);
+        for extra in [own, 0b10 << 10, own | (0b11 << 10)] {
+            m.plat.write_u64(ps, PSTATE_EL1H_DAIF | extra);
+            m.plat
+                .write_u64(vcpu + vcpu_off::PC as u64, g::GUEST_RAM_IPA);
+            assert_eq!(run(m, a), Ok(exit::SYSTEM_EVENT), "pstate bits {extra:#x}");
+            let entry = *m.plat.guest_entries.lock().unwrap().last().unwrap();
+            assert_eq!(entry.pstate, PSTATE_EL1H_DAIF | extra);
+        }
+        for bad in [1u64 << 20, 1 << 21, 1 << 4, 1 << 5, 1 << 26] {
+            m.plat.write_u64(ps, PSTATE_EL1H_DAIF | bad);
+            assert_eq!(run(m, a), Err(Error::Inval), "pstate bit {bad:#x}");
+        }
+        destroy(m, a, &[desc, vcpu, fp]);
+    });
+}
+
+/// An MMIO read completes as the load instruction would have: sign-extended for `LDRSB`/
+/// `LDRSH`/`LDRSW`, zero-extended to 64 bits for a 32-bit register.
+#[test]
+fn mmio_reads_complete_with_the_loads_extension() {
+    machine(|m, h| {
+        let (desc, vcpu, fp) = (h.page(0), h.page(1), h.page(2));
+        let a = create(m, h, desc, vcpu, fp, 16);
+        let reg = |r: u64| m.plat.read_u64(vcpu + (vcpu_off::REGS as u64) + 8 * r);
+        for (size, sf, host, want) in [
+            (1u8, true, 0x80u64, 0xffff_ffff_ffff_ff80u64),
+            (1, true, 0x7f, 0x7f),
+            (2, false, 0x8000, 0xffff_8000),
+            (4, true, 0x8000_0000, 0xffff_ffff_8000_0000),
+        ] {
+            m.plat
+                .guest_script
+                .lock()
+                .unwrap()
+                .push_back(SimGuestAction::MmioReadSigned {
+                    ipa: g::GUEST_ID_REG_IPA,
+                    size,
+                    reg: 9,
+                    sf,
+                });
+            assert_eq!(run(m, a), Ok(exit::MMIO));
+            m.plat
+                .write_u64(vcpu + vcpu_off::EXIT_MMIO_DATA as u64, host);
+            m.plat
+                .guest_script
+                .lock()
+                .unwrap()
+                .push_back(SimGuestAction::Irq);
+            assert_eq!(run(m, a), Ok(exit::IRQ));
+            assert_eq!(reg(9), want, "size {size} sf {sf} value {host:#x}");
+        }
+        destroy(m, a, &[desc, vcpu, fp]);
+    });
+}
+
 #[test]
 fn eight_vms_then_enomem() {
     machine(|m, h| {
