@@ -265,6 +265,7 @@ fn restore_vttbr(old: u64) {
 }
 
 impl GuestRunner for El2Platform {
+    #[inline(always)]
     fn run_guest(&self, entry: &GuestEntry) -> GuestExit {
         crate::world::run_guest(entry)
     }

@@ -43,8 +43,10 @@ const MEMCACHE_MAX: u64 = 64;
 /// An MMIO access waiting for the host's emulation: completed on the next entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct PendingMmio {
-    /// The access's syndrome: size, target register, sign extension, register width.
-    abort: DataAbort,
+    /// The access's syndrome (`ESR_EL2.ISS`): size, target register, sign extension, register
+    /// width. Kept raw (4 bytes) and decoded only when the access completes: the vCPU's
+    /// pending-access slot is copied on every run.
+    iss: u32,
 }
 
 #[derive(Debug)]
@@ -494,17 +496,9 @@ impl<'a, P: Platform> Hyp<'a, P> {
             if !pstate_is_valid(pstate) {
                 return Err(Error::Inval);
             }
-            if let Some(PendingMmio { abort: d }) = vcpu.pending_mmio.take() {
+            if let Some(m) = vcpu.pending_mmio.take() {
                 pc = pc.wrapping_add(4);
-                if !d.wnr && d.srt < 31 {
-                    // The host's value, as the load would have left it in the register
-                    // (sized, sign-extended if `SSE`, 32 bits wide unless `SF`).
-                    let data = self.plat.read_u64(st + vcpu_off::EXIT_MMIO_DATA as u64);
-                    self.plat.write_u64(
-                        st + vcpu_off::REGS as u64 + 8 * u64::from(d.srt),
-                        d.load_value(data),
-                    );
-                }
+                self.complete_mmio(st, m);
             }
             vcpu.running = true;
             (
@@ -531,7 +525,9 @@ impl<'a, P: Platform> Hyp<'a, P> {
         Ok(reason)
     }
 
-    /// Turns an exit into the vCPU structure's `exit` and a reason.
+    /// Turns an exit into the vCPU structure's `exit` and a reason. Inlined into `vcpu_run`:
+    /// the round trip is the hot path of a running guest (the rare MMIO work is out of line).
+    #[inline(always)]
     fn decode_exit(&self, e: &GuestEntry, ex: &GuestExit) -> (u64, Option<PendingMmio>) {
         let st = e.vcpu_pa;
         let mut out = VcpuExit {
@@ -571,19 +567,7 @@ impl<'a, P: Platform> Hyp<'a, P> {
                     && esr.fault_class() == FaultClass::Translation =>
             {
                 // Translation fault with a valid syndrome: MMIO.
-                let d = DataAbort::from_iss(esr.iss());
-                out.mmio_size = u64::from(d.size());
-                out.mmio_write = u64::from(d.wnr);
-                if d.wnr {
-                    let v = if d.srt == 31 {
-                        0
-                    } else {
-                        self.plat
-                            .read_u64(st + vcpu_off::REGS as u64 + 8 * u64::from(d.srt))
-                    };
-                    out.mmio_data = d.store_value(v);
-                }
-                pending = Some(PendingMmio { abort: d });
+                pending = Some(self.mmio_exit(st, esr, &mut out));
                 exit::MMIO
             }
             _ => exit::FAULT,
@@ -603,6 +587,40 @@ impl<'a, P: Platform> Hyp<'a, P> {
             self.plat.write_u64(base + 8 * i as u64, *w);
         }
         (out.reason, pending)
+    }
+
+    /// Completes the MMIO read `m` the host emulated: its value, as the load would have left
+    /// it in the register (sized, sign-extended if `SSE`, 32 bits wide unless `SF`). Out of
+    /// line, as [`Hyp::mmio_exit`].
+    #[inline(never)]
+    fn complete_mmio(&self, st: u64, m: PendingMmio) {
+        let d = DataAbort::from_iss(m.iss);
+        if !d.wnr && d.srt < 31 {
+            let data = self.plat.read_u64(st + vcpu_off::EXIT_MMIO_DATA as u64);
+            self.plat.write_u64(
+                st + vcpu_off::REGS as u64 + 8 * u64::from(d.srt),
+                d.load_value(data),
+            );
+        }
+    }
+
+    /// Fills `out` for an MMIO exit (size, direction, the stored value) and returns the
+    /// access to complete on the next run. Out of line: the hypercall exits stay short.
+    #[inline(never)]
+    fn mmio_exit(&self, st: u64, esr: Esr, out: &mut VcpuExit) -> PendingMmio {
+        let d = DataAbort::from_iss(esr.iss());
+        out.mmio_size = u64::from(d.size());
+        out.mmio_write = u64::from(d.wnr);
+        if d.wnr {
+            let v = if d.srt == 31 {
+                0
+            } else {
+                self.plat
+                    .read_u64(st + vcpu_off::REGS as u64 + 8 * u64::from(d.srt))
+            };
+            out.mmio_data = d.store_value(v);
+        }
+        PendingMmio { iss: esr.iss() }
     }
 
     /// Number of live VMs.
