@@ -3,8 +3,9 @@
 //! exactly the same figures, and prints them as a table beside Linux 6.1 pKVM's figures and
 //! pkvm-rs's targets (BRIEF §6).
 
+use crate::images::build_image_set;
 use crate::qemu::{self, Images, RunOptions};
-use crate::{Error, build_image_set, failed, prereq};
+use crate::{Error, failed, prereq};
 
 /// Prefix of a figure line on the console.
 pub const BENCH_PREFIX: &str = "PKVM-BENCH";
@@ -240,6 +241,15 @@ pub fn bench_boots(images: &Images, opts: &RunOptions) -> Result<Vec<Figure>, Er
         }
     }
     Ok(runs.swap_remove(0))
+}
+
+/// Default options of `cargo xtask bench`: the `bench` scenario under `-icount`.
+pub fn default_options() -> RunOptions {
+    RunOptions {
+        icount: true,
+        scenario: "bench".into(),
+        ..RunOptions::default()
+    }
 }
 
 /// `cargo xtask bench`.

@@ -16,10 +16,9 @@
 //! Every step runs even if an earlier one failed; the summary lists them all and ends with the
 //! system tests' `N passed, M failed` line. The exit status is non-zero if anything failed.
 
+use crate::images::build_image_set;
 use crate::qemu::{self, Images, Outcome, RunOptions};
-use crate::{
-    BARE_TARGET, EL2_TARGET, Error, bench, build_image_set, cargo, failed, prereq, run_cmd,
-};
+use crate::{BARE_TARGET, EL2_TARGET, Error, bench, cargo, failed, prereq, run_cmd};
 use std::time::{Duration, Instant};
 
 /// The images of both EL2 builds (the host and guest are the same).
@@ -42,7 +41,7 @@ fn timed(name: &str, f: impl FnOnce() -> Result<String, Error>) -> Step {
     let took = start.elapsed();
     let (ok, note) = match r {
         Ok(note) => (true, note),
-        Err(Error::Failed(m) | Error::Usage(m)) => (false, m),
+        Err(Error(m)) => (false, m),
     };
     Step {
         name: name.to_string(),
@@ -285,7 +284,7 @@ pub fn cmd_test() -> Result<(), Error> {
         },
     ));
     steps.push(timed(
-        &format!("clippy: host, guest on {BARE_TARGET}"),
+        &format!("clippy: host, guest, rt on {BARE_TARGET}"),
         || {
             cargo_step(&[
                 "clippy",
@@ -293,7 +292,8 @@ pub fn cmd_test() -> Result<(), Error> {
                 "pkvm-host",
                 "-p",
                 "pkvm-guest",
-                "--bins",
+                "-p",
+                "pkvm-rt",
                 "--target",
                 BARE_TARGET,
                 "--",
@@ -384,7 +384,7 @@ pub fn cmd_test() -> Result<(), Error> {
     println!("system tests ({:.1} s):", qemu_time.as_secs_f64());
     println!("{sys_passed} passed, {sys_failed} failed");
     if other_failed + sys_failed > 0 {
-        Err(Error::Failed("test failed".into()))
+        failed("test failed")
     } else {
         Ok(())
     }

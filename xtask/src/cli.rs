@@ -1,0 +1,487 @@
+//! The command line, defined once (clap's derive API) and validated here: `cargo xtask run |
+//! test | bench [options] [-- <extra QEMU args>]`, turned into an [`Action`] that says what to
+//! run and with which [`RunOptions`]. Nothing else in xtask looks at argv.
+//!
+//! Defaults differ between the commands (`run --host linux` boots 4 CPUs for up to 180 s,
+//! `bench` counts instructions in the `bench` scenario), so the options are optional here and
+//! fill in the command's [`RunOptions`] defaults.
+
+use crate::qemu::RunOptions;
+use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// `cargo xtask`: builds the pkvm-rs images, boots them in QEMU and runs the project's checks.
+#[derive(Debug, Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    subcommand_required = true,
+    arg_required_else_help = true,
+    after_help = "`cargo xtask help run` and `cargo xtask help bench` list the options."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// build the EL2 and host images (release) and boot them in QEMU; exits 0 iff the
+    /// host reports `PKVM-RESULT pass`
+    #[command(verbatim_doc_comment, args_override_self = true)]
+    Run(RunArgs),
+    /// cargo fmt --check, clippy (host and bare-metal targets), cargo test --workspace,
+    /// then the QEMU system tests
+    #[command(verbatim_doc_comment)]
+    Test,
+    /// boots `--icount --scenario bench` twice, fails unless both boots measured the same
+    /// EL2 instruction counts, and prints them beside Linux 6.1 pKVM's and our targets
+    #[command(
+        verbatim_doc_comment,
+        args_override_self = true,
+        mut_arg("icount", |a| a.help(BENCH_ICOUNT_HELP)),
+        mut_arg("scenario", |a| a.help(BENCH_SCENARIO_HELP)),
+    )]
+    Bench(QemuArgs),
+}
+
+/// `run`: the QEMU options, and the ones that boot Linux as the host.
+#[derive(Debug, Args)]
+#[command(group(
+    ArgGroup::new("linux")
+        .multiple(true)
+        .args(["host", "kernel", "initrd", "bench_linux"])
+))]
+struct RunArgs {
+    #[command(flatten)]
+    qemu: QemuArgs,
+    #[command(flatten)]
+    linux: LinuxArgs,
+}
+
+/// The options of `run` and `bench`: the machine, the scenario, the EL2 build.
+#[derive(Debug, Args)]
+struct QemuArgs {
+    /// QEMU CPU model (default max; max means max,pauth-impdef=on)
+    #[arg(long, value_name = "max|cortex-a72|...")]
+    cpu: Option<String>,
+    /// number of CPUs, 1..=8 (default 1)
+    #[arg(long, value_name = "N", value_parser = smp)]
+    smp: Option<u32>,
+    /// RAM size, e.g. 512M, 1G (default 1G)
+    #[arg(long, value_name = "SIZE")]
+    mem: Option<String>,
+    /// deterministic instruction counting (-icount shift=0)
+    #[arg(long)]
+    icount: bool,
+    /// wall-clock limit for QEMU (default 60)
+    #[arg(long, value_name = "SECS", value_parser = seconds)]
+    timeout: Option<Duration>,
+    /// host scenario, passed as pkvm.scenario=NAME (default selftest)
+    #[arg(long, value_name = "NAME", value_parser = word)]
+    scenario: Option<String>,
+    /// guest lifecycles for the `guests` scenario (pkvm.guests=N; selects
+    /// that scenario unless --scenario names another; default 1000)
+    #[arg(long, value_name = "N", verbatim_doc_comment)]
+    guests: Option<u64>,
+    /// run only these parts of the scenario (pkvm.parts=; the hostile
+    /// scenario: sysregs, classes, random, el0, devices, guests)
+    #[arg(long, value_name = "a,b,...", value_parser = word, verbatim_doc_comment)]
+    parts: Option<String>,
+    /// tell the host to hang instead of finishing (tests the timeout)
+    #[arg(long)]
+    hang: bool,
+    /// boot the test build of EL2 (pkvm-el2-debug: with the debug
+    /// hypercalls; every other run boots the production EL2)
+    #[arg(long, verbatim_doc_comment)]
+    debug_el2: bool,
+    /// leave the host image out (EL2 must refuse to boot)
+    #[arg(long)]
+    no_host: bool,
+    /// extra QEMU arguments
+    #[arg(last = true, value_name = "ARGS")]
+    extra: Vec<String>,
+}
+
+/// The options of `run` that boot Debian's Linux (or the user's) as the host.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Linux as the host")]
+struct LinuxArgs {
+    /// run Debian's arm64 Linux as the host (downloaded with apt, cached
+    /// in target/linux/; defaults --smp 4 --timeout 180) with the
+    /// linux/pkvm_test.c driver in its initramfs
+    #[arg(
+        long,
+        value_name = "linux",
+        hide_possible_values = true,
+        verbatim_doc_comment
+    )]
+    host: Option<Host>,
+    /// (with --host linux) boot this arm64 Image instead of Debian's
+    #[arg(long, value_name = "Image")]
+    kernel: Option<PathBuf>,
+    /// (with --host linux) use this initramfs; its /init must print
+    /// the PKVM-RESULT line
+    #[arg(long, value_name = "FILE", verbatim_doc_comment)]
+    initrd: Option<PathBuf>,
+    /// (with --host linux) time boot-to-/init: direct, under pkvm-rs,
+    /// under Linux's pKVM (kvm-arm.mode=protected)
+    #[arg(long, verbatim_doc_comment)]
+    bench_linux: bool,
+    /// (with --bench-linux) boots of each kind, 1..=20 (default 3)
+    #[arg(long, value_name = "N", value_parser = reps, requires = "linux")]
+    reps: Option<u32>,
+    /// (with --host linux) print the driver's EL2 instruction counts
+    /// (use with --icount --smp 1)
+    #[arg(long, requires = "linux", verbatim_doc_comment)]
+    measure: bool,
+}
+
+/// The hosts `--host` knows besides our own test host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Host {
+    // Debian's arm64 Linux (no doc comment: it would become the value's help).
+    Linux,
+}
+
+/// Boots of each kind for `--bench-linux` without `--reps`.
+const DEFAULT_REPS: u32 = 3;
+
+// `bench` shares the options of `run` but always counts instructions, in its own scenario: these
+// replace the help of `--icount` and `--scenario` there.
+const BENCH_ICOUNT_HELP: &str = "deterministic instruction counting (-icount shift=0; always on)";
+const BENCH_SCENARIO_HELP: &str = "host scenario, passed as pkvm.scenario=NAME (default bench)";
+
+fn smp(v: &str) -> Result<u32, String> {
+    v.parse()
+        .ok()
+        .filter(|n| (1..=8).contains(n))
+        .ok_or_else(|| "want 1..=8 (EL2 has 8 stacks)".into())
+}
+
+fn seconds(v: &str) -> Result<Duration, String> {
+    v.parse()
+        .ok()
+        .filter(|s: &f64| s.is_finite() && *s > 0.0 && *s < 1e6)
+        .map(Duration::from_secs_f64)
+        .ok_or_else(|| "want a number of seconds".into())
+}
+
+/// A word for the host's command line: not empty, no white space.
+fn word(v: &str) -> Result<String, String> {
+    if v.is_empty() || v.contains(char::is_whitespace) {
+        Err("want a word without spaces".into())
+    } else {
+        Ok(v.to_string())
+    }
+}
+
+fn reps(v: &str) -> Result<u32, String> {
+    v.parse()
+        .ok()
+        .filter(|n| (1..=20).contains(n))
+        .ok_or_else(|| "want 1..=20".into())
+}
+
+/// What the command line asks for.
+#[derive(Debug)]
+pub enum Action {
+    /// `run`: our own host under EL2.
+    Run(RunOptions),
+    /// `run --host linux` (or `--kernel`, `--initrd`, `--bench-linux`).
+    RunLinux(LinuxRun),
+    /// `test`.
+    Test,
+    /// `bench`.
+    Bench(RunOptions),
+}
+
+/// `run` with Linux as the host.
+#[derive(Debug)]
+pub struct LinuxRun {
+    /// The QEMU options (defaults: [`crate::linux::default_options`]).
+    pub opts: RunOptions,
+    /// The user's kernel `Image` instead of Debian's.
+    pub kernel: Option<PathBuf>,
+    /// The user's initramfs instead of ours.
+    pub initrd: Option<PathBuf>,
+    /// `--bench-linux`: time this many boots of each kind instead of running the checks.
+    pub bench_reps: Option<u32>,
+    /// `--measure`: have `/init` print the driver's EL2 instruction counts.
+    pub measure: bool,
+}
+
+impl QemuArgs {
+    /// The options given, over `o` (the command's defaults).
+    fn over(self, mut o: RunOptions) -> RunOptions {
+        if let Some(cpu) = self.cpu {
+            o.cpu = cpu;
+        }
+        if let Some(n) = self.smp {
+            o.smp = n;
+        }
+        if let Some(mem) = self.mem {
+            o.mem = mem;
+        }
+        o.icount |= self.icount;
+        if let Some(t) = self.timeout {
+            o.timeout = t;
+        }
+        // --guests selects the guests scenario unless --scenario names another.
+        if let Some(n) = self.guests {
+            o.guests = Some(n);
+            if o.scenario == "selftest" {
+                o.scenario = "guests".into();
+            }
+        }
+        if let Some(s) = self.scenario {
+            o.scenario = s;
+        }
+        if self.parts.is_some() {
+            o.parts = self.parts;
+        }
+        o.hang |= self.hang;
+        o.debug_el2 |= self.debug_el2;
+        o.no_host |= self.no_host;
+        o.extra.extend(self.extra);
+        o
+    }
+}
+
+impl Cli {
+    /// What to do, with every option applied over the command's defaults.
+    pub fn action(self) -> Action {
+        match self.command {
+            Command::Run(RunArgs { qemu, linux: l }) => {
+                if l.host.is_some() || l.kernel.is_some() || l.initrd.is_some() || l.bench_linux {
+                    Action::RunLinux(LinuxRun {
+                        opts: qemu.over(crate::linux::default_options()),
+                        kernel: l.kernel,
+                        initrd: l.initrd,
+                        bench_reps: l.bench_linux.then_some(l.reps.unwrap_or(DEFAULT_REPS)),
+                        measure: l.measure,
+                    })
+                } else {
+                    Action::Run(qemu.over(RunOptions::default()))
+                }
+            }
+            Command::Test => Action::Test,
+            Command::Bench(qemu) => Action::Bench(qemu.over(crate::bench::default_options())),
+        }
+    }
+}
+
+/// Parses the process's arguments; prints the help or the usage error and exits when that is
+/// what they ask for or are.
+pub fn parse() -> Action {
+    Cli::parse().action()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+    use clap::error::ErrorKind;
+
+    fn action(args: &[&str]) -> Result<Action, clap::Error> {
+        Cli::try_parse_from(std::iter::once("cargo-xtask").chain(args.iter().copied()))
+            .map(Cli::action)
+    }
+
+    fn run(args: &[&str]) -> Result<RunOptions, clap::Error> {
+        let mut all = vec!["run"];
+        all.extend(args);
+        match action(&all)? {
+            Action::Run(o) => Ok(o),
+            other => panic!("{args:?}: {other:?}"),
+        }
+    }
+
+    fn linux(args: &[&str]) -> LinuxRun {
+        let mut all = vec!["run"];
+        all.extend(args);
+        match action(&all) {
+            Ok(Action::RunLinux(l)) => l,
+            other => panic!("{args:?}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn run_options() {
+        let o = run(&[]).unwrap();
+        assert_eq!((o.cpu.as_str(), o.smp, o.timeout.as_secs()), ("max", 1, 60));
+        let o = run(&[
+            "--cpu",
+            "cortex-a72",
+            "--smp",
+            "4",
+            "--mem",
+            "2G",
+            "--icount",
+            "--timeout",
+            "5",
+            "--scenario",
+            "bench",
+            "--hang",
+            "--",
+            "-d",
+            "int",
+        ])
+        .unwrap();
+        assert_eq!(o.cpu, "cortex-a72");
+        assert_eq!(
+            (o.smp, o.mem.as_str(), o.icount, o.hang),
+            (4, "2G", true, true)
+        );
+        assert_eq!((o.timeout.as_secs(), o.scenario.as_str()), (5, "bench"));
+        assert_eq!(o.extra, ["-d", "int"]);
+        for bad in [
+            &["--smp", "9"][..],
+            &["--smp", "0"],
+            &["--timeout", "x"],
+            &["--timeout", "0"],
+            &["--cpu"],
+            &["--frob"],
+            &["--scenario", "a b"],
+            &["--scenario", ""],
+            &["--parts", "a, b"],
+            &["--guests", "many"],
+            &["stray"],
+            &["--measure"],
+            &["--reps", "2"],
+            &["--host", "windows"],
+        ] {
+            assert!(run(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn more_run_options() {
+        let o = run(&["--timeout", "0.5", "--parts", "el0,devices", "--no-host"]).unwrap();
+        assert_eq!(o.timeout, Duration::from_millis(500));
+        assert_eq!(o.parts.as_deref(), Some("el0,devices"));
+        assert!(o.no_host && !o.debug_el2 && !o.icount && !o.hang);
+        assert!(run(&["--debug-el2"]).unwrap().debug_el2);
+        // A repeated option: the last one counts.
+        assert_eq!(run(&["--smp", "2", "--smp", "3"]).unwrap().smp, 3);
+        // --guests selects the guests scenario unless --scenario names another.
+        let o = run(&["--guests", "200"]).unwrap();
+        assert_eq!((o.scenario.as_str(), o.guests), ("guests", Some(200)));
+        let o = run(&["--guests", "5", "--scenario", "hostile"]).unwrap();
+        assert_eq!((o.scenario.as_str(), o.guests), ("hostile", Some(5)));
+        // Everything after `--` goes to QEMU, options included.
+        let o = run(&["--", "--smp", "x", "-S"]).unwrap();
+        assert_eq!(o.smp, 1);
+        assert_eq!(o.extra, ["--smp", "x", "-S"]);
+    }
+
+    #[test]
+    fn linux_options() {
+        let l = linux(&["--host", "linux"]);
+        assert_eq!((l.opts.smp, l.opts.timeout.as_secs()), (4, 180));
+        assert_eq!(
+            (l.kernel, l.initrd, l.bench_reps, l.measure),
+            (None, None, None, false)
+        );
+        let l = linux(&[
+            "--host",
+            "linux",
+            "--measure",
+            "--icount",
+            "--smp",
+            "1",
+            "--",
+            "-s",
+        ]);
+        assert!(l.measure && l.opts.icount);
+        assert_eq!((l.opts.smp, l.opts.extra), (1, vec!["-s".to_string()]));
+        let l = linux(&["--kernel", "/k/Image", "--initrd", "/k/initrd"]);
+        assert_eq!(l.kernel.as_deref(), Some(std::path::Path::new("/k/Image")));
+        assert_eq!(l.initrd.as_deref(), Some(std::path::Path::new("/k/initrd")));
+        assert_eq!(linux(&["--bench-linux"]).bench_reps, Some(3));
+        let l = linux(&["--host", "linux", "--bench-linux", "--reps", "5"]);
+        assert_eq!(l.bench_reps, Some(5));
+        for bad in [
+            &["--host", "linux", "--reps", "0"][..],
+            &["--host", "linux", "--reps", "21"],
+            &["--host"],
+            &["--kernel"],
+        ] {
+            assert!(run(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn bench_and_test() {
+        let Ok(Action::Bench(o)) = action(&["bench"]) else {
+            panic!("bench");
+        };
+        assert!(o.icount);
+        assert_eq!((o.scenario.as_str(), o.smp), ("bench", 1));
+        let Ok(Action::Bench(o)) = action(&["bench", "--cpu", "cortex-a72", "--guests", "3"])
+        else {
+            panic!("bench with options");
+        };
+        assert_eq!(
+            (o.cpu.as_str(), o.scenario.as_str()),
+            ("cortex-a72", "bench")
+        );
+        assert!(action(&["bench", "--host", "linux"]).is_err());
+        assert!(matches!(action(&["test"]), Ok(Action::Test)));
+        assert!(action(&["test", "--smp", "2"]).is_err());
+        assert!(action(&["frob"]).is_err());
+    }
+
+    #[test]
+    fn help() {
+        for args in [
+            &["help"][..],
+            &["--help"],
+            &["-h"],
+            &["help", "run"],
+            &["run", "-h"],
+        ] {
+            let e = action(args).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::DisplayHelp, "{args:?}");
+        }
+        let e = action(&[]).unwrap_err();
+        assert_eq!(
+            e.kind(),
+            ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+        );
+        // Every option of today's usage text is in the help of `run`.
+        let help = Cli::command()
+            .find_subcommand_mut("run")
+            .expect("run")
+            .render_long_help()
+            .to_string();
+        for opt in [
+            "--cpu",
+            "--smp",
+            "--mem",
+            "--icount",
+            "--timeout",
+            "--scenario",
+            "--guests",
+            "--parts",
+            "--hang",
+            "--no-host",
+            "--debug-el2",
+            "--host",
+            "--kernel",
+            "--initrd",
+            "--bench-linux",
+            "--reps",
+            "--measure",
+            "[-- <ARGS>...]",
+        ] {
+            assert!(help.contains(opt), "{opt} missing from\n{help}");
+        }
+    }
+}
