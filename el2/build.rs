@@ -1,21 +1,26 @@
-//! Generates the EL2 linker script from the boot layout in `pkvm_abi::boot`, for bare-metal
-//! builds only (a build for the development machine links the stub `main` normally).
-
-use std::{env, fs, path::PathBuf};
+//! The EL2 linker script: the shared image layout of `pkvm_rt::build`, linked at
+//! `pkvm_abi::boot::EL2_LOAD_ADDR`, plus the per-CPU stacks, and a check that the image (its
+//! `.bss` and stacks included) ends below the host's load address.
 
 fn main() {
-    println!("cargo:rerun-if-changed=linker.ld.in");
-    println!("cargo:rerun-if-changed=build.rs");
-    if env::var("CARGO_CFG_TARGET_OS").as_deref() != Ok("none") {
-        return;
+    pkvm_rt::build::LinkerScript {
+        name: "pkvm-el2",
+        base: pkvm_abi::boot::EL2_LOAD_ADDR,
+        notes: " *
+ * EL2 maps itself at VA == PA (text RX, rodata RO, data/bss RW) and each CPU's stack RW with
+ * an unmapped guard page below it (.el2_stacks: [guard][stack 0][guard][stack 1]...).
+",
+        after_bss: "
+    .el2_stacks (NOLOAD) : ALIGN(4096) {
+        KEEP(*(.el2_stacks))
     }
-    let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
-    let out = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR"));
-    let template = fs::read_to_string(manifest.join("linker.ld.in")).expect("read linker.ld.in");
-    let script = template
-        .replace("@BASE@", &format!("{:#x}", pkvm_abi::boot::EL2_LOAD_ADDR))
-        .replace("@LIMIT@", &format!("{:#x}", pkvm_abi::boot::HOST_LOAD_ADDR));
-    let path = out.join("pkvm-el2.ld");
-    fs::write(&path, script).expect("write linker script");
-    println!("cargo:rustc-link-arg-bins=-T{}", path.display());
+",
+        asserts: &format!(
+            "ASSERT(__image_end <= {:#x}, \"{}\")",
+            pkvm_abi::boot::HOST_LOAD_ADDR,
+            "the EL2 image (with .bss) overlaps the host image load address"
+        ),
+        ..pkvm_rt::build::LinkerScript::PAGE_ALIGNED
+    }
+    .link();
 }

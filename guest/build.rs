@@ -1,22 +1,23 @@
-//! Generates the guest linker script from `pkvm_abi::guest` (bare-metal builds only).
-
-use std::{env, fs, path::PathBuf};
+//! The guest's linker script: the shared image layout of `pkvm_rt::build`, linked at
+//! `pkvm_abi::guest::GUEST_RAM_IPA`, with the stack at the end of the guest's RAM.
 
 fn main() {
-    println!("cargo:rerun-if-changed=linker.ld.in");
-    println!("cargo:rerun-if-changed=build.rs");
-    if env::var("CARGO_CFG_TARGET_OS").as_deref() != Ok("none") {
-        return;
+    let ram_size = pkvm_abi::guest::GUEST_RAM_PAGES * pkvm_abi::PAGE_SIZE;
+    pkvm_rt::build::LinkerScript {
+        name: "pkvm-guest",
+        base: pkvm_abi::guest::GUEST_RAM_IPA,
+        align: 16,
+        notes: " *
+ * The host copies the raw image to the start of the guest's RAM, which it shares into the
+ * guest at IPA @BASE@; the guest runs with its MMU off (PC = IPA). Its stack is at the end of
+ * its RAM.
+",
+        after_bss: &format!("    __stack_top = @BASE@ + {ram_size:#x};\n"),
+        asserts: concat!(
+            "ASSERT(__bss_end + 0x4000 <= __stack_top, ",
+            "\"guest image + 16 KiB stack do not fit in guest RAM\")"
+        ),
+        ..pkvm_rt::build::LinkerScript::PAGE_ALIGNED
     }
-    let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
-    let out = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR"));
-    let template = fs::read_to_string(manifest.join("linker.ld.in")).expect("read linker.ld.in");
-    let g = &pkvm_abi::guest::GUEST_RAM_IPA;
-    let size = pkvm_abi::guest::GUEST_RAM_PAGES * pkvm_abi::PAGE_SIZE;
-    let script = template
-        .replace("@BASE@", &format!("{g:#x}"))
-        .replace("@SIZE@", &format!("{size:#x}"));
-    let path = out.join("pkvm-guest.ld");
-    fs::write(&path, script).expect("write linker script");
-    println!("cargo:rustc-link-arg-bins=-T{}", path.display());
+    .link();
 }

@@ -1,23 +1,31 @@
 //! Entry, stacks and exception vectors of the EL2 image: all of EL2's assembly lives here.
 //!
-//! * `_start` begins with the 64-byte arm64 `Image` header (so QEMU's `-kernel` loads the
-//!   image at RAM base + `text_offset` and enters it with `x0` = DTB). It checks that it runs at
-//!   EL2 at its link address, puts `SCTLR_EL2` in a known MMU-off state, zeroes `.bss`, takes
-//!   CPU 0's stack and installs `VBAR_EL2`, then calls [`crate::el2_main`].
+//! * `_start` is the shared entry of [`pkvm_rt::image_entry!`] at EL2: the 64-byte arm64
+//!   `Image` header (so QEMU's `-kernel` loads the image at RAM base + `text_offset` and enters
+//!   it with `x0` = DTB), then EL2's own checks (it runs at EL2, at its link address), a known
+//!   MMU-off `SCTLR_EL2`, `.bss` zeroed, CPU 0's stack, `VBAR_EL2`, and
+//!   [`crate::el2_main`].
 //! * `el2_vectors` is the full 16-entry table. The lower-EL synchronous entry is the host's
-//!   trap path (for its AArch32 EL0 too: the group is chosen by EL1's state, AArch64): it saves the caller-saved
-//!   registers into a [`HostContext`] frame (layout in [`crate::context`]), calls
-//!   [`crate::trap::handle_host_trap`] and `eret`s — 26 instructions around the handler. When
-//!   the handler asks for it (an emulated device access, whose transfer register may be any of
-//!   `x0`–`x30`), a slow path also saves `x19`–`x29` ([`HighRegs`]) and calls
+//!   trap path (for its AArch32 EL0 too: the group is chosen by EL1's state, AArch64): it saves
+//!   the caller-saved registers into a [`HostContext`] frame (layout in [`crate::context`]),
+//!   calls [`crate::trap::handle_host_trap`] and `eret`s — 26 instructions around the handler,
+//!   plus the speculation barrier after the `eret` ([`pkvm_rt::eret_sb!`], never executed).
+//!   When the handler asks for it (an emulated device access, whose transfer register may be
+//!   any of `x0`–`x30`), a slow path also saves `x19`–`x29` ([`HighRegs`]) and calls
 //!   [`crate::trap::handle_host_trap_all`]. Every other entry saves all of `x0`–`x30` and
 //!   reports the exception through [`crate::trap::unexpected_exception`], which panics: those
 //!   are EL2's own exceptions, or interrupts EL2 never routes to itself for the host.
-//! * [`enter_host`] drops to the host at EL1.
+//! * `el2_secondary_entry` is where a secondary CPU started through PSCI CPU_ON begins.
+//! * [`enter_host`] and [`enter_host_secondary`] drop to the host at EL1.
+//!
+//! The frames are stored and loaded with `pkvm_rt`'s `pkvm_pairs` assembler macro
+//! ([`pkvm_rt::frame_macros!`]): one line lists a frame's registers in layout order.
 
 use crate::context::{HIGH_REGS_SIZE, HOST_CONTEXT_SIZE, HighRegs, HostContext};
 use core::arch::global_asm;
-use pkvm_abi::boot::{EL2_TEXT_OFFSET, IMAGE_MAGIC};
+use pkvm_abi::boot::EL2_TEXT_OFFSET;
+
+pub use pkvm_rt::entry::SCTLR_EL2_MMU_OFF;
 
 /// Maximum number of CPUs EL2 reserves a stack for.
 pub const MAX_CPUS: usize = 8;
@@ -27,34 +35,20 @@ pub const STACK_SIZE: usize = 32 * 1024;
 pub const STACK_GUARD: usize = 4096;
 /// Distance between two CPUs' stack tops: a guard page and a stack.
 pub const STACK_STRIDE: usize = STACK_GUARD + STACK_SIZE;
-/// `SCTLR_EL2` while the EL2 MMU is off: the RES1 bits only (little-endian, MMU, caches and
-/// alignment checks off).
-pub const SCTLR_EL2_MMU_OFF: u64 = 0x30c5_0830;
 /// Size of the frame the unexpected-exception entries push (`x0`–`x30` + padding).
 const FULL_FRAME_SIZE: usize = 32 * 8;
 /// PSCI SYSTEM_OFF, for the early failure path that has no console yet.
 const PSCI_SYSTEM_OFF: u32 = pkvm_abi::psci::SYSTEM_OFF;
 
-global_asm!(
-    r#"
-    .section .text.head, "ax"
-    .global _start
-_start:
-    /* arm64 Image header (Documentation/arch/arm64/booting.rst) */
-    b       .Lentry                 /* code0 */
-    .word   0                       /* code1 */
-    .quad   {text_offset}           /* text_offset */
-    .quad   __image_size            /* image_size, .bss included */
-    .quad   0x2                     /* flags: little-endian, 4 KiB pages */
-    .quad   0, 0, 0                 /* res2..res4 */
-    .word   {magic}                 /* "ARM\x64" */
-    .word   0                       /* res5 */
-
-.Lentry:
-    msr     daifset, #0xf
-    mov     x19, x0                 /* DTB */
-
-    /* Refuse to run anywhere but EL2, at the link address (the image is not relocatable). */
+// The shared entry (`pkvm_rt::entry`) at EL2, after EL2's own checks: it runs only at EL2, at
+// its link address (the image is not relocatable); otherwise it powers off through PSCI (no
+// console yet). The stacks: `el2_stacks` holds `MAX_CPUS` of them, each above its guard page
+// ([guard][stack 0][guard][stack 1]...); the primary takes CPU 0's, which ends at
+// `el2_stack0_top`.
+pkvm_rt::image_entry! {
+    el: 2,
+    text_offset: EL2_TEXT_OFFSET,
+    early: r#"
     mrs     x1, CurrentEL
     cmp     x1, #(2 << 2)
     b.ne    .Learly_fail
@@ -62,62 +56,37 @@ _start:
     ldr     x2, =_start
     cmp     x1, x2
     b.ne    .Learly_fail
-
-    ldr     x1, ={sctlr}
-    msr     sctlr_el2, x1
-    isb
-
-    /* Zero .bss (16-byte aligned by the linker script). */
-    adrp    x1, __bss_start
-    add     x1, x1, :lo12:__bss_start
-    adrp    x2, __bss_end
-    add     x2, x2, :lo12:__bss_end
-0:  cmp     x1, x2
-    b.hs    1f
-    stp     xzr, xzr, [x1], #16
-    b       0b
-1:
-    /* The primary CPU uses CPU 0's stack. */
-    adrp    x1, el2_stacks
-    add     x1, x1, :lo12:el2_stacks
-    add     sp, x1, #{stack_size}
-
-    adrp    x1, el2_vectors
-    add     x1, x1, :lo12:el2_vectors
-    msr     vbar_el2, x1
-    isb
-
-    mov     x0, x19
-    bl      el2_main
-    b       .Learly_fail
-
+"#,
+    stack_top: "el2_stack0_top",
+    vectors: "el2_vectors",
+    main: crate::el2_main,
+    tail: r#"
 .Learly_fail:
-    /* No console yet: ask QEMU's PSCI to power off, then park. */
     ldr     x0, ={system_off}
     smc     #0
-2:  wfe
-    b       2b
+3:  wfe
+    b       3b
     .ltorg
 
     .section .el2_stacks, "aw", %nobits
     .balign 4096
     .global el2_stacks
 el2_stacks:
-    .space  {stacks_size}
+    .space  {stride}
+    .global el2_stack0_top
+el2_stack0_top:
+    .space  {stride} * ({max_cpus} - 1)
 "#,
-    text_offset = const EL2_TEXT_OFFSET,
-    magic = const IMAGE_MAGIC,
-    sctlr = const SCTLR_EL2_MMU_OFF,
-    stack_size = const STACK_STRIDE,
-    stacks_size = const STACK_STRIDE * MAX_CPUS,
-    system_off = const PSCI_SYSTEM_OFF,
-);
+    consts: { system_off = PSCI_SYSTEM_OFF, stride = STACK_STRIDE, max_cpus = MAX_CPUS },
+}
 
-// The vector table. Entry numbers (0..16) are what `unexpected_exception` receives.
+// The vector table. Entry numbers (0..16) are what `unexpected_exception` receives; each entry
+// is placed with `.org`, so an entry that outgrows its 32 instructions fails the build.
 global_asm!(
+    pkvm_rt::frame_macros!(),
     r#"
     .macro unexpected_vector kind
-    .balign 128
+    .org    el2_vectors + \kind * 0x80
     sub     sp, sp, #{full}
     stp     x0, x1, [sp, #0]
     mov     x0, #\kind
@@ -142,43 +111,29 @@ el2_vectors:
     /* Lower EL, AArch64, synchronous: the host's trap path (HVC, SMC, aborts, ...). The
        handler returns non-zero when it needs x19-x29 too (an emulated MMIO access whose
        register may be any): then the slow path saves them and calls the full handler. */
-    .balign 128
+    .org    el2_vectors + 8 * 0x80
 .Lhost_sync:
     sub     sp, sp, #{ctx}
-    stp     x0, x1, [sp, #0x00]
-    stp     x2, x3, [sp, #0x10]
-    stp     x4, x5, [sp, #0x20]
-    stp     x6, x7, [sp, #0x30]
-    stp     x8, x9, [sp, #0x40]
-    stp     x10, x11, [sp, #0x50]
-    stp     x12, x13, [sp, #0x60]
-    stp     x14, x15, [sp, #0x70]
-    stp     x16, x17, [sp, #0x80]
-    stp     x18, x30, [sp, #0x90]
+    pkvm_pairs stp, sp, 0x00, x0, x1, x2, x3, x4, x5, x6, x7, x8, x9
+    pkvm_pairs stp, sp, 0x50, x10, x11, x12, x13, x14, x15, x16, x17, x18, x30
     mov     x0, sp
     bl      el2_host_sync
     cbnz    x0, el2_host_sync_slow
     .global el2_host_sync_return
 el2_host_sync_return:
-    ldp     x0, x1, [sp, #0x00]
-    ldp     x2, x3, [sp, #0x10]
-    ldp     x4, x5, [sp, #0x20]
-    ldp     x6, x7, [sp, #0x30]
-    ldp     x8, x9, [sp, #0x40]
-    ldp     x10, x11, [sp, #0x50]
-    ldp     x12, x13, [sp, #0x60]
-    ldp     x14, x15, [sp, #0x70]
-    ldp     x16, x17, [sp, #0x80]
-    ldp     x18, x30, [sp, #0x90]
+    pkvm_pairs ldp, sp, 0x00, x0, x1, x2, x3, x4, x5, x6, x7, x8, x9
+    pkvm_pairs ldp, sp, 0x50, x10, x11, x12, x13, x14, x15, x16, x17, x18, x30
     add     sp, sp, #{ctx}
-    eret
+"#,
+    pkvm_rt::eret_sb!(),
+    r#"
     unexpected_vector 9
     unexpected_vector 10
     unexpected_vector 11
     /* Lower EL, AArch32: the vector group is picked by the state of the EL below EL2, and
        HCR_EL2.RW = 1 keeps EL1 in AArch64, so nothing arrives here (the host's AArch32 EL0
        traps through the AArch64 entry above). Should it ever, it takes the same path. */
-    .balign 128
+    .org    el2_vectors + 12 * 0x80
     b       .Lhost_sync
     unexpected_vector 13
     unexpected_vector 14
@@ -187,20 +142,12 @@ el2_host_sync_return:
     .section .text.el2_host_sync_slow, "ax"
 el2_host_sync_slow:
     sub     sp, sp, #{high}
-    stp     x19, x20, [sp, #0x00]
-    stp     x21, x22, [sp, #0x10]
-    stp     x23, x24, [sp, #0x20]
-    stp     x25, x26, [sp, #0x30]
-    stp     x27, x28, [sp, #0x40]
+    pkvm_pairs stp, sp, 0, x19, x20, x21, x22, x23, x24, x25, x26, x27, x28
     str     x29, [sp, #0x50]
     add     x0, sp, #{high}
     mov     x1, sp
     bl      el2_host_sync_all
-    ldp     x19, x20, [sp, #0x00]
-    ldp     x21, x22, [sp, #0x10]
-    ldp     x23, x24, [sp, #0x20]
-    ldp     x25, x26, [sp, #0x30]
-    ldp     x27, x28, [sp, #0x40]
+    pkvm_pairs ldp, sp, 0, x19, x20, x21, x22, x23, x24, x25, x26, x27, x28
     ldr     x29, [sp, #0x50]
     add     sp, sp, #{high}
     b       el2_host_sync_return
@@ -208,26 +155,16 @@ el2_host_sync_slow:
     .section .text.el2_unexpected, "ax"
     .global el2_unexpected_entry
 el2_unexpected_entry:
-    stp     x2, x3, [sp, #0x10]
-    stp     x4, x5, [sp, #0x20]
-    stp     x6, x7, [sp, #0x30]
-    stp     x8, x9, [sp, #0x40]
-    stp     x10, x11, [sp, #0x50]
-    stp     x12, x13, [sp, #0x60]
-    stp     x14, x15, [sp, #0x70]
-    stp     x16, x17, [sp, #0x80]
-    stp     x18, x19, [sp, #0x90]
-    stp     x20, x21, [sp, #0xa0]
-    stp     x22, x23, [sp, #0xb0]
-    stp     x24, x25, [sp, #0xc0]
-    stp     x26, x27, [sp, #0xd0]
-    stp     x28, x29, [sp, #0xe0]
+    pkvm_pairs stp, sp, 0x10, x2, x3, x4, x5, x6, x7, x8, x9, x10, x11, x12, x13, x14, x15
+    pkvm_pairs stp, sp, 0x80, x16, x17, x18, x19, x20, x21, x22, x23, x24, x25, x26, x27, x28, x29
     str     x30, [sp, #0xf0]
     mov     x1, sp
     bl      el2_unexpected
 3:  wfe
     b       3b
+    .purgem unexpected_vector
 "#,
+    pkvm_rt::frame_macros_end!(),
     full = const FULL_FRAME_SIZE,
     ctx = const HOST_CONTEXT_SIZE,
     high = const HIGH_REGS_SIZE,
@@ -364,9 +301,9 @@ el2_enter_host:
     msr     elr_el2, x0
     msr     spsr_el2, x2
     mov     x0, x1
-    adrp    x1, el2_stacks
-    add     x1, x1, :lo12:el2_stacks
-    add     sp, x1, #{stack_size}
+    adrp    x1, el2_stack0_top
+    add     x1, x1, :lo12:el2_stack0_top
+    mov     sp, x1
     .global el2_enter_host_zero
 el2_enter_host_zero:
     mov     x1, xzr
@@ -399,7 +336,6 @@ el2_enter_host_zero:
     mov     x28, xzr
     mov     x29, xzr
     mov     x30, xzr
-    eret
 "#,
-    stack_size = const STACK_STRIDE,
+    pkvm_rt::eret_sb!(),
 );

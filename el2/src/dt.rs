@@ -1,6 +1,7 @@
 //! What EL2 learns from the device tree QEMU passes in `x0` (parsed with the `fdt` crate).
 
 use fdt::Fdt;
+use pkvm_rt::dt::is_compatible;
 
 /// Maximum number of RAM regions EL2 keeps.
 pub const MAX_MEMORY_REGIONS: usize = 8;
@@ -75,54 +76,18 @@ pub struct Platform {
 impl Platform {
     /// Parses the DTB at `dtb`; `None` if it is not a valid device tree or lacks a console.
     pub fn probe(dtb: usize) -> Option<Self> {
-        if dtb == 0 || !dtb.is_multiple_of(8) {
-            return None;
-        }
         // SAFETY: QEMU's boot protocol passes the address of a valid flattened device tree in
-        // x0; it stays in place and unmodified while EL2 runs. `from_ptr` reads the header to
-        // learn the size before it reads anything else.
-        let fdt: Fdt<'static> = unsafe { Fdt::from_ptr(dtb as *const u8) }.ok()?;
-
-        let uart = fdt
-            .chosen()
-            .stdout()
-            .filter(|n| {
-                n.compatible()
-                    .is_some_and(|c| c.all().any(|s| s == "arm,pl011"))
-            })
-            .or_else(|| fdt.find_compatible(&["arm,pl011"]))?;
-        let uart_base = uart.reg()?.next()?.starting_address as usize;
+        // x0; it stays in place and unmodified while EL2 runs.
+        let fdt: Fdt<'static> = unsafe { pkvm_rt::dt::from_addr(dtb) }?;
+        let uart_base = pkvm_rt::dt::console_pl011(&fdt)?;
 
         let mut memory = [MemoryRegion::default(); MAX_MEMORY_REGIONS];
         let mut nr_memory = 0;
-        for node in fdt
-            .all_nodes()
-            .filter(|n| n.name.split('@').next() == Some("memory"))
-        {
-            let is_memory = node
-                .property("device_type")
-                .and_then(|p| p.as_str())
-                .is_some_and(|s| s == "memory");
-            if !is_memory {
-                continue;
-            }
-            for r in node.reg().into_iter().flatten() {
-                let size = r.size.unwrap_or(0) as u64;
-                if size != 0 && nr_memory < MAX_MEMORY_REGIONS {
-                    memory[nr_memory] = MemoryRegion {
-                        base: r.starting_address as u64,
-                        size,
-                    };
-                    nr_memory += 1;
-                }
-            }
+        for (base, size) in pkvm_rt::dt::memory_regions(&fdt).take(MAX_MEMORY_REGIONS) {
+            memory[nr_memory] = MemoryRegion { base, size };
+            nr_memory += 1;
         }
-
-        let psci_conduit_is_smc = fdt
-            .find_node("/psci")
-            .and_then(|n| n.property("method"))
-            .and_then(|p| p.as_str())
-            .is_some_and(|m| m == "smc");
+        let psci_conduit_is_smc = pkvm_rt::dt::psci_method(&fdt) == Some("smc");
 
         let chosen_u64 = |name: &str| {
             let p = fdt.find_node("/chosen")?.property(name)?;
@@ -164,10 +129,10 @@ impl Platform {
                 *d = *r;
                 g.nr_redist += 1;
             }
-            for its in fdt.all_nodes().filter(|n| {
-                n.compatible()
-                    .is_some_and(|c| c.all().any(|s| s == "arm,gic-v3-its"))
-            }) {
+            for its in fdt
+                .all_nodes()
+                .filter(|n| is_compatible(n, "arm,gic-v3-its"))
+            {
                 let mut one = [Reg::default(); 1];
                 if regs(its, &mut one) == 1 && g.nr_its < MAX_DEVICE_NODES {
                     g.its[g.nr_its] = one[0];
@@ -183,10 +148,10 @@ impl Platform {
 
         let mut hidden = [Reg::default(); MAX_DEVICE_NODES];
         let mut nr_hidden = 0;
-        for node in fdt.all_nodes().filter(|n| {
-            n.compatible()
-                .is_some_and(|c| c.all().any(|s| s == "arm,smmu-v3"))
-        }) {
+        for node in fdt
+            .all_nodes()
+            .filter(|n| is_compatible(n, "arm,smmu-v3"))
+        {
             nr_hidden += regs(node, &mut hidden[nr_hidden..]);
         }
 

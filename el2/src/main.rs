@@ -1,8 +1,9 @@
 //! pkvm-rs EL2: the bare-metal hypervisor image for QEMU `virt`.
 //!
 //! QEMU's `-kernel` loads this arm64 `Image` at RAM base + `text_offset` and enters it at EL2
-//! with `x0` = DTB address. [`boot`] sets up a stack, zeroes `.bss` and installs the exception
-//! vectors; [`el2_main`] brings up the console from the device tree, checks the host image that
+//! with `x0` = DTB address. [`boot`] (the shared entry of `pkvm_rt`, the bare-metal runtime of
+//! all three images) sets up a stack, zeroes `.bss` and installs the exception vectors;
+//! [`el2_main`] brings up the console from the device tree, checks the host image that
 //! `xtask` placed at [`pkvm_abi::boot::HOST_LOAD_ADDR`], configures EL2 for an AArch64 EL1 host
 //! and drops into it. From then on EL2 only runs when the host traps: `HVC` (hypercalls, see
 //! [`trap::handle_host_trap`]) and `SMC` (PSCI, relayed to QEMU's firmware emulation).
@@ -14,40 +15,21 @@
 //! On any other target only the pure, testable modules are built (plus an empty `main`) so that
 //! `cargo test --workspace` works on the development machine.
 #![cfg_attr(target_os = "none", no_std, no_main)]
-#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
-#[cfg(target_os = "none")]
-mod context;
-#[cfg(any(test, target_os = "none"))]
-mod hcall;
+// `print!`/`println!` (bare metal only) for every module.
+#[cfg_attr(target_os = "none", macro_use)]
+extern crate pkvm_rt;
 
-#[cfg(target_os = "none")]
-mod boot;
 #[cfg(target_os = "none")]
 #[macro_use]
 mod console;
-#[cfg(target_os = "none")]
-mod dt;
-#[cfg(any(test, target_os = "none"))]
-mod fdt_patch;
-#[cfg(target_os = "none")]
-mod hyp_init;
-#[cfg(target_os = "none")]
-mod image;
-#[cfg(target_os = "none")]
-mod panic;
-#[cfg(target_os = "none")]
-mod platform;
-#[cfg(target_os = "none")]
-mod psci;
-#[cfg(target_os = "none")]
-mod smp;
-#[cfg(target_os = "none")]
-mod sysregs;
-#[cfg(target_os = "none")]
-mod trap;
-#[cfg(target_os = "none")]
-mod world;
+
+pkvm_rt::image_mods! {
+    testable: [fdt_patch, hcall],
+    bare_metal: [
+        boot, context, dt, hyp_init, image, panic, platform, psci, smp, sysregs, trap, world,
+    ],
+}
 
 #[cfg(not(target_os = "none"))]
 fn main() {}
@@ -82,7 +64,6 @@ fn print_features() {
 /// Rust entry of the primary CPU, called by [`boot`] with a stack, zeroed `.bss` and `VBAR_EL2`
 /// set. `dtb` is the device-tree address QEMU passed in `x0`.
 #[cfg(target_os = "none")]
-#[unsafe(no_mangle)]
 extern "C" fn el2_main(dtb: usize) -> ! {
     use pkvm_abi::boot::HOST_LOAD_ADDR;
 
@@ -99,7 +80,7 @@ extern "C" fn el2_main(dtb: usize) -> ! {
         env!("CARGO_PKG_VERSION"),
         pkvm_abi::ABI_VERSION >> 16,
         pkvm_abi::ABI_VERSION & 0xffff,
-        sysregs::current_el()
+        pkvm_rt::regs::current_el()
     );
     platform.print_banner();
     print_features();

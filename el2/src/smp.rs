@@ -18,11 +18,10 @@ use core::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use pkvm_abi::psci;
 use pkvm_hyp::vmemmap::PageState;
 
+use pkvm_rt::regs::MPIDR_AFF_MASK;
+
 use crate::boot::MAX_CPUS;
 use crate::hyp_init;
-
-/// MPIDR affinity fields (Aff3, Aff2, Aff1, Aff0).
-const MPIDR_AFF_MASK: u64 = 0xff_00ff_ffff;
 
 const OFF: u8 = 0;
 const PENDING: u8 = 1;

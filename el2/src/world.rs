@@ -368,7 +368,9 @@ el2_guest_run:
     ldp     x4, x5, [x1, #{regs} + 0x20]
     ldp     x2, x3, [x1, #{regs} + 0x10]
     ldp     x0, x1, [x1, #{regs} + 0x00]
-    eret
+"#,
+    pkvm_rt::eret_sb!(),
+    r#"
 
     /* Exit: x1 = vector kind, guest x0/x1 on the stack. */
 el2_guest_exit:
@@ -465,7 +467,9 @@ el2_guest_sync:
     ldr     x4, [sp, #16]
     ldp     x2, x3, [sp], #32
     ldp     x0, x1, [sp], #16
-    eret
+"#,
+    pkvm_rt::eret_sb!(),
+    r#"
 
     /* Vectors while a guest runs. Exceptions taken at EL2 itself are bugs: report them. */
     .macro guest_exit_vector kind

@@ -3,7 +3,11 @@
 //! The host shares [`GUEST_RAM_PAGES`] pages at IPA [`GUEST_RAM_IPA`], copies this image to
 //! their start and enters it at EL1h with the MMU off (`HCR_EL2.DC` makes that memory Normal
 //! cacheable), `x0` = its cycle number, `x1` = loop count, `x2` = flags (bit 0: quiet — only
-//! the pings, without FP; bit 1: pings use FP even when quiet). The guest then:
+//! the pings, without FP; bit 1: pings use FP even when quiet). The image starts with the
+//! shared entry of `pkvm_rt` (the bare-metal runtime of all three images: an arm64 `Image`
+//! header, FP/SIMD enabled, `.bss` zeroed, the stack at the end of its RAM, `VBAR_EL1` set to
+//! its own vectors: any exception it takes itself ends in PSCI SYSTEM_RESET with `x1` = its
+//! `ESR_EL1`). The guest then:
 //!
 //! 1. prints `guest <n>: hello` through the emulated console: byte stores to
 //!    [`GUEST_CONSOLE_IPA`], which is not guest memory, so each one is a stage-2 data abort
@@ -19,15 +23,15 @@
 //!
 //! # Hostile mode
 //!
-//! Flags bits 15:8 select a hostile test (0: none, the behaviour above). A hostile guest
-//! points its `VBAR_EL1` at a vector table of its own (any exception it takes itself ends in
-//! PSCI SYSTEM_RESET with `x1` = its `ESR_EL1`), makes one FP access (`fmov d0, xzr`, so EL2's
-//! lazy FP switch has run and cleared `CPTR_EL2.TFP`), then performs **one** hostile action,
-//! with `x1` as its argument where it writes a register. If EL2 traps it, the run ends there
-//! with a FAULT exit (the host checks the EC). If it executes, the guest makes one ping and
-//! powers off with SYSTEM_OFF (or SYSTEM_RESET with `x1` = 0 if a check of its own failed), so
-//! the host can tell "trapped" from "executed". For SVE and SME it first enables them in its own
-//! `CPACR_EL1` (ZEN / SMEN = 0b11), as a malicious guest would, so that only EL2 can stop it.
+//! Flags bits 15:8 select a hostile test (0: none, the behaviour above). A hostile guest makes
+//! one FP access (`fmov d0, xzr`, so EL2's lazy FP switch has run and cleared
+//! `CPTR_EL2.TFP`), then performs **one** hostile action, with `x1` as its argument where it
+//! writes a register. If EL2 traps it, the run ends there with a FAULT exit (the host checks
+//! the EC). If it executes, the guest makes one ping and powers off with SYSTEM_OFF (or
+//! SYSTEM_RESET with `x1` = 0 if a check of its own failed), so the host can tell "trapped"
+//! from "executed"; an exception the guest takes itself ends in SYSTEM_RESET with its
+//! `ESR_EL1` (above). For SVE and SME it first enables them in its own `CPACR_EL1`
+//! (ZEN / SMEN = 0b11), as a malicious guest would, so that only EL2 can stop it.
 //!
 //! | test | action | expected exit |
 //! |---|---|---|
@@ -58,36 +62,21 @@ mod guest {
     use pkvm_abi::guest::{GUEST_CONSOLE_IPA, GUEST_HVC_PING, GUEST_ID_REG_IPA};
     use pkvm_abi::psci;
 
+    // The shared entry (`pkvm_rt::entry`) at EL1: FP/SIMD on, `.bss` zeroed, the stack at the
+    // end of the guest's RAM, `VBAR_EL1` = `guest_vectors`, then `guest_main(x0, x1, x2)`.
+    pkvm_rt::image_entry! {
+        el: 1,
+        text_offset: 0,
+        stack_top: "__stack_top",
+        vectors: "guest_vectors",
+        main: guest_main,
+    }
+
+    // The guest's EL1 vectors: any exception the guest takes itself is reported as PSCI
+    // SYSTEM_RESET with x1 = ESR_EL1 (the host fails the run, or for a hostile guest's test
+    // reads the syndrome).
     global_asm!(
         r#"
-        .section .text.head, "ax"
-        .global _start
-    _start:
-        mov     x19, x0
-        mov     x20, x1
-        mov     x21, x2
-        mov     x3, #(3 << 20)          /* CPACR_EL1.FPEN: no FP/SIMD traps */
-        msr     cpacr_el1, x3
-        isb
-        adrp    x3, __stack_top
-        add     x3, x3, :lo12:__stack_top
-        mov     sp, x3
-        adrp    x3, __bss_start
-        add     x3, x3, :lo12:__bss_start
-        adrp    x4, __bss_end
-        add     x4, x4, :lo12:__bss_end
-    0:  cmp     x3, x4
-        b.hs    1f
-        stp     xzr, xzr, [x3], #16
-        b       0b
-    1:  mov     x0, x19
-        mov     x1, x20
-        mov     x2, x21
-        bl      guest_main
-    2:  b       2b
-
-        /* Hostile mode's EL1 vectors: any exception the guest takes itself is reported as
-           PSCI SYSTEM_RESET with x1 = ESR_EL1. */
         .section .text.vectors, "ax"
         .balign 2048
         .global guest_vectors
@@ -162,14 +151,14 @@ mod guest {
     fn ping(i: u64) -> bool {
         let pattern = 0x5a5a_0000_0000_0000 | i;
         let (r, back): (u64, u64);
-        // SAFETY: the HVC exits to the host and returns; d16 is declared clobbered.
+        // SAFETY: the HVC exits to the host and returns; d16 is declared clobbered. The pattern
+        // goes into d16 before the exit and comes back from it after, in the same register.
         unsafe {
             asm!(
                 "fmov d16, {p}",
                 "hvc #0",
-                "fmov {b}, d16",
-                p = in(reg) pattern,
-                b = out(reg) back,
+                "fmov {p}, d16",
+                p = inout(reg) pattern => back,
                 inout("x0") GUEST_HVC_PING => r,
                 inout("x1") i => _,
                 out("x2") _, out("x3") _,
@@ -205,18 +194,6 @@ mod guest {
     /// Hostile mode: one FP access, one hostile action with argument `arg`, then (if that was
     /// not trapped) a ping and a power-off. See the module documentation.
     fn hostile(t: u64, arg: u64) -> ! {
-        // SAFETY: points the guest's own EL1 vectors at `guest_vectors` (in the image, 2 KiB
-        // aligned); it affects nothing but where this guest's own exceptions go.
-        unsafe {
-            asm!(
-                "adrp {v}, guest_vectors",
-                "add {v}, {v}, :lo12:guest_vectors",
-                "msr vbar_el1, {v}",
-                "isb",
-                v = out(reg) _,
-                options(nomem, nostack)
-            )
-        };
         // SAFETY: an FP register write (declared clobbered): EL2's lazy FP switch traps it
         // and resumes the guest with its own FP state loaded.
         unsafe { asm!("fmov d0, xzr", out("v0") _, options(nomem, nostack)) };

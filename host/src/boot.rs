@@ -1,80 +1,41 @@
 //! Entry, stacks and exception vectors of the host image: all of its start-up assembly.
 //!
-//! `_start` begins with a 64-byte arm64 `Image` header (`text_offset` 0) so that EL2 can check
-//! it and enter the image exactly as it will enter a Linux kernel. The entry masks interrupts,
-//! enables FP/SIMD for EL1 (`CPACR_EL1.FPEN`: Rust on `aarch64-unknown-none` uses the SIMD
-//! registers), zeroes `.bss`, takes its stack, points `SP_EL0` at a separate exception stack
-//! and installs `VBAR_EL1`, then calls `host_main(dtb)`.
+//! `_start` is the shared entry of [`pkvm_rt::image_entry!`] at EL1: a 64-byte arm64 `Image`
+//! header (`text_offset` 0) so that EL2 can check it and enter the image exactly as it will
+//! enter a Linux kernel; then it masks interrupts, enables FP/SIMD for EL1 (`CPACR_EL1.FPEN`:
+//! Rust on `aarch64-unknown-none` uses the SIMD registers), zeroes `.bss`, takes its stack,
+//! points `SP_EL0` at a separate exception stack and installs `VBAR_EL1`, then calls
+//! `host_main(dtb)`.
 //!
 //! The vectors: a synchronous exception at EL1 whose `ELR_EL1` is one of the probe
 //! instructions of [`crate::fault`] (or its exec probe page) is an expected abort — the entry
-//! records ESR/FAR/SPSR/ELR in `x2..=x5`, sets `x1 = 1`, resumes after the probe and `eret`s,
-//! without touching memory. One in the hostile scenario's sandbox is counted and skipped
-//! ([`crate::sandbox`]); an exception from EL0 returns from the scenario's EL0 call. Every
-//! other exception switches to the exception stack (`SPSel = 0`: the main stack may be what
-//! overflowed into its guard page) and reports through [`host_exception`], which fails the
-//! run.
+//! records ESR/FAR/SPSR/ELR in `x2..=x5`, sets `x1 = 1`, resumes after the probe and `eret`s
+//! (with the speculation barrier of [`pkvm_rt::eret_sb!`]), without touching memory. One in
+//! the hostile scenario's sandbox is counted and skipped ([`crate::sandbox`]); an exception
+//! from EL0 returns from the scenario's EL0 call. Every other exception switches to the
+//! exception stack (`SPSel = 0`: the main stack may be what overflowed into its guard page)
+//! and reports through [`host_exception`], which fails the run.
 
 use core::arch::global_asm;
 use core::sync::atomic::{AtomicBool, Ordering};
-use pkvm_abi::boot::IMAGE_MAGIC;
+
+pub use pkvm_rt::regs::{current_el, hang};
 
 /// Size of the host's main stack.
 pub const STACK_SIZE: usize = 64 * 1024;
 /// Size of the stack unexpected exceptions are reported on.
 pub const EXC_STACK_SIZE: usize = 16 * 1024;
 
-global_asm!(
-    r#"
-    .section .text.head, "ax"
-    .global _start
-_start:
-    /* arm64 Image header */
-    b       .Lentry                 /* code0 */
-    .word   0                       /* code1 */
-    .quad   0                       /* text_offset */
-    .quad   __image_size            /* image_size, .bss and stacks included */
-    .quad   0x2                     /* flags: little-endian, 4 KiB pages */
-    .quad   0, 0, 0                 /* res2..res4 */
-    .word   {magic}                 /* "ARM\x64" */
-    .word   0                       /* res5 */
-
-.Lentry:
-    msr     daifset, #0xf
-    mov     x19, x0                 /* DTB */
-
-    /* FP/SIMD at EL1 and EL0 without trapping (CPACR_EL1.FPEN = 0b11). */
-    mov     x1, #(3 << 20)
-    msr     cpacr_el1, x1
-    isb
-
-    adrp    x1, __bss_start
-    add     x1, x1, :lo12:__bss_start
-    adrp    x2, __bss_end
-    add     x2, x2, :lo12:__bss_end
-0:  cmp     x1, x2
-    b.hs    1f
-    stp     xzr, xzr, [x1], #16
-    b       0b
-1:
-    /* Run on SP_EL1 (SPSel = 1, as EL2 entered us in EL1h); SP_EL0 is the exception stack. */
-    adrp    x1, __exc_stack_top
-    add     x1, x1, :lo12:__exc_stack_top
-    msr     sp_el0, x1
-    adrp    x1, __stack_top
-    add     x1, x1, :lo12:__stack_top
-    mov     sp, x1
-
-    adrp    x1, host_vectors
-    add     x1, x1, :lo12:host_vectors
-    msr     vbar_el1, x1
-    isb
-
-    mov     x0, x19
-    bl      host_main
-2:  wfi
-    b       2b
-
+// The shared entry (`pkvm_rt::entry`) at EL1. The stacks are sections of their own, which the
+// linker script (`build.rs`) puts each above an unmapped guard page.
+pkvm_rt::image_entry! {
+    el: 1,
+    text_offset: 0,
+    stack_top: "__stack_top",
+    sp_el0: "__exc_stack_top",
+    vectors: "host_vectors",
+    main: crate::host_main,
+    tail: r#"
     .section .stacks.main, "aw", %nobits
     .balign 4096
     .space  {stack_size}
@@ -83,10 +44,8 @@ _start:
     .balign 4096
     .space  {exc_stack_size}
 "#,
-    magic = const IMAGE_MAGIC,
-    stack_size = const STACK_SIZE,
-    exc_stack_size = const EXC_STACK_SIZE,
-);
+    consts: { stack_size = STACK_SIZE, exc_stack_size = EXC_STACK_SIZE },
+}
 
 global_asm!(
     r#"
@@ -171,8 +130,9 @@ host_sync_current:
     mrs     x4, spsr_el1
     msr     elr_el1, x0
     mov     x1, #1
-    eret
-
+"#,
+    pkvm_rt::eret_sb!(),
+    r#"
 host_unexpected:
     msr     spsel, #0
     mrs     x1, esr_el1
@@ -185,26 +145,6 @@ host_unexpected:
 "#
 );
 
-/// Names of the 16 vector entries, in table order.
-const VECTOR_NAMES: [&str; 16] = [
-    "current EL with SP_EL0, synchronous",
-    "current EL with SP_EL0, IRQ",
-    "current EL with SP_EL0, FIQ",
-    "current EL with SP_EL0, SError",
-    "current EL with SP_ELx, synchronous",
-    "current EL with SP_ELx, IRQ",
-    "current EL with SP_ELx, FIQ",
-    "current EL with SP_ELx, SError",
-    "lower EL AArch64, synchronous",
-    "lower EL AArch64, IRQ",
-    "lower EL AArch64, FIQ",
-    "lower EL AArch64, SError",
-    "lower EL AArch32, synchronous",
-    "lower EL AArch32, IRQ",
-    "lower EL AArch32, FIQ",
-    "lower EL AArch32, SError",
-];
-
 static IN_EXCEPTION: AtomicBool = AtomicBool::new(false);
 
 /// Every exception except a probe's expected abort lands here, on the exception stack: it is a
@@ -216,24 +156,11 @@ extern "C" fn host_exception(kind: u64, esr: u64, elr: u64, far: u64, spsr: u64)
         // line if the first report did not get out).
         crate::psci::system_off();
     }
-    let name = VECTOR_NAMES.get(kind as usize).copied().unwrap_or("?");
+    let name = pkvm_rt::vectors::vector_name(kind);
     panic!(
         "unexpected exception at EL1 ({name}): ESR_EL1={esr:#x} (EC {:#x}, ISS {:#x}) \
          ELR_EL1={elr:#x} FAR_EL1={far:#x} SPSR_EL1={spsr:#x}",
         esr >> 26,
         esr & 0x1ff_ffff
     );
-}
-
-/// The exception level we are running at.
-pub fn current_el() -> u64 {
-    use aarch64_cpu::registers::{CurrentEL, Readable};
-    CurrentEL.read(CurrentEL::EL)
-}
-
-/// Waits for interrupts forever (with all of them masked: forever).
-pub fn hang() -> ! {
-    loop {
-        aarch64_cpu::asm::wfi();
-    }
 }

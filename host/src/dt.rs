@@ -43,28 +43,11 @@ impl DeviceTree {
 
     /// Parses the DTB at `dtb`; `None` if it is not a valid device tree or names no PL011.
     pub fn probe(dtb: usize) -> Option<Self> {
-        if dtb == 0 || !dtb.is_multiple_of(8) {
-            return None;
-        }
         // SAFETY: EL2 passes on the device-tree address QEMU gave it in x0; the blob stays in
-        // place and unmodified. `from_ptr` reads the header to learn the size first.
-        let fdt: Fdt<'static> = unsafe { Fdt::from_ptr(dtb as *const u8) }.ok()?;
-
-        let uart = fdt
-            .chosen()
-            .stdout()
-            .filter(|n| {
-                n.compatible()
-                    .is_some_and(|c| c.all().any(|s| s == "arm,pl011"))
-            })
-            .or_else(|| fdt.find_compatible(&["arm,pl011"]))?;
-        let uart_base = uart.reg()?.next()?.starting_address as usize;
-
-        let psci_conduit = match fdt
-            .find_node("/psci")
-            .and_then(|n| n.property("method"))
-            .and_then(|p| p.as_str())
-        {
+        // place and unmodified.
+        let fdt: Fdt<'static> = unsafe { pkvm_rt::dt::from_addr(dtb) }?;
+        let uart_base = pkvm_rt::dt::console_pl011(&fdt)?;
+        let psci_conduit = match pkvm_rt::dt::psci_method(&fdt) {
             Some("hvc") => Conduit::Hvc,
             _ => Conduit::Smc,
         };
@@ -77,20 +60,8 @@ impl DeviceTree {
             .unwrap_or("");
 
         let mut ram = RangeSet::new();
-        for r in fdt
-            .all_nodes()
-            .filter(|n| {
-                n.property("device_type")
-                    .and_then(|p| p.as_str())
-                    .is_some_and(|s| s == "memory")
-            })
-            .flat_map(|n| n.reg().into_iter().flatten())
-        {
-            ram.add(Range::sized(
-                r.starting_address as u64,
-                r.size.unwrap_or(0) as u64,
-            ))
-            .ok()?;
+        for (base, size) in pkvm_rt::dt::memory_regions(&fdt) {
+            ram.add(Range::sized(base, size)).ok()?;
         }
 
         let mut reserved = [Range::default(); MAX_RESERVED];

@@ -2,64 +2,34 @@
 //! exercises the hypervisor from below.
 //!
 //! It is an arm64 `Image` (so EL2's entry path is the one a real Linux host will take), linked
-//! at [`pkvm_abi::boot::HOST_LOAD_ADDR`]. [`boot`] sets up the stacks, `.bss`, FP and
-//! `VBAR_EL1`; `host_main` finds the console, PSCI conduit, RAM and reserved memory in the
-//! device tree, turns on its own stage-1 ([`mmu`]), reads the scenario from `/chosen/bootargs`
+//! at [`pkvm_abi::boot::HOST_LOAD_ADDR`]. [`boot`] (the shared entry of `pkvm_rt`, the
+//! bare-metal runtime of all three images) sets up the stacks, `.bss`, FP and `VBAR_EL1`;
+//! `host_main` finds the console, PSCI conduit, RAM and reserved memory in the device tree,
+//! turns on its own stage-1 ([`mmu`]), reads the scenario from `/chosen/bootargs`
 //! (`pkvm.scenario=NAME`, `pkvm.hang`), runs it, prints `N passed, M failed` and the
 //! machine-readable `PKVM-RESULT pass|fail <reason>` line that `xtask` waits for, and powers
 //! off through PSCI.
 //!
 //! On any other target only the pure, testable modules are built (plus an empty `main`).
 #![cfg_attr(target_os = "none", no_std, no_main)]
-#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
-#[cfg(any(test, target_os = "none"))]
-mod cmdline;
-#[cfg(any(test, target_os = "none"))]
-mod ranges;
+// `print!`/`println!` (bare metal only) for every module.
+#[cfg_attr(target_os = "none", macro_use)]
+extern crate pkvm_rt;
 
-#[cfg(target_os = "none")]
-mod boot;
-#[cfg(target_os = "none")]
-#[macro_use]
-mod console;
-#[cfg(target_os = "none")]
-mod bench;
-#[cfg(target_os = "none")]
-mod checks;
-#[cfg(target_os = "none")]
-mod dt;
-#[cfg(target_os = "none")]
-mod env;
-#[cfg(target_os = "none")]
-mod fault;
-#[cfg(target_os = "none")]
-mod guests;
-#[cfg(target_os = "none")]
-mod hostile;
-#[cfg(target_os = "none")]
-mod hvc;
-#[cfg(target_os = "none")]
-mod mmu;
-#[cfg(target_os = "none")]
-mod pkvm;
-#[cfg(target_os = "none")]
-mod pmu;
-#[cfg(target_os = "none")]
-mod psci;
-#[cfg(target_os = "none")]
-mod sandbox;
-#[cfg(target_os = "none")]
-mod scenarios;
-#[cfg(target_os = "none")]
-mod selftest;
+pkvm_rt::image_mods! {
+    testable: [cmdline, ranges],
+    bare_metal: [
+        boot, console, bench, checks, dt, env, fault, guests, hostile, hvc, mmu, pkvm, pmu, psci,
+        sandbox, scenarios, selftest,
+    ],
+}
 
 #[cfg(not(target_os = "none"))]
 fn main() {}
 
 /// Rust entry, called by [`boot`] with a stack, zeroed `.bss`, FP enabled and `VBAR_EL1` set.
 #[cfg(target_os = "none")]
-#[unsafe(no_mangle)]
 extern "C" fn host_main(dtb: usize) -> ! {
     let Some(dt) = dt::DeviceTree::probe(dtb) else {
         // No device tree, hence no console: power off (xtask reports the missing result).

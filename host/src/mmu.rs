@@ -176,20 +176,6 @@ impl ImageLayout {
     }
 }
 
-/// Physical address size: `ID_AA64MMFR0_EL1.PARange` as (bits, field value), capped at 48 bits
-/// (the 4 KiB granule without LPA2 cannot output more). EL2 sizes the host stage-2 the same way.
-pub fn pa_range() -> (u32, u64) {
-    use aarch64_cpu::registers::{ID_AA64MMFR0_EL1, Readable};
-    match ID_AA64MMFR0_EL1.get() & 0xf {
-        0 => (32, 0),
-        1 => (36, 1),
-        2 => (40, 2),
-        3 => (42, 3),
-        4 => (44, 4),
-        _ => (48, 5),
-    }
-}
-
 /// What [`enable`] did.
 #[derive(Debug)]
 pub struct Stage1 {
@@ -245,7 +231,7 @@ pub fn enable(ram: &RangeSet, uart: u64) -> Stage1 {
     put(img.stack_guard, GUARD);
     put(img.exc_stack_guard, GUARD);
 
-    let (pa_bits, ips) = pa_range();
+    let (pa_bits, ips) = pkvm_rt::regs::pa_range();
     // TCR_EL1: T0SZ = 25, IRGN0/ORGN0 = write-back write-allocate, SH0 = inner shareable,
     // TG0 = 4 KiB, EPD1 = 1 (no TTBR1 walks), IPS.
     let tcr: u64 = u64::from(64 - VA_BITS)

@@ -75,9 +75,13 @@ pkvm_sandbox_exception:
 1:  mov     x9, #1
     cbnz    x2, 2f
     add     x11, x11, #1
-    eret
+"#,
+    pkvm_rt::eret_sb!(),
+    r#"
 2:  add     x12, x12, #1
-    eret
+"#,
+    pkvm_rt::eret_sb!(),
+    r#"
 
     /* x0 = EL0 entry, x1 = EL0's x1 (r1), x2 = SPSR -> x0 = vector, x1..x4 = ESR, FAR, ELR,
        SPSR of the first exception EL0 takes. */
@@ -93,7 +97,9 @@ pkvm_el0_call:
     msr     spsr_el1, x2
     mov     x0, #0
     isb
-    eret
+"#,
+    pkvm_rt::eret_sb!(),
+    r#"
 
     /* From a lower-EL vector, on SP_EL1 as it was at the `eret` above; x0 = vector number. */
     .global pkvm_el0_return
