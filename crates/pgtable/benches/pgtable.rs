@@ -55,14 +55,11 @@ impl Pkvm {
     }
     fn map(&mut self, size: u64, flags: MapFlags) {
         self.pt
-            .map(&mut self.mm, &mut self.arch, VA, size, PA, Prot::RW, flags)
+            .map(&mut self.mm, &self.arch, VA, size, PA, Prot::RW, flags)
             .unwrap();
     }
     fn unmap(&mut self, size: u64) {
-        let n = self
-            .pt
-            .unmap(&mut self.mm, &mut self.arch, VA, size)
-            .unwrap();
+        let n = self.pt.unmap(&mut self.mm, &self.arch, VA, size).unwrap();
         assert_eq!(n, size);
     }
     fn lookup(&self, va: u64) -> u64 {
@@ -248,7 +245,7 @@ fn bench(c: &mut Criterion) {
         let mut p = Pkvm::new();
         p.pt.map(
             &mut p.mm,
-            &mut p.arch,
+            &p.arch,
             VA,
             K4,
             PA,
@@ -260,7 +257,7 @@ fn bench(c: &mut Criterion) {
             b.iter(|| {
                 p.pt.map(
                     &mut p.mm,
-                    &mut p.arch,
+                    &p.arch,
                     black_box(one),
                     K4,
                     PA,
@@ -268,7 +265,7 @@ fn bench(c: &mut Criterion) {
                     MapFlags::FORCE_PAGES,
                 )
                 .unwrap();
-                p.pt.unmap(&mut p.mm, &mut p.arch, black_box(one), K4)
+                p.pt.unmap(&mut p.mm, &p.arch, black_box(one), K4)
                     .unwrap()
             });
         });
@@ -393,7 +390,7 @@ fn summary() {
     let mut p = Pkvm::new();
     p.pt.map(
         &mut p.mm,
-        &mut p.arch,
+        &p.arch,
         VA,
         K4,
         PA,
@@ -406,7 +403,7 @@ fn summary() {
         for _ in 0..ONES {
             p.pt.map(
                 &mut p.mm,
-                &mut p.arch,
+                &p.arch,
                 black_box(one),
                 K4,
                 PA,
@@ -415,7 +412,7 @@ fn summary() {
             )
             .unwrap();
             black_box(
-                p.pt.unmap(&mut p.mm, &mut p.arch, black_box(one), K4)
+                p.pt.unmap(&mut p.mm, &p.arch, black_box(one), K4)
                     .unwrap(),
             );
         }

@@ -23,12 +23,12 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
     let mut mm = ArenaMm::new(16);
-    let mut arch = NopArch;
+    let arch = NopArch;
     let mut pt = PageTable::new(&mut mm, Config::stage1_el2()).unwrap();
     let va = 0x40_0020_0000u64;
     pt.map(
         &mut mm,
-        &mut arch,
+        &arch,
         va,
         4096,
         0x8000_0000,
@@ -43,7 +43,7 @@ fn main() {
             "pair" => {
                 pt.map(
                     &mut mm,
-                    &mut arch,
+                    &arch,
                     black_box(one),
                     4096,
                     0x8000_4000,
@@ -51,12 +51,12 @@ fn main() {
                     MapFlags::FORCE_PAGES,
                 )
                 .unwrap();
-                acc ^= pt.unmap(&mut mm, &mut arch, black_box(one), 4096).unwrap();
+                acc ^= pt.unmap(&mut mm, &arch, black_box(one), 4096).unwrap();
             }
             "mapnoop" => pt
                 .map(
                     &mut mm,
-                    &mut arch,
+                    &arch,
                     black_box(va),
                     4096,
                     0x8000_0000,
@@ -64,7 +64,7 @@ fn main() {
                     MapFlags::FORCE_PAGES,
                 )
                 .unwrap(),
-            "unmapnoop" => acc ^= pt.unmap(&mut mm, &mut arch, black_box(one), 4096).unwrap(),
+            "unmapnoop" => acc ^= pt.unmap(&mut mm, &arch, black_box(one), 4096).unwrap(),
             "leaf" => acc ^= pt.get_leaf(&mm, black_box(va)).unwrap().0,
             _ => {}
         }

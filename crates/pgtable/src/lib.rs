@@ -7,7 +7,8 @@
 //! - Operations: [`PageTable::map`] (largest blocks that fit, optional forced pages, splitting of
 //!   partially covered blocks, replace), [`PageTable::unmap`] (frees emptied tables bottom-up),
 //!   [`PageTable::set_owner`] (stage-2 owner annotations), [`PageTable::set_prot`],
-//!   [`PageTable::get_leaf`], [`PageTable::destroy`], and the generic walkers
+//!   [`PageTable::get_leaf`] / [`PageTable::leaf`] (the entry mapping an address, raw or as a
+//!   [`Leaf`]), [`PageTable::destroy`], and the generic walkers
 //!   [`PageTable::walk`] / [`PageTable::walk_mut`].
 //! - Table pages are refcounted: the count of a table page is 1 (its allocation) plus the number
 //!   of *counted* entries in it — valid entries for the EL2 stage-1, non-zero entries for
@@ -45,7 +46,7 @@
 //! # Example
 //!
 //! ```
-//! use pkvm_pgtable::{ArchOps, Config, MapFlags, MmOps, PageTable, Prot};
+//! use pkvm_pgtable::{ArchOps, Config, Leaf, MapFlags, MmOps, PageTable, Prot};
 //!
 //! /// Table pages in a vector, at physical addresses 0x1000, 0x2000, ...
 //! #[derive(Default)]
@@ -64,27 +65,31 @@
 //! }
 //! struct NoTlb;
 //! impl ArchOps for NoTlb {
-//!     fn dsb_ishst(&mut self) {}
-//!     fn dsb_ish(&mut self) {}
-//!     fn isb(&mut self) {}
-//!     fn tlbi_el2_va(&mut self, _: u64, _: u8, _: bool) {}
-//!     fn tlbi_s2_ipa(&mut self, _: u16, _: u64, _: u8) {}
-//!     fn tlbi_vmid(&mut self, _: u16) {}
-//!     fn tlbi_el2_all(&mut self) {}
+//!     fn dsb_ishst(&self) {}
+//!     fn dsb_ish(&self) {}
+//!     fn isb(&self) {}
+//!     fn tlbi_el2_va(&self, _: u64, _: u8, _: bool) {}
+//!     fn tlbi_s2_ipa(&self, _: u16, _: u64, _: u8) {}
+//!     fn tlbi_vmid(&self, _: u16) {}
+//!     fn tlbi_el2_all(&self) {}
 //! }
 //!
-//! let (mut mm, mut arch) = (Mem::default(), NoTlb);
+//! let (mut mm, arch) = (Mem::default(), NoTlb);
 //! let mut s2 = PageTable::new(&mut mm, Config::stage2(1, 40))?;
 //! // 2 MiB + 4 KiB: one block and one page.
-//! s2.map(&mut mm, &mut arch, 0x4000_0000, 0x20_1000, 0x8000_0000, Prot::RWX, MapFlags::empty())?;
+//! s2.map(&mut mm, &arch, 0x4000_0000, 0x20_1000, 0x8000_0000, Prot::RWX, MapFlags::empty())?;
 //! assert_eq!(s2.count_leaves(&mm, 0, 1 << 32)?, [0, 0, 1, 1]);
 //! let (pte, level) = s2.get_leaf(&mm, 0x4000_1234)?;
 //! assert_eq!((pkvm_pgtable::desc::output_address(pte), level), (0x8000_1000 & !0x1f_ffff, 2));
 //! // Unmapping a page of the block splits it and removes just that page.
-//! assert_eq!(s2.unmap(&mut mm, &mut arch, 0x4000_1000, 0x1000)?, 0x1000);
+//! assert_eq!(s2.unmap(&mut mm, &arch, 0x4000_1000, 0x1000)?, 0x1000);
 //! assert_eq!(s2.count_leaves(&mm, 0, 1 << 32)?, [0, 0, 0, 512]);
-//! s2.set_owner(&mut mm, &mut arch, 0x4000_1000, 0x1000, 1)?;
+//! s2.set_owner(&mut mm, &arch, 0x4000_1000, 0x1000, 1)?;
 //! assert_eq!(pkvm_pgtable::desc::pte_owner(s2.get_leaf(&mm, 0x4000_1000)?.0), Some(1));
+//! // The same lookups, decoded.
+//! assert_eq!(s2.leaf(&mm, 0x4000_1000)?, Leaf::Annotated { owner: 1, level: 3 });
+//! assert!(matches!(s2.leaf(&mm, 0x4000_2000)?, Leaf::Valid { level: 3, .. }));
+//! assert_eq!(s2.leaf(&mm, 0x4040_0000)?, Leaf::Empty { level: 2 });
 //! # Ok::<(), pkvm_pgtable::Error>(())
 //! ```
 #![cfg_attr(not(test), no_std)]
@@ -92,10 +97,12 @@
 #![warn(missing_docs)]
 
 pub mod desc;
+mod leaf;
 mod ops;
 mod walk;
 
 pub use desc::{MAIR_EL2_VALUE, MAIR_IDX_DEVICE_NGNRE, MAIR_IDX_NORMAL, PAGE_SIZE, Prot};
+pub use leaf::Leaf;
 pub use ops::MapFlags;
 pub use walk::{Visit, VisitKind, WalkFlags};
 
@@ -175,20 +182,20 @@ pub trait MmOps {
 /// them and models a TLB.
 pub trait ArchOps {
     /// `DSB ISHST`.
-    fn dsb_ishst(&mut self);
+    fn dsb_ishst(&self);
     /// `DSB ISH`.
-    fn dsb_ish(&mut self);
+    fn dsb_ish(&self);
     /// `ISB`.
-    fn isb(&mut self);
+    fn isb(&self);
     /// TLBI by VA for the EL2 stage-1. `level` is the TTL hint (0 = unknown; only pass a real level for leaf entries). `last_level_only` = the `vale2is` variant (leaf entries only).
-    fn tlbi_el2_va(&mut self, va: u64, level: u8, last_level_only: bool);
+    fn tlbi_el2_va(&self, va: u64, level: u8, last_level_only: bool);
     /// TLBI by IPA for stage-2 of `vmid` (the implementation also invalidates combined stage-1 entries for that VMID).
-    fn tlbi_s2_ipa(&mut self, vmid: u16, ipa: u64, level: u8);
+    fn tlbi_s2_ipa(&self, vmid: u16, ipa: u64, level: u8);
     /// Invalidate all TLB entries of `vmid`.
-    fn tlbi_vmid(&mut self, vmid: u16);
+    fn tlbi_vmid(&self, vmid: u16);
     /// Invalidate every EL2 stage-1 TLB entry (`tlbi alle2is`): what a large unmap issues
     /// instead of one TLBI per page.
-    fn tlbi_el2_all(&mut self);
+    fn tlbi_el2_all(&self);
 }
 
 /// Descriptor format of a table.
@@ -202,6 +209,15 @@ pub enum Format {
         /// The VMID TLB maintenance is issued for.
         vmid: u16,
     },
+}
+
+impl Format {
+    /// Whether this is a stage-2 format.
+    #[inline]
+    #[must_use]
+    pub const fn is_stage2(self) -> bool {
+        matches!(self, Format::Stage2 { .. })
+    }
 }
 
 /// Smallest supported input-address size (start level L2, `T0SZ` = 39).

@@ -508,31 +508,6 @@ impl PageTable {
         Ok(v.0)
     }
 
-    /// Looks up the entry that maps `addr`: the first non-table entry on the way down, with its
-    /// level. An unmapped address gives the invalid entry found (0, or an owner annotation) and
-    /// its level.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::OutOfRange`] if `addr` is outside the input-address space.
-    #[inline]
-    pub fn get_leaf<M: MmOps>(&self, mm: &M, addr: u64) -> Result<(u64, u8), Error> {
-        if addr >= self.cfg.ia_size() {
-            return Err(Error::OutOfRange);
-        }
-        let mut table = self.root;
-        let mut level = self.start_level();
-        loop {
-            let pte = mm.read_pte(table + desc::table_index(addr, level) * 8);
-            if !is_table(pte, level) {
-                return Ok((pte, level));
-            }
-            table = output_address(pte);
-            level += 1;
-            debug_assert!(level <= LEAF_LEVEL);
-        }
-    }
-
     /// Takes, for every counted entry of the whole table (valid entries for stage-1, non-zero
     /// entries for stage-2, including table entries), a reference on the table page holding it.
     ///

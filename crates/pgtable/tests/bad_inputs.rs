@@ -83,19 +83,19 @@ fn bad_ranges_change_nothing() {
             let flags = [MapFlags::empty(), MapFlags::REPLACE | MapFlags::FORCE_PAGES];
             for f in flags {
                 assert_unchanged(cfg, &format!("map {what}"), err, |h| {
-                    h.pt.map(&mut h.mm, &mut h.arch, addr, size, 0, Prot::R, f)
+                    h.pt.map(&mut h.mm, &h.arch, addr, size, 0, Prot::R, f)
                 });
             }
             assert_unchanged(cfg, &format!("unmap {what}"), err, |h| {
-                h.pt.unmap(&mut h.mm, &mut h.arch, addr, size)
+                h.pt.unmap(&mut h.mm, &h.arch, addr, size)
             });
             assert_unchanged(cfg, &format!("set_prot {what}"), err, |h| {
-                h.pt.set_prot(&mut h.mm, &mut h.arch, addr, size, Prot::R)
+                h.pt.set_prot(&mut h.mm, &h.arch, addr, size, Prot::R)
             });
             if cfg.format.is_stage2() {
                 for owner in [0, 1] {
                     assert_unchanged(cfg, &format!("set_owner({owner}) {what}"), err, |h| {
-                        h.pt.set_owner(&mut h.mm, &mut h.arch, addr, size, owner)
+                        h.pt.set_owner(&mut h.mm, &h.arch, addr, size, owner)
                     });
                 }
             }
@@ -131,7 +131,7 @@ fn bad_phys_changes_nothing() {
             assert_unchanged(cfg, what, err, |h| {
                 h.pt.map(
                     &mut h.mm,
-                    &mut h.arch,
+                    &h.arch,
                     2 * G1,
                     2 * K4,
                     phys,
@@ -162,10 +162,10 @@ fn bad_prot_changes_nothing() {
         }
         for prot in bad {
             assert_unchanged(cfg, "map bad prot", Error::InvalidProt, |h| {
-                h.pt.map(&mut h.mm, &mut h.arch, 0, K4, 0, prot, MapFlags::REPLACE)
+                h.pt.map(&mut h.mm, &h.arch, 0, K4, 0, prot, MapFlags::REPLACE)
             });
             assert_unchanged(cfg, "set_prot bad prot", Error::InvalidProt, |h| {
-                h.pt.set_prot(&mut h.mm, &mut h.arch, 0, G1, prot)
+                h.pt.set_prot(&mut h.mm, &h.arch, 0, G1, prot)
             });
         }
     }
@@ -177,13 +177,13 @@ fn bad_owner_changes_nothing() {
         if cfg.format.is_stage2() {
             for owner in [256, 1000, u32::MAX] {
                 assert_unchanged(cfg, "bad owner", Error::InvalidOwner, |h| {
-                    h.pt.set_owner(&mut h.mm, &mut h.arch, 0, K4, owner)
+                    h.pt.set_owner(&mut h.mm, &h.arch, 0, K4, owner)
                 });
             }
         } else {
             for owner in [0, 1] {
                 assert_unchanged(cfg, "stage-1 owner", Error::InvalidConfig, |h| {
-                    h.pt.set_owner(&mut h.mm, &mut h.arch, 0, K4, owner)
+                    h.pt.set_owner(&mut h.mm, &h.arch, 0, K4, owner)
                 });
             }
         }
@@ -198,21 +198,13 @@ fn conflicts_found_at_the_first_entry_change_nothing() {
             "map over a different mapping",
             Error::AlreadyMapped,
             |h| {
-                h.pt.map(
-                    &mut h.mm,
-                    &mut h.arch,
-                    0,
-                    G1,
-                    K4,
-                    Prot::R,
-                    MapFlags::empty(),
-                )
+                h.pt.map(&mut h.mm, &h.arch, 0, G1, K4, Prot::R, MapFlags::empty())
             },
         );
         assert_unchanged(cfg, "split forbidden", Error::WouldSplitBlock, |h| {
             h.pt.map(
                 &mut h.mm,
-                &mut h.arch,
+                &h.arch,
                 0,
                 K4,
                 K4,

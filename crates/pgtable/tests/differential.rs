@@ -243,7 +243,7 @@ fn run(stage2: bool, ops: &[Op], probes: &[u64]) {
         Config::stage1_el2()
     };
     let mut mm = TestMm::new();
-    let mut arch = TestArch::new();
+    let arch = TestArch::new();
     let mut pt = PageTable::new(&mut mm, cfg).unwrap();
     let mut oracle: Box<dyn Oracle> = if stage2 {
         Box::new(Theirs::<Stage2> {
@@ -270,13 +270,13 @@ fn run(stage2: bool, ops: &[Op], probes: &[u64]) {
                 if pages {
                     flags |= MapFlags::FORCE_PAGES;
                 }
-                pt.map(&mut mm, &mut arch, addr, size, phys, prot, flags)
+                pt.map(&mut mm, &arch, addr, size, phys, prot, flags)
                     .unwrap();
                 oracle.map(addr, size, phys, prot, pages);
                 interesting.extend([addr, addr + size]);
             }
             Op::Unmap { addr, size } => {
-                pt.unmap(&mut mm, &mut arch, addr, size).unwrap();
+                pt.unmap(&mut mm, &arch, addr, size).unwrap();
                 oracle.unmap(addr, size);
                 interesting.extend([addr, addr + size]);
             }

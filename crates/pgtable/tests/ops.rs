@@ -182,7 +182,7 @@ fn identical_map_is_a_silent_noop() {
         map(&mut h, 0, 3 * K4, 0x8000_0000, Prot::R, MapFlags::empty()).unwrap();
         map(&mut h, G1, G1, G1, Prot::R, MapFlags::empty()).unwrap();
         let snap = h.mm.snapshot();
-        h.arch.count = 0;
+        h.arch.count.set(0);
         map(&mut h, 0, 3 * K4, 0x8000_0000, Prot::R, MapFlags::empty()).unwrap();
         // Pages inside an identical block: the block stays, nothing is written.
         map(
@@ -195,7 +195,7 @@ fn identical_map_is_a_silent_noop() {
         )
         .unwrap();
         assert_eq!(h.mm.snapshot(), snap);
-        assert_eq!(h.arch.count, 0, "no barrier or TLBI for a no-op");
+        assert_eq!(h.arch.count.get(), 0, "no barrier or TLBI for a no-op");
     }
 }
 
@@ -236,7 +236,7 @@ fn replace_of_software_bits_only_needs_no_tlbi() {
         h.log.borrow_mut().clear();
         h.pt.map(
             &mut h.mm,
-            &mut h.arch,
+            &h.arch,
             0,
             K4,
             0x1000_0000,
@@ -423,8 +423,7 @@ fn stage1_tlbi_details() {
     )
     .unwrap();
     h.log.borrow_mut().clear();
-    h.pt.unmap(&mut h.mm, &mut h.arch, 0x40_0000_0000, K4)
-        .unwrap();
+    h.pt.unmap(&mut h.mm, &h.arch, 0x40_0000_0000, K4).unwrap();
     let ev = events(&h);
     let tlbis: Vec<_> = ev
         .iter()
@@ -466,7 +465,7 @@ fn stage1_tlbi_details() {
     h.log.borrow_mut().clear();
     h.pt.map(
         &mut h.mm,
-        &mut h.arch,
+        &h.arch,
         0,
         K4,
         0x1000,
@@ -487,7 +486,7 @@ fn stage2_tlbi_uses_the_vmid_and_no_isb() {
     let mut h = Harness::new(Config::stage2(42, 40));
     map(&mut h, M2, M2, 0, Prot::RW, MapFlags::empty()).unwrap();
     h.log.borrow_mut().clear();
-    h.pt.unmap(&mut h.mm, &mut h.arch, M2, M2).unwrap();
+    h.pt.unmap(&mut h.mm, &h.arch, M2, M2).unwrap();
     let ev = events(&h);
     assert!(
         ev.contains(&Event::TlbiIpa {
@@ -500,16 +499,8 @@ fn stage2_tlbi_uses_the_vmid_and_no_isb() {
     assert!(!ev.contains(&Event::Isb));
     let ev_map = {
         h.log.borrow_mut().clear();
-        h.pt.map(
-            &mut h.mm,
-            &mut h.arch,
-            0,
-            K4,
-            0,
-            Prot::RW,
-            MapFlags::empty(),
-        )
-        .unwrap();
+        h.pt.map(&mut h.mm, &h.arch, 0, K4, 0, Prot::RW, MapFlags::empty())
+            .unwrap();
         events(&h)
     };
     assert_eq!(ev_map.last(), Some(&Event::DsbIshst));
@@ -520,7 +511,7 @@ fn unmap_batches_invalidations() {
     let mut h = Harness::new(s2());
     map(&mut h, 0, M2, 0, Prot::RW, MapFlags::FORCE_PAGES).unwrap();
     h.log.borrow_mut().clear();
-    assert_eq!(h.pt.unmap(&mut h.mm, &mut h.arch, 0, M2), Ok(M2));
+    assert_eq!(h.pt.unmap(&mut h.mm, &h.arch, 0, M2), Ok(M2));
     let ev = events(&h);
     let n = |f: fn(&Event) -> bool| ev.iter().filter(|e| f(e)).count();
     // 512 pages and the L3, L2 and L1 tables: after 7 batches of 8 per-page TLBIs the unmap
@@ -544,7 +535,7 @@ fn small_unmaps_stay_precise() {
     let mut h = Harness::new(s2());
     map(&mut h, 0, M2, 0, Prot::RW, MapFlags::FORCE_PAGES).unwrap();
     h.log.borrow_mut().clear();
-    assert_eq!(h.pt.unmap(&mut h.mm, &mut h.arch, 0, 56 * K4), Ok(56 * K4));
+    assert_eq!(h.pt.unmap(&mut h.mm, &h.arch, 0, 56 * K4), Ok(56 * K4));
     let ev = events(&h);
     let n = |f: fn(&Event) -> bool| ev.iter().filter(|e| f(e)).count();
     assert_eq!(n(|e| matches!(e, Event::TlbiIpa { .. })), 56);
@@ -621,18 +612,18 @@ impl MmOps for NoRefs {
 fn fixup_refcounts_after_boot() {
     for cfg in [s1(), s2()] {
         let mut mm = NoRefs(TestMm::new());
-        let mut arch = TestArch::new();
+        let arch = TestArch::new();
         let mut pt = PageTable::new(&mut mm, cfg).unwrap();
         let prot = if cfg.format.is_stage2() {
             Prot::RWX
         } else {
             Prot::RW
         };
-        pt.map(&mut mm, &mut arch, 0, 8 * K4, 0, prot, MapFlags::empty())
+        pt.map(&mut mm, &arch, 0, 8 * K4, 0, prot, MapFlags::empty())
             .unwrap();
         pt.map(
             &mut mm,
-            &mut arch,
+            &arch,
             0x7f_0000_0000,
             M2,
             0,
@@ -640,17 +631,17 @@ fn fixup_refcounts_after_boot() {
             MapFlags::FORCE_PAGES,
         )
         .unwrap();
-        pt.map(&mut mm, &mut arch, 3 * G1, G1, G1, prot, MapFlags::empty())
+        pt.map(&mut mm, &arch, 3 * G1, G1, G1, prot, MapFlags::empty())
             .unwrap();
         if cfg.format.is_stage2() {
-            pt.set_owner(&mut mm, &mut arch, 8 * K4, K4, 4).unwrap();
+            pt.set_owner(&mut mm, &arch, 8 * K4, K4, 4).unwrap();
         }
         let mut mm = mm.0;
         assert!(check_structure(&pt, &mm).is_err());
         pt.fixup_refcounts(&mut mm);
         check_structure(&pt, &mm).unwrap();
         let ia = cfg.ia_size();
-        pt.unmap(&mut mm, &mut arch, 0, ia).unwrap();
+        pt.unmap(&mut mm, &arch, 0, ia).unwrap();
         assert_eq!(mm.live(), 1);
     }
 }
@@ -672,14 +663,14 @@ fn destroy_frees_all_and_root() {
     map(&mut h, 0, 3 * G1, 0, Prot::RW, MapFlags::empty()).unwrap();
     map(&mut h, 3 * G1, 4 * M2, 0, Prot::RW, MapFlags::FORCE_PAGES).unwrap();
     set_owner(&mut h, 3 * G1 + 8 * M2, K4, 2).unwrap();
-    let before = h.arch.count;
+    let before = h.arch.count.get();
     let Harness {
         pt, mut mm, arch, ..
     } = h;
     pt.destroy(&mut mm);
     assert_eq!(mm.live(), 0);
     assert_eq!(mm.allocs, mm.frees);
-    assert_eq!(arch.count, before);
+    assert_eq!(arch.count.get(), before);
 }
 
 #[test]
@@ -687,32 +678,32 @@ fn trait_objects_are_not_required() {
     // The operations are generic: a plain struct implementing both traits works, and the
     // arch calls can be counted without a log.
     #[derive(Default)]
-    struct Counting(u32);
+    struct Counting(std::cell::Cell<u32>);
     impl ArchOps for Counting {
-        fn dsb_ishst(&mut self) {
-            self.0 += 1;
+        fn dsb_ishst(&self) {
+            self.0.set(self.0.get() + 1);
         }
-        fn dsb_ish(&mut self) {
-            self.0 += 1;
+        fn dsb_ish(&self) {
+            self.0.set(self.0.get() + 1);
         }
-        fn isb(&mut self) {
-            self.0 += 1;
+        fn isb(&self) {
+            self.0.set(self.0.get() + 1);
         }
-        fn tlbi_el2_va(&mut self, _: u64, _: u8, _: bool) {
-            self.0 += 1;
+        fn tlbi_el2_va(&self, _: u64, _: u8, _: bool) {
+            self.0.set(self.0.get() + 1);
         }
-        fn tlbi_s2_ipa(&mut self, _: u16, _: u64, _: u8) {
-            self.0 += 1;
+        fn tlbi_s2_ipa(&self, _: u16, _: u64, _: u8) {
+            self.0.set(self.0.get() + 1);
         }
-        fn tlbi_vmid(&mut self, _: u16) {
-            self.0 += 1;
+        fn tlbi_vmid(&self, _: u16) {
+            self.0.set(self.0.get() + 1);
         }
-        fn tlbi_el2_all(&mut self) {
-            self.0 += 1;
+        fn tlbi_el2_all(&self) {
+            self.0.set(self.0.get() + 1);
         }
     }
     let mut mm = TestMm::new();
-    let mut arch = Counting::default();
+    let arch = Counting::default();
     let mut pt = PageTable::new(
         &mut mm,
         Config {
@@ -721,10 +712,11 @@ fn trait_objects_are_not_required() {
         },
     )
     .unwrap();
-    pt.map(&mut mm, &mut arch, 0, K4, 0, Prot::R, MapFlags::empty())
+    pt.map(&mut mm, &arch, 0, K4, 0, Prot::R, MapFlags::empty())
         .unwrap();
     assert_eq!(
-        arch.0, 4,
+        arch.0.get(),
+        4,
         "DSB before linking each of two tables, final DSB + ISB"
     );
 }
@@ -732,11 +724,11 @@ fn trait_objects_are_not_required() {
 /// Runs `f` on the harness and returns its events (the harness checks still run).
 fn events_of<R>(
     h: &mut Harness,
-    f: impl FnOnce(&mut PageTable, &mut TestMm, &mut TestArch) -> R,
+    f: impl FnOnce(&mut PageTable, &mut TestMm, &TestArch) -> R,
 ) -> (R, Vec<Event>) {
     let tables = common::table_pages(&h.pt, &h.mm);
     h.log.borrow_mut().clear();
-    let r = f(&mut h.pt, &mut h.mm, &mut h.arch);
+    let r = f(&mut h.pt, &mut h.mm, &h.arch);
     let ev = std::mem::take(&mut *h.log.borrow_mut());
     common::check_maintenance(&ev, tables, h.pt.format()).unwrap();
     check_structure(&h.pt, &h.mm).unwrap();

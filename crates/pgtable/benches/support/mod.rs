@@ -73,17 +73,17 @@ pub struct NopArch;
 
 impl ArchOps for NopArch {
     #[inline(always)]
-    fn dsb_ishst(&mut self) {}
+    fn dsb_ishst(&self) {}
     #[inline(always)]
-    fn dsb_ish(&mut self) {}
+    fn dsb_ish(&self) {}
     #[inline(always)]
-    fn isb(&mut self) {}
+    fn isb(&self) {}
     #[inline(always)]
-    fn tlbi_el2_va(&mut self, _: u64, _: u8, _: bool) {}
+    fn tlbi_el2_va(&self, _: u64, _: u8, _: bool) {}
     #[inline(always)]
-    fn tlbi_s2_ipa(&mut self, _: u16, _: u64, _: u8) {}
+    fn tlbi_s2_ipa(&self, _: u16, _: u64, _: u8) {}
     #[inline(always)]
-    fn tlbi_vmid(&mut self, _: u16) {}
+    fn tlbi_vmid(&self, _: u16) {}
     #[inline(always)]
-    fn tlbi_el2_all(&mut self) {}
+    fn tlbi_el2_all(&self) {}
 }

@@ -203,7 +203,7 @@ impl MmOps for TestMm {
 #[derive(Debug, Default)]
 pub struct TestArch {
     pub log: Option<Log>,
-    pub count: u64,
+    pub count: std::cell::Cell<u64>,
 }
 
 impl TestArch {
@@ -213,11 +213,11 @@ impl TestArch {
     pub fn with_log(log: &Log) -> Self {
         TestArch {
             log: Some(log.clone()),
-            count: 0,
+            count: std::cell::Cell::new(0),
         }
     }
-    fn record(&mut self, e: Event) {
-        self.count += 1;
+    fn record(&self, e: Event) {
+        self.count.set(self.count.get() + 1);
         if let Some(l) = &self.log {
             l.borrow_mut().push(e);
         }
@@ -225,29 +225,29 @@ impl TestArch {
 }
 
 impl ArchOps for TestArch {
-    fn dsb_ishst(&mut self) {
+    fn dsb_ishst(&self) {
         self.record(Event::DsbIshst);
     }
-    fn dsb_ish(&mut self) {
+    fn dsb_ish(&self) {
         self.record(Event::DsbIsh);
     }
-    fn isb(&mut self) {
+    fn isb(&self) {
         self.record(Event::Isb);
     }
-    fn tlbi_el2_va(&mut self, va: u64, level: u8, last_level_only: bool) {
+    fn tlbi_el2_va(&self, va: u64, level: u8, last_level_only: bool) {
         self.record(Event::TlbiVa {
             va,
             level,
             last: last_level_only,
         });
     }
-    fn tlbi_s2_ipa(&mut self, vmid: u16, ipa: u64, level: u8) {
+    fn tlbi_s2_ipa(&self, vmid: u16, ipa: u64, level: u8) {
         self.record(Event::TlbiIpa { vmid, ipa, level });
     }
-    fn tlbi_vmid(&mut self, vmid: u16) {
+    fn tlbi_vmid(&self, vmid: u16) {
         self.record(Event::TlbiVmid(vmid));
     }
-    fn tlbi_el2_all(&mut self) {
+    fn tlbi_el2_all(&self) {
         self.record(Event::TlbiEl2All);
     }
 }
@@ -713,10 +713,10 @@ impl Harness {
     }
 
     /// Runs `f` and checks its maintenance events and the structure afterwards.
-    pub fn op<R>(&mut self, f: impl FnOnce(&mut PageTable, &mut TestMm, &mut TestArch) -> R) -> R {
+    pub fn op<R>(&mut self, f: impl FnOnce(&mut PageTable, &mut TestMm, &TestArch) -> R) -> R {
         let tables = table_pages(&self.pt, &self.mm);
         self.log.borrow_mut().clear();
-        let r = f(&mut self.pt, &mut self.mm, &mut self.arch);
+        let r = f(&mut self.pt, &mut self.mm, &self.arch);
         let events = std::mem::take(&mut *self.log.borrow_mut());
         if let Err(e) = check_maintenance(&events, tables, self.pt.format()) {
             panic!("maintenance check failed: {e}\nevents: {events:x?}");
