@@ -1,6 +1,6 @@
 //! What EL2 does with the host's standard-service (PSCI) and SMCCC-architecture calls. Pure
 //! code, unit-tested on the development machine. The vendor-hypervisor calls (pkvm-rs's own
-//! ABI) are dispatched by the portable core, `pkvm_hyp::mem_protect::Hyp::handle_host_hcall`.
+//! ABI) are dispatched by the portable core, `pkvm_hyp::hyp::Hyp::handle_host_hcall`.
 
 use pkvm_abi::psci;
 

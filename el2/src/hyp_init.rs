@@ -15,7 +15,7 @@ use core::arch::asm;
 use pkvm_abi::PAGE_SIZE;
 use pkvm_abi::boot::{HOST_LOAD_ADDR, QEMU_VIRT_RAM_BASE};
 use pkvm_hyp::devices::{DeviceKind, DeviceRange, GICR_RD_FRAME, MAX_DEVICE_RANGES};
-use pkvm_hyp::mem_protect::Hyp;
+use pkvm_hyp::hyp::Hyp;
 use pkvm_hyp::memory::{MemRegion, MemoryMap};
 use pkvm_hyp::platform::PhysMem;
 use pkvm_hyp::setup::{BootParams, HypMapping};
@@ -63,24 +63,6 @@ unsafe extern "C" {
 
 fn sym(s: &u8) -> u64 {
     core::ptr::from_ref(s) as u64
-}
-
-/// Physical address size from `ID_AA64MMFR0_EL1.PARange`: (bits, PS field value).
-pub fn pa_range() -> (u32, u64) {
-    let mmfr0: u64;
-    // SAFETY: ID_AA64MMFR0_EL1 is always readable at EL2; no side effect.
-    unsafe {
-        asm!("mrs {}, id_aa64mmfr0_el1", out(reg) mmfr0, options(nomem, nostack, preserves_flags))
-    };
-    match mmfr0 & 0xf {
-        0 => (32, 0),
-        1 => (36, 1),
-        2 => (40, 2),
-        3 => (42, 3),
-        4 => (44, 4),
-        // 48 bits, or more (52-bit PAs need the 64 KiB / LPA2 formats we do not use).
-        _ => (48, 5),
-    }
 }
 
 /// Device-tree `compatible`s of the devices EL2 hides from the host.
@@ -181,7 +163,7 @@ pub fn init(dt: &Dt, host_image_size: u64) -> HostBoot {
         Ok(m) => MEMORY_MAP.call_once(|| m),
         Err(e) => result_fail!("bad memory map in the device tree: {e}"),
     };
-    let (pa_bits, ps) = pa_range();
+    let (pa_bits, ps) = pkvm_rt::regs::pa_range();
 
     // 1. Carve-out sizes and place.
     let Ok(layout) = VmemmapLayout::for_map(map) else {
@@ -411,7 +393,7 @@ fn enable_el2_mmu(root: u64, ps: u64) {
 /// goes through it. Called after the EL1 set-up, just before entering the host.
 pub fn enable_host_stage2() {
     let Some(hyp) = hyp() else { return };
-    let (_, ps) = pa_range();
+    let (_, ps) = pkvm_rt::regs::pa_range();
     let cfg = hyp.host_s2_config();
     let vtcr = (1u64 << 31)
         | (ps << 16)

@@ -6,7 +6,8 @@
 use core::arch::asm;
 use core::sync::atomic::{AtomicBool, Ordering};
 
-use pkvm_hyp::platform::{GuestEntry, GuestExit, GuestRunner, PhysMem, Platform};
+use pkvm_arch::regs::Vttbr;
+use pkvm_hyp::platform::{ArchOps, GuestEntry, GuestExit, GuestRunner, PhysMem, Platform};
 
 /// The EL2 platform. EL2 maps everything it touches at VA == PA, before and after its MMU is on.
 #[derive(Debug)]
@@ -125,6 +126,49 @@ impl PhysMem for El2Platform {
 }
 
 impl Platform for El2Platform {
+    fn tlbi_guest_s2_ipa(&self, vttbr: Vttbr, ipa: u64, level: u8) {
+        let old = load_vttbr(vttbr.bits());
+        self.tlbi_s2_ipa(0, ipa, level);
+        restore_vttbr(old);
+    }
+
+    fn tlbi_guest_vmid(&self, vttbr: Vttbr) {
+        let old = load_vttbr(vttbr.bits());
+        self.tlbi_vmid(0);
+        restore_vttbr(old);
+    }
+
+    fn mmio_read(&self, pa: u64, size: u8) -> u64 {
+        // SAFETY: the portable core only forwards accesses to the device ranges it emulates,
+        // which `hyp_init` mapped at VA == PA as Device memory in EL2's stage-1, naturally
+        // aligned (checked by its policy); a volatile access of the register's width is what
+        // the device expects.
+        unsafe {
+            if size == 8 {
+                core::ptr::read_volatile(pa as *const u64)
+            } else {
+                u64::from(core::ptr::read_volatile(pa as *const u32))
+            }
+        }
+    }
+
+    fn mmio_write(&self, pa: u64, size: u8, val: u64) {
+        // SAFETY: as in `mmio_read`.
+        unsafe {
+            if size == 8 {
+                core::ptr::write_volatile(pa as *mut u64, val);
+            } else {
+                core::ptr::write_volatile(pa as *mut u32, val as u32);
+            }
+        }
+    }
+
+    fn log(&self, args: core::fmt::Arguments<'_>) {
+        crate::console::print(format_args!("{args}\n"));
+    }
+}
+
+impl ArchOps for El2Platform {
     #[inline(always)]
     fn dsb_ishst(&self) {
         // SAFETY: a barrier has no memory-safety effect.
@@ -181,51 +225,10 @@ impl Platform for El2Platform {
         unsafe { asm!("tlbi vmalls12e1is", options(nostack, preserves_flags)) };
     }
 
-    fn tlbi_guest_s2_ipa(&self, vttbr: u64, ipa: u64, level: u8) {
-        let old = load_vttbr(vttbr);
-        self.tlbi_s2_ipa(0, ipa, level);
-        restore_vttbr(old);
-    }
-
-    fn tlbi_guest_vmid(&self, vttbr: u64) {
-        let old = load_vttbr(vttbr);
-        self.tlbi_vmid(0);
-        restore_vttbr(old);
-    }
-
-    fn mmio_read(&self, pa: u64, size: u8) -> u64 {
-        // SAFETY: the portable core only forwards accesses to the device ranges it emulates,
-        // which `hyp_init` mapped at VA == PA as Device memory in EL2's stage-1, naturally
-        // aligned (checked by its policy); a volatile access of the register's width is what
-        // the device expects.
-        unsafe {
-            if size == 8 {
-                core::ptr::read_volatile(pa as *const u64)
-            } else {
-                u64::from(core::ptr::read_volatile(pa as *const u32))
-            }
-        }
-    }
-
-    fn mmio_write(&self, pa: u64, size: u8, val: u64) {
-        // SAFETY: as in `mmio_read`.
-        unsafe {
-            if size == 8 {
-                core::ptr::write_volatile(pa as *mut u64, val);
-            } else {
-                core::ptr::write_volatile(pa as *mut u32, val as u32);
-            }
-        }
-    }
-
     #[inline(always)]
     fn tlbi_el2_all(&self) {
         // SAFETY: TLB invalidation only drops cached translations.
         unsafe { asm!("tlbi alle2is", options(nostack, preserves_flags)) };
-    }
-
-    fn log(&self, args: core::fmt::Arguments<'_>) {
-        crate::console::print(format_args!("{args}\n"));
     }
 }
 

@@ -14,11 +14,6 @@ pub const SPSR_EL1H_DAIF_MASKED: u64 = 0x3c5;
 /// `SCTLR_EL1` reset value for the host: RES1 bits only, MMU and caches off, little-endian.
 pub const SCTLR_EL1_RESET: u64 = 0x30d0_0800;
 
-/// The exception level we are running at.
-pub fn current_el() -> u64 {
-    CurrentEL.read(CurrentEL::EL)
-}
-
 /// ESR_EL2, ELR_EL2, FAR_EL2 and SPSR_EL2, for reports.
 pub fn fault_regs() -> (u64, u64, u64, u64) {
     (ESR_EL2.get(), ELR_EL2.get(), FAR_EL2.get(), SPSR_EL2.get())
@@ -113,7 +108,7 @@ pub fn init_for_host() {
     CNTHCTL_EL2.set(cnthctl::EL1PCTEN | cnthctl::EL1PCEN);
     CNTVOFF_EL2.set(0);
 
-    // No stage-2 for now.
+    // The host stage-2 is installed by `hyp_init` once it is built; until then none.
     VTTBR_EL2.set(0);
 
     // The host sees the real MIDR/MPIDR.

@@ -19,32 +19,15 @@ use core::sync::atomic::Ordering;
 use pkvm_abi::HVC_BASE;
 use pkvm_arch::esr::{Ec, Esr};
 use pkvm_hyp::devices::MmioAccess;
-use pkvm_hyp::mem_protect::HostFault;
+use pkvm_hyp::host_fault::HostFault;
 
 /// [`handle_host_trap`]'s answer: the trap is handled.
 const DONE: u64 = 0;
 /// [`handle_host_trap`]'s answer: call [`handle_host_trap_all`] with every register saved.
 const NEED_ALL_REGS: u64 = 1;
 
-/// Names of the 16 vector entries, in table order.
-const VECTOR_NAMES: [&str; 16] = [
-    "current EL with SP_EL0, synchronous",
-    "current EL with SP_EL0, IRQ",
-    "current EL with SP_EL0, FIQ",
-    "current EL with SP_EL0, SError",
-    "current EL with SP_ELx, synchronous",
-    "current EL with SP_ELx, IRQ",
-    "current EL with SP_ELx, FIQ",
-    "current EL with SP_ELx, SError",
-    "lower EL AArch64, synchronous",
-    "lower EL AArch64, IRQ",
-    "lower EL AArch64, FIQ",
-    "lower EL AArch64, SError",
-    "lower EL AArch32, synchronous",
-    "lower EL AArch32, IRQ",
-    "lower EL AArch32, FIQ",
-    "lower EL AArch32, SError",
-];
+// The names of the 16 vector entries, shared by the three images.
+use pkvm_rt::vectors::VECTOR_NAMES;
 
 /// Handles a synchronous exception from the host. `ctx` holds the host's `x0..=x18` and `x30`;
 /// what is left there is what the host sees after `eret`. Returns [`NEED_ALL_REGS`] when the
@@ -103,7 +86,7 @@ fn host_mem_abort(esr: Esr) -> u64 {
 
 /// The faulting IPA of a stage-2 abort (HPFAR_EL2 gives the page, FAR_EL2 the offset).
 fn fault_ipa(far: u64) -> u64 {
-    ((sysregs::hpfar() >> 4) << 12) | (far & 0xfff)
+    pkvm_arch::esr::fault_ipa(sysregs::hpfar(), far)
 }
 
 /// Injects the synchronous external abort for a refused access (counted as injected unless

@@ -1,5 +1,5 @@
 //! The `bench` scenario: EL2 instructions per operation, from the PMU cycle counter filtered to
-//! EL2 (BRIEF §6; exact only under `-icount shift=0`).
+//! EL2 (exact only under `-icount shift=0`).
 //!
 //! Every figure is the delta of `PMCCNTR_EL0` around one operation, sampled several times; the
 //! line printed is `PKVM-BENCH <name> <min> samples=[...]`, which `cargo xtask bench` collects

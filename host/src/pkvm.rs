@@ -120,7 +120,7 @@ fn obj_bytes<T: ?Sized>(obj: &T) -> (u64, u64) {
     )
 }
 
-/// Shares the pages holding `obj` with EL2 (the seed's `kvm_share_hyp(from, to)`): EL2
+/// Shares the pages holding `obj` with EL2 (like Linux's `kvm_share_hyp(from, to)`): EL2
 /// refcounts them, so two objects in one page are shared and unshared independently.
 pub fn share_hyp<T: ?Sized>(obj: &T) -> Result<(), HcallError> {
     let (a, n) = obj_bytes(obj);

@@ -1,6 +1,6 @@
 //! The PMU cycle counter, set to count at EL2 only. Under QEMU's `-icount shift=0` it advances
 //! by one per retired instruction, so a delta around a hypercall is the number of EL2
-//! instructions it cost (BRIEF §6). Without icount the numbers mean nothing.
+//! instructions it cost. Without icount the numbers mean nothing.
 
 use core::arch::asm;
 

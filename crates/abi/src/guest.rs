@@ -43,6 +43,13 @@ pub struct VmDesc {
     pub reserved: u64,
 }
 
+crate::words!(VmDesc {
+    ipa_bits,
+    nr_vcpus,
+    host_cookie,
+    reserved
+});
+
 /// Number of EL1 system registers in [`VcpuState::sys`].
 pub const NR_SYSREGS: usize = 26;
 
@@ -149,7 +156,8 @@ pub struct VcpuExit {
     pub esr: u64,
     /// `FAR_EL2` of the exit.
     pub far: u64,
-    /// Faulting IPA (from `HPFAR_EL2` and `FAR_EL2`), for MMIO and stage-2 faults.
+    /// Faulting IPA (from `HPFAR_EL2` and `FAR_EL2`) for MMIO exits and stage-2 aborts; 0 for
+    /// every other exit.
     pub ipa: u64,
     /// MMIO access size in bytes (1, 2, 4, 8).
     pub mmio_size: u64,
@@ -160,6 +168,17 @@ pub struct VcpuExit {
     /// System event: the PSCI function id.
     pub code: u64,
 }
+
+crate::words!(VcpuExit {
+    reason,
+    esr,
+    far,
+    ipa,
+    mmio_size,
+    mmio_write,
+    mmio_data,
+    code
+});
 
 /// A vCPU's register state, shared by the host with EL2.
 #[repr(C)]
@@ -208,6 +227,18 @@ pub mod vcpu_off {
     pub const EXIT_REASON: usize = EXIT;
     /// `exit.mmio_data`.
     pub const EXIT_MMIO_DATA: usize = EXIT + core::mem::offset_of!(super::VcpuExit, mmio_data);
+
+    /// `regs[n]`.
+    #[must_use]
+    pub const fn reg(n: u8) -> usize {
+        REGS + 8 * n as usize
+    }
+
+    /// `sys[i]`.
+    #[must_use]
+    pub const fn sys(i: usize) -> usize {
+        SYS + 8 * i
+    }
 }
 
 /// A vCPU's FP/SIMD registers, shared by the host with EL2 (the world switch loads and saves

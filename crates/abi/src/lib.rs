@@ -12,6 +12,7 @@
 
 pub mod boot;
 pub mod guest;
+pub mod shared;
 
 /// Size of a page (4 KiB granule) everywhere in pkvm-rs.
 pub const PAGE_SIZE: u64 = 4096;
@@ -32,7 +33,7 @@ pub const ABI_VERSION: u64 = 1 << 16;
 pub mod features {
     /// Page ranges in share/unshare/donate.
     pub const RANGES: u64 = 1 << 0;
-    /// EL2 refcounts pages shared more than once (the seed's semantics).
+    /// EL2 refcounts pages shared more than once (a page shared twice needs two unshares).
     pub const EL2_REFCOUNT: u64 = 1 << 1;
     /// Debug hypercalls ([`super::HostHcall::DebugPin`] and friends) are enabled. Only the
     /// test build of EL2 (`pkvm-el2-debug`) sets this; every image a user runs leaves it clear

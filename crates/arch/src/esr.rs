@@ -40,6 +40,7 @@ pub enum Ec {
 impl Ec {
     /// Decodes the 6-bit `EC` field.
     #[must_use]
+    #[inline(always)]
     pub const fn from_bits(ec: u8) -> Self {
         match ec & 0x3f {
             0x00 => Ec::Unknown,
@@ -63,6 +64,7 @@ impl Ec {
     /// The 6-bit `EC` value, for classes with one value (the AArch32 sysreg group reports
     /// 0x03, `MCR`/`MRC` to CP15).
     #[must_use]
+    #[inline]
     pub const fn bits(self) -> u8 {
         match self {
             Ec::Unknown => 0x00,
@@ -92,38 +94,53 @@ pub const IL: u64 = 1 << 25;
 pub struct Esr(pub u64);
 
 impl Esr {
+    /// The syndrome of class `ec` with `ISS` `iss` (bits 24:0 kept), for a 32-bit instruction
+    /// if `il`.
+    #[must_use]
+    #[inline]
+    pub const fn new(ec: Ec, il: bool, iss: u32) -> Self {
+        let il = if il { IL } else { 0 };
+        Self(((ec.bits() as u64) << 26) | il | (iss as u64 & 0x1ff_ffff))
+    }
+
     /// The exception class.
     #[must_use]
+    #[inline(always)]
     pub const fn ec(self) -> Ec {
         Ec::from_bits((self.0 >> 26) as u8)
     }
 
     /// The raw 6-bit `EC` field.
     #[must_use]
+    #[inline]
     pub const fn ec_bits(self) -> u8 {
         ((self.0 >> 26) & 0x3f) as u8
     }
 
     /// `IL`: the instruction that caused it was 32 bits (false: a 16-bit T32 instruction).
     #[must_use]
+    #[inline]
     pub const fn il(self) -> bool {
         self.0 & IL != 0
     }
 
     /// Length in bytes of the instruction the syndrome describes (4, or 2 for 16-bit T32).
     #[must_use]
+    #[inline]
     pub const fn insn_len(self) -> u64 {
         if self.il() { 4 } else { 2 }
     }
 
     /// `ISS`, bits 24:0.
     #[must_use]
+    #[inline]
     pub const fn iss(self) -> u32 {
         (self.0 & 0x1ff_ffff) as u32
     }
 
     /// The syndrome of a data abort ([`Ec::DabtLow`] or [`Ec::DabtCur`]), else `None`.
     #[must_use]
+    #[inline]
     pub const fn data_abort(self) -> Option<DataAbort> {
         match self.ec() {
             Ec::DabtLow | Ec::DabtCur => Some(DataAbort::from_iss(self.iss())),
@@ -133,6 +150,7 @@ impl Esr {
 
     /// The fault status class of an instruction or data abort (`DFSC`/`IFSC` bits 5:2).
     #[must_use]
+    #[inline]
     pub const fn fault_class(self) -> FaultClass {
         FaultClass::from_fsc((self.0 & 0x3f) as u8)
     }
@@ -156,6 +174,7 @@ pub enum FaultClass {
 impl FaultClass {
     /// Classifies a 6-bit fault status code.
     #[must_use]
+    #[inline]
     pub const fn from_fsc(fsc: u8) -> Self {
         match (fsc & 0x3f) >> 2 {
             0 => FaultClass::AddressSize,
@@ -168,12 +187,21 @@ impl FaultClass {
 
     /// Whether `HPFAR_EL2` holds the faulting IPA for a stage-2 abort of this class.
     #[must_use]
+    #[inline]
     pub const fn hpfar_valid(self) -> bool {
         matches!(
             self,
             FaultClass::Translation | FaultClass::AccessFlag | FaultClass::Permission
         )
     }
+}
+
+/// The faulting IPA of a stage-2 abort: `HPFAR_EL2.FIPA` (bits 47:4, the IPA's bits 51:12)
+/// gives the page, `FAR_EL2` the offset inside it.
+#[must_use]
+#[inline]
+pub const fn fault_ipa(hpfar: u64, far: u64) -> u64 {
+    ((hpfar >> 4) << 12) | (far & 0xfff)
 }
 
 /// `DFSC` of a synchronous external abort not on a table walk: what EL2 injects.
@@ -211,6 +239,7 @@ pub struct DataAbort {
 impl DataAbort {
     /// Decodes a data-abort `ISS`.
     #[must_use]
+    #[inline]
     pub const fn from_iss(iss: u32) -> Self {
         DataAbort {
             isv: iss & (1 << 24) != 0,
@@ -228,8 +257,31 @@ impl DataAbort {
         }
     }
 
+    /// Encodes the `ISS` (the inverse of [`DataAbort::from_iss`]; out-of-range fields are
+    /// truncated to their width).
+    #[must_use]
+    #[inline]
+    pub const fn iss(&self) -> u32 {
+        const fn bit(b: bool, n: u32) -> u32 {
+            (b as u32) << n
+        }
+        bit(self.isv, 24)
+            | ((self.sas as u32 & 3) << 22)
+            | bit(self.sse, 21)
+            | ((self.srt as u32 & 0x1f) << 16)
+            | bit(self.sf, 15)
+            | bit(self.ar, 14)
+            | bit(self.fnv, 10)
+            | bit(self.ea, 9)
+            | bit(self.cm, 8)
+            | bit(self.s1ptw, 7)
+            | bit(self.wnr, 6)
+            | (self.dfsc as u32 & 0x3f)
+    }
+
     /// Access size in bytes.
     #[must_use]
+    #[inline]
     pub const fn size(&self) -> u8 {
         1 << self.sas
     }
@@ -237,6 +289,7 @@ impl DataAbort {
     /// The access a trap-and-emulate path can carry out: a plain single-register load or
     /// store with a valid syndrome, not from a table walk or a cache-maintenance instruction.
     #[must_use]
+    #[inline]
     pub const fn is_emulatable(&self) -> bool {
         self.isv && !self.s1ptw && !self.cm
     }
@@ -244,6 +297,7 @@ impl DataAbort {
     /// The register value a load of `raw` (the `size()`-byte value read) leaves in `SRT`:
     /// sign-extended if `SSE`, truncated to 32 bits unless `SF`.
     #[must_use]
+    #[inline]
     pub const fn load_value(&self, raw: u64) -> u64 {
         let bits = 8 * self.size() as u32;
         let mut v = if bits >= 64 {
@@ -262,6 +316,7 @@ impl DataAbort {
 
     /// The bytes a store of register value `reg` writes (its low `size()` bytes).
     #[must_use]
+    #[inline]
     pub const fn store_value(&self, reg: u64) -> u64 {
         let bits = 8 * self.size() as u32;
         if bits >= 64 {
@@ -289,6 +344,30 @@ mod tests {
         assert_eq!(Esr(0x6200_0000).insn_len(), 4);
         assert_eq!(Esr(0x0c00_0000).ec(), Ec::Aarch32Sysreg);
         assert_eq!(Esr(0x0c00_0000).insn_len(), 2);
+        let e = Esr::new(Ec::DabtLow, true, 0x1f0_0010 | 0xfe00_0000);
+        assert_eq!((e.ec(), e.il(), e.iss()), (Ec::DabtLow, true, 0x1f0_0010));
+        assert_eq!(Esr::new(Ec::Hvc64, true, 0), Esr(0x5a00_0000 | IL));
+        assert_eq!(Esr::new(Ec::Unknown, false, 0).0, 0);
+    }
+
+    #[test]
+    fn data_abort_iss_round_trips() {
+        for iss in [0u32, 0x1ff_ffff, 0x1c5_8047, 0x93_0007, 0x1_4000] {
+            // Bits 13:11 (VNCR, SET) are not decoded.
+            assert_eq!(DataAbort::from_iss(iss).iss(), iss & !0x3800, "{iss:#x}");
+        }
+    }
+
+    #[test]
+    fn stage2_fault_ipa() {
+        assert_eq!(
+            fault_ipa(0x0008_0a00 << 4 >> 4 << 4, 0x1234_5678),
+            0x80a0_0678
+        );
+        assert_eq!(
+            fault_ipa(0x4_0000_0000 >> 8, 0xfff),
+            (0x4_0000_0000 >> 12 << 12) | 0xfff
+        );
     }
 
     #[test]

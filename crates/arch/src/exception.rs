@@ -35,6 +35,7 @@ pub struct PstateFeatures {
 impl PstateFeatures {
     /// Reads the features from the ID register values.
     #[must_use]
+    #[inline]
     pub const fn from_id_regs(mmfr1: u64, pfr1: u64) -> Self {
         PstateFeatures {
             pan: (mmfr1 >> 20) & 0xf != 0,
@@ -62,6 +63,7 @@ pub struct El1Entry {
 
 /// PSTATE at the EL1 vector entry of an exception taken from the context `spsr` (any layout).
 #[must_use]
+#[inline]
 pub const fn entry_pstate(spsr: u64, sctlr_el1: u64, f: PstateFeatures) -> u64 {
     let mut p = (spsr & (spsr::NZCV | spsr::DIT)) | spsr::DAIF | spsr::M_EL1H;
     if f.pan && (sctlr_el1 & SCTLR_SPAN == 0 || spsr & spsr::PAN != 0) {
@@ -85,6 +87,7 @@ pub const fn entry_pstate(spsr: u64, sctlr_el1: u64, f: PstateFeatures) -> u64 {
 /// A synchronous exception at EL1 for the context interrupted with `spsr` at `elr`, with
 /// syndrome `esr`: the registers to write.
 #[must_use]
+#[inline]
 pub const fn el1_sync(
     esr: u64,
     elr: u64,
@@ -111,6 +114,7 @@ pub const UNDEF_ESR: u64 = IL;
 /// context `spsr`: EC 0x25/0x21 from EL1, 0x24/0x20 from EL0; `WnR` kept for data; `DFSC` =
 /// synchronous external abort; `IL` = 1.
 #[must_use]
+#[inline]
 pub const fn sea_esr(trap_esr: u64, spsr: u64) -> u64 {
     let same_el = matches!(
         spsr::source_for_el1(spsr),

@@ -61,6 +61,7 @@ pub enum Source {
 impl Source {
     /// Offset of this group's synchronous entry from the vector base.
     #[must_use]
+    #[inline]
     pub const fn vector_offset(self) -> u64 {
         match self {
             Source::CurrentSp0 => 0x000,
@@ -75,6 +76,7 @@ impl Source {
 /// `SP_EL0` or `SP_EL1`, EL0 in AArch64 or in AArch32 (any `M[4]` = 1 mode is AArch32: at EL1
 /// only User mode is possible, since EL1 itself is AArch64 under pkvm-rs).
 #[must_use]
+#[inline]
 pub const fn source_for_el1(spsr: u64) -> Source {
     if spsr & M_AARCH32 != 0 {
         Source::LowerAarch32

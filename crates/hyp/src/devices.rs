@@ -24,7 +24,7 @@ use core::sync::atomic::Ordering;
 
 use pkvm_abi::{Error, PAGE_SIZE};
 
-use crate::mem_protect::Hyp;
+use crate::hyp::Hyp;
 use crate::platform::Platform;
 use crate::vmemmap::PageState;
 
@@ -221,7 +221,7 @@ impl<P: Platform> Hyp<'_, P> {
     }
 
     /// Emulates one host access to an emulated device register at `ipa` (the host stage-2
-    /// fault path answered [`crate::mem_protect::HostFault::Emulate`]). Returns the value a
+    /// fault path answered [`crate::host_fault::HostFault::Emulate`]). Returns the value a
     /// load gives the host (0 for a store).
     ///
     /// # Errors

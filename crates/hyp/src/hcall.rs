@@ -13,7 +13,7 @@ use pkvm_abi::{
     features, hvc_fid,
 };
 
-use crate::mem_protect::Hyp;
+use crate::hyp::Hyp;
 use crate::platform::Platform;
 
 /// Feature bits this build advertises.
@@ -113,9 +113,9 @@ impl<P: Platform> Hyp<'_, P> {
                     && p.hyp_state() == crate::vmemmap::PageState::NoPage
             }),
             Stat::LiveVms => self.live_vms(),
-            Stat::PinnedPages => {
-                self.count_pages(|p| Self::is_shared_with_hyp(p) && Self::is_pinned(p))
-            }
+            Stat::PinnedPages => self.count_pages(|p| {
+                crate::mem_protect::is_shared_with_hyp(p) && crate::mem_protect::is_pinned(p)
+            }),
         }
     }
 }

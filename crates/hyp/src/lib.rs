@@ -6,9 +6,12 @@
 #![no_std]
 #![forbid(unsafe_code)]
 
+pub mod debug;
 pub mod devices;
 pub mod early_alloc;
 pub mod hcall;
+pub mod host_fault;
+pub mod hyp;
 pub mod mem_protect;
 pub mod memory;
 pub mod mm;

@@ -1,5 +1,9 @@
 //! What the portable core needs from the machine it runs on.
 
+use pkvm_abi::shared::Words;
+use pkvm_arch::regs::Vttbr;
+pub use pkvm_pgtable::ArchOps;
+
 /// Access to physical memory that EL2 owns (its page pool, page tables, vmemmap backing).
 ///
 /// At EL2 this goes through the hypervisor's linear map; in the simulator it indexes the
@@ -12,36 +16,37 @@ pub trait PhysMem: Sync {
     fn write_u64(&self, pa: u64, val: u64);
     /// Zeroes `len` bytes from `pa`; both are multiples of 8 (in practice of the page size).
     fn zero(&self, pa: u64, len: u64);
+
+    /// Reads the structure at `pa` (8-byte aligned) whole, as a value: for memory another
+    /// party shares, read once, then validate the copy.
+    #[inline(always)]
+    fn read_obj<T: Words>(&self, pa: u64) -> T {
+        T::read_with(|i| self.read_u64(pa + 8 * i as u64))
+    }
+
+    /// Writes `v` whole at `pa` (8-byte aligned).
+    #[inline(always)]
+    fn write_obj<T: Words>(&self, pa: u64, v: &T) {
+        v.write_with(|i, w| self.write_u64(pa + 8 * i as u64, w));
+    }
 }
 
-/// Everything else the core needs from the CPU: barriers, TLB maintenance and a log.
+/// Everything else the core needs from the CPU: barriers and TLB maintenance (the one
+/// [`ArchOps`] trait `pkvm-pgtable` asks for too, so a `&Platform` is what the page tables
+/// are handed), guest-VMID invalidations, device registers and a log.
 ///
 /// At EL2 these are single instructions; the simulator records them and models a TLB so that a
-/// missing invalidation shows up as a stale translation.
-pub trait Platform: PhysMem + GuestRunner {
-    /// `dsb ishst`.
-    fn dsb_ishst(&self);
-    /// `dsb ish`.
-    fn dsb_ish(&self);
-    /// `isb`.
-    fn isb(&self);
-    /// `tlbi vae2is` (or `vale2is` when `last_level_only`) for `va`, with TTL hint `level`
-    /// (0 = unknown).
-    fn tlbi_el2_va(&self, va: u64, level: u8, last_level_only: bool);
-    /// `tlbi ipas2e1is` for `ipa` in `vmid` (TTL hint `level`), then the stage-1 entries of that
-    /// VMID (`vmalle1is`).
-    fn tlbi_s2_ipa(&self, vmid: u16, ipa: u64, level: u8);
-    /// Invalidates every TLB entry of `vmid`.
-    fn tlbi_vmid(&self, vmid: u16);
-    /// `tlbi ipas2e1is` + `vmalle1is` for a guest: `vttbr` (its stage-2 root | VMID << 48) is
+/// missing invalidation shows up as a stale translation. [`ArchOps::tlbi_s2_ipa`] and
+/// [`ArchOps::tlbi_vmid`] act on the host's stage-2 (VMID 0, whose `VTTBR_EL2` is loaded
+/// whenever EL2 runs for the host); a guest's go through the `tlbi_guest_*` methods.
+pub trait Platform: PhysMem + GuestRunner + ArchOps {
+    /// `tlbi ipas2e1is` + `vmalle1is` for a guest: `vttbr` (its stage-2 root and VMID) is
     /// the `VTTBR_EL2` loaded around the invalidation (the real root, so that no speculative
     /// walk under that VMID can see another table), then the host's is restored.
-    fn tlbi_guest_s2_ipa(&self, vttbr: u64, ipa: u64, level: u8);
+    fn tlbi_guest_s2_ipa(&self, vttbr: Vttbr, ipa: u64, level: u8);
     /// `tlbi vmalls12e1is` for a guest, with `vttbr` loaded as in
     /// [`Platform::tlbi_guest_s2_ipa`].
-    fn tlbi_guest_vmid(&self, vttbr: u64);
-    /// `tlbi alle2is`: invalidates every EL2 stage-1 entry.
-    fn tlbi_el2_all(&self);
+    fn tlbi_guest_vmid(&self, vttbr: Vttbr);
     /// Reads the `size`-byte (4 or 8) device register at `pa` (a device range EL2 emulates
     /// for the host and maps for itself).
     fn mmio_read(&self, pa: u64, size: u8) -> u64;

@@ -1,6 +1,6 @@
 //! Boot: from a memory map and a carve-out to a running [`Hyp`].
 //!
-//! The order follows the seed series:
+//! The order:
 //!
 //! 1. the boot (bump) allocator hands out zeroed pages from the start of EL2's pool; the
 //!    hypervisor's stage-1 is built with it, and since its `MmOps` cannot count, table pages
@@ -21,11 +21,13 @@ use spin::Mutex;
 
 use crate::devices::{DeviceKind, DeviceRange, MAX_DEVICE_RANGES};
 use crate::early_alloc::EarlyAlloc;
-use crate::mem_protect::{Counters, EMULATED_MMIO_OWNER_ID, HYP_OWNER_ID, HostMmu, Hyp, HypMmu};
+use crate::hyp::Hyp;
+use crate::mem_protect::{EMULATED_MMIO_OWNER_ID, HYP_OWNER_ID};
 use crate::memory::MemoryMap;
-use crate::mm::{Arch, pt_err};
+use crate::mm::{HostMmu, HypMmu, pt_err};
 use crate::page_alloc::HypPool;
 use crate::platform::Platform;
+use crate::stats::Counters;
 use crate::vmemmap::{HypUse, PageState, Vmemmap};
 
 /// Input size of EL2's stage-1 (48-bit VA, 4 levels).
@@ -113,7 +115,7 @@ impl<'a, P: Platform> Hyp<'a, P> {
                 hyp_pgt
                     .map(
                         &mut early,
-                        &mut Arch(plat),
+                        plat,
                         m.va,
                         m.size,
                         m.pa,
@@ -164,7 +166,7 @@ impl<'a, P: Platform> Hyp<'a, P> {
             step(
                 "host stage-2 annotation",
                 host_pgt
-                    .set_owner(mm, &mut Arch(plat), s, e - s, u32::from(HYP_OWNER_ID))
+                    .set_owner(mm, plat, s, e - s, u32::from(HYP_OWNER_ID))
                     .map_err(pt_err),
             )?;
             let pages = step(
@@ -216,7 +218,7 @@ impl<'a, P: Platform> Hyp<'a, P> {
             step(
                 "host stage-2 device annotation",
                 host_pgt
-                    .set_owner(mm, &mut Arch(plat), d.start, d.end - d.start, owner.into())
+                    .set_owner(mm, plat, d.start, d.end - d.start, owner.into())
                     .map_err(pt_err),
             )?;
             devices[i] = *d;
@@ -240,40 +242,5 @@ impl<'a, P: Platform> Hyp<'a, P> {
             counters: Counters::default(),
             vms: Mutex::new(crate::vm::VmTable::new()),
         })
-    }
-
-    /// Physical address of EL2's stage-1 root (for `TTBR0_EL2`).
-    pub fn hyp_pgd(&self) -> u64 {
-        self.hyp.lock().pgt.root()
-    }
-
-    /// Configuration of the host stage-2 (for `VTCR_EL2`).
-    pub fn host_s2_config(&self) -> Config {
-        self.host.lock().pgt.config()
-    }
-
-    /// Physical address of the host stage-2 root (for `VTTBR_EL2`, VMID 0).
-    pub fn host_pgd(&self) -> u64 {
-        self.host.lock().pgt.root()
-    }
-
-    /// Whether protection has been finalised (boot-only hypercalls are refused from then on).
-    pub fn is_finalised(&self) -> bool {
-        self.finalised.load(core::sync::atomic::Ordering::Acquire)
-    }
-
-    /// Finalises protection: from now on boot-only hypercalls are refused.
-    ///
-    /// # Errors
-    /// `EPERM` if already finalised.
-    pub fn finalise(&self) -> Result<(), Error> {
-        if self
-            .finalised
-            .swap(true, core::sync::atomic::Ordering::AcqRel)
-        {
-            Err(Error::Perm)
-        } else {
-            Ok(())
-        }
     }
 }

@@ -1,12 +1,29 @@
 //! Statistics for the debug hypercall and for tests: they walk tables, so they are slow and
 //! never on a hot path.
 
-use pkvm_abi::PAGE_SIZE;
+use core::sync::atomic::AtomicU64;
+
+use pkvm_abi::{PAGE_SHIFT, PAGE_SIZE};
 use pkvm_pgtable::{WalkFlags, desc};
 
-use crate::mem_protect::Hyp;
+use crate::hyp::Hyp;
 use crate::platform::Platform;
-use crate::vmemmap::HypPage;
+use crate::vmemmap::{HypPage, PageState};
+
+/// Counters kept by EL2.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Host stage-2 faults handled.
+    pub host_faults: AtomicU64,
+    /// Aborts injected into the host.
+    pub injected_aborts: AtomicU64,
+    /// UNDEFs injected into the host (trapped instructions EL2 does not emulate).
+    pub injected_undefs: AtomicU64,
+    /// Host accesses to device registers EL2 emulated.
+    pub emulated_mmio: AtomicU64,
+    /// Host writes to device registers EL2 refused (a table base outside the host's RAM).
+    pub refused_device_writes: AtomicU64,
+}
 
 impl<P: Platform> Hyp<'_, P> {
     /// Number of memory pages whose vmemmap entry satisfies `f`.
@@ -15,6 +32,25 @@ impl<P: Platform> Hyp<'_, P> {
         for r in self.map.regions() {
             if let Some(pages) = self.vmemmap.slice(r.base_pfn(), r.nr_pages()) {
                 n += pages.iter().filter(|p| f(p)).count() as u64;
+            }
+        }
+        n
+    }
+
+    /// Pages donated to EL2 outside its own memory.
+    pub fn donated_pages(&self) -> u64 {
+        let mut n = 0;
+        for r in self.map.regions() {
+            if let Some(pages) = self.vmemmap.slice(r.base_pfn(), r.nr_pages()) {
+                for (i, p) in pages.iter().enumerate() {
+                    let pa = (r.base_pfn() + i as u64) << PAGE_SHIFT;
+                    if p.host_state() == PageState::NoPage
+                        && p.hyp_state() == PageState::Owned
+                        && !self.is_hyp_memory(pa)
+                    {
+                        n += 1;
+                    }
+                }
             }
         }
         n

@@ -265,8 +265,7 @@ fn bench(c: &mut Criterion) {
                     MapFlags::FORCE_PAGES,
                 )
                 .unwrap();
-                p.pt.unmap(&mut p.mm, &p.arch, black_box(one), K4)
-                    .unwrap()
+                p.pt.unmap(&mut p.mm, &p.arch, black_box(one), K4).unwrap()
             });
         });
     }
@@ -411,10 +410,7 @@ fn summary() {
                 MapFlags::FORCE_PAGES,
             )
             .unwrap();
-            black_box(
-                p.pt.unmap(&mut p.mm, &p.arch, black_box(one), K4)
-                    .unwrap(),
-            );
+            black_box(p.pt.unmap(&mut p.mm, &p.arch, black_box(one), K4).unwrap());
         }
         t.elapsed()
     });

@@ -46,10 +46,10 @@ fn host_fault(c: &mut Criterion) {
                     let start = Instant::now();
                     let r = m.hyp.handle_host_mem_abort(
                         0x0900_0000,
-                        pkvm_hyp::mem_protect::FaultClass::Translation,
+                        pkvm_hyp::host_fault::FaultClass::Translation,
                     );
                     t += start.elapsed();
-                    assert_eq!(r, pkvm_hyp::mem_protect::HostFault::Mapped);
+                    assert_eq!(r, pkvm_hyp::host_fault::HostFault::Mapped);
                     m.hyp.host_stage2_unmap_mmio();
                 }
                 t

@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 
 use pkvm_abi::{Error, HostHcall, PAGE_SHIFT, PAGE_SIZE, SMCCC_SUCCESS, decode_result, hvc_fid};
 use pkvm_hyp::devices::{DeviceKind, DeviceRange, MmioAccess};
-use pkvm_hyp::mem_protect::{FaultClass, HostFault, Hyp};
+use pkvm_hyp::host_fault::{FaultClass, HostFault};
+use pkvm_hyp::hyp::Hyp;
 use pkvm_hyp::memory::{MemRegion, MemoryMap};
 use pkvm_hyp::platform::PhysMem;
 use pkvm_hyp::setup::{BootParams, HypMapping};

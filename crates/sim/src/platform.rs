@@ -4,7 +4,9 @@
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use pkvm_hyp::platform::{GuestEntry, GuestExit, GuestRunner, PhysMem, Platform};
+use pkvm_arch::esr::{DataAbort, Ec, Esr};
+use pkvm_arch::regs::Vttbr;
+use pkvm_hyp::platform::{ArchOps, GuestEntry, GuestExit, GuestRunner, PhysMem, Platform};
 
 use crate::mem::SimMemory;
 use crate::mmu::{Regime, Tlb};
@@ -140,6 +142,28 @@ impl SimPlatform {
     }
 }
 
+/// A level-3 translation fault with a valid syndrome (what an access to unmapped guest MMIO
+/// gives); the access's fields are filled in per action.
+const TRANSLATION_L3: DataAbort = DataAbort {
+    isv: true,
+    sas: 0,
+    sse: false,
+    srt: 0,
+    sf: false,
+    ar: false,
+    fnv: false,
+    ea: false,
+    cm: false,
+    s1ptw: false,
+    wnr: false,
+    dfsc: 0b000111,
+};
+
+/// The `ESR_EL2` of a data abort from the guest with syndrome `d`.
+fn mmio_esr(d: DataAbort) -> u64 {
+    Esr::new(Ec::DabtLow, true, d.iss()).0
+}
+
 impl GuestRunner for SimPlatform {
     fn run_guest(&self, e: &GuestEntry) -> GuestExit {
         use pkvm_abi::guest::vcpu_off;
@@ -163,11 +187,12 @@ impl GuestRunner for SimPlatform {
                 self.write_u64(regs, x0);
                 self.write_u64(regs + 8, x1);
                 self.write_u64(e.vcpu_pa + vcpu_off::PC as u64, e.pc + 4);
+                // Stale FAR/HPFAR from an earlier abort: not the hypercall's.
                 GuestExit {
                     vector: 0,
-                    esr: 0x16 << 26 | 1 << 25,
-                    far: 0,
-                    hpfar: 0,
+                    esr: Esr::new(Ec::Hvc64, true, 0).0,
+                    far: 0x678,
+                    hpfar: hpfar(0x1234_5000),
                 }
             }
             SimGuestAction::MmioWrite {
@@ -179,14 +204,12 @@ impl GuestRunner for SimPlatform {
                 if reg < 31 {
                     self.write_u64(regs + 8 * u64::from(reg), value);
                 }
-                let sas = u64::from(size.trailing_zeros());
-                let esr = 0x24 << 26
-                    | 1 << 25
-                    | 1 << 24
-                    | sas << 22
-                    | u64::from(reg) << 16
-                    | 1 << 6
-                    | 0b000111;
+                let esr = mmio_esr(DataAbort {
+                    sas: size.trailing_zeros() as u8,
+                    srt: reg,
+                    wnr: true,
+                    ..TRANSLATION_L3
+                });
                 GuestExit {
                     vector: 0,
                     esr,
@@ -195,16 +218,13 @@ impl GuestRunner for SimPlatform {
                 }
             }
             SimGuestAction::MmioRead { ipa, size, reg } => {
-                let sas = u64::from(size.trailing_zeros());
                 // A 64-bit register for an 8-byte load (SF), a 32-bit one otherwise.
-                let sf = u64::from(size == 8) << 15;
-                let esr = 0x24 << 26
-                    | 1 << 25
-                    | 1 << 24
-                    | sas << 22
-                    | u64::from(reg) << 16
-                    | sf
-                    | 0b000111;
+                let esr = mmio_esr(DataAbort {
+                    sas: size.trailing_zeros() as u8,
+                    srt: reg,
+                    sf: size == 8,
+                    ..TRANSLATION_L3
+                });
                 GuestExit {
                     vector: 0,
                     esr,
@@ -213,15 +233,13 @@ impl GuestRunner for SimPlatform {
                 }
             }
             SimGuestAction::MmioReadSigned { ipa, size, reg, sf } => {
-                let sas = u64::from(size.trailing_zeros());
-                let esr = 0x24 << 26
-                    | 1 << 25
-                    | 1 << 24
-                    | sas << 22
-                    | 1 << 21
-                    | u64::from(reg) << 16
-                    | u64::from(sf) << 15
-                    | 0b000111;
+                let esr = mmio_esr(DataAbort {
+                    sas: size.trailing_zeros() as u8,
+                    sse: true,
+                    srt: reg,
+                    sf,
+                    ..TRANSLATION_L3
+                });
                 GuestExit {
                     vector: 0,
                     esr,
@@ -229,11 +247,13 @@ impl GuestRunner for SimPlatform {
                     hpfar: hpfar(ipa),
                 }
             }
+            // FAR and HPFAR as a stage-2 abort at IPA 0x1234_5678 would leave them (whatever
+            // the class: the core must use them only for aborts).
             SimGuestAction::Sync(esr) => GuestExit {
                 vector: 0,
                 esr,
-                far: 0,
-                hpfar: 0,
+                far: 0x678,
+                hpfar: hpfar(0x1234_5000),
             },
             SimGuestAction::Irq => GuestExit {
                 vector: 1,
@@ -260,6 +280,37 @@ impl PhysMem for SimPlatform {
 }
 
 impl Platform for SimPlatform {
+    fn tlbi_guest_s2_ipa(&self, vttbr: Vttbr, ipa: u64, level: u8) {
+        self.tlbi_s2_ipa(vttbr.vmid(), ipa, level);
+    }
+
+    fn tlbi_guest_vmid(&self, vttbr: Vttbr) {
+        self.tlbi_vmid(vttbr.vmid());
+    }
+
+    fn mmio_read(&self, pa: u64, size: u8) -> u64 {
+        let v = self
+            .device_regs
+            .lock()
+            .unwrap()
+            .get(&pa)
+            .copied()
+            .unwrap_or(0);
+        if size >= 8 { v } else { v & 0xffff_ffff }
+    }
+
+    fn mmio_write(&self, pa: u64, size: u8, val: u64) {
+        let val = if size >= 8 { val } else { val & 0xffff_ffff };
+        self.device_regs.lock().unwrap().insert(pa, val);
+        self.device_writes.lock().unwrap().push((pa, size, val));
+    }
+
+    fn log(&self, args: std::fmt::Arguments<'_>) {
+        self.log.lock().unwrap().push(args.to_string());
+    }
+}
+
+impl ArchOps for SimPlatform {
     fn dsb_ishst(&self) {
         self.counts.dsb.fetch_add(1, Ordering::Relaxed);
         self.record(ArchEvent::DsbIshst);
@@ -303,38 +354,9 @@ impl Platform for SimPlatform {
             .invalidate_regime(Regime::Stage2(vmid));
     }
 
-    fn tlbi_guest_s2_ipa(&self, vttbr: u64, ipa: u64, level: u8) {
-        self.tlbi_s2_ipa((vttbr >> 48) as u16, ipa, level);
-    }
-
-    fn tlbi_guest_vmid(&self, vttbr: u64) {
-        self.tlbi_vmid((vttbr >> 48) as u16);
-    }
-
-    fn mmio_read(&self, pa: u64, size: u8) -> u64 {
-        let v = self
-            .device_regs
-            .lock()
-            .unwrap()
-            .get(&pa)
-            .copied()
-            .unwrap_or(0);
-        if size >= 8 { v } else { v & 0xffff_ffff }
-    }
-
-    fn mmio_write(&self, pa: u64, size: u8, val: u64) {
-        let val = if size >= 8 { val } else { val & 0xffff_ffff };
-        self.device_regs.lock().unwrap().insert(pa, val);
-        self.device_writes.lock().unwrap().push((pa, size, val));
-    }
-
     fn tlbi_el2_all(&self) {
         self.counts.tlbi.fetch_add(1, Ordering::Relaxed);
         self.record(ArchEvent::TlbiEl2All);
         self.tlb.lock().unwrap().invalidate_regime(Regime::El2);
-    }
-
-    fn log(&self, args: std::fmt::Arguments<'_>) {
-        self.log.lock().unwrap().push(args.to_string());
     }
 }

@@ -300,7 +300,7 @@ fn escape3_its_and_fw_cfg_are_hidden_from_the_host() {
 fn escape3_lpis_stay_off_and_lpi_tables_stay_in_host_ram() {
     use pkvm_abi::Stat;
     use pkvm_hyp::devices::{MmioAccess, gicr};
-    use pkvm_hyp::mem_protect::HostFault;
+    use pkvm_hyp::host_fault::HostFault;
     use pkvm_sim::machine::VIRT_GICR_RD;
     with_machine(&SimConfig::small(), |m| {
         let rd = VIRT_GICR_RD.0;
@@ -311,10 +311,8 @@ fn escape3_lpis_stay_off_and_lpi_tables_stay_in_host_ram() {
         );
         let access = |off: u64, write: bool, size: u8, value: u64| {
             assert_eq!(
-                m.hyp.handle_host_mem_abort(
-                    rd + off,
-                    pkvm_hyp::mem_protect::FaultClass::Translation
-                ),
+                m.hyp
+                    .handle_host_mem_abort(rd + off, pkvm_hyp::host_fault::FaultClass::Translation),
                 HostFault::Emulate
             );
             m.hyp
@@ -384,7 +382,7 @@ fn escape3_lpis_stay_off_and_lpi_tables_stay_in_host_ram() {
 #[test]
 fn permission_fault_on_a_mapped_page_is_an_abort_not_a_retry() {
     use pkvm_abi::Stat;
-    use pkvm_hyp::mem_protect::{FaultClass, HostFault};
+    use pkvm_hyp::host_fault::{FaultClass, HostFault};
     with_machine(&SimConfig::small(), |m| {
         let mmio = 0x0903_0000;
         assert_eq!(m.host_access(mmio, false), Outcome::Access, "mapped now");

@@ -6,6 +6,8 @@ use pkvm_abi::guest::{
     self as g, FpState, PSTATE_EL1H_DAIF, VcpuState, VmDesc, exit, sys, vcpu_off,
 };
 use pkvm_abi::{Error, HostHcall, PAGE_SHIFT, PAGE_SIZE, Stat, psci};
+use pkvm_arch::esr::{Ec, Esr};
+use pkvm_arch::regs::Vttbr;
 use pkvm_hyp::platform::PhysMem;
 use pkvm_sim::platform::{ArchEvent, SimGuestAction};
 use pkvm_sim::{Machine, SimConfig, with_machine};
@@ -81,6 +83,11 @@ fn run(m: &Machine<'_>, handle: u64) -> Result<u64, Error> {
     pkvm_abi::decode_result(r[1]).map(|()| r[2])
 }
 
+/// The vCPU's last exit, read whole.
+fn exit_of(m: &Machine<'_>, vcpu: u64) -> g::VcpuExit {
+    m.plat.read_obj(vcpu + vcpu_off::EXIT as u64)
+}
+
 fn machine(f: impl FnOnce(&Machine<'_>, &Host)) {
     with_machine(&SimConfig::small(), |m| {
         let h = Host {
@@ -152,31 +159,26 @@ fn lifecycle_runs_to_power_off_and_leaks_nothing() {
         ]);
         let pc0 = g::GUEST_RAM_IPA;
         assert_eq!(run(m, a), Ok(exit::MMIO));
-        assert_eq!(
-            m.plat.read_u64(vcpu + (vcpu_off::EXIT + 48) as u64),
-            0x41,
-            "write data, 1 byte"
-        );
+        assert_eq!(exit_of(m, vcpu).mmio_data, 0x41, "write data, 1 byte");
         assert_eq!(run(m, a), Ok(exit::MMIO));
         // The host answers the read; the next entry writes x5 and skips the load.
         m.plat
             .write_u64(vcpu + vcpu_off::EXIT_MMIO_DATA as u64, 0x1_2345_6789);
         assert_eq!(run(m, a), Ok(exit::HYPERCALL));
-        assert_eq!(
-            m.plat.read_u64(vcpu + (vcpu_off::REGS + 5 * 8) as u64),
-            0x2345_6789
-        );
+        assert_eq!(exit_of(m, vcpu).ipa, 0, "no IPA for a hypercall exit");
+        assert_eq!(m.plat.read_u64(vcpu + vcpu_off::reg(5) as u64), 0x2345_6789);
         let entries = m.plat.guest_entries.lock().unwrap().clone();
         assert_eq!(entries[0].pc, pc0);
         assert_eq!(entries[1].pc, pc0 + 4, "MMIO write skipped");
         assert_eq!(entries[2].pc, pc0 + 8, "MMIO read skipped");
-        assert_eq!(entries[0].vttbr >> 48, 1, "VMID of the first slot");
+        assert_eq!(
+            Vttbr::from_bits(entries[0].vttbr).vmid(),
+            1,
+            "VMID of the first slot"
+        );
         assert_eq!(run(m, a), Ok(exit::IRQ));
         assert_eq!(run(m, a), Ok(exit::SYSTEM_EVENT));
-        assert_eq!(
-            m.plat.read_u64(vcpu + (vcpu_off::EXIT + 56) as u64),
-            u64::from(psci::SYSTEM_OFF)
-        );
+        assert_eq!(exit_of(m, vcpu).code, u64::from(psci::SYSTEM_OFF));
         assert_eq!(run(m, b), Ok(exit::SYSTEM_EVENT));
 
         // While the VMs live their structures are pinned.
@@ -373,16 +375,22 @@ fn bad_inputs() {
             .guest_script
             .lock()
             .unwrap()
-            .push_back(SimGuestAction::Sync(0x01 << 26 | 1 << 25));
+            .push_back(SimGuestAction::Sync(Esr::new(Ec::Wfx, true, 0).0));
         let pc = m.plat.read_u64(vcpu + vcpu_off::PC as u64);
         assert_eq!(run(m, a), Ok(exit::IDLE));
         assert_eq!(m.plat.read_u64(vcpu + vcpu_off::PC as u64), pc + 4);
         m.plat.guest_script.lock().unwrap().extend([
-            SimGuestAction::Sync(0x18 << 26 | 1 << 25),
-            SimGuestAction::Sync(0x24 << 26 | 0x10),
+            SimGuestAction::Sync(Esr::new(Ec::Sysreg64, true, 0).0),
+            SimGuestAction::Sync(Esr::new(Ec::DabtLow, false, 0x10).0),
         ]);
         assert_eq!(run(m, a), Ok(exit::FAULT));
+        assert_eq!(exit_of(m, vcpu).ipa, 0, "no IPA for a trapped instruction");
         assert_eq!(run(m, a), Ok(exit::FAULT));
+        assert_eq!(
+            exit_of(m, vcpu).ipa,
+            0x1234_5678,
+            "the IPA of a stage-2 abort"
+        );
         assert_eq!(run(m, a), Ok(exit::SYSTEM_EVENT));
         destroy(m, a, &[desc, vcpu, fp]);
         // Run on a since-unshared vCPU structure / after teardown.
@@ -531,7 +539,7 @@ fn eight_vms_then_enomem() {
             .lock()
             .unwrap()
             .iter()
-            .map(|e| e.vttbr >> 48)
+            .map(|e| u64::from(Vttbr::from_bits(e.vttbr).vmid()))
             .collect();
         assert_eq!(vmids, (1..=8).collect::<Vec<_>>());
         for v in vms.iter().rev() {

@@ -1,0 +1,370 @@
+//! Guests: VMs with an EL2-owned stage-2, their vCPU, sharing host pages into them, running
+//! the vCPU (through the platform's world switch) and teardown.
+//!
+//! # State
+//!
+//! - The host shares its `VmDesc`, `VcpuState` and `FpState` with EL2 (`host_share_hyp`,
+//!   refcounted, so structures of two guests may share a page); EL2 **pins** the pages covering
+//!   each structure while the VM exists, so the host cannot unshare them (`EBUSY`). Teardown
+//!   unpins; then the host unshares.
+//! - The guest stage-2 lives in pages the host donated at VM init (a small memcache, host →
+//!   hyp donation: host NOPAGE/annotated, hyp OWNED); EL2 builds a buddy pool over them. The
+//!   host never writes guest tables. Teardown frees the tables, zeroes the pages and gives them
+//!   back (hyp → host).
+//! - A host page shared into a guest is (host SHARED_OWNED, hyp NOPAGE) with share count 1 in
+//!   the vmemmap; the guest side (SHARED_BORROWED) is software bit 0 of the guest stage-2
+//!   leaf. Since hyp is NOPAGE, `host_share_hyp`/`host_unshare_hyp`/`host_donate_hyp`/pin of
+//!   such a page fail with `EPERM` (both sides checked).
+//! - VMID = slot + 1 (VMID 0 is the host); a slot is reused only after teardown invalidated
+//!   every TLB entry of its VMID.
+//!
+//! Lock order: host → hyp → vms.
+
+//!
+//! Files: this one (the VM table, creation, the vCPU, teardown), [`share`] (host pages into a
+//! guest and back), [`run`] (running the vCPU and decoding its exits).
+
+mod run;
+mod share;
+
+use pkvm_abi::guest::{self as g, MAX_VMS, PSTATE_ALLOWED, PSTATE_MODES, VmDesc};
+use pkvm_abi::{Error, PAGE_SHIFT, PAGE_SIZE};
+use pkvm_arch::regs::Vttbr;
+use pkvm_pgtable::{Config, MmOps, PageTable, Prot, VisitKind, WalkFlags, desc};
+
+use crate::hyp::Hyp;
+use crate::mem_protect::is_guest_shared;
+use crate::mm::{HostMmu, HypMmu, pt_err};
+use crate::page_alloc::{HypPool, NODE_NEXT, NODE_PREV};
+use crate::platform::Platform;
+use crate::vmemmap::{HypPage, HypUse, NO_ORDER, PageState};
+
+/// Software bit marking a guest stage-2 leaf as SHARED_BORROWED (the page belongs to the host).
+pub const GUEST_SHARED_BORROWED: Prot = Prot::SW0;
+
+/// Smallest and largest memcache (pages donated for the guest stage-2).
+const MEMCACHE_MIN: u64 = 2;
+const MEMCACHE_MAX: u64 = 64;
+
+/// An MMIO access waiting for the host's emulation: completed on the next entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct PendingMmio {
+    /// The access's syndrome (`ESR_EL2.ISS`): size, target register, sign extension, register
+    /// width. Kept raw (4 bytes) and decoded only when the access completes: the vCPU's
+    /// pending-access slot is copied on every run.
+    iss: u32,
+}
+
+#[derive(Debug)]
+struct Vcpu {
+    state_pa: u64,
+    fp_pa: u64,
+    /// Pinned pages of the state and FP structures.
+    pins: [(u64, u64); 2],
+    pending_mmio: Option<PendingMmio>,
+    running: bool,
+}
+
+struct Vm<'a, P: Platform> {
+    handle: u64,
+    vmid: u16,
+    ipa_bits: u32,
+    desc_pin: (u64, u64),
+    memcache: (u64, u64),
+    pgt: PageTable,
+    pool: HypPool<'a, P>,
+    vcpu: Option<Vcpu>,
+    /// Bounding IPA range `[lo, hi)` of everything ever shared into the guest: teardown walks
+    /// only this part of the stage-2.
+    shared_span: (u64, u64),
+}
+
+impl<P: Platform> Vm<'_, P> {
+    /// The guest's `VTTBR_EL2` value: its stage-2 root under its VMID.
+    fn vttbr(&self) -> Vttbr {
+        Vttbr::new(self.pgt.root(), self.vmid)
+    }
+}
+
+/// Every VM EL2 knows about.
+pub struct VmTable<'a, P: Platform> {
+    slots: [Option<Vm<'a, P>>; MAX_VMS],
+    generation: u64,
+}
+
+impl<P: Platform> core::fmt::Debug for VmTable<'_, P> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("VmTable")
+            .field("live", &self.slots.iter().filter(|s| s.is_some()).count())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<P: Platform> Default for VmTable<'_, P> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<'a, P: Platform> VmTable<'a, P> {
+    /// No VM.
+    #[must_use]
+    pub fn new() -> Self {
+        Self {
+            slots: [const { None }; MAX_VMS],
+            generation: 0,
+        }
+    }
+
+    fn get(&mut self, handle: u64) -> Result<&mut Vm<'a, P>, Error> {
+        let slot = (handle & 0xff).wrapping_sub(1) as usize;
+        match self.slots.get_mut(slot) {
+            Some(Some(vm)) if vm.handle == handle => Ok(vm),
+            _ => Err(Error::NoEnt),
+        }
+    }
+
+    /// Number of live VMs.
+    pub fn live(&self) -> u64 {
+        self.slots.iter().filter(|s| s.is_some()).count() as u64
+    }
+}
+
+/// A page shared into a guest goes back to the host alone (its guest mapping is being
+/// removed).
+fn end_guest_share(p: &HypPage) {
+    p.set_share_count(0);
+    p.set_host_state(PageState::Owned);
+}
+
+/// The pfn range covering `[pa, pa + len)`.
+fn pfns_of(pa: u64, len: u64) -> Result<(u64, u64), Error> {
+    let end = pa.checked_add(len).ok_or(Error::Inval)?;
+    let first = pa >> PAGE_SHIFT;
+    Ok((first, ((end - 1) >> PAGE_SHIFT) - first + 1))
+}
+
+fn prot_from_abi(prot: u64) -> Result<Prot, Error> {
+    if prot == 0 || prot & !g::PROT_RWX != 0 {
+        return Err(Error::Inval);
+    }
+    let mut p = GUEST_SHARED_BORROWED;
+    if prot & g::PROT_R != 0 {
+        p |= Prot::R;
+    }
+    if prot & g::PROT_W != 0 {
+        p |= Prot::W;
+    }
+    if prot & g::PROT_X != 0 {
+        p |= Prot::X;
+    }
+    Ok(p)
+}
+
+/// Whether `pstate` is an AArch64 EL0t/EL1t/EL1h state with only NZCV, DAIF and M set.
+#[must_use]
+pub fn pstate_is_valid(pstate: u64) -> bool {
+    pstate & !PSTATE_ALLOWED == 0 && PSTATE_MODES.contains(&(pstate & 0xf))
+}
+
+impl<'a, P: Platform> Hyp<'a, P> {
+    /// Hyp → host return of donated pages (zeroed, vmemmap entries reset), both locks held.
+    ///
+    /// `was_pool`: the pages are a guest memcache whose buddy pool is being dropped. Its free
+    /// memory is zero apart from the list node of each free block (the pool's invariant), and
+    /// teardown has cleared every entry of the stage-2 tables, so only those nodes are zeroed.
+    fn return_locked(
+        &self,
+        host: &mut HostMmu<'a, P>,
+        hyp: &mut HypMmu<'a, P>,
+        (pfn, nr): (u64, u64),
+        was_pool: bool,
+    ) -> Result<(), Error> {
+        let pages = self.host_range(pfn, nr)?;
+        let (start, size) = (pfn << PAGE_SHIFT, nr << PAGE_SHIFT);
+        if was_pool {
+            for (i, p) in pages.iter().enumerate() {
+                let pa = start + i as u64 * PAGE_SIZE;
+                if p.refcount() == 0 && p.order() != NO_ORDER {
+                    self.plat.write_u64(pa + NODE_NEXT, 0);
+                    self.plat.write_u64(pa + NODE_PREV, 0);
+                }
+            }
+        } else {
+            self.plat.zero(start, size);
+        }
+        self.give_back_locked(host, hyp, pfn, nr)
+    }
+
+    /// `vm_init(desc_pa, memcache_pfn, memcache_nr) -> handle`.
+    ///
+    /// # Errors
+    /// `EINVAL` for a misaligned descriptor, a bad `ipa_bits`/`nr_vcpus` or memcache size;
+    /// `EPERM` if the descriptor is not shared with EL2 or the memcache pages are not the
+    /// host's alone; `ENOMEM` if every VM slot is in use; range errors as for sharing.
+    pub fn vm_init(&self, desc_pa: u64, mc_pfn: u64, mc_nr: u64) -> Result<u64, Error> {
+        if !desc_pa.is_multiple_of(8) || !(MEMCACHE_MIN..=MEMCACHE_MAX).contains(&mc_nr) {
+            return Err(Error::Inval);
+        }
+        let desc_pin = pfns_of(desc_pa, size_of::<VmDesc>() as u64)?;
+        let (mut host, mut hyp) = self.lock_host_hyp();
+        let mut vms = self.vms.lock();
+        let slot = vms
+            .slots
+            .iter()
+            .position(Option::is_none)
+            .ok_or(Error::NoMem)?;
+        self.hyp_pin_locked(desc_pin.0, desc_pin.1)?;
+        // Pinned: read the descriptor once.
+        let desc: VmDesc = self.plat.read_obj(desc_pa);
+        let ipa_bits = desc.ipa_bits;
+        if !(g::MIN_IPA_BITS..=g::MAX_IPA_BITS.min(u64::from(self.pa_bits))).contains(&ipa_bits)
+            || desc.nr_vcpus != 1
+        {
+            self.hyp_unpin_locked(desc_pin);
+            return Err(Error::Inval);
+        }
+        if let Err(e) = self.donate_locked(&mut host, &mut hyp, mc_pfn, mc_nr, HypUse::Vm) {
+            self.hyp_unpin_locked(desc_pin);
+            return Err(e);
+        }
+        let vmid = slot as u16 + 1;
+        let cfg = Config::stage2(vmid, self.pa_bits as u8);
+        let generation = vms.generation.wrapping_add(1) & 0x00ff_ffff_ffff_ffff;
+        vms.generation = generation;
+        let handle = (generation << 8) | (slot as u64 + 1);
+        // Built in place in its slot (the VM is a few hundred bytes: no moves through the
+        // stack), the root table taken from the new pool afterwards.
+        let built = HypPool::new(&self.vmemmap, self.plat, mc_pfn, mc_nr, 0).and_then(|pool| {
+            let vm = vms.slots[slot].insert(Vm {
+                handle: 0,
+                vmid,
+                ipa_bits: ipa_bits as u32,
+                desc_pin,
+                memcache: (mc_pfn, mc_nr),
+                pgt: PageTable::from_root(0, cfg).map_err(pt_err)?,
+                pool,
+                vcpu: None,
+                shared_span: (u64::MAX, 0),
+            });
+            vm.pgt = PageTable::new(&mut vm.pool, cfg).map_err(pt_err)?;
+            Ok(vm)
+        });
+        let vm = match built {
+            Ok(vm) => vm,
+            Err(e) => {
+                vms.slots[slot] = None;
+                let _ = self.return_locked(&mut host, &mut hyp, (mc_pfn, mc_nr), false);
+                self.hyp_unpin_locked(desc_pin);
+                return Err(self.commit_failed("vm init", e));
+            }
+        };
+        vm.handle = handle;
+        Ok(handle)
+    }
+
+    /// `vcpu_init(handle, state_pa, fp_pa)`.
+    ///
+    /// # Errors
+    /// `ENOENT` for an unknown handle; `EBUSY` if the VM has its vCPU already; `EINVAL` for
+    /// misaligned structures; `EPERM` if they are not shared with EL2.
+    pub fn vcpu_init(&self, handle: u64, state_pa: u64, fp_pa: u64) -> Result<(), Error> {
+        if !state_pa.is_multiple_of(8) || !fp_pa.is_multiple_of(16) {
+            return Err(Error::Inval);
+        }
+        let sp = pfns_of(state_pa, size_of::<g::VcpuState>() as u64)?;
+        let fp = pfns_of(fp_pa, g::FP_STATE_SIZE as u64)?;
+        let _locks = self.lock_host_hyp();
+        let mut vms = self.vms.lock();
+        let vm = vms.get(handle)?;
+        if vm.vcpu.is_some() {
+            return Err(Error::Busy);
+        }
+        self.hyp_pin_locked(sp.0, sp.1)?;
+        if let Err(e) = self.hyp_pin_locked(fp.0, fp.1) {
+            self.hyp_unpin_locked(sp);
+            return Err(e);
+        }
+        vm.vcpu = Some(Vcpu {
+            state_pa,
+            fp_pa,
+            pins: [sp, fp],
+            pending_mmio: None,
+            running: false,
+        });
+        Ok(())
+    }
+
+    /// `vm_teardown(handle)`: unmaps every guest page (back to the host alone), frees the guest
+    /// stage-2, invalidates the VMID, returns the memcache zeroed and unpins the VM and vCPU
+    /// structures.
+    ///
+    /// # Errors
+    /// `ENOENT` unknown handle (teardown twice); `EBUSY` while the vCPU runs.
+    pub fn vm_teardown(&self, handle: u64) -> Result<(), Error> {
+        let (mut host, mut hyp) = self.lock_host_hyp();
+        let mut vms = self.vms.lock();
+        let vm = vms.get(handle)?;
+        if vm.vcpu.as_ref().is_some_and(|v| v.running) {
+            return Err(Error::Busy);
+        }
+        let slot = (handle & 0xff) as usize - 1;
+        // Every page still shared into the guest goes back to the host alone, and every
+        // non-zero entry of the stage-2 (leaves, then table descriptors after their subtree)
+        // is cleared, which leaves the table pages zero. Only the span ever shared is walked:
+        // nothing outside it was ever mapped.
+        let mut bad = 0u64;
+        let (lo, hi) = vm.shared_span;
+        let vmemmap = &self.vmemmap;
+        if lo < hi {
+            let flags = WalkFlags::LEAF | WalkFlags::TABLE_POST;
+            let r = vm.pgt.walk_mut(&mut vm.pool, lo, hi - lo, flags, |mm, v| {
+                if v.pte == 0 {
+                    return Ok(());
+                }
+                if v.kind == VisitKind::Leaf && desc::is_valid(v.pte) {
+                    let pa = desc::output_address(v.pte);
+                    for off in (0..v.granule()).step_by(PAGE_SIZE as usize) {
+                        match vmemmap.page(pa + off) {
+                            Some(p) if is_guest_shared(p) => end_guest_share(p),
+                            _ => bad += 1,
+                        }
+                    }
+                }
+                mm.write_pte(v.ptep, 0);
+                Ok::<(), pkvm_pgtable::Error>(())
+            });
+            if r.is_err() {
+                bad += 1;
+            }
+        }
+        // The stage-2 tables live in the memcache alone: rather than freeing them one by one,
+        // the whole memcache is zeroed and returned below, and the pool is dropped. The VMID may
+        // be reused (and the memcache pages handed back) only once no TLB entry of it survives.
+        self.plat.dsb_ishst();
+        self.plat.tlbi_guest_vmid(vm.vttbr());
+        self.plat.dsb_ish();
+        self.plat.isb();
+        // The table pages are zero now; the root too unless nothing was ever shared.
+        if lo >= hi {
+            self.plat.zero(vm.pgt.root(), PAGE_SIZE);
+        }
+        let r = self.return_locked(&mut host, &mut hyp, vm.memcache, true);
+        self.hyp_unpin_locked(vm.desc_pin);
+        if let Some(v) = &vm.vcpu {
+            for &pin in &v.pins {
+                self.hyp_unpin_locked(pin);
+            }
+        }
+        vms.slots[slot] = None;
+        if bad != 0 {
+            return Err(self.commit_failed("vm teardown", bad));
+        }
+        r
+    }
+
+    /// Number of live VMs.
+    pub fn live_vms(&self) -> u64 {
+        self.vms.lock().live()
+    }
+}

@@ -1,0 +1,214 @@
+//! Running the vCPU: entry checks, the world switch, and the exit decoded for the host.
+
+use pkvm_abi::guest::{VcpuExit, exit, vcpu_off};
+use pkvm_abi::{Error, psci};
+use pkvm_arch::esr::{DataAbort, Ec, Esr, FaultClass, fault_ipa};
+
+use super::{PendingMmio, pstate_is_valid};
+use crate::hyp::Hyp;
+use crate::platform::{GuestEntry, GuestExit, PhysMem, Platform};
+
+/// The host's `VcpuState` at `pa`, shared with EL2 and pinned while the vCPU exists. The host
+/// may change it at any time: every field is read once, through these accessors, and the copy
+/// is what EL2 validates and uses.
+struct SharedVcpu<'p, M: PhysMem> {
+    mem: &'p M,
+    pa: u64,
+}
+
+impl<M: PhysMem> Clone for SharedVcpu<'_, M> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<M: PhysMem> Copy for SharedVcpu<'_, M> {}
+
+impl<M: PhysMem> SharedVcpu<'_, M> {
+    #[inline(always)]
+    fn read(&self, off: usize) -> u64 {
+        self.mem.read_u64(self.pa + off as u64)
+    }
+
+    #[inline(always)]
+    fn write(&self, off: usize, v: u64) {
+        self.mem.write_u64(self.pa + off as u64, v);
+    }
+
+    #[inline(always)]
+    fn pc(&self) -> u64 {
+        self.read(vcpu_off::PC)
+    }
+
+    /// Moves the PC past the instruction that trapped.
+    #[inline(always)]
+    fn skip_instruction(&self) {
+        self.write(vcpu_off::PC, self.pc().wrapping_add(4));
+    }
+
+    #[inline(always)]
+    fn pstate(&self) -> u64 {
+        self.read(vcpu_off::PSTATE)
+    }
+
+    /// `x<n>` (`n < 31`).
+    #[inline(always)]
+    fn reg(&self, n: u8) -> u64 {
+        self.read(vcpu_off::reg(n))
+    }
+
+    /// Sets `x<n>` (`n < 31`).
+    #[inline(always)]
+    fn set_reg(&self, n: u8, v: u64) {
+        self.write(vcpu_off::reg(n), v);
+    }
+
+    /// `exit.mmio_data`: the value the host supplies for an emulated read.
+    #[inline(always)]
+    fn mmio_data(&self) -> u64 {
+        self.read(vcpu_off::EXIT_MMIO_DATA)
+    }
+
+    #[inline(always)]
+    fn write_exit(&self, e: &VcpuExit) {
+        self.mem.write_obj(self.pa + vcpu_off::EXIT as u64, e);
+    }
+}
+
+impl<P: Platform> Hyp<'_, P> {
+    /// `vcpu_run(handle) -> exit reason`: validates the vCPU's PSTATE (read once), completes
+    /// a pending MMIO access, runs the guest through the platform's world switch and decodes
+    /// the exit into the vCPU structure's `exit`.
+    ///
+    /// # Errors
+    /// `ENOENT` unknown handle or no vCPU; `EBUSY` if it is already running; `EINVAL` for an
+    /// invalid PSTATE (nothing runs).
+    pub fn vcpu_run(&self, handle: u64) -> Result<u64, Error> {
+        let entry = {
+            let mut vms = self.vms.lock();
+            let vm = vms.get(handle)?;
+            let vttbr = vm.vttbr().bits();
+            let vcpu = vm.vcpu.as_mut().ok_or(Error::NoEnt)?;
+            if vcpu.running {
+                return Err(Error::Busy);
+            }
+            let st = self.shared_vcpu(vcpu.state_pa);
+            // Read once, validate the private copies.
+            let pstate = st.pstate();
+            let mut pc = st.pc();
+            if !pstate_is_valid(pstate) {
+                return Err(Error::Inval);
+            }
+            if let Some(m) = vcpu.pending_mmio.take() {
+                pc = pc.wrapping_add(4);
+                Self::complete_mmio(st, m);
+            }
+            vcpu.running = true;
+            GuestEntry {
+                vcpu_pa: st.pa,
+                fp_pa: vcpu.fp_pa,
+                pc,
+                pstate,
+                vttbr,
+            }
+        };
+        let ex = self.plat.run_guest(&entry);
+        let (reason, pending) = self.decode_exit(&entry, &ex);
+        let mut vms = self.vms.lock();
+        if let Ok(vm) = vms.get(handle)
+            && let Some(v) = vm.vcpu.as_mut()
+        {
+            v.running = false;
+            v.pending_mmio = pending;
+        }
+        Ok(reason)
+    }
+
+    #[inline(always)]
+    fn shared_vcpu(&self, pa: u64) -> SharedVcpu<'_, P> {
+        SharedVcpu { mem: self.plat, pa }
+    }
+
+    /// Turns an exit into the vCPU structure's `exit` and a reason. Inlined into `vcpu_run`:
+    /// the round trip is the hot path of a running guest (the rare MMIO work is out of line).
+    #[inline(always)]
+    fn decode_exit(&self, e: &GuestEntry, ex: &GuestExit) -> (u64, Option<PendingMmio>) {
+        let st = self.shared_vcpu(e.vcpu_pa);
+        let mut out = VcpuExit {
+            esr: ex.esr,
+            far: ex.far,
+            ..VcpuExit::default()
+        };
+        let mut pending = None;
+        let esr = Esr(ex.esr);
+        // Matched on the raw class against the enum's values: the round trip is the hot path,
+        // and the raw compare is what the compiler makes shortest.
+        const HVC64: u8 = Ec::Hvc64.bits();
+        const SMC64: u8 = Ec::Smc64.bits();
+        const WFX: u8 = Ec::Wfx.bits();
+        const DABT_LOW: u8 = Ec::DabtLow.bits();
+        out.reason = match (ex.vector, esr.ec_bits()) {
+            (1 | 2, _) => exit::IRQ,
+            (0, ec @ (HVC64 | SMC64)) => {
+                if ec == SMC64 {
+                    // A trapped SMC reports its own address.
+                    st.skip_instruction();
+                }
+                let x0 = st.reg(0) as u32;
+                if x0 == psci::SYSTEM_OFF || x0 == psci::SYSTEM_RESET {
+                    out.code = u64::from(x0);
+                    exit::SYSTEM_EVENT
+                } else {
+                    exit::HYPERCALL
+                }
+            }
+            (0, WFX) => {
+                st.skip_instruction();
+                exit::IDLE
+            }
+            (0, DABT_LOW)
+                if esr.data_abort().is_some_and(|d| d.isv && !d.s1ptw && !d.cm)
+                    && esr.fault_class() == FaultClass::Translation =>
+            {
+                // Translation fault with a valid syndrome: MMIO.
+                out.ipa = fault_ipa(ex.hpfar, ex.far);
+                pending = Some(Self::mmio_exit(st, esr, &mut out));
+                exit::MMIO
+            }
+            _ => {
+                // `HPFAR_EL2` is meaningful for stage-2 aborts only; 0 otherwise.
+                if matches!(esr.ec(), Ec::IabtLow | Ec::DabtLow) {
+                    out.ipa = fault_ipa(ex.hpfar, ex.far);
+                }
+                exit::FAULT
+            }
+        };
+        st.write_exit(&out);
+        (out.reason, pending)
+    }
+
+    /// Completes the MMIO read `m` the host emulated: its value, as the load would have left
+    /// it in the register (sized, sign-extended if `SSE`, 32 bits wide unless `SF`). Out of
+    /// line, as [`Hyp::mmio_exit`].
+    #[inline(never)]
+    fn complete_mmio(st: SharedVcpu<'_, P>, m: PendingMmio) {
+        let d = DataAbort::from_iss(m.iss);
+        if !d.wnr && d.srt < 31 {
+            st.set_reg(d.srt, d.load_value(st.mmio_data()));
+        }
+    }
+
+    /// Fills `out` for an MMIO exit (size, direction, the stored value) and returns the
+    /// access to complete on the next run. Out of line: the hypercall exits stay short.
+    #[inline(never)]
+    fn mmio_exit(st: SharedVcpu<'_, P>, esr: Esr, out: &mut VcpuExit) -> PendingMmio {
+        let d = DataAbort::from_iss(esr.iss());
+        out.mmio_size = u64::from(d.size());
+        out.mmio_write = u64::from(d.wnr);
+        if d.wnr {
+            let v = if d.srt == 31 { 0 } else { st.reg(d.srt) };
+            out.mmio_data = d.store_value(v);
+        }
+        PendingMmio { iss: esr.iss() }
+    }
+}

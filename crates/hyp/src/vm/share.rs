@@ -1,0 +1,122 @@
+//! Host pages shared into a guest (`host_share_guest`) and back (`host_unshare_guest`).
+
+use pkvm_abi::{Error, PAGE_SHIFT};
+use pkvm_pgtable::{Leaf, MapFlags, desc};
+
+use super::{GUEST_SHARED_BORROWED, end_guest_share, prot_from_abi};
+use crate::hyp::Hyp;
+use crate::mem_protect::{check_pages, is_guest_shared, is_host_exclusive, perm_unless};
+use crate::mm::{GuestArch, pt_err, table_pages_bound};
+use crate::platform::Platform;
+use crate::vmemmap::PageState;
+
+impl<P: Platform> Hyp<'_, P> {
+    /// `host_share_guest(handle, pfn, gfn, nr, prot)`: maps host pages into the guest.
+    ///
+    /// # Errors
+    /// `ENOENT` unknown handle; `EINVAL`/`ERANGE` bad host range or bad `prot`; `ERANGE` if
+    /// the gfn range leaves the guest IPA space; `EPERM` unless every host page is the host's
+    /// alone and every gfn unmapped; `ENOMEM` if the memcache cannot hold the tables.
+    pub fn host_share_guest(
+        &self,
+        handle: u64,
+        pfn: u64,
+        gfn: u64,
+        nr: u64,
+        prot: u64,
+    ) -> Result<(), Error> {
+        let pages = self.host_range(pfn, nr)?;
+        let prot = prot_from_abi(prot)?;
+        let _locks = self.lock_host_hyp();
+        let mut vms = self.vms.lock();
+        let vm = vms.get(handle)?;
+        let end_gfn = gfn.checked_add(nr).ok_or(Error::Range)?;
+        if end_gfn > 1u64 << (vm.ipa_bits - PAGE_SHIFT) {
+            return Err(Error::Range);
+        }
+        check_pages(pages, |p| perm_unless(is_host_exclusive(p)))?;
+        let (ipa, size) = (gfn << PAGE_SHIFT, nr << PAGE_SHIFT);
+        let mut a = ipa;
+        while a < ipa + size {
+            match vm.pgt.leaf(&vm.pool, a) {
+                Ok(l @ Leaf::Empty { .. }) => a = (a | (l.size() - 1)) + 1,
+                _ => return Err(Error::Perm),
+            }
+        }
+        if vm.pool.free_pages() < table_pages_bound(ipa, ipa + size) {
+            return Err(Error::NoMem);
+        }
+        let vttbr = vm.vttbr();
+        let r = {
+            let mm = &mut vm.pool;
+            vm.pgt
+                .map(
+                    mm,
+                    &GuestArch {
+                        plat: self.plat,
+                        vttbr,
+                    },
+                    ipa,
+                    size,
+                    pfn << PAGE_SHIFT,
+                    prot,
+                    MapFlags::FORCE_PAGES,
+                )
+                .map_err(pt_err)
+        };
+        for p in pages {
+            p.set_host_state(PageState::SharedOwned);
+            p.set_share_count(1);
+        }
+        vm.shared_span = (vm.shared_span.0.min(ipa), vm.shared_span.1.max(ipa + size));
+        r.map_err(|e| self.commit_failed("share guest", e))
+    }
+
+    /// `host_unshare_guest(handle, gfn, nr)`: unmaps pages shared into the guest (with TLB
+    /// invalidation for its VMID) and gives them back to the host alone.
+    ///
+    /// # Errors
+    /// `ENOENT` unknown handle; `EINVAL` zero pages; `ERANGE` outside the guest IPA space;
+    /// `EPERM` unless every gfn maps a page the host shared (both sides checked).
+    pub fn host_unshare_guest(&self, handle: u64, gfn: u64, nr: u64) -> Result<(), Error> {
+        if nr == 0 {
+            return Err(Error::Inval);
+        }
+        let _locks = self.lock_host_hyp();
+        let mut vms = self.vms.lock();
+        let vm = vms.get(handle)?;
+        let end_gfn = gfn.checked_add(nr).ok_or(Error::Range)?;
+        if end_gfn > 1u64 << (vm.ipa_bits - PAGE_SHIFT) {
+            return Err(Error::Range);
+        }
+        let (ipa, size) = (gfn << PAGE_SHIFT, nr << PAGE_SHIFT);
+        for i in 0..nr {
+            let page = match vm.pgt.leaf(&vm.pool, ipa + (i << PAGE_SHIFT)) {
+                Ok(Leaf::Valid { pte, level: 3 }) if pte & GUEST_SHARED_BORROWED.bits() != 0 => {
+                    self.vmemmap.page(desc::output_address(pte))
+                }
+                _ => None,
+            };
+            if !page.is_some_and(is_guest_shared) {
+                return Err(Error::Perm);
+            }
+        }
+        for i in 0..nr {
+            if let Ok(Leaf::Valid { pte, .. }) = vm.pgt.leaf(&vm.pool, ipa + (i << PAGE_SHIFT))
+                && let Some(p) = self.vmemmap.page(desc::output_address(pte))
+            {
+                end_guest_share(p);
+            }
+        }
+        let vttbr = vm.vttbr();
+        let mm = &mut vm.pool;
+        let arch = GuestArch {
+            plat: self.plat,
+            vttbr,
+        };
+        match vm.pgt.unmap(mm, &arch, ipa, size) {
+            Ok(n) if n == size => Ok(()),
+            r => Err(self.commit_failed("unshare guest", r)),
+        }
+    }
+}
