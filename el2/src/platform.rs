@@ -6,6 +6,9 @@
 use core::arch::asm;
 use core::sync::atomic::{AtomicBool, Ordering};
 
+use aarch64_cpu::asm::barrier;
+use aarch64_cpu::registers::{Readable, VTTBR_EL2, Writeable};
+
 use pkvm_arch::regs::Vttbr;
 use pkvm_hyp::platform::{ArchOps, GuestEntry, GuestExit, GuestRunner, PhysMem, Platform};
 
@@ -76,10 +79,9 @@ impl PhysMem for El2Platform {
         {
             // QEMU's DCZID_EL0.BS is 64 bytes for every CPU model we run; read it anyway.
             let dczid: u64;
-            // SAFETY: DCZID_EL0 is always readable; no side effect.
-            unsafe {
-                asm!("mrs {}, dczid_el0", out(reg) dczid, options(nomem, nostack, preserves_flags))
-            };
+            // SAFETY: DCZID_EL0 (not modelled by `aarch64-cpu`) is always readable; no side
+            // effect.
+            unsafe { asm!("mrs {}, dczid_el0", out(reg) dczid, options(nomem, nostack)) };
             if dczid & 0x10 == 0 {
                 let block = 4u64 << (dczid & 0xf);
                 if block <= 512 {
@@ -92,18 +94,10 @@ impl PhysMem for El2Platform {
                             asm!(
                                 "dc zva, {a}",
                                 "add {t}, {a}, {b}",
+                                ".rept 6",
                                 "dc zva, {t}",
                                 "add {t}, {t}, {b}",
-                                "dc zva, {t}",
-                                "add {t}, {t}, {b}",
-                                "dc zva, {t}",
-                                "add {t}, {t}, {b}",
-                                "dc zva, {t}",
-                                "add {t}, {t}, {b}",
-                                "dc zva, {t}",
-                                "add {t}, {t}, {b}",
-                                "dc zva, {t}",
-                                "add {t}, {t}, {b}",
+                                ".endr",
                                 "dc zva, {t}",
                                 a = in(reg) a,
                                 b = in(reg) block,
@@ -233,38 +227,23 @@ impl ArchOps for El2Platform {
 }
 
 /// Loads a guest's `VTTBR_EL2` (its stage-2 root and VMID) for a stage-2 TLB invalidation of
-/// that VMID; returns the host's value. No lower EL runs until [`restore_vttbr`].
+/// that VMID; returns the host's value. No lower EL runs until [`restore_vttbr`]: the EL1&0
+/// regime is not used meanwhile, and the loaded root is the guest's own table, so even a
+/// speculative walk under its VMID sees only the guest's mappings. TLBIs issued meanwhile act
+/// on its VMID.
 fn load_vttbr(vttbr: u64) -> u64 {
-    let old: u64;
-    // SAFETY: only EL2 runs on this CPU until `restore_vttbr`; the EL1&0 regime is not used
-    // meanwhile, and the loaded root is the guest's own table, so even a speculative walk
-    // under its VMID sees only the guest's mappings. TLBIs issued meanwhile act on its VMID.
-    unsafe {
-        asm!(
-            "mrs {old}, vttbr_el2",
-            "msr vttbr_el2, {new}",
-            "isb",
-            old = out(reg) old,
-            new = in(reg) vttbr,
-            options(nostack, preserves_flags)
-        );
-    }
+    let old = VTTBR_EL2.get();
+    VTTBR_EL2.set(vttbr);
+    barrier::isb(barrier::SY);
     old
 }
 
-/// Completes the invalidations issued under another VMID and puts the host's VTTBR back.
+/// Completes the invalidations issued under another VMID (`dsb ish`) and puts the host's
+/// VTTBR back.
 fn restore_vttbr(old: u64) {
-    // SAFETY: the `dsb` completes the TLBIs issued for the other VMID before the host's VMID
-    // is loaded again.
-    unsafe {
-        asm!(
-            "dsb ish",
-            "msr vttbr_el2, {old}",
-            "isb",
-            old = in(reg) old,
-            options(nostack, preserves_flags)
-        );
-    }
+    barrier::dsb(barrier::ISH);
+    VTTBR_EL2.set(old);
+    barrier::isb(barrier::SY);
 }
 
 impl GuestRunner for El2Platform {
