@@ -197,6 +197,13 @@ impl Platform {
             .is_some_and(|(s, e)| base < e && s < base.saturating_add(size))
     }
 
+    /// What EL2 must not place anything over: the boot device tree and the initrd (empty
+    /// when there is none), as `[start, end)` ranges.
+    pub fn firmware_ranges(&self) -> [(u64, u64); 2] {
+        let (dtb, dtb_size) = self.dtb;
+        [(dtb, dtb + dtb_size), self.initrd.unwrap_or((0, 0))]
+    }
+
     /// Prints what EL2 found.
     pub fn print_banner(&self) {
         println!("  machine: {}", self.model);

@@ -19,8 +19,8 @@ use pkvm_hyp::hyp::Hyp;
 use pkvm_hyp::memory::{MemRegion, MemoryMap};
 use pkvm_hyp::platform::PhysMem;
 use pkvm_hyp::setup::{BootParams, HypMapping};
-use pkvm_hyp::sizing;
-use pkvm_hyp::vmemmap::{HypPage, Vmemmap, VmemmapLayout};
+use pkvm_hyp::sizing::{self, PlanError};
+use pkvm_hyp::vmemmap::{HypPage, Vmemmap};
 use pkvm_pgtable::Prot;
 use spin::Once;
 
@@ -36,7 +36,6 @@ static HYP: Once<Hyp<'static, El2Platform>> = Once::new();
 const HYP_POOL_EXTRA_PAGES: u64 = 256;
 /// Room for the host's copy of the device tree, below the carve-out.
 const DTB_SLOT: u64 = 2 << 20;
-const SZ_2M: u64 = 2 << 20;
 
 /// The running hypervisor. `None` until [`init`] has run.
 #[inline(always)]
@@ -165,45 +164,34 @@ pub fn init(dt: &Dt, host_image_size: u64) -> HostBoot {
     };
     let (pa_bits, ps) = pkvm_rt::regs::pa_range();
 
-    // 1. Carve-out sizes and place.
-    let Ok(layout) = VmemmapLayout::for_map(map) else {
-        result_fail!("memory map too large for the vmemmap")
-    };
-    let vm_pages = layout.pages();
-    let hyp_pages =
-        sizing::hyp_s1_pgtable_pages(map, sizing::HYP_PRIVATE_BYTES) + HYP_POOL_EXTRA_PAGES;
-    let host_pages = sizing::host_s2_pgtable_pages(map);
-    let total = (vm_pages + hyp_pages + host_pages) * PAGE_SIZE;
-    let Some(top) = map
-        .regions()
-        .iter()
-        .find(|r| r.contains(HOST_LOAD_ADDR))
-        .map(|r| r.end())
-    else {
-        result_fail!("no RAM at the host load address")
-    };
-    let co_start = (top - total) & !(SZ_2M - 1);
-    let co_end = top;
-    let dtb_dst = co_start - DTB_SLOT;
+    // 1. Carve-out sizes and place (planned by the portable core, unit-tested there).
     let host_end = HOST_LOAD_ADDR + host_image_size;
-    if dtb_dst < host_end + SZ_2M
-        || dt.dtb_overlaps(dtb_dst, co_end - dtb_dst)
-        || dt.initrd_overlaps(dtb_dst, co_end - dtb_dst)
-    {
-        result_fail!(
+    let plan = match sizing::plan_carveout(
+        map,
+        (HOST_LOAD_ADDR, host_end),
+        DTB_SLOT,
+        HYP_POOL_EXTRA_PAGES,
+        &dt.firmware_ranges(),
+    ) {
+        Ok(p) => p,
+        Err(PlanError::MapTooLarge) => result_fail!("memory map too large for the vmemmap"),
+        Err(PlanError::NoRamAtHost) => result_fail!("no RAM at the host load address"),
+        Err(PlanError::NoRoom { bytes }) => result_fail!(
             "not enough RAM for the host image, its DTB and EL2's {} KiB carve-out",
-            total / 1024
-        );
-    }
-    let vm_start = co_start;
-    let pool = (
-        vm_start + vm_pages * PAGE_SIZE,
-        vm_start + (vm_pages + hyp_pages) * PAGE_SIZE,
-    );
-    let host_pool = (pool.1, pool.1 + host_pages * PAGE_SIZE);
+            bytes / 1024
+        ),
+    };
+    let layout = plan.layout;
+    let (co_start, co_end) = plan.carveout;
+    let dtb_dst = plan.dtb;
+    let vm_start = plan.vmemmap.0;
+    let vm_pages = layout.pages();
+    let (pool, host_pool) = (plan.hyp_pool, plan.host_pool);
     println!(
-        "EL2: carve-out {co_start:#x}..{co_end:#x} ({} KiB): vmemmap {vm_pages} pages, EL2 pool {hyp_pages}, host stage-2 pool {host_pages}; {pa_bits}-bit PA",
-        (co_end - co_start) / 1024
+        "EL2: carve-out {co_start:#x}..{co_end:#x} ({} KiB): vmemmap {vm_pages} pages, EL2 pool {}, host stage-2 pool {}; {pa_bits}-bit PA",
+        (co_end - co_start) / 1024,
+        (pool.1 - pool.0) / PAGE_SIZE,
+        (host_pool.1 - host_pool.0) / PAGE_SIZE,
     );
 
     // 2. The vmemmap, over zeroed carve-out memory.

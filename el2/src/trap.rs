@@ -165,7 +165,7 @@ pub fn unexpected_exception(kind: u64, frame: &FullFrame) -> ! {
     panic!(
         "unexpected exception ({name}): ESR_EL2={esr:#x} (EC {:#x}) ELR_EL2={elr:#x} \
          FAR_EL2={far:#x} SPSR_EL2={spsr:#x} x0={:#x} x1={:#x} x2={:#x} x3={:#x} lr={:#x}",
-        esr >> 26,
+        Esr(esr).ec_bits(),
         r[0],
         r[1],
         r[2],

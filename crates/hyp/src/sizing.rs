@@ -117,6 +117,90 @@ pub fn hyp_s1_pgtable_pages(map: &MemoryMap, private_bytes: u64) -> u64 {
     1 + memory + tables_for_size(private_bytes)
 }
 
+/// Where EL2's memory goes at boot (see [`plan_carveout`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CarveoutPlan {
+    /// The vmemmap's layout.
+    pub layout: VmemmapLayout,
+    /// The whole carve-out `[start, end)`: the vmemmap, then EL2's pool, then the host
+    /// stage-2 pool (the pools end where the next begins; any slack from the 2 MiB alignment
+    /// is at the end).
+    pub carveout: (u64, u64),
+    /// The vmemmap (directory, then entry chunks).
+    pub vmemmap: (u64, u64),
+    /// EL2's page pool (its stage-1 tables, guest structures).
+    pub hyp_pool: (u64, u64),
+    /// The host stage-2 table pool.
+    pub host_pool: (u64, u64),
+    /// Where the host's copy of the device tree goes: the `dtb_slot` bytes below the
+    /// carve-out.
+    pub dtb: u64,
+}
+
+/// Why the carve-out cannot be placed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PlanError {
+    /// The memory map is too large for the vmemmap ([`VmemmapLayout::for_map`]).
+    MapTooLarge,
+    /// No RAM region holds the host's load address.
+    NoRamAtHost,
+    /// The carve-out and the device-tree slot do not fit between the host image (plus 2 MiB)
+    /// and the top of its RAM region, or would overlap a range that must stay (the boot
+    /// device tree, an initrd); `bytes` is the carve-out's size.
+    NoRoom {
+        /// Size of the carve-out in bytes.
+        bytes: u64,
+    },
+}
+
+const SZ_2M: u64 = 2 << 20;
+
+/// Plans EL2's memory: the carve-out holds the vmemmap, EL2's page pool
+/// ([`hyp_s1_pgtable_pages`] + `hyp_extra_pages`) and the host stage-2 table pool
+/// ([`host_s2_pgtable_pages`]), and is taken from the top of the RAM region that holds the
+/// host image `[host.0, host.1)`, its start 2 MiB aligned; the `dtb_slot` bytes below it take
+/// the host's copy of the device tree. At least 2 MiB must stay free above the host image, and
+/// `[dtb, carve-out end)` must not overlap any of `keep` (what the firmware left in RAM).
+///
+/// # Errors
+/// [`PlanError`] when it does not fit; nothing is placed then.
+pub fn plan_carveout(
+    map: &MemoryMap,
+    host: (u64, u64),
+    dtb_slot: u64,
+    hyp_extra_pages: u64,
+    keep: &[(u64, u64)],
+) -> Result<CarveoutPlan, PlanError> {
+    let layout = VmemmapLayout::for_map(map).map_err(|_| PlanError::MapTooLarge)?;
+    let vm_pages = layout.pages();
+    let hyp_pages = hyp_s1_pgtable_pages(map, HYP_PRIVATE_BYTES) + hyp_extra_pages;
+    let host_pages = host_s2_pgtable_pages(map);
+    let bytes = (vm_pages + hyp_pages + host_pages) * PAGE_SIZE;
+    let region = map
+        .regions()
+        .iter()
+        .find(|r| r.contains(host.0))
+        .ok_or(PlanError::NoRamAtHost)?;
+    let top = region.end();
+    let no_room = PlanError::NoRoom { bytes };
+    let start = top.checked_sub(bytes).ok_or(no_room)? & !(SZ_2M - 1);
+    let dtb = start.checked_sub(dtb_slot).ok_or(no_room)?;
+    let overlaps = keep.iter().any(|&(s, e)| s < top && dtb < e);
+    if dtb < host.1.saturating_add(SZ_2M) || overlaps {
+        return Err(no_room);
+    }
+    let vm_end = start + vm_pages * PAGE_SIZE;
+    let hyp_end = vm_end + hyp_pages * PAGE_SIZE;
+    Ok(CarveoutPlan {
+        layout,
+        carveout: (start, top),
+        vmemmap: (start, vm_end),
+        hyp_pool: (vm_end, hyp_end),
+        host_pool: (hyp_end, hyp_end + host_pages * PAGE_SIZE),
+        dtb,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -193,5 +277,65 @@ mod tests {
         assert_eq!(tables_for_size(0), 0);
         assert_eq!(tables_for_size(1), 3);
         assert_eq!(tables_for_range(0, 0), 0);
+    }
+
+    #[test]
+    fn carveout_at_the_top_of_the_host_region() {
+        let m = map(&[(GIB_1, SZ_1G)]);
+        let host = (GIB_1 + 0x20_0000, GIB_1 + 0x30_0000);
+        let p = plan_carveout(&m, host, 2 << 20, 256, &[]).unwrap();
+        assert_eq!(p.carveout.1, GIB_1 + SZ_1G);
+        assert_eq!(p.carveout.0 % (2 << 20), 0);
+        assert_eq!(p.dtb, p.carveout.0 - (2 << 20));
+        // Back to back, in order, all inside the carve-out.
+        assert_eq!(p.vmemmap.0, p.carveout.0);
+        assert_eq!(p.vmemmap.1, p.hyp_pool.0);
+        assert_eq!(p.hyp_pool.1, p.host_pool.0);
+        assert!(p.host_pool.1 <= p.carveout.1);
+        assert_eq!((p.vmemmap.1 - p.vmemmap.0) / PAGE_SIZE, p.layout.pages());
+        assert_eq!(
+            (p.hyp_pool.1 - p.hyp_pool.0) / PAGE_SIZE,
+            hyp_s1_pgtable_pages(&m, HYP_PRIVATE_BYTES) + 256
+        );
+        assert_eq!(
+            (p.host_pool.1 - p.host_pool.0) / PAGE_SIZE,
+            host_s2_pgtable_pages(&m)
+        );
+        // 1 GiB of RAM: 12 MiB, as the boot log says.
+        assert_eq!(p.carveout.1 - p.carveout.0, 12 << 20);
+    }
+
+    #[test]
+    fn carveout_refusals() {
+        let m = map(&[(GIB_1, SZ_1G), (4 * SZ_1G, SZ_1G)]);
+        let host = (GIB_1 + 0x20_0000, GIB_1 + 0x30_0000);
+        // The host image is not in RAM.
+        assert_eq!(
+            plan_carveout(&m, (0x1000, 0x2000), 2 << 20, 0, &[]),
+            Err(PlanError::NoRamAtHost)
+        );
+        // The host image reaches too close to the top.
+        let big = (GIB_1 + 0x20_0000, GIB_1 + SZ_1G - (15 << 20));
+        assert!(matches!(
+            plan_carveout(&m, big, 2 << 20, 0, &[]),
+            Err(PlanError::NoRoom { .. })
+        ));
+        // A range that must stay (the boot DTB) inside the slot or the carve-out.
+        let ok = plan_carveout(&m, host, 2 << 20, 0, &[]).unwrap();
+        for keep in [(ok.dtb, ok.dtb + 8), (ok.carveout.1 - 8, ok.carveout.1)] {
+            assert!(matches!(
+                plan_carveout(&m, host, 2 << 20, 0, &[keep]),
+                Err(PlanError::NoRoom { .. })
+            ));
+        }
+        // Just outside is fine.
+        let outside = [(ok.dtb - 8, ok.dtb), (ok.carveout.1, ok.carveout.1 + 8)];
+        assert_eq!(plan_carveout(&m, host, 2 << 20, 0, &outside), Ok(ok));
+        // A small region: the sizes underflow the region, no wrap-around.
+        let tiny = map(&[(0x20_0000, 0x20_0000)]);
+        assert!(matches!(
+            plan_carveout(&tiny, (0x20_0000, 0x20_1000), 2 << 20, 0, &[]),
+            Err(PlanError::NoRoom { .. })
+        ));
     }
 }
