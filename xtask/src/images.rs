@@ -49,40 +49,23 @@ pub fn build_el2(debug: bool) -> Result<PathBuf, Error> {
 /// `host/build.rs`, then `include_bytes!`).
 fn build_guest_image() -> Result<PathBuf, Error> {
     use pkvm_abi::guest::{GUEST_RAM_IPA, GUEST_RAM_PAGES};
-    let package = "pkvm-guest";
-    run_cmd(cargo().args([
-        "build",
-        "--release",
-        "-p",
-        package,
-        "--bin",
-        package,
-        "--target",
+    let bin = build_image_env(
+        "pkvm-guest",
         BARE_TARGET,
-    ]))?;
-    let dir = target_dir().join(BARE_TARGET).join("release");
-    let elf_path = dir.join(package);
-    let data = fs::read(&elf_path)
-        .or_else(|e| failed(format!("cannot read {}: {e}", elf_path.display())))?;
-    let image =
-        elf::to_flat_image(&data).or_else(|e| failed(format!("{}: {e}", elf_path.display())))?;
-    if image.base != GUEST_RAM_IPA || image.entry != GUEST_RAM_IPA {
+        GUEST_RAM_IPA,
+        &[],
+        "pkvm-guest.bin",
+        &[],
+    )?;
+    let len = fs::metadata(&bin)
+        .or_else(|e| failed(format!("cannot stat {}: {e}", bin.display())))?
+        .len();
+    if len > GUEST_RAM_PAGES * pkvm_abi::PAGE_SIZE / 2 {
         return failed(format!(
-            "{package} is linked at {:#x} (entry {:#x}), expected {GUEST_RAM_IPA:#x}",
-            image.base, image.entry
+            "{} is too large for the guest's RAM",
+            bin.display()
         ));
     }
-    if image.bytes.len() as u64 > GUEST_RAM_PAGES * pkvm_abi::PAGE_SIZE / 2 {
-        return failed(format!("{package} is too large for the guest's RAM"));
-    }
-    let bin = dir.join(format!("{package}.bin"));
-    fs::write(&bin, &image.bytes)
-        .or_else(|e| failed(format!("cannot write {}: {e}", bin.display())))?;
-    println!(
-        "xtask: {} ({} bytes at IPA {GUEST_RAM_IPA:#x})",
-        bin.display(),
-        image.bytes.len()
-    );
     Ok(bin)
 }
 

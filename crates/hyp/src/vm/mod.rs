@@ -80,6 +80,18 @@ struct Vm<'a, P: Platform> {
 }
 
 impl<P: Platform> Vm<'_, P> {
+    /// `(ipa, size)` of the guest pages `[gfn, gfn + nr)` (`nr` > 0, checked by the caller).
+    ///
+    /// # Errors
+    /// `ERANGE` if the range leaves the guest's IPA space.
+    fn ipa_range(&self, gfn: u64, nr: u64) -> Result<(u64, u64), Error> {
+        let end_gfn = gfn.checked_add(nr).ok_or(Error::Range)?;
+        if end_gfn > 1u64 << (self.ipa_bits - PAGE_SHIFT) {
+            return Err(Error::Range);
+        }
+        Ok((gfn << PAGE_SHIFT, nr << PAGE_SHIFT))
+    }
+
     /// The guest's `VTTBR_EL2` value: its stage-2 root under its VMID.
     fn vttbr(&self) -> Vttbr {
         Vttbr::new(self.pgt.root(), self.vmid)

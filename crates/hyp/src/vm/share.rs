@@ -30,12 +30,8 @@ impl<P: Platform> Hyp<'_, P> {
         let _locks = self.lock_host_hyp();
         let mut vms = self.vms.lock();
         let vm = vms.get(handle)?;
-        let end_gfn = gfn.checked_add(nr).ok_or(Error::Range)?;
-        if end_gfn > 1u64 << (vm.ipa_bits - PAGE_SHIFT) {
-            return Err(Error::Range);
-        }
+        let (ipa, size) = vm.ipa_range(gfn, nr)?;
         check_pages(pages, |p| perm_unless(is_host_exclusive(p)))?;
-        let (ipa, size) = (gfn << PAGE_SHIFT, nr << PAGE_SHIFT);
         let mut a = ipa;
         while a < ipa + size {
             match vm.pgt.leaf(&vm.pool, a) {
@@ -85,11 +81,7 @@ impl<P: Platform> Hyp<'_, P> {
         let _locks = self.lock_host_hyp();
         let mut vms = self.vms.lock();
         let vm = vms.get(handle)?;
-        let end_gfn = gfn.checked_add(nr).ok_or(Error::Range)?;
-        if end_gfn > 1u64 << (vm.ipa_bits - PAGE_SHIFT) {
-            return Err(Error::Range);
-        }
-        let (ipa, size) = (gfn << PAGE_SHIFT, nr << PAGE_SHIFT);
+        let (ipa, size) = vm.ipa_range(gfn, nr)?;
         for i in 0..nr {
             let page = match vm.pgt.leaf(&vm.pool, ipa + (i << PAGE_SHIFT)) {
                 Ok(Leaf::Valid { pte, level: 3 }) if pte & GUEST_SHARED_BORROWED.bits() != 0 => {

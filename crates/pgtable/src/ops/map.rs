@@ -3,7 +3,7 @@
 use super::MapFlags;
 use super::counted;
 use super::maint::{Maint, replace_leaf};
-use super::split::{Cover, Entry, install_table};
+use super::split::{Cover, Entry};
 use crate::desc::{self, LEAF_LEVEL, PTE_TYPE, PTE_VALID, granule, is_valid, output_address};
 use crate::walk::{Visit, Visitor, walk_range};
 use crate::{ArchOps, Error, MmOps, PageTable};
@@ -59,15 +59,7 @@ impl<M: MmOps, A: ArchOps> Visitor<M> for MapVisitor<'_, A> {
                 return Err(Error::WouldSplitBlock);
             }
         }
-        install_table(
-            mm,
-            self.maint.arch,
-            self.maint.vmid,
-            Entry::of(v),
-            (0, 0),
-            Cover::Keep,
-        )?;
-        self.maint.dirty = true;
+        self.maint.split(mm, Entry::of(v), (0, 0), Cover::Keep)?;
         Ok(())
     }
 

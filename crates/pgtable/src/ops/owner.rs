@@ -1,7 +1,7 @@
 //! The general case of [`PageTable::set_owner`] for a non-zero owner: the annotation walk.
 
 use super::maint::{Maint, bbm};
-use super::split::{Cover, Entry, install_table};
+use super::split::{Cover, Entry};
 use crate::desc::{LEAF_LEVEL, is_valid};
 use crate::walk::{Visit, Visitor, walk_range};
 use crate::{ArchOps, Error, MmOps, PageTable};
@@ -23,15 +23,7 @@ impl<M: MmOps, A: ArchOps> Visitor<M> for OwnerVisitor<'_, A> {
         let old = v.pte;
         if v.level < LEAF_LEVEL {
             let cover = Cover::Annotate(self.annotation);
-            install_table(
-                mm,
-                self.maint.arch,
-                self.maint.vmid,
-                Entry::of(v),
-                (v.addr, v.end),
-                cover,
-            )?;
-            self.maint.dirty = true;
+            self.maint.split(mm, Entry::of(v), (v.addr, v.end), cover)?;
             return Ok(());
         }
         let new = self.annotation;

@@ -1,7 +1,7 @@
 //! [`PageTable::set_prot`]'s walk: new attributes for the valid leaves of a range.
 
 use super::maint::{Maint, replace_leaf};
-use super::split::{Cover, Entry, install_table};
+use super::split::{Cover, Entry};
 use crate::desc::{self, LEAF_LEVEL, is_valid};
 use crate::walk::{Visit, Visitor, walk_range};
 use crate::{ArchOps, Error, MmOps, PageTable};
@@ -40,15 +40,7 @@ impl<M: MmOps, A: ArchOps> Visitor<M> for ProtVisitor<'_, A> {
             return Ok(());
         }
         let cover = Cover::Reattr(self.attrs);
-        install_table(
-            mm,
-            self.maint.arch,
-            self.maint.vmid,
-            Entry::of(v),
-            (v.addr, v.end),
-            cover,
-        )?;
-        self.maint.dirty = true;
+        self.maint.split(mm, Entry::of(v), (v.addr, v.end), cover)?;
         Ok(())
     }
 }

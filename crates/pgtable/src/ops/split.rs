@@ -3,7 +3,7 @@
 //! old entry changed in the same step ([`Cover`]).
 
 use super::counted;
-use super::maint::bbm;
+use super::maint::{Maint, bbm};
 use crate::desc::{self, LEAF_LEVEL, PTE_TYPE, PTES_PER_TABLE, granule, is_valid, table_pte};
 use crate::walk::Visit;
 use crate::{ArchOps, Error, MmOps};
@@ -126,4 +126,22 @@ pub(super) fn install_table<M: MmOps, A: ArchOps>(
         }
     }
     Ok(removed)
+}
+
+impl<A: ArchOps, const N: usize> Maint<'_, A, N> {
+    /// [`install_table`] under this operation's maintenance: splits the block (or fills the
+    /// empty entry) `e`, covering `range` per `cover`; the final barrier is left pending.
+    /// Returns what `install_table` returns.
+    #[inline(always)]
+    pub(super) fn split<M: MmOps>(
+        &mut self,
+        mm: &mut M,
+        e: Entry,
+        range: (u64, u64),
+        cover: Cover,
+    ) -> Result<u64, Error> {
+        let r = install_table(mm, self.arch, self.vmid, e, range, cover)?;
+        self.dirty = true;
+        Ok(r)
+    }
 }

@@ -3,7 +3,7 @@
 
 use super::counted;
 use super::maint::Maint;
-use super::split::{Cover, Entry, install_table};
+use super::split::{Cover, Entry};
 use crate::desc::{LEAF_LEVEL, is_valid, output_address};
 use crate::walk::{Visit, VisitKind, Visitor, walk_range};
 use crate::{ArchOps, Error, MmOps, PageTable};
@@ -63,15 +63,7 @@ impl<M: MmOps, A: ArchOps> Visitor<M> for UnmapVisitor<'_, A> {
         // Part of a block (or of a block-level annotation): split with the covered part cleared;
         // the walk then descends for what is only partly covered.
         let e = Entry::of(v);
-        self.unmapped += install_table(
-            mm,
-            self.maint.arch,
-            self.maint.vmid,
-            e,
-            (v.addr, v.end),
-            Cover::Clear,
-        )?;
-        self.maint.dirty = true;
+        self.unmapped += self.maint.split(mm, e, (v.addr, v.end), Cover::Clear)?;
         Ok(())
     }
 
