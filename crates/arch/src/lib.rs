@@ -1,5 +1,5 @@
 //! The AArch64 vocabulary pkvm-rs speaks: exception syndromes (`ESR_ELx`) decoded into typed
-//! values, PSTATE as saved in `SPSR_ELx`, the EL2 control-register bits EL2 sets, and the
+//! values, typed addresses, PSTATE as saved in `SPSR_ELx`, the EL2 control-register bits EL2 sets, and the
 //! architectural effect of taking an exception to EL1 (what EL2 emulates when it injects one).
 //!
 //! Pure, portable code (`no_std`, no `unsafe`): the EL2 image, the portable core and the test
@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod addr;
 pub mod esr;
 pub mod exception;
 pub mod regs;
