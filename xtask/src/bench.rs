@@ -1,7 +1,7 @@
 //! `cargo xtask bench`: boots the host's `bench` scenario twice under `-icount shift=0`,
 //! collects its `PKVM-BENCH <name> <count> samples=[...]` lines, fails unless both boots printed
 //! exactly the same figures, and prints them as a table beside Linux 6.1 pKVM's figures and
-//! pkvm-rs's targets (BRIEF §6).
+//! pkvm-rs's targets.
 
 use crate::images::build_image_set;
 use crate::qemu::{self, Images, RunOptions};
@@ -52,7 +52,7 @@ struct Row {
     name: &'static str,
     /// The figure covers this many pages (a per-page column is shown when > 1).
     pages: u64,
-    /// Linux 6.1 pKVM on this QEMU (BRIEF §6).
+    /// Linux 6.1 pKVM on this QEMU (measured once, see docs/PERFORMANCE.md).
     linux: &'static str,
     /// Target: at most this many EL2 instructions (per page when `pages` > 1).
     target: Option<u64>,

@@ -40,7 +40,7 @@ use crate::memory::{MemoryMap, pfn_range_to_bytes};
 /// `order` of a page that is not the head of a buddy block (upstream's `HYP_NO_ORDER`).
 pub const NO_ORDER: u8 = 0xFF;
 
-/// Per-component ownership state of a page (brief §1).
+/// Per-component ownership state of a page.
 ///
 /// The encodings follow upstream's software-bit meaning: bit 0 "shared, owned",
 /// bit 1 "shared, borrowed", both bits "no page".

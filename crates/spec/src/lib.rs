@@ -32,7 +32,7 @@ pub const MAX_COUNT: u16 = u16::MAX;
 /// Largest count of host (debug) pins of a page; one more is refused with [`Error::Busy`].
 pub const MAX_HOST_PINS: u8 = u8::MAX;
 
-/// Per-component page state (brief §1).
+/// Per-component page state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum State {
     /// Owned exclusively.

@@ -22,7 +22,7 @@ fn ret(s: &mut Spec, c: Call) -> Result<(), Error> {
     }
 }
 
-/// The brief's transition script, one page, states as (host, hyp).
+/// The transition script (share, donate, unshare, reclaim in order), one page, states as (host, hyp).
 #[test]
 fn brief_transition_script() {
     use Call::*;
