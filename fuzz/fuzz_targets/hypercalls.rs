@@ -1,14 +1,26 @@
 //! Fuzzes raw hypercall sequences against the simulated hypervisor, with the executable spec
-//! and the structural invariants as the oracle after every call.
+//! and the structural invariants as the oracle after every call. The calls are issued through
+//! the typed client (`pkvm_client`, the host's own) over the simulator's register transport.
 //!
 //! Each 3-byte record is one call: `[kind, page selector, length selector]`.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use pkvm_abi::PAGE_SHIFT;
-use pkvm_sim::scenarios::checked;
+use pkvm_abi::{PAGE_SHIFT, features};
+use pkvm_client::catalogue::{Op, Resolved};
+use pkvm_sim::scenarios::{checked, spec_call};
 use pkvm_sim::{SimConfig, with_machine};
 use pkvm_spec::{Call, Checker};
+
+/// Record kinds 0..=5: the page-range operations, in this order.
+const RANGE_OPS: [Op; 6] = [
+    Op::ShareHyp,
+    Op::UnshareHyp,
+    Op::DonateHyp,
+    Op::HypDonateHost,
+    Op::Pin,
+    Op::Unpin,
+];
 
 fuzz_target!(|data: &[u8]| {
     let cfg = SimConfig::small();
@@ -41,19 +53,33 @@ fuzz_target!(|data: &[u8]| {
         for rec in data.chunks_exact(3).take(64) {
             let (pfn, nr) = (pfn_of(rec[1]), nr_of(rec[2]));
             let call = match rec[0] % 9 {
-                0 => Call::ShareHyp { pfn, nr },
-                1 => Call::UnshareHyp { pfn, nr },
-                2 => Call::DonateHyp { pfn, nr },
-                3 => Call::HypDonateHost { pfn, nr },
-                4 => Call::Pin { pfn, nr },
-                5 => Call::Unpin { pfn, nr },
-                6 => Call::HostAccess { pa: pfn.wrapping_shl(PAGE_SHIFT), write: rec[2] & 1 != 0 },
-                7 => Call::DebugRead { pa: pfn.wrapping_shl(PAGE_SHIFT) | u64::from(rec[2] & 0xf) },
-                _ => Call::HypRead { pa: pfn.wrapping_shl(PAGE_SHIFT) },
+                k @ 0..=5 => spec_call(&Resolved {
+                    op: RANGE_OPS[usize::from(k)],
+                    addr: pfn,
+                    arg: nr,
+                }),
+                6 => Call::HostAccess {
+                    pa: pfn.wrapping_shl(PAGE_SHIFT),
+                    write: rec[2] & 1 != 0,
+                },
+                7 => spec_call(&Resolved {
+                    op: Op::DebugRead,
+                    addr: pfn.wrapping_shl(PAGE_SHIFT) | u64::from(rec[2] & 0xf),
+                    arg: 0,
+                }),
+                _ => Call::HypRead {
+                    pa: pfn.wrapping_shl(PAGE_SHIFT),
+                },
             };
             if let Err(e) = checked(m, &mut c, call) {
                 panic!("{e}");
             }
         }
+        // Whatever happened, EL2 still answers, with the debug build's features.
+        let v = m.client().version();
+        assert!(
+            v.is_ok_and(|v| v.has(features::DEBUG_HCALLS)),
+            "Version after the run: {v:?}"
+        );
     });
 });

@@ -157,10 +157,11 @@ extern "C" fn host_exception(kind: u64, esr: u64, elr: u64, far: u64, spsr: u64)
         crate::psci::system_off();
     }
     let name = pkvm_rt::vectors::vector_name(kind);
+    let syndrome = pkvm_arch::esr::Esr(esr);
     panic!(
         "unexpected exception at EL1 ({name}): ESR_EL1={esr:#x} (EC {:#x}, ISS {:#x}) \
          ELR_EL1={elr:#x} FAR_EL1={far:#x} SPSR_EL1={spsr:#x}",
-        esr >> 26,
-        esr & 0x1ff_ffff
+        syndrome.ec_bits(),
+        syndrome.iss()
     );
 }

@@ -12,6 +12,8 @@
 //! the vector resumes at the return address in `x30`. Any other exception still fails the run.
 
 use core::arch::{asm, global_asm};
+pub use pkvm_arch::esr::FSC_SEA;
+use pkvm_arch::esr::{Ec, Esr};
 
 global_asm!(
     r#"
@@ -84,35 +86,36 @@ pub struct Abort {
     pub elr: u64,
 }
 
-/// ESR exception class: data abort taken without a change in exception level.
-pub const EC_DABT_CUR: u64 = 0x25;
-/// ESR exception class: instruction abort taken without a change in exception level.
-pub const EC_IABT_CUR: u64 = 0x21;
-/// `ESR_EL1.ISS.WnR`: the aborted data access was a write.
-pub const ESR_WNR: u64 = 1 << 6;
-/// DFSC/IFSC: synchronous external abort, not on a translation table walk.
-pub const FSC_SEA: u64 = 0b01_0000;
-
 impl Abort {
-    /// Exception class (`ESR_EL1.EC`).
-    pub fn ec(&self) -> u64 {
-        self.esr >> 26
+    /// The syndrome (`ESR_EL1`), typed.
+    pub fn syndrome(&self) -> Esr {
+        Esr(self.esr)
     }
 
-    /// Fault status code (`ESR_EL1.ISS.DFSC`/`IFSC`).
+    /// Exception class (`ESR_EL1.EC`).
+    pub fn ec(&self) -> Ec {
+        self.syndrome().ec()
+    }
+
+    /// Fault status code (`ESR_EL1.ISS.DFSC`/`IFSC`, bits 5:0 of the ISS of both aborts).
     pub fn fsc(&self) -> u64 {
-        self.esr & 0x3f
+        u64::from(self.syndrome().iss() & 0x3f)
+    }
+
+    /// For a data abort: whether it was a write (`ISS.WnR`).
+    pub fn is_write(&self) -> Option<bool> {
+        self.syndrome().data_abort().map(|d| d.wnr)
     }
 
     /// Whether this is what EL2 injects for an illegal host data access: a synchronous
     /// external abort on a data access, taken at EL1.
     pub fn is_injected_data_abort(&self) -> bool {
-        self.ec() == EC_DABT_CUR && self.fsc() == FSC_SEA
+        self.ec() == Ec::DabtCur && self.fsc() == FSC_SEA
     }
 
     /// Whether this is what EL2 injects for an illegal host instruction fetch.
     pub fn is_injected_instruction_abort(&self) -> bool {
-        self.ec() == EC_IABT_CUR && self.fsc() == FSC_SEA
+        self.ec() == Ec::IabtCur && self.fsc() == FSC_SEA
     }
 }
 
@@ -122,7 +125,7 @@ impl core::fmt::Display for Abort {
             f,
             "abort ESR {:#x} (EC {:#x}, FSC {:#x}) FAR {:#x} ELR {:#x} SPSR {:#x}",
             self.esr,
-            self.ec(),
+            self.syndrome().ec_bits(),
             self.fsc(),
             self.far,
             self.elr,

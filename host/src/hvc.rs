@@ -1,35 +1,105 @@
 //! Hypercalls to EL2: SMCCC over `HVC #0` (function id in `x0`, arguments in `x1..=x6`,
-//! results in `x0..=x3`).
+//! results in `x0..=x3`). [`Hvc`] is the host's [`Transport`] for the typed client
+//! ([`crate::pkvm::PKVM`]); [`FpChecked`] is the same with a pattern in the host's own `d16`
+//! across the call (what a world switch must not lose).
 
 use core::arch::asm;
+use core::cell::Cell;
+use pkvm_client::Transport;
+
+/// `HVC #0` with `x0 = $fid`, `x1..=x6 = $args`, and `x7 = $x7` (which EL2 ignores: it is the
+/// caller's scratch register around the call); `$before`/`$after` are instructions run just
+/// before and after the `hvc`, `$clobber` what they change besides `x7`. Evaluates to
+/// `([x0, x1, x2, x3], x7)`.
+///
+/// Treats `x4..=x17` as clobbered even though SMCCC 1.1 says EL2 preserves them — the `boot`
+/// scenario checks that promise separately (see [`preserved_after_hvc`]).
+macro_rules! hvc_asm {
+    ($fid:expr, $args:expr, $x7:expr, [$($before:literal),*], [$($after:literal),*]
+     $(, $($clobber:tt)+)?) => {{
+        let a: [u64; 6] = $args;
+        let (r0, r1, r2, r3, x7): (u64, u64, u64, u64, u64);
+        // SAFETY: `hvc #0` traps to EL2, which follows SMCCC: it changes only x0-x3 (declared
+        // as outputs; the other caller-saved registers are declared clobbered) and returns to
+        // the next instruction. It may read or write memory the host shared with it, so no
+        // `nomem`. The instructions around it change only x7 and what `$clobber` declares.
+        unsafe {
+            asm!(
+                $($before,)* "hvc #0", $($after,)*
+                inout("x0") $fid => r0,
+                inout("x1") a[0] => r1,
+                inout("x2") a[1] => r2,
+                inout("x3") a[2] => r3,
+                inout("x4") a[3] => _,
+                inout("x5") a[4] => _,
+                inout("x6") a[5] => _,
+                inout("x7") $x7 => x7,
+                out("x8") _, out("x9") _, out("x10") _, out("x11") _, out("x12") _,
+                out("x13") _, out("x14") _, out("x15") _, out("x16") _, out("x17") _,
+                $($($clobber)+,)?
+                options(nostack)
+            );
+        }
+        ([r0, r1, r2, r3], x7)
+    }};
+}
+
+/// The host's hypercall instruction, `HVC #0`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Hvc;
+
+impl Transport for Hvc {
+    #[inline(always)]
+    fn smccc(&self, fid: u64, args: [u64; 6]) -> [u64; 4] {
+        hvc(fid, args)
+    }
+}
+
+/// `HVC #0` with `pattern` in the host's `d16` across the call; [`FpChecked::survived`] says
+/// whether it came back. A guest puts its own pattern in its `d16`, so a world switch that
+/// failed to restore the host's FP registers shows up here.
+#[derive(Debug)]
+pub struct FpChecked {
+    pattern: u64,
+    survived: Cell<bool>,
+}
+
+impl FpChecked {
+    /// A transport that keeps `pattern` in `d16`.
+    pub const fn new(pattern: u64) -> Self {
+        FpChecked {
+            pattern,
+            survived: Cell::new(true),
+        }
+    }
+
+    /// Whether `d16` held the pattern after every call since the last time this was asked.
+    pub fn survived(&self) -> bool {
+        self.survived.replace(true)
+    }
+}
+
+impl Transport for FpChecked {
+    fn smccc(&self, fid: u64, args: [u64; 6]) -> [u64; 4] {
+        let (r, back) = hvc_asm!(
+            fid,
+            args,
+            self.pattern,
+            ["fmov d16, x7"],
+            ["fmov x7, d16"],
+            out("v16") _
+        );
+        if back != self.pattern {
+            self.survived.set(false);
+        }
+        r
+    }
+}
 
 /// Calls EL2: `x0 = fid`, `x1..=x6 = args`; returns `x0..=x3`.
-///
-/// Treats `x4..=x17` as clobbered even though SMCCC 1.1 says EL2 preserves them — the
-/// `boot` scenario checks that promise separately (see [`preserved_after_hvc`]).
 #[inline(always)]
 pub fn hvc(fid: u64, args: [u64; 6]) -> [u64; 4] {
-    let (r0, r1, r2, r3);
-    // SAFETY: `hvc #0` traps to EL2, which follows SMCCC: it changes only x0-x3 (declared as
-    // outputs; the other caller-saved registers are declared clobbered) and returns to the next
-    // instruction. It may read or write memory the host shared with it, so no `nomem`.
-    unsafe {
-        asm!(
-            "hvc #0",
-            inout("x0") fid => r0,
-            inout("x1") args[0] => r1,
-            inout("x2") args[1] => r2,
-            inout("x3") args[2] => r3,
-            inout("x4") args[3] => _,
-            inout("x5") args[4] => _,
-            inout("x6") args[5] => _,
-            out("x7") _, out("x8") _, out("x9") _, out("x10") _, out("x11") _,
-            out("x12") _, out("x13") _, out("x14") _, out("x15") _, out("x16") _,
-            out("x17") _,
-            options(nostack)
-        );
-    }
-    [r0, r1, r2, r3]
+    hvc_asm!(fid, args, 0u64, [], []).0
 }
 
 /// Issues hypercall `fid` with every general register except `x0` and `sp` set to a known

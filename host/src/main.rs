@@ -20,8 +20,13 @@ extern crate pkvm_rt;
 pkvm_rt::image_mods! {
     testable: [cmdline, ranges],
     bare_metal: [
-        boot, console, bench, checks, dt, env, fault, guests, hostile, hvc, mmu, pkvm, pmu, psci,
-        sandbox, scenarios, selftest,
+        // The library: entry and vectors, console, checks, CPU registers, device tree, memory,
+        // probes, hypercalls (the typed client over HVC), stage-1, PMU, PSCI, the sandbox,
+        // memory shared with EL2, guests.
+        boot, console, checks, cpu, dt, env, fault, hvc, mmu, pkvm, pmu, psci, sandbox, shared,
+        vm,
+        // What runs on it.
+        scenarios,
     ],
 }
 
@@ -63,12 +68,11 @@ extern "C" fn host_main(dtb: usize) -> ! {
     for unknown in args.unknown_pkvm_options() {
         println!("host: warning: unknown option {unknown}");
     }
-    #[cfg(target_os = "none")]
     if let Some(n) = args.guests {
-        guests::set_cycles(n);
+        scenarios::guests::set_cycles(n);
     }
     if let Some(p) = args.parts {
-        hostile::set_parts(p);
+        scenarios::hostile::set_parts(p);
     }
     let name = args.scenario.unwrap_or(scenarios::DEFAULT);
     let Some(scenario) = scenarios::find(name) else {

@@ -20,23 +20,10 @@ pub fn available() -> bool {
 
 /// Starts the cycle counter, counting at EL2 only. Call only if [`available`].
 pub fn start_el2_cycle_counter() {
-    // SAFETY: the PMU registers exist (the caller checked `available`), EL2 does not trap them
-    // (MDCR_EL2.TPM/TPMCR clear), and they only configure performance counting.
-    unsafe {
-        asm!(
-            "msr pmccfiltr_el0, {filter}",
-            "mrs {tmp}, pmcr_el0",
-            "orr {tmp}, {tmp}, {e_lc}",
-            "msr pmcr_el0, {tmp}",
-            "msr pmcntenset_el0, {c}",
-            "isb",
-            filter = in(reg) PMCCFILTR_EL2_ONLY,
-            e_lc = in(reg) PMCR_E_LC,
-            c = in(reg) PMCNTEN_C,
-            tmp = out(reg) _,
-            options(nomem, nostack)
-        );
-    }
+    use crate::cpu::{pmcr, set_pmccfiltr, set_pmcntenset, set_pmcr};
+    set_pmccfiltr(PMCCFILTR_EL2_ONLY);
+    set_pmcr(pmcr() | PMCR_E_LC);
+    set_pmcntenset(PMCNTEN_C);
 }
 
 /// Reads the cycle counter (after an `isb`, so earlier instructions have retired).

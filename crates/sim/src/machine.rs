@@ -5,7 +5,8 @@
 
 use std::collections::BTreeMap;
 
-use pkvm_abi::{Error, HostHcall, PAGE_SHIFT, PAGE_SIZE, SMCCC_SUCCESS, decode_result, hvc_fid};
+use pkvm_abi::{Error, HostHcall, PAGE_SHIFT, PAGE_SIZE, hvc_fid};
+use pkvm_client::{Client, HcallError, Transport, VmHandle};
 use pkvm_hyp::devices::{DeviceKind, DeviceRange, MmioAccess};
 use pkvm_hyp::host_fault::{FaultClass, HostFault};
 use pkvm_hyp::hyp::Hyp;
@@ -61,6 +62,8 @@ pub fn virt_devices() -> Vec<DeviceRange> {
 pub const VIRT_ITS: (u64, u64) = (0x0808_0000, 0x080a_0000);
 /// QEMU `virt`'s first redistributor's `RD_base` frame.
 pub const VIRT_GICR_RD: (u64, u64) = (0x080a_0000, 0x080b_0000);
+/// QEMU `virt`'s PL011 UART (the console), MMIO the host may use.
+pub const VIRT_UART: u64 = 0x0900_0000;
 /// QEMU `virt`'s fw_cfg page.
 pub const VIRT_FW_CFG: (u64, u64) = (0x0902_0000, 0x0902_1000);
 
@@ -103,7 +106,7 @@ pub struct Machine<'a> {
     pub carveout: (u64, u64),
     /// The VM that [`pkvm_spec::Call::ShareGuest`]/`UnshareGuest` act on (see
     /// [`Machine::create_model_vm`]).
-    pub model_vm: Option<u64>,
+    pub model_vm: Option<VmHandle>,
     cfg: SimConfig,
 }
 
@@ -198,24 +201,33 @@ impl Machine<'_> {
         }
     }
 
-    /// Issues a host hypercall through the hypervisor's dispatcher; returns `x0..x3`.
-    pub fn hvc(&self, id: HostHcall, args: &[u64]) -> [u64; 4] {
-        let mut x = [0u64; 8];
-        x[0] = hvc_fid(id);
-        x[1..=args.len()].copy_from_slice(args);
-        self.hyp.handle_host_hcall(&mut x);
-        [x[0], x[1], x[2], x[3]]
+    /// The typed hypercalls over this machine (see the [`Transport`] implementation).
+    #[must_use]
+    pub fn client(&self) -> Client<&Self> {
+        Client::new(self)
     }
 
-    /// Issues a host hypercall and decodes its result (a non-dispatched call is `EFAULT`... no:
-    /// it panics, since the simulator only issues supported calls through this helper).
+    /// Issues host hypercall `id` with `x1.. = args` (at most six) through the hypervisor's
+    /// dispatcher; returns `x0..x3`.
+    ///
+    /// # Panics
+    /// With more than six arguments (a bug in the test).
+    pub fn hvc(&self, id: HostHcall, args: &[u64]) -> [u64; 4] {
+        let mut a = [0u64; 6];
+        a[..args.len()].copy_from_slice(args);
+        self.smccc(hvc_fid(id), a)
+    }
+
+    /// Issues a host hypercall and decodes its result.
     ///
     /// # Errors
     /// The handler's error.
+    ///
+    /// # Panics
+    /// If the call was not dispatched: the simulator only issues supported calls through this
+    /// helper (use [`Machine::hvc`] to see `x0`).
     pub fn call(&self, id: HostHcall, args: &[u64]) -> Result<(), Error> {
-        let r = self.hvc(id, args);
-        assert_eq!(r[0], SMCCC_SUCCESS, "{id:?} was not dispatched");
-        decode_result(r[1])
+        errno(pkvm_client::decode(self.hvc(id, args)).map(|_| ()), id)
     }
 
     fn translate(&self, regime: Regime, root: u64, ia_bits: u32, ia: u64) -> Option<Translation> {
@@ -277,33 +289,38 @@ impl Machine<'_> {
         }
     }
 
-    /// Applies a spec call to the implementation.
+    /// Applies a spec call to the implementation, through the typed client.
+    ///
+    /// # Panics
+    /// If a hypercall was not dispatched (the debug calls are built in).
     pub fn apply(&self, call: pkvm_spec::Call) -> Outcome {
         use pkvm_spec::Call;
-        let ret = |r: Result<(), Error>| Outcome::Ret(r);
+        let c = self.client();
+        let ret = |r: Result<(), HcallError>, id| Outcome::Ret(errno(r, id));
         match call {
-            Call::ShareHyp { pfn, nr } => ret(self.call(HostHcall::HostShareHyp, &[pfn, nr])),
-            Call::UnshareHyp { pfn, nr } => ret(self.call(HostHcall::HostUnshareHyp, &[pfn, nr])),
-            Call::DonateHyp { pfn, nr } => ret(self.call(HostHcall::HostDonateHyp, &[pfn, nr])),
+            Call::ShareHyp { pfn, nr } => ret(c.share_hyp(pfn, nr), HostHcall::HostShareHyp),
+            Call::UnshareHyp { pfn, nr } => ret(c.unshare_hyp(pfn, nr), HostHcall::HostUnshareHyp),
+            Call::DonateHyp { pfn, nr } => ret(c.donate_hyp(pfn, nr), HostHcall::HostDonateHyp),
             Call::HypDonateHost { pfn, nr } => {
-                ret(self.call(HostHcall::DebugHypDonateHost, &[pfn, nr]))
+                ret(c.hyp_donate_host(pfn, nr), HostHcall::DebugHypDonateHost)
             }
-            Call::Pin { pfn, nr } => ret(self.call(HostHcall::DebugPin, &[pfn, nr])),
-            Call::Unpin { pfn, nr } => ret(self.call(HostHcall::DebugUnpin, &[pfn, nr])),
-            Call::DebugRead { pa } => ret(self.call(HostHcall::DebugRead, &[pa])),
+            Call::Pin { pfn, nr } => ret(c.pin(pfn, nr), HostHcall::DebugPin),
+            Call::Unpin { pfn, nr } => ret(c.unpin(pfn, nr), HostHcall::DebugUnpin),
+            Call::DebugRead { pa } => ret(c.hyp_read(pa).map(|_| ()), HostHcall::DebugRead),
             Call::HostAccess { pa, write } => self.host_access(pa, write),
             Call::HypRead { pa } => self.hyp_access(pa),
-            Call::ShareGuest { pfn, nr } => ret(self.call(
+            Call::ShareGuest { pfn, nr } => ret(
+                c.share_guest(self.vm(), pfn, pfn, nr, pkvm_abi::guest::PROT_RWX),
                 HostHcall::HostShareGuest,
-                &[self.vm(), pfn, pfn, nr, pkvm_abi::guest::PROT_RWX],
-            )),
-            Call::UnshareGuest { pfn, nr } => {
-                ret(self.call(HostHcall::HostUnshareGuest, &[self.vm(), pfn, nr]))
-            }
+            ),
+            Call::UnshareGuest { pfn, nr } => ret(
+                c.unshare_guest(self.vm(), pfn, nr),
+                HostHcall::HostUnshareGuest,
+            ),
         }
     }
 
-    fn vm(&self) -> u64 {
+    fn vm(&self) -> VmHandle {
         self.model_vm
             .expect("guest calls need Machine::create_model_vm first")
     }
@@ -323,23 +340,20 @@ impl Machine<'_> {
         desc_pfn: u64,
         memcache_pfn: u64,
         vcpu_pfn: Option<u64>,
-    ) -> u64 {
+    ) -> VmHandle {
+        let c = Client::new(&*self);
         let desc = desc_pfn << PAGE_SHIFT;
-        self.call(HostHcall::HostShareHyp, &[desc_pfn, 1])
-            .expect("share the VM descriptor");
+        c.share_hyp(desc_pfn, 1).expect("share the VM descriptor");
         self.plat.write_u64(desc, u64::from(self.cfg.pa_bits));
         self.plat.write_u64(desc + 8, 1);
-        let r = self.hvc(HostHcall::VmInit, &[desc, memcache_pfn, 64]);
-        assert_eq!(r[1], 0, "VmInit");
-        self.model_vm = Some(r[2]);
+        let vm = c.vm_init(desc, memcache_pfn, 64).expect("VmInit");
         if let Some(vp) = vcpu_pfn {
             let st = vp << PAGE_SHIFT;
-            self.call(HostHcall::HostShareHyp, &[vp, 1])
-                .expect("share the vCPU page");
-            self.call(HostHcall::VcpuInit, &[r[2], st, st + 0x400])
-                .expect("VcpuInit");
+            c.share_hyp(vp, 1).expect("share the vCPU page");
+            c.vcpu_init(vm, st, st + 0x400).expect("VcpuInit");
         }
-        r[2]
+        self.model_vm = Some(vm);
+        vm
     }
 
     fn is_hyp_memory(&self, pa: u64) -> bool {
@@ -566,4 +580,27 @@ impl Machine<'_> {
         }
         Ok(())
     }
+}
+
+/// The simulated host's hypercall instruction: the registers go to the hypervisor's portable
+/// dispatcher, exactly as EL2's trap handler hands them over.
+impl Transport for Machine<'_> {
+    fn smccc(&self, fid: u64, args: [u64; 6]) -> [u64; 4] {
+        let mut x = [0u64; 8];
+        x[0] = fid;
+        x[1..7].copy_from_slice(&args);
+        self.hyp.handle_host_hcall(&mut x);
+        [x[0], x[1], x[2], x[3]]
+    }
+}
+
+/// The errno of a dispatched call.
+///
+/// # Panics
+/// If it was not dispatched.
+fn errno<T>(r: Result<T, HcallError>, id: HostHcall) -> Result<T, Error> {
+    r.map_err(|e| match e {
+        HcallError::Errno(e) => e,
+        HcallError::NotSupported(x0) => panic!("{id:?} was not dispatched (x0 = {x0:#x})"),
+    })
 }

@@ -3,6 +3,7 @@
 use std::fmt::Write as _;
 
 use pkvm_abi::{Error, PAGE_SHIFT};
+use pkvm_client::catalogue::{Op, Places, Resolved, TRANSITION_SCRIPT};
 use pkvm_spec::{Call, Checker, Outcome};
 
 use crate::machine::Machine;
@@ -102,52 +103,84 @@ pub fn share_twice(m: &Machine<'_>, out: &mut String) -> Result<(), String> {
     Ok(())
 }
 
-/// The brief's transition script (adapted upstream boot selftest), on one page that starts
-/// (NOPAGE, OWNED) after a host donation.
+/// The brief's transition script ([`pkvm_client::catalogue::TRANSITION_SCRIPT`], which the
+/// QEMU host's `selftest` runs too) on one page that starts (OWNED, NOPAGE), with the debug
+/// read the script asks for after a step.
 ///
 /// # Errors
 /// Any divergence from the spec or from the script's expected results.
 pub fn transition_script(m: &Machine<'_>, out: &mut String) -> Result<(), String> {
-    use Call::*;
     let mut c = Checker::new(m.spec_machine());
     let pfn = test_pfn(m) + 1;
-    let nr = 1;
-    let script: &[(Call, Result<(), Error>)] = &[
-        (DonateHyp { pfn, nr }, Ok(())),
-        // 1. (NOPAGE, OWNED)
-        (DonateHyp { pfn, nr }, Err(Error::Perm)),
-        (ShareHyp { pfn, nr }, Err(Error::Perm)),
-        (UnshareHyp { pfn, nr }, Err(Error::Perm)),
-        (Pin { pfn, nr }, Err(Error::Perm)),
-        // 2.
-        (HypDonateHost { pfn, nr }, Ok(())),
-        (HypDonateHost { pfn, nr }, Err(Error::Perm)),
-        (UnshareHyp { pfn, nr }, Err(Error::Perm)),
-        (Pin { pfn, nr }, Err(Error::Perm)),
-        // 3.
-        (ShareHyp { pfn, nr }, Ok(())),
-        (DonateHyp { pfn, nr }, Err(Error::Perm)),
-        (HypDonateHost { pfn, nr }, Err(Error::Perm)),
-        (ShareHyp { pfn, nr }, Ok(())),
-        (UnshareHyp { pfn, nr }, Ok(())),
-        // 4.
-        (Pin { pfn, nr }, Ok(())),
-        (Pin { pfn, nr }, Ok(())),
-        (Unpin { pfn, nr }, Ok(())),
-        (UnshareHyp { pfn, nr }, Err(Error::Busy)),
-        // 5.
-        (Unpin { pfn, nr }, Ok(())),
-        (UnshareHyp { pfn, nr }, Ok(())),
-        // 6.
-        (UnshareHyp { pfn, nr }, Err(Error::Perm)),
-        (DonateHyp { pfn, nr }, Ok(())),
-    ];
-    for (i, &(call, want)) in script.iter().enumerate() {
+    for (i, s) in TRANSITION_SCRIPT.iter().enumerate() {
+        let call = spec_call(&Resolved {
+            op: s.op,
+            addr: pfn,
+            arg: 1,
+        });
         let got = checked(m, &mut c, call)?;
-        if got != Outcome::Ret(want) {
-            return Err(format!("step {i} {call:?}: expected {want:?}, got {got}"));
+        if got != Outcome::Ret(s.want) {
+            return Err(format!(
+                "{}: {call:?}: expected {:?}, got {got}",
+                s.name, s.want
+            ));
+        }
+        if let Some(want) = s.readable {
+            let read = checked(
+                m,
+                &mut c,
+                Call::DebugRead {
+                    pa: pfn << PAGE_SHIFT,
+                },
+            )?;
+            if read != Outcome::Ret(if want { Ok(()) } else { Err(Error::Perm) }) {
+                return Err(format!("{}: debug read of the page -> {read}", s.name));
+            }
         }
         let _ = writeln!(out, "{i:2} {call:x?} -> {got}: {}", describe_page(m, pfn));
     }
     Ok(())
+}
+
+/// The spec's name for a catalogue call.
+#[must_use]
+pub fn spec_call(r: &Resolved) -> Call {
+    let (pfn, nr) = (r.addr, r.arg);
+    match r.op {
+        Op::ShareHyp => Call::ShareHyp { pfn, nr },
+        Op::UnshareHyp => Call::UnshareHyp { pfn, nr },
+        Op::DonateHyp => Call::DonateHyp { pfn, nr },
+        Op::HypDonateHost => Call::HypDonateHost { pfn, nr },
+        Op::Pin => Call::Pin { pfn, nr },
+        Op::Unpin => Call::Unpin { pfn, nr },
+        Op::DebugRead => Call::DebugRead { pa: r.addr },
+    }
+}
+
+/// Where the simulated machine has the catalogue's places. It has no EL2 image region (EL2's
+/// memory is the carve-out alone), so the cases aimed at one are skipped.
+#[must_use]
+pub fn places(m: &Machine<'_>) -> Places {
+    let cfg = m.config();
+    let pa_end = 1u64 << (cfg.pa_bits - PAGE_SHIFT);
+    let end = |&(b, s): &(u64, u64)| (b + s) >> PAGE_SHIFT;
+    let is_ram = |pfn: u64| {
+        cfg.ram
+            .iter()
+            .any(|&(b, s)| (b..b + s).contains(&(pfn << PAGE_SHIFT)))
+    };
+    let last = cfg.ram.iter().max_by_key(|r| r.0);
+    Places {
+        carveout: Some(m.carveout.0 >> PAGE_SHIFT),
+        el2_image: None,
+        mmio: Some(crate::machine::VIRT_UART >> PAGE_SHIFT),
+        ram_end: last.map(end).filter(|&p| p < pa_end && !is_ram(p)),
+        ram_gap: cfg
+            .ram
+            .iter()
+            .map(end)
+            .find(|&p| !is_ram(p) && cfg.ram.iter().any(|&(b, _)| b >> PAGE_SHIFT > p)),
+        last_ram_start: last.map(|&(b, _)| b >> PAGE_SHIFT),
+        pa_end: Some(pa_end),
+    }
 }

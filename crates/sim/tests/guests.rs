@@ -8,6 +8,7 @@ use pkvm_abi::guest::{
 use pkvm_abi::{Error, HostHcall, PAGE_SHIFT, PAGE_SIZE, Stat, psci};
 use pkvm_arch::esr::{Ec, Esr};
 use pkvm_arch::regs::Vttbr;
+use pkvm_client::{Exit, HcallError, VmHandle};
 use pkvm_hyp::platform::PhysMem;
 use pkvm_sim::platform::{ArchEvent, SimGuestAction};
 use pkvm_sim::{Machine, SimConfig, with_machine};
@@ -50,37 +51,42 @@ fn create(m: &Machine<'_>, h: &Host, desc_pa: u64, vcpu_pa: u64, fp_pa: u64, mc:
         vcpu_pa + (vcpu_off::SYS + 8 * sys::SCTLR_EL1) as u64,
         st.sys[0],
     );
+    let c = m.client();
     for (pa, len) in [
         (desc_pa, 32),
         (vcpu_pa, size_of::<VcpuState>() as u64),
         (fp_pa, 528),
     ] {
         let (first, last) = (pa >> PAGE_SHIFT, (pa + len - 1) >> PAGE_SHIFT);
-        m.call(HostHcall::HostShareHyp, &[first, last - first + 1])
-            .unwrap();
+        c.share_hyp(first, last - first + 1).unwrap();
     }
-    let r = m.hvc(
-        HostHcall::VmInit,
-        &[desc_pa, h.pfn(mc), g::VM_MEMCACHE_PAGES],
-    );
-    assert_eq!(r[1], 0, "vm_init");
-    let handle = r[2];
-    m.call(HostHcall::VcpuInit, &[handle, vcpu_pa, fp_pa])
-        .unwrap();
-    handle
+    let vm = c
+        .vm_init(desc_pa, h.pfn(mc), g::VM_MEMCACHE_PAGES)
+        .expect("vm_init");
+    c.vcpu_init(vm, vcpu_pa, fp_pa).unwrap();
+    vm.raw()
 }
 
 fn destroy(m: &Machine<'_>, handle: u64, structs: &[u64]) {
-    m.call(HostHcall::VmTeardown, &[handle]).unwrap();
+    let c = m.client();
+    c.vm_teardown(VmHandle::from_raw(handle)).unwrap();
     for pa in structs {
-        m.call(HostHcall::HostUnshareHyp, &[pa >> PAGE_SHIFT, 1])
-            .unwrap();
+        c.unshare_hyp(pa >> PAGE_SHIFT, 1).unwrap();
     }
 }
 
+/// One run through the typed client: the exit reason, or the errno.
 fn run(m: &Machine<'_>, handle: u64) -> Result<u64, Error> {
-    let r = m.hvc(HostHcall::VcpuRun, &[handle]);
-    pkvm_abi::decode_result(r[1]).map(|()| r[2])
+    match m.client().vcpu_run(VmHandle::from_raw(handle)) {
+        Ok(reason) => Ok(reason),
+        Err(HcallError::Errno(e)) => Err(e),
+        Err(e) => panic!("VcpuRun not dispatched: {e}"),
+    }
+}
+
+/// One run, its exit decoded from the reason and the vCPU structure's exit record.
+fn run_exit(m: &Machine<'_>, handle: u64, vcpu: u64) -> Result<Exit, Error> {
+    run(m, handle).map(|reason| Exit::decode(reason, &exit_of(m, vcpu)))
 }
 
 /// The vCPU's last exit, read whole.
@@ -158,9 +164,25 @@ fn lifecycle_runs_to_power_off_and_leaks_nothing() {
             SimGuestAction::Irq,
         ]);
         let pc0 = g::GUEST_RAM_IPA;
-        assert_eq!(run(m, a), Ok(exit::MMIO));
-        assert_eq!(exit_of(m, vcpu).mmio_data, 0x41, "write data, 1 byte");
-        assert_eq!(run(m, a), Ok(exit::MMIO));
+        assert_eq!(
+            run_exit(m, a, vcpu),
+            Ok(Exit::Mmio {
+                ipa: g::GUEST_CONSOLE_IPA,
+                size: 1,
+                write: true,
+                data: 0x41
+            }),
+            "write data, 1 byte"
+        );
+        assert!(matches!(
+            run_exit(m, a, vcpu),
+            Ok(Exit::Mmio {
+                ipa: g::GUEST_ID_REG_IPA,
+                size: 4,
+                write: false,
+                ..
+            })
+        ));
         // The host answers the read; the next entry writes x5 and skips the load.
         m.plat
             .write_u64(vcpu + vcpu_off::EXIT_MMIO_DATA as u64, 0x1_2345_6789);
@@ -176,9 +198,11 @@ fn lifecycle_runs_to_power_off_and_leaks_nothing() {
             1,
             "VMID of the first slot"
         );
-        assert_eq!(run(m, a), Ok(exit::IRQ));
-        assert_eq!(run(m, a), Ok(exit::SYSTEM_EVENT));
-        assert_eq!(exit_of(m, vcpu).code, u64::from(psci::SYSTEM_OFF));
+        assert_eq!(run_exit(m, a, vcpu), Ok(Exit::Irq));
+        assert_eq!(
+            run_exit(m, a, vcpu),
+            Ok(Exit::SystemEvent(u64::from(psci::SYSTEM_OFF)))
+        );
         assert_eq!(run(m, b), Ok(exit::SYSTEM_EVENT));
 
         // While the VMs live their structures are pinned.
@@ -383,12 +407,14 @@ fn bad_inputs() {
             SimGuestAction::Sync(Esr::new(Ec::Sysreg64, true, 0).0),
             SimGuestAction::Sync(Esr::new(Ec::DabtLow, false, 0x10).0),
         ]);
-        assert_eq!(run(m, a), Ok(exit::FAULT));
-        assert_eq!(exit_of(m, vcpu).ipa, 0, "no IPA for a trapped instruction");
-        assert_eq!(run(m, a), Ok(exit::FAULT));
-        assert_eq!(
-            exit_of(m, vcpu).ipa,
-            0x1234_5678,
+        assert!(
+            matches!(run_exit(m, a, vcpu), Ok(Exit::Fault { esr, ipa: 0, .. })
+                if Esr(esr).ec() == Ec::Sysreg64),
+            "no IPA for a trapped instruction"
+        );
+        assert!(
+            matches!(run_exit(m, a, vcpu), Ok(Exit::Fault { esr, ipa: 0x1234_5678, .. })
+                if Esr(esr).ec() == Ec::DabtLow),
             "the IPA of a stage-2 abort"
         );
         assert_eq!(run(m, a), Ok(exit::SYSTEM_EVENT));

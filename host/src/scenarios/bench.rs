@@ -21,9 +21,12 @@ use crate::checks::Checks;
 use crate::env::Env;
 use crate::fault::probe_read;
 use crate::hvc::hvc;
-use crate::pkvm::{self, HcallError};
+use crate::pkvm::{self, HcallError, PKVM};
 use crate::pmu;
+use crate::vm::{self, RunEnd, SlotMem, flags};
+use pkvm_abi::guest::{GUEST_HVC_PING, GUEST_RAM_IPA, GUEST_RAM_PAGES, PROT_RWX, VM_MEMCACHE_PAGES};
 use pkvm_abi::{HVC_BASE, HostHcall, PAGE_SHIFT, hvc_fid};
+use pkvm_client::{Exit, VmHandle};
 
 const SAMPLES: usize = 5;
 
@@ -34,6 +37,22 @@ fn count<R>(f: impl FnOnce() -> R) -> (u64, R) {
     let r = f();
     let after = pmu::read();
     (after.wrapping_sub(before), r)
+}
+
+/// `N` rounds of `share_hyp(pfn, nr)` then `unshare_hyp(pfn, nr)`: the EL2 instructions of
+/// each share and each unshare, and the first failure.
+fn share_unshare<const N: usize>(pfn: u64, nr: u64) -> ([u64; N], [u64; N], Result<(), HcallError>) {
+    let (mut sh, mut un) = ([0; N], [0; N]);
+    let mut res = Ok(());
+    for i in 0..N {
+        let (n, r) = count(|| PKVM.share_hyp(pfn, nr));
+        sh[i] = n;
+        res = res.and(r);
+        let (n, r) = count(|| PKVM.unshare_hyp(pfn, nr));
+        un[i] = n;
+        res = res.and(r);
+    }
+    (sh, un, res)
 }
 
 /// Prints the `PKVM-BENCH` line and records a check: the operations succeeded (`error` is the
@@ -84,42 +103,24 @@ pub fn run(c: &mut Checks, env: &mut Env) {
 
     // One page, count 0 -> 1 -> 0, repeatedly.
     let p = env.pfn();
-    let (mut sh, mut un) = ([0; SAMPLES], [0; SAMPLES]);
-    let mut res = Ok(());
-    for i in 0..SAMPLES {
-        let (n, r) = count(|| pkvm::share_hyp_pfns(p, 1));
-        sh[i] = n;
-        res = res.and(r);
-        let (n, r) = count(|| pkvm::unshare_hyp_pfns(p, 1));
-        un[i] = n;
-        res = res.and(r);
-    }
+    let (sh, un, res) = share_unshare::<SAMPLES>(p, 1);
     report(c, "share_1", &sh, res.err());
     report(c, "unshare_1", &un, res.err());
 
     // A second share of a shared page (count 1 -> 2).
     let mut again = [0; SAMPLES];
-    let mut res = pkvm::share_hyp_pfns(p, 1);
+    let mut res = PKVM.share_hyp(p, 1);
     for v in &mut again {
-        let (n, r) = count(|| pkvm::share_hyp_pfns(p, 1));
+        let (n, r) = count(|| PKVM.share_hyp(p, 1));
         *v = n;
-        res = res.and(r).and(pkvm::unshare_hyp_pfns(p, 1));
+        res = res.and(r).and(PKVM.unshare_hyp(p, 1));
     }
-    res = res.and(pkvm::unshare_hyp_pfns(p, 1));
+    res = res.and(PKVM.unshare_hyp(p, 1));
     report(c, "share_again", &again, res.err());
 
     // 512 pages in one call.
     let b = env.pages(512, 2 << 20) >> PAGE_SHIFT;
-    let (mut sh, mut un) = ([0; 3], [0; 3]);
-    let mut res = Ok(());
-    for i in 0..sh.len() {
-        let (n, r) = count(|| pkvm::share_hyp_pfns(b, 512));
-        sh[i] = n;
-        res = res.and(r);
-        let (n, r) = count(|| pkvm::unshare_hyp_pfns(b, 512));
-        un[i] = n;
-        res = res.and(r);
-    }
+    let (sh, un, res) = share_unshare::<3>(b, 512);
     report(c, "share_512", &sh, res.err());
     report(c, "unshare_512", &un, res.err());
 
@@ -143,16 +144,14 @@ pub fn run(c: &mut Checks, env: &mut Env) {
 
 /// The guest figures: a whole lifecycle, and a hypercall-exit round trip.
 fn guests(c: &mut Checks, env: &mut Env) {
-    use crate::guests::{self, RunEnd, SlotMem, flags};
-    use pkvm_abi::guest::{GUEST_HVC_PING, exit};
     let mem = SlotMem::alloc(env);
     let mut life = [0; SAMPLES];
     let mut err = None;
     for (i, v) in life.iter_mut().enumerate() {
         let (n, r) = count(|| {
-            let vm = guests::create(0, mem, i as u64, 0, flags::QUIET)?;
-            let end = guests::run(&vm, false, |_, _| {});
-            guests::destroy(vm)?;
+            let vm = vm::create(0, mem, i as u64, 0, flags::QUIET)?;
+            let end = vm::run(&vm, false, |_, _| {});
+            vm::destroy(vm)?;
             Ok::<_, HcallError>(end)
         });
         *v = n;
@@ -164,7 +163,7 @@ fn guests(c: &mut Checks, env: &mut Env) {
         }
     }
     report(c, "vm_lifecycle", &life, err);
-    guests::lifecycle_breakdown(mem, |f| count(f));
+    lifecycle_breakdown(mem);
 
     // A quiet guest that pings many times: each sample is one run from one ping to the next;
     // with FP_PINGS the guest uses FP each time, so each run also switches FP lazily.
@@ -174,26 +173,65 @@ fn guests(c: &mut Checks, env: &mut Env) {
     ] {
         let mut rt = [0; SAMPLES];
         let mut err = None;
-        match guests::create(0, mem, 0, 1000, gflags) {
+        match vm::create(0, mem, 0, 1000, gflags) {
             Ok(vm) => {
-                let first = guests::run_once(&vm);
+                let first = vm::run_once(&vm);
                 for v in &mut rt {
-                    guests::answer_ping(&vm, GUEST_HVC_PING);
-                    let (n, r) = count(|| guests::run_once(&vm));
+                    vm::answer_ping(&vm, GUEST_HVC_PING);
+                    let (n, r) = count(|| vm::run_once(&vm));
                     *v = n;
-                    if r != Ok(exit::HYPERCALL) {
+                    if r != Ok(Exit::Hypercall) {
                         err.get_or_insert(r.map(|_| ()));
                     }
                 }
-                if first != Ok(exit::HYPERCALL) {
+                if first != Ok(Exit::Hypercall) {
                     err.get_or_insert(first.map(|_| ()));
                 }
-                if let Err(e) = guests::destroy(vm) {
+                if let Err(e) = vm::destroy(vm) {
                     err.get_or_insert(Err(e));
                 }
             }
             Err(e) => err = Some(Err(e)),
         }
         report(c, name, &rt, err);
+    }
+}
+
+/// One step of [`lifecycle_breakdown`].
+type Step<'a> = &'a mut dyn FnMut() -> Result<u64, HcallError>;
+
+/// Prints the EL2 cost of each step of one quiet lifecycle in slot 0.
+fn lifecycle_breakdown(mem: SlotMem) {
+    let s = vm::prepare(0, mem, 0, 0, flags::QUIET);
+    let (desc, vcpu, fp) = (s.desc, s.vcpu.shared(), s.fp);
+    let share = |x: crate::shared::Shared<'_>| pkvm::share_hyp_bytes(x.pa(), x.bytes());
+    let handle = core::cell::Cell::new(VmHandle::from_raw(0));
+    let steps: [(&str, Step<'_>); 10] = [
+        ("share_hyp(desc)", &mut || share(desc).map(|()| 0)),
+        ("vm_init", &mut || {
+            let h = PKVM.vm_init(desc.pa(), mem.memcache_pfn, VM_MEMCACHE_PAGES)?;
+            handle.set(h);
+            Ok(h.raw())
+        }),
+        ("share_hyp(vcpu)", &mut || share(vcpu).map(|()| 0)),
+        ("share_hyp(fp)", &mut || share(fp).map(|()| 0)),
+        ("vcpu_init", &mut || {
+            PKVM.vcpu_init(handle.get(), vcpu.pa(), fp.pa()).map(|()| 0)
+        }),
+        ("share_guest(16)", &mut || {
+            let gfn = GUEST_RAM_IPA >> PAGE_SHIFT;
+            PKVM.share_guest(handle.get(), mem.ram_pfn, gfn, GUEST_RAM_PAGES, PROT_RWX)
+                .map(|()| 0)
+        }),
+        ("vcpu_run", &mut || PKVM.vcpu_run(handle.get())),
+        ("vm_teardown", &mut || PKVM.vm_teardown(handle.get()).map(|()| 0)),
+        ("unshare_hyp(fp)", &mut || vm::unshare(fp).map(|()| 0)),
+        ("unshare_hyp(vcpu)+(desc)", &mut || {
+            vm::unshare(vcpu).and_then(|()| vm::unshare(desc)).map(|()| 0)
+        }),
+    ];
+    for (name, f) in steps {
+        let (n, r) = count(f);
+        println!("bench: lifecycle step {name}: {n} EL2 instructions ({r:?})");
     }
 }

@@ -1,0 +1,265 @@
+//! The `guests` scenario: the seed's "spawn and power off a guest" test at scale, with the bad
+//! inputs first and a leak report at the end (docs/ARCHITECTURE.md, "The `guests` scenario").
+
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use crate::checks::Checks;
+use crate::cpu;
+use crate::env::Env;
+use crate::pkvm::{HcallError, PKVM};
+use crate::vm::{self, GUEST_IMAGE, RunEnd, SLOTS, SlotMem, Vm, flags};
+use pkvm_abi::guest::{GUEST_RAM_IPA, PROT_RWX, PSTATE_EL1H_DAIF, VM_MEMCACHE_PAGES};
+use pkvm_abi::{Error, PAGE_SHIFT};
+use pkvm_arch::esr::Ec;
+
+/// Default number of lifecycles (`pkvm.guests=N` overrides).
+pub const DEFAULT_CYCLES: u64 = 1000;
+/// Pings each guest makes (hypercall exits with FP state checked across them).
+const PINGS: u64 = 2;
+
+static CYCLES: AtomicU64 = AtomicU64::new(DEFAULT_CYCLES);
+
+/// Sets the number of lifecycles (`pkvm.guests=N`).
+pub fn set_cycles(n: u64) {
+    CYCLES.store(n, Ordering::Relaxed);
+}
+
+fn expect_err<T: core::fmt::Debug>(
+    c: &mut Checks,
+    name: &'static str,
+    r: Result<T, HcallError>,
+    want: Error,
+) {
+    let ok = matches!(r, Err(HcallError::Errno(e)) if e == want);
+    c.check(name, ok, format_args!("got {r:?}, want {want}"));
+}
+
+/// The bad inputs, each a check (EL2 must refuse them and keep working).
+fn bad_inputs(c: &mut Checks, mem: &[SlotMem; SLOTS], env: &mut Env) {
+    let vm = match vm::create(0, mem[0], 0, 0, flags::QUIET) {
+        Ok(vm) => vm,
+        Err(e) => {
+            c.check("bad inputs: create", false, format_args!("{e}"));
+            return;
+        }
+    };
+    let h = vm.handle;
+    let share = |pfn, gfn, nr| PKVM.share_guest(h, pfn, gfn, nr, PROT_RWX);
+    // A page the host does not own: the slot's memcache (donated to EL2), EL2's own memory.
+    expect_err(
+        c,
+        "share into a guest a page donated to EL2",
+        share(mem[0].memcache_pfn, 0, 1),
+        Error::Perm,
+    );
+    let el2 = env.el2_image().start >> PAGE_SHIFT;
+    expect_err(
+        c,
+        "share into a guest EL2's memory",
+        share(el2, 0, 1),
+        Error::Perm,
+    );
+    let p = env.pfn();
+    expect_err(
+        c,
+        "gfn beyond the guest IPA space",
+        share(p, 1 << 20, 1),
+        Error::Range,
+    );
+    expect_err(
+        c,
+        "gfn range crossing the end of the IPA space",
+        share(p, (1 << 20) - 1, 2),
+        Error::Range,
+    );
+    // Guest RAM is shared with the guest, not with EL2: share/unshare_hyp refused.
+    let ram = mem[0].ram_pfn;
+    expect_err(
+        c,
+        "share_hyp of a page shared with a guest",
+        PKVM.share_hyp(ram, 1),
+        Error::Perm,
+    );
+    expect_err(
+        c,
+        "unshare_hyp of a page shared with a guest",
+        PKVM.unshare_hyp(ram, 1),
+        Error::Perm,
+    );
+    expect_err(
+        c,
+        "share of a page already in the guest",
+        share(ram, 0, 1),
+        Error::Perm,
+    );
+    // The vCPU structure is pinned while the VM lives.
+    let vcpu = vm::structs(0).vcpu;
+    expect_err(
+        c,
+        "unshare of a live vCPU structure",
+        vm::unshare(vcpu.shared()),
+        Error::Busy,
+    );
+    // Corrupted PSTATE: AArch32, EL2h, a stray bit. Rejected; nothing runs.
+    for bad in [0x10u64, 0x9, PSTATE_EL1H_DAIF | 1 << 20] {
+        vcpu.set_pstate(bad);
+        expect_err(
+            c,
+            "vCPU with a corrupted PSTATE",
+            vm::run_once(&vm),
+            Error::Inval,
+        );
+    }
+    vcpu.set_pstate(PSTATE_EL1H_DAIF);
+    // A guest jumping to an address with no memory: an instruction abort, a fault exit.
+    vcpu.set_pc(0x1000_0000);
+    let r = vm::run(&vm, false, |_, _| {});
+    c.check(
+        "guest fetching from unmapped IPA: fault exit",
+        matches!(r, RunEnd::Fault(esr) if esr.ec() == Ec::IabtLow),
+        format_args!("{r:x?}"),
+    );
+    vcpu.set_pc(GUEST_RAM_IPA);
+    let r = vm::run(&vm, false, |_, _| {});
+    c.check(
+        "guest runs after the refused inputs",
+        r == RunEnd::PowerOff,
+        format_args!("{r:?}"),
+    );
+    let r = vm::destroy(vm);
+    c.check("destroy", r.is_ok(), format_args!("{r:?}"));
+    expect_err(c, "teardown twice", PKVM.vm_teardown(h), Error::NoEnt);
+    expect_err(
+        c,
+        "run after teardown (vCPU structure since unshared)",
+        PKVM.vcpu_run(h),
+        Error::NoEnt,
+    );
+    let desc = vm::structs(0).desc.pa();
+    expect_err(
+        c,
+        "VM init with a descriptor not shared",
+        PKVM.vm_init(desc, mem[0].memcache_pfn, VM_MEMCACHE_PAGES),
+        Error::Perm,
+    );
+}
+
+fn note(failures: &mut u64, what: &str, id: u64, detail: &dyn core::fmt::Debug) {
+    *failures += 1;
+    if *failures <= 5 {
+        println!("guests: cycle {id}: {what}: {detail:?}");
+    }
+}
+
+/// Runs the scenario.
+pub fn run(c: &mut Checks, env: &mut Env) {
+    if GUEST_IMAGE.is_empty() {
+        c.check(
+            "guest image",
+            false,
+            format_args!("the host was built without PKVM_GUEST_BIN (use cargo xtask)"),
+        );
+        return;
+    }
+    let n = CYCLES.load(Ordering::Relaxed);
+    let start = vm::leaks();
+    println!("guests: EL2 before: {start:?}");
+    let mem: [SlotMem; SLOTS] = core::array::from_fn(|_| SlotMem::alloc(env));
+    bad_inputs(c, &mem, env);
+
+    // The main loop: blocks of 10 lifecycles, 6 one at a time, then 4 alive at once (two per
+    // structure page).
+    let idle0 = vm::idle_exits();
+    let t0 = cpu::ticks();
+    let mut done = 0u64;
+    let mut failures = 0u64;
+    let mut busy_checked = false;
+    while done < n {
+        let batch = if done % 10 >= 6 { (n - done).min(4) } else { 1 };
+        let mut live: [Option<Vm>; SLOTS] = [const { None }; SLOTS];
+        for (i, l) in live.iter_mut().enumerate().take(batch as usize) {
+            let slot = if batch == 1 { (done % 2) as usize } else { i };
+            let id = done + i as u64;
+            match vm::create(slot, mem[slot], id, PINGS, 0) {
+                Ok(vm) => *l = Some(vm),
+                Err(e) => note(&mut failures, "create", id, &e),
+            }
+        }
+        for vm in live.iter().flatten() {
+            let echo = vm.id < 2 || vm.id % 250 == 0;
+            let r = vm::run(vm, echo, |vm, _| {
+                if !busy_checked {
+                    busy_checked = true;
+                    let r = vm::unshare(vm::structs(vm.slot).vcpu.shared());
+                    println!("guests: unshare of the vCPU structure from its exit handler: {r:?}");
+                    if r != Err(HcallError::Errno(Error::Busy)) {
+                        failures += 1;
+                    }
+                }
+            });
+            if r != RunEnd::PowerOff {
+                note(&mut failures, "run", vm.id, &r);
+            }
+        }
+        // Tear down in a different order than created, then release the structures (a
+        // structure page is pinned until both of its guests are torn down).
+        let mut slots = [None; SLOTS];
+        for i in [1, 0, 3, 2] {
+            if let Some(vm) = live[i].take() {
+                let id = vm.id;
+                slots[i] = Some((vm.slot, id));
+                if let Err(e) = vm::teardown(vm) {
+                    note(&mut failures, "teardown", id, &e);
+                }
+            }
+        }
+        for (slot, id) in slots.into_iter().flatten() {
+            if let Err(e) = vm::release(slot) {
+                note(&mut failures, "release", id, &e);
+            }
+        }
+        done += batch;
+    }
+    let ms = cpu::ms(cpu::ticks() - t0);
+    c.check(
+        "guest lifecycles",
+        failures == 0,
+        format_args!("{done} created, run to power-off and destroyed, {failures} failures"),
+    );
+    let lost = vm::host_fp_lost();
+    c.check(
+        "host FP/SIMD registers survive every run",
+        lost == 0,
+        format_args!("{lost} runs lost the host's d16"),
+    );
+    let idle = vm::idle_exits() - idle0;
+    c.check(
+        "each guest's WFI came back as an IDLE exit",
+        idle == done,
+        format_args!("{idle} IDLE exits for {done} guests"),
+    );
+    c.check(
+        "unshare from the exit handler",
+        busy_checked,
+        format_args!("EBUSY while the VM lives"),
+    );
+    let end = vm::leaks();
+    let d = |a: u64, b: u64| a as i64 - b as i64;
+    println!(
+        "PKVM-GUESTS cycles={done} time_ms={ms} leak: hyp_mapped_host_pages={:+} \
+         donated_pages={} shared_pages={} guest_shared_pages={} pinned_pages={} live_vms={} \
+         pool_free_delta={:+}",
+        d(end.hyp_mapped, start.hyp_mapped),
+        end.donated,
+        end.shared,
+        end.guest_shared,
+        end.pinned,
+        end.vms,
+        d(end.pool_free, start.pool_free),
+    );
+    c.check(
+        "leak report all zero",
+        end == start && end.donated == 0 && end.shared == 0 && end.vms == 0,
+        format_args!("before {start:?}, after {end:?}"),
+    );
+}
