@@ -99,7 +99,7 @@ impl Abort {
 
     /// Fault status code (`ESR_EL1.ISS.DFSC`/`IFSC`, bits 5:0 of the ISS of both aborts).
     pub fn fsc(&self) -> u64 {
-        u64::from(self.syndrome().iss() & 0x3f)
+        u64::from(self.syndrome().fsc())
     }
 
     /// For a data abort: whether it was a write (`ISS.WnR`).

@@ -303,7 +303,7 @@ pub fn cmd_test() -> Result<(), Error> {
         },
     ));
     steps.push(timed(
-        &format!("clippy: abi, arch, pgtable, hyp, spec (lib) on {BARE_TARGET}"),
+        &format!("clippy: abi, arch, pgtable, hyp, spec, client (lib) on {BARE_TARGET}"),
         || {
             cargo_step(&[
                 "clippy",
@@ -317,6 +317,8 @@ pub fn cmd_test() -> Result<(), Error> {
                 "pkvm-hyp",
                 "-p",
                 "pkvm-spec",
+                "-p",
+                "pkvm-client",
                 "--lib",
                 "--target",
                 BARE_TARGET,

@@ -272,7 +272,7 @@ pub const GUEST_ID_REG_IPA: u64 = 0x0900_0008;
 /// Guest → host "ping" hypercall id (answered by the host with `x1 + 1` in `x0`).
 pub const GUEST_HVC_PING: u64 = 0xC600_0100;
 
-/// The test guest's hostile tests (its `x2` bits 15:8, the host's `guests::flags::hostile`); the table in
+/// The test guest's hostile tests (its `x2` bits 15:8, the host's `vm::flags::hostile`); the table in
 /// `guest/src/main.rs` says what each does. `x1` is the value a writing test writes.
 pub mod hostile {
     /// `CPACR_EL1.ZEN = 0b11`, `rdvl x0, #1`.

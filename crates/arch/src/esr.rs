@@ -131,6 +131,13 @@ impl Esr {
         if self.il() { 4 } else { 2 }
     }
 
+    /// The fault status code (`ISS` bits 5:0) of an abort syndrome.
+    #[must_use]
+    #[inline]
+    pub const fn fsc(self) -> u8 {
+        (self.0 & 0x3f) as u8
+    }
+
     /// `ISS`, bits 24:0.
     #[must_use]
     #[inline]
@@ -152,7 +159,7 @@ impl Esr {
     #[must_use]
     #[inline]
     pub const fn fault_class(self) -> FaultClass {
-        FaultClass::from_fsc((self.0 & 0x3f) as u8)
+        FaultClass::from_fsc(self.fsc())
     }
 }
 

@@ -2,7 +2,7 @@
 //! calls that set the stage before it and the calls that clean up after it. The simulator
 //! (`crates/sim/tests/catalogue.rs`: the spec checker and the structural invariants after every
 //! call) and the test host's `selftest` (an unchanged-statistics check around every refused
-//! call, on QEMU) both iterate [`CATALOGUE`]; [`TRANSITION_SCRIPT`] is the brief's transition
+//! call, on QEMU) both iterate [`CATALOGUE`]; [`TRANSITION_SCRIPT`] is the transition
 //! script, run by both the same way.
 //!
 //! A case names pages by [`Place`]: its own fresh host pages, or places every machine has
@@ -435,7 +435,7 @@ const fn step(
 
 const EPERM: Result<(), Error> = Err(Error::Perm);
 
-/// The brief's transition script (the upstream boot selftest, adapted) on one host page; the
+/// The transition script (the upstream boot selftest, adapted) on one host page; the
 /// page ends donated to EL2 (a runner gives it back).
 #[rustfmt::skip]
 pub const TRANSITION_SCRIPT: &[ScriptStep] = &[

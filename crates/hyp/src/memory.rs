@@ -1,7 +1,7 @@
 //! The physical memory map EL2 works from: the host's memory regions, sorted, stored inline.
 //!
 //! "Is this memory?" is decided from the **address** and this map, never from page-table
-//! contents (brief, rule 2). The lookups are on the hypercall fast path: they are a binary search
+//! contents. The lookups are on the hypercall fast path: they are a binary search
 //! over at most [`MAX_MEM_REGIONS`] inline entries, with no allocation and no panics.
 
 use pkvm_abi::{Error, PAGE_SIZE};

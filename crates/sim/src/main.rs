@@ -20,7 +20,7 @@ const SCENARIOS: &[(&str, &str, Scenario)] = &[
     ),
     (
         "transitions",
-        "the brief's transition script on one page",
+        "the transition script on one page",
         scenarios::transition_script,
     ),
 ];

@@ -103,7 +103,7 @@ pub fn share_twice(m: &Machine<'_>, out: &mut String) -> Result<(), String> {
     Ok(())
 }
 
-/// The brief's transition script ([`pkvm_client::catalogue::TRANSITION_SCRIPT`], which the
+/// The transition script ([`pkvm_client::catalogue::TRANSITION_SCRIPT`], which the
 /// QEMU host's `selftest` runs too) on one page that starts (OWNED, NOPAGE), with the debug
 /// read the script asks for after a step.
 ///

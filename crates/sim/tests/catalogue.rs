@@ -138,7 +138,7 @@ fn host_access_to_donated_page_aborts() {
 }
 
 #[test]
-fn brief_transition_script() {
+fn transition_script() {
     with_machine(&SimConfig::small(), |m| {
         let mut out = String::new();
         scenarios::transition_script(m, &mut out).unwrap_or_else(|e| panic!("{out}\n{e}"));

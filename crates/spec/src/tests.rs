@@ -24,7 +24,7 @@ fn ret(s: &mut Spec, c: Call) -> Result<(), Error> {
 
 /// The transition script (share, donate, unshare, reclaim in order), one page, states as (host, hyp).
 #[test]
-fn brief_transition_script() {
+fn transition_script() {
     use Call::*;
     let mut s = Spec::new(machine());
     let (pfn, nr) = (P, 1);

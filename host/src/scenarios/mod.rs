@@ -30,7 +30,7 @@ pub const DEFAULT: &str = "selftest";
 pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "selftest",
-        about: "ownership transitions over real hypercalls: the brief's transition script, the \
+        about: "ownership transitions over real hypercalls: the transition script, the \
                 negative catalogue, share_hyp(obj), EL2 reads of host writes, injected aborts",
         run: selftest::run,
     },

@@ -1,4 +1,4 @@
-//! The selftest's ownership checks from tables: the brief's transition script and the negative
+//! The selftest's ownership checks from tables: the transition script and the negative
 //! catalogue (`pkvm_client::catalogue`, the tables the simulator runs too), then overlapping
 //! ranges and share-count saturation.
 
@@ -13,7 +13,7 @@ use pkvm_client::catalogue::{CATALOGUE, Op, Places, TRANSITION_SCRIPT};
 /// Largest EL2 share count (`u16::MAX` in `crates/hyp`); one more share is `EBUSY`.
 const MAX_SHARE_COUNT: u64 = u16::MAX as u64;
 
-/// The brief's transition script (BRIEF §1) on one fresh page, as `crates/sim` runs it.
+/// The transition script on one fresh page, as `crates/sim` runs it.
 pub fn transition_script(c: &mut Checks, env: &mut Env) {
     println!("selftest: transition script");
     let pfn = env.pfn();

@@ -1,8 +1,8 @@
 //! The `selftest` scenario: the ownership state machine exercised over real hypercalls with real
-//! addresses, checked against the documented contract (BRIEF §1/§3, `crates/sim` shows the
+//! addresses, checked against the documented contract (`crates/sim` shows the
 //! exact expected behaviour):
 //!
-//! 1. the brief's transition script on one page, and the negative catalogue
+//! 1. the transition script on one page, and the negative catalogue
 //!    (`pkvm_client::catalogue`, which the simulator runs too), each refused call with its
 //!    exact error and an unchanged EL2 state (Stat before and after), each case followed by
 //!    the legal operations that show nothing was left half-done ([`catalogue`]);
