@@ -17,6 +17,7 @@ use crate::context::{HighRegs, HostContext, host_reg, set_host_reg};
 use crate::{hyp_init, psci, sysregs};
 use core::sync::atomic::Ordering;
 use pkvm_abi::HVC_BASE;
+use pkvm_arch::addr::Ipa;
 use pkvm_arch::esr::{Ec, Esr};
 use pkvm_hyp::devices::MmioAccess;
 use pkvm_hyp::host_fault::HostFault;
@@ -85,7 +86,7 @@ fn host_mem_abort(esr: Esr) -> u64 {
 }
 
 /// The faulting IPA of a stage-2 abort (HPFAR_EL2 gives the page, FAR_EL2 the offset).
-fn fault_ipa(far: u64) -> u64 {
+fn fault_ipa(far: u64) -> Ipa {
     pkvm_arch::esr::fault_ipa(sysregs::hpfar(), far)
 }
 

@@ -1,6 +1,8 @@
 //! Exception syndromes: `ESR_ELx` decoded into an exception class and, for the classes EL2
 //! acts on, a typed instruction-specific syndrome.
 
+use crate::addr::Ipa;
+
 /// `ESR_ELx.EC`: why an exception was taken. Only the classes pkvm-rs names; everything else
 /// decodes to [`Ec::Other`] with the raw value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -207,8 +209,8 @@ impl FaultClass {
 /// gives the page, `FAR_EL2` the offset inside it.
 #[must_use]
 #[inline]
-pub const fn fault_ipa(hpfar: u64, far: u64) -> u64 {
-    ((hpfar >> 4) << 12) | (far & 0xfff)
+pub const fn fault_ipa(hpfar: u64, far: u64) -> Ipa {
+    Ipa(((hpfar >> 4) << 12) | (far & 0xfff))
 }
 
 /// `DFSC` of a synchronous external abort not on a table walk: what EL2 injects.
@@ -369,11 +371,11 @@ mod tests {
     fn stage2_fault_ipa() {
         assert_eq!(
             fault_ipa(0x0008_0a00 << 4 >> 4 << 4, 0x1234_5678),
-            0x80a0_0678
+            Ipa(0x80a0_0678)
         );
         assert_eq!(
             fault_ipa(0x4_0000_0000 >> 8, 0xfff),
-            (0x4_0000_0000 >> 12 << 12) | 0xfff
+            Ipa((0x4_0000_0000 >> 12 << 12) | 0xfff)
         );
     }
 

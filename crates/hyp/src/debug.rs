@@ -3,6 +3,7 @@
 //! shares with EL2: never EL2's own memory, nor donated or guest pages.
 
 use pkvm_abi::Error;
+use pkvm_arch::addr::{Pfn, PhysAddr};
 
 use crate::hyp::Hyp;
 use crate::mem_protect::{MAX_HOST_PINS, busy_if, check_pages, is_shared_with_hyp, perm_unless};
@@ -15,7 +16,7 @@ impl<P: Platform> Hyp<'_, P> {
     /// # Errors
     /// `EINVAL`/`ERANGE` for a bad range; `EPERM` if any page is not shared with EL2; `EBUSY`
     /// if a host pin count would overflow ([`MAX_HOST_PINS`]).
-    pub fn pin_shared(&self, pfn: u64, nr: u64) -> Result<(), Error> {
+    pub fn pin_shared(&self, pfn: Pfn, nr: u64) -> Result<(), Error> {
         let pages = self.host_range(pfn, nr)?;
         let _locks = self.lock_host_hyp();
         check_pages(pages, |p| {
@@ -33,7 +34,7 @@ impl<P: Platform> Hyp<'_, P> {
     /// # Errors
     /// `EINVAL`/`ERANGE` for a bad range; `EPERM` if any page is not shared with EL2 or holds
     /// no host pin.
-    pub fn unpin_shared(&self, pfn: u64, nr: u64) -> Result<(), Error> {
+    pub fn unpin_shared(&self, pfn: Pfn, nr: u64) -> Result<(), Error> {
         let pages = self.host_range(pfn, nr)?;
         let _locks = self.lock_host_hyp();
         check_pages(pages, |p| {
@@ -52,11 +53,12 @@ impl<P: Platform> Hyp<'_, P> {
     ///
     /// # Errors
     /// `EINVAL` if `pa` is misaligned; `EPERM` unless its page is shared with EL2.
-    pub fn hyp_read(&self, pa: u64) -> Result<u64, Error> {
-        if !pa.is_multiple_of(8) {
+    pub fn hyp_read(&self, pa: PhysAddr) -> Result<u64, Error> {
+        if !pa.is_aligned(8) {
             return Err(Error::Inval);
         }
         let _hyp = self.hyp.lock();
+        let pa = pa.get();
         match self.vmemmap.page(pa) {
             Some(p) if self.map.is_memory(pa) && is_shared_with_hyp(p) => {
                 Ok(self.plat.read_u64(pa))

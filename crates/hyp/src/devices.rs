@@ -24,6 +24,8 @@ use core::sync::atomic::Ordering;
 
 use pkvm_abi::{Error, PAGE_SIZE};
 
+use pkvm_arch::addr::Ipa;
+
 use crate::hyp::Hyp;
 use crate::platform::Platform;
 use crate::vmemmap::PageState;
@@ -226,7 +228,8 @@ impl<P: Platform> Hyp<'_, P> {
     ///
     /// # Errors
     /// `EPERM` if `ipa` is not in an emulated range (the caller injects an abort).
-    pub fn host_mmio_access(&self, ipa: u64, acc: MmioAccess) -> Result<u64, Error> {
+    pub fn host_mmio_access(&self, ipa: Ipa, acc: MmioAccess) -> Result<u64, Error> {
+        let ipa = ipa.get();
         let Some(dev) = self.device_at(ipa).copied() else {
             return Err(Error::Perm);
         };

@@ -13,6 +13,8 @@ use pkvm_abi::{
     features, hvc_fid,
 };
 
+use pkvm_arch::addr::{Gfn, Pfn, PhysAddr};
+
 use crate::hyp::Hyp;
 use crate::platform::Platform;
 
@@ -61,13 +63,18 @@ impl<P: Platform> Hyp<'_, P> {
                 Ok(())
             }
             HostHcall::Finalize => self.finalise(),
-            HostHcall::HostShareHyp => self.host_share_hyp(x[1], x[2]),
-            HostHcall::HostUnshareHyp => self.host_unshare_hyp(x[1], x[2]),
-            HostHcall::HostDonateHyp => self.host_donate_hyp(x[1], x[2]),
-            HostHcall::VmInit => self.vm_init(x[1], x[2], x[3]).map(|h| x[2] = h),
-            HostHcall::VcpuInit => self.vcpu_init(x[1], x[2], x[3]),
-            HostHcall::HostShareGuest => self.host_share_guest(x[1], x[2], x[3], x[4], x[5]),
-            HostHcall::HostUnshareGuest => self.host_unshare_guest(x[1], x[2], x[3]),
+            // The registers get their types here, at the boundary.
+            HostHcall::HostShareHyp => self.host_share_hyp(Pfn(x[1]), x[2]),
+            HostHcall::HostUnshareHyp => self.host_unshare_hyp(Pfn(x[1]), x[2]),
+            HostHcall::HostDonateHyp => self.host_donate_hyp(Pfn(x[1]), x[2]),
+            HostHcall::VmInit => self
+                .vm_init(PhysAddr(x[1]), Pfn(x[2]), x[3])
+                .map(|h| x[2] = h),
+            HostHcall::VcpuInit => self.vcpu_init(x[1], PhysAddr(x[2]), PhysAddr(x[3])),
+            HostHcall::HostShareGuest => {
+                self.host_share_guest(x[1], Pfn(x[2]), Gfn(x[3]), x[4], x[5])
+            }
+            HostHcall::HostUnshareGuest => self.host_unshare_guest(x[1], Gfn(x[2]), x[3]),
             HostHcall::VcpuRun => self.vcpu_run(x[1]).map(|r| x[2] = r),
             HostHcall::VmTeardown => self.vm_teardown(x[1]),
             HostHcall::Stat => match Stat::from_u64(x[1]) {
@@ -81,10 +88,10 @@ impl<P: Platform> Hyp<'_, P> {
                 x[0] = SMCCC_NOT_SUPPORTED;
                 return;
             }
-            HostHcall::DebugHypDonateHost => self.hyp_donate_host(x[1], x[2]),
-            HostHcall::DebugPin => self.pin_shared(x[1], x[2]),
-            HostHcall::DebugUnpin => self.unpin_shared(x[1], x[2]),
-            HostHcall::DebugRead => self.hyp_read(x[1]).map(|v| x[2] = v),
+            HostHcall::DebugHypDonateHost => self.hyp_donate_host(Pfn(x[1]), x[2]),
+            HostHcall::DebugPin => self.pin_shared(Pfn(x[1]), x[2]),
+            HostHcall::DebugUnpin => self.unpin_shared(Pfn(x[1]), x[2]),
+            HostHcall::DebugRead => self.hyp_read(PhysAddr(x[1])).map(|v| x[2] = v),
         };
         x[0] = SMCCC_SUCCESS;
         x[1] = encode_result(r);

@@ -7,6 +7,7 @@
 use core::sync::atomic::Ordering;
 
 use pkvm_abi::{Error, PAGE_SHIFT, PAGE_SIZE};
+use pkvm_arch::addr::Ipa;
 pub use pkvm_arch::esr::FaultClass;
 use pkvm_pgtable::{Format, Leaf, MapFlags, Prot};
 
@@ -42,12 +43,12 @@ impl<'a, P: Platform> Hyp<'a, P> {
     /// A permission fault means the page is mapped and the access is not allowed (an
     /// instruction fetch from MMIO, which the host stage-2 maps execute-never): an abort, not
     /// a retry — retrying would loop forever.
-    pub fn handle_host_mem_abort(&self, ipa: u64, class: FaultClass) -> HostFault {
+    pub fn handle_host_mem_abort(&self, ipa: Ipa, class: FaultClass) -> HostFault {
         self.counters.host_faults.fetch_add(1, Ordering::Relaxed);
         let r = if class == FaultClass::Permission {
             HostFault::InjectAbort
         } else {
-            self.host_fault(ipa)
+            self.host_fault(ipa.get())
         };
         if r == HostFault::InjectAbort {
             self.counters

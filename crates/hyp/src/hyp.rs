@@ -10,6 +10,7 @@
 use core::sync::atomic::{AtomicBool, Ordering};
 
 use pkvm_abi::{Error, PAGE_SHIFT};
+use pkvm_arch::addr::Pfn;
 use pkvm_pgtable::Config;
 use spin::{Mutex, MutexGuard};
 
@@ -138,7 +139,8 @@ impl<'a, P: Platform> Hyp<'a, P> {
     /// not inside one memory region (MMIO, holes, straddling); `ERANGE` beyond the host's
     /// address space. Returns the vmemmap entries of the range.
     #[inline]
-    pub(crate) fn host_range(&self, pfn: u64, nr: u64) -> Result<&'a [HypPage], Error> {
+    pub(crate) fn host_range(&self, pfn: Pfn, nr: u64) -> Result<&'a [HypPage], Error> {
+        let pfn = pfn.get();
         if nr == 0 {
             return Err(Error::Inval);
         }

@@ -29,6 +29,8 @@
 use pkvm_abi::{Error, PAGE_SHIFT, PAGE_SIZE};
 use pkvm_pgtable::Prot;
 
+use pkvm_arch::addr::Pfn;
+
 use crate::hyp::Hyp;
 use crate::mm::{HostMmu, HypMmu};
 use crate::platform::Platform;
@@ -165,8 +167,8 @@ fn commit_runs(
 /// `[start, end)` of the pages `[pfn, pfn + nr)` (a range [`Hyp::host_range`] accepted, so
 /// nothing overflows).
 #[inline]
-const fn byte_range(pfn: u64, nr: u64) -> (u64, u64) {
-    (pfn << PAGE_SHIFT, (pfn + nr) << PAGE_SHIFT)
+const fn byte_range(pfn: Pfn, nr: u64) -> (u64, u64) {
+    (pfn.get() << PAGE_SHIFT, (pfn.get() + nr) << PAGE_SHIFT)
 }
 
 impl<'a, P: Platform> Hyp<'a, P> {
@@ -178,7 +180,7 @@ impl<'a, P: Platform> Hyp<'a, P> {
     /// # Errors
     /// `EINVAL`/`ERANGE` for a bad range; `EPERM` if any page is in another state; `EBUSY` if a
     /// share count would overflow; `ENOMEM` if EL2 has no table memory for the new mappings.
-    pub fn host_share_hyp(&self, pfn: u64, nr: u64) -> Result<(), Error> {
+    pub fn host_share_hyp(&self, pfn: Pfn, nr: u64) -> Result<(), Error> {
         let pages = self.host_range(pfn, nr)?;
         let (_host, mut hyp) = self.lock_host_hyp();
 
@@ -229,7 +231,7 @@ impl<'a, P: Platform> Hyp<'a, P> {
     /// # Errors
     /// `EINVAL`/`ERANGE` for a bad range; `EPERM` if any page is not shared with EL2 (both
     /// sides are checked); `EBUSY` if any page is pinned.
-    pub fn host_unshare_hyp(&self, pfn: u64, nr: u64) -> Result<(), Error> {
+    pub fn host_unshare_hyp(&self, pfn: Pfn, nr: u64) -> Result<(), Error> {
         let pages = self.host_range(pfn, nr)?;
         let (_host, mut hyp) = self.lock_host_hyp();
 
@@ -269,7 +271,7 @@ impl<'a, P: Platform> Hyp<'a, P> {
         &self,
         host: &mut HostMmu<'a, P>,
         hyp: &mut HypMmu<'a, P>,
-        pfn: u64,
+        pfn: Pfn,
         nr: u64,
         usage: HypUse,
     ) -> Result<(), Error> {
@@ -296,7 +298,7 @@ impl<'a, P: Platform> Hyp<'a, P> {
         &self,
         host: &mut HostMmu<'a, P>,
         hyp: &mut HypMmu<'a, P>,
-        pfn: u64,
+        pfn: Pfn,
         nr: u64,
     ) -> Result<(), Error> {
         let pages = self.host_range(pfn, nr)?;
@@ -317,7 +319,7 @@ impl<'a, P: Platform> Hyp<'a, P> {
     /// # Errors
     /// `EINVAL`/`ERANGE` for a bad range; `EPERM` unless every page is (OWNED, NOPAGE),
     /// unshared and unpinned; `ENOMEM` if either side has no table memory for the change.
-    pub fn host_donate_hyp(&self, pfn: u64, nr: u64) -> Result<(), Error> {
+    pub fn host_donate_hyp(&self, pfn: Pfn, nr: u64) -> Result<(), Error> {
         let (mut host, mut hyp) = self.lock_host_hyp();
         self.donate_locked(&mut host, &mut hyp, pfn, nr, HypUse::Idle)
     }
@@ -329,7 +331,7 @@ impl<'a, P: Platform> Hyp<'a, P> {
     /// # Errors
     /// `EINVAL`/`ERANGE` for a bad range; `EPERM` unless every page is (NOPAGE, OWNED) and
     /// idle.
-    pub fn hyp_donate_host(&self, pfn: u64, nr: u64) -> Result<(), Error> {
+    pub fn hyp_donate_host(&self, pfn: Pfn, nr: u64) -> Result<(), Error> {
         let pages = self.host_range(pfn, nr)?;
         let (start, end) = byte_range(pfn, nr);
         perm_unless(!self.hyp_ranges().iter().any(|&(s, e)| start < e && s < end))?;
@@ -344,7 +346,7 @@ impl<'a, P: Platform> Hyp<'a, P> {
     /// # Errors
     /// Range errors; `EPERM` if any page is not shared with EL2; `EBUSY` if a count would
     /// overflow.
-    pub(crate) fn hyp_pin_locked(&self, pfn: u64, nr: u64) -> Result<(), Error> {
+    pub(crate) fn hyp_pin_locked(&self, pfn: Pfn, nr: u64) -> Result<(), Error> {
         let pages = self.host_range(pfn, nr)?;
         check_pages(pages, |p| {
             perm_unless(is_shared_with_hyp(p))?;
@@ -357,7 +359,7 @@ impl<'a, P: Platform> Hyp<'a, P> {
     }
 
     /// Drops one of EL2's own pins of `[pfn, pfn + nr)`, both locks held.
-    pub(crate) fn hyp_unpin_locked(&self, (pfn, nr): (u64, u64)) {
+    pub(crate) fn hyp_unpin_locked(&self, (pfn, nr): (Pfn, u64)) {
         if let Ok(pages) = self.host_range(pfn, nr) {
             for p in pages {
                 p.set_refcount(p.refcount().saturating_sub(1));

@@ -45,7 +45,7 @@ fn host_fault(c: &mut Criterion) {
                 for _ in 0..iters {
                     let start = Instant::now();
                     let r = m.hyp.handle_host_mem_abort(
-                        0x0900_0000,
+                        pkvm_arch::addr::Ipa(0x0900_0000),
                         pkvm_hyp::host_fault::FaultClass::Translation,
                     );
                     t += start.elapsed();

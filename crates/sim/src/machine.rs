@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 
 use pkvm_abi::{Error, HostHcall, PAGE_SHIFT, PAGE_SIZE, hvc_fid};
+use pkvm_arch::addr::Ipa;
 use pkvm_client::{Client, HcallError, Transport, VmHandle};
 use pkvm_hyp::devices::{DeviceKind, DeviceRange, MmioAccess};
 use pkvm_hyp::host_fault::{FaultClass, HostFault};
@@ -260,7 +261,10 @@ impl Machine<'_> {
                     }
                     return Outcome::Access;
                 }
-                _ => match self.hyp.handle_host_mem_abort(pa, FaultClass::Translation) {
+                _ => match self
+                    .hyp
+                    .handle_host_mem_abort(Ipa(pa), FaultClass::Translation)
+                {
                     HostFault::Mapped => {}
                     HostFault::InjectAbort => return Outcome::Abort,
                     HostFault::Emulate => {
@@ -269,7 +273,7 @@ impl Machine<'_> {
                             size: 4,
                             value: 0,
                         };
-                        return match self.hyp.host_mmio_access(pa & !3, acc) {
+                        return match self.hyp.host_mmio_access(Ipa(pa & !3), acc) {
                             Ok(_) => Outcome::Access,
                             Err(_) => Outcome::Abort,
                         };

@@ -8,6 +8,7 @@
 //! by the `hostile` and `guests` QEMU scenarios; see docs/SECURITY.md for the full map.
 
 use pkvm_abi::{Error, HostHcall, PAGE_SHIFT, PAGE_SIZE};
+use pkvm_arch::addr::Ipa;
 use pkvm_hyp::platform::{PhysMem, Platform};
 use pkvm_sim::scenarios::checked;
 use pkvm_sim::{Machine, SimConfig, with_machine};
@@ -311,12 +312,14 @@ fn escape3_lpis_stay_off_and_lpi_tables_stay_in_host_ram() {
         );
         let access = |off: u64, write: bool, size: u8, value: u64| {
             assert_eq!(
-                m.hyp
-                    .handle_host_mem_abort(rd + off, pkvm_hyp::host_fault::FaultClass::Translation),
+                m.hyp.handle_host_mem_abort(
+                    Ipa(rd + off),
+                    pkvm_hyp::host_fault::FaultClass::Translation
+                ),
                 HostFault::Emulate
             );
             m.hyp
-                .host_mmio_access(rd + off, MmioAccess { write, size, value })
+                .host_mmio_access(Ipa(rd + off), MmioAccess { write, size, value })
                 .unwrap()
         };
         let typer = access(gicr::TYPER, false, 8, 0);
@@ -388,13 +391,15 @@ fn permission_fault_on_a_mapped_page_is_an_abort_not_a_retry() {
         assert_eq!(m.host_access(mmio, false), Outcome::Access, "mapped now");
         let aborts = m.hyp.stat(Stat::InjectedAborts);
         assert_eq!(
-            m.hyp.handle_host_mem_abort(mmio, FaultClass::Permission),
+            m.hyp
+                .handle_host_mem_abort(Ipa(mmio), FaultClass::Permission),
             HostFault::InjectAbort
         );
         assert_eq!(m.hyp.stat(Stat::InjectedAborts), aborts + 1);
         // A translation fault on a mapped page is still the benign race.
         assert_eq!(
-            m.hyp.handle_host_mem_abort(mmio, FaultClass::Translation),
+            m.hyp
+                .handle_host_mem_abort(Ipa(mmio), FaultClass::Translation),
             HostFault::Mapped
         );
         m.check_invariants().unwrap();

@@ -29,6 +29,7 @@ mod share;
 
 use pkvm_abi::guest::{self as g, MAX_VMS, PSTATE_ALLOWED, PSTATE_MODES, VmDesc};
 use pkvm_abi::{Error, PAGE_SHIFT, PAGE_SIZE};
+use pkvm_arch::addr::{Gfn, Pfn, PhysAddr};
 use pkvm_arch::regs::Vttbr;
 use pkvm_pgtable::{Config, MmOps, PageTable, Prot, VisitKind, WalkFlags, desc};
 
@@ -57,10 +58,10 @@ struct PendingMmio {
 
 #[derive(Debug)]
 struct Vcpu {
-    state_pa: u64,
-    fp_pa: u64,
+    state_pa: PhysAddr,
+    fp_pa: PhysAddr,
     /// Pinned pages of the state and FP structures.
-    pins: [(u64, u64); 2],
+    pins: [(Pfn, u64); 2],
     pending_mmio: Option<PendingMmio>,
     running: bool,
 }
@@ -69,8 +70,8 @@ struct Vm<'a, P: Platform> {
     handle: u64,
     vmid: u16,
     ipa_bits: u32,
-    desc_pin: (u64, u64),
-    memcache: (u64, u64),
+    desc_pin: (Pfn, u64),
+    memcache: (Pfn, u64),
     pgt: PageTable,
     pool: HypPool<'a, P>,
     vcpu: Option<Vcpu>,
@@ -84,12 +85,12 @@ impl<P: Platform> Vm<'_, P> {
     ///
     /// # Errors
     /// `ERANGE` if the range leaves the guest's IPA space.
-    fn ipa_range(&self, gfn: u64, nr: u64) -> Result<(u64, u64), Error> {
+    fn ipa_range(&self, gfn: Gfn, nr: u64) -> Result<(u64, u64), Error> {
         let end_gfn = gfn.checked_add(nr).ok_or(Error::Range)?;
-        if end_gfn > 1u64 << (self.ipa_bits - PAGE_SHIFT) {
+        if end_gfn.get() > 1u64 << (self.ipa_bits - PAGE_SHIFT) {
             return Err(Error::Range);
         }
-        Ok((gfn << PAGE_SHIFT, nr << PAGE_SHIFT))
+        Ok((gfn.ipa().get(), nr << PAGE_SHIFT))
     }
 
     /// The guest's `VTTBR_EL2` value: its stage-2 root under its VMID.
@@ -150,10 +151,10 @@ fn end_guest_share(p: &HypPage) {
 }
 
 /// The pfn range covering `[pa, pa + len)`.
-fn pfns_of(pa: u64, len: u64) -> Result<(u64, u64), Error> {
-    let end = pa.checked_add(len).ok_or(Error::Inval)?;
-    let first = pa >> PAGE_SHIFT;
-    Ok((first, ((end - 1) >> PAGE_SHIFT) - first + 1))
+fn pfns_of(pa: PhysAddr, len: u64) -> Result<(Pfn, u64), Error> {
+    let end = pa.get().checked_add(len).ok_or(Error::Inval)?;
+    let first = pa.pfn();
+    Ok((first, ((end - 1) >> PAGE_SHIFT) - first.get() + 1))
 }
 
 fn prot_from_abi(prot: u64) -> Result<Prot, Error> {
@@ -189,11 +190,11 @@ impl<'a, P: Platform> Hyp<'a, P> {
         &self,
         host: &mut HostMmu<'a, P>,
         hyp: &mut HypMmu<'a, P>,
-        (pfn, nr): (u64, u64),
+        (pfn, nr): (Pfn, u64),
         was_pool: bool,
     ) -> Result<(), Error> {
         let pages = self.host_range(pfn, nr)?;
-        let (start, size) = (pfn << PAGE_SHIFT, nr << PAGE_SHIFT);
+        let (start, size) = (pfn.addr().get(), nr << PAGE_SHIFT);
         if was_pool {
             for (i, p) in pages.iter().enumerate() {
                 let pa = start + i as u64 * PAGE_SIZE;
@@ -214,8 +215,8 @@ impl<'a, P: Platform> Hyp<'a, P> {
     /// `EINVAL` for a misaligned descriptor, a bad `ipa_bits`/`nr_vcpus` or memcache size;
     /// `EPERM` if the descriptor is not shared with EL2 or the memcache pages are not the
     /// host's alone; `ENOMEM` if every VM slot is in use; range errors as for sharing.
-    pub fn vm_init(&self, desc_pa: u64, mc_pfn: u64, mc_nr: u64) -> Result<u64, Error> {
-        if !desc_pa.is_multiple_of(8) || !(MEMCACHE_MIN..=MEMCACHE_MAX).contains(&mc_nr) {
+    pub fn vm_init(&self, desc_pa: PhysAddr, mc_pfn: Pfn, mc_nr: u64) -> Result<u64, Error> {
+        if !desc_pa.is_aligned(8) || !(MEMCACHE_MIN..=MEMCACHE_MAX).contains(&mc_nr) {
             return Err(Error::Inval);
         }
         let desc_pin = pfns_of(desc_pa, size_of::<VmDesc>() as u64)?;
@@ -228,7 +229,7 @@ impl<'a, P: Platform> Hyp<'a, P> {
             .ok_or(Error::NoMem)?;
         self.hyp_pin_locked(desc_pin.0, desc_pin.1)?;
         // Pinned: read the descriptor once.
-        let desc: VmDesc = self.plat.read_obj(desc_pa);
+        let desc: VmDesc = self.plat.read_obj(desc_pa.get());
         let ipa_bits = desc.ipa_bits;
         if !(g::MIN_IPA_BITS..=g::MAX_IPA_BITS.min(u64::from(self.pa_bits))).contains(&ipa_bits)
             || desc.nr_vcpus != 1
@@ -247,21 +248,22 @@ impl<'a, P: Platform> Hyp<'a, P> {
         let handle = (generation << 8) | (slot as u64 + 1);
         // Built in place in its slot (the VM is a few hundred bytes: no moves through the
         // stack), the root table taken from the new pool afterwards.
-        let built = HypPool::new(&self.vmemmap, self.plat, mc_pfn, mc_nr, 0).and_then(|pool| {
-            let vm = vms.slots[slot].insert(Vm {
-                handle: 0,
-                vmid,
-                ipa_bits: ipa_bits as u32,
-                desc_pin,
-                memcache: (mc_pfn, mc_nr),
-                pgt: PageTable::from_root(0, cfg).map_err(pt_err)?,
-                pool,
-                vcpu: None,
-                shared_span: (u64::MAX, 0),
+        let built =
+            HypPool::new(&self.vmemmap, self.plat, mc_pfn.get(), mc_nr, 0).and_then(|pool| {
+                let vm = vms.slots[slot].insert(Vm {
+                    handle: 0,
+                    vmid,
+                    ipa_bits: ipa_bits as u32,
+                    desc_pin,
+                    memcache: (mc_pfn, mc_nr),
+                    pgt: PageTable::from_root(0, cfg).map_err(pt_err)?,
+                    pool,
+                    vcpu: None,
+                    shared_span: (u64::MAX, 0),
+                });
+                vm.pgt = PageTable::new(&mut vm.pool, cfg).map_err(pt_err)?;
+                Ok(vm)
             });
-            vm.pgt = PageTable::new(&mut vm.pool, cfg).map_err(pt_err)?;
-            Ok(vm)
-        });
         let vm = match built {
             Ok(vm) => vm,
             Err(e) => {
@@ -280,8 +282,8 @@ impl<'a, P: Platform> Hyp<'a, P> {
     /// # Errors
     /// `ENOENT` for an unknown handle; `EBUSY` if the VM has its vCPU already; `EINVAL` for
     /// misaligned structures; `EPERM` if they are not shared with EL2.
-    pub fn vcpu_init(&self, handle: u64, state_pa: u64, fp_pa: u64) -> Result<(), Error> {
-        if !state_pa.is_multiple_of(8) || !fp_pa.is_multiple_of(16) {
+    pub fn vcpu_init(&self, handle: u64, state_pa: PhysAddr, fp_pa: PhysAddr) -> Result<(), Error> {
+        if !state_pa.is_aligned(8) || !fp_pa.is_aligned(16) {
             return Err(Error::Inval);
         }
         let sp = pfns_of(state_pa, size_of::<g::VcpuState>() as u64)?;

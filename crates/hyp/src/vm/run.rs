@@ -92,7 +92,7 @@ impl<P: Platform> Hyp<'_, P> {
             if vcpu.running {
                 return Err(Error::Busy);
             }
-            let st = self.shared_vcpu(vcpu.state_pa);
+            let st = self.shared_vcpu(vcpu.state_pa.get());
             // Read once, validate the private copies.
             let pstate = st.pstate();
             let mut pc = st.pc();
@@ -106,7 +106,7 @@ impl<P: Platform> Hyp<'_, P> {
             vcpu.running = true;
             GuestEntry {
                 vcpu_pa: st.pa,
-                fp_pa: vcpu.fp_pa,
+                fp_pa: vcpu.fp_pa.get(),
                 pc,
                 pstate,
                 vttbr,
@@ -171,14 +171,14 @@ impl<P: Platform> Hyp<'_, P> {
                     && esr.fault_class() == FaultClass::Translation =>
             {
                 // Translation fault with a valid syndrome: MMIO.
-                out.ipa = fault_ipa(ex.hpfar, ex.far);
+                out.ipa = fault_ipa(ex.hpfar, ex.far).get();
                 pending = Some(Self::mmio_exit(st, esr, &mut out));
                 exit::MMIO
             }
             _ => {
                 // `HPFAR_EL2` is meaningful for stage-2 aborts only; 0 otherwise.
                 if matches!(esr.ec(), Ec::IabtLow | Ec::DabtLow) {
-                    out.ipa = fault_ipa(ex.hpfar, ex.far);
+                    out.ipa = fault_ipa(ex.hpfar, ex.far).get();
                 }
                 exit::FAULT
             }

@@ -1,6 +1,7 @@
 //! Host pages shared into a guest (`host_share_guest`) and back (`host_unshare_guest`).
 
 use pkvm_abi::{Error, PAGE_SHIFT};
+use pkvm_arch::addr::{Gfn, Pfn};
 use pkvm_pgtable::{Leaf, MapFlags, desc};
 
 use super::{GUEST_SHARED_BORROWED, end_guest_share, prot_from_abi};
@@ -20,8 +21,8 @@ impl<P: Platform> Hyp<'_, P> {
     pub fn host_share_guest(
         &self,
         handle: u64,
-        pfn: u64,
-        gfn: u64,
+        pfn: Pfn,
+        gfn: Gfn,
         nr: u64,
         prot: u64,
     ) -> Result<(), Error> {
@@ -54,7 +55,7 @@ impl<P: Platform> Hyp<'_, P> {
                     },
                     ipa,
                     size,
-                    pfn << PAGE_SHIFT,
+                    pfn.addr().get(),
                     prot,
                     MapFlags::FORCE_PAGES,
                 )
@@ -74,7 +75,7 @@ impl<P: Platform> Hyp<'_, P> {
     /// # Errors
     /// `ENOENT` unknown handle; `EINVAL` zero pages; `ERANGE` outside the guest IPA space;
     /// `EPERM` unless every gfn maps a page the host shared (both sides checked).
-    pub fn host_unshare_guest(&self, handle: u64, gfn: u64, nr: u64) -> Result<(), Error> {
+    pub fn host_unshare_guest(&self, handle: u64, gfn: Gfn, nr: u64) -> Result<(), Error> {
         if nr == 0 {
             return Err(Error::Inval);
         }
