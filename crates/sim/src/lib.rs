@@ -4,9 +4,11 @@
 //! - [`mem`]: simulated RAM;
 //! - [`mmu`]: an independent descriptor walker and a TLB model;
 //! - [`platform`]: the [`pkvm_hyp::platform::Platform`] implementation recording barriers and TLBIs;
-//! - [`machine`]: boot, host hypercalls and accesses, the abstraction function and invariants;
+//! - [`machine`]: boot, host hypercalls and accesses;
+//! - [`checks`]: the abstraction function and the invariants;
 //! - [`scenarios`]: named scenarios shared by the CLI and the tests.
 
+pub mod checks;
 pub mod machine;
 pub mod mem;
 pub mod mmu;
