@@ -156,8 +156,8 @@ pub struct VcpuExit {
     pub esr: u64,
     /// `FAR_EL2` of the exit.
     pub far: u64,
-    /// Faulting IPA (from `HPFAR_EL2` and `FAR_EL2`) for MMIO exits and stage-2 aborts; 0 for
-    /// every other exit.
+    /// Faulting IPA (from `HPFAR_EL2` and `FAR_EL2`) for MMIO exits and stage-2 aborts whose
+    /// class reports it (translation, access flag, permission); 0 for every other exit.
     pub ipa: u64,
     /// MMIO access size in bytes (1, 2, 4, 8).
     pub mmio_size: u64,

@@ -91,8 +91,8 @@ impl<'a, P: Platform> Hyp<'a, P> {
                 owner: EMULATED_MMIO_OWNER_ID,
                 ..
             } => return Ok(HostFault::Emulate),
-            // Owned by someone else.
-            Leaf::Annotated { .. } => return Ok(HostFault::InjectAbort),
+            // Owned by someone else; or an entry EL2 never writes: refused, never mapped over.
+            Leaf::Annotated { .. } | Leaf::Unknown { .. } => return Ok(HostFault::InjectAbort),
             Leaf::Empty { level } => level,
         };
         let (lo, hi, prot) = match self.map.find_region(ipa) {

@@ -30,10 +30,18 @@ pub enum Leaf {
         /// Level of the table holding it (0..=3).
         level: u8,
     },
-    /// Nothing maps the address: the zero entry, or any other invalid entry without an owner
-    /// annotation (for the EL2 stage-1, which has no annotations, every invalid entry).
+    /// Nothing maps the address: the zero entry.
     Empty {
         /// Level of the table holding the entry (0..=3).
+        level: u8,
+    },
+    /// A non-zero invalid entry that is no annotation this crate writes (an invalid stage-1
+    /// entry with bits set, a stage-2 one with software bits or an owner of 0). Nothing this
+    /// crate does leaves one; callers treat it as taken (fail closed), never as empty.
+    Unknown {
+        /// The descriptor.
+        pte: u64,
+        /// Level of the table holding it (0..=3).
         level: u8,
     },
 }
@@ -47,13 +55,17 @@ impl Leaf {
         if is_valid(pte) {
             return Leaf::Valid { pte, level };
         }
+        if pte == 0 {
+            return Leaf::Empty { level };
+        }
         if format.is_stage2()
             && let Some(owner) = pte_owner(pte)
             && owner != 0
+            && pte == desc::owner_pte(owner)
         {
             return Leaf::Annotated { owner, level };
         }
-        Leaf::Empty { level }
+        Leaf::Unknown { pte, level }
     }
 
     /// Level of the table holding the entry.
@@ -61,9 +73,10 @@ impl Leaf {
     #[must_use]
     pub const fn level(self) -> u8 {
         match self {
-            Leaf::Valid { level, .. } | Leaf::Annotated { level, .. } | Leaf::Empty { level } => {
-                level
-            }
+            Leaf::Valid { level, .. }
+            | Leaf::Annotated { level, .. }
+            | Leaf::Empty { level }
+            | Leaf::Unknown { level, .. } => level,
         }
     }
 

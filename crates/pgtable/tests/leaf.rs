@@ -164,7 +164,8 @@ fn stage1_has_no_annotations() {
     };
     assert_eq!(output_address(pte), 0x4000_1000);
     assert_eq!(pt.format().pte_prot(pte), Prot::RW | Prot::SW1);
-    // An invalid stage-1 entry with bits in the annotation field is still nothing.
+    // An invalid stage-1 entry with bits in the annotation field is no annotation (stage-1
+    // has none), and not empty either: unknown, which callers refuse.
     pt.walk_mut(&mut mm, 0x40_0000_2000, K4, WalkFlags::LEAF, |mm, v| {
         mm.write_pte(v.ptep, desc::owner_pte(5));
         Ok::<(), Error>(())
@@ -172,21 +173,31 @@ fn stage1_has_no_annotations() {
     .unwrap();
     assert_eq!(
         check_agrees(&pt, &mm, 0x40_0000_2000),
-        Leaf::Empty { level: 3 }
+        Leaf::Unknown {
+            pte: desc::owner_pte(5),
+            level: 3
+        }
     );
     assert_eq!(
         Leaf::decode(Format::Stage1El2, desc::owner_pte(5), 3),
-        Leaf::Empty { level: 3 }
+        Leaf::Unknown {
+            pte: desc::owner_pte(5),
+            level: 3
+        }
     );
     assert_eq!(
         Leaf::decode(Format::Stage2 { vmid: 0 }, desc::owner_pte(5), 3),
         Leaf::Annotated { owner: 5, level: 3 }
     );
-    // Software bits on an invalid entry are not an annotation either.
-    assert_eq!(
-        Leaf::decode(Format::Stage2 { vmid: 0 }, 1 << 55, 2),
-        Leaf::Empty { level: 2 }
-    );
+    // Anything else non-zero and invalid is no annotation, and not empty either (fail
+    // closed): software bits, a stray type bit, an owner of 0, an annotation with extra bits.
+    for pte in [1 << 55, 0x2, 0x400, desc::owner_pte(5) | 1 << 55] {
+        assert_eq!(
+            Leaf::decode(Format::Stage2 { vmid: 0 }, pte, 2),
+            Leaf::Unknown { pte, level: 2 },
+            "{pte:#x}"
+        );
+    }
 }
 
 #[derive(Clone, Debug)]

@@ -164,6 +164,28 @@ fn mmio_esr(d: DataAbort) -> u64 {
     Esr::new(Ec::DabtLow, true, d.iss()).0
 }
 
+impl SimPlatform {
+    /// `tlbi ipas2e1is` (+ `vmalle1is`) under `vmid`.
+    fn s2_tlbi_ipa(&self, vmid: u16, ipa: u64, level: u8) {
+        self.counts.tlbi.fetch_add(1, Ordering::Relaxed);
+        self.record(ArchEvent::TlbiS2Ipa { vmid, ipa, level });
+        self.tlb
+            .lock()
+            .unwrap()
+            .invalidate_addr(Regime::Stage2(vmid), ipa);
+    }
+
+    /// `tlbi vmalls12e1is` under `vmid`.
+    fn s2_tlbi_vmid(&self, vmid: u16) {
+        self.counts.tlbi.fetch_add(1, Ordering::Relaxed);
+        self.record(ArchEvent::TlbiVmid(vmid));
+        self.tlb
+            .lock()
+            .unwrap()
+            .invalidate_regime(Regime::Stage2(vmid));
+    }
+}
+
 impl GuestRunner for SimPlatform {
     fn run_guest(&self, e: &GuestEntry) -> GuestExit {
         use pkvm_abi::guest::vcpu_off;
@@ -281,11 +303,11 @@ impl PhysMem for SimPlatform {
 
 impl Platform for SimPlatform {
     fn tlbi_guest_s2_ipa(&self, vttbr: Vttbr, ipa: u64, level: u8) {
-        self.tlbi_s2_ipa(vttbr.vmid(), ipa, level);
+        self.s2_tlbi_ipa(vttbr.vmid(), ipa, level);
     }
 
     fn tlbi_guest_vmid(&self, vttbr: Vttbr) {
-        self.tlbi_vmid(vttbr.vmid());
+        self.s2_tlbi_vmid(vttbr.vmid());
     }
 
     fn mmio_read(&self, pa: u64, size: u8) -> u64 {
@@ -336,22 +358,17 @@ impl ArchOps for SimPlatform {
         self.tlb.lock().unwrap().invalidate_addr(Regime::El2, va);
     }
 
+    // As at EL2, the platform's own stage-2 TLBIs act on the VMID loaded in `VTTBR_EL2`,
+    // which is the host's whenever EL2 runs for the host: a guest table handed the platform
+    // instead of its `GuestArch` would invalidate the wrong VMID on hardware, so it fails here.
     fn tlbi_s2_ipa(&self, vmid: u16, ipa: u64, level: u8) {
-        self.counts.tlbi.fetch_add(1, Ordering::Relaxed);
-        self.record(ArchEvent::TlbiS2Ipa { vmid, ipa, level });
-        self.tlb
-            .lock()
-            .unwrap()
-            .invalidate_addr(Regime::Stage2(vmid), ipa);
+        assert_eq!(vmid, 0, "stage-2 TLBI for VMID {vmid} without its VTTBR loaded");
+        self.s2_tlbi_ipa(0, ipa, level);
     }
 
     fn tlbi_vmid(&self, vmid: u16) {
-        self.counts.tlbi.fetch_add(1, Ordering::Relaxed);
-        self.record(ArchEvent::TlbiVmid(vmid));
-        self.tlb
-            .lock()
-            .unwrap()
-            .invalidate_regime(Regime::Stage2(vmid));
+        assert_eq!(vmid, 0, "stage-2 TLBI for VMID {vmid} without its VTTBR loaded");
+        self.s2_tlbi_vmid(0);
     }
 
     fn tlbi_el2_all(&self) {

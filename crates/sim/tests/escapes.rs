@@ -405,3 +405,50 @@ fn permission_fault_on_a_mapped_page_is_an_abort_not_a_retry() {
         m.check_invariants().unwrap();
     });
 }
+
+/// The L3 descriptor address of `ipa` in the host stage-2 (read with the simulator's own view
+/// of memory, not through the hypervisor's walker).
+fn host_l3_ptep(m: &Machine<'_>, ipa: u64) -> u64 {
+    let mut table = m.hyp.host_pgd();
+    let mut level = m.hyp.host_s2_config().start_level();
+    loop {
+        let ptep = table + ((ipa >> (12 + 9 * (3 - u32::from(level)))) & 511) * 8;
+        if level == 3 {
+            return ptep;
+        }
+        let pte = m.plat.read_u64(ptep);
+        assert_eq!(pte & 3, 3, "no table at level {level}");
+        table = pte & 0x0000_ffff_ffff_f000;
+        level += 1;
+    }
+}
+
+/// The host fault path fails closed: a non-zero invalid host stage-2 entry that is not an
+/// annotation EL2 writes (here: a hidden device's annotation that lost its owner bits) is
+/// refused, never mapped over. (Found by review of the `Leaf` lookup: it once decoded such an
+/// entry as empty.)
+#[test]
+fn an_unknown_invalid_entry_is_refused_not_mapped_over() {
+    use pkvm_hyp::host_fault::{FaultClass, HostFault};
+    with_machine(&SimConfig::small(), |m| {
+        let its = pkvm_sim::machine::VIRT_ITS.0;
+        assert_eq!(
+            m.hyp
+                .handle_host_mem_abort(Ipa(its), FaultClass::Translation),
+            HostFault::InjectAbort,
+            "the ITS is hidden"
+        );
+        let ptep = host_l3_ptep(m, its);
+        assert_ne!(m.plat.read_u64(ptep), 0, "annotated");
+        for stray in [0x2, 0x400, 1 << 55] {
+            m.plat.write_u64(ptep, stray);
+            assert_eq!(
+                m.hyp
+                    .handle_host_mem_abort(Ipa(its), FaultClass::Translation),
+                HostFault::InjectAbort,
+                "{stray:#x} over the ITS was mapped for the host"
+            );
+            assert_eq!(m.plat.read_u64(ptep), stray, "nothing written");
+        }
+    });
+}

@@ -405,6 +405,11 @@ fn bad_inputs() {
         assert_eq!(m.plat.read_u64(vcpu + vcpu_off::PC as u64), pc + 4);
         m.plat.guest_script.lock().unwrap().extend([
             SimGuestAction::Sync(Esr::new(Ec::Sysreg64, true, 0).0),
+            // Translation fault, level 3, no valid syndrome: not MMIO, a fault with its IPA.
+            SimGuestAction::Sync(Esr::new(Ec::DabtLow, false, 0x07).0),
+            // Instruction abort, permission fault: its IPA too.
+            SimGuestAction::Sync(Esr::new(Ec::IabtLow, false, 0x0f).0),
+            // Synchronous external abort: HPFAR_EL2 is UNKNOWN, no IPA.
             SimGuestAction::Sync(Esr::new(Ec::DabtLow, false, 0x10).0),
         ]);
         assert!(
@@ -412,10 +417,17 @@ fn bad_inputs() {
                 if Esr(esr).ec() == Ec::Sysreg64),
             "no IPA for a trapped instruction"
         );
+        for ec in [Ec::DabtLow, Ec::IabtLow] {
+            assert!(
+                matches!(run_exit(m, a, vcpu), Ok(Exit::Fault { esr, ipa: 0x1234_5678, .. })
+                    if Esr(esr).ec() == ec),
+                "the IPA of a stage-2 translation or permission fault"
+            );
+        }
         assert!(
-            matches!(run_exit(m, a, vcpu), Ok(Exit::Fault { esr, ipa: 0x1234_5678, .. })
+            matches!(run_exit(m, a, vcpu), Ok(Exit::Fault { esr, ipa: 0, .. })
                 if Esr(esr).ec() == Ec::DabtLow),
-            "the IPA of a stage-2 abort"
+            "no IPA for an external abort (HPFAR_EL2 is UNKNOWN then)"
         );
         assert_eq!(run(m, a), Ok(exit::SYSTEM_EVENT));
         destroy(m, a, &[desc, vcpu, fp]);

@@ -176,8 +176,10 @@ impl<P: Platform> Hyp<'_, P> {
                 exit::MMIO
             }
             _ => {
-                // `HPFAR_EL2` is meaningful for stage-2 aborts only; 0 otherwise.
-                if matches!(esr.ec(), Ec::IabtLow | Ec::DabtLow) {
+                // `HPFAR_EL2` holds the IPA only for a stage-2 translation, access-flag or
+                // permission fault; it is UNKNOWN otherwise (an external abort, say): 0 then.
+                if matches!(esr.ec(), Ec::IabtLow | Ec::DabtLow) && esr.fault_class().hpfar_valid()
+                {
                     out.ipa = fault_ipa(ex.hpfar, ex.far).get();
                 }
                 exit::FAULT
