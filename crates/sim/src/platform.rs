@@ -362,12 +362,18 @@ impl ArchOps for SimPlatform {
     // which is the host's whenever EL2 runs for the host: a guest table handed the platform
     // instead of its `GuestArch` would invalidate the wrong VMID on hardware, so it fails here.
     fn tlbi_s2_ipa(&self, vmid: u16, ipa: u64, level: u8) {
-        assert_eq!(vmid, 0, "stage-2 TLBI for VMID {vmid} without its VTTBR loaded");
+        assert_eq!(
+            vmid, 0,
+            "stage-2 TLBI for VMID {vmid} without its VTTBR loaded"
+        );
         self.s2_tlbi_ipa(0, ipa, level);
     }
 
     fn tlbi_vmid(&self, vmid: u16) {
-        assert_eq!(vmid, 0, "stage-2 TLBI for VMID {vmid} without its VTTBR loaded");
+        assert_eq!(
+            vmid, 0,
+            "stage-2 TLBI for VMID {vmid} without its VTTBR loaded"
+        );
         self.s2_tlbi_vmid(0);
     }
 
