@@ -44,9 +44,22 @@ pub const HYP_OWNER_ID: u8 = 1;
 pub const EMULATED_MMIO_OWNER_ID: u8 = 2;
 
 /// Largest share count, and largest count of EL2's own pins; one more is refused with `EBUSY`.
-pub const MAX_COUNT: u16 = u16::MAX;
-/// Largest count of host (debug) pins of a page; one more is refused with `EBUSY`.
-pub const MAX_HOST_PINS: u8 = u8::MAX;
+/// (8 with the `small-counts` feature, for the simulator.)
+pub const MAX_COUNT: u16 = if cfg!(feature = "small-counts") {
+    8
+} else {
+    u16::MAX
+};
+/// Largest count of host (debug) pins of a page; one more is refused with `EBUSY`. (4 with
+/// the `small-counts` feature.)
+pub const MAX_HOST_PINS: u8 = if cfg!(feature = "small-counts") {
+    4
+} else {
+    u8::MAX
+};
+
+#[cfg(all(feature = "small-counts", target_os = "none"))]
+compile_error!("`small-counts` is for the simulator: the EL2 image needs the real limits");
 
 /// Prot of EL2's mappings of host memory shared with or donated to it.
 pub const HYP_SHARED_PROT: Prot = Prot::R.union(Prot::W);

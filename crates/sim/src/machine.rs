@@ -197,6 +197,8 @@ impl Machine<'_> {
                 .filter(|d| d.kind == DeviceKind::Hidden)
                 .map(|d| (d.start, d.end))
                 .collect(),
+            max_count: pkvm_hyp::mem_protect::MAX_COUNT,
+            max_host_pins: pkvm_hyp::mem_protect::MAX_HOST_PINS,
         }
     }
 

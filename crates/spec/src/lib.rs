@@ -27,9 +27,11 @@ use core::fmt;
 pub use pkvm_abi::Error;
 use pkvm_abi::PAGE_SHIFT;
 
-/// Largest EL2 share count / count of EL2's own pins; one more is refused with [`Error::Busy`].
+/// The real limits (the EL2 image's): largest share count / count of EL2's own pins, and
+/// largest count of host (debug) pins. One more is refused with [`Error::Busy`]. A
+/// [`Machine`] says which limits it has (the simulator runs with small ones).
 pub const MAX_COUNT: u16 = u16::MAX;
-/// Largest count of host (debug) pins of a page; one more is refused with [`Error::Busy`].
+/// See [`MAX_COUNT`].
 pub const MAX_HOST_PINS: u8 = u8::MAX;
 
 /// Per-component page state.
@@ -126,6 +128,11 @@ pub struct Machine {
     /// devices that could write memory behind stage-2). Other MMIO is the host's, or
     /// emulated for it by EL2.
     pub hidden_mmio: Vec<(u64, u64)>,
+    /// Largest share count and largest count of EL2's own pins of a page ([`MAX_COUNT`] on
+    /// the real machine).
+    pub max_count: u16,
+    /// Largest count of host (debug) pins of a page ([`MAX_HOST_PINS`] on the real machine).
+    pub max_host_pins: u8,
 }
 
 impl Machine {
@@ -336,7 +343,8 @@ impl Spec {
         }) {
             return Err(Error::Perm);
         }
-        if !self.all(r, |p| p.shares < MAX_COUNT) {
+        let max = self.machine.max_count;
+        if !self.all(r, |p| p.shares < max) {
             return Err(Error::Busy);
         }
         for pfn in r.0..r.1 {
@@ -405,7 +413,8 @@ impl Spec {
         if !self.all(r, Self::is_shared) {
             return Err(Error::Perm);
         }
-        if !self.all(r, |p| p.host_pins < MAX_HOST_PINS) {
+        let max = self.machine.max_host_pins;
+        if !self.all(r, |p| p.host_pins < max) {
             return Err(Error::Busy);
         }
         for pfn in r.0..r.1 {

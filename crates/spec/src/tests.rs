@@ -10,6 +10,8 @@ fn machine() -> Machine {
         hyp_memory: vec![HYP],
         pa_bits: 40,
         hidden_mmio: vec![(0x0808_0000, 0x080a_0000)],
+        max_count: MAX_COUNT,
+        max_host_pins: MAX_HOST_PINS,
     }
 }
 
