@@ -15,6 +15,11 @@ pub const MAX_VMS: usize = 8;
 /// are left fails with `ENOMEM`.
 pub const VM_MEMCACHE_PAGES: u64 = 4;
 
+/// Fewest pages `VmInit` accepts for a memcache (`EINVAL` below).
+pub const MEMCACHE_MIN_PAGES: u64 = 2;
+/// Most pages `VmInit` accepts for a memcache (`EINVAL` above).
+pub const MEMCACHE_MAX_PAGES: u64 = 64;
+
 /// Smallest and largest guest IPA sizes accepted in [`VmDesc::ipa_bits`].
 pub const MIN_IPA_BITS: u64 = 32;
 /// Largest guest IPA size (the host stage-2 size caps it further).

@@ -2,15 +2,19 @@
 //! structural invariants the spec does not express, checked after every simulated call.
 
 use pkvm_abi::{PAGE_SHIFT, PAGE_SIZE};
+use pkvm_arch::addr::Pfn;
 use pkvm_hyp::devices::DeviceKind;
 use pkvm_hyp::platform::PhysMem;
 use pkvm_hyp::vmemmap::{HypUse, PageState};
-use pkvm_spec::{AbsState, HypProt, Page, State, Use};
+use pkvm_spec::{AbsState, HypProt, Page, State, Use, Vm};
 
 use std::collections::BTreeMap;
 
 use crate::machine::{Machine, start_level};
 use crate::mmu::{self, Regime};
+
+/// The software bit EL2 sets in a guest stage-2 leaf of a page the host shared (bit 55).
+const GUEST_SHARED_BORROWED_BIT: u64 = 1 << 55;
 
 impl Machine<'_> {
     fn is_hyp_memory(&self, pa: u64) -> bool {
@@ -98,7 +102,54 @@ impl Machine<'_> {
         if let Some(b) = bad {
             return Err(b);
         }
-        Ok(AbsState { pages, hyp_maps })
+        let vms = self.abstract_vms()?;
+        Ok(AbsState {
+            pages,
+            hyp_maps,
+            vms,
+        })
+    }
+
+    /// The VMs in the spec's terms: what EL2 pins and owns for each, and the host pages each
+    /// guest stage-2 maps (read with the simulator's own walker).
+    fn abstract_vms(&self) -> Result<BTreeMap<usize, Vm>, String> {
+        let range = |(pfn, nr): (Pfn, u64)| (pfn.get(), pfn.get() + nr);
+        let mut vms = BTreeMap::new();
+        for (slot, s) in self.hyp.vm_snapshots().into_iter().enumerate() {
+            let Some(s) = s else { continue };
+            let mut guest = BTreeMap::new();
+            let mut bad = None;
+            let root = s.vttbr.root();
+            // A guest stage-2 has the host stage-2's geometry (one VTCR_EL2 for both); its
+            // IPA size only bounds what may be shared into it.
+            let sl = start_level(self.cfg.pa_bits);
+            mmu::for_each_leaf(&self.plat.mem, root, sl, |ipa, desc, level| {
+                let size = 1u64 << mmu::level_shift(level);
+                if level != 3 || desc & GUEST_SHARED_BORROWED_BIT == 0 {
+                    bad = Some(format!(
+                        "VM slot {slot}: guest leaf {desc:#x} at IPA {ipa:#x}, level {level}: not a page the host shared"
+                    ));
+                }
+                let oa = desc & 0x0000_FFFF_FFFF_F000 & !(size - 1);
+                for off in (0..size).step_by(PAGE_SIZE as usize) {
+                    guest.insert((ipa + off) >> PAGE_SHIFT, (oa + off) >> PAGE_SHIFT);
+                }
+            });
+            if let Some(b) = bad {
+                return Err(b);
+            }
+            vms.insert(
+                slot,
+                Vm {
+                    ipa_bits: s.ipa_bits,
+                    desc: range(s.desc_pin),
+                    memcache: range(s.memcache),
+                    vcpu: s.vcpu_pins.map(|p| p.map(range)),
+                    guest,
+                },
+            );
+        }
+        Ok(vms)
     }
 
     /// Structural invariants of the concrete state that the spec does not talk about:

@@ -3,6 +3,9 @@
 //! real host stage-2 (with a TLB). The abstraction function that reads the concrete state
 //! back into the spec's terms, and the invariants, are in [`crate::checks`].
 
+use std::sync::Mutex;
+
+use pkvm_abi::guest::MAX_VMS;
 use pkvm_abi::{Error, HostHcall, PAGE_SHIFT, PAGE_SIZE, hvc_fid};
 use pkvm_arch::addr::Ipa;
 use pkvm_client::{Client, HcallError, Transport, VmHandle};
@@ -12,7 +15,7 @@ use pkvm_hyp::hyp::Hyp;
 use pkvm_hyp::memory::{MemRegion, MemoryMap};
 use pkvm_hyp::platform::PhysMem;
 use pkvm_hyp::setup::{BootParams, HypMapping};
-use pkvm_hyp::vmemmap::{HypPage, Vmemmap, VmemmapLayout};
+use pkvm_hyp::vmemmap::{HypPage, PageState, Vmemmap, VmemmapLayout};
 use pkvm_pgtable::Prot;
 use pkvm_spec::{Machine as SpecMachine, Outcome};
 
@@ -79,6 +82,18 @@ impl SimConfig {
         }
     }
 
+    /// [`SimConfig::small`] with the smallest table pools it boots with and a few pages to
+    /// spare: sharing, donating and VM creation run out of table memory after a few calls, so
+    /// tests reach `ENOMEM` (and the model checks that nothing changed then).
+    #[must_use]
+    pub fn tight() -> Self {
+        SimConfig {
+            hyp_pool_pages: 10,
+            host_pool_pages: 10,
+            ..Self::small()
+        }
+    }
+
     /// A machine with `ram_mib` MiB at 1 GiB and pools sized by the hypervisor's own sizing
     /// functions.
     #[must_use]
@@ -103,10 +118,20 @@ pub struct Machine<'a> {
     pub hyp: Hyp<'a, SimPlatform>,
     /// Where EL2's memory is: `[start, end)`.
     pub carveout: (u64, u64),
-    /// The VM that [`pkvm_spec::Call::ShareGuest`]/`UnshareGuest` act on (see
-    /// [`Machine::create_model_vm`]).
-    pub model_vm: Option<VmHandle>,
+    /// The handle last created in each VM slot and its vCPU state's address: the spec's VM
+    /// calls name slots ([`pkvm_spec::Call::VmInit`] and friends). A slot whose VM was torn
+    /// down keeps its stale handle, so calls on it test `ENOENT` for stale handles.
+    pub vms: Mutex<[SlotVm; MAX_VMS]>,
     pub(crate) cfg: SimConfig,
+}
+
+/// What the harness remembers of a VM slot.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SlotVm {
+    /// The handle `VmInit` returned for the slot (0: never used, names no VM).
+    pub handle: u64,
+    /// The vCPU state's address once `VcpuInit` succeeded.
+    pub vcpu_state: Option<u64>,
 }
 
 impl std::fmt::Debug for Machine<'_> {
@@ -160,7 +185,7 @@ pub fn with_machine<R>(cfg: &SimConfig, f: impl FnOnce(&mut Machine<'_>) -> R) -
         plat: &plat,
         hyp,
         carveout: (co_start, base + size),
-        model_vm: None,
+        vms: Mutex::new([SlotVm::default(); MAX_VMS]),
         cfg: cfg.clone(),
     };
     f(&mut m)
@@ -313,24 +338,79 @@ impl Machine<'_> {
             Call::DebugRead { pa } => ret(c.hyp_read(pa).map(|_| ()), HostHcall::DebugRead),
             Call::HostAccess { pa, write } => self.host_access(pa, write),
             Call::HypRead { pa } => self.hyp_access(pa),
-            Call::ShareGuest { pfn, nr } => ret(
-                c.share_guest(self.vm(), pfn, pfn, nr, pkvm_abi::guest::PROT_RWX),
+            Call::VmInit {
+                desc_pa,
+                mc_pfn,
+                mc_nr,
+                ipa_bits,
+                nr_vcpus,
+            } => {
+                // The host fills in its descriptor where it may (a page it shares with EL2).
+                for (off, v) in [(0, ipa_bits), (8, nr_vcpus)] {
+                    let pa = desc_pa.wrapping_add(off);
+                    if self.host_may_write(pa) {
+                        self.plat.write_u64(pa, v);
+                    }
+                }
+                let r = c.vm_init(desc_pa, mc_pfn, mc_nr).map(|h| {
+                    let slot = (h.raw() & 0xff) as usize - 1;
+                    self.vms.lock().unwrap()[slot] = SlotVm {
+                        handle: h.raw(),
+                        vcpu_state: None,
+                    };
+                });
+                ret(r, HostHcall::VmInit)
+            }
+            Call::VcpuInit {
+                vm,
+                state_pa,
+                fp_pa,
+            } => {
+                let r = c.vcpu_init(self.handle(vm), state_pa, fp_pa);
+                if r.is_ok() {
+                    self.vms.lock().unwrap()[vm].vcpu_state = Some(state_pa);
+                }
+                ret(r, HostHcall::VcpuInit)
+            }
+            Call::VcpuRun { vm } => {
+                // A valid entry state; the simulated guest powers off (its default action).
+                if let Some(st) = self.vms.lock().unwrap().get(vm).and_then(|s| s.vcpu_state) {
+                    let pstate = st + pkvm_abi::guest::vcpu_off::PSTATE as u64;
+                    if self.host_may_write(pstate) {
+                        self.plat
+                            .write_u64(pstate, pkvm_abi::guest::PSTATE_EL1H_DAIF);
+                    }
+                }
+                ret(c.vcpu_run(self.handle(vm)).map(|_| ()), HostHcall::VcpuRun)
+            }
+            Call::VmTeardown { vm } => ret(c.vm_teardown(self.handle(vm)), HostHcall::VmTeardown),
+            Call::ShareGuest { vm, pfn, gfn, nr } => ret(
+                c.share_guest(self.handle(vm), pfn, gfn, nr, pkvm_abi::guest::PROT_RWX),
                 HostHcall::HostShareGuest,
             ),
-            Call::UnshareGuest { pfn, nr } => ret(
-                c.unshare_guest(self.vm(), pfn, nr),
+            Call::UnshareGuest { vm, gfn, nr } => ret(
+                c.unshare_guest(self.handle(vm), gfn, nr),
                 HostHcall::HostUnshareGuest,
             ),
         }
     }
 
-    fn vm(&self) -> VmHandle {
-        self.model_vm
-            .expect("guest calls need Machine::create_model_vm first")
+    /// The handle of the VM slot `vm` names (stale or 0 when the slot holds no VM).
+    fn handle(&self, vm: usize) -> VmHandle {
+        VmHandle::from_raw(self.vms.lock().unwrap().get(vm).map_or(0, |s| s.handle))
     }
 
-    /// Creates the VM the spec's guest calls act on: IPA space = the host's PA space (so
-    /// `gfn = pfn` always fits), its descriptor in page `desc_pfn` (shared with EL2 and pinned
+    /// Whether the host may write the word at `pa`: RAM it owns or shares (never EL2's).
+    fn host_may_write(&self, pa: u64) -> bool {
+        pa.is_multiple_of(8)
+            && self.plat.mem.is_ram(pa)
+            && self.hyp.vmemmap().page(pa).is_some_and(|p| {
+                matches!(p.host_state(), PageState::Owned | PageState::SharedOwned)
+            })
+    }
+
+    /// Creates a VM (recorded in its slot, as [`pkvm_spec::Call::VmInit`] would): IPA space =
+    /// the host's PA space, its descriptor in page `desc_pfn` (shared with EL2 and pinned
     /// by EL2 from now on), a 64-page memcache at `memcache_pfn` (donated), and, with
     /// `vcpu_pfn`, a vCPU whose state and FP structures share that page (shared, pinned twice).
     /// These pages are EL2's to pin: a test may aim calls at them to check the host cannot
@@ -351,12 +431,17 @@ impl Machine<'_> {
         self.plat.write_u64(desc, u64::from(self.cfg.pa_bits));
         self.plat.write_u64(desc + 8, 1);
         let vm = c.vm_init(desc, memcache_pfn, 64).expect("VmInit");
+        let slot = (vm.raw() & 0xff) as usize - 1;
+        self.vms.lock().unwrap()[slot] = SlotVm {
+            handle: vm.raw(),
+            vcpu_state: None,
+        };
         if let Some(vp) = vcpu_pfn {
             let st = vp << PAGE_SHIFT;
             c.share_hyp(vp, 1).expect("share the vCPU page");
             c.vcpu_init(vm, st, st + 0x400).expect("VcpuInit");
+            self.vms.lock().unwrap()[slot].vcpu_state = Some(st);
         }
-        self.model_vm = Some(vm);
         vm
     }
 }

@@ -107,7 +107,68 @@ pub enum SimGuestAction {
     Sync(u64),
     /// A physical interrupt.
     Irq,
+    /// The guest stops at `gate` (the vCPU is running: EL2 is inside `VcpuRun`) until the
+    /// test releases it, then powers off. Lets a test call EL2 from another CPU meanwhile.
+    Pause(&'static PauseGate),
 }
+
+/// A rendezvous between a test and a simulated guest run ([`SimGuestAction::Pause`]).
+#[derive(Debug, Default)]
+pub struct PauseGate {
+    /// 0: idle, 1: a run is paused here, 2: released.
+    state: Mutex<u8>,
+    cv: std::sync::Condvar,
+}
+
+impl PauseGate {
+    /// An idle gate (usable in a `static`).
+    #[must_use]
+    pub const fn new() -> Self {
+        PauseGate {
+            state: Mutex::new(0),
+            cv: std::sync::Condvar::new(),
+        }
+    }
+
+    /// Blocks until a run is paused at the gate.
+    ///
+    /// # Panics
+    /// If no run arrives within 10 s (a test bug, not a hang).
+    pub fn wait_paused(&self) {
+        let s = self.state.lock().unwrap();
+        let (s, t) = self
+            .cv
+            .wait_timeout_while(s, std::time::Duration::from_secs(10), |s| *s != 1)
+            .unwrap();
+        assert!(!t.timed_out() && *s == 1, "no guest run paused at the gate");
+    }
+
+    /// Lets the paused run go on.
+    pub fn release(&self) {
+        *self.state.lock().unwrap() = 2;
+        self.cv.notify_all();
+    }
+
+    fn pause(&self) {
+        let mut s = self.state.lock().unwrap();
+        *s = 1;
+        self.cv.notify_all();
+        let (mut s, t) = self
+            .cv
+            .wait_timeout_while(s, std::time::Duration::from_secs(10), |s| *s != 2)
+            .unwrap();
+        assert!(!t.timed_out(), "the test never released the paused guest");
+        *s = 0;
+    }
+}
+
+impl PartialEq for PauseGate {
+    fn eq(&self, other: &Self) -> bool {
+        std::ptr::eq(self, other)
+    }
+}
+
+impl Eq for PauseGate {}
 
 const RECENT_MAX: usize = 4096;
 
@@ -194,15 +255,12 @@ impl GuestRunner for SimPlatform {
         // Like the real world switch, the guest's PC and PSTATE come back in the structure.
         self.write_u64(e.vcpu_pa + vcpu_off::PC as u64, e.pc);
         self.write_u64(e.vcpu_pa + vcpu_off::PSTATE as u64, e.pstate);
-        let action = self
-            .guest_script
-            .lock()
-            .unwrap()
-            .pop_front()
-            .unwrap_or(SimGuestAction::Hvc(
-                u64::from(pkvm_abi::psci::SYSTEM_OFF),
-                0,
-            ));
+        let off = SimGuestAction::Hvc(u64::from(pkvm_abi::psci::SYSTEM_OFF), 0);
+        let mut action = self.guest_script.lock().unwrap().pop_front().unwrap_or(off);
+        if let SimGuestAction::Pause(gate) = action {
+            gate.pause();
+            action = off;
+        }
         let hpfar = |ipa: u64| (ipa >> 12) << 4;
         match action {
             SimGuestAction::Hvc(x0, x1) => {
@@ -283,6 +341,7 @@ impl GuestRunner for SimPlatform {
                 far: 0,
                 hpfar: 0,
             },
+            SimGuestAction::Pause(_) => unreachable!("a pause became its power-off above"),
         }
     }
 }

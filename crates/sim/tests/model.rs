@@ -21,8 +21,70 @@ enum Op {
     Access(usize, bool),
     HypRead(usize),
     DebugRead(usize, u64),
-    ShareGuest(usize, u64),
-    UnshareGuest(usize, u64),
+    VmInit {
+        desc: usize,
+        desc_off: u64,
+        mc: usize,
+        mc_nr: u64,
+        ipa_bits: u64,
+        nr_vcpus: u64,
+    },
+    VcpuInit {
+        vm: usize,
+        state: usize,
+        state_off: u64,
+        fp: usize,
+        fp_off: u64,
+    },
+    VcpuRun(usize),
+    VmTeardown(usize),
+    /// Share a descriptor page with EL2, then create a VM on it with a well-formed
+    /// descriptor (the memcache may still be refused).
+    CreateVm {
+        desc: usize,
+        mc: usize,
+        mc_nr: u64,
+    },
+    /// Share a page with EL2, then give the VM a vCPU with both structures in it.
+    CreateVcpu {
+        vm: usize,
+        page: usize,
+    },
+    /// Unshare from its guest the last range a `ShareGuest` named (whatever came of it), or
+    /// `nr` pages of it.
+    UnshareLastGuest {
+        nr: u64,
+    },
+    ShareGuest {
+        vm: usize,
+        page: usize,
+        gfn: usize,
+        nr: u64,
+    },
+    UnshareGuest {
+        vm: usize,
+        page: usize,
+        gfn: usize,
+        nr: u64,
+    },
+}
+
+/// VM slots the ops name: the model VM's (0), two more, and one that stays free.
+const SLOTS: usize = 4;
+
+/// Guest frames the guest ops use, for page `i` of the page list: 0, a small one, the page's
+/// own pfn (gfn = pfn), the last frame of a 32-bit IPA space, the first beyond it, one far beyond any
+/// IPA space, and an overflowing one.
+fn gfns(p: &[u64], i: usize) -> [u64; 7] {
+    [
+        0,
+        0x10,
+        p[i % p.len()],
+        (1 << 20) - 1,
+        1 << 20,
+        1 << 40,
+        u64::MAX - 1,
+    ]
 }
 
 /// Where the model VM's pages are, relative to the first RAM page: its 64-page memcache, its
@@ -68,8 +130,11 @@ fn pfns(cfg: &SimConfig, carveout: u64) -> Vec<u64> {
 }
 
 fn op() -> impl Strategy<Value = Op> {
-    let idx = 0usize..22;
+    // Mostly the cluster of ordinary pages (where sequences build on each other), sometimes
+    // any interesting frame.
+    let idx = prop_oneof![3 => 0usize..4, 2 => 0usize..22];
     let nr = prop_oneof![8 => 1u64..4, 1 => Just(0u64), 1 => 512u64..514];
+    let gfn = prop_oneof![4 => Just(2usize), 2 => Just(0), 2 => 0usize..7];
     prop_oneof![
         4 => (idx.clone(), nr.clone()).prop_map(|(i, n)| Op::Share(i, n)),
         4 => (idx.clone(), nr.clone()).prop_map(|(i, n)| Op::Unshare(i, n)),
@@ -81,13 +146,55 @@ fn op() -> impl Strategy<Value = Op> {
         1 => idx.clone().prop_map(Op::HypRead),
         2 => (idx.clone(), prop_oneof![Just(0u64), Just(8), Just(4), Just(0xff8)])
             .prop_map(|(i, o)| Op::DebugRead(i, o)),
-        3 => (idx.clone(), nr.clone()).prop_map(|(i, n)| Op::ShareGuest(i, n)),
-        3 => (idx, nr).prop_map(|(i, n)| Op::UnshareGuest(i, n)),
+        2 => (
+            idx.clone(),
+            prop_oneof![4 => Just(0u64), 1 => Just(8), 1 => Just(0xfe8), 1 => Just(4)],
+            idx.clone(),
+            prop_oneof![4 => Just(2u64), 2 => Just(4), 1 => Just(1), 1 => Just(65)],
+            prop_oneof![4 => Just(32u64), 2 => Just(40), 1 => Just(31), 1 => Just(48)],
+            prop_oneof![6 => Just(1u64), 1 => Just(0), 1 => Just(2)],
+        )
+            .prop_map(|(desc, desc_off, mc, mc_nr, ipa_bits, nr_vcpus)| Op::VmInit {
+                desc,
+                desc_off,
+                mc,
+                mc_nr,
+                ipa_bits,
+                nr_vcpus,
+            }),
+        2 => (
+            0..SLOTS,
+            idx.clone(),
+            prop_oneof![3 => Just(0u64), 1 => Just(0x400), 1 => Just(0xf00), 1 => Just(4)],
+            idx.clone(),
+            prop_oneof![3 => Just(0x800u64), 1 => Just(0), 1 => Just(0xf00), 1 => Just(8)],
+        )
+            .prop_map(|(vm, state, state_off, fp, fp_off)| Op::VcpuInit {
+                vm,
+                state,
+                state_off,
+                fp,
+                fp_off,
+            }),
+        3 => (idx.clone(), idx.clone(), prop_oneof![Just(2u64), Just(3), Just(8)])
+            .prop_map(|(desc, mc, mc_nr)| Op::CreateVm { desc, mc, mc_nr }),
+        2 => (0..SLOTS, idx.clone()).prop_map(|(vm, page)| Op::CreateVcpu { vm, page }),
+        2 => prop_oneof![Just(1u64), Just(2), Just(0)].prop_map(|nr| Op::UnshareLastGuest { nr }),
+        1 => (0..SLOTS).prop_map(Op::VcpuRun),
+        1 => (0..SLOTS).prop_map(Op::VmTeardown),
+        4 => (0..SLOTS, idx.clone(), gfn.clone(), nr.clone())
+            .prop_map(|(vm, page, gfn, nr)| Op::ShareGuest { vm, page, gfn, nr }),
+        3 => (0..SLOTS, idx, gfn, nr)
+            .prop_map(|(vm, page, gfn, nr)| Op::UnshareGuest { vm, page, gfn, nr }),
     ]
 }
 
-fn run(ops: &[Op]) -> Result<(), String> {
-    let cfg = SimConfig::small();
+fn run(tight: bool, ops: &[Op]) -> Result<(), String> {
+    let cfg = if tight {
+        SimConfig::tight()
+    } else {
+        SimConfig::small()
+    };
     with_machine(&cfg, |m| {
         let p = pfns(&cfg, m.carveout.0);
         // A guest for the guest calls: its descriptor and memcache live below the pages the
@@ -96,8 +203,47 @@ fn run(ops: &[Op]) -> Result<(), String> {
         m.create_model_vm(r0 + VM_DESC, r0 + VM_MEMCACHE, Some(r0 + VM_VCPU));
         let start = m.abstract_state()?;
         let mut c = Checker::with_state(m.spec_machine(), start);
+        let mut last_guest_share = (0, 0);
         for &o in ops {
             let call = match o {
+                Op::UnshareLastGuest { nr } => Call::UnshareGuest {
+                    vm: last_guest_share.0,
+                    gfn: last_guest_share.1,
+                    nr,
+                },
+                Op::CreateVm { desc, mc, mc_nr } => {
+                    checked(
+                        m,
+                        &mut c,
+                        Call::ShareHyp {
+                            pfn: p[desc],
+                            nr: 1,
+                        },
+                    )?;
+                    Call::VmInit {
+                        desc_pa: p[desc].wrapping_shl(PAGE_SHIFT),
+                        mc_pfn: p[mc],
+                        mc_nr,
+                        ipa_bits: 32,
+                        nr_vcpus: 1,
+                    }
+                }
+                Op::CreateVcpu { vm, page } => {
+                    checked(
+                        m,
+                        &mut c,
+                        Call::ShareHyp {
+                            pfn: p[page],
+                            nr: 1,
+                        },
+                    )?;
+                    let st = p[page].wrapping_shl(PAGE_SHIFT);
+                    Call::VcpuInit {
+                        vm,
+                        state_pa: st,
+                        fp_pa: st.wrapping_add(0x800),
+                    }
+                }
                 Op::Share(i, nr) => Call::ShareHyp { pfn: p[i], nr },
                 Op::Unshare(i, nr) => Call::UnshareHyp { pfn: p[i], nr },
                 Op::Donate(i, nr) => Call::DonateHyp { pfn: p[i], nr },
@@ -114,8 +260,48 @@ fn run(ops: &[Op]) -> Result<(), String> {
                 Op::DebugRead(i, off) => Call::DebugRead {
                     pa: p[i].wrapping_shl(PAGE_SHIFT).wrapping_add(off),
                 },
-                Op::ShareGuest(i, nr) => Call::ShareGuest { pfn: p[i], nr },
-                Op::UnshareGuest(i, nr) => Call::UnshareGuest { pfn: p[i], nr },
+                Op::VmInit {
+                    desc,
+                    desc_off,
+                    mc,
+                    mc_nr,
+                    ipa_bits,
+                    nr_vcpus,
+                } => Call::VmInit {
+                    desc_pa: p[desc].wrapping_shl(PAGE_SHIFT).wrapping_add(desc_off),
+                    mc_pfn: p[mc],
+                    mc_nr,
+                    ipa_bits,
+                    nr_vcpus,
+                },
+                Op::VcpuInit {
+                    vm,
+                    state,
+                    state_off,
+                    fp,
+                    fp_off,
+                } => Call::VcpuInit {
+                    vm,
+                    state_pa: p[state].wrapping_shl(PAGE_SHIFT).wrapping_add(state_off),
+                    fp_pa: p[fp].wrapping_shl(PAGE_SHIFT).wrapping_add(fp_off),
+                },
+                Op::VcpuRun(vm) => Call::VcpuRun { vm },
+                Op::VmTeardown(vm) => Call::VmTeardown { vm },
+                Op::ShareGuest { vm, page, gfn, nr } => {
+                    let gfn = gfns(&p, page)[gfn];
+                    last_guest_share = (vm, gfn);
+                    Call::ShareGuest {
+                        vm,
+                        pfn: p[page],
+                        gfn,
+                        nr,
+                    }
+                }
+                Op::UnshareGuest { vm, page, gfn, nr } => Call::UnshareGuest {
+                    vm,
+                    gfn: gfns(&p, page)[gfn],
+                    nr,
+                },
             };
             checked(m, &mut c, call)?;
         }
@@ -134,8 +320,11 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: cases(), failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
-    fn hypercalls_follow_the_spec(ops in proptest::collection::vec(op(), 1..24)) {
-        if let Err(e) = run(&ops) {
+    fn hypercalls_follow_the_spec(
+        tight in proptest::bool::weighted(0.3),
+        ops in proptest::collection::vec(op(), 1..32),
+    ) {
+        if let Err(e) = run(tight, &ops) {
             prop_assert!(false, "{}", e);
         }
     }

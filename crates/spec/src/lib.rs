@@ -17,8 +17,10 @@
 extern crate alloc;
 
 mod checker;
+mod vm;
 
 pub use checker::{Checker, Divergence};
+pub use vm::Vm;
 
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
@@ -171,12 +173,54 @@ pub enum Call {
     HostAccess { pa: u64, write: bool },
     /// EL2 reads one byte through its stage-1 (its own memory, or host memory it was given).
     HypRead { pa: u64 },
-    /// `host_share_guest` into the model's one guest, at IPA == PA (`gfn = pfn`), whose IPA
-    /// space is the host's: host (OWNED, NOPAGE) → host SHARED_OWNED with share count 1, EL2
+    /// `vm_init(desc_pa, mc_pfn, mc_nr)` with a descriptor holding `ipa_bits` and `nr_vcpus`
+    /// (the harness writes them there first when the host may). The new VM takes the lowest
+    /// free slot; the harness maps slots to the handles the implementation returns.
+    VmInit {
+        desc_pa: u64,
+        mc_pfn: u64,
+        mc_nr: u64,
+        ipa_bits: u64,
+        nr_vcpus: u64,
+    },
+    /// `vcpu_init` of the VM in slot `vm` with its state and FP structures at `state_pa` and
+    /// `fp_pa` (a free slot stands for a handle that names no VM).
+    VcpuInit {
+        vm: usize,
+        state_pa: u64,
+        fp_pa: u64,
+    },
+    /// `vcpu_run` of the VM in slot `vm` (the harness gives the vCPU a valid PSTATE and a
+    /// guest that powers off): ownership does not change.
+    VcpuRun { vm: usize },
+    /// `vm_teardown` of the VM in slot `vm`.
+    VmTeardown { vm: usize },
+    /// `host_share_guest`: host pages `[pfn, pfn + nr)` into the VM in slot `vm` at `gfn`
+    /// (read/write/execute): host (OWNED, NOPAGE) → host SHARED_OWNED with share count 1, EL2
     /// NOPAGE (the guest side, SHARED_BORROWED, is in the guest stage-2).
-    ShareGuest { pfn: u64, nr: u64 },
-    /// `host_unshare_guest` of `gfn = pfn` from the model's guest.
-    UnshareGuest { pfn: u64, nr: u64 },
+    ShareGuest {
+        vm: usize,
+        pfn: u64,
+        gfn: u64,
+        nr: u64,
+    },
+    /// `host_unshare_guest` of guest pages `[gfn, gfn + nr)` of the VM in slot `vm`.
+    UnshareGuest { vm: usize, gfn: u64, nr: u64 },
+}
+
+impl Call {
+    /// Whether the implementation may refuse the call with `ENOMEM` where the model succeeds
+    /// (it needs page-table memory the model does not count): then nothing may change.
+    #[must_use]
+    pub fn may_run_out_of_memory(&self) -> bool {
+        matches!(
+            self,
+            Call::ShareHyp { .. }
+                | Call::DonateHyp { .. }
+                | Call::VmInit { .. }
+                | Call::ShareGuest { .. }
+        )
+    }
 }
 
 /// What a call is expected to produce.
@@ -212,6 +256,8 @@ pub struct AbsState {
     /// EL2 stage-1 mappings of host memory (outside the hypervisor's own memory), by pfn.
     /// EL2 maps host memory at VA == PA, so one pfn stands for both.
     pub hyp_maps: BTreeMap<u64, HypProt>,
+    /// The VMs, by slot.
+    pub vms: BTreeMap<usize, Vm>,
 }
 
 /// The reference model: a machine and its abstract state.
@@ -221,7 +267,7 @@ pub struct Spec {
     state: AbsState,
 }
 
-type Range = (u64, u64);
+pub(crate) type Range = (u64, u64);
 
 impl Spec {
     /// The boot state of `machine`.
@@ -232,6 +278,7 @@ impl Spec {
             state: AbsState {
                 pages: BTreeMap::new(),
                 hyp_maps: BTreeMap::new(),
+                vms: BTreeMap::new(),
             },
         }
     }
@@ -316,8 +363,24 @@ impl Spec {
             Call::Unpin { pfn, nr } => Outcome::Ret(self.unpin(pfn, nr)),
             Call::DebugRead { pa } => Outcome::Ret(self.debug_read(pa)),
             Call::HostAccess { pa, .. } => self.host_access(pa),
-            Call::ShareGuest { pfn, nr } => Outcome::Ret(self.share_guest(pfn, nr)),
-            Call::UnshareGuest { pfn, nr } => Outcome::Ret(self.unshare_guest(pfn, nr)),
+            Call::VmInit {
+                desc_pa,
+                mc_pfn,
+                mc_nr,
+                ipa_bits,
+                nr_vcpus,
+            } => Outcome::Ret(self.vm_init(desc_pa, (mc_pfn, mc_nr), ipa_bits, nr_vcpus)),
+            Call::VcpuInit {
+                vm,
+                state_pa,
+                fp_pa,
+            } => Outcome::Ret(self.vcpu_init(vm, state_pa, fp_pa)),
+            Call::VcpuRun { vm } => Outcome::Ret(self.vcpu_run(vm)),
+            Call::VmTeardown { vm } => Outcome::Ret(self.vm_teardown(vm)),
+            Call::ShareGuest { vm, pfn, gfn, nr } => {
+                Outcome::Ret(self.share_guest(vm, pfn, gfn, nr))
+            }
+            Call::UnshareGuest { vm, gfn, nr } => Outcome::Ret(self.unshare_guest(vm, gfn, nr)),
             Call::HypRead { pa } => {
                 // EL2 always maps its own memory; host memory only while shared or donated.
                 if self.machine.is_hyp_memory(pa)
@@ -448,39 +511,6 @@ impl Spec {
         } else {
             Err(Error::Perm)
         }
-    }
-
-    fn share_guest(&mut self, pfn: u64, nr: u64) -> Result<(), Error> {
-        // The guest's IPA space is the host's PA space, so the host range check covers the
-        // gfn range too.
-        let r = self.check_range(pfn, nr)?;
-        if !self.all(r, |p| p == Page::HOST_OWNED) {
-            return Err(Error::Perm);
-        }
-        for pfn in r.0..r.1 {
-            self.set_page(pfn, Page::GUEST_SHARED);
-        }
-        Ok(())
-    }
-
-    fn unshare_guest(&mut self, gfn: u64, nr: u64) -> Result<(), Error> {
-        if nr == 0 {
-            return Err(Error::Inval);
-        }
-        let end = gfn.checked_add(nr).ok_or(Error::Range)?;
-        if end > 1u64 << (self.machine.pa_bits - PAGE_SHIFT) {
-            return Err(Error::Range);
-        }
-        let shared = |pfn: u64| {
-            self.machine.is_memory(pfn << PAGE_SHIFT) && self.page(pfn) == Page::GUEST_SHARED
-        };
-        if !(gfn..end).all(shared) {
-            return Err(Error::Perm);
-        }
-        for pfn in gfn..end {
-            self.set_page(pfn, Page::HOST_OWNED);
-        }
-        Ok(())
     }
 
     fn host_access(&self, pa: u64) -> Outcome {

@@ -338,6 +338,264 @@ fn host_access_follows_ownership() {
     assert_eq!(s.step(Call::HypRead { pa }), Outcome::Access);
 }
 
+/// A VM's whole life in the model: what EL2 pins and owns, a guest mapping at gfn != pfn,
+/// and teardown giving everything back.
+#[test]
+fn vm_lifecycle() {
+    use Call::*;
+    let mut s = Spec::new(machine());
+    let (desc, mc, vcpu, page) = (P, P + 0x10, P + 1, P + 2);
+    let boot = s.state().clone();
+    let vm_init = |mc_nr| VmInit {
+        desc_pa: desc << 12,
+        mc_pfn: mc,
+        mc_nr,
+        ipa_bits: 32,
+        nr_vcpus: 1,
+    };
+    // The descriptor must be shared with EL2 first; nothing changes when refused.
+    assert_eq!(ret(&mut s, vm_init(4)), Err(Error::Perm));
+    assert_eq!(s.state(), &boot);
+    assert_eq!(ret(&mut s, ShareHyp { pfn: desc, nr: 1 }), Ok(()));
+    assert_eq!(
+        ret(&mut s, vm_init(1)),
+        Err(Error::Inval),
+        "memcache too small"
+    );
+    assert_eq!(ret(&mut s, vm_init(4)), Ok(()));
+    assert_eq!(s.page(desc).pins, 1);
+    assert_eq!(s.page(mc).hyp_use, Use::Vm);
+    assert!(s.state().hyp_maps.contains_key(&(mc + 3)));
+    assert_eq!(
+        ret(&mut s, UnshareHyp { pfn: desc, nr: 1 }),
+        Err(Error::Busy)
+    );
+    // The vCPU: both structures in one page, pinned twice.
+    let vcpu_init = |vm| VcpuInit {
+        vm,
+        state_pa: vcpu << 12,
+        fp_pa: (vcpu << 12) + 0x800,
+    };
+    assert_eq!(
+        ret(&mut s, vcpu_init(1)),
+        Err(Error::NoEnt),
+        "no VM in slot 1"
+    );
+    assert_eq!(
+        ret(&mut s, vcpu_init(0)),
+        Err(Error::Perm),
+        "not shared yet"
+    );
+    assert_eq!(
+        ret(&mut s, VcpuRun { vm: 0 }),
+        Err(Error::NoEnt),
+        "no vCPU yet"
+    );
+    assert_eq!(ret(&mut s, ShareHyp { pfn: vcpu, nr: 1 }), Ok(()));
+    assert_eq!(ret(&mut s, vcpu_init(0)), Ok(()));
+    assert_eq!(s.page(vcpu).pins, 2);
+    assert_eq!(ret(&mut s, vcpu_init(0)), Err(Error::Busy), "one vCPU");
+    assert_eq!(ret(&mut s, VcpuRun { vm: 0 }), Ok(()));
+    // A host page at a guest frame that is not its pfn.
+    let share = |gfn| ShareGuest {
+        vm: 0,
+        pfn: page,
+        gfn,
+        nr: 1,
+    };
+    assert_eq!(
+        ret(&mut s, share(1 << 20)),
+        Err(Error::Range),
+        "past 32 bits"
+    );
+    assert_eq!(ret(&mut s, share(0x10)), Ok(()));
+    assert_eq!(s.page(page), Page::GUEST_SHARED);
+    assert_eq!(s.state().vms[&0].guest.get(&0x10), Some(&page));
+    assert_eq!(
+        ret(&mut s, share(0x11)),
+        Err(Error::Perm),
+        "already in a guest"
+    );
+    assert_eq!(
+        ret(
+            &mut s,
+            UnshareGuest {
+                vm: 0,
+                gfn: page,
+                nr: 1
+            }
+        ),
+        Err(Error::Perm),
+        "the guest has it at 0x10, not at its pfn"
+    );
+    // Teardown: guest pages and the memcache back to the host, pins dropped.
+    assert_eq!(ret(&mut s, VmTeardown { vm: 0 }), Ok(()));
+    assert_eq!(ret(&mut s, VmTeardown { vm: 0 }), Err(Error::NoEnt));
+    assert_eq!(s.page(page), Page::HOST_OWNED);
+    assert_eq!(s.page(mc), Page::HOST_OWNED);
+    assert_eq!((s.page(desc).pins, s.page(vcpu).pins), (0, 0));
+    assert_eq!(ret(&mut s, UnshareHyp { pfn: desc, nr: 1 }), Ok(()));
+    assert_eq!(ret(&mut s, UnshareHyp { pfn: vcpu, nr: 1 }), Ok(()));
+    assert_eq!(s.state(), &boot);
+}
+
+/// The checks come in the documented order, and a call that fails half-way (the FP pin after
+/// the state pin, the memcache after the descriptor pin) leaves nothing pinned.
+#[test]
+fn vm_calls_check_in_order_and_undo_partial_pins() {
+    use Call::*;
+    let mut s = Spec::new(machine());
+    assert_eq!(ret(&mut s, ShareHyp { pfn: P, nr: 2 }), Ok(()));
+    let shared = s.state().clone();
+    // Misaligned descriptor beats a full VM table and a bad memcache.
+    assert_eq!(
+        ret(
+            &mut s,
+            VmInit {
+                desc_pa: (P << 12) + 4,
+                mc_pfn: P,
+                mc_nr: 4,
+                ipa_bits: 32,
+                nr_vcpus: 1
+            }
+        ),
+        Err(Error::Inval)
+    );
+    // The memcache is shared (not the host's alone): EPERM, and the descriptor is unpinned.
+    assert_eq!(
+        ret(
+            &mut s,
+            VmInit {
+                desc_pa: P << 12,
+                mc_pfn: P + 1,
+                mc_nr: 2,
+                ipa_bits: 32,
+                nr_vcpus: 1
+            }
+        ),
+        Err(Error::Perm)
+    );
+    assert_eq!(s.state(), &shared);
+    // A bad descriptor is read after the pin and undoes it.
+    for (ipa_bits, nr_vcpus) in [(31, 1), (41, 1), (32, 0), (32, 2)] {
+        let c = VmInit {
+            desc_pa: P << 12,
+            mc_pfn: P + 0x20,
+            mc_nr: 2,
+            ipa_bits,
+            nr_vcpus,
+        };
+        assert_eq!(ret(&mut s, c), Err(Error::Inval), "{c:?}");
+        assert_eq!(s.state(), &shared);
+    }
+    let ok = VmInit {
+        desc_pa: P << 12,
+        mc_pfn: P + 0x20,
+        mc_nr: 2,
+        ipa_bits: 40,
+        nr_vcpus: 1,
+    };
+    assert_eq!(ret(&mut s, ok), Ok(()));
+    let created = s.state().clone();
+    // State pinned, FP not shared: EPERM and the state's pin is dropped again.
+    let c = VcpuInit {
+        vm: 0,
+        state_pa: (P + 1) << 12,
+        fp_pa: (P + 2) << 12,
+    };
+    assert_eq!(ret(&mut s, c), Err(Error::Perm));
+    assert_eq!(s.state(), &created);
+    // Misaligned FP beats an unknown VM.
+    let c = VcpuInit {
+        vm: 5,
+        state_pa: (P + 1) << 12,
+        fp_pa: ((P + 1) << 12) + 8,
+    };
+    assert_eq!(ret(&mut s, c), Err(Error::Inval));
+    // Unknown VM beats a guest range that is out of bounds.
+    assert_eq!(
+        ret(
+            &mut s,
+            UnshareGuest {
+                vm: 5,
+                gfn: u64::MAX,
+                nr: 2
+            }
+        ),
+        Err(Error::NoEnt)
+    );
+    assert_eq!(
+        ret(
+            &mut s,
+            UnshareGuest {
+                vm: 0,
+                gfn: 0,
+                nr: 0
+            }
+        ),
+        Err(Error::Inval)
+    );
+}
+
+/// All eight VM slots in use: the ninth `VmInit` is `ENOMEM`, whatever else it names.
+#[test]
+fn vm_slots_run_out() {
+    use Call::*;
+    let mut s = Spec::new(machine());
+    assert_eq!(ret(&mut s, ShareHyp { pfn: P, nr: 1 }), Ok(()));
+    for i in 0..8 {
+        let c = VmInit {
+            desc_pa: P << 12,
+            mc_pfn: P + 0x10 + 2 * i,
+            mc_nr: 2,
+            ipa_bits: 32,
+            nr_vcpus: 1,
+        };
+        assert_eq!(ret(&mut s, c), Ok(()), "VM {i}");
+    }
+    let full = s.state().clone();
+    let c = VmInit {
+        desc_pa: (P + 1) << 12,
+        mc_pfn: P + 0x40,
+        mc_nr: 2,
+        ipa_bits: 32,
+        nr_vcpus: 1,
+    };
+    assert_eq!(ret(&mut s, c), Err(Error::NoMem));
+    assert_eq!(s.state(), &full);
+    assert_eq!(s.page(P).pins, 8);
+}
+
+/// The checker accepts `ENOMEM` where the model succeeds and the call may need table memory,
+/// only if nothing changed; never where the model refuses for another reason.
+#[test]
+fn checker_accepts_enomem_only_unchanged() {
+    let m = machine();
+    let boot = Spec::new(m.clone()).state().clone();
+    let share = Call::ShareHyp { pfn: P, nr: 1 };
+    let nomem = Outcome::Ret(Err(Error::NoMem));
+    let mut c = Checker::new(m.clone());
+    assert_eq!(c.check(share, nomem, &boot), Ok(()));
+    // The same answer with a change is a divergence.
+    let mut changed = boot.clone();
+    changed.hyp_maps.insert(P, HypProt::ReadWrite);
+    assert!(
+        Checker::new(m.clone())
+            .check(share, nomem, &changed)
+            .is_err()
+    );
+    // Not for a call that needs no memory, nor where the model says EPERM.
+    let mut c = Checker::new(m.clone());
+    let unshare = Call::UnshareHyp { pfn: P, nr: 1 };
+    assert!(c.check(unshare, nomem, &boot).is_err());
+    let mut c = Checker::new(m);
+    let donate_hyp_memory = Call::DonateHyp {
+        pfn: HYP.0 >> 12,
+        nr: 1,
+    };
+    assert!(c.check(donate_hyp_memory, nomem, &boot).is_err());
+}
+
 #[test]
 fn checker_reports_divergence_with_trace() {
     let mut c = Checker::new(machine());

@@ -44,8 +44,8 @@ use crate::vmemmap::{HypPage, HypUse, NO_ORDER, PageState};
 pub const GUEST_SHARED_BORROWED: Prot = Prot::SW0;
 
 /// Smallest and largest memcache (pages donated for the guest stage-2).
-const MEMCACHE_MIN: u64 = 2;
-const MEMCACHE_MAX: u64 = 64;
+const MEMCACHE_MIN: u64 = g::MEMCACHE_MIN_PAGES;
+const MEMCACHE_MAX: u64 = g::MEMCACHE_MAX_PAGES;
 
 /// An MMIO access waiting for the host's emulation: completed on the next entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -381,4 +381,40 @@ impl<'a, P: Platform> Hyp<'a, P> {
     pub fn live_vms(&self) -> u64 {
         self.vms.lock().live()
     }
+
+    /// What EL2 holds for each VM slot (`None`: free), for statistics and for the simulator's
+    /// abstraction function. Takes the VM table's lock only.
+    pub fn vm_snapshots(&self) -> [Option<VmSnapshot>; MAX_VMS] {
+        let vms = self.vms.lock();
+        core::array::from_fn(|i| {
+            vms.slots[i].as_ref().map(|vm| VmSnapshot {
+                handle: vm.handle,
+                ipa_bits: vm.ipa_bits,
+                desc_pin: vm.desc_pin,
+                memcache: vm.memcache,
+                vcpu_pins: vm.vcpu.as_ref().map(|v| v.pins),
+                vttbr: vm.vttbr(),
+                running: vm.vcpu.as_ref().is_some_and(|v| v.running),
+            })
+        })
+    }
+}
+
+/// One VM as [`Hyp::vm_snapshots`] reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VmSnapshot {
+    /// Its handle.
+    pub handle: u64,
+    /// Its IPA size in bits.
+    pub ipa_bits: u32,
+    /// The pages of its descriptor, which EL2 pins.
+    pub desc_pin: (Pfn, u64),
+    /// Its memcache (donated; its stage-2 tables live there).
+    pub memcache: (Pfn, u64),
+    /// The pages of its vCPU's state and FP structures, which EL2 pins, if it has a vCPU.
+    pub vcpu_pins: Option<[(Pfn, u64); 2]>,
+    /// Its stage-2 root and VMID.
+    pub vttbr: Vttbr,
+    /// Whether its vCPU is running.
+    pub running: bool,
 }

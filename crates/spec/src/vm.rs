@@ -1,0 +1,220 @@
+//! The model of VMs: their lifecycle (init, vCPU init, run, teardown), the pages EL2 pins or
+//! owns for them, and host pages shared into them at any guest frame.
+//!
+//! Each call checks its arguments in the order the ABI documents, and the first failing check
+//! decides the error; a refused call changes nothing.
+
+use alloc::collections::BTreeMap;
+
+use pkvm_abi::guest::{
+    FP_STATE_SIZE, MAX_IPA_BITS, MAX_VMS, MEMCACHE_MAX_PAGES, MEMCACHE_MIN_PAGES, MIN_IPA_BITS,
+    VcpuState, VmDesc,
+};
+use pkvm_abi::{Error, PAGE_SHIFT};
+
+use crate::{Page, Range, Spec, Use};
+
+/// A VM in the model.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Vm {
+    /// IPA size in bits.
+    pub ipa_bits: u32,
+    /// The pages of its descriptor `[start, end)` (pfns), pinned by EL2.
+    pub desc: (u64, u64),
+    /// Its memcache `[start, end)` (pfns), owned by EL2 for it ([`Use::Vm`]).
+    pub memcache: (u64, u64),
+    /// The pages of its vCPU's state and FP structures (pfn ranges), pinned by EL2.
+    pub vcpu: Option<[(u64, u64); 2]>,
+    /// Host pages shared into it: guest frame → host frame.
+    pub guest: BTreeMap<u64, u64>,
+}
+
+/// The pfn range `[first, end)` covering `[pa, pa + len)`, or `EINVAL` on overflow.
+fn pfns_of(pa: u64, len: u64) -> Result<Range, Error> {
+    let end = pa.checked_add(len).ok_or(Error::Inval)?;
+    Ok((pa >> PAGE_SHIFT, ((end - 1) >> PAGE_SHIFT) + 1))
+}
+
+impl Spec {
+    fn vm(&self, slot: usize) -> Result<&Vm, Error> {
+        self.state.vms.get(&slot).ok_or(Error::NoEnt)
+    }
+
+    /// EL2 pins `r` for a structure it uses: range checks, then every page shared with EL2
+    /// (`EPERM`), then no pin count saturated (`EBUSY`). Nothing changes on error.
+    fn hyp_pin(&mut self, (pfn, end): Range) -> Result<(), Error> {
+        let r = self.check_range(pfn, end - pfn)?;
+        if !self.all(r, Self::is_shared) {
+            return Err(Error::Perm);
+        }
+        let max = self.machine.max_count;
+        if !self.all(r, |p| p.pins < max) {
+            return Err(Error::Busy);
+        }
+        for pfn in r.0..r.1 {
+            let mut p = self.page(pfn);
+            p.pins += 1;
+            self.set_page(pfn, p);
+        }
+        Ok(())
+    }
+
+    fn hyp_unpin(&mut self, (s, e): Range) {
+        for pfn in s..e {
+            let mut p = self.page(pfn);
+            p.pins = p.pins.saturating_sub(1);
+            self.set_page(pfn, p);
+        }
+    }
+
+    pub(crate) fn vm_init(
+        &mut self,
+        desc_pa: u64,
+        (mc_pfn, mc_nr): (u64, u64),
+        ipa_bits: u64,
+        nr_vcpus: u64,
+    ) -> Result<(), Error> {
+        if !desc_pa.is_multiple_of(8) || !(MEMCACHE_MIN_PAGES..=MEMCACHE_MAX_PAGES).contains(&mc_nr)
+        {
+            return Err(Error::Inval);
+        }
+        let desc = pfns_of(desc_pa, size_of::<VmDesc>() as u64)?;
+        let Some(slot) = (0..MAX_VMS).find(|s| !self.state.vms.contains_key(s)) else {
+            return Err(Error::NoMem);
+        };
+        self.hyp_pin(desc)?;
+        let max_ipa = MAX_IPA_BITS.min(u64::from(self.machine.pa_bits));
+        if !(MIN_IPA_BITS..=max_ipa).contains(&ipa_bits) || nr_vcpus != 1 {
+            self.hyp_unpin(desc);
+            return Err(Error::Inval);
+        }
+        let mc = match self.check_range(mc_pfn, mc_nr) {
+            Ok(r) if self.all(r, |p| p == Page::HOST_OWNED) => r,
+            r => {
+                self.hyp_unpin(desc);
+                return Err(r.err().unwrap_or(Error::Perm));
+            }
+        };
+        for pfn in mc.0..mc.1 {
+            self.set_page(
+                pfn,
+                Page {
+                    hyp_use: Use::Vm,
+                    ..Page::HYP_OWNED
+                },
+            );
+            self.state.hyp_maps.insert(pfn, crate::HypProt::ReadWrite);
+        }
+        self.state.vms.insert(
+            slot,
+            Vm {
+                ipa_bits: ipa_bits as u32,
+                desc,
+                memcache: mc,
+                vcpu: None,
+                guest: BTreeMap::new(),
+            },
+        );
+        Ok(())
+    }
+
+    pub(crate) fn vcpu_init(
+        &mut self,
+        slot: usize,
+        state_pa: u64,
+        fp_pa: u64,
+    ) -> Result<(), Error> {
+        if !state_pa.is_multiple_of(8) || !fp_pa.is_multiple_of(16) {
+            return Err(Error::Inval);
+        }
+        let sp = pfns_of(state_pa, size_of::<VcpuState>() as u64)?;
+        let fp = pfns_of(fp_pa, FP_STATE_SIZE as u64)?;
+        if self.vm(slot)?.vcpu.is_some() {
+            return Err(Error::Busy);
+        }
+        self.hyp_pin(sp)?;
+        self.hyp_pin(fp).inspect_err(|_| self.hyp_unpin(sp))?;
+        if let Some(vm) = self.state.vms.get_mut(&slot) {
+            vm.vcpu = Some([sp, fp]);
+        }
+        Ok(())
+    }
+
+    pub(crate) fn vcpu_run(&self, slot: usize) -> Result<(), Error> {
+        match self.vm(slot)?.vcpu {
+            Some(_) => Ok(()),
+            None => Err(Error::NoEnt),
+        }
+    }
+
+    pub(crate) fn vm_teardown(&mut self, slot: usize) -> Result<(), Error> {
+        let vm = self.state.vms.remove(&slot).ok_or(Error::NoEnt)?;
+        for &pfn in vm.guest.values() {
+            self.set_page(pfn, Page::HOST_OWNED);
+        }
+        for pfn in vm.memcache.0..vm.memcache.1 {
+            self.set_page(pfn, Page::HOST_OWNED);
+            self.state.hyp_maps.remove(&pfn);
+        }
+        self.hyp_unpin(vm.desc);
+        for r in vm.vcpu.into_iter().flatten() {
+            self.hyp_unpin(r);
+        }
+        Ok(())
+    }
+
+    /// `(gfn, end)` of `[gfn, gfn + nr)` inside the VM's IPA space, or `ERANGE`.
+    fn guest_range(vm: &Vm, gfn: u64, nr: u64) -> Result<Range, Error> {
+        let end = gfn.checked_add(nr).ok_or(Error::Range)?;
+        if end > 1u64 << (vm.ipa_bits - PAGE_SHIFT) {
+            return Err(Error::Range);
+        }
+        Ok((gfn, end))
+    }
+
+    pub(crate) fn share_guest(
+        &mut self,
+        slot: usize,
+        pfn: u64,
+        gfn: u64,
+        nr: u64,
+    ) -> Result<(), Error> {
+        let r = self.check_range(pfn, nr)?;
+        let vm = self.vm(slot)?;
+        let (g, g_end) = Self::guest_range(vm, gfn, nr)?;
+        if !self.all(r, |p| p == Page::HOST_OWNED) || vm.guest.range(g..g_end).next().is_some() {
+            return Err(Error::Perm);
+        }
+        for i in 0..nr {
+            self.set_page(pfn + i, Page::GUEST_SHARED);
+        }
+        if let Some(vm) = self.state.vms.get_mut(&slot) {
+            vm.guest.extend((0..nr).map(|i| (gfn + i, pfn + i)));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn unshare_guest(&mut self, slot: usize, gfn: u64, nr: u64) -> Result<(), Error> {
+        if nr == 0 {
+            return Err(Error::Inval);
+        }
+        let vm = self.vm(slot)?;
+        let (g, g_end) = Self::guest_range(vm, gfn, nr)?;
+        let mut pfns = alloc::vec::Vec::new();
+        for gfn in g..g_end {
+            match vm.guest.get(&gfn) {
+                Some(&pfn) if self.page(pfn) == Page::GUEST_SHARED => pfns.push(pfn),
+                _ => return Err(Error::Perm),
+            }
+        }
+        for pfn in pfns {
+            self.set_page(pfn, Page::HOST_OWNED);
+        }
+        if let Some(vm) = self.state.vms.get_mut(&slot) {
+            for gfn in g..g_end {
+                vm.guest.remove(&gfn);
+            }
+        }
+        Ok(())
+    }
+}
