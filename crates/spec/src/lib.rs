@@ -249,7 +249,7 @@ impl fmt::Display for Outcome {
 ///
 /// Pages absent from `pages` are in their boot state: [`Page::HYP_OWNED`] inside
 /// [`Machine::hyp_memory`], [`Page::HOST_OWNED`] elsewhere in memory.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct AbsState {
     /// Pages whose state differs from their boot state, by pfn.
     pub pages: BTreeMap<u64, Page>,
