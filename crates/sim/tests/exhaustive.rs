@@ -154,7 +154,7 @@ fn every_short_sequence_follows_the_spec() {
             for part in work.chunks(chunk) {
                 s.spawn(move || {
                     for &(p, step) in part {
-                        match explore(&vocab, &frontier[p], step) {
+                        match explore(vocab, &frontier[p], step) {
                             Ok(state) => {
                                 if seen.lock().unwrap().insert(state) {
                                     let mut seq = frontier[p].clone();
