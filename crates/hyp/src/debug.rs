@@ -6,7 +6,7 @@ use pkvm_abi::Error;
 use pkvm_arch::addr::{Pfn, PhysAddr};
 
 use crate::hyp::Hyp;
-use crate::mem_protect::{MAX_HOST_PINS, busy_if, check_pages, is_shared_with_hyp, perm_unless};
+use crate::mem_protect::{check_pages, is_shared_with_hyp, kernel};
 use crate::platform::Platform;
 
 impl<P: Platform> Hyp<'_, P> {
@@ -15,16 +15,13 @@ impl<P: Platform> Hyp<'_, P> {
     ///
     /// # Errors
     /// `EINVAL`/`ERANGE` for a bad range; `EPERM` if any page is not shared with EL2; `EBUSY`
-    /// if a host pin count would overflow ([`MAX_HOST_PINS`]).
+    /// if a host pin count would overflow ([`MAX_HOST_PINS`](crate::mem_protect::MAX_HOST_PINS)).
     pub fn pin_shared(&self, pfn: Pfn, nr: u64) -> Result<(), Error> {
         let pages = self.host_range(pfn, nr)?;
         let _locks = self.lock_host_hyp();
-        check_pages(pages, |p| {
-            perm_unless(is_shared_with_hyp(p))?;
-            busy_if(p.host_pins() == MAX_HOST_PINS)
-        })?;
+        check_pages(pages, kernel::host_pin_check)?;
         for p in pages {
-            p.set_host_pins(p.host_pins() + 1);
+            kernel::host_pin_step(p);
         }
         Ok(())
     }
@@ -37,11 +34,9 @@ impl<P: Platform> Hyp<'_, P> {
     pub fn unpin_shared(&self, pfn: Pfn, nr: u64) -> Result<(), Error> {
         let pages = self.host_range(pfn, nr)?;
         let _locks = self.lock_host_hyp();
-        check_pages(pages, |p| {
-            perm_unless(is_shared_with_hyp(p) && p.host_pins() > 0)
-        })?;
+        check_pages(pages, kernel::host_unpin_check)?;
         for p in pages {
-            p.set_host_pins(p.host_pins() - 1);
+            kernel::host_unpin_step(p);
         }
         Ok(())
     }

@@ -20,14 +20,13 @@
 //! Everything here is portable: the simulator runs it against a register file
 //! ([`crate::platform::Platform::mmio_read`]), EL2 against the real GIC.
 
-use core::sync::atomic::Ordering;
-
 use pkvm_abi::{Error, PAGE_SIZE};
 
 use pkvm_arch::addr::Ipa;
 
 use crate::hyp::Hyp;
 use crate::platform::Platform;
+use crate::sync::Ordering;
 use crate::vmemmap::PageState;
 
 /// Most device ranges EL2 keeps from the host (two per redistributor with GICv4 for 8 CPUs,

@@ -6,8 +6,6 @@
 //! after finalisation), `x1` the handler's result (0 or a negative errno) and `x2..x3` any data.
 //! Every other register is left as the host passed it.
 
-use core::sync::atomic::Ordering;
-
 use pkvm_abi::{
     ABI_VERSION, Error, HostHcall, SMCCC_NOT_SUPPORTED, SMCCC_SUCCESS, Stat, encode_result,
     features, hvc_fid,
@@ -17,6 +15,7 @@ use pkvm_arch::addr::{Gfn, Pfn, PhysAddr};
 
 use crate::hyp::Hyp;
 use crate::platform::Platform;
+use crate::sync::Ordering;
 
 /// Feature bits this build advertises.
 pub const FEATURES: u64 = features::RANGES

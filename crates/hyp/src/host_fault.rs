@@ -4,8 +4,6 @@
 //! the access is refused (an abort for the host), or hands a device register it emulates to
 //! [`crate::devices`].
 
-use core::sync::atomic::Ordering;
-
 use pkvm_abi::{Error, PAGE_SHIFT, PAGE_SIZE};
 use pkvm_arch::addr::Ipa;
 pub use pkvm_arch::esr::FaultClass;
@@ -16,6 +14,7 @@ use crate::hyp::Hyp;
 use crate::mem_protect::EMULATED_MMIO_OWNER_ID;
 use crate::mm::{HostMmu, pt_err};
 use crate::platform::Platform;
+use crate::sync::Ordering;
 use crate::vmemmap::PageState;
 
 /// Prot of the host's default identity mapping of RAM.

@@ -7,18 +7,16 @@
 //! [`crate::devices`] (device registers EL2 keeps or emulates), [`crate::vm`] (guests),
 //! [`crate::hcall`] (the hypercall table), [`crate::debug`] and [`crate::stats`].
 
-use core::sync::atomic::{AtomicBool, Ordering};
-
 use pkvm_abi::{Error, PAGE_SHIFT};
 use pkvm_arch::addr::Pfn;
 use pkvm_pgtable::Config;
-use spin::{Mutex, MutexGuard};
 
 use crate::devices::{DeviceRange, MAX_DEVICE_RANGES};
 use crate::memory::MemoryMap;
 use crate::mm::{HostMmu, HypMmu};
 use crate::platform::Platform;
 use crate::stats::Counters;
+use crate::sync::{AtomicBool, Mutex, MutexGuard, Ordering};
 use crate::vm::VmTable;
 use crate::vmemmap::{HypPage, Vmemmap};
 
@@ -45,6 +43,17 @@ pub struct Hyp<'a, P: Platform> {
     pub(crate) finalised: AtomicBool,
     pub(crate) counters: Counters,
     pub(crate) vms: Mutex<VmTable<'a, P>>,
+}
+
+/// Which of [`Hyp`]'s locks are held ([`Hyp::lock_state`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LockState {
+    /// The host lock (host stage-2, its pool, host page states).
+    pub host: bool,
+    /// The hyp lock (EL2's stage-1, its pool, hyp page states).
+    pub hyp: bool,
+    /// The VM table's lock (guests, their stage-2 tables and memcaches).
+    pub vms: bool,
 }
 
 impl<P: Platform> core::fmt::Debug for Hyp<'_, P> {
@@ -104,6 +113,18 @@ impl<'a, P: Platform> Hyp<'a, P> {
     /// Physical address of the host stage-2 root (for `VTTBR_EL2`, VMID 0).
     pub fn host_pgd(&self) -> u64 {
         self.host.lock().pgt.root()
+    }
+
+    /// Which of the three locks are held right now, by any CPU: a test and diagnostic accessor
+    /// (the simulator's page-table protocol checker asks it at every descriptor write; in a
+    /// single-threaded test "held" means held by the running call). Never a basis for a
+    /// locking decision: the answer may be stale as soon as it is returned.
+    pub fn lock_state(&self) -> LockState {
+        LockState {
+            host: self.host.is_locked(),
+            hyp: self.hyp.is_locked(),
+            vms: self.vms.is_locked(),
+        }
     }
 
     /// Whether protection has been finalised (boot-only hypercalls are refused from then on).

@@ -6,6 +6,10 @@
 #![no_std]
 #![forbid(unsafe_code)]
 
+// The `shuttle` build (race tests, host only) uses `std` for Shuttle's runtime.
+#[cfg(feature = "shuttle")]
+extern crate std;
+
 pub mod debug;
 pub mod devices;
 pub mod early_alloc;
@@ -20,5 +24,6 @@ pub mod platform;
 pub mod setup;
 pub mod sizing;
 pub mod stats;
+pub mod sync;
 pub mod vm;
 pub mod vmemmap;

@@ -34,6 +34,7 @@ use pkvm_arch::addr::Pfn;
 use crate::hyp::Hyp;
 use crate::mm::{HostMmu, HypMmu};
 use crate::platform::Platform;
+use crate::sync::AtomicFamily;
 use crate::vmemmap::{HypPage, HypUse, PageState};
 
 /// Owner id written into host stage-2 annotations for pages the hypervisor owns (memory, and
@@ -68,7 +69,7 @@ pub const HYP_SHARED_PROT: Prot = Prot::R.union(Prot::W);
 
 /// Whether the page is shared by the host with EL2: (SHARED_OWNED, SHARED_BORROWED), count > 0.
 #[inline]
-pub(crate) fn is_shared_with_hyp(p: &HypPage) -> bool {
+pub(crate) fn is_shared_with_hyp<A: AtomicFamily>(p: &HypPage<A>) -> bool {
     p.host_state() == PageState::SharedOwned
         && p.hyp_state() == PageState::SharedBorrowed
         && p.share_count() > 0
@@ -77,7 +78,7 @@ pub(crate) fn is_shared_with_hyp(p: &HypPage) -> bool {
 /// Whether the page is shared by the host into a guest: (SHARED_OWNED, NOPAGE), count 1 (the
 /// guest side is a software bit of the guest's stage-2 leaf).
 #[inline]
-pub(crate) fn is_guest_shared(p: &HypPage) -> bool {
+pub(crate) fn is_guest_shared<A: AtomicFamily>(p: &HypPage<A>) -> bool {
     p.host_state() == PageState::SharedOwned
         && p.hyp_state() == PageState::NoPage
         && p.share_count() == 1
@@ -86,14 +87,14 @@ pub(crate) fn is_guest_shared(p: &HypPage) -> bool {
 /// Whether anyone — EL2 for a structure it uses, or the host through the debug pin call —
 /// pins the page (then it cannot be unshared).
 #[inline]
-pub(crate) fn is_pinned(p: &HypPage) -> bool {
+pub(crate) fn is_pinned<A: AtomicFamily>(p: &HypPage<A>) -> bool {
     p.refcount() != 0 || p.host_pins() != 0
 }
 
 /// Whether the page is the host's alone: (OWNED, NOPAGE), shared with nobody, pinned by
 /// nobody. The precondition of every transition that takes a page away from the host.
 #[inline]
-pub(crate) fn is_host_exclusive(p: &HypPage) -> bool {
+pub(crate) fn is_host_exclusive<A: AtomicFamily>(p: &HypPage<A>) -> bool {
     p.host_state() == PageState::Owned
         && p.hyp_state() == PageState::NoPage
         && p.share_count() == 0
@@ -127,9 +128,9 @@ pub(crate) fn busy_if(saturated: bool) -> Result<(), Error> {
 /// that fails it; `EBUSY` (a count that would saturate) is reported only if no page fails
 /// otherwise — so `EPERM` beats `EBUSY` whatever the order of the pages.
 #[inline(always)]
-pub(crate) fn check_pages(
-    pages: &[HypPage],
-    mut check: impl FnMut(&HypPage) -> Result<(), Error>,
+pub fn check_pages<A: AtomicFamily>(
+    pages: &[HypPage<A>],
+    mut check: impl FnMut(&HypPage<A>) -> Result<(), Error>,
 ) -> Result<(), Error> {
     let mut busy = false;
     for p in pages {
@@ -140,6 +141,137 @@ pub(crate) fn check_pages(
         }
     }
     busy_if(busy)
+}
+
+/// The per-page kernels of the counting transitions: what each checks of a page, and how it
+/// changes the page's counts and states. A transition runs them over its range with both
+/// locks held — [`check_pages`] with the check, then the step on every page — which is the
+/// whole of their synchronisation: every field they read or write is written only with both
+/// locks held (the module documentation of [`crate::vmemmap`]), so each is a plain load or
+/// store. The `loom` tests of `crates/race` run these same functions over `loom`'s atomics
+/// under modelled locks.
+pub mod kernel {
+    use pkvm_abi::Error;
+
+    use super::{MAX_COUNT, MAX_HOST_PINS, busy_if, is_pinned, is_shared_with_hyp, perm_unless};
+    use crate::sync::AtomicFamily;
+    use crate::vmemmap::{HypPage, PageState};
+
+    /// `host_share_hyp`'s check: (OWNED, NOPAGE) with count 0 (then `*fresh` is set), or
+    /// shared with EL2 with a count that can grow (`EBUSY` at [`MAX_COUNT`]); else `EPERM`.
+    ///
+    /// # Errors
+    /// As above.
+    #[inline(always)]
+    pub fn share_check<A: AtomicFamily>(p: &HypPage<A>, fresh: &mut bool) -> Result<(), Error> {
+        match (p.host_state(), p.hyp_state(), p.share_count()) {
+            (PageState::Owned, PageState::NoPage, 0) => {
+                *fresh = true;
+                Ok(())
+            }
+            (PageState::SharedOwned, PageState::SharedBorrowed, n) if n > 0 => {
+                busy_if(n == MAX_COUNT)
+            }
+            _ => Err(Error::Perm),
+        }
+    }
+
+    /// `host_share_hyp`'s step for a range with a fresh page: count + 1, a fresh page becomes
+    /// (SHARED_OWNED, SHARED_BORROWED). Returns whether it was fresh (EL2 must map it).
+    #[inline(always)]
+    pub fn share_step<A: AtomicFamily>(p: &HypPage<A>) -> bool {
+        let n = p.share_count();
+        p.set_share_count(n + 1);
+        if n == 0 {
+            p.set_host_state(PageState::SharedOwned);
+            p.set_hyp_state(PageState::SharedBorrowed);
+        }
+        n == 0
+    }
+
+    /// `host_share_hyp`'s step when every page of the range is shared already: count + 1.
+    #[inline(always)]
+    pub fn reshare_step<A: AtomicFamily>(p: &HypPage<A>) {
+        p.set_share_count(p.share_count() + 1);
+    }
+
+    /// `host_unshare_hyp`'s check: shared with EL2 (`EPERM`), pinned by nobody (`EBUSY`).
+    ///
+    /// # Errors
+    /// As above.
+    #[inline(always)]
+    pub fn unshare_check<A: AtomicFamily>(p: &HypPage<A>) -> Result<(), Error> {
+        perm_unless(is_shared_with_hyp(p))?;
+        busy_if(is_pinned(p))
+    }
+
+    /// `host_unshare_hyp`'s step: count − 1; at 0 the page is the host's alone again.
+    /// Returns whether it reached 0 (EL2 must unmap it).
+    #[inline(always)]
+    pub fn unshare_step<A: AtomicFamily>(p: &HypPage<A>) -> bool {
+        let n = p.share_count() - 1;
+        p.set_share_count(n);
+        if n == 0 {
+            p.set_host_state(PageState::Owned);
+            p.set_hyp_state(PageState::NoPage);
+        }
+        n == 0
+    }
+
+    /// The debug pin call's check: shared with EL2 (`EPERM`), host pins below
+    /// [`MAX_HOST_PINS`] (`EBUSY`).
+    ///
+    /// # Errors
+    /// As above.
+    #[inline(always)]
+    pub fn host_pin_check<A: AtomicFamily>(p: &HypPage<A>) -> Result<(), Error> {
+        perm_unless(is_shared_with_hyp(p))?;
+        busy_if(p.host_pins() == MAX_HOST_PINS)
+    }
+
+    /// The debug pin call's step: host pins + 1.
+    #[inline(always)]
+    pub fn host_pin_step<A: AtomicFamily>(p: &HypPage<A>) {
+        p.set_host_pins(p.host_pins() + 1);
+    }
+
+    /// The debug unpin call's check: shared with EL2 and holding a host pin (`EPERM`).
+    ///
+    /// # Errors
+    /// As above.
+    #[inline(always)]
+    pub fn host_unpin_check<A: AtomicFamily>(p: &HypPage<A>) -> Result<(), Error> {
+        perm_unless(is_shared_with_hyp(p) && p.host_pins() > 0)
+    }
+
+    /// The debug unpin call's step: host pins − 1.
+    #[inline(always)]
+    pub fn host_unpin_step<A: AtomicFamily>(p: &HypPage<A>) {
+        p.set_host_pins(p.host_pins() - 1);
+    }
+
+    /// EL2's own pin's check (a VM structure): shared with EL2 (`EPERM`), pins below
+    /// [`MAX_COUNT`] (`EBUSY`).
+    ///
+    /// # Errors
+    /// As above.
+    #[inline(always)]
+    pub fn hyp_pin_check<A: AtomicFamily>(p: &HypPage<A>) -> Result<(), Error> {
+        perm_unless(is_shared_with_hyp(p))?;
+        busy_if(p.refcount() == MAX_COUNT)
+    }
+
+    /// EL2's own pin's step: refcount + 1.
+    #[inline(always)]
+    pub fn hyp_pin_step<A: AtomicFamily>(p: &HypPage<A>) {
+        p.set_refcount(p.refcount() + 1);
+    }
+
+    /// Dropping one of EL2's own pins (teardown): refcount − 1, never below 0.
+    #[inline(always)]
+    pub fn hyp_unpin_step<A: AtomicFamily>(p: &HypPage<A>) {
+        p.set_refcount(p.refcount().saturating_sub(1));
+    }
 }
 
 /// Commits a count change over a range: `step` updates each page and says whether its EL2
@@ -198,42 +330,20 @@ impl<'a, P: Platform> Hyp<'a, P> {
         let (_host, mut hyp) = self.lock_host_hyp();
 
         let mut fresh = false;
-        check_pages(pages, |p| {
-            match (p.host_state(), p.hyp_state(), p.share_count()) {
-                (PageState::Owned, PageState::NoPage, 0) => {
-                    fresh = true;
-                    Ok(())
-                }
-                (PageState::SharedOwned, PageState::SharedBorrowed, n) if n > 0 => {
-                    busy_if(n == MAX_COUNT)
-                }
-                _ => Err(Error::Perm),
-            }
-        })?;
+        check_pages(pages, |p| kernel::share_check(p, &mut fresh))?;
         if !fresh {
             // Every page is shared already: only the counts change, no mapping.
             for p in pages {
-                p.set_share_count(p.share_count() + 1);
+                kernel::reshare_step(p);
             }
             return Ok(());
         }
         let (start, end) = byte_range(pfn, nr);
         let rsv = hyp.reserve(start, end)?;
 
-        let r = commit_runs(
-            start,
-            pages,
-            |p| {
-                let n = p.share_count();
-                p.set_share_count(n + 1);
-                if n == 0 {
-                    p.set_host_state(PageState::SharedOwned);
-                    p.set_hyp_state(PageState::SharedBorrowed);
-                }
-                n == 0
-            },
-            |pa, size| hyp.map(&rsv, pa, size),
-        );
+        let r = commit_runs(start, pages, kernel::share_step, |pa, size| {
+            hyp.map(&rsv, pa, size)
+        });
         r.map_err(|e| self.commit_failed("share", e))
     }
 
@@ -248,26 +358,12 @@ impl<'a, P: Platform> Hyp<'a, P> {
         let pages = self.host_range(pfn, nr)?;
         let (_host, mut hyp) = self.lock_host_hyp();
 
-        check_pages(pages, |p| {
-            perm_unless(is_shared_with_hyp(p))?;
-            busy_if(is_pinned(p))
-        })?;
+        check_pages(pages, kernel::unshare_check)?;
 
         let (start, _) = byte_range(pfn, nr);
-        let r = commit_runs(
-            start,
-            pages,
-            |p| {
-                let n = p.share_count() - 1;
-                p.set_share_count(n);
-                if n == 0 {
-                    p.set_host_state(PageState::Owned);
-                    p.set_hyp_state(PageState::NoPage);
-                }
-                n == 0
-            },
-            |pa, size| hyp.unmap(pa, size),
-        );
+        let r = commit_runs(start, pages, kernel::unshare_step, |pa, size| {
+            hyp.unmap(pa, size)
+        });
         r.map_err(|e| self.commit_failed("unshare", e))
     }
 
@@ -361,12 +457,9 @@ impl<'a, P: Platform> Hyp<'a, P> {
     /// overflow.
     pub(crate) fn hyp_pin_locked(&self, pfn: Pfn, nr: u64) -> Result<(), Error> {
         let pages = self.host_range(pfn, nr)?;
-        check_pages(pages, |p| {
-            perm_unless(is_shared_with_hyp(p))?;
-            busy_if(p.refcount() == MAX_COUNT)
-        })?;
+        check_pages(pages, kernel::hyp_pin_check)?;
         for p in pages {
-            p.set_refcount(p.refcount() + 1);
+            kernel::hyp_pin_step(p);
         }
         Ok(())
     }
@@ -375,7 +468,7 @@ impl<'a, P: Platform> Hyp<'a, P> {
     pub(crate) fn hyp_unpin_locked(&self, (pfn, nr): (Pfn, u64)) {
         if let Ok(pages) = self.host_range(pfn, nr) {
             for p in pages {
-                p.set_refcount(p.refcount().saturating_sub(1));
+                kernel::hyp_unpin_step(p);
             }
         }
     }

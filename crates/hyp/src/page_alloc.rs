@@ -25,7 +25,7 @@
 //! # Locking
 //!
 //! The pool is a plain struct with `&mut self` methods that never allocate: the caller puts it
-//! behind a lock (e.g. `spin::Mutex<HypPool>`), and that lock also owns the `refcount` and
+//! behind a lock (e.g. [`crate::sync::Mutex`]`<HypPool>`), and that lock also owns the `refcount` and
 //! `order` fields of the pool's vmemmap entries. [`LockedPoolMmOps`] takes the lock around each
 //! page-table operation.
 
@@ -34,6 +34,7 @@ use pkvm_pgtable::MmOps;
 
 use crate::memory::pfn_range_to_bytes;
 use crate::platform::PhysMem;
+use crate::sync::Mutex;
 use crate::vmemmap::{HypPage, NO_ORDER, Vmemmap};
 
 /// Number of buddy orders: blocks are `2^0 ..= 2^(MAX_ORDER - 1)` pages (4 KiB to 4 MiB).
@@ -531,10 +532,10 @@ impl<M: PhysMem> MmOps for HypPool<'_, M> {
     }
 }
 
-/// [`MmOps`] over a pool shared behind a `spin::Mutex`: each allocation or refcount operation
+/// [`MmOps`] over a pool shared behind a [`Mutex`]: each allocation or refcount operation
 /// takes the pool's lock for just that operation; PTE accesses do not lock.
 pub struct LockedPoolMmOps<'p, 'a, M: PhysMem> {
-    pool: &'p spin::Mutex<HypPool<'a, M>>,
+    pool: &'p Mutex<HypPool<'a, M>>,
     mem: &'a M,
 }
 
@@ -546,7 +547,7 @@ impl<M: PhysMem> core::fmt::Debug for LockedPoolMmOps<'_, '_, M> {
 
 impl<'p, 'a, M: PhysMem> LockedPoolMmOps<'p, 'a, M> {
     /// Wraps a locked pool.
-    pub fn new(pool: &'p spin::Mutex<HypPool<'a, M>>) -> Self {
+    pub fn new(pool: &'p Mutex<HypPool<'a, M>>) -> Self {
         let mem = pool.lock().mem;
         Self { pool, mem }
     }

@@ -13,11 +13,8 @@
 //! 4. the host stage-2 gets its root from its own pool, and every page EL2 owns is annotated
 //!    in it, so that the lazy host fault path never maps it.
 
-use core::sync::atomic::AtomicBool;
-
 use pkvm_abi::{Error, PAGE_SHIFT, PAGE_SIZE};
 use pkvm_pgtable::{Config, MapFlags, PageTable, Prot};
-use spin::Mutex;
 
 use crate::devices::{DeviceKind, DeviceRange, MAX_DEVICE_RANGES};
 use crate::early_alloc::EarlyAlloc;
@@ -28,6 +25,7 @@ use crate::mm::{HostMmu, HypMmu, pt_err};
 use crate::page_alloc::HypPool;
 use crate::platform::Platform;
 use crate::stats::Counters;
+use crate::sync::{AtomicBool, Mutex};
 use crate::vmemmap::{HypUse, PageState, Vmemmap};
 
 /// Input size of EL2's stage-1 (48-bit VA, 4 levels).

@@ -1,13 +1,12 @@
 //! Statistics for the debug hypercall and for tests: they walk tables, so they are slow and
 //! never on a hot path.
 
-use core::sync::atomic::AtomicU64;
-
 use pkvm_abi::{PAGE_SHIFT, PAGE_SIZE};
 use pkvm_pgtable::{WalkFlags, desc};
 
 use crate::hyp::Hyp;
 use crate::platform::Platform;
+use crate::sync::AtomicU64;
 use crate::vmemmap::{HypPage, PageState};
 
 /// Counters kept by EL2.

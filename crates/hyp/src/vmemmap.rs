@@ -31,7 +31,7 @@
 //! ordering. A caller that writes a field without holding the lock that owns it can lose updates
 //! to that field (never to other fields) — that is a caller bug, not undefined behaviour.
 
-use core::sync::atomic::{AtomicU8, AtomicU16, Ordering::Relaxed};
+use crate::sync::{AtomicCell, AtomicFamily, AtomicU8, AtomicU16, HypAtomics, Ordering::Relaxed};
 
 use pkvm_abi::{Error, PAGE_SHIFT, PAGE_SIZE};
 
@@ -126,15 +126,18 @@ impl HypUse {
 /// page shared with it) and `host_pins` (pins the host asked for with the debug pin call,
 /// counted apart so that the host can never drop one of EL2's) to the host and hyp locks
 /// together.
+///
+/// The atomics are this build's ([`HypAtomics`]); the race tests instantiate the entry with
+/// `loom`'s to check the counters' locking protocol ([`crate::mem_protect::kernel`]).
 #[repr(C)]
-pub struct HypPage {
-    refcount: AtomicU16,
-    order: AtomicU8,
-    host_state: AtomicU8,
+pub struct HypPage<A: AtomicFamily = HypAtomics> {
+    refcount: A::U16,
+    order: A::U8,
+    host_state: A::U8,
     /// Stored as `(state ^ HYP_STATE_XOR) | use << HYP_USE_SHIFT`.
-    hyp_state: AtomicU8,
-    host_pins: AtomicU8,
-    share_count: AtomicU16,
+    hyp_state: A::U8,
+    host_pins: A::U8,
+    share_count: A::U16,
 }
 
 const _: () = assert!(size_of::<HypPage>() <= 8);
@@ -146,7 +149,7 @@ impl Default for HypPage {
     }
 }
 
-impl core::fmt::Debug for HypPage {
+impl<A: AtomicFamily> core::fmt::Debug for HypPage<A> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("HypPage")
             .field("refcount", &self.refcount())
@@ -171,6 +174,22 @@ impl HypPage {
             hyp_state: AtomicU8::new(0),
             host_pins: AtomicU8::new(0),
             share_count: AtomicU16::new(0),
+        }
+    }
+}
+
+impl<A: AtomicFamily> HypPage<A> {
+    /// A zeroed (boot-state) entry over the atomics of `A` (for [`HypAtomics`], the same as
+    /// [`HypPage::new`], which is `const`).
+    #[must_use]
+    pub fn new_in() -> Self {
+        Self {
+            refcount: AtomicCell::new(0),
+            order: AtomicCell::new(0),
+            host_state: AtomicCell::new(0),
+            hyp_state: AtomicCell::new(0),
+            host_pins: AtomicCell::new(0),
+            share_count: AtomicCell::new(0),
         }
     }
 
@@ -318,14 +337,14 @@ impl HypPage {
 }
 
 #[inline]
-fn inc(field: &AtomicU16) -> Result<u16, Error> {
+fn inc(field: &impl AtomicCell<u16>) -> Result<u16, Error> {
     let new = field.load(Relaxed).checked_add(1).ok_or(Error::Busy)?;
     field.store(new, Relaxed);
     Ok(new)
 }
 
 #[inline]
-fn dec(field: &AtomicU16) -> Result<u16, Error> {
+fn dec(field: &impl AtomicCell<u16>) -> Result<u16, Error> {
     let new = field.load(Relaxed).checked_sub(1).ok_or(Error::Fault)?;
     field.store(new, Relaxed);
     Ok(new)

@@ -1,6 +1,9 @@
 //! Memory map, vmemmap and `HypPage` tests.
 
 mod common;
+// Failing proptest seeds go under target/, never into the source tree.
+#[path = "../../pgtable/tests/persistence/mod.rs"]
+mod persistence;
 
 use std::sync::Barrier;
 
@@ -139,7 +142,7 @@ fn naive_find(regions: &[MemRegion], addr: u64) -> Result<MemRegion, Gap> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(1000))]
+    #![proptest_config(ProptestConfig { cases: 1000, failure_persistence: persistence::out_of_tree(), ..ProptestConfig::default() })]
 
     #[test]
     fn map_lookups_match_naive(
@@ -443,7 +446,7 @@ fn vmemmap_backing_checks() {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(1000))]
+    #![proptest_config(ProptestConfig { cases: 1000, failure_persistence: persistence::out_of_tree(), ..ProptestConfig::default() })]
 
     /// Over random sparse maps: every memory page has its own entry, holes have none, and the
     /// backing is exactly one chunk per touched 2 MiB window.

@@ -1,6 +1,9 @@
 //! Buddy pool and boot allocator tests, including property tests of the buddy invariants.
 
 mod common;
+// Failing proptest seeds go under target/, never into the source tree.
+#[path = "../../pgtable/tests/persistence/mod.rs"]
+mod persistence;
 
 use std::collections::BTreeSet;
 
@@ -336,7 +339,7 @@ fn pool_as_mmops() {
     assert_eq!(pool.free_pages(), 4);
     check_pool(&pool, &vm, &ram, true).unwrap();
 
-    let locked = spin::Mutex::new(pool);
+    let locked = pkvm_hyp::sync::Mutex::new(pool);
     let mut ops = LockedPoolMmOps::new(&locked);
     let pages: Vec<u64> = (0..4).map(|_| ops.zalloc_page().unwrap()).collect();
     assert_eq!(ops.zalloc_page(), None);
@@ -629,7 +632,7 @@ fn run_ops(off: u64, nr: u64, reserved: u64, ops: &[Op]) -> Result<(), TestCaseE
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(1000))]
+    #![proptest_config(ProptestConfig { cases: 1000, failure_persistence: persistence::out_of_tree(), ..ProptestConfig::default() })]
 
     #[test]
     fn buddy_invariants_hold(
@@ -666,11 +669,11 @@ fn no_order_marks_tails() {
     }
 }
 
-/// The pool can sit behind a spin lock shared between CPUs.
+/// The pool can sit behind the hypervisor's lock shared between CPUs.
 #[test]
 fn pool_is_shareable_behind_a_lock() {
     fn shareable<T: Send + Sync>() {}
-    shareable::<spin::Mutex<HypPool<'static, SimRam>>>();
+    shareable::<pkvm_hyp::sync::Mutex<HypPool<'static, SimRam>>>();
     shareable::<pkvm_hyp::vmemmap::Vmemmap<'static>>();
 }
 

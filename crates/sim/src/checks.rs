@@ -267,25 +267,50 @@ impl Machine<'_> {
         self.check_tlb()
     }
 
-    /// Every cached translation must still match the tables: otherwise a TLBI was missed.
+    /// Every cached translation must still match the tables, otherwise a TLBI was missed: a
+    /// leaf entry must give what a walk gives now, a walk-cache entry must be the table
+    /// descriptor a walk reads now. Before that, the page-table protocol monitor ends its
+    /// window (everything since the last check) and starts the next
+    /// ([`crate::protocol`]); its violations are reported first, as they name the cause of a
+    /// stale entry.
     ///
     /// # Errors
-    /// The stale entry.
+    /// The protocol violations, then the stale entries.
     pub fn check_tlb(&self) -> Result<(), String> {
+        let roots = self.protocol_roots();
+        let mut errors: Vec<String> = self.plat.protocol_sync(&roots).err().into_iter().collect();
+        let root = |regime| roots.iter().find(|r| r.regime == regime);
+        let mem = &self.plat.mem;
         let tlb = self.plat.tlb.lock().unwrap();
         for (regime, ia, t) in tlb.entries() {
-            let (root, bits) = match regime {
-                Regime::El2 => (self.hyp.hyp_pgd(), 48),
-                Regime::Stage2(0) => (self.hyp.host_pgd(), self.cfg.pa_bits),
-                Regime::Stage2(v) => return Err(format!("TLB entry for unknown VMID {v}")),
+            let Some(r) = root(regime) else {
+                errors.push(format!(
+                    "TLB entry for {regime:?}, which has no table: {ia:#x} -> {t:?}"
+                ));
+                break;
             };
-            let now = mmu::walk(&self.plat.mem, regime, root, start_level(bits), ia).ok();
+            let now = mmu::walk(mem, regime, r.pa, r.start_level, ia).ok();
             if now.map(|n| (n.pa, n.write, n.level)) != Some((t.pa, t.write, t.level)) {
-                return Err(format!(
+                errors.push(format!(
                     "stale TLB entry {regime:?} {ia:#x} -> {t:?}, tables now say {now:?}"
                 ));
+                break;
             }
         }
-        Ok(())
+        for (regime, level, ia, table) in tlb.walk_entries() {
+            let now =
+                root(regime).and_then(|r| mmu::descriptor_at(mem, r.pa, r.start_level, ia, level));
+            if !now.is_some_and(|d| mmu::is_table_desc(d, level) && d & mmu::OA_MASK == table) {
+                errors.push(format!(
+                    "stale walk-cache entry {regime:?} L{level} {ia:#x} -> table {table:#x}, tables now hold {now:#x?} there"
+                ));
+                break;
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors.join("\n"))
+        }
     }
 }

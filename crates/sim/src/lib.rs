@@ -6,6 +6,7 @@
 //! - [`platform`]: the [`pkvm_hyp::platform::Platform`] implementation recording barriers and TLBIs;
 //! - [`machine`]: boot, host hypercalls and accesses;
 //! - [`checks`]: the abstraction function and the invariants;
+//! - [`protocol`]: the page-table protocol checker (break-before-make, TLBIs, barriers, locks);
 //! - [`scenarios`]: named scenarios shared by the CLI and the tests.
 
 pub mod checks;
@@ -13,6 +14,7 @@ pub mod machine;
 pub mod mem;
 pub mod mmu;
 pub mod platform;
+pub mod protocol;
 pub mod scenarios;
 
 pub use machine::{Machine, SimConfig, with_machine};

@@ -374,7 +374,10 @@ impl Machine<'_> {
             }
             Call::VcpuRun { vm } => {
                 // A valid entry state; the simulated guest powers off (its default action).
-                if let Some(st) = self.vms.lock().unwrap().get(vm).and_then(|s| s.vcpu_state) {
+                // (The slot table's guard must not live across `host_may_write`, which reads
+                // vmemmap atomics: a scheduling point under Shuttle.)
+                let state = self.vms.lock().unwrap().get(vm).and_then(|s| s.vcpu_state);
+                if let Some(st) = state {
                     let pstate = st + pkvm_abi::guest::vcpu_off::PSTATE as u64;
                     if self.host_may_write(pstate) {
                         self.plat

@@ -1,5 +1,6 @@
 //! Simulated physical memory.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use pkvm_hyp::platform::PhysMem;
@@ -13,9 +14,12 @@ struct Region {
 
 /// Physical memory of the simulated machine: RAM regions, everything else is MMIO (reads as 0,
 /// writes ignored when the host does them; a hypervisor access outside RAM is a bug and panics).
+///
+/// Several handles may refer to the same RAM ([`SimMemory::handle`]): the MMU model keeps one
+/// to walk tables from its walk caches, as the hardware's table walker reads memory.
 #[derive(Debug)]
 pub struct SimMemory {
-    regions: Vec<Region>,
+    regions: Arc<[Region]>,
 }
 
 impl SimMemory {
@@ -30,6 +34,14 @@ impl SimMemory {
             })
             .collect();
         SimMemory { regions }
+    }
+
+    /// Another handle to the same RAM (not a copy).
+    #[must_use]
+    pub fn handle(&self) -> SimMemory {
+        SimMemory {
+            regions: Arc::clone(&self.regions),
+        }
     }
 
     fn word(&self, pa: u64) -> Option<&AtomicU64> {
@@ -56,6 +68,15 @@ impl SimMemory {
         self.word(pa & !7)
             .map(|w| w.store(val, Ordering::Relaxed))
             .is_some()
+    }
+
+    /// Stores `val` at `pa` (RAM, 8-byte aligned) and returns the value it replaced, in one
+    /// atomic step: what the platform reports to the protocol monitor.
+    ///
+    /// # Panics
+    /// As [`PhysMem::write_u64`].
+    pub fn swap(&self, pa: u64, val: u64) -> u64 {
+        self.expect(pa).swap(val, Ordering::Relaxed)
     }
 
     fn expect(&self, pa: u64) -> &AtomicU64 {

@@ -3,7 +3,43 @@
 //!
 //! Accesses in the simulator go through the TLB first, like hardware. A hypervisor that changes
 //! a valid entry without the right TLBI therefore leaves a stale translation behind, and the
-//! next access through it succeeds where the spec says it must fault.
+//! next access through it succeeds where the spec says it must fault; `Machine::check_tlb`
+//! also compares every cached entry with the tables after each call.
+//!
+//! # What the TLB keeps, and what a TLBI removes
+//!
+//! The model keeps what the architecture allows an implementation to keep (Arm ARM, "Translation
+//! Lookaside Buffers" and the TLBI instruction descriptions), and removes only what a TLBI is
+//! required to remove, so that maintenance which works on *some* hardware but not all fails here:
+//!
+//! - **Regimes.** Entries are tagged with their regime: the EL2 stage-1, or a stage-2 under one
+//!   VMID (the host's is VMID 0). A TLBI acts on one regime only.
+//! - **Leaf entries** remember the level of the descriptor they came from (a level-1 or level-2
+//!   block, or a level-3 page) and cover that descriptor's whole range.
+//! - **Walk caches.** Every table descriptor a walk reads is cached too, keyed by the range of
+//!   input addresses it covers: a later walk that misses the leaf entries resumes from the
+//!   deepest cached table instead of reading the levels above again, so a table that was
+//!   unlinked but whose walk-cache entry survived is still used (and, once freed and reused,
+//!   read as garbage).
+//! - **TLBI by address** (`TLBI VAE2IS`/`VALE2IS` for EL2, `TLBI IPAS2E1IS` for a stage-2)
+//!   removes the entries whose range contains the address:
+//!   - the **level hint** (TTL, FEAT_TTL) names the level of the *leaf* being invalidated;
+//!     with a hint of level L only level-L leaf entries are removed (an entry of another level
+//!     is missed: with a wrong hint the architecture requires nothing to be invalidated), and
+//!     walk-cache entries are not (TTL is defined for leaf entries only; Linux and pkvm-rs
+//!     pass 0 when a table is removed). A hint of 0 means "unknown": any level;
+//!   - the **last-level-only** form (`VALE2IS`) removes leaf entries only: walk-cache entries
+//!     survive it. The non-last-level form with no hint removes walk-cache entries of every
+//!     level whose range contains the address.
+//! - **Whole-regime TLBIs** (`TLBI ALLE2IS`, `TLBI VMALLS12E1IS` for the VMID) remove every
+//!   entry of the regime, leaf and walk cache.
+//!
+//! Invalid descriptors are never cached (a translation fault is not), and nothing is evicted
+//! spontaneously: the model is the worst case of an implementation that caches everything.
+//!
+//! The simulated CPUs share one TLB: every TLBI the hypervisor issues is a broadcast (`IS`)
+//! one, and the simulator's CPUs only translate for the host and EL2, so sharing the cache
+//! loses nothing a per-CPU TLB would catch.
 
 use std::collections::HashMap;
 
@@ -15,11 +51,11 @@ use pkvm_hyp::platform::PhysMem;
 pub enum Regime {
     /// The EL2 stage-1 (hyp).
     El2,
-    /// A stage-2 (host: VMID 0).
+    /// A stage-2 under a VMID (the host's is VMID 0).
     Stage2(u16),
 }
 
-/// A translation: output address and permissions.
+/// A translation: output address and permissions, and the tables the walk read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Translation {
     /// Output address of the accessed byte.
@@ -34,6 +70,10 @@ pub struct Translation {
     pub device: bool,
     /// Level of the leaf (1, 2 or 3).
     pub level: u8,
+    /// The table the walk read at each level (index = level): the table it started from, then
+    /// each table a table descriptor pointed to; `None` above the start. The TLB's walk caches
+    /// are filled from it.
+    pub tables: [Option<u64>; 4],
 }
 
 /// Why a walk failed.
@@ -45,12 +85,25 @@ pub struct WalkFault {
     pub desc: u64,
 }
 
-const OA_MASK: u64 = 0x0000_FFFF_FFFF_F000;
+/// Output-address field of a descriptor (bits 47:12).
+pub const OA_MASK: u64 = 0x0000_FFFF_FFFF_F000;
 
 /// log2 of the size mapped by one entry at `level`.
 #[must_use]
 pub fn level_shift(level: u8) -> u32 {
     12 + 9 * (3 - u32::from(level))
+}
+
+/// `ia` rounded down to the range one entry at `level` covers.
+#[must_use]
+pub fn align_down(ia: u64, level: u8) -> u64 {
+    ia & !((1u64 << level_shift(level)) - 1)
+}
+
+/// Whether `desc`, found at `level`, is a table descriptor (valid, type bit set, above level 3).
+#[must_use]
+pub fn is_table_desc(desc: u64, level: u8) -> bool {
+    level < 3 && desc & 3 == 3
 }
 
 /// Walks the tables rooted at `root` (start level `start_level`) for input address `ia`.
@@ -65,9 +118,21 @@ pub fn walk(
     start_level: u8,
     ia: u64,
 ) -> Result<Translation, WalkFault> {
-    let mut table = root;
-    let mut level = start_level;
+    walk_from(mem, regime, root, start_level, ia)
+}
+
+/// Walks from `table`, a table of `level`, for input address `ia` (what a walk resumed from a
+/// walk-cache entry does).
+fn walk_from(
+    mem: &SimMemory,
+    regime: Regime,
+    mut table: u64,
+    mut level: u8,
+    ia: u64,
+) -> Result<Translation, WalkFault> {
+    let mut tables = [None; 4];
     loop {
+        tables[usize::from(level)] = Some(table);
         let idx = (ia >> level_shift(level)) & 511;
         let desc = mem.read_u64(table + idx * 8);
         if desc & 1 == 0 {
@@ -104,6 +169,7 @@ pub fn walk(
                     exec: !xn,
                     device: attr_idx == u64::from(pkvm_pgtable_attr_device()),
                     level,
+                    tables,
                 }
             }
             Regime::Stage2(_) => {
@@ -115,6 +181,7 @@ pub fn walk(
                     exec: !xn,
                     device: memattr & 0b1100 == 0,
                     level,
+                    tables,
                 }
             }
         };
@@ -127,78 +194,227 @@ fn pkvm_pgtable_attr_device() -> u8 {
     1
 }
 
-/// A cached translation, covering `[base, base + size)` of input addresses.
+/// A cached translation, covering the whole range of the leaf it came from.
 #[derive(Clone, Copy, Debug)]
 struct TlbEntry {
     out_base: u64,
     t: Translation,
 }
 
-/// A TLB: translations keyed by regime and block-aligned input address, per block size.
-#[derive(Debug, Default)]
+/// Key of a cached entry: regime, level of the descriptor, first input address of its range.
+type Key = (Regime, u8, u64);
+
+/// A TLB with walk caches (see the [module documentation](self) for what it keeps and what each
+/// TLBI removes).
+#[derive(Default)]
 pub struct Tlb {
-    entries: HashMap<(Regime, u8, u64), TlbEntry>,
+    /// Leaf entries (blocks and pages).
+    leaves: HashMap<Key, TlbEntry>,
+    /// Walk-cache entries: a table descriptor, as the next-level table it points to.
+    walks: HashMap<Key, u64>,
+    /// The RAM walks read: without it (a [`Tlb::default`]) the walk caches are kept and
+    /// invalidated but not walked from.
+    mem: Option<SimMemory>,
+}
+
+impl std::fmt::Debug for Tlb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tlb")
+            .field("leaves", &self.leaves.len())
+            .field("walks", &self.walks.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Tlb {
-    /// Looks up a cached translation for `ia`.
+    /// An empty TLB whose walks read `mem`.
     #[must_use]
-    pub fn lookup(&self, regime: Regime, ia: u64) -> Option<Translation> {
+    pub fn new(mem: SimMemory) -> Self {
+        Tlb {
+            mem: Some(mem),
+            ..Tlb::default()
+        }
+    }
+
+    fn leaf(&self, regime: Regime, ia: u64) -> Option<Translation> {
         for level in [3u8, 2, 1] {
-            let mask = (1u64 << level_shift(level)) - 1;
-            if let Some(e) = self.entries.get(&(regime, level, ia & !mask)) {
+            if let Some(e) = self.leaves.get(&(regime, level, align_down(ia, level))) {
                 let mut t = e.t;
-                t.pa = e.out_base | (ia & mask);
+                t.pa = e.out_base | (ia & ((1u64 << level_shift(level)) - 1));
                 return Some(t);
             }
         }
         None
     }
 
-    /// Caches `t`, the translation of `ia`.
+    /// The walk the MMU does on a leaf miss when a walk-cache entry covers `ia`: from the
+    /// deepest cached table. `None` if no walk-cache entry covers `ia`.
+    fn resume(&mut self, regime: Regime, ia: u64) -> Option<Result<Translation, WalkFault>> {
+        let mem = self.mem.as_ref()?;
+        let (level, table) = [2u8, 1, 0].into_iter().find_map(|l| {
+            self.walks
+                .get(&(regime, l, align_down(ia, l)))
+                .map(|&t| (l, t))
+        })?;
+        let r = walk_from(mem, regime, table, level + 1, ia);
+        if let Ok(t) = r {
+            self.insert(regime, ia, t);
+        }
+        Some(r)
+    }
+
+    /// Looks `ia` up as the MMU would without reading the root: a cached leaf entry, or else a
+    /// walk resumed from the deepest walk-cache entry covering `ia` (which fills the TLB). `None`
+    /// on a miss, and when the resumed walk faults (the caller then walks from the root, which a
+    /// stale walk-cache entry may make succeed where the hardware would fault:
+    /// [`Tlb::translate`] has no such fallback).
+    pub fn lookup(&mut self, regime: Regime, ia: u64) -> Option<Translation> {
+        if let Some(t) = self.leaf(regime, ia) {
+            return Some(t);
+        }
+        self.resume(regime, ia)?.ok()
+    }
+
+    /// Translates `ia` as the MMU does: a cached leaf entry, else a walk from the deepest
+    /// walk-cache entry covering `ia`, else from `root` (a table of `start_level`); what the
+    /// walk read is cached.
+    ///
+    /// # Errors
+    /// Where the walk stopped.
+    pub fn translate(
+        &mut self,
+        regime: Regime,
+        root: u64,
+        start_level: u8,
+        ia: u64,
+    ) -> Result<Translation, WalkFault> {
+        if let Some(t) = self.leaf(regime, ia) {
+            return Ok(t);
+        }
+        if let Some(r) = self.resume(regime, ia) {
+            return r;
+        }
+        let mem = self
+            .mem
+            .as_ref()
+            .expect("Tlb::translate needs a TLB made by Tlb::new");
+        let t = walk(mem, regime, root, start_level, ia)?;
+        self.insert(regime, ia, t);
+        Ok(t)
+    }
+
+    /// Caches `t`, the translation of `ia` that the caller walked, and the table descriptors
+    /// its walk read. With memory to read, the walk is first done again under the TLB's lock:
+    /// if the tables changed since (another CPU unlinked them and already issued its TLBI),
+    /// nothing is cached, as on hardware a walk in flight cannot outlive the TLBI that
+    /// removes what it read.
     pub fn fill(&mut self, regime: Regime, ia: u64, t: Translation) {
-        let mask = (1u64 << level_shift(t.level)) - 1;
-        self.entries.insert(
-            (regime, t.level, ia & !mask),
+        if let Some(mem) = &self.mem {
+            let Some(start) = t.tables.iter().position(Option::is_some) else {
+                return;
+            };
+            let again = t.tables[start].map(|table| walk_from(mem, regime, table, start as u8, ia));
+            if again != Some(Ok(t)) {
+                return;
+            }
+        }
+        self.insert(regime, ia, t);
+    }
+
+    fn insert(&mut self, regime: Regime, ia: u64, t: Translation) {
+        let level = t.level;
+        self.leaves.insert(
+            (regime, level, align_down(ia, level)),
             TlbEntry {
-                out_base: t.pa & !mask,
+                out_base: align_down(t.pa, level),
                 t,
             },
         );
-    }
-
-    /// `TLBI` by input address: drops every cached entry whose range contains `ia`.
-    pub fn invalidate_addr(&mut self, regime: Regime, ia: u64) {
-        for level in [3u8, 2, 1] {
-            let mask = (1u64 << level_shift(level)) - 1;
-            self.entries.remove(&(regime, level, ia & !mask));
+        for l in 0..level {
+            if let (Some(_), Some(next)) = (t.tables[usize::from(l)], t.tables[usize::from(l) + 1])
+            {
+                self.walks.insert((regime, l, align_down(ia, l)), next);
+            }
         }
     }
 
-    /// Drops every entry of `regime`.
-    pub fn invalidate_regime(&mut self, regime: Regime) {
-        self.entries.retain(|k, _| k.0 != regime);
+    /// A TLBI by input address `ia` in `regime`: `ttl` is the level hint (0 = none),
+    /// `last_level_only` the `VALE2IS` form (see the [module documentation](self)).
+    pub fn invalidate_va(&mut self, regime: Regime, ia: u64, ttl: u8, last_level_only: bool) {
+        for level in 1..=3u8 {
+            if ttl == 0 || ttl == level {
+                self.leaves.remove(&(regime, level, align_down(ia, level)));
+            }
+        }
+        if ttl == 0 && !last_level_only {
+            for level in 0..3u8 {
+                self.walks.remove(&(regime, level, align_down(ia, level)));
+            }
+        }
     }
 
-    /// Every cached entry as `(regime, first input address, translation of that address)`.
+    /// Drops every entry of `regime`, leaf and walk cache (`TLBI ALLE2IS`, `TLBI
+    /// VMALLS12E1IS`).
+    pub fn invalidate_regime(&mut self, regime: Regime) {
+        self.leaves.retain(|k, _| k.0 != regime);
+        self.walks.retain(|k, _| k.0 != regime);
+    }
+
+    /// Every cached leaf entry as `(regime, first input address, translation of that address)`.
     pub fn entries(&self) -> impl Iterator<Item = (Regime, u64, Translation)> + '_ {
-        self.entries.iter().map(|(&(regime, _, ia), e)| {
+        self.leaves.iter().map(|(&(regime, _, ia), e)| {
             let mut t = e.t;
             t.pa = e.out_base;
             (regime, ia, t)
         })
     }
 
-    /// Number of cached entries.
+    /// Every walk-cache entry as `(regime, level of the table descriptor, first input address
+    /// of its range, the next-level table it points to)`.
+    pub fn walk_entries(&self) -> impl Iterator<Item = (Regime, u8, u64, u64)> + '_ {
+        self.walks
+            .iter()
+            .map(|(&(regime, level, ia), &table)| (regime, level, ia, table))
+    }
+
+    /// Number of cached entries, leaf and walk cache.
     #[must_use]
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.leaves.len() + self.walks.len()
     }
 
     /// Whether the TLB is empty.
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.leaves.is_empty() && self.walks.is_empty()
+    }
+}
+
+/// The descriptor at `level` that a walk from `root` (a table of `start_level`) reads for `ia`,
+/// if the walk gets that far (every descriptor above it is a table descriptor).
+#[must_use]
+pub fn descriptor_at(
+    mem: &SimMemory,
+    root: u64,
+    start_level: u8,
+    ia: u64,
+    level: u8,
+) -> Option<u64> {
+    if level < start_level {
+        return None;
+    }
+    let mut table = root;
+    let mut l = start_level;
+    loop {
+        let desc = mem.read_u64(table + ((ia >> level_shift(l)) & 511) * 8);
+        if l == level {
+            return Some(desc);
+        }
+        if !is_table_desc(desc, l) {
+            return None;
+        }
+        table = desc & OA_MASK;
+        l += 1;
     }
 }
 
@@ -236,4 +452,156 @@ pub fn for_each_table(mem: &SimMemory, root: u64, start_level: u8, mut f: impl F
         }
     }
     rec(mem, root, start_level, &mut f);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RAM: u64 = 0x4000_0000;
+    /// Tables: L0 at +0x1000, L1 at +0x2000, L2 at +0x3000, L3 at +0x4000.
+    const L0: u64 = RAM + 0x1000;
+    const L1: u64 = RAM + 0x2000;
+    const L2: u64 = RAM + 0x3000;
+    const L3: u64 = RAM + 0x4000;
+    /// A page mapped at level 3 (VA 0x4020_0000 -> PA 0x4000_8000) and its neighbour
+    /// (0x4020_1000 -> 0x4000_9000), a 2 MiB block at level 2 (0x4040_0000 -> 0x4000_0000).
+    const PAGE_VA: u64 = 0x4020_0000;
+    const NEXT_VA: u64 = 0x4020_1000;
+    const BLOCK_VA: u64 = 0x4040_0000;
+
+    fn ptep(table: u64, ia: u64, level: u8) -> u64 {
+        table + ((ia >> level_shift(level)) & 511) * 8
+    }
+
+    /// EL2 stage-1 tables with a page, its neighbour and a block.
+    fn tables() -> SimMemory {
+        let mem = SimMemory::new(&[(RAM, 1 << 20)]);
+        let table = |pa: u64| pa | 3;
+        let page = |pa: u64| pa | (1 << 10) | 3;
+        mem.write_u64(ptep(L0, PAGE_VA, 0), table(L1));
+        mem.write_u64(ptep(L1, PAGE_VA, 1), table(L2));
+        mem.write_u64(ptep(L2, PAGE_VA, 2), table(L3));
+        mem.write_u64(ptep(L3, PAGE_VA, 3), page(RAM + 0x8000));
+        mem.write_u64(ptep(L3, NEXT_VA, 3), page(RAM + 0x9000));
+        mem.write_u64(ptep(L2, BLOCK_VA, 2), RAM | (1 << 10) | 1);
+        mem
+    }
+
+    fn tlb(mem: &SimMemory) -> Tlb {
+        Tlb::new(mem.handle())
+    }
+
+    #[test]
+    fn a_walk_caches_its_leaf_and_every_table_descriptor() {
+        let mem = tables();
+        let mut tlb = tlb(&mem);
+        let t = tlb.translate(Regime::El2, L0, 0, PAGE_VA + 8).unwrap();
+        assert_eq!((t.pa, t.level), (RAM + 0x8008, 3));
+        assert_eq!(t.tables, [Some(L0), Some(L1), Some(L2), Some(L3)]);
+        let mut walks: Vec<_> = tlb.walk_entries().collect();
+        walks.sort_by_key(|w| w.1);
+        assert_eq!(
+            walks,
+            [
+                (Regime::El2, 0, 0, L1),
+                (Regime::El2, 1, 0x4000_0000, L2),
+                (Regime::El2, 2, 0x4020_0000, L3)
+            ]
+        );
+        assert_eq!(tlb.len(), 4);
+    }
+
+    #[test]
+    fn a_level_hint_only_invalidates_leaves_of_that_level() {
+        let mem = tables();
+        let mut tlb = tlb(&mem);
+        tlb.translate(Regime::El2, L0, 0, PAGE_VA).unwrap();
+        tlb.translate(Regime::El2, L0, 0, BLOCK_VA).unwrap();
+        // Wrong hints miss.
+        tlb.invalidate_va(Regime::El2, PAGE_VA, 2, true);
+        tlb.invalidate_va(Regime::El2, BLOCK_VA + 0x1000, 3, true);
+        assert!(tlb.lookup(Regime::El2, PAGE_VA).is_some());
+        assert!(tlb.lookup(Regime::El2, BLOCK_VA).is_some());
+        // The right ones, or none, hit (anywhere in the block).
+        tlb.invalidate_va(Regime::El2, PAGE_VA, 3, true);
+        tlb.invalidate_va(Regime::El2, BLOCK_VA + 0x1000, 0, true);
+        assert!(tlb.entries().next().is_none());
+    }
+
+    #[test]
+    fn walk_caches_survive_leaf_only_and_hinted_tlbis_and_are_used() {
+        let mem = tables();
+        let mut tlb = tlb(&mem);
+        tlb.translate(Regime::El2, L0, 0, PAGE_VA).unwrap();
+        // Unlink the level-3 table; invalidate with the last-level form and with a hint.
+        mem.write_u64(ptep(L2, PAGE_VA, 2), 0);
+        tlb.invalidate_va(Regime::El2, PAGE_VA, 0, true);
+        tlb.invalidate_va(Regime::El2, PAGE_VA, 2, false);
+        assert!(tlb.entries().next().is_none(), "the leaf is gone");
+        assert_eq!(tlb.walk_entries().count(), 3, "the walk caches are not");
+        // A later walk still goes through the unlinked table, even for a page never looked
+        // up before...
+        assert_eq!(
+            tlb.translate(Regime::El2, L0, 0, NEXT_VA).map(|t| t.pa),
+            Ok(RAM + 0x9000)
+        );
+        assert!(tlb.lookup(Regime::El2, NEXT_VA).is_some());
+        // ...and sees whatever the page holds once it is reused.
+        mem.write_u64(ptep(L3, NEXT_VA, 3), (RAM + 0xa000) | (1 << 10) | 3);
+        tlb.invalidate_va(Regime::El2, NEXT_VA, 3, true);
+        assert_eq!(
+            tlb.translate(Regime::El2, L0, 0, NEXT_VA).map(|t| t.pa),
+            Ok(RAM + 0xa000)
+        );
+        // The non-last-level TLBI without a hint removes the leaf and the walk caches on its
+        // path.
+        tlb.invalidate_va(Regime::El2, NEXT_VA, 0, false);
+        assert_eq!(tlb.walk_entries().count(), 0);
+        assert_eq!(
+            tlb.translate(Regime::El2, L0, 0, NEXT_VA)
+                .map_err(|f| f.level),
+            Err(2)
+        );
+    }
+
+    #[test]
+    fn tlbis_act_on_their_regime_only() {
+        let mem = tables();
+        let mut tlb = tlb(&mem);
+        tlb.translate(Regime::El2, L0, 0, PAGE_VA).unwrap();
+        tlb.translate(Regime::Stage2(1), L0, 0, PAGE_VA).unwrap();
+        tlb.invalidate_va(Regime::Stage2(0), PAGE_VA, 0, false);
+        tlb.invalidate_regime(Regime::Stage2(2));
+        assert_eq!(tlb.len(), 8);
+        tlb.invalidate_regime(Regime::Stage2(1));
+        assert_eq!(tlb.len(), 4);
+        tlb.invalidate_regime(Regime::El2);
+        assert!(tlb.is_empty());
+    }
+
+    #[test]
+    fn a_walk_whose_tables_changed_before_the_fill_is_not_cached() {
+        let mem = tables();
+        let mut tlb = tlb(&mem);
+        let t = walk(&mem, Regime::El2, L0, 0, PAGE_VA).unwrap();
+        mem.write_u64(ptep(L2, PAGE_VA, 2), 0);
+        tlb.fill(Regime::El2, PAGE_VA, t);
+        assert!(tlb.is_empty());
+        mem.write_u64(ptep(L2, PAGE_VA, 2), L3 | 3);
+        tlb.fill(Regime::El2, PAGE_VA, t);
+        assert_eq!(tlb.len(), 4);
+    }
+
+    #[test]
+    fn descriptor_at_follows_table_descriptors_only() {
+        let mem = tables();
+        assert_eq!(descriptor_at(&mem, L0, 0, PAGE_VA, 2), Some(L3 | 3));
+        assert_eq!(
+            descriptor_at(&mem, L0, 0, BLOCK_VA, 2),
+            Some(RAM | (1 << 10) | 1)
+        );
+        assert_eq!(descriptor_at(&mem, L0, 0, BLOCK_VA, 3), None);
+        assert_eq!(descriptor_at(&mem, L1, 1, PAGE_VA, 0), None);
+    }
 }

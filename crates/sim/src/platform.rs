@@ -1,15 +1,18 @@
 //! The simulator's [`Platform`]: simulated RAM, a recorded stream of barriers and TLB
-//! maintenance, and a TLB model that the maintenance acts on.
+//! maintenance, a TLB model that the maintenance acts on, and the page-table protocol monitor
+//! ([`crate::protocol`]) that every store, barrier and TLBI is reported to.
 
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Mutex, mpsc};
 
 use pkvm_arch::esr::{DataAbort, Ec, Esr};
 use pkvm_arch::regs::Vttbr;
+use pkvm_hyp::hyp::LockState;
 use pkvm_hyp::platform::{ArchOps, GuestEntry, GuestExit, GuestRunner, PhysMem, Platform};
 
 use crate::mem::SimMemory;
 use crate::mmu::{Regime, Tlb};
+use crate::protocol::{Effect, Event, Monitor, Root, Stats};
 
 /// One architectural effect the hypervisor asked for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,6 +81,23 @@ pub struct SimPlatform {
     pub device_regs: Mutex<std::collections::BTreeMap<u64, u64>>,
     /// Every device-register write EL2 made, in order: `(pa, size, value)`.
     pub device_writes: Mutex<Vec<(u64, u8, u64)>>,
+    /// The page-table protocol monitor, and whether it is synchronised (before that, effects
+    /// are not reported to it).
+    monitor: Mutex<Monitor>,
+    monitoring: AtomicBool,
+    /// Where to ask which hypervisor locks are held ([`crate::protocol::with_lock_probe`]).
+    lock_probe: Mutex<Option<LockProbe>>,
+    probing: AtomicBool,
+}
+
+/// A lock probe: send it a reply channel, get the [`LockState`] back.
+pub(crate) type LockProbe = mpsc::Sender<mpsc::SyncSender<LockState>>;
+
+/// A small number naming the running thread: the simulated CPU of an effect.
+fn cpu_id() -> u32 {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    thread_local!(static ID: u32 = NEXT.fetch_add(1, Ordering::Relaxed));
+    ID.with(|id| *id)
 }
 
 /// One thing the simulated guest does before it exits (the world switch itself is EL2-only:
@@ -176,9 +196,11 @@ impl SimPlatform {
     /// A platform with RAM regions `(base, size)`.
     #[must_use]
     pub fn new(ram: &[(u64, u64)]) -> Self {
+        let mem = SimMemory::new(ram);
+        let tlb = Tlb::new(mem.handle());
         SimPlatform {
-            mem: SimMemory::new(ram),
-            tlb: Mutex::new(Tlb::default()),
+            mem,
+            tlb: Mutex::new(tlb),
             counts: ArchCounts::default(),
             recent: Mutex::new(Vec::new()),
             log: Mutex::new(Vec::new()),
@@ -186,6 +208,10 @@ impl SimPlatform {
             guest_entries: Mutex::new(Vec::new()),
             device_regs: Mutex::new(std::collections::BTreeMap::new()),
             device_writes: Mutex::new(Vec::new()),
+            monitor: Mutex::new(Monitor::new()),
+            monitoring: AtomicBool::new(false),
+            lock_probe: Mutex::new(None),
+            probing: AtomicBool::new(false),
         }
     }
 
@@ -200,6 +226,62 @@ impl SimPlatform {
     /// Takes the recorded effects.
     pub fn take_events(&self) -> Vec<ArchEvent> {
         std::mem::take(&mut *self.recent.lock().unwrap())
+    }
+
+    /// Reports `effect` of the running CPU to the protocol monitor, if it is synchronised.
+    fn observe(&self, effect: Effect) {
+        if self.monitoring.load(Ordering::Acquire) {
+            let ev = Event {
+                cpu: cpu_id(),
+                effect,
+            };
+            self.monitor.lock().unwrap().step(&self.mem, ev);
+        }
+    }
+
+    /// The hypervisor's locks now, if a probe is installed.
+    fn locks(&self) -> Option<LockState> {
+        if !self.probing.load(Ordering::Acquire) {
+            return None;
+        }
+        let probe = self.lock_probe.lock().unwrap().clone()?;
+        let (tx, rx) = mpsc::sync_channel(1);
+        probe.send(tx).ok()?;
+        rx.recv().ok()
+    }
+
+    /// Installs (or, with `None`, removes) the lock probe.
+    pub(crate) fn set_lock_probe(&self, probe: Option<LockProbe>) {
+        let mut p = self.lock_probe.lock().unwrap();
+        self.probing.store(probe.is_some(), Ordering::Release);
+        *p = probe;
+    }
+
+    /// Starts a window of the protocol monitor from the tables at `roots` (see
+    /// [`Monitor::sync`]); from now on every effect is checked. Returns the violations of the
+    /// window it ends, if one was open.
+    ///
+    /// # Errors
+    /// Those violations.
+    pub fn protocol_sync(&self, roots: &[Root]) -> Result<(), String> {
+        let mut m = self.monitor.lock().unwrap();
+        m.sync(&self.mem, roots);
+        self.monitoring.store(true, Ordering::Release);
+        m.take()
+    }
+
+    /// Ends the monitor's window without re-reading the roots ([`Monitor::finish`]).
+    ///
+    /// # Errors
+    /// The violations of the window.
+    pub fn protocol_finish(&self) -> Result<(), String> {
+        self.monitor.lock().unwrap().finish()
+    }
+
+    /// What the monitor has checked so far.
+    #[must_use]
+    pub fn protocol_stats(&self) -> Stats {
+        self.monitor.lock().unwrap().stats()
     }
 }
 
@@ -226,17 +308,18 @@ fn mmio_esr(d: DataAbort) -> u64 {
 }
 
 impl SimPlatform {
-    /// `tlbi ipas2e1is` (+ `vmalle1is`) under `vmid`.
+    /// `tlbi ipas2e1is` (+ `vmalle1is`) with `vmid` in `VTTBR_EL2`.
     fn s2_tlbi_ipa(&self, vmid: u16, ipa: u64, level: u8) {
         self.counts.tlbi.fetch_add(1, Ordering::Relaxed);
         self.record(ArchEvent::TlbiS2Ipa { vmid, ipa, level });
         self.tlb
             .lock()
             .unwrap()
-            .invalidate_addr(Regime::Stage2(vmid), ipa);
+            .invalidate_va(Regime::Stage2(vmid), ipa, level, false);
+        self.observe(Effect::TlbiS2 { ipa, ttl: level });
     }
 
-    /// `tlbi vmalls12e1is` under `vmid`.
+    /// `tlbi vmalls12e1is` with `vmid` in `VTTBR_EL2`.
     fn s2_tlbi_vmid(&self, vmid: u16) {
         self.counts.tlbi.fetch_add(1, Ordering::Relaxed);
         self.record(ArchEvent::TlbiVmid(vmid));
@@ -244,6 +327,19 @@ impl SimPlatform {
             .lock()
             .unwrap()
             .invalidate_regime(Regime::Stage2(vmid));
+        self.observe(Effect::TlbiS2All);
+    }
+
+    /// Runs `tlbi` with the guest's `vttbr` loaded, as EL2 does: load it, `ISB`, the TLBI,
+    /// `DSB ISH` (completing it), the host's back, `ISB`. The barriers are the platform's own:
+    /// only the monitor sees them, not [`SimPlatform::recent`] or the counts.
+    fn with_guest_vttbr(&self, vttbr: Vttbr, tlbi: impl FnOnce()) {
+        self.observe(Effect::LoadVttbr(vttbr));
+        self.observe(Effect::Isb);
+        tlbi();
+        self.observe(Effect::DsbIsh);
+        self.observe(Effect::RestoreVttbr);
+        self.observe(Effect::Isb);
     }
 }
 
@@ -346,27 +442,55 @@ impl GuestRunner for SimPlatform {
     }
 }
 
+/// Every store is reported to the protocol monitor (once it is synchronised) with the value it
+/// replaced; a `zero` as the stores that change a word.
 impl PhysMem for SimPlatform {
     fn read_u64(&self, pa: u64) -> u64 {
         self.mem.read_u64(pa)
     }
 
     fn write_u64(&self, pa: u64, val: u64) {
-        self.mem.write_u64(pa, val);
+        if !self.monitoring.load(Ordering::Acquire) {
+            self.mem.write_u64(pa, val);
+            return;
+        }
+        let locks = self.locks();
+        let old = self.mem.swap(pa, val);
+        self.observe(Effect::Write {
+            pa,
+            old,
+            new: val,
+            locks,
+        });
     }
 
     fn zero(&self, pa: u64, len: u64) {
-        self.mem.zero(pa, len);
+        if !self.monitoring.load(Ordering::Acquire) {
+            self.mem.zero(pa, len);
+            return;
+        }
+        let locks = self.locks();
+        for a in (pa..pa + len).step_by(8) {
+            let old = self.mem.swap(a, 0);
+            if old != 0 {
+                self.observe(Effect::Write {
+                    pa: a,
+                    old,
+                    new: 0,
+                    locks,
+                });
+            }
+        }
     }
 }
 
 impl Platform for SimPlatform {
     fn tlbi_guest_s2_ipa(&self, vttbr: Vttbr, ipa: u64, level: u8) {
-        self.s2_tlbi_ipa(vttbr.vmid(), ipa, level);
+        self.with_guest_vttbr(vttbr, || self.s2_tlbi_ipa(vttbr.vmid(), ipa, level));
     }
 
     fn tlbi_guest_vmid(&self, vttbr: Vttbr) {
-        self.s2_tlbi_vmid(vttbr.vmid());
+        self.with_guest_vttbr(vttbr, || self.s2_tlbi_vmid(vttbr.vmid()));
     }
 
     fn mmio_read(&self, pa: u64, size: u8) -> u64 {
@@ -395,16 +519,19 @@ impl ArchOps for SimPlatform {
     fn dsb_ishst(&self) {
         self.counts.dsb.fetch_add(1, Ordering::Relaxed);
         self.record(ArchEvent::DsbIshst);
+        self.observe(Effect::DsbIshst);
     }
 
     fn dsb_ish(&self) {
         self.counts.dsb.fetch_add(1, Ordering::Relaxed);
         self.record(ArchEvent::DsbIsh);
+        self.observe(Effect::DsbIsh);
     }
 
     fn isb(&self) {
         self.counts.isb.fetch_add(1, Ordering::Relaxed);
         self.record(ArchEvent::Isb);
+        self.observe(Effect::Isb);
     }
 
     fn tlbi_el2_va(&self, va: u64, level: u8, last_level_only: bool) {
@@ -414,7 +541,15 @@ impl ArchOps for SimPlatform {
             level,
             last_level_only,
         });
-        self.tlb.lock().unwrap().invalidate_addr(Regime::El2, va);
+        self.tlb
+            .lock()
+            .unwrap()
+            .invalidate_va(Regime::El2, va, level, last_level_only);
+        self.observe(Effect::TlbiEl2 {
+            va,
+            ttl: level,
+            last_level_only,
+        });
     }
 
     // As at EL2, the platform's own stage-2 TLBIs act on the VMID loaded in `VTTBR_EL2`,
@@ -440,5 +575,6 @@ impl ArchOps for SimPlatform {
         self.counts.tlbi.fetch_add(1, Ordering::Relaxed);
         self.record(ArchEvent::TlbiEl2All);
         self.tlb.lock().unwrap().invalidate_regime(Regime::El2);
+        self.observe(Effect::TlbiEl2All);
     }
 }
