@@ -1,11 +1,13 @@
 //! The command line, defined once (clap's derive API) and validated here: `cargo xtask run |
-//! test | bench [options] [-- <extra QEMU args>]`, turned into an [`Action`] that says what to
-//! run and with which [`RunOptions`]. Nothing else in xtask looks at argv.
+//! test | bench [options] [-- <extra QEMU args>]` and `cargo xtask mutants [options] [--
+//! <extra cargo-mutants args>]`, turned into an [`Action`] that says what to run and with which
+//! [`RunOptions`] (or [`MutantsOptions`]). Nothing else in xtask looks at argv.
 //!
 //! Defaults differ between the commands (`run --host linux` boots 4 CPUs for up to 180 s,
 //! `bench` counts instructions in the `bench` scenario), so the options are optional here and
 //! fill in the command's [`RunOptions`] defaults.
 
+use crate::mutants::{self, MutantsOptions};
 use crate::qemu::RunOptions;
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
@@ -18,7 +20,7 @@ use std::time::Duration;
     bin_name = "cargo xtask",
     subcommand_required = true,
     arg_required_else_help = true,
-    after_help = "`cargo xtask help run` and `cargo xtask help bench` list the options."
+    after_help = "`cargo xtask help run`, `cargo xtask help bench` and `cargo xtask help mutants` list the options."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -44,6 +46,52 @@ enum Command {
         mut_arg("scenario", |a| a.help(BENCH_SCENARIO_HELP)),
     )]
     Bench(QemuArgs),
+    /// mutation testing (cargo-mutants) of pkvm-pgtable and pkvm-hyp against the
+    /// tests of pgtable, hyp and the simulator; not part of `test` (hours:
+    /// narrow it with --package, --file or --shard); docs/MUTATION.md
+    #[command(verbatim_doc_comment, args_override_self = true)]
+    Mutants(MutantsArgs),
+}
+
+/// `mutants`: which mutants, and how to run their tests.
+#[derive(Debug, Args)]
+struct MutantsArgs {
+    /// mutate only this crate (repeatable; default both)
+    #[arg(short = 'p', long, value_name = "pgtable|hyp")]
+    package: Vec<Crate>,
+    /// only mutants in files matching this glob, e.g. 'crates/hyp/src/vm/*'
+    /// (repeatable)
+    #[arg(short = 'f', long, value_name = "GLOB", verbatim_doc_comment)]
+    file: Vec<String>,
+    /// mutants built and tested at once, each in its own copy (default 1)
+    #[arg(short = 'j', long, value_name = "N", value_parser = jobs)]
+    jobs: Option<u32>,
+    /// test timeout per mutant; a mutant that runs past it counts as caught
+    /// (default 120)
+    #[arg(long, value_name = "SECS", value_parser = seconds, verbatim_doc_comment)]
+    timeout: Option<Duration>,
+    /// PKVM_MODEL_CASES, the simulator's model-test cases per mutant
+    /// (default 200)
+    #[arg(long, value_name = "N", verbatim_doc_comment)]
+    cases: Option<u32>,
+    /// only shard k of n (k/n, k from 0), to split the run across machines
+    #[arg(long, value_name = "k/n", value_parser = shard)]
+    shard: Option<String>,
+    /// list the mutants instead of testing them
+    #[arg(long)]
+    list: bool,
+    /// extra cargo-mutants arguments (e.g. -- --iterate)
+    #[arg(last = true, value_name = "ARGS")]
+    extra: Vec<String>,
+}
+
+/// The crates `mutants --package` takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Crate {
+    /// pkvm-pgtable
+    Pgtable,
+    /// pkvm-hyp
+    Hyp,
 }
 
 /// `run`: the QEMU options, and the ones that boot Linux as the host.
@@ -177,6 +225,24 @@ fn word(v: &str) -> Result<String, String> {
     }
 }
 
+fn jobs(v: &str) -> Result<u32, String> {
+    v.parse()
+        .ok()
+        .filter(|n| (1..=16).contains(n))
+        .ok_or_else(|| "want 1..=16".into())
+}
+
+/// `k/n` with `k < n`.
+fn shard(v: &str) -> Result<String, String> {
+    let parsed = v
+        .split_once('/')
+        .and_then(|(k, n)| Some((k.parse::<u32>().ok()?, n.parse::<u32>().ok()?)));
+    match parsed {
+        Some((k, n)) if k < n => Ok(v.to_string()),
+        _ => Err("want k/n with 0 <= k < n".into()),
+    }
+}
+
 fn reps(v: &str) -> Result<u32, String> {
     v.parse()
         .ok()
@@ -195,6 +261,8 @@ pub enum Action {
     Test,
     /// `bench`.
     Bench(RunOptions),
+    /// `mutants`.
+    Mutants(MutantsOptions),
 }
 
 /// `run` with Linux as the host.
@@ -249,6 +317,37 @@ impl QemuArgs {
     }
 }
 
+impl MutantsArgs {
+    /// The options given, over the defaults `o`.
+    fn over(self, mut o: MutantsOptions) -> MutantsOptions {
+        if !self.package.is_empty() {
+            o.packages = mutants::PACKAGES
+                .into_iter()
+                .filter(|p| {
+                    self.package.iter().any(|c| match c {
+                        Crate::Pgtable => *p == "pkvm-pgtable",
+                        Crate::Hyp => *p == "pkvm-hyp",
+                    })
+                })
+                .collect();
+        }
+        o.files = self.file;
+        if let Some(j) = self.jobs {
+            o.jobs = j;
+        }
+        if let Some(t) = self.timeout {
+            o.timeout = t;
+        }
+        if let Some(c) = self.cases {
+            o.cases = c;
+        }
+        o.shard = self.shard;
+        o.list = self.list;
+        o.extra = self.extra;
+        o
+    }
+}
+
 impl Cli {
     /// What to do, with every option applied over the command's defaults.
     pub fn action(self) -> Action {
@@ -268,6 +367,7 @@ impl Cli {
             }
             Command::Test => Action::Test,
             Command::Bench(qemu) => Action::Bench(qemu.over(crate::bench::default_options())),
+            Command::Mutants(m) => Action::Mutants(m.over(MutantsOptions::default())),
         }
     }
 }
@@ -439,6 +539,68 @@ mod tests {
     }
 
     #[test]
+    fn mutants_options() {
+        let m = |args: &[&str]| {
+            let mut all = vec!["mutants"];
+            all.extend(args);
+            match action(&all) {
+                Ok(Action::Mutants(o)) => Ok(o),
+                Ok(other) => panic!("{args:?}: {other:?}"),
+                Err(e) => Err(e),
+            }
+        };
+        let o = m(&[]).unwrap();
+        assert_eq!(o, MutantsOptions::default());
+        assert_eq!(o.packages, ["pkvm-pgtable", "pkvm-hyp"]);
+        let a = o.args();
+        for want in [
+            "--package pkvm-pgtable --package pkvm-hyp",
+            "--test-package pkvm-pgtable --test-package pkvm-hyp --test-package pkvm-sim",
+            "--jobs 1 --timeout 120",
+            "--output target/mutants",
+        ] {
+            assert!(a.join(" ").contains(want), "{want} not in {a:?}");
+        }
+        let o = m(&[
+            "-p",
+            "hyp",
+            "--file",
+            "crates/hyp/src/vm/*",
+            "-j",
+            "2",
+            "--timeout",
+            "60",
+            "--cases",
+            "50",
+            "--shard",
+            "1/4",
+            "--",
+            "--iterate",
+        ])
+        .unwrap();
+        assert_eq!(o.packages, ["pkvm-hyp"]);
+        assert_eq!((o.jobs, o.timeout.as_secs(), o.cases), (2, 60, 50));
+        let a = o.args().join(" ");
+        assert!(a.contains("--file crates/hyp/src/vm/*") && a.contains("--shard 1/4"));
+        assert!(a.ends_with("--iterate") && !a.contains("pkvm-pgtable --package"));
+        // Both crates, in the order cargo-mutants is given them, whatever the order here.
+        let o = m(&["-p", "hyp", "-p", "pgtable"]).unwrap();
+        assert_eq!(o.packages, ["pkvm-pgtable", "pkvm-hyp"]);
+        let a = m(&["--list"]).unwrap().args().join(" ");
+        assert!(a.contains("--list") && !a.contains("--jobs") && !a.contains("--test-package"));
+        for bad in [
+            &["-p", "spec"][..],
+            &["-j", "0"],
+            &["--shard", "4/4"],
+            &["--shard", "x"],
+            &["--timeout", "0"],
+            &["--smp", "2"],
+        ] {
+            assert!(m(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn help() {
         for args in [
             &["help"][..],
@@ -446,6 +608,7 @@ mod tests {
             &["-h"],
             &["help", "run"],
             &["run", "-h"],
+            &["help", "mutants"],
         ] {
             let e = action(args).unwrap_err();
             assert_eq!(e.kind(), ErrorKind::DisplayHelp, "{args:?}");

@@ -5,6 +5,7 @@
 //! cargo xtask test              fmt, clippy (host and bare-metal targets), cargo test, QEMU system tests
 //! cargo xtask bench [options]   boot the `bench` scenario twice under -icount, check both boots
 //!                               measured the same, print the table of EL2 instructions per operation
+//! cargo xtask mutants [options] mutation testing of pgtable and hyp (cargo-mutants; hours)
 //! cargo xtask help [command]    the commands, or one command's options
 //! ```
 //!
@@ -17,6 +18,7 @@
 //! | `qemu.rs` | the QEMU command line, the timeout, the `PKVM-RESULT` line |
 //! | `test.rs`, `fuzz.rs` | `cargo xtask test`: the static checks and the QEMU system tests |
 //! | `bench.rs` | `cargo xtask bench`: the `PKVM-BENCH` figures and their table |
+//! | `mutants.rs` | `cargo xtask mutants`: cargo-mutants over pgtable and hyp |
 //! | `linux/` | `run --host linux`: Debian's kernel, the driver, the initramfs, the boots |
 //! | `cpio.rs` | the initramfs writer |
 //! | `prereq.rs` | installing the Rust targets and QEMU when missing |
@@ -31,6 +33,7 @@ mod elf;
 mod fuzz;
 mod images;
 mod linux;
+mod mutants;
 mod prereq;
 mod qemu;
 mod test;
@@ -52,6 +55,7 @@ fn main() -> ExitCode {
         Action::RunLinux(r) => linux::cmd_run(&r),
         Action::Test => test::cmd_test(),
         Action::Bench(o) => bench::cmd_bench(&o),
+        Action::Mutants(o) => mutants::cmd_mutants(&o),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

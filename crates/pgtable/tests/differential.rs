@@ -3,6 +3,7 @@
 //! attribute bits (EL2 stage-1 and stage-2).
 
 mod common;
+mod persistence;
 
 use aarch64_paging::Mapping;
 use aarch64_paging::descriptor::{
@@ -318,7 +319,7 @@ fn probes() -> impl Strategy<Value = Vec<u64>> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 1000, failure_persistence: persistence::out_of_tree(), ..ProptestConfig::default() })]
 
     #[test]
     fn same_translations_as_aarch64_paging(

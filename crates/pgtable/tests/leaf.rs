@@ -2,6 +2,7 @@
 //! map / unmap / set_owner sequences; and its agreement with `get_leaf`.
 
 mod common;
+mod persistence;
 
 use common::{MEntry, Model, TestArch, TestMm, check_structure};
 use pkvm_pgtable::desc::{self, granule, output_address};
@@ -303,7 +304,7 @@ fn check_model(pt: &PageTable, mm: &TestMm, model: &Model, addr: u64) -> Result<
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 300, failure_persistence: persistence::out_of_tree(), ..ProptestConfig::default() })]
 
     /// After random map / unmap / set_owner sequences, `leaf` of every page near the touched
     /// ranges says what the model says: the mapping (output address and prot), the owner, or

@@ -3,6 +3,7 @@
 //! after every step.
 
 mod common;
+mod persistence;
 
 use common::{Harness, MEntry, Model, TestMm, check_structure, table_runs};
 use pkvm_pgtable::desc::{self, granule, is_valid};
@@ -321,7 +322,7 @@ fn run_case(cfg: Config, ops: &[Op]) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 1000, failure_persistence: persistence::out_of_tree(), ..ProptestConfig::default() })]
 
     #[test]
     fn random_ops_match_model((cfg, ops) in case_strategy(14)) {
@@ -330,7 +331,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 200, failure_persistence: persistence::out_of_tree(), ..ProptestConfig::default() })]
 
     /// The same sequences, but destroy is used on the populated table: every page is freed.
     #[test]
@@ -444,7 +445,7 @@ fn run_nomem_case(cfg: Config, ops: &[Op], budget: u64) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 300, failure_persistence: persistence::out_of_tree(), ..ProptestConfig::default() })]
 
     #[test]
     fn no_memory_leaves_consistent_tables(

@@ -12,6 +12,8 @@ use pkvm_client::{Exit, HcallError, VmHandle};
 use pkvm_hyp::platform::PhysMem;
 use pkvm_sim::platform::{ArchEvent, SimGuestAction};
 use pkvm_sim::{Machine, SimConfig, with_machine};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 struct Host {
     base: u64,
@@ -589,17 +591,52 @@ fn eight_vms_then_enomem() {
     });
 }
 
+/// Set when a thread of a concurrent test panics, so that the others stop instead of waiting
+/// forever for something the dead thread will never do (a failure, not a CI timeout).
+struct Abort(AtomicBool);
+
+impl Abort {
+    /// Whether another thread has panicked.
+    fn raised(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// Raises the flag if the current thread unwinds while the guard lives.
+    fn guard(&self) -> AbortOnPanic<'_> {
+        AbortOnPanic(self)
+    }
+}
+
+struct AbortOnPanic<'a>(&'a Abort);
+
+impl Drop for AbortOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.0.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// How long a thread waits for another thread's VM to let go of a shared page before it fails.
+const BUSY_LIMIT: Duration = Duration::from_secs(20);
+
 /// Four simulated CPUs create, run and destroy VMs at once, the structures of two threads'
 /// VMs sharing one page, while the host shares and unshares other pages with EL2: every call
 /// returns a legal result and nothing is left afterwards.
+///
+/// A thread that panics (a failed check) raises an abort flag: the others stop at their next
+/// round or while waiting on `EBUSY` (its VM will never be torn down), so the test fails at
+/// once; a wait on `EBUSY` is also bounded ([`BUSY_LIMIT`]).
 #[test]
 fn concurrent_lifecycles_leave_nothing_behind() {
     const THREADS: u64 = 4;
     const ROUNDS: u64 = 300;
+    let abort = &Abort(AtomicBool::new(false));
     machine(|m, h| {
         std::thread::scope(|s| {
             for t in 0..THREADS {
                 s.spawn(move || {
+                    let _guard = abort.guard();
                     // Threads 0/1 put their structures in pages 0..2, threads 2/3 in 3..5.
                     let pair = (t / 2) * 3;
                     let half = (t % 2) * 0x800;
@@ -612,6 +649,9 @@ fn concurrent_lifecycles_leave_nothing_behind() {
                     let ram = 100 + 32 * t;
                     let other = 300 + t;
                     for i in 0..ROUNDS {
+                        if abort.raised() {
+                            return;
+                        }
                         let vm = create(m, h, desc, vcpu, fp, mc);
                         let gfn = g::GUEST_RAM_IPA >> PAGE_SHIFT;
                         m.call(
@@ -638,11 +678,21 @@ fn concurrent_lifecycles_leave_nothing_behind() {
                             (fp, 528),
                         ] {
                             let (first, last) = (pa >> PAGE_SHIFT, (pa + len - 1) >> PAGE_SHIFT);
+                            let start = Instant::now();
                             loop {
                                 match m.call(HostHcall::HostUnshareHyp, &[first, last - first + 1])
                                 {
                                     Ok(()) => break,
-                                    Err(Error::Busy) => std::thread::yield_now(),
+                                    // The other VM on the page will never go: its thread died.
+                                    Err(Error::Busy) if abort.raised() => return,
+                                    Err(Error::Busy) => {
+                                        assert!(
+                                            start.elapsed() < BUSY_LIMIT,
+                                            "thread {t}: unshare of {pa:#x} still EBUSY after \
+                                             {BUSY_LIMIT:?}"
+                                        );
+                                        std::thread::yield_now();
+                                    }
                                     Err(e) => panic!("unshare of our structure: {e:?}"),
                                 }
                             }

@@ -3,12 +3,31 @@
 //! return a legal result, and once every thread has undone what it did, nothing may be left:
 //! no share count, no EL2 mapping of host memory, no table page, no stale TLB entry.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
 use pkvm_abi::{Error, HostHcall, PAGE_SHIFT, Stat};
 use pkvm_sim::{SimConfig, with_machine};
 use pkvm_spec::Outcome;
 
 const THREADS: u64 = 4;
 const ROUNDS: u64 = 2_000;
+
+/// How long a thread retries an unshare refused with `EBUSY` (another thread's pin) before it
+/// fails: pins are dropped at once, so only a bug (or a dead thread) makes it wait this long.
+const BUSY_LIMIT: Duration = Duration::from_secs(20);
+
+/// Raised when a thread panics, so that the others stop instead of waiting forever for a pin
+/// the dead thread will never drop (the test fails instead of timing out).
+struct AbortOnPanic<'a>(&'a AtomicBool);
+
+impl Drop for AbortOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+}
 
 #[test]
 fn concurrent_share_unshare_leaves_nothing_behind() {
@@ -17,11 +36,16 @@ fn concurrent_share_unshare_leaves_nothing_behind() {
         let free0 = m.hyp.stat(Stat::PoolFreePages);
         let tables0 = m.hyp.stat(Stat::TablePages);
         let base = (m.config().ram[0].0 >> PAGE_SHIFT) + 0x400;
+        let abort = &AtomicBool::new(false);
         std::thread::scope(|s| {
             for t in 0..THREADS {
                 s.spawn(move || {
+                    let _guard = AbortOnPanic(abort);
                     let mut rng = 0x9E37_79B9_7F4A_7C15u64 ^ t;
                     for i in 0..ROUNDS {
+                        if abort.load(Ordering::Relaxed) {
+                            return;
+                        }
                         rng ^= rng << 13;
                         rng ^= rng >> 7;
                         rng ^= rng << 17;
@@ -46,10 +70,19 @@ fn concurrent_share_unshare_leaves_nothing_behind() {
                             let pa = pfn << PAGE_SHIFT;
                             assert_eq!(m.host_access(pa, true), Outcome::Access);
                             // Unshare; EBUSY only if another thread has a pin right now.
+                            let start = Instant::now();
                             loop {
                                 match m.call(HostHcall::HostUnshareHyp, &[pfn, nr]) {
                                     Ok(()) => break,
-                                    Err(Error::Busy) => std::thread::yield_now(),
+                                    Err(Error::Busy) if abort.load(Ordering::Relaxed) => return,
+                                    Err(Error::Busy) => {
+                                        assert!(
+                                            start.elapsed() < BUSY_LIMIT,
+                                            "thread {t}: unshare of {pfn:#x}+{nr} still EBUSY \
+                                             after {BUSY_LIMIT:?}"
+                                        );
+                                        std::thread::yield_now();
+                                    }
                                     Err(e) => panic!("unshare of what this thread shared: {e:?}"),
                                 }
                             }
