@@ -11,8 +11,10 @@
 //! | `PKVM_SHUTTLE_SEED` | seed of the schedulers (a number, or `random`) | fixed per test |
 //! | `PKVM_SHUTTLE_PCT_DEPTH` | PCT's bug depth (preemptions + 1) | 3 |
 //! | `PKVM_SHUTTLE_REPLAY` | `scenario=schedule`: replay one failing schedule Shuttle printed | |
+//! | `PKVM_SHUTTLE_POINTS` | `locks` if that schedule was recorded at [`Points::Locks`] granularity (the failure says) | `atomics` |
 //!
-//! Every run prints one line: scenario, scheduler, seed, executions, distinct histories, time.
+//! Every run prints one line: scenario, scheduler, granularity ([`Points`]), seed, executions,
+//! distinct histories, time.
 
 use std::collections::HashSet;
 use std::collections::hash_map::DefaultHasher;
@@ -48,6 +50,26 @@ pub struct Scenario {
 
 /// A scenario's own check of the machine and the history, after the common ones.
 pub type ScenarioCheck = fn(&Machine<'_>, &History) -> Result<(), String>;
+
+/// Where a simulated CPU may be preempted.
+///
+/// Every vmemmap field is written only under the locks that own it, so an interleaving at an
+/// atomic rarely shows anything the locks allow; but every call makes hundreds of atomic
+/// accesses, and PCT places its few priority changes uniformly over all the scheduling points
+/// of an execution, so the points that matter (a lock, the guest running) are rarely chosen.
+/// Each scenario is therefore explored at both granularities: [`Points::Atomics`] for races on
+/// the fields themselves, [`Points::Locks`] to reach deep lock-level interleavings (a
+/// teardown while the vCPU runs is found by PCT within 100 executions at this granularity,
+/// and needs thousands at the other).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Points {
+    /// Every lock acquisition, every atomic operation of `pkvm_hyp::sync`, and the guest
+    /// running (`pkvm_hyp::sync::preemption_point`).
+    Atomics,
+    /// Lock acquisitions and the guest running only (the CPUs run
+    /// [`quiet`](pkvm_hyp::sync::quiet)).
+    Locks,
+}
 
 /// Which Shuttle scheduler explores the schedules.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -99,7 +121,7 @@ impl Stats {
 ///
 /// # Panics
 /// On any failed check, with the history and the reason.
-pub fn execute(sc: &Scenario, stats: &Mutex<Stats>) {
+pub fn execute(sc: &Scenario, points: Points, stats: &Mutex<Stats>) {
     quiet(|| {
         with_machine(&race_config(), |m| {
             (sc.setup)(m);
@@ -108,19 +130,24 @@ pub fn execute(sc: &Scenario, stats: &Mutex<Stats>) {
                 m.abstract_state().expect("abstract state"),
             ));
             let m = &*m;
-            let clock = AtomicU64::new(0);
+            let clock = &AtomicU64::new(0);
             let history: History = shuttle::thread::scope(|s| {
                 let cpus: Vec<_> = sc
                     .cpus
                     .iter()
-                    .map(|ops| s.spawn(|| run_cpu(m, ops, &clock)))
+                    .map(|ops| {
+                        s.spawn(move || match points {
+                            Points::Atomics => run_cpu(m, ops, clock),
+                            Points::Locks => quiet(|| run_cpu(m, ops, clock)),
+                        })
+                    })
                     .collect();
                 cpus.into_iter()
                     .map(|h| h.join().expect("a simulated CPU panicked"))
                     .collect()
             });
             if let Err(e) = check(sc, m, &init, &history) {
-                panic!("scenario {}: {e}", sc.name);
+                panic!("scenario {} ({points:?} granularity): {e}", sc.name);
             }
             let mut h = DefaultHasher::new();
             history.hash(&mut h);
@@ -193,7 +220,7 @@ fn perform(m: &Machine<'_>, op: Op) -> Outcome {
 ///
 /// # Panics
 /// If an execution fails its checks (Shuttle prints the schedule to replay).
-pub fn explore(sc: &Scenario, sched: Sched, iters: usize) -> Stats {
+pub fn explore(sc: &Scenario, sched: Sched, points: Points, iters: usize) -> Stats {
     let iters = env_usize("PKVM_SHUTTLE_ITERS").unwrap_or(iters);
     let depth = env_usize("PKVM_SHUTTLE_PCT_DEPTH").unwrap_or(3);
     let seed = match std::env::var("PKVM_SHUTTLE_SEED").ok().as_deref() {
@@ -202,7 +229,7 @@ pub fn explore(sc: &Scenario, sched: Sched, iters: usize) -> Stats {
         None => {
             // Fixed per scenario and scheduler, so that CI explores the same schedules.
             let mut h = 0xcbf2_9ce4_8422_2325u64;
-            for b in sc.name.bytes().chain([sched as u8]) {
+            for b in sc.name.bytes().chain([sched as u8, points as u8]) {
                 h = (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
             }
             h
@@ -212,13 +239,18 @@ pub fn explore(sc: &Scenario, sched: Sched, iters: usize) -> Stats {
     let body = {
         let sc = Arc::new(sc.clone());
         let stats = Arc::clone(&stats);
-        move || execute(&sc, &stats)
+        move || execute(&sc, points, &stats)
     };
     let t0 = Instant::now();
     if let Some(replay) = std::env::var("PKVM_SHUTTLE_REPLAY").ok()
         && let Some((name, schedule)) = replay.split_once('=')
     {
-        if name == sc.name {
+        // The schedule was recorded at one granularity: replay it at the same one.
+        let recorded = match std::env::var("PKVM_SHUTTLE_POINTS").ok().as_deref() {
+            Some("locks") => Points::Locks,
+            _ => Points::Atomics,
+        };
+        if name == sc.name && recorded == points {
             Runner::new(ReplayScheduler::new_from_encoded(schedule), config()).run(body);
         }
         return Arc::try_unwrap(stats).unwrap().into_inner().unwrap();
@@ -233,9 +265,10 @@ pub fn explore(sc: &Scenario, sched: Sched, iters: usize) -> Stats {
     };
     let stats = Arc::try_unwrap(stats).unwrap().into_inner().unwrap();
     println!(
-        "shuttle {:<22} {:<6} seed {seed:<20} {n:>6} executions, {:>5} distinct histories, {:.1} s",
+        "shuttle {:<22} {:<6} {:<7} seed {seed:<20} {n:>6} executions, {:>5} distinct histories, {:.1} s",
         sc.name,
         format!("{sched:?}"),
+        format!("{points:?}"),
         stats.distinct_histories(),
         t0.elapsed().as_secs_f64()
     );

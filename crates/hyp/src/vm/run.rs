@@ -112,6 +112,9 @@ impl<P: Platform> Hyp<'_, P> {
                 vttbr,
             }
         };
+        // The guest runs for as long as it likes, outside every lock: under Shuttle, other CPUs
+        // get to run here (nothing in the default build).
+        crate::sync::preemption_point();
         let ex = self.plat.run_guest(&entry);
         let (reason, pending) = self.decode_exit(&entry, &ex);
         let mut vms = self.vms.lock();
