@@ -91,8 +91,7 @@ fn mmio_write32(pa: u64, v: u32) {
 /// `GICR_TYPER.Last`. A device-tree `redistributor-stride` wins, as it does for Linux. LPIs
 /// left enabled by firmware are switched off, and EL2 refuses to boot if they stay on.
 fn device_ranges(dt: &Dt) -> ([DeviceRange; MAX_DEVICE_RANGES], usize) {
-    const TYPER_VLPIS: u64 = 1 << 1;
-    const TYPER_LAST: u64 = 1 << 4;
+    use pkvm_hyp::devices::gicr::{TYPER_LAST, TYPER_VLPIS};
     let mut out = [DeviceRange {
         start: 0,
         end: 0,

@@ -106,6 +106,8 @@ pub mod gicr {
     pub const TYPER_VLPIS: u64 = 1 << 1;
     /// `GICR_TYPER.DirectLPI`: `GICR_SETLPIR` and friends supported.
     pub const TYPER_DIRECT_LPI: u64 = 1 << 3;
+    /// `GICR_TYPER.Last`: the last redistributor of its region.
+    pub const TYPER_LAST: u64 = 1 << 4;
     /// `GICR_PROPBASER.IDbits` (bits 4:0): number of LPI ID bits - 1.
     pub const PROPBASER_IDBITS: u64 = 0x1f;
     /// Physical address field of `GICR_PROPBASER` (bits 51:12).
@@ -306,6 +308,72 @@ mod tests {
         assert_eq!(rd(gicr::TYPER + 2, 4), Action::Ignore);
         assert_eq!(rd(0xffe8, 4), Action::Read { mask: u64::MAX });
         assert_eq!(wr(0xffe8, 4, 0), Action::Ignore);
+    }
+
+    /// The whole policy, register by register, from the GIC architecture's offsets written as
+    /// numbers (not through the constants the policy uses): for each access size and
+    /// direction, what EL2 does.
+    #[test]
+    fn every_register_size_and_direction() {
+        const RAW: Action = Action::Read { mask: u64::MAX };
+        const IGN: Action = Action::Ignore;
+        // (offset, [read 4, read 8, write 4, write 8]); writes store 0x1f.
+        let table: [(u64, [Action; 4]); 13] = [
+            // GICR_CTLR: EnableLPIs (bit 0) hidden and forced off, 32-bit only.
+            (
+                0x00,
+                [Action::Read { mask: !1 }, IGN, Action::Write(0x1e), IGN],
+            ),
+            // GICR_IIDR: read-only.
+            (0x04, [RAW, IGN, IGN, IGN]),
+            // GICR_TYPER: PLPIS (bit 0) and DirectLPI (bit 3) hidden, VLPIS (bit 1) kept.
+            (
+                0x08,
+                [
+                    Action::Read { mask: !0b1001 },
+                    Action::Read { mask: !0b1001 },
+                    IGN,
+                    IGN,
+                ],
+            ),
+            // The upper half of GICR_TYPER.
+            (0x0c, [RAW, IGN, IGN, IGN]),
+            // GICR_STATUSR, GICR_WAKER: read and written as they are, 32-bit only.
+            (0x10, [RAW, IGN, Action::Write(0x1f), IGN]),
+            (0x14, [RAW, IGN, Action::Write(0x1f), IGN]),
+            // GICR_MPAMIDR: read-only.
+            (0x18, [RAW, IGN, IGN, IGN]),
+            // GICR_PARTIDR.
+            (0x1c, [RAW, IGN, Action::Write(0x1f), IGN]),
+            // GICR_PROPBASER, GICR_PENDBASER: whole 64-bit registers, writes validated.
+            (0x70, [IGN, RAW, IGN, Action::TableBase]),
+            (0x78, [IGN, RAW, IGN, Action::TableBase]),
+            // GICR_SYNCR: never busy; GICR_SETLPIR: dropped (LPIs are off).
+            (0xc0, [IGN, IGN, IGN, IGN]),
+            (0x40, [IGN, IGN, IGN, IGN]),
+            // The identification registers: 32-bit reads only.
+            (0xffd0, [RAW, IGN, IGN, IGN]),
+        ];
+        for (off, want) in table {
+            let got = [rd(off, 4), rd(off, 8), wr(off, 4, 0x1f), wr(off, 8, 0x1f)];
+            assert_eq!(got, want, "GICR offset {off:#x}");
+        }
+        // 64-bit accesses to a 32-bit-aligned offset are misaligned: ignored.
+        assert_eq!(rd(0x0c, 8), IGN);
+        assert_eq!(rd(0x74, 8), IGN);
+        // The last ID register, and a reserved offset below them.
+        assert_eq!(rd(0xfffc, 4), RAW);
+        assert_eq!(rd(0xffcc, 4), IGN);
+        // 1- and 2-byte accesses: ignored everywhere.
+        for off in [0x00, 0x08, 0x10, 0x70, 0xffd0] {
+            for size in [1, 2] {
+                assert_eq!(
+                    (rd(off, size), wr(off, size, 1)),
+                    (IGN, IGN),
+                    "{off:#x}/{size}"
+                );
+            }
+        }
     }
 
     #[test]
