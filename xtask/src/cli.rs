@@ -48,7 +48,7 @@ enum Command {
     Bench(QemuArgs),
     /// mutation testing (cargo-mutants) of pkvm-pgtable and pkvm-hyp against the
     /// tests of pgtable, hyp and the simulator; not part of `test` (hours:
-    /// narrow it with --package, --file or --shard); docs/MUTATION.md
+    /// narrow it with --package, --file or --shard); docs/VERIFICATION.md
     #[command(verbatim_doc_comment, args_override_self = true)]
     Mutants(MutantsArgs),
 }

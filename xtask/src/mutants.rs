@@ -9,7 +9,7 @@
 //! slows the hypervisor down). Results: `target/mutants/mutants.out/` (`missed.txt`,
 //! `caught.txt`, `timeout.txt`, `unviable.txt`, `outcomes.json`, a log per mutant).
 //!
-//! Not part of `cargo xtask test`: the whole run takes hours on two cores. docs/MUTATION.md
+//! Not part of `cargo xtask test`: the whole run takes hours on two cores. docs/VERIFICATION.md
 //! has the scores and the review of every surviving mutant.
 
 use crate::{Error, cargo, failed, run_cmd};
@@ -132,7 +132,7 @@ pub fn cmd_mutants(o: &MutantsOptions) -> Result<(), Error> {
     match r {
         Ok(()) => Ok(()),
         Err(Error(e)) if e.contains("exit status: 2") => {
-            failed("some mutants were missed: review them in docs/MUTATION.md")
+            failed("some mutants were missed: review them in docs/VERIFICATION.md")
         }
         Err(Error(e)) if e.contains("exit status: 3") => {
             println!("xtask: some mutants timed out: they hang or slow the tests, caught");
