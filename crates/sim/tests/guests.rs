@@ -705,3 +705,34 @@ fn concurrent_lifecycles_leave_nothing_behind() {
         assert!(m.hyp.pools_free_memory_is_zero());
     });
 }
+
+/// `HostShareGuest` with a protection the ABI does not define (none, or bits outside RWX) is
+/// `EINVAL` and changes nothing; a read-only share is accepted and shows in the guest's view.
+#[test]
+fn share_guest_refuses_bad_protections() {
+    machine(|m, h| {
+        let (desc, vcpu, fp) = (h.page(0), h.page(1), h.page(2));
+        let a = create(m, h, desc, vcpu, fp, 16);
+        let gfn = g::GUEST_RAM_IPA >> PAGE_SHIFT;
+        let before = m.abstract_state().unwrap();
+        for prot in [0, 1 << 3, g::PROT_RWX | 1 << 3, u64::MAX] {
+            assert_eq!(
+                m.call(HostHcall::HostShareGuest, &[a, h.pfn(100), gfn, 1, prot]),
+                Err(Error::Inval),
+                "prot {prot:#x}"
+            );
+            assert_eq!(m.abstract_state().unwrap(), before, "prot {prot:#x}");
+        }
+        m.check_invariants().unwrap();
+        assert_eq!(
+            m.call(
+                HostHcall::HostShareGuest,
+                &[a, h.pfn(100), gfn, 1, g::PROT_R]
+            ),
+            Ok(())
+        );
+        assert_ne!(m.abstract_state().unwrap(), before);
+        assert_eq!(m.call(HostHcall::HostUnshareGuest, &[a, gfn, 1]), Ok(()));
+        destroy(m, a, &[desc, vcpu, fp]);
+    });
+}
