@@ -709,3 +709,59 @@ fn corrupted_order_is_refused() {
     }
     check_pool(&pool, &vm, &ram, true).unwrap();
 }
+
+/// A free-list link that points inside the pool but not at a page (EL2's own memory is never
+/// the host's to write, but a stray write must not turn into a write through a bad link):
+/// the allocation that would follow it fails with `EFAULT` and changes nothing.
+#[test]
+fn corrupted_free_list_link_is_refused() {
+    use pkvm_hyp::page_alloc::NODE_NEXT;
+    let map = map_of(&[(BASE, REGION)]);
+    let mut store = VmemmapStore::new(&map);
+    let vm = store.build(&map);
+    let (pfn, nr) = (PFN, 8);
+    let ram = ram_for(pfn, nr);
+    let mut pool = HypPool::new(&vm, &ram, pfn, nr, 0).unwrap();
+    let all: Vec<u64> = (0..nr).map(|_| pool.alloc_pages(0).unwrap()).collect();
+    // Two pages that are not buddies: both on the order-0 list, whichever is at its head
+    // linking to the other.
+    let (a, c) = (all[0], all[2]);
+    assert_eq!(pool.put_page(a), Ok(0));
+    assert_eq!(pool.put_page(c), Ok(0));
+    let links = [ram.read_u64(a + NODE_NEXT), ram.read_u64(c + NODE_NEXT)];
+    for bad in [
+        BASE + 8,
+        BASE + PAGE_SIZE + 0x10,
+        BASE + 7 * PAGE_SIZE + 0xff8,
+    ] {
+        ram.write_u64(a + NODE_NEXT, bad);
+        ram.write_u64(c + NODE_NEXT, bad);
+        // (The snapshot helper would follow the bad link: compare the raw state instead.)
+        let state = |pool: &HypPool<'_, SimRam>| {
+            let words: Vec<u64> = (0..nr * PAGE_SIZE / 8)
+                .map(|i| ram.read_u64(BASE + i * 8))
+                .collect();
+            let meta: Vec<_> = all
+                .iter()
+                .map(|&pa| {
+                    (
+                        vm.page(pa).unwrap().refcount(),
+                        vm.page(pa).unwrap().order(),
+                    )
+                })
+                .collect();
+            (words, meta, pool.free_pages(), pool.free_list_head(0))
+        };
+        let before = state(&pool);
+        assert_eq!(pool.alloc_pages(0), Err(Error::Fault), "link {bad:#x}");
+        assert!(state(&pool) == before, "link {bad:#x}: the pool changed");
+    }
+    ram.write_u64(a + NODE_NEXT, links[0]);
+    ram.write_u64(c + NODE_NEXT, links[1]);
+    let got = BTreeSet::from([pool.alloc_pages(0).unwrap(), pool.alloc_pages(0).unwrap()]);
+    assert_eq!(got, BTreeSet::from([a, c]));
+    for pa in all {
+        assert_eq!(pool.put_page(pa), Ok(0));
+    }
+    check_pool(&pool, &vm, &ram, true).unwrap();
+}
