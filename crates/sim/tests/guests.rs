@@ -736,3 +736,33 @@ fn share_guest_refuses_bad_protections() {
         destroy(m, a, &[desc, vcpu, fp]);
     });
 }
+
+/// Unsharing more pages from a guest than the TLBI batches of one operation hold (8 batches
+/// of 8) invalidates the guest's whole VMID instead: the page-table protocol checker sees
+/// every removed entry invalidated under the guest's VMID by the end of the call.
+#[test]
+fn large_guest_unshare_invalidates_the_whole_vmid() {
+    machine(|m, h| {
+        let (desc, vcpu, fp) = (h.page(0), h.page(1), h.page(2));
+        let a = create(m, h, desc, vcpu, fp, 16);
+        let gfn = g::GUEST_RAM_IPA >> PAGE_SHIFT;
+        let nr = 100;
+        assert_eq!(
+            m.call(
+                HostHcall::HostShareGuest,
+                &[a, h.pfn(200), gfn, nr, g::PROT_RWX]
+            ),
+            Ok(())
+        );
+        m.check_protocol().unwrap();
+        let before = m.plat.protocol_stats();
+        assert_eq!(m.call(HostHcall::HostUnshareGuest, &[a, gfn, nr]), Ok(()));
+        m.check_protocol().unwrap();
+        let after = m.plat.protocol_stats();
+        assert!(
+            after.invalidations >= before.invalidations + nr,
+            "{before:?} -> {after:?}"
+        );
+        destroy(m, a, &[desc, vcpu, fp]);
+    });
+}
