@@ -7,6 +7,7 @@
 //! `bench` counts instructions in the `bench` scenario), so the options are optional here and
 //! fill in the command's [`RunOptions`] defaults.
 
+use crate::deep::DeepOptions;
 use crate::mutants::{self, MutantsOptions};
 use crate::qemu::RunOptions;
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
@@ -20,7 +21,7 @@ use std::time::Duration;
     bin_name = "cargo xtask",
     subcommand_required = true,
     arg_required_else_help = true,
-    after_help = "`cargo xtask help run`, `cargo xtask help bench` and `cargo xtask help mutants` list the options."
+    after_help = "`cargo xtask help run`, `cargo xtask help bench`, `cargo xtask help mutants` and `cargo xtask help deep` list the options."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -51,6 +52,46 @@ enum Command {
     /// narrow it with --package, --file or --shard); docs/VERIFICATION.md
     #[command(verbatim_doc_comment, args_override_self = true)]
     Mutants(MutantsArgs),
+    /// the long versions of the verification runs `test` runs short (release): model
+    /// test, exhaustive small worlds, Shuttle races, loom, fuzzing; each prints what it
+    /// explored (about 1.5 h with the defaults); docs/VERIFICATION.md
+    #[command(verbatim_doc_comment)]
+    Deep(DeepArgs),
+}
+
+/// `deep`: how long each run goes.
+#[derive(Debug, Args)]
+struct DeepArgs {
+    /// cases of the simulator's model test (default 100000)
+    #[arg(long, value_name = "N")]
+    model_cases: Option<u64>,
+    /// depth of the exhaustive small worlds (default 7)
+    #[arg(long, value_name = "K")]
+    exhaustive_depth: Option<u32>,
+    /// Shuttle executions per scenario, scheduler and granularity (default 20000)
+    #[arg(long, value_name = "N")]
+    shuttle_iters: Option<u64>,
+    /// minutes of fuzzing, 0 for none (default 60)
+    #[arg(long, value_name = "MIN")]
+    fuzz_minutes: Option<u64>,
+}
+
+impl DeepArgs {
+    fn over(self, mut o: DeepOptions) -> DeepOptions {
+        if let Some(v) = self.model_cases {
+            o.model_cases = v;
+        }
+        if let Some(v) = self.exhaustive_depth {
+            o.exhaustive_depth = v;
+        }
+        if let Some(v) = self.shuttle_iters {
+            o.shuttle_iters = v;
+        }
+        if let Some(v) = self.fuzz_minutes {
+            o.fuzz_minutes = v;
+        }
+        o
+    }
 }
 
 /// `mutants`: which mutants, and how to run their tests.
@@ -263,6 +304,8 @@ pub enum Action {
     Bench(RunOptions),
     /// `mutants`.
     Mutants(MutantsOptions),
+    /// `deep`.
+    Deep(DeepOptions),
 }
 
 /// `run` with Linux as the host.
@@ -368,6 +411,7 @@ impl Cli {
             Command::Test => Action::Test,
             Command::Bench(qemu) => Action::Bench(qemu.over(crate::bench::default_options())),
             Command::Mutants(m) => Action::Mutants(m.over(MutantsOptions::default())),
+            Command::Deep(d) => Action::Deep(d.over(DeepOptions::default())),
         }
     }
 }
@@ -536,6 +580,48 @@ mod tests {
         assert!(matches!(action(&["test"]), Ok(Action::Test)));
         assert!(action(&["test", "--smp", "2"]).is_err());
         assert!(action(&["frob"]).is_err());
+    }
+
+    #[test]
+    fn deep_options() {
+        let d = |args: &[&str]| {
+            let mut all = vec!["deep"];
+            all.extend(args);
+            match action(&all) {
+                Ok(Action::Deep(o)) => Ok(o),
+                Ok(other) => panic!("{args:?}: {other:?}"),
+                Err(e) => Err(e),
+            }
+        };
+        let o = d(&[]).unwrap();
+        assert_eq!(o, DeepOptions::default());
+        assert_eq!(o.runs().len(), 5);
+        let o = d(&[
+            "--model-cases",
+            "5",
+            "--exhaustive-depth",
+            "3",
+            "--fuzz-minutes",
+            "0",
+        ])
+        .unwrap();
+        assert_eq!(
+            (o.model_cases, o.exhaustive_depth, o.fuzz_minutes),
+            (5, 3, 0)
+        );
+        assert_eq!(o.shuttle_iters, DeepOptions::default().shuttle_iters);
+        // No fuzzing: four runs, the model test's with its case count.
+        let runs = o.runs();
+        assert_eq!(runs.len(), 4);
+        let envs: Vec<_> = runs[0].1.get_envs().collect();
+        assert_eq!(
+            envs,
+            [(
+                std::ffi::OsStr::new("PKVM_MODEL_CASES"),
+                Some(std::ffi::OsStr::new("5"))
+            )]
+        );
+        assert!(d(&["--shuttle-iters", "many"]).is_err());
     }
 
     #[test]

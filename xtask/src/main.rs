@@ -6,6 +6,7 @@
 //! cargo xtask bench [options]   boot the `bench` scenario twice under -icount, check both boots
 //!                               measured the same, print the table of EL2 instructions per operation
 //! cargo xtask mutants [options] mutation testing of pgtable and hyp (cargo-mutants; hours)
+//! cargo xtask deep [options]    the long verification runs (model, exhaustive, Shuttle, loom, fuzz)
 //! cargo xtask help [command]    the commands, or one command's options
 //! ```
 //!
@@ -19,6 +20,7 @@
 //! | `test.rs`, `fuzz.rs` | `cargo xtask test`: the static checks and the QEMU system tests |
 //! | `bench.rs` | `cargo xtask bench`: the `PKVM-BENCH` figures and their table |
 //! | `mutants.rs` | `cargo xtask mutants`: cargo-mutants over pgtable and hyp |
+//! | `deep.rs` | `cargo xtask deep`: the long versions of the verification runs |
 //! | `linux/` | `run --host linux`: Debian's kernel, the driver, the initramfs, the boots |
 //! | `cpio.rs` | the initramfs writer |
 //! | `prereq.rs` | installing the Rust targets and QEMU when missing |
@@ -29,6 +31,7 @@
 mod bench;
 mod cli;
 mod cpio;
+mod deep;
 mod elf;
 mod fuzz;
 mod images;
@@ -56,6 +59,7 @@ fn main() -> ExitCode {
         Action::Test => test::cmd_test(),
         Action::Bench(o) => bench::cmd_bench(&o),
         Action::Mutants(o) => mutants::cmd_mutants(&o),
+        Action::Deep(o) => deep::cmd_deep(&o),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
