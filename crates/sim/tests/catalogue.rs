@@ -243,3 +243,41 @@ fn version_reports_the_abi_and_exactly_the_built_features() {
         assert_eq!((v.abi, v.features), (0x1_0000, 0b1111));
     });
 }
+
+/// The page statistics count what they name: donating, sharing and pinning move exactly
+/// their own counters by the number of pages, and undoing them moves them back.
+#[test]
+fn page_statistics_count_what_they_name() {
+    small(|m, _| {
+        let c = m.client();
+        let stats = |names: &[Stat]| -> Vec<u64> {
+            names.iter().map(|&s| c.stat(s).expect("Stat")).collect()
+        };
+        let names = [
+            Stat::DonatedPages,
+            Stat::SharedPages,
+            Stat::HypMappedHostPages,
+            Stat::PinnedPages,
+            Stat::GuestSharedPages,
+            Stat::LiveVms,
+        ];
+        let b = base(m);
+        let before = stats(&names);
+        c.donate_hyp(b, 3).expect("donate");
+        c.share_hyp(b + 3, 2).expect("share");
+        c.share_hyp(b + 3, 1).expect("share again: the same pages");
+        c.pin(b + 4, 1).expect("pin");
+        let after = stats(&names);
+        let moved: Vec<i64> = after
+            .iter()
+            .zip(&before)
+            .map(|(a, b)| *a as i64 - *b as i64)
+            .collect();
+        assert_eq!(moved, [3, 2, 5, 1, 0, 0], "{names:?}");
+        c.unpin(b + 4, 1).expect("unpin");
+        c.unshare_hyp(b + 3, 1).expect("unshare");
+        c.unshare_hyp(b + 3, 2).expect("unshare");
+        c.hyp_donate_host(b, 3).expect("give back");
+        assert_eq!(stats(&names), before);
+    });
+}
