@@ -374,6 +374,11 @@ fn escape3_lpis_stay_off_and_lpi_tables_stay_in_host_ram() {
             ((r0(m) + 0x300) << PAGE_SHIFT) | 13,
         );
         assert_eq!(m.plat.mmio_read(rd + gicr::PROPBASER, 8), host_table | 15);
+        // The pages right after it are the host's: a table starting there (IDbits 14: six
+        // pages) is accepted — only the table's own pages are checked.
+        let after = (r0(m) + 0x301) << PAGE_SHIFT;
+        access(gicr::PROPBASER, true, 8, after | 14);
+        assert_eq!(m.plat.mmio_read(rd + gicr::PROPBASER, 8), after | 14);
         m.check_invariants().unwrap();
     });
 }
