@@ -6,6 +6,7 @@
 //! fuzz run hypercalls -- -max_total_time=3600`.
 
 use crate::{Error, failed, run_cmd, workspace_root};
+use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
 fn ok(cmd: &mut Command) -> bool {
@@ -15,8 +16,43 @@ fn ok(cmd: &mut Command) -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// What libFuzzer's `-print_final_stats=1` reports at the end of a run.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct FinalStats {
+    /// `stat::number_of_executed_units`.
+    runs: Option<u64>,
+    /// `stat::average_exec_per_sec`.
+    exec_per_sec: Option<u64>,
+}
+
+impl FinalStats {
+    /// Takes what `line` says, if it is one of the final statistics.
+    fn parse(&mut self, line: &str) {
+        let value = |key: &str| {
+            line.strip_prefix(key)?
+                .strip_prefix(':')?
+                .trim()
+                .parse::<u64>()
+                .ok()
+        };
+        if let Some(v) = value("stat::number_of_executed_units") {
+            self.runs = Some(v);
+        }
+        if let Some(v) = value("stat::average_exec_per_sec") {
+            self.exec_per_sec = Some(v);
+        }
+    }
+
+    fn describe(&self) -> String {
+        match (self.runs, self.exec_per_sec) {
+            (Some(r), Some(e)) => format!("{r} inputs, {e} exec/s"),
+            _ => "libFuzzer printed no final statistics".into(),
+        }
+    }
+}
+
 /// Runs the fuzz target for a bounded time; fails on any crash (a divergence from the spec is a
-/// panic in the target).
+/// panic in the target). The summary gives the inputs run and the executions per second.
 pub fn run_bounded() -> Result<String, Error> {
     let secs: u64 = std::env::var("PKVM_FUZZ_SECONDS")
         .ok()
@@ -31,12 +67,64 @@ pub fn run_bounded() -> Result<String, Error> {
         println!("xtask: installing cargo-fuzz from crates.io");
         run_cmd(Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]))?;
     }
-    run_cmd(
-        Command::new("cargo")
-            .current_dir(workspace_root())
-            .args(["+nightly", "fuzz", "run", "hypercalls", "--"])
-            .arg(format!("-max_total_time={secs}"))
-            .arg("-print_final_stats=1"),
-    )?;
-    Ok(format!("{secs} s without a crash"))
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(workspace_root())
+        .args(["+nightly", "fuzz", "run", "hypercalls", "--"])
+        .arg(format!("-max_total_time={secs}"))
+        .arg("-print_final_stats=1")
+        .stderr(Stdio::piped());
+    println!(
+        "xtask: $ cargo +nightly fuzz run hypercalls -- -max_total_time={secs} -print_final_stats=1"
+    );
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => return failed(format!("cannot run cargo fuzz: {e}")),
+    };
+    // libFuzzer reports on stderr: pass it through, keeping the final statistics.
+    let mut stats = FinalStats::default();
+    if let Some(err) = child.stderr.take() {
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            eprintln!("{line}");
+            stats.parse(&line);
+        }
+    }
+    match child.wait() {
+        Ok(s) if s.success() => Ok(format!("{secs} s without a crash: {}", stats.describe())),
+        Ok(s) => failed(format!(
+            "cargo fuzz failed ({s}; {}): see its output above (a crash leaves its input in \
+             fuzz/artifacts/hypercalls/)",
+            stats.describe()
+        )),
+        Err(e) => failed(format!("cargo fuzz: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::FinalStats;
+
+    #[test]
+    fn final_stats() {
+        let mut s = FinalStats::default();
+        for line in [
+            "#17611\tDONE   cov: 4314 ft: 19462 corp: 1321/33Kb lim: 58 exec/s: 568 rss: 503Mb",
+            "stat::number_of_executed_units: 17611",
+            "stat::average_exec_per_sec:     568",
+            "stat::new_units_added:          236",
+        ] {
+            s.parse(line);
+        }
+        assert_eq!(
+            s,
+            FinalStats {
+                runs: Some(17611),
+                exec_per_sec: Some(568),
+            }
+        );
+        assert_eq!(s.describe(), "17611 inputs, 568 exec/s");
+        assert_eq!(
+            FinalStats::default().describe(),
+            "libFuzzer printed no final statistics"
+        );
+    }
 }

@@ -23,6 +23,8 @@ pub mod page_alloc;
 pub mod platform;
 pub mod setup;
 pub mod sizing;
+#[cfg(feature = "snapshot")]
+pub mod snapshot;
 pub mod stats;
 pub mod sync;
 pub mod vm;

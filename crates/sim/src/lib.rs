@@ -7,6 +7,7 @@
 //! - [`machine`]: boot, host hypercalls and accesses;
 //! - [`checks`]: the abstraction function and the invariants;
 //! - [`protocol`]: the page-table protocol checker (break-before-make, TLBIs, barriers, locks);
+//! - [`reset`]: snapshots of a machine, and resetting it to one (the fuzz target's reuse);
 //! - [`scenarios`]: named scenarios shared by the CLI and the tests.
 
 pub mod checks;
@@ -15,6 +16,7 @@ pub mod mem;
 pub mod mmu;
 pub mod platform;
 pub mod protocol;
+pub mod reset;
 pub mod scenarios;
 
-pub use machine::{Machine, SimConfig, with_machine};
+pub use machine::{Machine, SimConfig, boot_static, with_machine};

@@ -19,6 +19,7 @@ use pkvm_hyp::vmemmap::{HypPage, PageState, Vmemmap, VmemmapLayout};
 use pkvm_pgtable::Prot;
 use pkvm_spec::{Machine as SpecMachine, Outcome};
 
+use crate::checks::TableCache;
 use crate::mmu::{self, Regime, Translation};
 use crate::platform::SimPlatform;
 
@@ -123,6 +124,8 @@ pub struct Machine<'a> {
     /// down keeps its stale handle, so calls on it test `ENOENT` for stale handles.
     pub vms: Mutex<[SlotVm; MAX_VMS]>,
     pub(crate) cfg: SimConfig,
+    /// What the checks read of the table pages, while the pages do not change.
+    pub(crate) table_cache: Mutex<TableCache>,
 }
 
 /// What the harness remembers of a VM slot.
@@ -149,12 +152,47 @@ impl std::fmt::Debug for Machine<'_> {
 /// If the configuration cannot boot (a bug in the caller or in boot).
 pub fn with_machine<R>(cfg: &SimConfig, f: impl FnOnce(&mut Machine<'_>) -> R) -> R {
     let plat = SimPlatform::new(&cfg.ram);
-    let regions: Vec<MemRegion> = cfg.ram.iter().map(|&(b, s)| MemRegion::new(b, s)).collect();
-    let map = MemoryMap::new(&regions).expect("valid memory map");
+    let map = memory_map(cfg);
     let layout = VmemmapLayout::for_map(&map).expect("vmemmap layout");
     let mut dir = vec![0u32; layout.dir_slots];
     let pages: Vec<HypPage> = (0..layout.entries()).map(|_| HypPage::new()).collect();
-    let vmemmap = Vmemmap::new(&map, &mut dir, &pages).expect("vmemmap");
+    let mut m = boot(cfg, &plat, &map, &mut dir, &pages);
+    f(&mut m)
+}
+
+/// Boots a machine shaped by `cfg` that lives as long as the program (its platform, memory map
+/// and vmemmap are leaked): for a harness that boots once and puts the machine back to a
+/// snapshot between runs ([`Machine::snapshot`], [`Machine::reset`]), as the fuzz target does.
+///
+/// # Panics
+/// If the configuration cannot boot.
+#[must_use]
+pub fn boot_static(cfg: &SimConfig) -> Machine<'static> {
+    let plat = Box::leak(Box::new(SimPlatform::new(&cfg.ram)));
+    let map = Box::leak(Box::new(memory_map(cfg)));
+    let layout = VmemmapLayout::for_map(map).expect("vmemmap layout");
+    let dir = vec![0u32; layout.dir_slots].leak();
+    let pages: &[HypPage] = (0..layout.entries())
+        .map(|_| HypPage::new())
+        .collect::<Vec<_>>()
+        .leak();
+    boot(cfg, plat, map, dir, pages)
+}
+
+fn memory_map(cfg: &SimConfig) -> MemoryMap {
+    let regions: Vec<MemRegion> = cfg.ram.iter().map(|&(b, s)| MemRegion::new(b, s)).collect();
+    MemoryMap::new(&regions).expect("valid memory map")
+}
+
+/// Boots the hypervisor on `plat` with its vmemmap in `dir` and `pages`.
+fn boot<'a>(
+    cfg: &SimConfig,
+    plat: &'a SimPlatform,
+    map: &'a MemoryMap,
+    dir: &'a mut [u32],
+    pages: &'a [HypPage],
+) -> Machine<'a> {
+    let vmemmap = Vmemmap::new(map, dir, pages).expect("vmemmap");
 
     // Carve-out at the top of the first region: [hyp pool][host pool]. (At EL2 the vmemmap
     // lives there too; here it is a Vec, so its pages are simply not part of the carve-out.)
@@ -179,16 +217,16 @@ pub fn with_machine<R>(cfg: &SimConfig, f: impl FnOnce(&mut Machine<'_>) -> R) -
         pa_bits: cfg.pa_bits,
         devices: &cfg.devices,
     };
-    let hyp = Hyp::new(&plat, &map, vmemmap, &params).expect("hypervisor boots");
+    let hyp = Hyp::new(plat, map, vmemmap, &params).expect("hypervisor boots");
     hyp.finalise().expect("first finalise");
-    let mut m = Machine {
-        plat: &plat,
+    Machine {
+        plat,
         hyp,
         carveout: (co_start, base + size),
         vms: Mutex::new([SlotVm::default(); MAX_VMS]),
         cfg: cfg.clone(),
-    };
-    f(&mut m)
+        table_cache: Mutex::default(),
+    }
 }
 
 pub(crate) fn start_level(ia_bits: u32) -> u8 {

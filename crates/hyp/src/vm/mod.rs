@@ -141,6 +141,24 @@ impl<'a, P: Platform> VmTable<'a, P> {
     pub fn live(&self) -> u64 {
         self.slots.iter().filter(|s| s.is_some()).count() as u64
     }
+
+    /// The generation the last VM's handle was built from.
+    #[cfg(feature = "snapshot")]
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Forgets every VM (nothing is freed: their memory is the caller's to restore) and sets
+    /// the handle generation ([`crate::snapshot`]).
+    #[cfg(feature = "snapshot")]
+    pub(crate) fn clear(&mut self, generation: u64) {
+        let Self {
+            slots,
+            generation: g,
+        } = self;
+        *slots = [const { None }; MAX_VMS];
+        *g = generation;
+    }
 }
 
 /// A page shared into a guest goes back to the host alone (its guest mapping is being

@@ -37,6 +37,11 @@ use crate::platform::PhysMem;
 use crate::sync::Mutex;
 use crate::vmemmap::{HypPage, NO_ORDER, Vmemmap};
 
+#[cfg(feature = "snapshot")]
+mod state;
+#[cfg(feature = "snapshot")]
+pub use state::PoolState;
+
 /// Number of buddy orders: blocks are `2^0 ..= 2^(MAX_ORDER - 1)` pages (4 KiB to 4 MiB).
 pub const MAX_ORDER: u8 = 11;
 /// Offset of the `next` pointer of a free block's list node, in its head page.
