@@ -421,9 +421,11 @@ fn bad_inputs() {
         );
         for ec in [Ec::DabtLow, Ec::IabtLow] {
             assert!(
-                matches!(run_exit(m, a, vcpu), Ok(Exit::Fault { esr, ipa: 0x1234_5678, .. })
-                    if Esr(esr).ec() == ec),
-                "the IPA of a stage-2 translation or permission fault"
+                matches!(
+                    run_exit(m, a, vcpu),
+                    Ok(Exit::Fault { esr, far: 0x678, ipa: 0x1234_5678 }) if Esr(esr).ec() == ec
+                ),
+                "the FAR and IPA of a stage-2 translation or permission fault"
             );
         }
         assert!(
