@@ -263,6 +263,9 @@ fn page_statistics_count_what_they_name() {
         ];
         let b = base(m);
         let before = stats(&names);
+        // A fresh machine: nothing donated, shared, pinned or in a guest (EL2's own memory is
+        // not "donated").
+        assert_eq!(before, [0, 0, 0, 0, 0, 0], "{names:?}");
         c.donate_hyp(b, 3).expect("donate");
         c.share_hyp(b + 3, 2).expect("share");
         c.share_hyp(b + 3, 1).expect("share again: the same pages");
