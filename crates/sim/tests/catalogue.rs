@@ -284,3 +284,33 @@ fn page_statistics_count_what_they_name() {
         assert_eq!(stats(&names), before);
     });
 }
+
+/// `TablePages` moves with the tables EL2 allocates: sharing a page in a 2 MiB window EL2 maps
+/// nothing of takes new stage-1 tables from EL2's pool, and the statistic grows by exactly the
+/// pages the pool lost; unsharing gives them back.
+#[test]
+fn table_pages_follow_the_pool() {
+    small(|m, _| {
+        let c = m.client();
+        let stat = |s| c.stat(s).expect("Stat");
+        let pfn = (m.config().ram[0].0 >> PAGE_SHIFT) + 0x500;
+        let (tables, free) = (stat(Stat::TablePages), stat(Stat::PoolFreePages));
+        c.share_hyp(pfn, 1).expect("share");
+        let grew = stat(Stat::TablePages) - tables;
+        assert!(grew >= 1, "no new table for a page in an unmapped window");
+        assert_eq!(free - stat(Stat::PoolFreePages), grew);
+        c.unshare_hyp(pfn, 1).expect("unshare");
+        assert_eq!(
+            (stat(Stat::TablePages), stat(Stat::PoolFreePages)),
+            (tables, free)
+        );
+        // The host's first touch of its second RAM region (a 1 GiB window of its own) takes
+        // host stage-2 tables from the host's pool: the statistic grows, EL2's pool does not move.
+        assert_eq!(m.host_access(m.config().ram[1].0, false), Outcome::Access);
+        assert!(
+            stat(Stat::TablePages) > tables,
+            "no host stage-2 table counted"
+        );
+        assert_eq!(stat(Stat::PoolFreePages), free);
+    });
+}
