@@ -111,11 +111,7 @@ impl PageTable {
         addr: u64,
         size: u64,
     ) -> Option<u64> {
-        let last = addr + size - desc::PAGE_SIZE;
-        if size >= granule(LEAF_LEVEL - 1)
-            || addr >> desc::level_shift(LEAF_LEVEL - 1)
-                != last >> desc::level_shift(LEAF_LEVEL - 1)
-        {
+        if !in_one_leaf_table(addr, size) {
             return None;
         }
         self.last_level_entry_alloc(mm, arch, addr)
@@ -248,11 +244,7 @@ impl PageTable {
         addr: u64,
         size: u64,
     ) -> Option<u64> {
-        let last = addr + size - desc::PAGE_SIZE;
-        if size >= granule(LEAF_LEVEL - 1)
-            || addr >> desc::level_shift(LEAF_LEVEL - 1)
-                != last >> desc::level_shift(LEAF_LEVEL - 1)
-        {
+        if !in_one_leaf_table(addr, size) {
             return None;
         }
         let start = self.start_level();
@@ -299,4 +291,13 @@ impl PageTable {
         maint.finish();
         Some(unmapped)
     }
+}
+
+/// Whether the pages of `[addr, addr + size)` (`size` ≥ one page) all sit in one last-level
+/// table: what the walk-free small-run paths handle.
+#[inline(always)]
+fn in_one_leaf_table(addr: u64, size: u64) -> bool {
+    let last = addr + size - desc::PAGE_SIZE;
+    size < granule(LEAF_LEVEL - 1)
+        && addr >> desc::level_shift(LEAF_LEVEL - 1) == last >> desc::level_shift(LEAF_LEVEL - 1)
 }
