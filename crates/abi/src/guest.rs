@@ -44,16 +44,98 @@ pub struct VmDesc {
     pub nr_vcpus: u64,
     /// Free for the host.
     pub host_cookie: u64,
-    /// Reserved, zero.
-    pub reserved: u64,
+    /// [`vm_flags`]; any other bit makes `VmInit` fail with `EINVAL`.
+    pub flags: u64,
 }
 
 crate::words!(VmDesc {
     ipa_bits,
     nr_vcpus,
     host_cookie,
-    reserved
+    flags
 });
+
+/// Bits of [`VmDesc::flags`].
+pub mod vm_flags {
+    /// A protected VM. What differs from a non-protected one: its memory is donated
+    /// ([`crate::HostHcall::HostDonateGuest`]); the guest-side memory calls
+    /// ([`super::smccc`]) are answered for both kinds, but only a protected VM's pages are
+    /// zeroed before they go back to the host.
+    pub const PROTECTED: u64 = 1 << 0;
+    /// Every flag `VmInit` accepts.
+    pub const ALL: u64 = PROTECTED;
+}
+
+/// Most guest pages one [`crate::HostHcall::VmTeardown`] or [`crate::HostHcall::VmReclaim`]
+/// reclaims: the bound on the work (page zeroing) of one EL2 call.
+pub const RECLAIM_BATCH: u64 = 64;
+
+/// The guest-side calls EL2 answers itself (SMCCC over `HVC #0` from the guest), with
+/// upstream KVM's ids and return conventions so that unmodified clients (Linux's pKVM guest
+/// driver, Android's vmbase) work. Every other guest HVC exits to the host
+/// ([`exit::HYPERCALL`]).
+///
+/// Results go in the guest's `x0..x3`; a memory call returns [`SUCCESS`] or
+/// [`INVALID_PARAMETER`] in `x0` (and, for share/unshare, the granules done in `x1`), and
+/// changes nothing when it fails.
+pub mod smccc {
+    /// SMCCC_VERSION: `x0` = [`crate::psci::SMCCC_VERSION_1_1`].
+    pub const VERSION: u64 = 0x8000_0000;
+    /// SMCCC_ARCH_FEATURES(`x1` = function id): `x0` = 0 for [`VERSION`] and this call,
+    /// [`NOT_SUPPORTED`] for everything else (no architectural workaround is offered).
+    pub const ARCH_FEATURES: u64 = 0x8000_0001;
+    /// Vendor-hypervisor service Call UID: `x0..x3` = [`KVM_UID`].
+    pub const VENDOR_HYP_CALL_UID: u64 = 0x8600_FF01;
+    /// KVM's vendor-hypervisor features: `x0` = bitmap of the function numbers offered
+    /// ([`KVM_FEATURES_BITMAP`]), `x1..x3` = 0.
+    pub const VENDOR_HYP_KVM_FEATURES: u64 = 0x8600_0000;
+    /// `HYP_MEMINFO` (`x1..x3` must be 0): `x0` = the protection granule (4096), `x1` = 0
+    /// (share and unshare take one granule).
+    pub const HYP_MEMINFO: u64 = 0xC600_0002;
+    /// `MEM_SHARE(ipa)`: a page the guest owns becomes shared with the host (guest
+    /// SHARED_OWNED, host SHARED_BORROWED: the host may map it). `x2` (granules) must be 0 or
+    /// 1, `x3` 0. `x1` = 1 on success.
+    pub const MEM_SHARE: u64 = 0xC600_0003;
+    /// `MEM_UNSHARE(ipa)`: the reverse of [`MEM_SHARE`]; the host loses access before the
+    /// call returns. Same argument rules.
+    pub const MEM_UNSHARE: u64 = 0xC600_0004;
+    /// `MEM_RELINQUISH(ipa)` (`x2`, `x3` must be 0): the guest gives the page at `ipa` up:
+    /// unmapped from the guest; a page the guest owned is zeroed and returned to the host
+    /// OWNED, a page the host shared in simply goes back to the host alone.
+    pub const MEM_RELINQUISH: u64 = 0xC600_0009;
+
+    /// Function numbers (low 16 bits) in KVM's vendor-hypervisor range.
+    pub mod func {
+        /// FEATURES.
+        pub const FEATURES: u32 = 0;
+        /// HYP_MEMINFO.
+        pub const HYP_MEMINFO: u32 = 2;
+        /// MEM_SHARE.
+        pub const MEM_SHARE: u32 = 3;
+        /// MEM_UNSHARE.
+        pub const MEM_UNSHARE: u32 = 4;
+        /// MEM_RELINQUISH.
+        pub const MEM_RELINQUISH: u32 = 9;
+    }
+
+    /// What [`VENDOR_HYP_KVM_FEATURES`] returns in `x0`.
+    pub const KVM_FEATURES_BITMAP: u64 = (1 << func::FEATURES)
+        | (1 << func::HYP_MEMINFO)
+        | (1 << func::MEM_SHARE)
+        | (1 << func::MEM_UNSHARE)
+        | (1 << func::MEM_RELINQUISH);
+
+    /// KVM's vendor-hypervisor UID, 28b46fb6-2ec5-11e9-a9ca-4b564d003a74, as the four
+    /// registers of the Call UID answer.
+    pub const KVM_UID: [u64; 4] = [0xb66f_b428, 0xe911_c52e, 0x564b_caa9, 0x743a_004d];
+
+    /// SMCCC SUCCESS.
+    pub const SUCCESS: u64 = 0;
+    /// SMCCC NOT_SUPPORTED (-1).
+    pub const NOT_SUPPORTED: u64 = u64::MAX;
+    /// SMCCC INVALID_PARAMETER (-3).
+    pub const INVALID_PARAMETER: u64 = -3i64 as u64;
+}
 
 /// Number of EL1 system registers in [`VcpuState::sys`].
 pub const NR_SYSREGS: usize = 26;

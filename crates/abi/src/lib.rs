@@ -41,6 +41,10 @@ pub mod features {
     pub const DEBUG_HCALLS: u64 = 1 << 2;
     /// Guests (VM/vCPU hypercalls) are supported.
     pub const GUESTS: u64 = 1 << 3;
+    /// Protected VMs: [`super::HostHcall::HostDonateGuest`], dying VMs reclaimed in batches
+    /// ([`super::HostHcall::VmReclaim`]) and the guest-side memory ABI
+    /// ([`super::guest::smccc`]).
+    pub const PROTECTED_VMS: u64 = 1 << 4;
 }
 
 /// Builds the SMCCC function id for host hypercall `id`.
@@ -126,9 +130,24 @@ hcalls! {
     /// `(handle) -> x2 = exit reason`: run the vCPU until it exits; the details are in the
     /// vCPU structure's [`guest::VcpuExit`].
     VcpuRun = 0x34, boot_only = false;
-    /// `(handle)`: destroy the VM: unmap every guest page, return the donated pages zeroed,
-    /// unpin the VM and vCPU structures, invalidate the VMID.
+    /// `(handle) -> x2 = guest pages left`: start destroying the VM (refused with `EBUSY`
+    /// while its vCPU runs). The VM is marked dying (it never runs again and takes no new
+    /// pages) and a first batch of at most [`guest::RECLAIM_BATCH`] guest pages is reclaimed
+    /// as [`HostHcall::VmReclaim`] does. `x2 = 0`: the VM is gone (stage-2 freed, VMID
+    /// invalidated, memcache returned zeroed, VM and vCPU structures unpinned); otherwise call
+    /// [`HostHcall::VmReclaim`] until it reports 0.
     VmTeardown = 0x35, boot_only = false;
+    /// `(handle, pfn, gfn, nr_pages)`: donate host pages to the guest at `gfn`: host OWNED →
+    /// NOPAGE (its stage-2 annotated with the VM's owner id: any host access aborts), guest
+    /// OWNED (read/write/execute). The pages come back only zeroed, through
+    /// `MEM_RELINQUISH` or the VM's teardown.
+    HostDonateGuest = 0x36, boot_only = false;
+    /// `(handle) -> x2 = guest pages left`: reclaim the next batch (at most
+    /// [`guest::RECLAIM_BATCH`] pages) of a dying VM: pages the guest owned are zeroed, then
+    /// returned to the host OWNED; pages the host shared in go back to it alone; pages the
+    /// guest shared back are returned as they are. When nothing is left the teardown
+    /// completes (`x2 = 0`, the handle is dead). `EPERM` for a VM that is not dying.
+    VmReclaim = 0x37, boot_only = false;
 }
 
 /// Selectors for [`HostHcall::Stat`].
@@ -169,6 +188,9 @@ pub enum Stat {
     EmulatedMmio = 14,
     /// Host writes to device registers EL2 refused (an LPI table outside the host's RAM).
     RefusedDeviceWrites = 15,
+    /// Host pages donated to guests (host NOPAGE, EL2 NOPAGE), including pages a guest shares
+    /// back with the host.
+    GuestOwnedPages = 16,
 }
 
 impl Stat {
@@ -192,6 +214,7 @@ impl Stat {
             13 => Stat::InjectedUndefs,
             14 => Stat::EmulatedMmio,
             15 => Stat::RefusedDeviceWrites,
+            16 => Stat::GuestOwnedPages,
             _ => return None,
         })
     }
@@ -378,9 +401,9 @@ mod tests {
 
     #[test]
     fn stat_selectors_decode() {
-        for v in 0..16 {
+        for v in 0..17 {
             assert_eq!(Stat::from_u64(v).map(|s| s as u64), Some(v));
         }
-        assert_eq!(Stat::from_u64(16), None);
+        assert_eq!(Stat::from_u64(17), None);
     }
 }

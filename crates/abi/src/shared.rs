@@ -103,6 +103,6 @@ mod tests {
         assert_eq!(VcpuExit::read_with(|i| mem[i]), e);
         assert_eq!(VmDesc::WORDS, 4);
         let d = VmDesc::read_with(|i| 10 + i as u64);
-        assert_eq!((d.ipa_bits, d.nr_vcpus, d.reserved), (10, 11, 13));
+        assert_eq!((d.ipa_bits, d.nr_vcpus, d.flags), (10, 11, 13));
     }
 }

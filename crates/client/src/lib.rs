@@ -312,12 +312,44 @@ impl<T: Transport> Client<T> {
         Ok(Exit::decode(reason, &exit_record()))
     }
 
-    /// `VmTeardown`.
+    /// `HostDonateGuest`: host pages `[pfn, pfn + nr)` given to the (protected) VM at guest
+    /// frames `[gfn, gfn + nr)`.
     ///
     /// # Errors
     /// As [`Client::call`].
-    pub fn vm_teardown(&self, vm: VmHandle) -> Result<(), HcallError> {
-        self.unit(HostHcall::VmTeardown, [vm.0])
+    pub fn donate_guest(&self, vm: VmHandle, pfn: u64, gfn: u64, nr: u64) -> Result<(), HcallError> {
+        self.unit(HostHcall::HostDonateGuest, [vm.0, pfn, gfn, nr])
+    }
+
+    /// `VmTeardown`: marks the VM dying and reclaims a first batch; returns the guest pages
+    /// left (0: the VM is gone; otherwise go on with [`Client::vm_reclaim`]).
+    ///
+    /// # Errors
+    /// As [`Client::call`].
+    pub fn vm_teardown(&self, vm: VmHandle) -> Result<u64, HcallError> {
+        self.call(HostHcall::VmTeardown, [vm.0]).map(|[n, _]| n)
+    }
+
+    /// `VmReclaim`: the next batch of a dying VM; returns the guest pages left (0: the VM is
+    /// gone).
+    ///
+    /// # Errors
+    /// As [`Client::call`].
+    pub fn vm_reclaim(&self, vm: VmHandle) -> Result<u64, HcallError> {
+        self.call(HostHcall::VmReclaim, [vm.0]).map(|[n, _]| n)
+    }
+
+    /// The whole teardown: [`Client::vm_teardown`], then [`Client::vm_reclaim`] until nothing
+    /// is left. Each call is bounded work at EL2; this loop is the host's.
+    ///
+    /// # Errors
+    /// The first call that fails.
+    pub fn vm_destroy(&self, vm: VmHandle) -> Result<(), HcallError> {
+        let mut left = self.vm_teardown(vm)?;
+        while left != 0 {
+            left = self.vm_reclaim(vm)?;
+        }
+        Ok(())
     }
 }
 

@@ -52,7 +52,7 @@ fn every_wrapper_encodes_its_id_and_arguments() {
     let x2 = Ok(0x22);
     // Each wrapper, with what it must return for the reply OK and the call it must make.
     #[rustfmt::skip]
-    let cases: [WrapperCase<'_>; 16] = [
+    let cases: [WrapperCase<'_>; 18] = [
         (&|| c.version() == Ok(Version { abi: 0x22, features: 0x33 }), HostHcall::Version, [0; 6]),
         (&|| c.finalize() == unit, HostHcall::Finalize, [0; 6]),
         (&|| c.share_hyp(0x4_0001, 3) == unit, HostHcall::HostShareHyp, [0x4_0001, 3, 0, 0, 0, 0]),
@@ -73,7 +73,10 @@ fn every_wrapper_encodes_its_id_and_arguments() {
         (&|| c.unshare_guest(vm, 0x8_0000, 16) == unit, HostHcall::HostUnshareGuest,
             [0x0102, 0x8_0000, 16, 0, 0, 0]),
         (&|| c.vcpu_run(vm) == x2, HostHcall::VcpuRun, [0x0102, 0, 0, 0, 0, 0]),
-        (&|| c.vm_teardown(vm) == unit, HostHcall::VmTeardown, [0x0102, 0, 0, 0, 0, 0]),
+        (&|| c.vm_teardown(vm) == x2, HostHcall::VmTeardown, [0x0102, 0, 0, 0, 0, 0]),
+        (&|| c.donate_guest(vm, 0x4_0030, 0x8_0010, 9) == unit, HostHcall::HostDonateGuest,
+            [0x0102, 0x4_0030, 0x8_0010, 9, 0, 0]),
+        (&|| c.vm_reclaim(vm) == x2, HostHcall::VmReclaim, [0x0102, 0, 0, 0, 0, 0]),
     ];
     for (call, id, args) in &cases {
         assert!(call(), "{id:?}: result");

@@ -21,6 +21,7 @@ use crate::sync::Ordering;
 pub const FEATURES: u64 = features::RANGES
     | features::EL2_REFCOUNT
     | features::GUESTS
+    | features::PROTECTED_VMS
     | if cfg!(feature = "debug-hcalls") {
         features::DEBUG_HCALLS
     } else {
@@ -75,7 +76,9 @@ impl<P: Platform> Hyp<'_, P> {
             }
             HostHcall::HostUnshareGuest => self.host_unshare_guest(x[1], Gfn(x[2]), x[3]),
             HostHcall::VcpuRun => self.vcpu_run(x[1]).map(|r| x[2] = r),
-            HostHcall::VmTeardown => self.vm_teardown(x[1]),
+            HostHcall::VmTeardown => self.vm_teardown(x[1]).map(|n| x[2] = n),
+            HostHcall::HostDonateGuest => self.host_donate_guest(x[1], Pfn(x[2]), Gfn(x[3]), x[4]),
+            HostHcall::VmReclaim => self.vm_reclaim(x[1]).map(|n| x[2] = n),
             HostHcall::Stat => match Stat::from_u64(x[1]) {
                 Some(s) => {
                     x[2] = self.stat(s);
@@ -119,6 +122,11 @@ impl<P: Platform> Hyp<'_, P> {
                     && p.hyp_state() == crate::vmemmap::PageState::NoPage
             }),
             Stat::LiveVms => self.live_vms(),
+            Stat::GuestOwnedPages => self.count_pages(|p| {
+                p.host_state() != crate::vmemmap::PageState::Owned
+                    && p.hyp_state() == crate::vmemmap::PageState::NoPage
+                    && p.share_count() == 0
+            }),
             Stat::PinnedPages => self.count_pages(|p| {
                 crate::mem_protect::is_shared_with_hyp(p) && crate::mem_protect::is_pinned(p)
             }),

@@ -17,6 +17,9 @@ use crate::mmu::{self, Regime};
 
 /// The software bit EL2 sets in a guest stage-2 leaf of a page the host shared (bit 55).
 const GUEST_SHARED_BORROWED_BIT: u64 = 1 << 55;
+/// The software bit EL2 sets in a guest stage-2 leaf of a guest's page it shares back with
+/// the host (bit 56).
+const GUEST_SHARED_OWNED_BIT: u64 = 1 << 56;
 
 /// What the checks read of a table page, at one version of the page.
 #[derive(Debug)]
@@ -329,6 +332,7 @@ impl Machine<'_> {
         for (slot, s) in self.hyp.vm_snapshots().into_iter().enumerate() {
             let Some(s) = s else { continue };
             let mut guest = BTreeMap::new();
+            let mut owned = BTreeMap::new();
             let mut bad = None;
             let root = s.vttbr.root();
             // A guest stage-2 has the host stage-2's geometry (one VTCR_EL2 for both); its
@@ -349,20 +353,48 @@ impl Machine<'_> {
                         level,
                         ..
                     } = leaf;
-                    if level != 3 || desc & GUEST_SHARED_BORROWED_BIT == 0 {
+                    let sw = desc & (GUEST_SHARED_BORROWED_BIT | GUEST_SHARED_OWNED_BIT);
+                    if level != 3 || sw == GUEST_SHARED_BORROWED_BIT | GUEST_SHARED_OWNED_BIT {
                         bad = Some(format!(
-                            "VM slot {slot}: guest leaf {desc:#x} at IPA {ipa:#x}, level {level}: not a page the host shared"
+                            "VM slot {slot}: guest leaf {desc:#x} at IPA {ipa:#x}, level {level}: neither shared in, owned nor shared back"
                         ));
                     }
-                    let oa = leaf.oa();
-                    for off in (0..leaf.size()).step_by(PAGE_SIZE as usize) {
-                        guest.insert((ipa + off) >> PAGE_SHIFT, (oa + off) >> PAGE_SHIFT);
+                    let (gfn, pfn) = (ipa >> PAGE_SHIFT, leaf.oa() >> PAGE_SHIFT);
+                    if sw == GUEST_SHARED_BORROWED_BIT {
+                        guest.insert(gfn, pfn);
+                    } else {
+                        owned.insert(gfn, (pfn, sw == GUEST_SHARED_OWNED_BIT));
                     }
                     Ok(())
                 },
             )?;
+            drop(cache);
             if let Some(b) = bad {
                 return Err(b);
+            }
+            // Every page it owns, and does not share back, carries its annotation in the host
+            // stage-2 (a shared-back page carries none: the host may map it).
+            let want = pkvm_hyp::vm::guest_owner_id(s.vttbr.vmid());
+            let mut walks = Stage2Walks::new(&self.plat.mem, self.hyp.host_pgd(), sl);
+            for (&gfn, &(pfn, shared)) in &owned {
+                let r = walks.walk(pfn << PAGE_SHIFT);
+                let ok = match r {
+                    Err(f) if !shared => f.level == 3 && (f.desc >> 2) & 0xFF == u64::from(want),
+                    Err(f) => f.desc == 0,
+                    Ok(_) => shared,
+                };
+                if !ok {
+                    return Err(format!(
+                        "VM slot {slot}: its page {pfn:#x} (gfn {gfn:#x}, shared back: {shared}) is {r:?} in the host stage-2, not annotated {want}"
+                    ));
+                }
+            }
+            if s.pages != (guest.len() + owned.len()) as u64 {
+                return Err(format!(
+                    "VM slot {slot}: EL2 counts {} guest pages, its stage-2 maps {}",
+                    s.pages,
+                    guest.len() + owned.len()
+                ));
             }
             vms.insert(
                 slot,
@@ -372,6 +404,9 @@ impl Machine<'_> {
                     memcache: range(s.memcache),
                     vcpu: s.vcpu_pins.map(|p| p.map(range)),
                     guest,
+                    protected: s.protected,
+                    dying: s.dying,
+                    owned,
                 },
             );
         }

@@ -17,11 +17,11 @@ use pkvm_hyp::platform::PhysMem;
 use pkvm_hyp::setup::{BootParams, HypMapping};
 use pkvm_hyp::vmemmap::{HypPage, PageState, Vmemmap, VmemmapLayout};
 use pkvm_pgtable::Prot;
-use pkvm_spec::{Machine as SpecMachine, Outcome};
+use pkvm_spec::{GuestOp, Machine as SpecMachine, Outcome};
 
 use crate::checks::TableCache;
 use crate::mmu::{self, Regime, Translation};
-use crate::platform::SimPlatform;
+use crate::platform::{SimGuestAction, SimPlatform};
 
 /// Shape of a simulated machine.
 #[derive(Clone, Debug)]
@@ -382,9 +382,10 @@ impl Machine<'_> {
                 mc_nr,
                 ipa_bits,
                 nr_vcpus,
+                flags,
             } => {
                 // The host fills in its descriptor where it may (a page it shares with EL2).
-                for (off, v) in [(0, ipa_bits), (8, nr_vcpus)] {
+                for (off, v) in [(0, ipa_bits), (8, nr_vcpus), (24, flags)] {
                     let pa = desc_pa.wrapping_add(off);
                     if self.host_may_write(pa) {
                         self.plat.write_u64(pa, v);
@@ -411,20 +412,41 @@ impl Machine<'_> {
                 ret(r, HostHcall::VcpuInit)
             }
             Call::VcpuRun { vm } => {
-                // A valid entry state; the simulated guest powers off (its default action).
-                // (The slot table's guard must not live across `host_may_write`, which reads
-                // vmemmap atomics: a scheduling point under Shuttle.)
-                let state = self.vms.lock().unwrap().get(vm).and_then(|s| s.vcpu_state);
-                if let Some(st) = state {
-                    let pstate = st + pkvm_abi::guest::vcpu_off::PSTATE as u64;
-                    if self.host_may_write(pstate) {
-                        self.plat
-                            .write_u64(pstate, pkvm_abi::guest::PSTATE_EL1H_DAIF);
-                    }
-                }
+                // The simulated guest powers off (its default action).
+                self.prepare_run(vm);
                 ret(c.vcpu_run(self.handle(vm)).map(|_| ()), HostHcall::VcpuRun)
             }
-            Call::VmTeardown { vm } => ret(c.vm_teardown(self.handle(vm)), HostHcall::VmTeardown),
+            Call::GuestMem { vm, op, ipa } => {
+                use pkvm_abi::guest::smccc;
+                let fid = match op {
+                    GuestOp::Share => smccc::MEM_SHARE,
+                    GuestOp::Unshare => smccc::MEM_UNSHARE,
+                    GuestOp::Relinquish => smccc::MEM_RELINQUISH,
+                };
+                self.prepare_run(vm);
+                let script = [SimGuestAction::Call([fid, ipa, 0, 0])];
+                self.plat.guest_script.lock().unwrap().extend(script);
+                let run = c.vcpu_run(self.handle(vm));
+                // A run that did not start leaves its script unused.
+                self.plat.guest_script.lock().unwrap().clear();
+                match errno(run, HostHcall::VcpuRun) {
+                    Err(e) => Outcome::Ret(Err(e)),
+                    // The call's results are the vCPU's registers at the entry after it.
+                    Ok(_) => Outcome::Ret(guest_call_result(self.plat.guest_x.lock().unwrap().last().copied())),
+                }
+            }
+            Call::VmTeardown { vm } => ret(
+                c.vm_teardown(self.handle(vm)).map(|_| ()),
+                HostHcall::VmTeardown,
+            ),
+            Call::VmReclaim { vm } => ret(
+                c.vm_reclaim(self.handle(vm)).map(|_| ()),
+                HostHcall::VmReclaim,
+            ),
+            Call::DonateGuest { vm, pfn, gfn, nr } => ret(
+                c.donate_guest(self.handle(vm), pfn, gfn, nr),
+                HostHcall::HostDonateGuest,
+            ),
             Call::ShareGuest { vm, pfn, gfn, nr } => ret(
                 c.share_guest(self.handle(vm), pfn, gfn, nr, pkvm_abi::guest::PROT_RWX),
                 HostHcall::HostShareGuest,
@@ -434,6 +456,26 @@ impl Machine<'_> {
                 HostHcall::HostUnshareGuest,
             ),
         }
+    }
+
+    /// Gives the vCPU of slot `vm` a valid entry state before a run. (The slot table's guard
+    /// must not live across `host_may_write`, which reads vmemmap atomics: a scheduling point
+    /// under Shuttle.)
+    fn prepare_run(&self, vm: usize) {
+        let state = self.vms.lock().unwrap().get(vm).and_then(|s| s.vcpu_state);
+        if let Some(st) = state {
+            let pstate = st + pkvm_abi::guest::vcpu_off::PSTATE as u64;
+            if self.host_may_write(pstate) {
+                self.plat
+                    .write_u64(pstate, pkvm_abi::guest::PSTATE_EL1H_DAIF);
+            }
+        }
+    }
+
+    /// The handle of the VM in slot `vm` (stale or 0 when the slot holds no VM).
+    #[must_use]
+    pub fn vm_handle(&self, vm: usize) -> VmHandle {
+        self.handle(vm)
     }
 
     /// The handle of the VM slot `vm` names (stale or 0 when the slot holds no VM).
@@ -466,12 +508,28 @@ impl Machine<'_> {
         memcache_pfn: u64,
         vcpu_pfn: Option<u64>,
     ) -> VmHandle {
+        self.create_model_vm_flags(desc_pfn, (memcache_pfn, 64), vcpu_pfn, 0)
+    }
+
+    /// [`Machine::create_model_vm`] with a memcache of `memcache_nr` pages and these
+    /// [`pkvm_abi::guest::vm_flags`] (a protected VM, say).
+    ///
+    /// # Panics
+    /// If a hypercall fails.
+    pub fn create_model_vm_flags(
+        &mut self,
+        desc_pfn: u64,
+        (memcache_pfn, memcache_nr): (u64, u64),
+        vcpu_pfn: Option<u64>,
+        flags: u64,
+    ) -> VmHandle {
         let c = Client::new(&*self);
         let desc = desc_pfn << PAGE_SHIFT;
         c.share_hyp(desc_pfn, 1).expect("share the VM descriptor");
         self.plat.write_u64(desc, u64::from(self.cfg.pa_bits));
         self.plat.write_u64(desc + 8, 1);
-        let vm = c.vm_init(desc, memcache_pfn, 64).expect("VmInit");
+        self.plat.write_u64(desc + 24, flags);
+        let vm = c.vm_init(desc, memcache_pfn, memcache_nr).expect("VmInit");
         let slot = (vm.raw() & 0xff) as usize - 1;
         self.vms.lock().unwrap()[slot] = SlotVm {
             handle: vm.raw(),
@@ -496,6 +554,16 @@ impl Transport for Machine<'_> {
         x[1..7].copy_from_slice(&args);
         self.hyp.handle_host_hcall(&mut x);
         [x[0], x[1], x[2], x[3]]
+    }
+}
+
+/// A guest memory call's result from the guest's `x0..x2` after it: `Ok` for SUCCESS, else
+/// the reason EL2 put in `x2`.
+fn guest_call_result(x: Option<[u64; 4]>) -> Result<(), Error> {
+    match x {
+        Some([pkvm_abi::guest::smccc::SUCCESS, ..]) => Ok(()),
+        Some([_, _, reason, _]) => Err(Error::from_errno(reason as i64).unwrap_or(Error::Fault)),
+        None => Err(Error::Fault),
     }
 }
 

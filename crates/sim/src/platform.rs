@@ -76,6 +76,8 @@ pub struct SimPlatform {
     pub guest_script: Mutex<std::collections::VecDeque<SimGuestAction>>,
     /// Every guest entry the world switch was asked for.
     pub guest_entries: Mutex<Vec<GuestEntry>>,
+    /// The vCPU's `x0..x3` at each guest entry (after a guest call EL2 answered: its results).
+    pub guest_x: Mutex<Vec<[u64; 4]>>,
     /// Device registers EL2 reads and writes for the host (the emulated GIC redistributor
     /// frames): a register file by physical address; unset registers read as zero.
     pub device_regs: Mutex<std::collections::BTreeMap<u64, u64>>,
@@ -106,6 +108,8 @@ fn cpu_id() -> u32 {
 pub enum SimGuestAction {
     /// `HVC #0` with `x0`, `x1`.
     Hvc(u64, u64),
+    /// `HVC #0` with `x0..x3`.
+    Call([u64; 4]),
     /// A store of `size` bytes of `value` (from register `reg`) to `ipa` with a valid syndrome.
     MmioWrite {
         ipa: u64,
@@ -206,6 +210,7 @@ impl SimPlatform {
             log: Mutex::new(Vec::new()),
             guest_script: Mutex::new(std::collections::VecDeque::new()),
             guest_entries: Mutex::new(Vec::new()),
+            guest_x: Mutex::new(Vec::new()),
             device_regs: Mutex::new(std::collections::BTreeMap::new()),
             device_writes: Mutex::new(Vec::new()),
             monitor: Mutex::new(Monitor::new()),
@@ -348,6 +353,8 @@ impl GuestRunner for SimPlatform {
         use pkvm_abi::guest::vcpu_off;
         self.guest_entries.lock().unwrap().push(*e);
         let regs = e.vcpu_pa + vcpu_off::REGS as u64;
+        let x = core::array::from_fn(|i| self.read_u64(regs + 8 * i as u64));
+        self.guest_x.lock().unwrap().push(x);
         // Like the real world switch, the guest's PC and PSTATE come back in the structure.
         self.write_u64(e.vcpu_pa + vcpu_off::PC as u64, e.pc);
         self.write_u64(e.vcpu_pa + vcpu_off::PSTATE as u64, e.pstate);
@@ -358,6 +365,12 @@ impl GuestRunner for SimPlatform {
             action = off;
         }
         let hpfar = |ipa: u64| (ipa >> 12) << 4;
+        if let SimGuestAction::Call(x) = action {
+            for (i, v) in x.into_iter().enumerate().skip(2) {
+                self.write_u64(regs + 8 * i as u64, v);
+            }
+            action = SimGuestAction::Hvc(x[0], x[1]);
+        }
         match action {
             SimGuestAction::Hvc(x0, x1) => {
                 self.write_u64(regs, x0);
@@ -437,7 +450,9 @@ impl GuestRunner for SimPlatform {
                 far: 0,
                 hpfar: 0,
             },
-            SimGuestAction::Pause(_) => unreachable!("a pause became its power-off above"),
+            SimGuestAction::Pause(_) | SimGuestAction::Call(_) => {
+                unreachable!("a pause became its power-off, a call its HVC, above")
+            }
         }
     }
 }

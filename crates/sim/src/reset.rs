@@ -93,6 +93,7 @@ pub struct Snapshot {
     log: Vec<String>,
     guest_script: VecDeque<SimGuestAction>,
     guest_entries: Vec<GuestEntry>,
+    guest_x: Vec<[u64; 4]>,
     device_regs: BTreeMap<u64, u64>,
     device_writes: Vec<(u64, u8, u64)>,
     slots: [SlotVm; MAX_VMS],
@@ -148,6 +149,7 @@ impl Machine<'_> {
             log: p.log.lock().unwrap().clone(),
             guest_script: p.guest_script.lock().unwrap().clone(),
             guest_entries: p.guest_entries.lock().unwrap().clone(),
+            guest_x: p.guest_x.lock().unwrap().clone(),
             device_regs: p.device_regs.lock().unwrap().clone(),
             device_writes: p.device_writes.lock().unwrap().clone(),
             slots: *self.vms.lock().unwrap(),
@@ -190,6 +192,7 @@ impl Machine<'_> {
         restore(&p.log, &s.log);
         restore(&p.guest_script, &s.guest_script);
         restore(&p.guest_entries, &s.guest_entries);
+        restore(&p.guest_x, &s.guest_x);
         restore(&p.device_regs, &s.device_regs);
         restore(&p.device_writes, &s.device_writes);
         *self.vms.lock().unwrap() = s.slots;

@@ -235,12 +235,12 @@ fn sharing_does_not_split_host_blocks() {
 }
 
 /// `Version` reports ABI 1.0 and exactly the features of the simulator's build (ranges, EL2
-/// refcounts, debug hypercalls, guests: the ABI's bits 0-3), nothing more.
+/// refcounts, debug hypercalls, guests, protected VMs: the ABI's bits 0-4), nothing more.
 #[test]
 fn version_reports_the_abi_and_exactly_the_built_features() {
     small(|m, _| {
         let v = m.client().version().expect("Version");
-        assert_eq!((v.abi, v.features), (0x1_0000, 0b1111));
+        assert_eq!((v.abi, v.features), (0x1_0000, 0b1_1111));
     });
 }
 

@@ -75,6 +75,7 @@ fn vocabulary() -> Vec<Step> {
                 mc_nr: 2,
                 ipa_bits: 32,
                 nr_vcpus: 1,
+                flags: 0,
             },
         ]);
         v.push(vec![

@@ -71,7 +71,7 @@ fn create(m: &Machine<'_>, h: &Host, desc_pa: u64, vcpu_pa: u64, fp_pa: u64, mc:
 
 fn destroy(m: &Machine<'_>, handle: u64, structs: &[u64]) {
     let c = m.client();
-    c.vm_teardown(VmHandle::from_raw(handle)).unwrap();
+    c.vm_destroy(VmHandle::from_raw(handle)).unwrap();
     for pa in structs {
         c.unshare_hyp(pa >> PAGE_SHIFT, 1).unwrap();
     }

@@ -5,9 +5,10 @@
 //! `PKVM_MODEL_CASES` sets the number of cases (default 10,000).
 
 use pkvm_abi::PAGE_SHIFT;
+use pkvm_abi::guest::vm_flags;
 use pkvm_sim::scenarios::checked;
 use pkvm_sim::{SimConfig, with_machine};
-use pkvm_spec::{Call, Checker};
+use pkvm_spec::{Call, Checker, GuestOp};
 use proptest::prelude::*;
 
 #[derive(Clone, Copy, Debug)]
@@ -28,6 +29,7 @@ enum Op {
         mc_nr: u64,
         ipa_bits: u64,
         nr_vcpus: u64,
+        flags: u64,
     },
     VcpuInit {
         vm: usize,
@@ -38,12 +40,14 @@ enum Op {
     },
     VcpuRun(usize),
     VmTeardown(usize),
+    VmReclaim(usize),
     /// Share a descriptor page with EL2, then create a VM on it with a well-formed
     /// descriptor (the memcache may still be refused).
     CreateVm {
         desc: usize,
         mc: usize,
         mc_nr: u64,
+        protected: bool,
     },
     /// Share a page with EL2, then give the VM a vCPU with both structures in it.
     CreateVcpu {
@@ -67,10 +71,30 @@ enum Op {
         gfn: usize,
         nr: u64,
     },
+    DonateGuest {
+        vm: usize,
+        page: usize,
+        gfn: usize,
+        nr: u64,
+    },
+    /// A guest memory call at a guest frame of [`gfns`], plus `off` bytes.
+    GuestMem {
+        vm: usize,
+        op: GuestOp,
+        page: usize,
+        gfn: usize,
+        off: u64,
+    },
+    /// A guest memory call on the last frame a `DonateGuest` named (or the one after it).
+    GuestMemLast {
+        op: GuestOp,
+        next: bool,
+    },
 }
 
-/// VM slots the ops name: the model VM's (0), two more, and one that stays free.
-const SLOTS: usize = 4;
+/// VM slots the ops name: the model VMs' (0: non-protected, 1: protected), two more, and one
+/// that stays free.
+const SLOTS: usize = 5;
 
 /// Guest frames the guest ops use, for page `i` of the page list: 0, a small one, the page's
 /// own pfn (gfn = pfn), the last frame of a 32-bit IPA space, the first beyond it, one far beyond any
@@ -92,6 +116,10 @@ fn gfns(p: &[u64], i: usize) -> [u64; 7] {
 const VM_MEMCACHE: u64 = 0x100;
 const VM_DESC: u64 = 0x140;
 const VM_VCPU: u64 = 0x141;
+/// The same for the protected model VM (a 16-page memcache).
+const PVM_MEMCACHE: u64 = 0x180;
+const PVM_DESC: u64 = 0x142;
+const PVM_VCPU: u64 = 0x143;
 
 /// Interesting page frames: a cluster of ordinary pages, the model VM's pages (EL2-pinned
 /// structures, its memcache: the host must not be able to unpin, reclaim or read them), the
@@ -135,6 +163,9 @@ fn op() -> impl Strategy<Value = Op> {
     let idx = prop_oneof![3 => 0usize..4, 2 => 0usize..22];
     let nr = prop_oneof![8 => 1u64..4, 1 => Just(0u64), 1 => 512u64..514];
     let gfn = prop_oneof![4 => Just(2usize), 2 => Just(0), 2 => 0usize..7];
+    // Mostly the protected model VM for donations and guest calls.
+    let pvm = prop_oneof![3 => Just(1usize), 1 => 0..SLOTS];
+    let guest_op = prop_oneof![Just(GuestOp::Share), Just(GuestOp::Unshare), Just(GuestOp::Relinquish)];
     prop_oneof![
         4 => (idx.clone(), nr.clone()).prop_map(|(i, n)| Op::Share(i, n)),
         4 => (idx.clone(), nr.clone()).prop_map(|(i, n)| Op::Unshare(i, n)),
@@ -153,14 +184,16 @@ fn op() -> impl Strategy<Value = Op> {
             prop_oneof![4 => Just(2u64), 2 => Just(4), 1 => Just(1), 1 => Just(65)],
             prop_oneof![4 => Just(32u64), 2 => Just(40), 1 => Just(31), 1 => Just(48)],
             prop_oneof![6 => Just(1u64), 1 => Just(0), 1 => Just(2)],
+            prop_oneof![3 => Just(0u64), 2 => Just(vm_flags::PROTECTED), 1 => Just(2), 1 => Just(1 << 63)],
         )
-            .prop_map(|(desc, desc_off, mc, mc_nr, ipa_bits, nr_vcpus)| Op::VmInit {
+            .prop_map(|(desc, desc_off, mc, mc_nr, ipa_bits, nr_vcpus, flags)| Op::VmInit {
                 desc,
                 desc_off,
                 mc,
                 mc_nr,
                 ipa_bits,
                 nr_vcpus,
+                flags,
             }),
         2 => (
             0..SLOTS,
@@ -176,16 +209,23 @@ fn op() -> impl Strategy<Value = Op> {
                 fp,
                 fp_off,
             }),
-        3 => (idx.clone(), idx.clone(), prop_oneof![Just(2u64), Just(3), Just(8)])
-            .prop_map(|(desc, mc, mc_nr)| Op::CreateVm { desc, mc, mc_nr }),
+        3 => (idx.clone(), idx.clone(), prop_oneof![Just(2u64), Just(3), Just(8)], any::<bool>())
+            .prop_map(|(desc, mc, mc_nr, protected)| Op::CreateVm { desc, mc, mc_nr, protected }),
         2 => (0..SLOTS, idx.clone()).prop_map(|(vm, page)| Op::CreateVcpu { vm, page }),
         2 => prop_oneof![Just(1u64), Just(2), Just(0)].prop_map(|nr| Op::UnshareLastGuest { nr }),
         1 => (0..SLOTS).prop_map(Op::VcpuRun),
         1 => (0..SLOTS).prop_map(Op::VmTeardown),
+        2 => (0..SLOTS).prop_map(Op::VmReclaim),
         4 => (0..SLOTS, idx.clone(), gfn.clone(), nr.clone())
             .prop_map(|(vm, page, gfn, nr)| Op::ShareGuest { vm, page, gfn, nr }),
-        3 => (0..SLOTS, idx, gfn, nr)
+        3 => (0..SLOTS, idx.clone(), gfn.clone(), nr.clone())
             .prop_map(|(vm, page, gfn, nr)| Op::UnshareGuest { vm, page, gfn, nr }),
+        4 => (pvm.clone(), idx.clone(), gfn.clone(), nr)
+            .prop_map(|(vm, page, gfn, nr)| Op::DonateGuest { vm, page, gfn, nr }),
+        3 => (pvm, guest_op.clone(), idx, gfn, prop_oneof![6 => Just(0u64), 1 => Just(8)])
+            .prop_map(|(vm, op, page, gfn, off)| Op::GuestMem { vm, op, page, gfn, off }),
+        4 => (guest_op, proptest::bool::weighted(0.2))
+            .prop_map(|(op, next)| Op::GuestMemLast { op, next }),
     ]
 }
 
@@ -201,17 +241,60 @@ fn run(tight: bool, ops: &[Op]) -> Result<(), String> {
         // ops use; the checker starts from the state the VM creation left.
         let r0 = cfg.ram[0].0 >> PAGE_SHIFT;
         m.create_model_vm(r0 + VM_DESC, r0 + VM_MEMCACHE, Some(r0 + VM_VCPU));
+        // The protected one only when the pools have room for it (in the tight runs slot 1
+        // is free for `CreateVm` to fill).
+        if !tight {
+            m.create_model_vm_flags(
+                r0 + PVM_DESC,
+                (r0 + PVM_MEMCACHE, 16),
+                Some(r0 + PVM_VCPU),
+                vm_flags::PROTECTED,
+            );
+        }
         let start = m.abstract_state()?;
         let mut c = Checker::with_state(m.spec_machine(), start);
         let mut last_guest_share = (0, 0);
+        let mut last_donation = (1, 0);
         for &o in ops {
             let call = match o {
+                Op::DonateGuest { vm, page, gfn, nr } => {
+                    let gfn = gfns(&p, page)[gfn];
+                    last_donation = (vm, gfn);
+                    Call::DonateGuest {
+                        vm,
+                        pfn: p[page],
+                        gfn,
+                        nr,
+                    }
+                }
+                Op::GuestMem {
+                    vm,
+                    op,
+                    page,
+                    gfn,
+                    off,
+                } => Call::GuestMem {
+                    vm,
+                    op,
+                    ipa: gfns(&p, page)[gfn].wrapping_shl(PAGE_SHIFT).wrapping_add(off),
+                },
+                Op::GuestMemLast { op, next } => Call::GuestMem {
+                    vm: last_donation.0,
+                    op,
+                    ipa: (last_donation.1 + u64::from(next)).wrapping_shl(PAGE_SHIFT),
+                },
+                Op::VmReclaim(vm) => Call::VmReclaim { vm },
                 Op::UnshareLastGuest { nr } => Call::UnshareGuest {
                     vm: last_guest_share.0,
                     gfn: last_guest_share.1,
                     nr,
                 },
-                Op::CreateVm { desc, mc, mc_nr } => {
+                Op::CreateVm {
+                    desc,
+                    mc,
+                    mc_nr,
+                    protected,
+                } => {
                     checked(
                         m,
                         &mut c,
@@ -226,6 +309,7 @@ fn run(tight: bool, ops: &[Op]) -> Result<(), String> {
                         mc_nr,
                         ipa_bits: 32,
                         nr_vcpus: 1,
+                        flags: if protected { vm_flags::PROTECTED } else { 0 },
                     }
                 }
                 Op::CreateVcpu { vm, page } => {
@@ -267,12 +351,14 @@ fn run(tight: bool, ops: &[Op]) -> Result<(), String> {
                     mc_nr,
                     ipa_bits,
                     nr_vcpus,
+                    flags,
                 } => Call::VmInit {
                     desc_pa: p[desc].wrapping_shl(PAGE_SHIFT).wrapping_add(desc_off),
                     mc_pfn: p[mc],
                     mc_nr,
                     ipa_bits,
                     nr_vcpus,
+                    flags,
                 },
                 Op::VcpuInit {
                     vm,
@@ -329,3 +415,4 @@ proptest! {
         }
     }
 }
+

@@ -97,6 +97,7 @@ fn sequence(m: &Machine<'_>) -> Vec<Call> {
         mc_nr: 4,
         ipa_bits: 32,
         nr_vcpus: 1,
+        flags: 0,
     };
     let vcpu_init = |vm: usize, page: u64| Call::VcpuInit {
         vm,

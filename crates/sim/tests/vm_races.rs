@@ -32,7 +32,7 @@ fn teardown_and_a_second_run_wait_for_the_running_vcpu() {
             let runner = s.spawn(|| m.client().vcpu_run(vm));
             GATE.wait_paused();
             let c = m.client();
-            assert_eq!(c.vm_teardown(vm), busy, "teardown of a running VM");
+            assert_eq!(c.vm_teardown(vm).map(|_| ()), busy, "teardown of a running VM");
             assert_eq!(c.vcpu_run(vm).map(|_| ()), busy, "a second entry");
             // Sharing into the running guest is allowed (its stage-2 is EL2's, under locks).
             assert_eq!(c.share_guest(vm, r0 + 0x200, 0x10, 1, 7), Ok(()));
@@ -44,7 +44,7 @@ fn teardown_and_a_second_run_wait_for_the_running_vcpu() {
             c.vcpu_run(vm).is_ok(),
             "runs again once the first run ended"
         );
-        assert_eq!(c.vm_teardown(vm), Ok(()));
+        assert_eq!(c.vm_teardown(vm), Ok(0));
         assert_eq!(m.hyp.live_vms(), 0);
         for pfn in [desc, vcpu] {
             assert_eq!(c.unshare_hyp(pfn, 1), Ok(()), "unpinned after teardown");

@@ -20,7 +20,7 @@ mod checker;
 mod vm;
 
 pub use checker::{Checker, Divergence};
-pub use vm::Vm;
+pub use vm::{GuestOp, Vm};
 
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
@@ -94,6 +94,17 @@ impl Page {
         host: State::SharedOwned,
         hyp: State::NoPage,
         shares: 1,
+        ..Page::HOST_OWNED
+    };
+    /// A host page donated to a guest: neither the host nor EL2 has it (the guest stage-2
+    /// maps it, the host stage-2 carries the VM's annotation).
+    pub const GUEST_OWNED: Page = Page {
+        host: State::NoPage,
+        ..Page::HOST_OWNED
+    };
+    /// A guest's page that the guest shares back with the host (`MEM_SHARE`).
+    pub const GUEST_SHARED_BACK: Page = Page {
+        host: State::SharedBorrowed,
         ..Page::HOST_OWNED
     };
     /// A page of the hypervisor's own memory.
@@ -173,15 +184,16 @@ pub enum Call {
     HostAccess { pa: u64, write: bool },
     /// EL2 reads one byte through its stage-1 (its own memory, or host memory it was given).
     HypRead { pa: u64 },
-    /// `vm_init(desc_pa, mc_pfn, mc_nr)` with a descriptor holding `ipa_bits` and `nr_vcpus`
-    /// (the harness writes them there first when the host may). The new VM takes the lowest
-    /// free slot; the harness maps slots to the handles the implementation returns.
+    /// `vm_init(desc_pa, mc_pfn, mc_nr)` with a descriptor holding `ipa_bits`, `nr_vcpus` and
+    /// `flags` (the harness writes them there first when the host may). The new VM takes the
+    /// lowest free slot; the harness maps slots to the handles the implementation returns.
     VmInit {
         desc_pa: u64,
         mc_pfn: u64,
         mc_nr: u64,
         ipa_bits: u64,
         nr_vcpus: u64,
+        flags: u64,
     },
     /// `vcpu_init` of the VM in slot `vm` with its state and FP structures at `state_pa` and
     /// `fp_pa` (a free slot stands for a handle that names no VM).
@@ -193,8 +205,24 @@ pub enum Call {
     /// `vcpu_run` of the VM in slot `vm` (the harness gives the vCPU a valid PSTATE and a
     /// guest that powers off): ownership does not change.
     VcpuRun { vm: usize },
-    /// `vm_teardown` of the VM in slot `vm`.
+    /// `vm_teardown` of the VM in slot `vm`: it becomes dying and a first batch of its guest
+    /// pages is reclaimed ([`Call::VmReclaim`]).
     VmTeardown { vm: usize },
+    /// `vm_reclaim` of the VM in slot `vm`: the next [`pkvm_abi::guest::RECLAIM_BATCH`]
+    /// guest pages in gfn order go back to the host; when none is left the VM is gone.
+    VmReclaim { vm: usize },
+    /// `host_donate_guest`: host pages `[pfn, pfn + nr)` given to the (protected) VM in slot
+    /// `vm` at `gfn`: host (OWNED, NOPAGE) → (NOPAGE, NOPAGE), guest OWNED.
+    DonateGuest {
+        vm: usize,
+        pfn: u64,
+        gfn: u64,
+        nr: u64,
+    },
+    /// The vCPU of the VM in slot `vm` runs a guest that makes the memory call `op` on the
+    /// page at `ipa` (its other arguments zero), then powers off. The outcome is the run's
+    /// error, or the guest call's (`Ok` for SUCCESS, else the reason EL2 reports).
+    GuestMem { vm: usize, op: GuestOp, ipa: u64 },
     /// `host_share_guest`: host pages `[pfn, pfn + nr)` into the VM in slot `vm` at `gfn`
     /// (read/write/execute): host (OWNED, NOPAGE) → host SHARED_OWNED with share count 1, EL2
     /// NOPAGE (the guest side, SHARED_BORROWED, is in the guest stage-2).
@@ -219,6 +247,11 @@ impl Call {
                 | Call::DonateHyp { .. }
                 | Call::VmInit { .. }
                 | Call::ShareGuest { .. }
+                | Call::DonateGuest { .. }
+                | Call::GuestMem {
+                    op: GuestOp::Unshare,
+                    ..
+                }
         )
     }
 }
@@ -369,7 +402,8 @@ impl Spec {
                 mc_nr,
                 ipa_bits,
                 nr_vcpus,
-            } => Outcome::Ret(self.vm_init(desc_pa, (mc_pfn, mc_nr), ipa_bits, nr_vcpus)),
+                flags,
+            } => Outcome::Ret(self.vm_init(desc_pa, (mc_pfn, mc_nr), ipa_bits, nr_vcpus, flags)),
             Call::VcpuInit {
                 vm,
                 state_pa,
@@ -377,6 +411,11 @@ impl Spec {
             } => Outcome::Ret(self.vcpu_init(vm, state_pa, fp_pa)),
             Call::VcpuRun { vm } => Outcome::Ret(self.vcpu_run(vm)),
             Call::VmTeardown { vm } => Outcome::Ret(self.vm_teardown(vm)),
+            Call::VmReclaim { vm } => Outcome::Ret(self.vm_reclaim(vm)),
+            Call::DonateGuest { vm, pfn, gfn, nr } => {
+                Outcome::Ret(self.donate_guest(vm, pfn, gfn, nr))
+            }
+            Call::GuestMem { vm, op, ipa } => Outcome::Ret(self.guest_mem(vm, op, ipa)),
             Call::ShareGuest { vm, pfn, gfn, nr } => {
                 Outcome::Ret(self.share_guest(vm, pfn, gfn, nr))
             }

@@ -352,6 +352,7 @@ fn vm_lifecycle() {
         mc_nr,
         ipa_bits: 32,
         nr_vcpus: 1,
+        flags: 0,
     };
     // The descriptor must be shared with EL2 first; nothing changes when refused.
     assert_eq!(ret(&mut s, vm_init(4)), Err(Error::Perm));
@@ -456,7 +457,8 @@ fn vm_calls_check_in_order_and_undo_partial_pins() {
                 mc_pfn: P,
                 mc_nr: 4,
                 ipa_bits: 32,
-                nr_vcpus: 1
+                nr_vcpus: 1,
+                flags: 0,
             }
         ),
         Err(Error::Inval)
@@ -470,7 +472,8 @@ fn vm_calls_check_in_order_and_undo_partial_pins() {
                 mc_pfn: P + 1,
                 mc_nr: 2,
                 ipa_bits: 32,
-                nr_vcpus: 1
+                nr_vcpus: 1,
+                flags: 0,
             }
         ),
         Err(Error::Perm)
@@ -484,6 +487,7 @@ fn vm_calls_check_in_order_and_undo_partial_pins() {
             mc_nr: 2,
             ipa_bits,
             nr_vcpus,
+            flags: 0,
         };
         assert_eq!(ret(&mut s, c), Err(Error::Inval), "{c:?}");
         assert_eq!(s.state(), &shared);
@@ -494,6 +498,7 @@ fn vm_calls_check_in_order_and_undo_partial_pins() {
         mc_nr: 2,
         ipa_bits: 40,
         nr_vcpus: 1,
+        flags: 0,
     };
     assert_eq!(ret(&mut s, ok), Ok(()));
     let created = s.state().clone();
@@ -550,6 +555,7 @@ fn vm_slots_run_out() {
             mc_nr: 2,
             ipa_bits: 32,
             nr_vcpus: 1,
+            flags: 0,
         };
         assert_eq!(ret(&mut s, c), Ok(()), "VM {i}");
     }
@@ -560,6 +566,7 @@ fn vm_slots_run_out() {
         mc_nr: 2,
         ipa_bits: 32,
         nr_vcpus: 1,
+        flags: 0,
     };
     assert_eq!(ret(&mut s, c), Err(Error::NoMem));
     assert_eq!(s.state(), &full);

@@ -224,7 +224,7 @@ fn lifecycle_breakdown(mem: SlotMem) {
                 .map(|()| 0)
         }),
         ("vcpu_run", &mut || PKVM.vcpu_run(handle.get())),
-        ("vm_teardown", &mut || PKVM.vm_teardown(handle.get()).map(|()| 0)),
+        ("vm_teardown", &mut || PKVM.vm_teardown(handle.get())),
         ("unshare_hyp(fp)", &mut || vm::unshare(fp).map(|()| 0)),
         ("unshare_hyp(vcpu)+(desc)", &mut || {
             vm::unshare(vcpu).and_then(|()| vm::unshare(desc)).map(|()| 0)

@@ -287,7 +287,7 @@ pub fn destroy(vm: Vm) -> Result<(), HcallError> {
 /// # Errors
 /// The hypercall's error.
 pub fn teardown(vm: Vm) -> Result<(), HcallError> {
-    PKVM.vm_teardown(vm.handle)
+    PKVM.vm_destroy(vm.handle)
 }
 
 /// Unshares a slot's structures from EL2 (after its VM's teardown).

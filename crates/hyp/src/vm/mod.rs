@@ -18,12 +18,27 @@
 //! - VMID = slot + 1 (VMID 0 is the host); a slot is reused only after teardown invalidated
 //!   every TLB entry of its VMID.
 //!
-//! Lock order: host → hyp → vms.
-
+//! - **Protected VMs** ([`g::vm_flags::PROTECTED`]) get their memory by donation
+//!   ([`donate`]): the host page goes to (NOPAGE, NOPAGE) in the vmemmap, its host stage-2
+//!   entry is annotated with the VM's owner id ([`guest_owner_id`]), and the guest stage-2
+//!   leaf carries no software bit (guest OWNED). The guest may share such a page back
+//!   ([`guest_call`]): the leaf gets [`GUEST_SHARED_OWNED`], the host state SHARED_BORROWED
+//!   and the annotation is cleared (the host faults it in). Non-protected VMs get host pages
+//!   shared in ([`share`]); neither kind accepts the other's way in.
+//! - Teardown ([`reclaim`]) marks the VM dying, then reclaims its guest pages in batches of at
+//!   most [`g::RECLAIM_BATCH`] per call (pages the guest owned are zeroed before the host gets
+//!   them) and finally frees the stage-2, the VMID and the memcache.
 //!
-//! Files: this one (the VM table, creation, the vCPU, teardown), [`share`] (host pages into a
-//! guest and back), [`run`] (running the vCPU and decoding its exits).
+//! Lock order: host → hyp → vms.
+//!
+//! Files: this one (the VM table, creation, the vCPU), [`share`] (host pages into a
+//! non-protected guest and back), [`donate`] (host pages given to a protected guest),
+//! [`guest_call`] (the guest-side calls EL2 answers), [`reclaim`] (teardown), [`run`]
+//! (running the vCPU and decoding its exits).
 
+mod donate;
+mod guest_call;
+mod reclaim;
 mod run;
 mod share;
 
@@ -31,10 +46,9 @@ use pkvm_abi::guest::{self as g, MAX_VMS, PSTATE_ALLOWED, PSTATE_MODES, VmDesc};
 use pkvm_abi::{Error, PAGE_SHIFT, PAGE_SIZE};
 use pkvm_arch::addr::{Gfn, Pfn, PhysAddr};
 use pkvm_arch::regs::Vttbr;
-use pkvm_pgtable::{Config, MmOps, PageTable, Prot, VisitKind, WalkFlags, desc};
+use pkvm_pgtable::{Config, PageTable, Prot};
 
 use crate::hyp::Hyp;
-use crate::mem_protect::is_guest_shared;
 use crate::mm::{HostMmu, HypMmu, pt_err};
 use crate::page_alloc::{HypPool, NODE_NEXT, NODE_PREV};
 use crate::platform::Platform;
@@ -42,6 +56,23 @@ use crate::vmemmap::{HypPage, HypUse, NO_ORDER, PageState};
 
 /// Software bit marking a guest stage-2 leaf as SHARED_BORROWED (the page belongs to the host).
 pub const GUEST_SHARED_BORROWED: Prot = Prot::SW0;
+/// Software bit marking a guest stage-2 leaf as SHARED_OWNED: the guest's page, which it
+/// shares with the host (`MEM_SHARE`).
+pub const GUEST_SHARED_OWNED: Prot = Prot::SW1;
+/// Prot of a page donated to a guest (guest OWNED).
+const GUEST_OWNED_PROT: Prot = Prot::R.union(Prot::W).union(Prot::X);
+
+/// First owner id of guest annotations in the host stage-2: the VM with VMID `v` annotates
+/// the pages it owns with `GUEST_OWNER_ID_BASE + v`.
+pub const GUEST_OWNER_ID_BASE: u8 = 16;
+
+/// The host stage-2 owner id of pages the VM with `vmid` owns.
+#[must_use]
+pub const fn guest_owner_id(vmid: u16) -> u8 {
+    GUEST_OWNER_ID_BASE + vmid as u8
+}
+
+const _: () = assert!(GUEST_OWNER_ID_BASE as usize + MAX_VMS <= pkvm_pgtable::desc::MAX_OWNER_ID as usize);
 
 /// Smallest and largest memcache (pages donated for the guest stage-2).
 const MEMCACHE_MIN: u64 = g::MEMCACHE_MIN_PAGES;
@@ -75,9 +106,17 @@ struct Vm<'a, P: Platform> {
     pgt: PageTable,
     pool: HypPool<'a, P>,
     vcpu: Option<Vcpu>,
-    /// Bounding IPA range `[lo, hi)` of everything ever shared into the guest: teardown walks
-    /// only this part of the stage-2.
-    shared_span: (u64, u64),
+    /// Bounding IPA range `[lo, hi)` of everything ever shared into or donated to the guest:
+    /// reclaim walks only this part of the stage-2.
+    span: (u64, u64),
+    /// A protected VM ([`g::vm_flags::PROTECTED`]).
+    protected: bool,
+    /// Teardown has started: the VM never runs again and takes no new pages.
+    dying: bool,
+    /// Guest pages its stage-2 maps (shared in, or owned).
+    pages: u64,
+    /// Reclaim has emptied the stage-2 below this IPA.
+    reclaim_from: u64,
 }
 
 impl<P: Platform> Vm<'_, P> {
@@ -96,6 +135,16 @@ impl<P: Platform> Vm<'_, P> {
     /// The guest's `VTTBR_EL2` value: its stage-2 root under its VMID.
     fn vttbr(&self) -> Vttbr {
         Vttbr::new(self.pgt.root(), self.vmid)
+    }
+
+    /// `EPERM` once teardown has started: a dying VM takes no new pages and never runs.
+    fn live(&mut self) -> Result<&mut Self, Error> {
+        if self.dying { Err(Error::Perm) } else { Ok(self) }
+    }
+
+    /// Widens the span reclaim walks to cover `[ipa, ipa + size)`.
+    fn cover(&mut self, ipa: u64, size: u64) {
+        self.span = (self.span.0.min(ipa), self.span.1.max(ipa + size));
     }
 }
 
@@ -251,6 +300,7 @@ impl<'a, P: Platform> Hyp<'a, P> {
         let ipa_bits = desc.ipa_bits;
         if !(g::MIN_IPA_BITS..=g::MAX_IPA_BITS.min(u64::from(self.pa_bits))).contains(&ipa_bits)
             || desc.nr_vcpus != 1
+            || desc.flags & !g::vm_flags::ALL != 0
         {
             self.hyp_unpin_locked(desc_pin);
             return Err(Error::Inval);
@@ -277,7 +327,11 @@ impl<'a, P: Platform> Hyp<'a, P> {
                     pgt: PageTable::from_root(0, cfg).map_err(pt_err)?,
                     pool,
                     vcpu: None,
-                    shared_span: (u64::MAX, 0),
+                    span: (u64::MAX, 0),
+                    protected: desc.flags & g::vm_flags::PROTECTED != 0,
+                    dying: false,
+                    pages: 0,
+                    reclaim_from: 0,
                 });
                 vm.pgt = PageTable::new(&mut vm.pool, cfg).map_err(pt_err)?;
                 Ok(vm)
@@ -298,8 +352,8 @@ impl<'a, P: Platform> Hyp<'a, P> {
     /// `vcpu_init(handle, state_pa, fp_pa)`.
     ///
     /// # Errors
-    /// `ENOENT` for an unknown handle; `EBUSY` if the VM has its vCPU already; `EINVAL` for
-    /// misaligned structures; `EPERM` if they are not shared with EL2.
+    /// `EINVAL` for misaligned structures; `ENOENT` for an unknown handle; `EPERM` for a dying
+    /// VM; `EBUSY` if the VM has its vCPU already; `EPERM` if they are not shared with EL2.
     pub fn vcpu_init(&self, handle: u64, state_pa: PhysAddr, fp_pa: PhysAddr) -> Result<(), Error> {
         if !state_pa.is_aligned(8) || !fp_pa.is_aligned(16) {
             return Err(Error::Inval);
@@ -308,7 +362,7 @@ impl<'a, P: Platform> Hyp<'a, P> {
         let fp = pfns_of(fp_pa, g::FP_STATE_SIZE as u64)?;
         let _locks = self.lock_host_hyp();
         let mut vms = self.vms.lock();
-        let vm = vms.get(handle)?;
+        let vm = vms.get(handle)?.live()?;
         if vm.vcpu.is_some() {
             return Err(Error::Busy);
         }
@@ -325,74 +379,6 @@ impl<'a, P: Platform> Hyp<'a, P> {
             running: false,
         });
         Ok(())
-    }
-
-    /// `vm_teardown(handle)`: unmaps every guest page (back to the host alone), frees the guest
-    /// stage-2, invalidates the VMID, returns the memcache zeroed and unpins the VM and vCPU
-    /// structures.
-    ///
-    /// # Errors
-    /// `ENOENT` unknown handle (teardown twice); `EBUSY` while the vCPU runs.
-    pub fn vm_teardown(&self, handle: u64) -> Result<(), Error> {
-        let (mut host, mut hyp) = self.lock_host_hyp();
-        let mut vms = self.vms.lock();
-        let vm = vms.get(handle)?;
-        if vm.vcpu.as_ref().is_some_and(|v| v.running) {
-            return Err(Error::Busy);
-        }
-        let slot = (handle & 0xff) as usize - 1;
-        // Every page still shared into the guest goes back to the host alone, and every
-        // non-zero entry of the stage-2 (leaves, then table descriptors after their subtree)
-        // is cleared, which leaves the table pages zero. Only the span ever shared is walked:
-        // nothing outside it was ever mapped.
-        let mut bad = 0u64;
-        let (lo, hi) = vm.shared_span;
-        let vmemmap = &self.vmemmap;
-        if lo < hi {
-            let flags = WalkFlags::LEAF | WalkFlags::TABLE_POST;
-            let r = vm.pgt.walk_mut(&mut vm.pool, lo, hi - lo, flags, |mm, v| {
-                if v.pte == 0 {
-                    return Ok(());
-                }
-                if v.kind == VisitKind::Leaf && desc::is_valid(v.pte) {
-                    let pa = desc::output_address(v.pte);
-                    for off in (0..v.granule()).step_by(PAGE_SIZE as usize) {
-                        match vmemmap.page(pa + off) {
-                            Some(p) if is_guest_shared(p) => end_guest_share(p),
-                            _ => bad += 1,
-                        }
-                    }
-                }
-                mm.write_pte(v.ptep, 0);
-                Ok::<(), pkvm_pgtable::Error>(())
-            });
-            if r.is_err() {
-                bad += 1;
-            }
-        }
-        // The stage-2 tables live in the memcache alone: rather than freeing them one by one,
-        // the whole memcache is zeroed and returned below, and the pool is dropped. The VMID may
-        // be reused (and the memcache pages handed back) only once no TLB entry of it survives.
-        self.plat.dsb_ishst();
-        self.plat.tlbi_guest_vmid(vm.vttbr());
-        self.plat.dsb_ish();
-        self.plat.isb();
-        // The table pages are zero now; the root too unless nothing was ever shared.
-        if lo >= hi {
-            self.plat.zero(vm.pgt.root(), PAGE_SIZE);
-        }
-        let r = self.return_locked(&mut host, &mut hyp, vm.memcache, true);
-        self.hyp_unpin_locked(vm.desc_pin);
-        if let Some(v) = &vm.vcpu {
-            for &pin in &v.pins {
-                self.hyp_unpin_locked(pin);
-            }
-        }
-        vms.slots[slot] = None;
-        if bad != 0 {
-            return Err(self.commit_failed("vm teardown", bad));
-        }
-        r
     }
 
     /// Number of live VMs.
@@ -413,6 +399,9 @@ impl<'a, P: Platform> Hyp<'a, P> {
                 vcpu_pins: vm.vcpu.as_ref().map(|v| v.pins),
                 vttbr: vm.vttbr(),
                 running: vm.vcpu.as_ref().is_some_and(|v| v.running),
+                protected: vm.protected,
+                dying: vm.dying,
+                pages: vm.pages,
             })
         })
     }
@@ -435,4 +424,10 @@ pub struct VmSnapshot {
     pub vttbr: Vttbr,
     /// Whether its vCPU is running.
     pub running: bool,
+    /// Whether it is a protected VM.
+    pub protected: bool,
+    /// Whether its teardown has started.
+    pub dying: bool,
+    /// Guest pages its stage-2 maps.
+    pub pages: u64,
 }

@@ -4,6 +4,7 @@ use pkvm_abi::guest::{VcpuExit, exit, vcpu_off};
 use pkvm_abi::{Error, psci};
 use pkvm_arch::esr::{DataAbort, Ec, Esr, FaultClass, fault_ipa};
 
+use super::guest_call::GuestCall;
 use super::{PendingMmio, pstate_is_valid};
 use crate::hyp::Hyp;
 use crate::platform::{GuestEntry, GuestExit, PhysMem, Platform};
@@ -11,7 +12,7 @@ use crate::platform::{GuestEntry, GuestExit, PhysMem, Platform};
 /// The host's `VcpuState` at `pa`, shared with EL2 and pinned while the vCPU exists. The host
 /// may change it at any time: every field is read once, through these accessors, and the copy
 /// is what EL2 validates and uses.
-struct SharedVcpu<'p, M: PhysMem> {
+pub(super) struct SharedVcpu<'p, M: PhysMem> {
     mem: &'p M,
     pa: u64,
 }
@@ -53,13 +54,13 @@ impl<M: PhysMem> SharedVcpu<'_, M> {
 
     /// `x<n>` (`n < 31`).
     #[inline(always)]
-    fn reg(&self, n: u8) -> u64 {
+    pub(super) fn reg(&self, n: u8) -> u64 {
         self.read(vcpu_off::reg(n))
     }
 
     /// Sets `x<n>` (`n < 31`).
     #[inline(always)]
-    fn set_reg(&self, n: u8, v: u64) {
+    pub(super) fn set_reg(&self, n: u8, v: u64) {
         self.write(vcpu_off::reg(n), v);
     }
 
@@ -78,15 +79,17 @@ impl<M: PhysMem> SharedVcpu<'_, M> {
 impl<P: Platform> Hyp<'_, P> {
     /// `vcpu_run(handle) -> exit reason`: validates the vCPU's PSTATE (read once), completes
     /// a pending MMIO access, runs the guest through the platform's world switch and decodes
-    /// the exit into the vCPU structure's `exit`.
+    /// the exit into the vCPU structure's `exit`. Guest calls EL2 answers itself
+    /// ([`GuestCall`]) are answered and the guest re-entered without an exit.
     ///
     /// # Errors
-    /// `ENOENT` unknown handle or no vCPU; `EBUSY` if it is already running; `EINVAL` for an
-    /// invalid PSTATE (nothing runs).
+    /// `ENOENT` unknown handle or no vCPU; `EPERM` for a dying VM; `EBUSY` if it is already
+    /// running; `EINVAL` for an invalid PSTATE (nothing runs, or — when the host changed it
+    /// while EL2 answered a guest call — the run stops there).
     pub fn vcpu_run(&self, handle: u64) -> Result<u64, Error> {
-        let entry = {
+        let mut entry = {
             let mut vms = self.vms.lock();
-            let vm = vms.get(handle)?;
+            let vm = vms.get(handle)?.live()?;
             let vttbr = vm.vttbr().bits();
             let vcpu = vm.vcpu.as_mut().ok_or(Error::NoEnt)?;
             if vcpu.running {
@@ -112,11 +115,32 @@ impl<P: Platform> Hyp<'_, P> {
                 vttbr,
             }
         };
-        // The guest runs for as long as it likes, outside every lock: under Shuttle, other CPUs
-        // get to run here (nothing in the default build).
-        crate::sync::preemption_point();
-        let ex = self.plat.run_guest(&entry);
-        let (reason, pending) = self.decode_exit(&entry, &ex);
+        let (reason, pending) = loop {
+            // The guest runs for as long as it likes, outside every lock: under Shuttle, other
+            // CPUs get to run here (nothing in the default build).
+            crate::sync::preemption_point();
+            let ex = self.plat.run_guest(&entry);
+            let Some(call) = Self::answered_call(&entry, &ex, self.shared_vcpu(entry.vcpu_pa))
+            else {
+                break self.decode_exit(&entry, &ex);
+            };
+            let st = self.shared_vcpu(entry.vcpu_pa);
+            self.guest_call(handle, call, st);
+            // Back in: the PC and PSTATE the world switch saved, read once and checked again.
+            let (pc, pstate) = (st.pc(), st.pstate());
+            if !pstate_is_valid(pstate) {
+                self.stop_running(handle, None);
+                return Err(Error::Inval);
+            }
+            (entry.pc, entry.pstate) = (pc, pstate);
+        };
+        self.stop_running(handle, pending);
+        Ok(reason)
+    }
+
+    /// The vCPU of `handle` is no longer running; `pending` is the MMIO access to complete.
+    #[inline(always)]
+    fn stop_running(&self, handle: u64, pending: Option<PendingMmio>) {
         let mut vms = self.vms.lock();
         if let Ok(vm) = vms.get(handle)
             && let Some(v) = vm.vcpu.as_mut()
@@ -124,7 +148,16 @@ impl<P: Platform> Hyp<'_, P> {
             v.running = false;
             v.pending_mmio = pending;
         }
-        Ok(reason)
+    }
+
+    /// The guest call EL2 answers that this exit is, if any: an `HVC` with a function id of
+    /// [`GuestCall`].
+    #[inline(always)]
+    fn answered_call(_e: &GuestEntry, ex: &GuestExit, st: SharedVcpu<'_, P>) -> Option<GuestCall> {
+        if ex.vector != 0 || Esr(ex.esr).ec_bits() != Ec::Hvc64.bits() {
+            return None;
+        }
+        GuestCall::decode(st.reg(0) as u32)
     }
 
     #[inline(always)]

@@ -1,4 +1,5 @@
-//! Host pages shared into a guest (`host_share_guest`) and back (`host_unshare_guest`).
+//! Host pages shared into a non-protected guest (`host_share_guest`) and back
+//! (`host_unshare_guest`).
 
 use pkvm_abi::{Error, PAGE_SHIFT};
 use pkvm_arch::addr::{Gfn, Pfn};
@@ -15,9 +16,10 @@ impl<P: Platform> Hyp<'_, P> {
     /// `host_share_guest(handle, pfn, gfn, nr, prot)`: maps host pages into the guest.
     ///
     /// # Errors
-    /// `ENOENT` unknown handle; `EINVAL`/`ERANGE` bad host range or bad `prot`; `ERANGE` if
-    /// the gfn range leaves the guest IPA space; `EPERM` unless every host page is the host's
-    /// alone and every gfn unmapped; `ENOMEM` if the memcache cannot hold the tables.
+    /// `EINVAL`/`ERANGE` bad host range or bad `prot`; `ENOENT` unknown handle; `EPERM` for a
+    /// protected or dying VM; `ERANGE` if the gfn range leaves the guest IPA space; `EPERM`
+    /// unless every host page is the host's alone and every gfn unmapped; `ENOMEM` if the
+    /// memcache cannot hold the tables.
     pub fn host_share_guest(
         &self,
         handle: u64,
@@ -30,7 +32,11 @@ impl<P: Platform> Hyp<'_, P> {
         let prot = prot_from_abi(prot)?;
         let _locks = self.lock_host_hyp();
         let mut vms = self.vms.lock();
-        let vm = vms.get(handle)?;
+        let vm = vms.get(handle)?.live()?;
+        if vm.protected {
+            // A protected VM's memory is donated: the host keeps no access to it.
+            return Err(Error::Perm);
+        }
         let (ipa, size) = vm.ipa_range(gfn, nr)?;
         check_pages(pages, |p| perm_unless(is_host_exclusive(p)))?;
         let mut a = ipa;
@@ -65,7 +71,8 @@ impl<P: Platform> Hyp<'_, P> {
             p.set_host_state(PageState::SharedOwned);
             p.set_share_count(1);
         }
-        vm.shared_span = (vm.shared_span.0.min(ipa), vm.shared_span.1.max(ipa + size));
+        vm.cover(ipa, size);
+        vm.pages += nr;
         r.map_err(|e| self.commit_failed("share guest", e))
     }
 
@@ -73,15 +80,16 @@ impl<P: Platform> Hyp<'_, P> {
     /// invalidation for its VMID) and gives them back to the host alone.
     ///
     /// # Errors
-    /// `ENOENT` unknown handle; `EINVAL` zero pages; `ERANGE` outside the guest IPA space;
-    /// `EPERM` unless every gfn maps a page the host shared (both sides checked).
+    /// `EINVAL` zero pages; `ENOENT` unknown handle; `EPERM` for a dying VM (its pages come
+    /// back through reclaim); `ERANGE` outside the guest IPA space; `EPERM` unless every gfn
+    /// maps a page the host shared (both sides checked).
     pub fn host_unshare_guest(&self, handle: u64, gfn: Gfn, nr: u64) -> Result<(), Error> {
         if nr == 0 {
             return Err(Error::Inval);
         }
         let _locks = self.lock_host_hyp();
         let mut vms = self.vms.lock();
-        let vm = vms.get(handle)?;
+        let vm = vms.get(handle)?.live()?;
         let (ipa, size) = vm.ipa_range(gfn, nr)?;
         for i in 0..nr {
             let page = match vm.pgt.leaf(&vm.pool, ipa + (i << PAGE_SHIFT)) {
@@ -101,6 +109,7 @@ impl<P: Platform> Hyp<'_, P> {
                 end_guest_share(p);
             }
         }
+        vm.pages -= nr;
         let vttbr = vm.vttbr();
         let mm = &mut vm.pool;
         let arch = GuestArch {

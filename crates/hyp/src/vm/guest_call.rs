@@ -1,0 +1,193 @@
+//! The guest-side calls EL2 answers itself, without an exit to the host: SMCCC discovery
+//! (version, features, KVM's call UID and features bitmap) and the memory calls with which a
+//! guest shares its pages with the host, takes them back, or gives them up
+//! ([`pkvm_abi::guest::smccc`]).
+//!
+//! The guest's registers are read once; every check runs before anything changes, and a
+//! failed call changes nothing (`x0` = `INVALID_PARAMETER`, `x1` = 0 granules done, `x2` = the
+//! reason as a negative errno — a pkvm-rs addition that clients may ignore).
+
+use pkvm_abi::guest::smccc::{self, INVALID_PARAMETER, KVM_FEATURES_BITMAP, KVM_UID, SUCCESS};
+use pkvm_abi::{Error, PAGE_SHIFT, PAGE_SIZE, psci};
+use pkvm_arch::addr::Gfn;
+use pkvm_pgtable::{Leaf, desc};
+
+use super::reclaim::{is_guest_owned, is_guest_shared_back};
+use super::run::SharedVcpu;
+use super::{GUEST_OWNED_PROT, GUEST_SHARED_BORROWED, GUEST_SHARED_OWNED, end_guest_share};
+use super::guest_owner_id;
+use crate::hyp::Hyp;
+use crate::mem_protect::{is_guest_shared, perm_unless};
+use crate::mm::GuestArch;
+use crate::platform::Platform;
+use crate::vmemmap::PageState;
+
+/// A guest call EL2 answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum GuestCall {
+    Version,
+    ArchFeatures,
+    CallUid,
+    KvmFeatures,
+    MemInfo,
+    Mem(MemOp),
+}
+
+/// A guest memory call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum MemOp {
+    Share,
+    Unshare,
+    Relinquish,
+}
+
+impl GuestCall {
+    /// The call the guest's function id (`w0`) names, if EL2 answers it.
+    #[inline(always)]
+    pub(super) fn decode(fid: u32) -> Option<Self> {
+        Some(match u64::from(fid) {
+            smccc::VERSION => GuestCall::Version,
+            smccc::ARCH_FEATURES => GuestCall::ArchFeatures,
+            smccc::VENDOR_HYP_CALL_UID => GuestCall::CallUid,
+            smccc::VENDOR_HYP_KVM_FEATURES => GuestCall::KvmFeatures,
+            smccc::HYP_MEMINFO => GuestCall::MemInfo,
+            smccc::MEM_SHARE => GuestCall::Mem(MemOp::Share),
+            smccc::MEM_UNSHARE => GuestCall::Mem(MemOp::Unshare),
+            smccc::MEM_RELINQUISH => GuestCall::Mem(MemOp::Relinquish),
+            _ => return None,
+        })
+    }
+}
+
+impl<P: Platform> Hyp<'_, P> {
+    /// Answers `call` into the guest's registers (the vCPU is running: the VM exists and is
+    /// not dying).
+    #[inline(never)]
+    pub(super) fn guest_call(&self, handle: u64, call: GuestCall, st: SharedVcpu<'_, P>) {
+        // Read once.
+        let (x1, x2, x3) = (st.reg(1), st.reg(2), st.reg(3));
+        match call {
+            GuestCall::Version => st.set_reg(0, u64::from(psci::SMCCC_VERSION_1_1)),
+            GuestCall::ArchFeatures => {
+                let known = matches!(u64::from(x1 as u32), smccc::VERSION | smccc::ARCH_FEATURES);
+                st.set_reg(0, if known { SUCCESS } else { smccc::NOT_SUPPORTED });
+            }
+            GuestCall::CallUid => {
+                for (i, w) in KVM_UID.into_iter().enumerate() {
+                    st.set_reg(i as u8, w);
+                }
+            }
+            GuestCall::KvmFeatures => {
+                for (i, w) in [KVM_FEATURES_BITMAP, 0, 0, 0].into_iter().enumerate() {
+                    st.set_reg(i as u8, w);
+                }
+            }
+            GuestCall::MemInfo => {
+                if x1 | x2 | x3 != 0 {
+                    st.set_reg(0, INVALID_PARAMETER);
+                } else {
+                    st.set_reg(0, PAGE_SIZE);
+                    st.set_reg(1, 0);
+                }
+            }
+            GuestCall::Mem(op) => {
+                // Share and unshare take a granule count of 0 (legacy: one) or 1; relinquish
+                // none.
+                let args_ok = match op {
+                    MemOp::Share | MemOp::Unshare => x2 <= 1 && x3 == 0,
+                    MemOp::Relinquish => x2 == 0 && x3 == 0,
+                };
+                let r = if args_ok {
+                    self.guest_mem(handle, op, x1)
+                } else {
+                    Err(Error::Inval)
+                };
+                let (x0, x1, x2) = match r {
+                    Ok(()) => (SUCCESS, u64::from(op != MemOp::Relinquish), 0),
+                    Err(e) => (INVALID_PARAMETER, 0, e.errno() as u64),
+                };
+                st.set_reg(0, x0);
+                st.set_reg(1, x1);
+                st.set_reg(2, x2);
+            }
+        }
+    }
+
+    /// One guest memory call on the page at `ipa`.
+    ///
+    /// # Errors
+    /// `EINVAL` for an unaligned IPA; `ERANGE` outside the guest's IPA space; `EPERM` unless
+    /// the page is in the state the call needs (share: the guest's own; unshare: the guest's,
+    /// shared; relinquish: the guest's own, or the host's shared in); `ENOMEM` if the host
+    /// stage-2 cannot get the table a re-annotation needs (unshare).
+    fn guest_mem(&self, handle: u64, op: MemOp, ipa: u64) -> Result<(), Error> {
+        if !ipa.is_multiple_of(PAGE_SIZE) {
+            return Err(Error::Inval);
+        }
+        let (mut host, _hyp) = self.lock_host_hyp();
+        let mut vms = self.vms.lock();
+        let vm = vms.get(handle)?;
+        vm.ipa_range(Gfn(ipa >> PAGE_SHIFT), 1)?;
+        let pte = match vm.pgt.leaf(&vm.pool, ipa) {
+            Ok(Leaf::Valid { pte, level: 3 }) => pte,
+            _ => return Err(Error::Perm),
+        };
+        let pa = desc::output_address(pte);
+        let p = self.vmemmap.page(pa).ok_or(Error::Perm)?;
+        let sw = pte & (GUEST_SHARED_BORROWED.bits() | GUEST_SHARED_OWNED.bits());
+        let arch = GuestArch {
+            plat: self.plat,
+            vttbr: vm.vttbr(),
+        };
+        let r = match op {
+            MemOp::Share => {
+                perm_unless(sw == 0 && is_guest_owned(p))?;
+                // Guest first (a software bit: written in place), then the host may fault
+                // the page in.
+                let r1 = vm.pgt.set_prot(
+                    &mut vm.pool,
+                    &arch,
+                    ipa,
+                    PAGE_SIZE,
+                    GUEST_OWNED_PROT | GUEST_SHARED_OWNED,
+                );
+                let r2 = host.clear(pa, PAGE_SIZE);
+                p.set_host_state(PageState::SharedBorrowed);
+                matches!(r1, Ok(PAGE_SIZE)) && r2.is_ok()
+            }
+            MemOp::Unshare => {
+                perm_unless(sw == GUEST_SHARED_OWNED.bits() && is_guest_shared_back(p))?;
+                let rsv = host.reserve(pa, pa + PAGE_SIZE)?;
+                // The host loses access (break-before-make of its mapping, if any) first.
+                let r1 = host.annotate(&rsv, pa, PAGE_SIZE, guest_owner_id(vm.vmid));
+                p.set_host_state(PageState::NoPage);
+                let r2 = vm
+                    .pgt
+                    .set_prot(&mut vm.pool, &arch, ipa, PAGE_SIZE, GUEST_OWNED_PROT);
+                r1.is_ok() && matches!(r2, Ok(PAGE_SIZE))
+            }
+            MemOp::Relinquish => {
+                let owned = sw == 0 && is_guest_owned(p);
+                perm_unless(owned || (sw == GUEST_SHARED_BORROWED.bits() && is_guest_shared(p)))?;
+                // Out of the guest (invalidated) before anything else sees the page.
+                let r1 = vm.pgt.unmap(&mut vm.pool, &arch, ipa, PAGE_SIZE);
+                vm.pages -= 1;
+                let r2 = if owned {
+                    self.plat.zero(pa, PAGE_SIZE);
+                    let r = host.clear(pa, PAGE_SIZE);
+                    p.reset();
+                    r
+                } else {
+                    end_guest_share(p);
+                    Ok(())
+                };
+                matches!(r1, Ok(PAGE_SIZE)) && r2.is_ok()
+            }
+        };
+        if r {
+            Ok(())
+        } else {
+            Err(self.commit_failed("guest memory call", op))
+        }
+    }
+}

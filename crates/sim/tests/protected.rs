@@ -1,0 +1,255 @@
+//! Protected VMs in the simulator: donation, the guest-side memory calls, discovery, and
+//! teardown in bounded batches — each step checked against the spec and the structural
+//! invariants, and the page contents checked where the spec does not look (zeroing).
+
+use pkvm_abi::guest::{RECLAIM_BATCH, smccc, vm_flags};
+use pkvm_abi::{Error, PAGE_SHIFT, PAGE_SIZE, Stat, psci};
+use pkvm_client::HcallError;
+use pkvm_hyp::platform::PhysMem;
+use pkvm_sim::platform::SimGuestAction;
+use pkvm_sim::scenarios::{checked, expect_ok as ok, expect_refused as refused};
+use pkvm_sim::{Machine, SimConfig, with_machine};
+use pkvm_spec::{Call, Checker, GuestOp, Outcome};
+
+/// Slot 0: a non-protected VM; slot 1: a protected one (16-page memcache). Both have a vCPU.
+fn setup(m: &mut Machine<'_>) -> (u64, Checker) {
+    let r0 = m.config().ram[0].0 >> PAGE_SHIFT;
+    m.create_model_vm(r0 + 0x140, r0 + 0x100, Some(r0 + 0x141));
+    m.create_model_vm_flags(
+        r0 + 0x142,
+        (r0 + 0x180, 16),
+        Some(r0 + 0x143),
+        vm_flags::PROTECTED,
+    );
+    let c = Checker::with_state(m.spec_machine(), m.abstract_state().unwrap());
+    (r0 + 0x200, c)
+}
+
+fn donate(vm: usize, pfn: u64, gfn: u64, nr: u64) -> Call {
+    Call::DonateGuest { vm, pfn, gfn, nr }
+}
+
+fn guest(vm: usize, op: GuestOp, gfn: u64) -> Call {
+    Call::GuestMem {
+        vm,
+        op,
+        ipa: gfn << PAGE_SHIFT,
+    }
+}
+
+fn host_reads(m: &Machine<'_>, pfn: u64) -> Outcome {
+    m.host_access(pfn << PAGE_SHIFT, false)
+}
+
+/// Fills page `pfn` with a recognisable pattern (as its owner would).
+fn fill(m: &Machine<'_>, pfn: u64, v: u64) {
+    for off in (0..PAGE_SIZE).step_by(8) {
+        m.plat.write_u64((pfn << PAGE_SHIFT) + off, v ^ off);
+    }
+}
+
+fn is_zero(m: &Machine<'_>, pfn: u64) -> bool {
+    (0..PAGE_SIZE)
+        .step_by(8)
+        .all(|off| m.plat.read_u64((pfn << PAGE_SHIFT) + off) == 0)
+}
+
+#[test]
+fn a_donated_page_is_out_of_the_hosts_reach_until_the_guest_shares_it() {
+    with_machine(&SimConfig::small(), |m| {
+        let (p, mut c) = setup(m);
+        assert_eq!(host_reads(m, p), Outcome::Access);
+        ok(m, &mut c, donate(1, p, 0x10, 4));
+        for i in 0..4 {
+            assert_eq!(host_reads(m, p + i), Outcome::Abort, "donated page {i}");
+        }
+        assert_eq!(m.client().stat(Stat::GuestOwnedPages), Ok(4));
+        // The guest shares one back: the host may read it; the others stay out of reach.
+        ok(m, &mut c, guest(1, GuestOp::Share, 0x11));
+        assert_eq!(host_reads(m, p + 1), Outcome::Access);
+        assert_eq!(m.host_access((p + 1) << PAGE_SHIFT, true), Outcome::Access);
+        assert_eq!(host_reads(m, p + 2), Outcome::Abort);
+        // ... and takes it back: the host's mapping goes (its TLB entry with it).
+        ok(m, &mut c, guest(1, GuestOp::Unshare, 0x11));
+        assert_eq!(host_reads(m, p + 1), Outcome::Abort);
+        assert_eq!(m.client().stat(Stat::GuestOwnedPages), Ok(4));
+        assert!(checked(m, &mut c, Call::VmTeardown { vm: 1 }).is_ok());
+        assert_eq!(m.client().stat(Stat::GuestOwnedPages), Ok(0));
+    });
+}
+
+#[test]
+fn relinquished_and_reclaimed_pages_come_back_zeroed_but_shared_ones_as_they_are() {
+    with_machine(&SimConfig::small(), |m| {
+        let (p, mut c) = setup(m);
+        ok(m, &mut c, donate(1, p, 0x10, 4));
+        for i in 0..4 {
+            fill(m, p + i, 0x5eed_0000 + i);
+        }
+        // Relinquish: zeroed, the host's again.
+        ok(m, &mut c, guest(1, GuestOp::Relinquish, 0x10));
+        assert_eq!(host_reads(m, p), Outcome::Access);
+        assert!(is_zero(m, p), "a relinquished page reaches the host zeroed");
+        // Teardown: the owned pages zeroed, the shared-back one as the guest left it.
+        ok(m, &mut c, guest(1, GuestOp::Share, 0x12));
+        ok(m, &mut c, Call::VmTeardown { vm: 1 });
+        assert_eq!(m.abstract_state().unwrap().vms.get(&1), None, "the VM is gone");
+        assert!(is_zero(m, p + 1) && is_zero(m, p + 3));
+        assert!(!is_zero(m, p + 2), "the page the guest shared keeps its contents");
+        for i in 0..4 {
+            assert_eq!(host_reads(m, p + i), Outcome::Access);
+        }
+    });
+}
+
+#[test]
+fn teardown_reclaims_in_bounded_batches() {
+    with_machine(&SimConfig::small(), |m| {
+        let (p, mut c) = setup(m);
+        let n = 2 * RECLAIM_BATCH + 8;
+        ok(m, &mut c, donate(1, p, 0x100, n));
+        let vm = m.vm_handle(1);
+        assert_eq!(
+            m.client().vm_reclaim(vm),
+            Err(HcallError::Errno(Error::Perm)),
+            "reclaim from a live VM"
+        );
+        assert_eq!(m.client().vm_teardown(vm), Ok(n - RECLAIM_BATCH));
+        c.check(Call::VmTeardown { vm: 1 }, Outcome::Ret(Ok(())), &m.abstract_state().unwrap())
+            .unwrap();
+        // Dying: it runs no more and takes no new pages.
+        refused(m, &mut c, Call::VcpuRun { vm: 1 }, Error::Perm);
+        refused(m, &mut c, donate(1, p + n, 0x1000, 1), Error::Perm);
+        refused(m, &mut c, guest(1, GuestOp::Share, 0x100), Error::Perm);
+        let state = m.abstract_state().unwrap();
+        assert_eq!(state.vms[&1].owned.len() as u64, n - RECLAIM_BATCH);
+        // The first batch is the lowest frames, back with the host and zeroed.
+        assert!(is_zero(m, p) && host_reads(m, p) == Outcome::Access);
+        assert_eq!(host_reads(m, p + RECLAIM_BATCH), Outcome::Abort);
+        ok(m, &mut c, Call::VmReclaim { vm: 1 });
+        ok(m, &mut c, Call::VmReclaim { vm: 1 });
+        assert_eq!(m.abstract_state().unwrap().vms.get(&1), None);
+        refused(m, &mut c, Call::VmReclaim { vm: 1 }, Error::NoEnt);
+        assert_eq!(m.client().stat(Stat::GuestOwnedPages), Ok(0));
+        assert_eq!(m.client().stat(Stat::LiveVms), Ok(1));
+    });
+}
+
+#[test]
+fn bad_inputs_are_refused_and_change_nothing() {
+    with_machine(&SimConfig::small(), |m| {
+        let (p, mut c) = setup(m);
+        ok(m, &mut c, donate(1, p, 0x10, 2));
+        // Donation: to a non-protected VM; a page the host does not own (donated already,
+        // shared with EL2); a frame already mapped; beyond the IPA space; across regions;
+        // no pages; an unknown VM.
+        refused(m, &mut c, donate(0, p + 4, 0x10, 1), Error::Perm);
+        refused(m, &mut c, donate(1, p, 0x20, 1), Error::Perm);
+        ok(m, &mut c, Call::ShareHyp { pfn: p + 5, nr: 1 });
+        refused(m, &mut c, donate(1, p + 5, 0x20, 1), Error::Perm);
+        refused(m, &mut c, donate(1, p + 4, 0x11, 1), Error::Perm);
+        refused(m, &mut c, donate(1, p + 4, 1 << 40, 1), Error::Range);
+        let r0_end = (m.config().ram[0].0 + m.config().ram[0].1) >> PAGE_SHIFT;
+        refused(m, &mut c, donate(1, r0_end - 1, 0x20, 2), Error::Inval);
+        refused(m, &mut c, donate(1, p + 4, 0x20, 0), Error::Inval);
+        refused(m, &mut c, donate(3, p + 4, 0x20, 1), Error::NoEnt);
+        // A page donated to one VM cannot be shared into another.
+        refused(
+            m,
+            &mut c,
+            Call::ShareGuest { vm: 0, pfn: p, gfn: 0x30, nr: 1 },
+            Error::Perm,
+        );
+        // Host pages are never shared into a protected VM.
+        refused(
+            m,
+            &mut c,
+            Call::ShareGuest { vm: 1, pfn: p + 4, gfn: 0x30, nr: 1 },
+            Error::Perm,
+        );
+        // Guest calls: a frame it has nothing at; outside its IPA space; unaligned; unshare
+        // what it did not share; share twice; relinquish a page it shares.
+        refused(m, &mut c, guest(1, GuestOp::Share, 0x40), Error::Perm);
+        refused(m, &mut c, guest(1, GuestOp::Share, 1 << 40), Error::Range);
+        let unaligned = Call::GuestMem { vm: 1, op: GuestOp::Share, ipa: (0x10 << PAGE_SHIFT) + 8 };
+        refused(m, &mut c, unaligned, Error::Inval);
+        refused(m, &mut c, guest(1, GuestOp::Unshare, 0x10), Error::Perm);
+        ok(m, &mut c, guest(1, GuestOp::Share, 0x10));
+        refused(m, &mut c, guest(1, GuestOp::Share, 0x10), Error::Perm);
+        refused(m, &mut c, guest(1, GuestOp::Relinquish, 0x10), Error::Perm);
+        // A non-protected guest cannot share back the host's own page.
+        ok(m, &mut c, Call::ShareGuest { vm: 0, pfn: p + 6, gfn: 0x30, nr: 1 });
+        refused(m, &mut c, guest(0, GuestOp::Share, 0x30), Error::Perm);
+        // ... but may give it up (balloon): the host's alone again, nothing to zero.
+        fill(m, p + 6, 7);
+        ok(m, &mut c, guest(0, GuestOp::Relinquish, 0x30));
+        assert!(!is_zero(m, p + 6));
+        // VmInit with an unknown flag.
+        let desc = (p + 7) << PAGE_SHIFT;
+        ok(m, &mut c, Call::ShareHyp { pfn: p + 7, nr: 1 });
+        let vm_init = |flags| Call::VmInit {
+            desc_pa: desc,
+            mc_pfn: p + 8,
+            mc_nr: 2,
+            ipa_bits: 32,
+            nr_vcpus: 1,
+            flags,
+        };
+        refused(m, &mut c, vm_init(1 << 1), Error::Inval);
+        refused(m, &mut c, vm_init(1 << 63), Error::Inval);
+        ok(m, &mut c, vm_init(vm_flags::PROTECTED));
+    });
+}
+
+/// The registers a guest call leaves, through a run of the protected VM.
+fn call_regs(m: &Machine<'_>, x: [u64; 4]) -> [u64; 4] {
+    m.plat
+        .guest_script
+        .lock()
+        .unwrap()
+        .push_back(SimGuestAction::Call(x));
+    let vm = m.vm_handle(1);
+    let before = m.plat.guest_x.lock().unwrap().len();
+    m.client().vcpu_run(vm).expect("run");
+    let xs = m.plat.guest_x.lock().unwrap();
+    assert_eq!(xs.len(), before + 2, "answered at EL2: re-entered without an exit");
+    xs[before + 1]
+}
+
+#[test]
+fn discovery_answers_with_upstreams_ids() {
+    with_machine(&SimConfig::small(), |m| {
+        let _ = setup(m);
+        assert_eq!(call_regs(m, [smccc::VENDOR_HYP_CALL_UID, 0, 0, 0]), smccc::KVM_UID);
+        let f = call_regs(m, [smccc::VENDOR_HYP_KVM_FEATURES, 9, 9, 9]);
+        assert_eq!(f, [smccc::KVM_FEATURES_BITMAP, 0, 0, 0]);
+        for func in [0, 2, 3, 4, 9] {
+            assert_ne!(f[0] & (1 << func), 0, "function {func} advertised");
+        }
+        assert_eq!(call_regs(m, [smccc::HYP_MEMINFO, 0, 0, 0])[..2], [PAGE_SIZE, 0]);
+        assert_eq!(
+            call_regs(m, [smccc::HYP_MEMINFO, 1, 0, 0])[0],
+            smccc::INVALID_PARAMETER
+        );
+        assert_eq!(
+            call_regs(m, [smccc::VERSION, 0, 0, 0])[0],
+            u64::from(psci::SMCCC_VERSION_1_1)
+        );
+        assert_eq!(call_regs(m, [smccc::ARCH_FEATURES, smccc::VERSION, 0, 0])[0], 0);
+        assert_eq!(
+            call_regs(m, [smccc::ARCH_FEATURES, 0x8000_8000, 0, 0])[0],
+            smccc::NOT_SUPPORTED
+        );
+        // Share with a granule count of 2, or a non-zero x3: refused.
+        let r = call_regs(m, [smccc::MEM_SHARE, 0x10 << PAGE_SHIFT, 2, 0]);
+        assert_eq!(r[..3], [smccc::INVALID_PARAMETER, 0, Error::Inval.errno() as u64]);
+        // The hypercalls EL2 does not answer still reach the host.
+        m.plat
+            .guest_script
+            .lock()
+            .unwrap()
+            .push_back(SimGuestAction::Hvc(0xC600_0100, 5));
+        let exit = m.client().vcpu_run(m.vm_handle(1)).unwrap();
+        assert_eq!(exit, pkvm_abi::guest::exit::HYPERCALL);
+    });
+}
