@@ -21,6 +21,21 @@
 //! 6. powers off with PSCI SYSTEM_OFF over `HVC` — or SYSTEM_RESET if a check failed, which
 //!    the host treats as a failure.
 //!
+//! # Protected mode
+//!
+//! With flags bit 2 the guest runs as a protected VM would (its RAM donated, unreadable by
+//! the host), and first speaks the guest-side ABI of pKVM, as vmbase-style guests do:
+//!
+//! 1. the vendor-hypervisor Call UID must be KVM's, its features bitmap must offer MEMINFO,
+//!    MEM_SHARE, MEM_UNSHARE and MEM_RELINQUISH, and `HYP_MEMINFO` must report 4 KiB;
+//! 2. it shares a page-aligned bounce buffer with `MEM_SHARE`, writes
+//!    `guest <n>: hello through a shared page` into it and asks the host to print it
+//!    ([`GUEST_HVC_PRINT`]: the host reads only that page), then unshares it;
+//! 3. it fills a second page with a secret and gives it up with `MEM_RELINQUISH` (the host
+//!    checks it reads zeros there), and checks that sharing that page now fails;
+//!
+//! then goes on as above (console, id register, memory test, pings, `WFI`, power-off).
+//!
 //! # Hostile mode
 //!
 //! Flags bits 15:8 select a hostile test (0: none, the behaviour above). A hostile guest makes
@@ -59,7 +74,8 @@
 #[cfg(target_os = "none")]
 mod guest {
     use core::arch::{asm, global_asm};
-    use pkvm_abi::guest::{GUEST_CONSOLE_IPA, GUEST_HVC_PING, GUEST_ID_REG_IPA};
+    use pkvm_abi::guest::smccc;
+    use pkvm_abi::guest::{GUEST_CONSOLE_IPA, GUEST_HVC_PING, GUEST_HVC_PRINT, GUEST_ID_REG_IPA};
     use pkvm_abi::psci;
 
     // The shared entry (`pkvm_rt::entry`) at EL1: FP/SIMD on, `.bss` zeroed, the stack at the
@@ -103,6 +119,72 @@ mod guest {
                  options(nostack))
         };
         r
+    }
+
+    /// `HVC #0` with `x0..x3`, returning `x0..x3`.
+    fn hvc4(x: [u64; 4]) -> [u64; 4] {
+        let mut r = x;
+        // SAFETY: a hypercall: no memory effect on the guest's side; x0-x3 are its results.
+        unsafe {
+            asm!("hvc #0", inout("x0") r[0], inout("x1") r[1], inout("x2") r[2],
+                 inout("x3") r[3], options(nostack))
+        };
+        r
+    }
+
+    /// A page of the guest's RAM (its IPA is its address: the MMU is off).
+    #[repr(C, align(4096))]
+    struct Page([u64; 512]);
+
+    /// The bounce buffer the guest shares with the host to print through.
+    static mut BOUNCE: Page = Page([0; 512]);
+    /// The page the guest relinquishes.
+    static mut GIVEN: Page = Page([0; 512]);
+
+    /// The protected-mode steps (module documentation): whether every check passed.
+    fn protected_abi(id: u64) -> bool {
+        let mut ok = hvc4([smccc::VENDOR_HYP_CALL_UID, 0, 0, 0]) == smccc::KVM_UID;
+        let want = smccc::KVM_FEATURES_BITMAP;
+        ok &= hvc4([smccc::VENDOR_HYP_KVM_FEATURES, 0, 0, 0])[0] & want == want;
+        ok &= hvc4([smccc::HYP_MEMINFO, 0, 0, 0])[0] == pkvm_abi::PAGE_SIZE;
+        let bounce = (&raw mut BOUNCE).cast::<u8>();
+        let ipa = bounce as u64;
+        ok &= hvc4([smccc::MEM_SHARE, ipa, 0, 0])[..2] == [smccc::SUCCESS, 1];
+        // The message, with the cycle number in decimal.
+        let mut len = 0;
+        let mut push = |b: u8| {
+            // SAFETY: `len` stays below the 4 KiB of the bounce page; the guest is the only
+            // writer of its own RAM.
+            unsafe { core::ptr::write_volatile(bounce.add(len), b) };
+            len += 1;
+        };
+        b"guest ".iter().for_each(|&b| push(b));
+        let mut digits = [0u8; 20];
+        let (mut n, mut i) = (id, digits.len());
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        digits[i..].iter().for_each(|&b| push(b));
+        b": hello through a shared page"
+            .iter()
+            .for_each(|&b| push(b));
+        ok &= hvc4([GUEST_HVC_PRINT, ipa, len as u64, 0])[0] == len as u64;
+        ok &= hvc4([smccc::MEM_UNSHARE, ipa, 0, 0])[..2] == [smccc::SUCCESS, 1];
+        // A secret, then the page goes: the host must find it zeroed.
+        let given = &raw mut GIVEN;
+        for i in 0..512 {
+            // SAFETY: in bounds of the guest's own page.
+            unsafe { core::ptr::write_volatile(&raw mut (*given).0[i], 0x5ec7_e700 | i as u64) };
+        }
+        let gipa = given as u64;
+        ok &= hvc4([smccc::MEM_RELINQUISH, gipa, 0, 0])[0] == smccc::SUCCESS;
+        ok &= hvc4([smccc::MEM_SHARE, gipa, 0, 0])[0] == smccc::INVALID_PARAMETER;
+        ok
     }
 
     fn putc(c: u8) {
@@ -359,6 +441,9 @@ mod guest {
             hostile(hostile_test, loops);
         }
         let mut ok = true;
+        if flags & 4 != 0 {
+            ok &= protected_abi(id);
+        }
         if flags & 1 == 0 {
             puts("guest ");
             putn(id);

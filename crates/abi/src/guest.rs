@@ -358,6 +358,13 @@ pub const GUEST_CONSOLE_IPA: u64 = 0x0900_0000;
 pub const GUEST_ID_REG_IPA: u64 = 0x0900_0008;
 /// Guest → host "ping" hypercall id (answered by the host with `x1 + 1` in `x0`).
 pub const GUEST_HVC_PING: u64 = 0xC600_0100;
+/// Guest → host "print" hypercall id of the test guest: `x1` = IPA of bytes in a page the
+/// guest shares with the host (`MEM_SHARE`), `x2` = their length (at most
+/// [`GUEST_PRINT_MAX`], inside that page). The host prints them, reading nothing but that
+/// page, and answers `x0` = the length, or `u64::MAX` if it could not read them.
+pub const GUEST_HVC_PRINT: u64 = 0xC600_0101;
+/// Longest [`GUEST_HVC_PRINT`] line.
+pub const GUEST_PRINT_MAX: u64 = 256;
 
 /// The test guest's hostile tests (its `x2` bits 15:8, the host's `vm::flags::hostile`); the table in
 /// `guest/src/main.rs` says what each does. `x1` is the value a writing test writes.

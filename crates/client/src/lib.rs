@@ -317,7 +317,13 @@ impl<T: Transport> Client<T> {
     ///
     /// # Errors
     /// As [`Client::call`].
-    pub fn donate_guest(&self, vm: VmHandle, pfn: u64, gfn: u64, nr: u64) -> Result<(), HcallError> {
+    pub fn donate_guest(
+        &self,
+        vm: VmHandle,
+        pfn: u64,
+        gfn: u64,
+        nr: u64,
+    ) -> Result<(), HcallError> {
         self.unit(HostHcall::HostDonateGuest, [vm.0, pfn, gfn, nr])
     }
 

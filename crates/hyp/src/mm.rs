@@ -4,8 +4,9 @@
 //! conversion).
 
 use pkvm_abi::Error;
+use pkvm_abi::PAGE_SIZE;
 use pkvm_arch::regs::Vttbr;
-use pkvm_pgtable::{MapFlags, PageTable};
+use pkvm_pgtable::{MapFlags, PageTable, Prot, WalkFlags, desc};
 
 use crate::mem_protect::HYP_SHARED_PROT;
 use crate::page_alloc::HypPool;
@@ -83,15 +84,91 @@ impl<P: Platform> HostMmu<'_, P> {
     }
 }
 
+/// EL2 virtual address of the **window**: a page of EL2's stage-1 through which EL2 reaches,
+/// one page at a time and with the hyp lock held, memory its identity map does not cover (a
+/// guest's pages, to zero them before the host gets them back). Above every physical address
+/// the identity map can use (the last 2 MiB of the 48-bit VA space): `HYP_WINDOW_VA` itself
+/// maps an anchor page of EL2's own (read-only) for EL2's whole life, which keeps the level-3
+/// table of the window's slot, `HYP_WINDOW_VA + PAGE_SIZE`, in place — so using the window
+/// never allocates.
+pub const HYP_WINDOW_VA: u64 = (1 << 48) - (2 << 20);
+/// The window's slot (see [`HYP_WINDOW_VA`]): invalid except while a page is being reached.
+pub const HYP_WINDOW_SLOT: u64 = HYP_WINDOW_VA + PAGE_SIZE;
+
 /// The hypervisor's stage-1 and its page pool. Guarded by the hyp lock; the pool is only ever
 /// used with that lock held, which is what makes "reserve, then commit" race-free.
 #[derive(Debug)]
 pub struct HypMmu<'a, P: Platform> {
     pub(crate) pgt: PageTable,
     pub(crate) pool: HypPool<'a, P>,
+    /// Physical address of the window slot's descriptor ([`HYP_WINDOW_SLOT`]).
+    pub(crate) window_ptep: u64,
 }
 
 impl<P: Platform> HypMmu<'_, P> {
+    /// Maps the window's anchor (`anchor_pa`, a page of EL2's own, read-only) at
+    /// [`HYP_WINDOW_VA`] and finds the slot's descriptor.
+    ///
+    /// # Errors
+    /// `ENOMEM` if the pool cannot hold the tables; `EFAULT` if the slot's descriptor is not
+    /// found after that (a broken invariant).
+    pub(crate) fn open_window(&mut self, anchor_pa: u64) -> Result<(), Error> {
+        let plat = self.pool.mem();
+        self.pgt
+            .map(
+                &mut self.pool,
+                plat,
+                HYP_WINDOW_VA,
+                PAGE_SIZE,
+                anchor_pa,
+                Prot::R,
+                MapFlags::FORCE_PAGES,
+            )
+            .map_err(pt_err)?;
+        let mut ptep = None;
+        self.pgt
+            .walk_mut(
+                &mut self.pool,
+                HYP_WINDOW_SLOT,
+                PAGE_SIZE,
+                WalkFlags::LEAF,
+                |_, v| {
+                    if v.level == desc::LEAF_LEVEL && v.pte == 0 {
+                        ptep = Some(v.ptep);
+                    }
+                    Ok::<(), pkvm_pgtable::Error>(())
+                },
+            )
+            .map_err(pt_err)?;
+        self.window_ptep = ptep.ok_or(Error::Fault)?;
+        Ok(())
+    }
+
+    /// Zeroes the page at `pa` — one EL2's identity map does not cover, a guest's — through the
+    /// window: map it in the slot, zero it, unmap it with a TLB invalidation of the slot. The
+    /// hyp lock (`&mut self`) keeps the slot to one user.
+    pub(crate) fn zero_foreign(&mut self, pa: u64) {
+        let plat = self.pool.mem();
+        let Ok(pte) = self
+            .pgt
+            .config()
+            .format
+            .leaf_pte(pa, HYP_SHARED_PROT, desc::LEAF_LEVEL)
+        else {
+            return;
+        };
+        // The slot is invalid: a new entry needs no invalidation, only to be visible.
+        plat.write_u64(self.window_ptep, pte);
+        plat.dsb_ishst();
+        plat.isb();
+        plat.zero(HYP_WINDOW_SLOT, PAGE_SIZE);
+        plat.write_u64(self.window_ptep, 0);
+        plat.dsb_ishst();
+        plat.tlbi_el2_va(HYP_WINDOW_SLOT, desc::LEAF_LEVEL, true);
+        plat.dsb_ish();
+        plat.isb();
+    }
+
     /// Reserves the table pages a page-granular change of `[start, end)` can need.
     ///
     /// # Errors

@@ -133,6 +133,14 @@ impl<'a, P: Platform> Hyp<'a, P> {
 
         // 3. Refcount fix-up over the whole EL2 input range.
         hyp_pgt.fixup_refcounts(&mut pool);
+        // The window (crate::mm::HYP_WINDOW_VA), anchored on the stage-1's root page.
+        let mut hyp_mmu = HypMmu {
+            pgt: hyp_pgt,
+            pool,
+            window_ptep: 0,
+        };
+        let root = hyp_mmu.pgt.root();
+        step("hyp window", hyp_mmu.open_window(root))?;
 
         // 4. Host stage-2.
         let (hp_start, hp_end) = params.host_pool;
@@ -235,7 +243,7 @@ impl<'a, P: Platform> Hyp<'a, P> {
                 pgt: host_pgt,
                 pool: host_pool,
             }),
-            hyp: Mutex::new(HypMmu { pgt: hyp_pgt, pool }),
+            hyp: Mutex::new(hyp_mmu),
             finalised: AtomicBool::new(false),
             counters: Counters::default(),
             vms: Mutex::new(crate::vm::VmTable::new()),

@@ -89,7 +89,8 @@ impl SimConfig {
     #[must_use]
     pub fn tight() -> Self {
         SimConfig {
-            hyp_pool_pages: 10,
+            // 3 of them hold the window's tables (`pkvm_hyp::mm::HYP_WINDOW_VA`).
+            hyp_pool_pages: 13,
             host_pool_pages: 10,
             ..Self::small()
         }
@@ -219,6 +220,7 @@ fn boot<'a>(
     };
     let hyp = Hyp::new(plat, map, vmemmap, &params).expect("hypervisor boots");
     hyp.finalise().expect("first finalise");
+    plat.set_el2_root(hyp.hyp_pgd());
     Machine {
         plat,
         hyp,
@@ -432,7 +434,9 @@ impl Machine<'_> {
                 match errno(run, HostHcall::VcpuRun) {
                     Err(e) => Outcome::Ret(Err(e)),
                     // The call's results are the vCPU's registers at the entry after it.
-                    Ok(_) => Outcome::Ret(guest_call_result(self.plat.guest_x.lock().unwrap().last().copied())),
+                    Ok(_) => Outcome::Ret(guest_call_result(
+                        self.plat.guest_x.lock().unwrap().last().copied(),
+                    )),
                 }
             }
             Call::VmTeardown { vm } => ret(

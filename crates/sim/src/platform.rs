@@ -78,6 +78,8 @@ pub struct SimPlatform {
     pub guest_entries: Mutex<Vec<GuestEntry>>,
     /// The vCPU's `x0..x3` at each guest entry (after a guest call EL2 answered: its results).
     pub guest_x: Mutex<Vec<[u64; 4]>>,
+    /// EL2's stage-1 root, once booted ([`SimPlatform::set_el2_root`]).
+    el2_root: AtomicU64,
     /// Device registers EL2 reads and writes for the host (the emulated GIC redistributor
     /// frames): a register file by physical address; unset registers read as zero.
     pub device_regs: Mutex<std::collections::BTreeMap<u64, u64>>,
@@ -211,6 +213,7 @@ impl SimPlatform {
             guest_script: Mutex::new(std::collections::VecDeque::new()),
             guest_entries: Mutex::new(Vec::new()),
             guest_x: Mutex::new(Vec::new()),
+            el2_root: AtomicU64::new(0),
             device_regs: Mutex::new(std::collections::BTreeMap::new()),
             device_writes: Mutex::new(Vec::new()),
             monitor: Mutex::new(Monitor::new()),
@@ -313,6 +316,24 @@ fn mmio_esr(d: DataAbort) -> u64 {
 }
 
 impl SimPlatform {
+    /// Records EL2's stage-1 root (after boot), for [`SimPlatform::el2_translate`].
+    pub fn set_el2_root(&self, root: u64) {
+        self.el2_root.store(root, Ordering::Relaxed);
+    }
+
+    /// The physical address EL2's stage-1 maps `va` to, by a walk of its tables.
+    ///
+    /// # Panics
+    /// If it maps nothing there: EL2 touched an address it did not map (an EL2 bug the
+    /// simulator reports, where the real CPU would take a data abort at EL2).
+    fn el2_translate(&self, va: u64) -> u64 {
+        let root = self.el2_root.load(Ordering::Relaxed);
+        match crate::mmu::walk(&self.mem, Regime::El2, root, 0, va) {
+            Ok(t) if t.write => t.pa | (va & (pkvm_abi::PAGE_SIZE - 1)),
+            r => panic!("EL2 wrote {va:#x}, which its stage-1 does not map writable: {r:?}"),
+        }
+    }
+
     /// `tlbi ipas2e1is` (+ `vmalle1is`) with `vmid` in `VTTBR_EL2`.
     fn s2_tlbi_ipa(&self, vmid: u16, ipa: u64, level: u8) {
         self.counts.tlbi.fetch_add(1, Ordering::Relaxed);
@@ -480,6 +501,13 @@ impl PhysMem for SimPlatform {
     }
 
     fn zero(&self, pa: u64, len: u64) {
+        // EL2's window (`pkvm_hyp::mm::HYP_WINDOW_SLOT`): a virtual address, translated
+        // through EL2's stage-1 as the CPU would (a page EL2 did not map there is an EL2 bug).
+        let pa = if self.mem.is_ram(pa) {
+            pa
+        } else {
+            self.el2_translate(pa)
+        };
         if !self.monitoring.load(Ordering::Acquire) {
             self.mem.zero(pa, len);
             return;

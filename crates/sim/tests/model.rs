@@ -165,7 +165,11 @@ fn op() -> impl Strategy<Value = Op> {
     let gfn = prop_oneof![4 => Just(2usize), 2 => Just(0), 2 => 0usize..7];
     // Mostly the protected model VM for donations and guest calls.
     let pvm = prop_oneof![3 => Just(1usize), 1 => 0..SLOTS];
-    let guest_op = prop_oneof![Just(GuestOp::Share), Just(GuestOp::Unshare), Just(GuestOp::Relinquish)];
+    let guest_op = prop_oneof![
+        Just(GuestOp::Share),
+        Just(GuestOp::Unshare),
+        Just(GuestOp::Relinquish)
+    ];
     prop_oneof![
         4 => (idx.clone(), nr.clone()).prop_map(|(i, n)| Op::Share(i, n)),
         4 => (idx.clone(), nr.clone()).prop_map(|(i, n)| Op::Unshare(i, n)),
@@ -276,7 +280,9 @@ fn run(tight: bool, ops: &[Op]) -> Result<(), String> {
                 } => Call::GuestMem {
                     vm,
                     op,
-                    ipa: gfns(&p, page)[gfn].wrapping_shl(PAGE_SHIFT).wrapping_add(off),
+                    ipa: gfns(&p, page)[gfn]
+                        .wrapping_shl(PAGE_SHIFT)
+                        .wrapping_add(off),
                 },
                 Op::GuestMemLast { op, next } => Call::GuestMem {
                     vm: last_donation.0,
@@ -415,4 +421,3 @@ proptest! {
         }
     }
 }
-

@@ -93,9 +93,16 @@ fn relinquished_and_reclaimed_pages_come_back_zeroed_but_shared_ones_as_they_are
         // Teardown: the owned pages zeroed, the shared-back one as the guest left it.
         ok(m, &mut c, guest(1, GuestOp::Share, 0x12));
         ok(m, &mut c, Call::VmTeardown { vm: 1 });
-        assert_eq!(m.abstract_state().unwrap().vms.get(&1), None, "the VM is gone");
+        assert_eq!(
+            m.abstract_state().unwrap().vms.get(&1),
+            None,
+            "the VM is gone"
+        );
         assert!(is_zero(m, p + 1) && is_zero(m, p + 3));
-        assert!(!is_zero(m, p + 2), "the page the guest shared keeps its contents");
+        assert!(
+            !is_zero(m, p + 2),
+            "the page the guest shared keeps its contents"
+        );
         for i in 0..4 {
             assert_eq!(host_reads(m, p + i), Outcome::Access);
         }
@@ -115,8 +122,12 @@ fn teardown_reclaims_in_bounded_batches() {
             "reclaim from a live VM"
         );
         assert_eq!(m.client().vm_teardown(vm), Ok(n - RECLAIM_BATCH));
-        c.check(Call::VmTeardown { vm: 1 }, Outcome::Ret(Ok(())), &m.abstract_state().unwrap())
-            .unwrap();
+        c.check(
+            Call::VmTeardown { vm: 1 },
+            Outcome::Ret(Ok(())),
+            &m.abstract_state().unwrap(),
+        )
+        .unwrap();
         // Dying: it runs no more and takes no new pages.
         refused(m, &mut c, Call::VcpuRun { vm: 1 }, Error::Perm);
         refused(m, &mut c, donate(1, p + n, 0x1000, 1), Error::Perm);
@@ -157,28 +168,51 @@ fn bad_inputs_are_refused_and_change_nothing() {
         refused(
             m,
             &mut c,
-            Call::ShareGuest { vm: 0, pfn: p, gfn: 0x30, nr: 1 },
+            Call::ShareGuest {
+                vm: 0,
+                pfn: p,
+                gfn: 0x30,
+                nr: 1,
+            },
             Error::Perm,
         );
         // Host pages are never shared into a protected VM.
         refused(
             m,
             &mut c,
-            Call::ShareGuest { vm: 1, pfn: p + 4, gfn: 0x30, nr: 1 },
+            Call::ShareGuest {
+                vm: 1,
+                pfn: p + 4,
+                gfn: 0x30,
+                nr: 1,
+            },
             Error::Perm,
         );
         // Guest calls: a frame it has nothing at; outside its IPA space; unaligned; unshare
         // what it did not share; share twice; relinquish a page it shares.
         refused(m, &mut c, guest(1, GuestOp::Share, 0x40), Error::Perm);
         refused(m, &mut c, guest(1, GuestOp::Share, 1 << 40), Error::Range);
-        let unaligned = Call::GuestMem { vm: 1, op: GuestOp::Share, ipa: (0x10 << PAGE_SHIFT) + 8 };
+        let unaligned = Call::GuestMem {
+            vm: 1,
+            op: GuestOp::Share,
+            ipa: (0x10 << PAGE_SHIFT) + 8,
+        };
         refused(m, &mut c, unaligned, Error::Inval);
         refused(m, &mut c, guest(1, GuestOp::Unshare, 0x10), Error::Perm);
         ok(m, &mut c, guest(1, GuestOp::Share, 0x10));
         refused(m, &mut c, guest(1, GuestOp::Share, 0x10), Error::Perm);
         refused(m, &mut c, guest(1, GuestOp::Relinquish, 0x10), Error::Perm);
         // A non-protected guest cannot share back the host's own page.
-        ok(m, &mut c, Call::ShareGuest { vm: 0, pfn: p + 6, gfn: 0x30, nr: 1 });
+        ok(
+            m,
+            &mut c,
+            Call::ShareGuest {
+                vm: 0,
+                pfn: p + 6,
+                gfn: 0x30,
+                nr: 1,
+            },
+        );
         refused(m, &mut c, guest(0, GuestOp::Share, 0x30), Error::Perm);
         // ... but may give it up (balloon): the host's alone again, nothing to zero.
         fill(m, p + 6, 7);
@@ -212,7 +246,11 @@ fn call_regs(m: &Machine<'_>, x: [u64; 4]) -> [u64; 4] {
     let before = m.plat.guest_x.lock().unwrap().len();
     m.client().vcpu_run(vm).expect("run");
     let xs = m.plat.guest_x.lock().unwrap();
-    assert_eq!(xs.len(), before + 2, "answered at EL2: re-entered without an exit");
+    assert_eq!(
+        xs.len(),
+        before + 2,
+        "answered at EL2: re-entered without an exit"
+    );
     xs[before + 1]
 }
 
@@ -220,13 +258,19 @@ fn call_regs(m: &Machine<'_>, x: [u64; 4]) -> [u64; 4] {
 fn discovery_answers_with_upstreams_ids() {
     with_machine(&SimConfig::small(), |m| {
         let _ = setup(m);
-        assert_eq!(call_regs(m, [smccc::VENDOR_HYP_CALL_UID, 0, 0, 0]), smccc::KVM_UID);
+        assert_eq!(
+            call_regs(m, [smccc::VENDOR_HYP_CALL_UID, 0, 0, 0]),
+            smccc::KVM_UID
+        );
         let f = call_regs(m, [smccc::VENDOR_HYP_KVM_FEATURES, 9, 9, 9]);
         assert_eq!(f, [smccc::KVM_FEATURES_BITMAP, 0, 0, 0]);
         for func in [0, 2, 3, 4, 9] {
             assert_ne!(f[0] & (1 << func), 0, "function {func} advertised");
         }
-        assert_eq!(call_regs(m, [smccc::HYP_MEMINFO, 0, 0, 0])[..2], [PAGE_SIZE, 0]);
+        assert_eq!(
+            call_regs(m, [smccc::HYP_MEMINFO, 0, 0, 0])[..2],
+            [PAGE_SIZE, 0]
+        );
         assert_eq!(
             call_regs(m, [smccc::HYP_MEMINFO, 1, 0, 0])[0],
             smccc::INVALID_PARAMETER
@@ -235,14 +279,20 @@ fn discovery_answers_with_upstreams_ids() {
             call_regs(m, [smccc::VERSION, 0, 0, 0])[0],
             u64::from(psci::SMCCC_VERSION_1_1)
         );
-        assert_eq!(call_regs(m, [smccc::ARCH_FEATURES, smccc::VERSION, 0, 0])[0], 0);
+        assert_eq!(
+            call_regs(m, [smccc::ARCH_FEATURES, smccc::VERSION, 0, 0])[0],
+            0
+        );
         assert_eq!(
             call_regs(m, [smccc::ARCH_FEATURES, 0x8000_8000, 0, 0])[0],
             smccc::NOT_SUPPORTED
         );
         // Share with a granule count of 2, or a non-zero x3: refused.
         let r = call_regs(m, [smccc::MEM_SHARE, 0x10 << PAGE_SHIFT, 2, 0]);
-        assert_eq!(r[..3], [smccc::INVALID_PARAMETER, 0, Error::Inval.errno() as u64]);
+        assert_eq!(
+            r[..3],
+            [smccc::INVALID_PARAMETER, 0, Error::Inval.errno() as u64]
+        );
         // The hypercalls EL2 does not answer still reach the host.
         m.plat
             .guest_script

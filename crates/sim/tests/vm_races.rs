@@ -32,7 +32,11 @@ fn teardown_and_a_second_run_wait_for_the_running_vcpu() {
             let runner = s.spawn(|| m.client().vcpu_run(vm));
             GATE.wait_paused();
             let c = m.client();
-            assert_eq!(c.vm_teardown(vm).map(|_| ()), busy, "teardown of a running VM");
+            assert_eq!(
+                c.vm_teardown(vm).map(|_| ()),
+                busy,
+                "teardown of a running VM"
+            );
             assert_eq!(c.vcpu_run(vm).map(|_| ()), busy, "a second entry");
             // Sharing into the running guest is allowed (its stage-2 is EL2's, under locks).
             assert_eq!(c.share_guest(vm, r0 + 0x200, 0x10, 1, 7), Ok(()));

@@ -260,7 +260,8 @@ impl Spec {
             self.set_page(pfn + i, Page::GUEST_OWNED);
         }
         if let Some(vm) = self.state.vms.get_mut(&slot) {
-            vm.owned.extend((0..nr).map(|i| (gfn + i, (pfn + i, false))));
+            vm.owned
+                .extend((0..nr).map(|i| (gfn + i, (pfn + i, false))));
         }
         Ok(())
     }
@@ -287,9 +288,7 @@ impl Spec {
             {
                 (pfn, Page::GUEST_OWNED, Some((pfn, false)))
             }
-            (GuestOp::Relinquish, Some((pfn, false)), _)
-                if self.page(pfn) == Page::GUEST_OWNED =>
-            {
+            (GuestOp::Relinquish, Some((pfn, false)), _) if self.page(pfn) == Page::GUEST_OWNED => {
                 (pfn, Page::HOST_OWNED, None)
             }
             (GuestOp::Relinquish, None, Some(pfn)) if self.page(pfn) == Page::GUEST_SHARED => {

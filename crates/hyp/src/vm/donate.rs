@@ -69,6 +69,7 @@ impl<P: Platform> Hyp<'_, P> {
             .map_err(pt_err);
         vm.cover(ipa, size);
         vm.pages += nr;
-        r1.and(r2).map_err(|e| self.commit_failed("donate guest", e))
+        r1.and(r2)
+            .map_err(|e| self.commit_failed("donate guest", e))
     }
 }

@@ -12,10 +12,10 @@ use pkvm_abi::{Error, PAGE_SHIFT, PAGE_SIZE, psci};
 use pkvm_arch::addr::Gfn;
 use pkvm_pgtable::{Leaf, desc};
 
+use super::guest_owner_id;
 use super::reclaim::{is_guest_owned, is_guest_shared_back};
 use super::run::SharedVcpu;
 use super::{GUEST_OWNED_PROT, GUEST_SHARED_BORROWED, GUEST_SHARED_OWNED, end_guest_share};
-use super::guest_owner_id;
 use crate::hyp::Hyp;
 use crate::mem_protect::{is_guest_shared, perm_unless};
 use crate::mm::GuestArch;
@@ -124,7 +124,7 @@ impl<P: Platform> Hyp<'_, P> {
         if !ipa.is_multiple_of(PAGE_SIZE) {
             return Err(Error::Inval);
         }
-        let (mut host, _hyp) = self.lock_host_hyp();
+        let (mut host, mut hyp) = self.lock_host_hyp();
         let mut vms = self.vms.lock();
         let vm = vms.get(handle)?;
         vm.ipa_range(Gfn(ipa >> PAGE_SHIFT), 1)?;
@@ -173,7 +173,7 @@ impl<P: Platform> Hyp<'_, P> {
                 let r1 = vm.pgt.unmap(&mut vm.pool, &arch, ipa, PAGE_SIZE);
                 vm.pages -= 1;
                 let r2 = if owned {
-                    self.plat.zero(pa, PAGE_SIZE);
+                    hyp.zero_foreign(pa);
                     let r = host.clear(pa, PAGE_SIZE);
                     p.reset();
                     r

@@ -72,7 +72,8 @@ pub const fn guest_owner_id(vmid: u16) -> u8 {
     GUEST_OWNER_ID_BASE + vmid as u8
 }
 
-const _: () = assert!(GUEST_OWNER_ID_BASE as usize + MAX_VMS <= pkvm_pgtable::desc::MAX_OWNER_ID as usize);
+const _: () =
+    assert!(GUEST_OWNER_ID_BASE as usize + MAX_VMS <= pkvm_pgtable::desc::MAX_OWNER_ID as usize);
 
 /// Smallest and largest memcache (pages donated for the guest stage-2).
 const MEMCACHE_MIN: u64 = g::MEMCACHE_MIN_PAGES;
@@ -139,7 +140,11 @@ impl<P: Platform> Vm<'_, P> {
 
     /// `EPERM` once teardown has started: a dying VM takes no new pages and never runs.
     fn live(&mut self) -> Result<&mut Self, Error> {
-        if self.dying { Err(Error::Perm) } else { Ok(self) }
+        if self.dying {
+            Err(Error::Perm)
+        } else {
+            Ok(self)
+        }
     }
 
     /// Widens the span reclaim walks to cover `[ipa, ipa + size)`.

@@ -160,7 +160,7 @@ impl<'a, P: Platform> Hyp<'a, P> {
                     bad += 1;
                 }
             } else if is_guest_owned(p) {
-                self.plat.zero(pa, PAGE_SIZE);
+                hyp.zero_foreign(pa);
                 if host.clear(pa, PAGE_SIZE).is_err() {
                     bad += 1;
                 }
