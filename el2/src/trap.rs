@@ -15,7 +15,7 @@
 use crate::boot::FullFrame;
 use crate::context::{HighRegs, HostContext, host_reg, set_host_reg};
 use crate::{hyp_init, psci, sysregs};
-use core::sync::atomic::Ordering;
+use core::sync::atomic::{AtomicU64, Ordering};
 use pkvm_abi::HVC_BASE;
 use pkvm_arch::addr::Ipa;
 use pkvm_arch::esr::{Ec, Esr};
@@ -90,18 +90,25 @@ fn fault_ipa(far: u64) -> Ipa {
     pkvm_arch::esr::fault_ipa(sysregs::hpfar(), far)
 }
 
+/// Refused host accesses so far (for the log's rate limit).
+static REFUSED: AtomicU64 = AtomicU64::new(0);
+
 /// Injects the synchronous external abort for a refused access (counted as injected unless
-/// the fault path already did).
+/// the fault path already did). Logged for the first 8 refusals and then at every power of
+/// two: the host decides how many there are, and must not be able to keep EL2 printing.
 fn refuse_access(esr: Esr, far: u64, count: bool) {
     if count && let Some(hyp) = hyp_init::hyp() {
         hyp.counters()
             .injected_aborts
             .fetch_add(1, Ordering::Relaxed);
     }
-    let elr = sysregs::fault_regs().1;
-    crate::console::print(format_args!(
-        "EL2: host access to {far:#x} (pc {elr:#x}) refused: abort injected into the host\n"
-    ));
+    let n = REFUSED.fetch_add(1, Ordering::Relaxed) + 1;
+    if n <= 8 || n.is_power_of_two() {
+        let elr = sysregs::fault_regs().1;
+        crate::console::print(format_args!(
+            "EL2: host access to {far:#x} (pc {elr:#x}) refused: abort injected into the host (refusal {n})\n"
+        ));
+    }
     sysregs::inject_host_sea(esr.0, far);
 }
 

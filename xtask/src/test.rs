@@ -8,7 +8,8 @@
 //! 5. QEMU system tests: the `selftest` scenario (the default) on the production EL2 and, in
 //!    full, on the debug EL2 (`max`, and `cortex-a72` with 2 CPUs, 2 GiB) must pass, the `boot`
 //!    scenario (ABI smoke test) must pass, the `bench` scenario must pass under `-icount` and
-//!    measure the same figures on two boots, the guest lifecycles, the `hostile` scenario on
+//!    measure the same figures on two boots, the guest lifecycles, the protected VMs (1,000 on
+//!    `max`, 200 on the debug EL2 and `cortex-a72` with 2 CPUs), the `hostile` scenario on
 //!    `max` and `cortex-a72`, a host stack overflow must be reported (guard page), a run with
 //!    no host image must be refused by EL2, a `--hang --timeout 5` run must fail by timing
 //!    out, and Debian's Linux must boot as the host (production EL2) and pass its driver.
@@ -142,6 +143,28 @@ fn system_tests() -> Vec<SystemTest> {
                 smp: 2,
                 scenario: "guests".into(),
                 guests: Some(200),
+                ..base.clone()
+            },
+            judge: PASS,
+        },
+        SystemTest {
+            name: "protected: 1,000 protected VMs (donated RAM unreadable, guest-side ABI, pages back zeroed), leak report all zero",
+            opts: RunOptions {
+                scenario: "protected".into(),
+                guests: Some(1000),
+                timeout: Duration::from_secs(120),
+                ..base.clone()
+            },
+            judge: PASS,
+        },
+        SystemTest {
+            name: "protected on -cpu cortex-a72, 2 CPUs, debug EL2: 200 protected VMs",
+            opts: RunOptions {
+                cpu: "cortex-a72".into(),
+                smp: 2,
+                scenario: "protected".into(),
+                guests: Some(200),
+                debug_el2: true,
                 ..base.clone()
             },
             judge: PASS,

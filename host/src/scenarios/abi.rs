@@ -26,7 +26,11 @@ pub fn run(c: &mut Checks, _env: &mut Env) {
     c.eq("VERSION: x1 = 0", x1, 0);
     c.eq("VERSION: x2 = ABI_VERSION", x2, ABI_VERSION);
     let known =
-        features::RANGES | features::EL2_REFCOUNT | features::DEBUG_HCALLS | features::GUESTS;
+        features::RANGES
+            | features::EL2_REFCOUNT
+            | features::DEBUG_HCALLS
+            | features::GUESTS
+            | features::PROTECTED_VMS;
     c.check(
         "VERSION: x3 has only known feature bits",
         x3 & !known == 0,

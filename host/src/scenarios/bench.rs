@@ -202,7 +202,7 @@ type Step<'a> = &'a mut dyn FnMut() -> Result<u64, HcallError>;
 
 /// Prints the EL2 cost of each step of one quiet lifecycle in slot 0.
 fn lifecycle_breakdown(mem: SlotMem) {
-    let s = vm::prepare(0, mem, 0, 0, flags::QUIET);
+    let s = vm::prepare(0, mem, 0, (0, flags::QUIET), 0);
     let (desc, vcpu, fp) = (s.desc, s.vcpu.shared(), s.fp);
     let share = |x: crate::shared::Shared<'_>| pkvm::share_hyp_bytes(x.pa(), x.bytes());
     let handle = core::cell::Cell::new(VmHandle::from_raw(0));

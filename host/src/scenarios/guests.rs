@@ -19,9 +19,14 @@ const PINGS: u64 = 2;
 
 static CYCLES: AtomicU64 = AtomicU64::new(DEFAULT_CYCLES);
 
-/// Sets the number of lifecycles (`pkvm.guests=N`).
+/// Sets the number of lifecycles (`pkvm.guests=N`; the `protected` scenario's too).
 pub fn set_cycles(n: u64) {
     CYCLES.store(n, Ordering::Relaxed);
+}
+
+/// The number of lifecycles.
+pub fn cycles() -> u64 {
+    CYCLES.load(Ordering::Relaxed)
 }
 
 fn expect_err<T: core::fmt::Debug>(
@@ -161,7 +166,7 @@ pub fn run(c: &mut Checks, env: &mut Env) {
         );
         return;
     }
-    let n = CYCLES.load(Ordering::Relaxed);
+    let n = cycles();
     let start = vm::leaks();
     println!("guests: EL2 before: {start:?}");
     let mem: [SlotMem; SLOTS] = core::array::from_fn(|_| SlotMem::alloc(env));

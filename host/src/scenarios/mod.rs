@@ -7,6 +7,7 @@ pub mod abi;
 pub mod bench;
 pub mod guests;
 pub mod hostile;
+pub mod protected;
 pub mod selftest;
 
 use crate::checks::Checks;
@@ -51,6 +52,13 @@ pub const SCENARIOS: &[Scenario] = &[
         about: "guest lifecycles at scale (pkvm.guests=N, default 1000): create, run to PSCI \
                 power-off, destroy; several alive at once; bad inputs; leak report",
         run: guests::run,
+    },
+    Scenario {
+        name: "protected",
+        about: "the test guest as a protected VM (pkvm.guests=N, default 1000): donated RAM the \
+                host cannot read, the guest-side ABI (discovery, MEM_SHARE bounce buffer, \
+                MEM_RELINQUISH), teardown in batches, pages back zeroed; leak report",
+        run: protected::run,
     },
     Scenario {
         name: "hostile",

@@ -45,6 +45,9 @@ pub mod flags {
     pub const QUIET: u64 = 1;
     /// Pings keep a pattern in `d16` across the exit even when quiet.
     pub const FP_PINGS: u64 = 2;
+    /// Protected mode: the guest speaks pKVM's guest-side ABI first (discovery, a shared
+    /// bounce buffer it prints through, a relinquished page; `guest/src/main.rs`).
+    pub const PROTECTED_ABI: u64 = 4;
     /// Hostile mode: the guest performs hostile test `test` (one of [`super::hostile`]).
     pub const fn hostile(test: u64) -> u64 {
         (test & 0xff) << 8
@@ -194,11 +197,29 @@ pub struct Vm {
     pub slot: usize,
     /// Its cycle number (the guest's `x0`; the id register reads it).
     pub id: u64,
+    /// First pfn of its RAM (IPA [`GUEST_RAM_IPA`]).
+    pub ram_pfn: u64,
+}
+
+impl Vm {
+    /// The host physical address of the guest's `[ipa, ipa + len)`, if inside its RAM.
+    pub fn ram_pa(&self, ipa: u64, len: u64) -> Option<u64> {
+        let off = ipa.checked_sub(GUEST_RAM_IPA)?;
+        (off.checked_add(len)? <= GUEST_RAM_PAGES * PAGE_SIZE)
+            .then_some((self.ram_pfn << PAGE_SHIFT) + off)
+    }
 }
 
 /// Writes a fresh VM's structures in `slot` (not shared with EL2 now) and loads the guest
-/// image into `mem`: guest `id` makes `loops` pings with options `guest_flags`.
-pub fn prepare(slot: usize, mem: SlotMem, id: u64, loops: u64, guest_flags: u64) -> Structs {
+/// image into `mem`: guest `id` makes `loops` pings with options `guest_flags`; `vm_flags` are
+/// the descriptor's ([`pkvm_abi::guest::vm_flags`]).
+pub fn prepare(
+    slot: usize,
+    mem: SlotMem,
+    id: u64,
+    (loops, guest_flags): (u64, u64),
+    vm_flags: u64,
+) -> Structs {
     let s = structs(slot);
     s.desc.write(
         0,
@@ -206,7 +227,7 @@ pub fn prepare(slot: usize, mem: SlotMem, id: u64, loops: u64, guest_flags: u64)
             ipa_bits: 32,
             nr_vcpus: 1,
             host_cookie: id,
-            reserved: 0,
+            flags: vm_flags,
         },
     );
     let mut st = VcpuState::default();
@@ -231,7 +252,23 @@ pub fn create(
     loops: u64,
     guest_flags: u64,
 ) -> Result<Vm, HcallError> {
-    let s = prepare(slot, mem, id, loops, guest_flags);
+    create_with(false, slot, mem, id, (loops, guest_flags))
+}
+
+/// [`create`], as a protected VM when `protected`: its RAM is **donated** (the host cannot
+/// read it until the guest shares a page back, and gets it back zeroed).
+///
+/// # Errors
+/// The first hypercall that failed (everything done so far is undone).
+pub fn create_with(
+    protected: bool,
+    slot: usize,
+    mem: SlotMem,
+    id: u64,
+    (loops, guest_flags): (u64, u64),
+) -> Result<Vm, HcallError> {
+    let vm_flags = if protected { pkvm_abi::guest::vm_flags::PROTECTED } else { 0 };
+    let s = prepare(slot, mem, id, (loops, guest_flags), vm_flags);
     s.share(&[s.desc])?;
     let handle = match PKVM.vm_init(s.desc.pa(), mem.memcache_pfn, VM_MEMCACHE_PAGES) {
         Ok(h) => h,
@@ -240,13 +277,22 @@ pub fn create(
             return Err(e);
         }
     };
-    let vm = Vm { handle, slot, id };
+    let vm = Vm {
+        handle,
+        slot,
+        id,
+        ram_pfn: mem.ram_pfn,
+    };
     let r = s
         .share(&[s.vcpu.shared(), s.fp])
         .and_then(|()| PKVM.vcpu_init(handle, s.vcpu.shared().pa(), s.fp.pa()))
         .and_then(|()| {
             let gfn = GUEST_RAM_IPA >> PAGE_SHIFT;
-            PKVM.share_guest(handle, mem.ram_pfn, gfn, GUEST_RAM_PAGES, PROT_RWX)
+            if protected {
+                PKVM.donate_guest(handle, mem.ram_pfn, gfn, GUEST_RAM_PAGES)
+            } else {
+                PKVM.share_guest(handle, mem.ram_pfn, gfn, GUEST_RAM_PAGES, PROT_RWX)
+            }
         });
     match r {
         Ok(()) => Ok(vm),
@@ -348,6 +394,16 @@ pub fn idle_exits() -> u64 {
     IDLE_EXITS.load(Ordering::Relaxed)
 }
 
+/// Lines guests printed through a page they share ([`pkvm_abi::guest::GUEST_HVC_PRINT`]).
+pub fn printed() -> u64 {
+    console::PRINTED.load(Ordering::Relaxed)
+}
+
+/// Print requests the host could not read (not in a page the guest shares).
+pub fn print_refused() -> u64 {
+    console::PRINT_REFUSED.load(Ordering::Relaxed)
+}
+
 /// Runs of [`run`] so far in which the host's `d16` did not survive.
 pub fn host_fp_lost() -> u64 {
     HOST_FP_LOST.load(Ordering::Relaxed)
@@ -397,6 +453,8 @@ pub struct Leaks {
     pub pinned: u64,
     /// Live VMs.
     pub vms: u64,
+    /// Pages donated to guests.
+    pub guest_owned: u64,
 }
 
 /// EL2's leak counters now.
@@ -410,5 +468,6 @@ pub fn leaks() -> Leaks {
         guest_shared: stat(Stat::GuestSharedPages),
         pinned: stat(Stat::PinnedPages),
         vms: stat(Stat::LiveVms),
+        guest_owned: stat(Stat::GuestOwnedPages),
     }
 }
