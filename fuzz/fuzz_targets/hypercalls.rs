@@ -22,7 +22,13 @@
 //! | 10 | (share the vCPU page,) vCPU init | state page | offsets, FP page |
 //! | 11, 12 | vCPU run, VM teardown | | |
 //! | 13 | share with a guest | page | length |
-//! | 14 | unshare from a guest (half of them: the last share's guest and frame) | page (for the guest frame) | length |
+//! | 14, `x & 0xc` = 0 | unshare from a guest | page (for the guest frame) | length |
+//! | 14, `x & 0xc` = 4 | unshare from a guest: the last share's guest and frame | | length |
+//! | 14, `x & 0xc` = 8 | donate to a (protected) guest | page | length |
+//! | 14, `x & 0xc` = 12 | a guest's memory call (share, unshare, relinquish) at the last donation's frame (or the next), or a reclaim of a dying VM | | call, frame |
+//!
+//! VM inits ask for a protected VM when `b & 3 == 1` (kind 9: and an unknown flag when
+//! `b & 3 == 3`), and when `x & 1` (kind 15).
 //!
 //! The argument domains are small, so that calls build on each other (and succeed) often and
 //! fail in every way the ABI allows: misaligned and page-crossing structures, memcaches of bad
@@ -34,14 +40,14 @@
 use std::cell::RefCell;
 
 use libfuzzer_sys::fuzz_target;
-use pkvm_abi::guest::{MEMCACHE_MAX_PAGES, MEMCACHE_MIN_PAGES};
+use pkvm_abi::guest::{MEMCACHE_MAX_PAGES, MEMCACHE_MIN_PAGES, vm_flags};
 use pkvm_abi::{PAGE_SHIFT, features};
 use pkvm_client::catalogue::{Op, Resolved};
 use pkvm_sim::machine::VIRT_UART;
 use pkvm_sim::reset::Snapshot;
 use pkvm_sim::scenarios::{checked, spec_call};
 use pkvm_sim::{Machine, SimConfig, boot_static};
-use pkvm_spec::{Call, Checker};
+use pkvm_spec::{Call, Checker, GuestOp};
 
 /// Record kinds 0..=5: the page-range operations, in this order.
 const RANGE_OPS: [Op; 6] = [
@@ -179,6 +185,8 @@ fn memcache_nr(sel: u8) -> u64 {
 struct Memory {
     /// The VM slot, guest frame and length of the last share with a guest.
     last_share: (usize, u64, u64),
+    /// The VM slot and guest frame of the last donation to a guest.
+    last_donation: (usize, u64),
 }
 
 /// The calls of one record (a composite shares a structure's page with EL2 first). `full`: both
@@ -220,6 +228,7 @@ fn calls(d: &Domains, mem: &mut Memory, rec: &[u8], full: bool) -> Vec<Call> {
                 mc_nr: memcache_nr(b >> 3),
                 ipa_bits: [32, 32, 32, 36, 40, 40, 31, 48][usize::from((a >> 3) % 8)],
                 nr_vcpus: [1, 1, 1, u64::from(b >> 7) * 2][usize::from(a >> 6)],
+                flags: [0, vm_flags::PROTECTED, 0, 1 << 5][usize::from(b & 3)],
             };
             return if x & 3 != 0 {
                 vec![Call::ShareHyp { pfn: desc, nr: 1 }, init]
@@ -239,6 +248,7 @@ fn calls(d: &Domains, mem: &mut Memory, rec: &[u8], full: bool) -> Vec<Call> {
                     mc_nr: memcache_nr(b >> 3),
                     ipa_bits: if x & 2 != 0 { 40 } else { 32 },
                     nr_vcpus: 1,
+                    flags: if x & 1 != 0 { vm_flags::PROTECTED } else { 0 },
                 },
             ];
         }
@@ -269,14 +279,33 @@ fn calls(d: &Domains, mem: &mut Memory, rec: &[u8], full: bool) -> Vec<Call> {
             mem.last_share = (vm, gfn, nr);
             Call::ShareGuest { vm, pfn, gfn, nr }
         }
-        // Half of them from the guest and at the frame of the last share, all of it or `nr`
-        // pages.
-        _ if x & 8 != 0 => {
+        // At the frame of the last share, all of it or `nr` pages.
+        _ if x & 0xc == 4 => {
             let (vm, gfn, shared) = mem.last_share;
             Call::UnshareGuest {
                 vm,
                 gfn,
                 nr: if b & 1 == 0 { shared } else { nr_of(b >> 1) },
+            }
+        }
+        _ if x & 0xc == 8 => {
+            let gfn = Domains::gfn(a >> 5 | (b >> 7 << 2), pfn);
+            mem.last_donation = (vm, gfn);
+            Call::DonateGuest { vm, pfn, gfn, nr }
+        }
+        _ if x & 0xc == 12 => {
+            let (vm, gfn) = mem.last_donation;
+            let gfn = gfn.wrapping_add(u64::from(b >> 2 & 1));
+            let op = match b % 4 {
+                0 => GuestOp::Share,
+                1 => GuestOp::Unshare,
+                2 => GuestOp::Relinquish,
+                _ => return vec![Call::VmReclaim { vm }],
+            };
+            Call::GuestMem {
+                vm,
+                op,
+                ipa: gfn.wrapping_shl(PAGE_SHIFT),
             }
         }
         _ => Call::UnshareGuest {
