@@ -36,6 +36,9 @@
 //!
 //! then goes on as above (console, id register, memory test, pings, `WFI`, power-off).
 //!
+//! With flags bit 3 (a benchmark's), every ping is preceded by a `MEM_SHARE` and a
+//! `MEM_UNSHARE` of the bounce buffer.
+//!
 //! # Hostile mode
 //!
 //! Flags bits 15:8 select a hostile test (0: none, the behaviour above). A hostile guest makes
@@ -452,6 +455,13 @@ mod guest {
             ok &= touch_memory(id);
         }
         for i in 0..loops {
+            if flags & 8 != 0 {
+                // Share pings (protected benchmark): a MEM_SHARE and a MEM_UNSHARE of the
+                // bounce buffer, answered at EL2, before each ping.
+                let ipa = (&raw mut BOUNCE) as u64;
+                ok &= hvc4([smccc::MEM_SHARE, ipa, 0, 0])[0] == smccc::SUCCESS;
+                ok &= hvc4([smccc::MEM_UNSHARE, ipa, 0, 0])[0] == smccc::SUCCESS;
+            }
             // Quiet guests (the benchmarks) ping without touching FP: the round trip then
             // measures the exit path without the lazy FP switch.
             ok &= if flags & 1 == 0 || flags & 2 != 0 {

@@ -16,6 +16,10 @@
 //! | `vm_lifecycle` | one whole guest lifecycle: share the VM structure, `VmInit` (memcache donation), share the vCPU and FP structures, `VcpuInit`, share 16 pages of RAM into the guest, `VcpuRun` until the (quiet) guest powers off, `VmTeardown`, three unshares |
 //! | `guest_hvc_roundtrip` | one `VcpuRun` that resumes a guest stopped at a hypercall exit and returns at its next hypercall: host HVC, world switch in, guest HVC, world switch out |
 //! | `guest_hvc_roundtrip_fp` | the same with the guest using FP between the exits: plus its FP-access trap and the lazy FP/SIMD switch both ways |
+//! | `pvm_lifecycle` | one whole protected-VM lifecycle: as `vm_lifecycle`, with the 16 pages of RAM donated, and reclaimed zeroed at teardown |
+//! | `donate_guest_128` | one `HostDonateGuest` of 128 pages to a protected VM (host stage-2 annotations, guest stage-2 mappings) |
+//! | `reclaim_64` | one `VmReclaim` of a dying protected VM that reclaims a full batch of 64 donated pages: unmap from the guest, zero each through EL2's window, give back to the host |
+//! | `guest_mem_share_roundtrip` | a `guest_hvc_roundtrip` whose guest makes a `MEM_SHARE` and a `MEM_UNSHARE` (answered at EL2, no exit) before its hypercall exit |
 
 use crate::checks::Checks;
 use crate::env::Env;
@@ -164,6 +168,7 @@ fn guests(c: &mut Checks, env: &mut Env) {
     }
     report(c, "vm_lifecycle", &life, err);
     lifecycle_breakdown(mem);
+    protected(c, env, mem);
 
     // A quiet guest that pings many times: each sample is one run from one ping to the next;
     // with FP_PINGS the guest uses FP each time, so each run also switches FP lazily.
@@ -195,6 +200,84 @@ fn guests(c: &mut Checks, env: &mut Env) {
         }
         report(c, name, &rt, err);
     }
+}
+
+/// The protected-VM figures.
+fn protected(c: &mut Checks, env: &mut Env, mem: SlotMem) {
+    let mut life = [0; SAMPLES];
+    let mut err = None;
+    for (i, v) in life.iter_mut().enumerate() {
+        let (n, r) = count(|| {
+            let vm = vm::create_with(true, 0, mem, i as u64, (0, flags::QUIET))?;
+            let end = vm::run(&vm, false, |_, _| {});
+            vm::destroy(vm)?;
+            Ok::<_, HcallError>(end)
+        });
+        *v = n;
+        match r {
+            Ok(RunEnd::PowerOff) => {}
+            other => {
+                err.get_or_insert(other);
+            }
+        }
+    }
+    report(c, "pvm_lifecycle", &life, err);
+
+    // 128 more pages after the guest's RAM, then a teardown (its first batch) and one full
+    // batch. The 8-page memcache leaves room for the tables a donation reserves.
+    let big = SlotMem::with_memcache(env, 8);
+    let extra = env.pages(128, 4096) >> PAGE_SHIFT;
+    let gfn = (GUEST_RAM_IPA >> PAGE_SHIFT) + GUEST_RAM_PAGES;
+    let (mut donate, mut reclaim) = ([0; 3], [0; 3]);
+    let mut err = None;
+    for i in 0..3 {
+        let vm = match vm::create_with(true, 0, big, i, (0, flags::QUIET)) {
+            Ok(vm) => vm,
+            Err(e) => {
+                err.get_or_insert(Err(e));
+                break;
+            }
+        };
+        let (n, r) = count(|| PKVM.donate_guest(vm.handle, extra, gfn, 128));
+        donate[i as usize] = n;
+        let left = r.and_then(|()| PKVM.vm_teardown(vm.handle));
+        let (n, after) = count(|| PKVM.vm_reclaim(vm.handle));
+        reclaim[i as usize] = n;
+        // Whatever happened, the VM goes (and its RAM comes back) before the next one.
+        let gone = vm::destroy(vm);
+        match (left, after, gone) {
+            (Ok(80), Ok(16), Ok(())) => {}
+            other => {
+                err.get_or_insert(Ok(other));
+            }
+        }
+    }
+    report(c, "donate_guest_128", &donate, err);
+    report(c, "reclaim_64", &reclaim, err);
+
+    let mut rt = [0; SAMPLES];
+    let mut err = None;
+    match vm::create_with(true, 0, mem, 0, (1000, flags::QUIET | flags::SHARE_PINGS)) {
+        Ok(vm) => {
+            let first = vm::run_once(&vm);
+            for v in &mut rt {
+                vm::answer_ping(&vm, GUEST_HVC_PING);
+                let (n, r) = count(|| vm::run_once(&vm));
+                *v = n;
+                if r != Ok(Exit::Hypercall) {
+                    err.get_or_insert(r.map(|_| ()));
+                }
+            }
+            if first != Ok(Exit::Hypercall) {
+                err.get_or_insert(first.map(|_| ()));
+            }
+            if let Err(e) = vm::destroy(vm) {
+                err.get_or_insert(Err(e));
+            }
+        }
+        Err(e) => err = Some(Err(e)),
+    }
+    report(c, "guest_mem_share_roundtrip", &rt, err);
 }
 
 /// One step of [`lifecycle_breakdown`].

@@ -48,6 +48,9 @@ pub mod flags {
     /// Protected mode: the guest speaks pKVM's guest-side ABI first (discovery, a shared
     /// bounce buffer it prints through, a relinquished page; `guest/src/main.rs`).
     pub const PROTECTED_ABI: u64 = 4;
+    /// Each ping is preceded by a `MEM_SHARE` and a `MEM_UNSHARE` of the guest's bounce
+    /// buffer (protected guests only: the page must be the guest's).
+    pub const SHARE_PINGS: u64 = 8;
     /// Hostile mode: the guest performs hostile test `test` (one of [`super::hostile`]).
     pub const fn hostile(test: u64) -> u64 {
         (test & 0xff) << 8
@@ -173,17 +176,25 @@ pub struct SlotMem {
     pub ram_pfn: u64,
     /// First pfn of the memcache.
     pub memcache_pfn: u64,
+    /// Its length in pages.
+    pub memcache_nr: u64,
 }
 
 impl SlotMem {
-    /// Allocates a slot's RAM and memcache from the host's free memory.
+    /// Allocates a slot's RAM and memcache ([`VM_MEMCACHE_PAGES`]) from the host's free
+    /// memory.
     pub fn alloc(env: &mut Env) -> Self {
+        Self::with_memcache(env, VM_MEMCACHE_PAGES)
+    }
+
+    /// [`SlotMem::alloc`] with a memcache of `nr` pages (a power of two).
+    pub fn with_memcache(env: &mut Env, nr: u64) -> Self {
         SlotMem {
             ram_pfn: env.pages(GUEST_RAM_PAGES, PAGE_SIZE) >> PAGE_SHIFT,
             // Aligned to its size: EL2 builds one buddy block over it then, wherever the
             // host image ends (which keeps the VM-lifecycle benchmark independent of it).
-            memcache_pfn: env.pages(VM_MEMCACHE_PAGES, VM_MEMCACHE_PAGES * PAGE_SIZE)
-                >> PAGE_SHIFT,
+            memcache_pfn: env.pages(nr, nr * PAGE_SIZE) >> PAGE_SHIFT,
+            memcache_nr: nr,
         }
     }
 }
@@ -270,7 +281,7 @@ pub fn create_with(
     let vm_flags = if protected { pkvm_abi::guest::vm_flags::PROTECTED } else { 0 };
     let s = prepare(slot, mem, id, (loops, guest_flags), vm_flags);
     s.share(&[s.desc])?;
-    let handle = match PKVM.vm_init(s.desc.pa(), mem.memcache_pfn, VM_MEMCACHE_PAGES) {
+    let handle = match PKVM.vm_init(s.desc.pa(), mem.memcache_pfn, mem.memcache_nr) {
         Ok(h) => h,
         Err(e) => {
             let _ = unshare(s.desc);
