@@ -303,3 +303,75 @@ fn discovery_answers_with_upstreams_ids() {
         assert_eq!(exit, pkvm_abi::guest::exit::HYPERCALL);
     });
 }
+
+/// The host's vCPU structure of a protected VM: the state EL2 runs it from is its own copy;
+/// the host sees the exit record and, for a hypercall exit, `x0..x3`, and nothing else.
+#[test]
+fn a_protected_vcpus_registers_stay_at_el2() {
+    use pkvm_abi::guest::{GUEST_CONSOLE_IPA, GUEST_HVC_PING, VcpuExit, exit, vcpu_off};
+    with_machine(&SimConfig::small(), |m| {
+        let r0 = m.config().ram[0].0 >> PAGE_SHIFT;
+        let st = (r0 + 0x143) << PAGE_SHIFT;
+        // The host's initial state: a PC and a register the guest starts with.
+        m.plat.write_u64(st + vcpu_off::PC as u64, 0x8000_0000);
+        m.plat.write_u64(st + vcpu_off::reg(7) as u64, 0x7777);
+        let _ = setup(m);
+        let vm = m.vm_handle(1);
+        let host_reg = |n: u8| m.plat.read_u64(st + vcpu_off::reg(n) as u64);
+        let host_exit = || -> VcpuExit { m.plat.read_obj(st + vcpu_off::EXIT as u64) };
+        let secret = 0x5ec2_e7_5ec2_e7;
+        let script = |a: SimGuestAction| m.plat.guest_script.lock().unwrap().push_back(a);
+        // An MMIO store of a secret register: the host gets the value stored, not the
+        // register file.
+        script(SimGuestAction::MmioWrite {
+            ipa: GUEST_CONSOLE_IPA,
+            size: 8,
+            reg: 5,
+            value: secret,
+        });
+        assert_eq!(m.client().vcpu_run(vm), Ok(exit::MMIO));
+        let e = host_exit();
+        assert_eq!(
+            (e.reason, e.mmio_data, e.mmio_write),
+            (exit::MMIO, secret, 1)
+        );
+        assert_eq!(
+            host_reg(5),
+            0,
+            "the guest's x5 reached the host's structure"
+        );
+        // The host cannot steer the vCPU: a PC or PSTATE it writes is ignored (EL2 runs the
+        // private copy), an invalid PSTATE no longer stops the run.
+        m.plat.write_u64(st + vcpu_off::PSTATE as u64, 0x9); // EL2h
+        m.plat.write_u64(st + vcpu_off::PC as u64, 0xdead_0000);
+        // A hypercall exit: its arguments are published; the host's answer goes back in.
+        script(SimGuestAction::Hvc(GUEST_HVC_PING, 41));
+        let before = m.plat.guest_entries.lock().unwrap().len();
+        assert_eq!(m.client().vcpu_run(vm), Ok(exit::HYPERCALL));
+        let entry = m.plat.guest_entries.lock().unwrap()[before];
+        assert_eq!(
+            entry.pc,
+            0x8000_0000 + 4,
+            "the private PC (past the MMIO store)"
+        );
+        assert_ne!(
+            entry.vcpu_pa >> PAGE_SHIFT,
+            st >> PAGE_SHIFT,
+            "runs from EL2's copy"
+        );
+        assert_eq!((host_reg(0), host_reg(1)), (GUEST_HVC_PING, 41));
+        assert_eq!(
+            host_reg(7),
+            0x7777,
+            "the host's own initial value, untouched"
+        );
+        m.plat.write_u64(st + vcpu_off::reg(0) as u64, 42);
+        assert_eq!(m.client().vcpu_run(vm), Ok(exit::SYSTEM_EVENT));
+        // That run entered the guest with the host's answer in x0 (and its own x1).
+        let x = *m.plat.guest_x.lock().unwrap().last().unwrap();
+        assert_eq!(x[..2], [42, 41]);
+        // The power-off's arguments are not a hypercall exit's: not published.
+        assert_eq!(host_reg(0), 42);
+        assert_eq!(host_exit().reason, exit::SYSTEM_EVENT);
+    });
+}

@@ -246,6 +246,7 @@ impl Call {
             Call::ShareHyp { .. }
                 | Call::DonateHyp { .. }
                 | Call::VmInit { .. }
+                | Call::VcpuInit { .. }
                 | Call::ShareGuest { .. }
                 | Call::DonateGuest { .. }
                 | Call::GuestMem {

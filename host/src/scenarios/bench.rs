@@ -168,7 +168,7 @@ fn guests(c: &mut Checks, env: &mut Env) {
     }
     report(c, "vm_lifecycle", &life, err);
     lifecycle_breakdown(mem);
-    protected(c, env, mem);
+    protected(c, env);
 
     // A quiet guest that pings many times: each sample is one run from one ping to the next;
     // with FP_PINGS the guest uses FP each time, so each run also switches FP lazily.
@@ -203,7 +203,8 @@ fn guests(c: &mut Checks, env: &mut Env) {
 }
 
 /// The protected-VM figures.
-fn protected(c: &mut Checks, env: &mut Env, mem: SlotMem) {
+fn protected(c: &mut Checks, env: &mut Env) {
+    let mem = SlotMem::with_memcache(env, super::protected::PVM_MEMCACHE_PAGES);
     let mut life = [0; SAMPLES];
     let mut err = None;
     for (i, v) in life.iter_mut().enumerate() {
@@ -224,8 +225,8 @@ fn protected(c: &mut Checks, env: &mut Env, mem: SlotMem) {
     report(c, "pvm_lifecycle", &life, err);
 
     // 128 more pages after the guest's RAM, then a teardown (its first batch) and one full
-    // batch. The 8-page memcache leaves room for the tables a donation reserves.
-    let big = SlotMem::with_memcache(env, 8);
+    // batch.
+    let big = mem;
     let extra = env.pages(128, 4096) >> PAGE_SHIFT;
     let gfn = (GUEST_RAM_IPA >> PAGE_SHIFT) + GUEST_RAM_PAGES;
     let (mut donate, mut reclaim) = ([0; 3], [0; 3]);

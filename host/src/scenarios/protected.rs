@@ -22,6 +22,8 @@ use pkvm_abi::{Error, PAGE_SHIFT, PAGE_SIZE};
 
 /// Pings each guest makes.
 const PINGS: u64 = 2;
+/// Memcache of a protected VM: its stage-2 root and tables, and its vCPU's private state.
+pub const PVM_MEMCACHE_PAGES: u64 = 8;
 
 fn expect_err<T: core::fmt::Debug>(
     c: &mut Checks,
@@ -134,7 +136,8 @@ pub fn run(c: &mut Checks, env: &mut Env) {
     let n = guests::cycles();
     let start = vm::leaks();
     println!("protected: EL2 before: {start:?}");
-    let mem: [SlotMem; SLOTS] = core::array::from_fn(|_| SlotMem::alloc(env));
+    // 8-page memcaches: the stage-2 tables and the page EL2 keeps each vCPU's state in.
+    let mem: [SlotMem; SLOTS] = core::array::from_fn(|_| SlotMem::with_memcache(env, PVM_MEMCACHE_PAGES));
     bad_inputs(c, &mem);
 
     let printed0 = vm::printed();

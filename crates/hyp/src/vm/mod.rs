@@ -46,7 +46,7 @@ use pkvm_abi::guest::{self as g, MAX_VMS, PSTATE_ALLOWED, PSTATE_MODES, VmDesc};
 use pkvm_abi::{Error, PAGE_SHIFT, PAGE_SIZE};
 use pkvm_arch::addr::{Gfn, Pfn, PhysAddr};
 use pkvm_arch::regs::Vttbr;
-use pkvm_pgtable::{Config, PageTable, Prot};
+use pkvm_pgtable::{Config, MmOps, PageTable, Prot};
 
 use crate::hyp::Hyp;
 use crate::mm::{HostMmu, HypMmu, pt_err};
@@ -96,7 +96,19 @@ struct Vcpu {
     pins: [(Pfn, u64); 2],
     pending_mmio: Option<PendingMmio>,
     running: bool,
+    /// A protected VM's vCPU state at EL2: a page of its memcache holding the
+    /// [`g::VcpuState`] (at 0) and the [`g::FpState`] (at [`PRIVATE_FP_OFFSET`]) the world
+    /// switch runs it from. The host's structures then only carry what each exit needs.
+    private: Option<PhysAddr>,
+    /// The last exit was a hypercall the host answers: its `x0..x3` come back on the next run
+    /// (protected VMs).
+    pending_hvc: bool,
 }
+
+/// Where the FP/SIMD state sits in a protected vCPU's private page.
+const PRIVATE_FP_OFFSET: u64 = 0x800;
+const _: () = assert!(size_of::<g::VcpuState>() as u64 <= PRIVATE_FP_OFFSET);
+const _: () = assert!(PRIVATE_FP_OFFSET + g::FP_STATE_SIZE as u64 <= PAGE_SIZE);
 
 struct Vm<'a, P: Platform> {
     handle: u64,
@@ -354,11 +366,14 @@ impl<'a, P: Platform> Hyp<'a, P> {
         Ok(handle)
     }
 
-    /// `vcpu_init(handle, state_pa, fp_pa)`.
+    /// `vcpu_init(handle, state_pa, fp_pa)`. For a protected VM, EL2 copies the initial
+    /// state the host wrote there (read once) into a page of the VM's memcache, and runs the
+    /// vCPU from that copy from now on.
     ///
     /// # Errors
     /// `EINVAL` for misaligned structures; `ENOENT` for an unknown handle; `EPERM` for a dying
-    /// VM; `EBUSY` if the VM has its vCPU already; `EPERM` if they are not shared with EL2.
+    /// VM; `EBUSY` if the VM has its vCPU already; `EPERM` if they are not shared with EL2;
+    /// `ENOMEM` if a protected VM's memcache has no page left for the private state.
     pub fn vcpu_init(&self, handle: u64, state_pa: PhysAddr, fp_pa: PhysAddr) -> Result<(), Error> {
         if !state_pa.is_aligned(8) || !fp_pa.is_aligned(16) {
             return Err(Error::Inval);
@@ -376,14 +391,36 @@ impl<'a, P: Platform> Hyp<'a, P> {
             self.hyp_unpin_locked(sp);
             return Err(e);
         }
+        let private = if vm.protected {
+            let Some(page) = vm.pool.zalloc_page() else {
+                self.hyp_unpin_locked(sp);
+                self.hyp_unpin_locked(fp);
+                return Err(Error::NoMem);
+            };
+            self.copy_words(page, state_pa.get(), size_of::<g::VcpuState>());
+            self.copy_words(page + PRIVATE_FP_OFFSET, fp_pa.get(), g::FP_STATE_SIZE);
+            Some(PhysAddr(page))
+        } else {
+            None
+        };
         vm.vcpu = Some(Vcpu {
             state_pa,
             fp_pa,
             pins: [sp, fp],
             pending_mmio: None,
             running: false,
+            private,
+            pending_hvc: false,
         });
         Ok(())
+    }
+
+    /// Copies `len` bytes (whole words) from `src` to `dst`, each word read once.
+    fn copy_words(&self, dst: u64, src: u64, len: usize) {
+        for off in (0..len as u64).step_by(8) {
+            self.plat
+                .write_u64(dst + off, self.plat.read_u64(src + off));
+        }
     }
 
     /// Number of live VMs.

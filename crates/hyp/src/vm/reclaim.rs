@@ -240,6 +240,10 @@ impl<'a, P: Platform> Hyp<'a, P> {
         if vm.span.0 >= vm.span.1 {
             self.plat.zero(vm.pgt.root(), PAGE_SIZE);
         }
+        // A protected vCPU's private state (a page of the memcache) goes back zeroed too.
+        if let Some(p) = vm.vcpu.as_ref().and_then(|v| v.private) {
+            self.plat.zero(p.get(), PAGE_SIZE);
+        }
         let r = self.return_locked(host, hyp, vm.memcache, true);
         self.hyp_unpin_locked(vm.desc_pin);
         if let Some(v) = &vm.vcpu {

@@ -95,21 +95,33 @@ impl<P: Platform> Hyp<'_, P> {
             if vcpu.running {
                 return Err(Error::Busy);
             }
-            let st = self.shared_vcpu(vcpu.state_pa.get());
+            // The registers the guest runs from: the host's structure, or for a protected
+            // vCPU EL2's private copy.
+            let host = self.shared_vcpu(vcpu.state_pa.get());
+            let (st, fp_pa) = match vcpu.private {
+                Some(p) => (
+                    self.shared_vcpu(p.get()),
+                    p.get() + super::PRIVATE_FP_OFFSET,
+                ),
+                None => (host, vcpu.fp_pa.get()),
+            };
             // Read once, validate the private copies.
             let pstate = st.pstate();
             let mut pc = st.pc();
             if !pstate_is_valid(pstate) {
                 return Err(Error::Inval);
             }
+            if core::mem::take(&mut vcpu.pending_hvc) {
+                Self::take_hvc_answer(st, host);
+            }
             if let Some(m) = vcpu.pending_mmio.take() {
                 pc = pc.wrapping_add(4);
-                Self::complete_mmio(st, m);
+                Self::complete_mmio(st, host, m);
             }
             vcpu.running = true;
             GuestEntry {
                 vcpu_pa: st.pa,
-                fp_pa: vcpu.fp_pa.get(),
+                fp_pa,
                 pc,
                 pstate,
                 vttbr,
@@ -129,24 +141,31 @@ impl<P: Platform> Hyp<'_, P> {
             // Back in: the PC and PSTATE the world switch saved, read once and checked again.
             let (pc, pstate) = (st.pc(), st.pstate());
             if !pstate_is_valid(pstate) {
-                self.stop_running(handle, None);
+                self.stop_running(handle, None, None);
                 return Err(Error::Inval);
             }
             (entry.pc, entry.pstate) = (pc, pstate);
         };
-        self.stop_running(handle, pending);
+        self.stop_running(handle, pending, Some(reason));
         Ok(reason)
     }
 
     /// The vCPU of `handle` is no longer running; `pending` is the MMIO access to complete.
+    /// A protected vCPU's exit is published to the host's structure here ([`reason`] of the
+    /// exit, `None` when the run stopped without one).
     #[inline(always)]
-    fn stop_running(&self, handle: u64, pending: Option<PendingMmio>) {
+    fn stop_running(&self, handle: u64, pending: Option<PendingMmio>, reason: Option<u64>) {
         let mut vms = self.vms.lock();
         if let Ok(vm) = vms.get(handle)
             && let Some(v) = vm.vcpu.as_mut()
         {
             v.running = false;
             v.pending_mmio = pending;
+            if let (Some(p), Some(reason)) = (v.private, reason) {
+                let host = self.shared_vcpu(v.state_pa.get());
+                Self::publish_exit(self.shared_vcpu(p.get()), host, reason);
+                v.pending_hvc = reason == exit::HYPERCALL;
+            }
         }
     }
 
@@ -228,11 +247,35 @@ impl<P: Platform> Hyp<'_, P> {
     /// Completes the MMIO read `m` the host emulated: its value, as the load would have left
     /// it in the register (sized, sign-extended if `SSE`, 32 bits wide unless `SF`). Out of
     /// line, as [`Hyp::mmio_exit`].
+    /// `host` is the host's structure, where the value is (for a non-protected vCPU the same
+    /// as `st`).
     #[inline(never)]
-    fn complete_mmio(st: SharedVcpu<'_, P>, m: PendingMmio) {
+    fn complete_mmio(st: SharedVcpu<'_, P>, host: SharedVcpu<'_, P>, m: PendingMmio) {
         let d = DataAbort::from_iss(m.iss);
         if !d.wnr && d.srt < 31 {
-            st.set_reg(d.srt, d.load_value(st.mmio_data()));
+            st.set_reg(d.srt, d.load_value(host.mmio_data()));
+        }
+    }
+
+    /// A protected vCPU's exit, told to the host: the exit record and, for a hypercall exit,
+    /// `x0..x3` (its arguments) — nothing else of the private state.
+    #[inline(never)]
+    fn publish_exit(st: SharedVcpu<'_, P>, host: SharedVcpu<'_, P>, reason: u64) {
+        let exit: VcpuExit = st.mem.read_obj(st.pa + vcpu_off::EXIT as u64);
+        host.write_exit(&exit);
+        if reason == exit::HYPERCALL {
+            for n in 0..4 {
+                host.set_reg(n, st.reg(n));
+            }
+        }
+    }
+
+    /// The host's answer to a protected vCPU's hypercall exit (`x0..x3`, read once) into its
+    /// private registers.
+    #[inline(never)]
+    fn take_hvc_answer(st: SharedVcpu<'_, P>, host: SharedVcpu<'_, P>) {
+        for n in 0..4 {
+            st.set_reg(n, host.reg(n));
         }
     }
 
