@@ -319,7 +319,7 @@ fn a_protected_vcpus_registers_stay_at_el2() {
         let vm = m.vm_handle(1);
         let host_reg = |n: u8| m.plat.read_u64(st + vcpu_off::reg(n) as u64);
         let host_exit = || -> VcpuExit { m.plat.read_obj(st + vcpu_off::EXIT as u64) };
-        let secret = 0x5ec2_e7_5ec2_e7;
+        let secret = 0x5ec2_e75e_c2e7;
         let script = |a: SimGuestAction| m.plat.guest_script.lock().unwrap().push_back(a);
         // An MMIO store of a secret register: the host gets the value stored, not the
         // register file.
