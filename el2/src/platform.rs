@@ -160,6 +160,23 @@ impl Platform for El2Platform {
     fn log(&self, args: core::fmt::Arguments<'_>) {
         crate::console::print(format_args!("{args}\n"));
     }
+
+    fn clean_dcache_to_poc(&self, va: u64, len: u64) {
+        let ctr: u64;
+        // SAFETY: CTR_EL0 is always readable at EL2; no side effect.
+        unsafe { asm!("mrs {}, ctr_el0", out(reg) ctr, options(nomem, nostack, preserves_flags)) };
+        // DminLine (bits 19:16): log2 of the smallest data cache line, in words.
+        let line = 4u64 << ((ctr >> 16) & 0xf);
+        let mut a = va & !(line - 1);
+        while a < va + len {
+            // SAFETY: `[va, va + len)` is memory EL2 maps (its identity map or its window);
+            // DC CIVAC writes dirty lines back and invalidates them, changing no value.
+            unsafe { asm!("dc civac, {}", in(reg) a, options(nostack, preserves_flags)) };
+            a += line;
+        }
+        // SAFETY: a barrier: completes the maintenance; no other effect.
+        unsafe { asm!("dsb ish", options(nostack, preserves_flags)) };
+    }
 }
 
 impl ArchOps for El2Platform {

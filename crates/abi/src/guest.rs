@@ -46,13 +46,22 @@ pub struct VmDesc {
     pub host_cookie: u64,
     /// [`vm_flags`]; any other bit makes `VmInit` fail with `EINVAL`.
     pub flags: u64,
+    /// First IPA of the guest's memory (page aligned): a stage-2 translation fault inside
+    /// `[mem_ipa, mem_ipa + mem_size)` where the guest has no page is a
+    /// [`exit::MEM_FAULT`] (the host gives it a page and runs it again), not an MMIO access.
+    pub mem_ipa: u64,
+    /// Size of the guest's memory in bytes (page aligned; 0: none). The range must lie inside
+    /// the IPA space (`EINVAL` otherwise).
+    pub mem_size: u64,
 }
 
 crate::words!(VmDesc {
     ipa_bits,
     nr_vcpus,
     host_cookie,
-    flags
+    flags,
+    mem_ipa,
+    mem_size
 });
 
 /// Bits of [`VmDesc::flags`].
@@ -213,7 +222,8 @@ pub const PSTATE_ALLOWED: u64 = (0xf << 28) | (0xf << 22) | (0xf << 10) | (0xf <
 
 /// Exit reasons ([`VcpuExit::reason`], also returned in `x2` by `VcpuRun`).
 pub mod exit {
-    /// PSCI SYSTEM_OFF or SYSTEM_RESET: [`super::VcpuExit::code`] holds the PSCI function id.
+    /// PSCI SYSTEM_OFF, SYSTEM_RESET or CPU_OFF (a VM has one vCPU: turning it off ends the
+    /// VM's run): [`super::VcpuExit::code`] holds the PSCI function id.
     pub const SYSTEM_EVENT: u64 = 1;
     /// Any other guest HVC: the guest's `x0..x3` are in the vCPU registers; the host writes
     /// the results into them before the next run.
@@ -231,6 +241,12 @@ pub mod exit {
     /// The guest executed `WFI` (trapped by `HCR_EL2.TWI`): it waits for an interrupt. The PC
     /// is already past the instruction; run again when there is a reason to.
     pub const IDLE: u64 = 6;
+    /// The guest touched its own memory ([`super::VmDesc::mem_ipa`]) where it has no page:
+    /// [`super::VcpuExit::ipa`] is the page's IPA, [`super::VcpuExit::mmio_write`] 1 for a
+    /// write (0 for a read or an instruction fetch). Give it a page there
+    /// (`HostDonateGuest` for a protected VM, `HostShareGuest` otherwise) and run it again:
+    /// the access is retried.
+    pub const MEM_FAULT: u64 = 7;
 }
 
 /// How the last run ended; written by EL2 before `VcpuRun` returns.
@@ -344,7 +360,7 @@ pub struct FpState {
 /// Size of [`FpState`].
 pub const FP_STATE_SIZE: usize = core::mem::size_of::<FpState>();
 
-const _: () = assert!(core::mem::size_of::<VmDesc>() == 32);
+const _: () = assert!(core::mem::size_of::<VmDesc>() == 48);
 const _: () = assert!(FP_STATE_SIZE == 528);
 const _: () = assert!(vcpu_off::PC == 0xf8 && vcpu_off::SYS == 0x108);
 

@@ -101,7 +101,7 @@ mod tests {
         e.write_with(|i, w| mem[i] = w);
         assert_eq!(mem, [1, 2, 3, 4, 5, 6, 7, 8]);
         assert_eq!(VcpuExit::read_with(|i| mem[i]), e);
-        assert_eq!(VmDesc::WORDS, 4);
+        assert_eq!(VmDesc::WORDS, 6);
         let d = VmDesc::read_with(|i| 10 + i as u64);
         assert_eq!((d.ipa_bits, d.nr_vcpus, d.flags), (10, 11, 13));
     }

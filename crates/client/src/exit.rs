@@ -35,6 +35,13 @@ pub enum Exit {
     Irq,
     /// The guest executed `WFI` (PC already past it).
     Idle,
+    /// The guest touched its memory where it has no page: give it one, run again.
+    MemFault {
+        /// The page's IPA.
+        ipa: u64,
+        /// A write (else a read or an instruction fetch).
+        write: bool,
+    },
     /// A reason this client does not know (newer EL2, or a broken one): the raw value.
     Unknown(u64),
 }
@@ -59,6 +66,10 @@ impl Exit {
             },
             exit::IRQ => Exit::Irq,
             exit::IDLE => Exit::Idle,
+            exit::MEM_FAULT => Exit::MemFault {
+                ipa: e.ipa,
+                write: e.mmio_write != 0,
+            },
             other => Exit::Unknown(other),
         }
     }
@@ -73,6 +84,7 @@ impl Exit {
             Exit::Fault { .. } => exit::FAULT,
             Exit::Irq => exit::IRQ,
             Exit::Idle => exit::IDLE,
+            Exit::MemFault { .. } => exit::MEM_FAULT,
             Exit::Unknown(r) => r,
         }
     }

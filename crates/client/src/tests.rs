@@ -178,8 +178,15 @@ fn exits_decode() {
         (guest::exit::FAULT, fault),
         (guest::exit::IRQ, Exit::Irq),
         (guest::exit::IDLE, Exit::Idle),
+        (
+            guest::exit::MEM_FAULT,
+            Exit::MemFault {
+                ipa: 0x0900_0000,
+                write: true,
+            },
+        ),
         (0, Exit::Unknown(0)),
-        (7, Exit::Unknown(7)),
+        (8, Exit::Unknown(8)),
         (u64::MAX, Exit::Unknown(u64::MAX)),
     ] {
         let got = Exit::decode(reason, &e);

@@ -145,9 +145,15 @@ impl<P: Platform> HypMmu<'_, P> {
     }
 
     /// Zeroes the page at `pa` — one EL2's identity map does not cover, a guest's — through the
-    /// window: map it in the slot, zero it, unmap it with a TLB invalidation of the slot. The
+    /// window: map it in the slot, zero it, clean the zeroes to the point of coherency (the
+    /// host may map the page non-cacheable next: it must not read the old contents from
+    /// memory behind EL2's cache lines), unmap it with a TLB invalidation of the slot. The
     /// hyp lock (`&mut self`) keeps the slot to one user.
-    pub(crate) fn zero_foreign(&mut self, pa: u64) {
+    ///
+    /// Returns `false` (nothing done) only for an address no descriptor can hold: the caller
+    /// must then keep the page from the host.
+    #[must_use]
+    pub(crate) fn zero_foreign(&mut self, pa: u64) -> bool {
         let plat = self.pool.mem();
         let Ok(pte) = self
             .pgt
@@ -155,18 +161,20 @@ impl<P: Platform> HypMmu<'_, P> {
             .format
             .leaf_pte(pa, HYP_SHARED_PROT, desc::LEAF_LEVEL)
         else {
-            return;
+            return false;
         };
         // The slot is invalid: a new entry needs no invalidation, only to be visible.
         plat.write_u64(self.window_ptep, pte);
         plat.dsb_ishst();
         plat.isb();
         plat.zero(HYP_WINDOW_SLOT, PAGE_SIZE);
+        plat.clean_dcache_to_poc(HYP_WINDOW_SLOT, PAGE_SIZE);
         plat.write_u64(self.window_ptep, 0);
         plat.dsb_ishst();
         plat.tlbi_el2_va(HYP_WINDOW_SLOT, desc::LEAF_LEVEL, true);
         plat.dsb_ish();
         plat.isb();
+        true
     }
 
     /// Reserves the table pages a page-granular change of `[start, end)` can need.

@@ -54,6 +54,11 @@ pub trait Platform: PhysMem + GuestRunner + ArchOps {
     fn mmio_write(&self, pa: u64, size: u8, val: u64);
     /// Writes a diagnostic line (EL2 console or the simulator's log).
     fn log(&self, args: core::fmt::Arguments<'_>);
+    /// Cleans and invalidates the data cache for `[va, va + len)` to the point of coherency
+    /// (`DC CIVAC` per line, then `DSB ISH`). For memory EL2 zeroed (or wrote a secret to)
+    /// before another party may map it with other attributes: a non-cacheable mapping reads
+    /// the memory, not EL2's dirty cache lines.
+    fn clean_dcache_to_poc(&self, va: u64, len: u64);
 }
 
 /// One guest entry, prepared and validated by the core ([`crate::vm`]).

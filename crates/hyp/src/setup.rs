@@ -94,6 +94,18 @@ impl<'a, P: Platform> Hyp<'a, P> {
                 error: Error::Inval,
             });
         }
+        // EL2's window (crate::mm::HYP_WINDOW_VA) sits above every address the identity map
+        // may use: memory (which the host can share with EL2) must end below it.
+        if map
+            .regions()
+            .iter()
+            .any(|r| r.end() > crate::mm::HYP_WINDOW_VA)
+        {
+            return Err(BootError {
+                step: "memory map (RAM overlaps EL2's window)",
+                error: Error::Inval,
+            });
+        }
         let (pool_start, pool_end) = params.pool;
         let pool_pages = (pool_end - pool_start) / PAGE_SIZE;
 

@@ -387,7 +387,8 @@ impl Machine<'_> {
                 flags,
             } => {
                 // The host fills in its descriptor where it may (a page it shares with EL2).
-                for (off, v) in [(0, ipa_bits), (8, nr_vcpus), (24, flags)] {
+                // (No memory range: `mem_ipa`, `mem_size` = 0.)
+                for (off, v) in [(0, ipa_bits), (8, nr_vcpus), (24, flags), (32, 0), (40, 0)] {
                     let pa = desc_pa.wrapping_add(off);
                     if self.host_may_write(pa) {
                         self.plat.write_u64(pa, v);
@@ -533,6 +534,8 @@ impl Machine<'_> {
         self.plat.write_u64(desc, u64::from(self.cfg.pa_bits));
         self.plat.write_u64(desc + 8, 1);
         self.plat.write_u64(desc + 24, flags);
+        self.plat.write_u64(desc + 32, 0);
+        self.plat.write_u64(desc + 40, 0);
         let vm = c.vm_init(desc, memcache_pfn, memcache_nr).expect("VmInit");
         let slot = (vm.raw() & 0xff) as usize - 1;
         self.vms.lock().unwrap()[slot] = SlotVm {

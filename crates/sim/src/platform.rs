@@ -80,6 +80,9 @@ pub struct SimPlatform {
     pub guest_x: Mutex<Vec<[u64; 4]>>,
     /// EL2's stage-1 root, once booted ([`SimPlatform::set_el2_root`]).
     el2_root: AtomicU64,
+    /// Every `(pa, len)` EL2 cleaned to the point of coherency
+    /// ([`Platform::clean_dcache_to_poc`]).
+    pub cleaned: Mutex<Vec<(u64, u64)>>,
     /// Device registers EL2 reads and writes for the host (the emulated GIC redistributor
     /// frames): a register file by physical address; unset registers read as zero.
     pub device_regs: Mutex<std::collections::BTreeMap<u64, u64>>,
@@ -214,6 +217,7 @@ impl SimPlatform {
             guest_entries: Mutex::new(Vec::new()),
             guest_x: Mutex::new(Vec::new()),
             el2_root: AtomicU64::new(0),
+            cleaned: Mutex::new(Vec::new()),
             device_regs: Mutex::new(std::collections::BTreeMap::new()),
             device_writes: Mutex::new(Vec::new()),
             monitor: Mutex::new(Monitor::new()),
@@ -555,6 +559,17 @@ impl Platform for SimPlatform {
 
     fn log(&self, args: std::fmt::Arguments<'_>) {
         self.log.lock().unwrap().push(args.to_string());
+    }
+
+    fn clean_dcache_to_poc(&self, va: u64, len: u64) {
+        // No cache to clean: recorded (by physical address, the window translated), so that
+        // tests can check every page EL2 zeroed for the host was cleaned.
+        let pa = if self.mem.is_ram(va) {
+            va
+        } else {
+            self.el2_translate(va)
+        };
+        self.cleaned.lock().unwrap().push((pa, len));
     }
 }
 

@@ -193,6 +193,7 @@ impl Machine<'_> {
         restore(&p.guest_script, &s.guest_script);
         restore(&p.guest_entries, &s.guest_entries);
         restore(&p.guest_x, &s.guest_x);
+        p.cleaned.lock().unwrap().clear();
         restore(&p.device_regs, &s.device_regs);
         restore(&p.device_writes, &s.device_writes);
         *self.vms.lock().unwrap() = s.slots;

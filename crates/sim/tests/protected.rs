@@ -90,6 +90,14 @@ fn relinquished_and_reclaimed_pages_come_back_zeroed_but_shared_ones_as_they_are
         ok(m, &mut c, guest(1, GuestOp::Relinquish, 0x10));
         assert_eq!(host_reads(m, p), Outcome::Access);
         assert!(is_zero(m, p), "a relinquished page reaches the host zeroed");
+        let cleaned = |pfn: u64| {
+            m.plat
+                .cleaned
+                .lock()
+                .unwrap()
+                .contains(&(pfn << PAGE_SHIFT, PAGE_SIZE))
+        };
+        assert!(cleaned(p), "... and its zeroes cleaned to memory");
         // Teardown: the owned pages zeroed, the shared-back one as the guest left it.
         ok(m, &mut c, guest(1, GuestOp::Share, 0x12));
         ok(m, &mut c, Call::VmTeardown { vm: 1 });
@@ -99,6 +107,14 @@ fn relinquished_and_reclaimed_pages_come_back_zeroed_but_shared_ones_as_they_are
             "the VM is gone"
         );
         assert!(is_zero(m, p + 1) && is_zero(m, p + 3));
+        assert!(cleaned(p + 1) && cleaned(p + 3) && !cleaned(p + 2));
+        // The vCPU's private state page (in the memcache) went back zeroed and cleaned.
+        let r0 = m.config().ram[0].0 >> PAGE_SHIFT;
+        let private = (r0 + 0x180..r0 + 0x190).filter(|&q| cleaned(q)).count();
+        assert_eq!(
+            private, 1,
+            "one memcache page (the private vCPU state) cleaned"
+        );
         assert!(
             !is_zero(m, p + 2),
             "the page the guest shared keeps its contents"
@@ -374,4 +390,127 @@ fn a_protected_vcpus_registers_stay_at_el2() {
         assert_eq!(host_reg(0), 42);
         assert_eq!(host_exit().reason, exit::SYSTEM_EVENT);
     });
+}
+
+/// A VM declares its memory (`VmDesc::mem_ipa`/`mem_size`): a translation fault there where
+/// it has no page is a memory-fault exit — the host donates a page and runs it again — and
+/// anywhere else it is what it was (MMIO with a syndrome, else a fault). Bad ranges are refused.
+#[test]
+fn a_fault_in_guest_memory_asks_the_host_for_a_page() {
+    use pkvm_abi::guest::exit;
+    use pkvm_arch::esr::{DataAbort, Ec, Esr};
+    with_machine(&SimConfig::small(), |m| {
+        let (p, _) = setup(m);
+        let r0 = m.config().ram[0].0 >> PAGE_SHIFT;
+        // A third VM, protected, whose memory is [0x1234_0000, +64 KiB), with a vCPU.
+        let desc_pfn = r0 + 0x144;
+        let desc = desc_pfn << PAGE_SHIFT;
+        let cl = m.client();
+        cl.share_hyp(desc_pfn, 1).unwrap();
+        let write_desc = |mem_ipa: u64, mem_size: u64| {
+            for (off, v) in [
+                (0, 32),
+                (8, 1),
+                (24, vm_flags::PROTECTED),
+                (32, mem_ipa),
+                (40, mem_size),
+            ] {
+                m.plat.write_u64(desc + off, v);
+            }
+        };
+        let mc = r0 + 0x1c0;
+        for (ipa, size) in [
+            (0x1234_0800, 0x1_0000), // unaligned start
+            (0x1234_0000, 0x800),    // unaligned size
+            (0xffff_f000, 0x2000),   // beyond the 32-bit IPA space
+            (!0xfff, 0x2000),        // overflows
+        ] {
+            write_desc(ipa, size);
+            assert_eq!(
+                cl.vm_init(desc, mc, 16),
+                Err(HcallError::Errno(Error::Inval)),
+                "memory {ipa:#x}+{size:#x}"
+            );
+        }
+        write_desc(0x1234_0000, 0x1_0000);
+        let vm = cl
+            .vm_init(desc, mc, 16)
+            .expect("VmInit with a memory range");
+        let vp = r0 + 0x145;
+        cl.share_hyp(vp, 1).unwrap();
+        cl.vcpu_init(vm, vp << PAGE_SHIFT, (vp << PAGE_SHIFT) + 0x800)
+            .unwrap();
+        let st = vp << PAGE_SHIFT;
+        let read_exit = || -> pkvm_abi::guest::VcpuExit {
+            m.plat.read_obj(st + pkvm_abi::guest::vcpu_off::EXIT as u64)
+        };
+        let script = |a: SimGuestAction| m.plat.guest_script.lock().unwrap().push_back(a);
+        // A store with a syndrome inside its memory: not MMIO, a memory fault (write).
+        script(SimGuestAction::MmioWrite {
+            ipa: 0x1234_5008,
+            size: 8,
+            reg: 3,
+            value: 9,
+        });
+        assert_eq!(cl.vcpu_run(vm), Ok(exit::MEM_FAULT));
+        let e = read_exit();
+        assert_eq!((e.ipa, e.mmio_write, e.mmio_data), (0x1234_5000, 1, 0));
+        // An instruction fetch there (no syndrome): a memory fault too, not a write.
+        let iabt = Esr::new(Ec::IabtLow, true, 0b000111).0;
+        script(SimGuestAction::Sync(iabt));
+        assert_eq!(cl.vcpu_run(vm), Ok(exit::MEM_FAULT));
+        assert_eq!((read_exit().ipa, read_exit().mmio_write), (0x1234_5000, 0));
+        // The host gives it the page; outside its memory an access is still MMIO.
+        cl.donate_guest(vm, p + 0x40, 0x1_2345, 1).unwrap();
+        script(SimGuestAction::MmioWrite {
+            ipa: 0x0900_0000,
+            size: 1,
+            reg: 3,
+            value: 9,
+        });
+        assert_eq!(cl.vcpu_run(vm), Ok(exit::MMIO));
+        // A permission fault in its memory is not a missing page: a plain fault exit.
+        let perm = Esr::new(
+            Ec::DabtLow,
+            true,
+            DataAbort {
+                dfsc: 0b001111,
+                ..DataAbort::default()
+            }
+            .iss(),
+        )
+        .0;
+        script(SimGuestAction::Sync(perm));
+        assert_eq!(cl.vcpu_run(vm), Ok(exit::FAULT));
+        // PSCI discovery is answered at EL2 for a protected VM; CPU_OFF ends its run.
+        let r = call_regs_of(m, vm, [u64::from(psci::VERSION), 0, 0, 0]);
+        assert_eq!(r[0], 0x1_0001);
+        let f =
+            |fid: u32| call_regs_of(m, vm, [u64::from(psci::FEATURES), u64::from(fid), 0, 0])[0];
+        assert_eq!(f(psci::SMCCC_VERSION), 0);
+        assert_eq!(f(psci::SYSTEM_OFF), 0);
+        assert_eq!(f(psci::CPU_ON_64), smccc::NOT_SUPPORTED);
+        script(SimGuestAction::Hvc(u64::from(psci::CPU_OFF), 0));
+        assert_eq!(cl.vcpu_run(vm), Ok(exit::SYSTEM_EVENT));
+        assert_eq!(read_exit().code, u64::from(psci::CPU_OFF));
+        assert_eq!(cl.vm_destroy(vm), Ok(()));
+    });
+}
+
+/// [`call_regs`] for the VM `vm`.
+fn call_regs_of(m: &Machine<'_>, vm: pkvm_client::VmHandle, x: [u64; 4]) -> [u64; 4] {
+    m.plat
+        .guest_script
+        .lock()
+        .unwrap()
+        .push_back(SimGuestAction::Call(x));
+    let before = m.plat.guest_x.lock().unwrap().len();
+    m.client().vcpu_run(vm).expect("run");
+    let xs = m.plat.guest_x.lock().unwrap();
+    assert_eq!(
+        xs.len(),
+        before + 2,
+        "answered at EL2: re-entered without an exit"
+    );
+    xs[before + 1]
 }

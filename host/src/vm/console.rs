@@ -111,6 +111,8 @@ pub fn emulate(vm: &Vm, vcpu: Vcpu, exit: Exit, con: &mut Console) -> Option<Run
         // SYSTEM_RESET: how the test guest reports a failed check of its own.
         Exit::SystemEvent(_) => return Some(RunEnd::Reset),
         Exit::Fault { esr, .. } => return Some(RunEnd::Fault(Esr(esr))),
+        // The test guests have all their RAM from the start: a missing page is a failure.
+        Exit::MemFault { ipa, .. } => return Some(RunEnd::MemFault(ipa)),
         Exit::Unknown(reason) => return Some(RunEnd::Unknown(reason)),
     }
     None

@@ -239,6 +239,8 @@ pub fn prepare(
             nr_vcpus: 1,
             host_cookie: id,
             flags: vm_flags,
+            mem_ipa: GUEST_RAM_IPA,
+            mem_size: GUEST_RAM_PAGES * PAGE_SIZE,
         },
     );
     let mut st = VcpuState::default();
@@ -372,6 +374,8 @@ pub enum RunEnd {
     Reset,
     /// A fault exit: its syndrome.
     Fault(Esr),
+    /// The guest touched its memory where it has no page (the IPA).
+    MemFault(u64),
     /// An exit reason the host does not know.
     Unknown(u64),
     /// A run hypercall failed.

@@ -1,7 +1,7 @@
 //! The guest-side calls EL2 answers itself, without an exit to the host: SMCCC discovery
-//! (version, features, KVM's call UID and features bitmap) and the memory calls with which a
-//! guest shares its pages with the host, takes them back, or gives them up
-//! ([`pkvm_abi::guest::smccc`]).
+//! (version, features, KVM's call UID and features bitmap), PSCI discovery for protected VMs
+//! (`PSCI_VERSION`, `PSCI_FEATURES`), and the memory calls with which a guest shares its pages
+//! with the host, takes them back, or gives them up ([`pkvm_abi::guest::smccc`]).
 //!
 //! The guest's registers are read once; every check runs before anything changes, and a
 //! failed call changes nothing (`x0` = `INVALID_PARAMETER`, `x1` = 0 granules done, `x2` = the
@@ -22,9 +22,14 @@ use crate::mm::GuestArch;
 use crate::platform::Platform;
 use crate::vmemmap::PageState;
 
+/// PSCI 1.1, as `PSCI_VERSION` reports it.
+const PSCI_1_1: u64 = 0x1_0001;
+
 /// A guest call EL2 answers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum GuestCall {
+    PsciVersion,
+    PsciFeatures,
     Version,
     ArchFeatures,
     CallUid,
@@ -42,9 +47,17 @@ pub(super) enum MemOp {
 }
 
 impl GuestCall {
-    /// The call the guest's function id (`w0`) names, if EL2 answers it.
+    /// The call the guest's function id (`w0`) names, if EL2 answers it; PSCI's discovery
+    /// only for a protected VM (a non-protected VM's PSCI is the host's).
     #[inline(always)]
-    pub(super) fn decode(fid: u32) -> Option<Self> {
+    pub(super) fn decode(fid: u32, protected: bool) -> Option<Self> {
+        if protected {
+            match fid {
+                psci::VERSION => return Some(GuestCall::PsciVersion),
+                psci::FEATURES => return Some(GuestCall::PsciFeatures),
+                _ => {}
+            }
+        }
         Some(match u64::from(fid) {
             smccc::VERSION => GuestCall::Version,
             smccc::ARCH_FEATURES => GuestCall::ArchFeatures,
@@ -67,6 +80,21 @@ impl<P: Platform> Hyp<'_, P> {
         // Read once.
         let (x1, x2, x3) = (st.reg(1), st.reg(2), st.reg(3));
         match call {
+            // PSCI 1.1; a protected VM has one vCPU: CPU_OFF, SYSTEM_OFF and SYSTEM_RESET end
+            // its run (a SYSTEM_EVENT exit), CPU_ON and the rest are not offered.
+            GuestCall::PsciVersion => st.set_reg(0, PSCI_1_1),
+            GuestCall::PsciFeatures => {
+                let known = matches!(
+                    x1 as u32,
+                    psci::VERSION
+                        | psci::FEATURES
+                        | psci::CPU_OFF
+                        | psci::SYSTEM_OFF
+                        | psci::SYSTEM_RESET
+                        | psci::SMCCC_VERSION
+                );
+                st.set_reg(0, if known { SUCCESS } else { smccc::NOT_SUPPORTED });
+            }
             GuestCall::Version => st.set_reg(0, u64::from(psci::SMCCC_VERSION_1_1)),
             GuestCall::ArchFeatures => {
                 let known = matches!(u64::from(x1 as u32), smccc::VERSION | smccc::ARCH_FEATURES);
@@ -171,9 +199,12 @@ impl<P: Platform> Hyp<'_, P> {
                 perm_unless(owned || (sw == GUEST_SHARED_BORROWED.bits() && is_guest_shared(p)))?;
                 // Out of the guest (invalidated) before anything else sees the page.
                 let r1 = vm.pgt.unmap(&mut vm.pool, &arch, ipa, PAGE_SIZE);
-                vm.pages -= 1;
+                vm.pages = vm.pages.saturating_sub(1);
                 let r2 = if owned {
-                    hyp.zero_foreign(pa);
+                    if !hyp.zero_foreign(pa) {
+                        // Not zeroed: it stays out of the host's reach.
+                        return Err(self.commit_failed("guest memory call", op));
+                    }
                     let r = host.clear(pa, PAGE_SIZE);
                     p.reset();
                     r

@@ -130,6 +130,9 @@ struct Vm<'a, P: Platform> {
     pages: u64,
     /// Reclaim has emptied the stage-2 below this IPA.
     reclaim_from: u64,
+    /// The guest's memory `[start, end)` (IPAs; empty if none): a translation fault inside
+    /// is a memory-fault exit.
+    mem: (u64, u64),
 }
 
 impl<P: Platform> Vm<'_, P> {
@@ -296,7 +299,8 @@ impl<'a, P: Platform> Hyp<'a, P> {
     /// `vm_init(desc_pa, memcache_pfn, memcache_nr) -> handle`.
     ///
     /// # Errors
-    /// `EINVAL` for a misaligned descriptor, a bad `ipa_bits`/`nr_vcpus` or memcache size;
+    /// `EINVAL` for a misaligned descriptor, a bad `ipa_bits`/`nr_vcpus`/`flags`, a memory
+    /// range that is unaligned or leaves the IPA space, or a bad memcache size;
     /// `EPERM` if the descriptor is not shared with EL2 or the memcache pages are not the
     /// host's alone; `ENOMEM` if every VM slot is in use; range errors as for sharing.
     pub fn vm_init(&self, desc_pa: PhysAddr, mc_pfn: Pfn, mc_nr: u64) -> Result<u64, Error> {
@@ -315,9 +319,14 @@ impl<'a, P: Platform> Hyp<'a, P> {
         // Pinned: read the descriptor once.
         let desc: VmDesc = self.plat.read_obj(desc_pa.get());
         let ipa_bits = desc.ipa_bits;
+        let mem_end = desc.mem_ipa.checked_add(desc.mem_size);
+        // (`1 << ipa_bits` is reached only once `ipa_bits` is known to be at most 48.)
         if !(g::MIN_IPA_BITS..=g::MAX_IPA_BITS.min(u64::from(self.pa_bits))).contains(&ipa_bits)
             || desc.nr_vcpus != 1
             || desc.flags & !g::vm_flags::ALL != 0
+            || !desc.mem_ipa.is_multiple_of(PAGE_SIZE)
+            || !desc.mem_size.is_multiple_of(PAGE_SIZE)
+            || mem_end.is_none_or(|e| e > 1u64 << ipa_bits)
         {
             self.hyp_unpin_locked(desc_pin);
             return Err(Error::Inval);
@@ -349,6 +358,7 @@ impl<'a, P: Platform> Hyp<'a, P> {
                     dying: false,
                     pages: 0,
                     reclaim_from: 0,
+                    mem: (desc.mem_ipa, desc.mem_ipa + desc.mem_size),
                 });
                 vm.pgt = PageTable::new(&mut vm.pool, cfg).map_err(pt_err)?;
                 Ok(vm)

@@ -120,10 +120,10 @@ impl<'a, P: Platform> Hyp<'a, P> {
             }
             p.reset();
         } else {
-            if !is_guest_owned(p) {
+            if !is_guest_owned(p) || !hyp.zero_foreign(pa) {
+                // (A page that could not be zeroed stays out of the host's reach.)
                 return 1;
             }
-            hyp.zero_foreign(pa);
             p.reset();
             let mut bad = 0;
             if run.1 != pa {
@@ -159,6 +159,8 @@ impl<'a, P: Platform> Hyp<'a, P> {
         let (mut first, mut last_ipa) = (0, 0);
         let mut run = (0u64, 0u64);
         let last = vm.pages <= RECLAIM_BATCH;
+        // The walk went to the end of the span without finding anything wrong.
+        let mut complete = true;
         let (lo, hi) = (vm.reclaim_from.max(vm.span.0), vm.span.1);
         if lo < hi && (vm.pages > 0 || last) {
             let flags = if last {
@@ -192,6 +194,7 @@ impl<'a, P: Platform> Hyp<'a, P> {
             // A full batch is an error only when it was to be the last one.
             if r.is_err() && (last || matches!(r, Err(Stop::Broken))) {
                 bad += 1;
+                complete = false;
             }
         }
         bad += clear_run(host, run);
@@ -223,6 +226,11 @@ impl<'a, P: Platform> Hyp<'a, P> {
             // The count said this batch would empty the VM, the walk found fewer pages.
             bad += 1;
         }
+        if last && !complete {
+            // A broken invariant: the VM keeps what is left (dying), rather than handing back
+            // a memcache with live guest entries in it.
+            return Err(self.commit_failed("vm teardown", bad));
+        }
         if !last {
             if n == 0 {
                 // The count says pages are left, the walk found none: a broken invariant
@@ -240,9 +248,11 @@ impl<'a, P: Platform> Hyp<'a, P> {
         if vm.span.0 >= vm.span.1 {
             self.plat.zero(vm.pgt.root(), PAGE_SIZE);
         }
-        // A protected vCPU's private state (a page of the memcache) goes back zeroed too.
+        // A protected vCPU's private state (a page of the memcache) goes back zeroed too, the
+        // zeroes cleaned to memory.
         if let Some(p) = vm.vcpu.as_ref().and_then(|v| v.private) {
             self.plat.zero(p.get(), PAGE_SIZE);
+            self.plat.clean_dcache_to_poc(p.get(), PAGE_SIZE);
         }
         let r = self.return_locked(host, hyp, vm.memcache, true);
         self.hyp_unpin_locked(vm.desc_pin);

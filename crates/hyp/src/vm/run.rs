@@ -1,7 +1,7 @@
 //! Running the vCPU: entry checks, the world switch, and the exit decoded for the host.
 
 use pkvm_abi::guest::{VcpuExit, exit, vcpu_off};
-use pkvm_abi::{Error, psci};
+use pkvm_abi::{Error, PAGE_SIZE, psci};
 use pkvm_arch::esr::{DataAbort, Ec, Esr, FaultClass, fault_ipa};
 
 use super::guest_call::GuestCall;
@@ -87,10 +87,11 @@ impl<P: Platform> Hyp<'_, P> {
     /// running; `EINVAL` for an invalid PSTATE (nothing runs, or — when the host changed it
     /// while EL2 answered a guest call — the run stops there).
     pub fn vcpu_run(&self, handle: u64) -> Result<u64, Error> {
-        let mut entry = {
+        let (mut entry, mem, protected) = {
             let mut vms = self.vms.lock();
             let vm = vms.get(handle)?.live()?;
             let vttbr = vm.vttbr().bits();
+            let (mem, protected) = (vm.mem, vm.protected);
             let vcpu = vm.vcpu.as_mut().ok_or(Error::NoEnt)?;
             if vcpu.running {
                 return Err(Error::Busy);
@@ -119,24 +120,24 @@ impl<P: Platform> Hyp<'_, P> {
                 Self::complete_mmio(st, host, m);
             }
             vcpu.running = true;
-            GuestEntry {
+            let entry = GuestEntry {
                 vcpu_pa: st.pa,
                 fp_pa,
                 pc,
                 pstate,
                 vttbr,
-            }
+            };
+            (entry, mem, protected)
         };
         let (reason, pending) = loop {
             // The guest runs for as long as it likes, outside every lock: under Shuttle, other
             // CPUs get to run here (nothing in the default build).
             crate::sync::preemption_point();
             let ex = self.plat.run_guest(&entry);
-            let Some(call) = Self::answered_call(&entry, &ex, self.shared_vcpu(entry.vcpu_pa))
-            else {
-                break self.decode_exit(&entry, &ex);
-            };
             let st = self.shared_vcpu(entry.vcpu_pa);
+            let Some(call) = Self::answered_call(&ex, st, protected) else {
+                break self.decode_exit(&entry, &ex, mem);
+            };
             self.guest_call(handle, call, st);
             // Back in: the PC and PSTATE the world switch saved, read once and checked again.
             let (pc, pstate) = (st.pc(), st.pstate());
@@ -170,13 +171,13 @@ impl<P: Platform> Hyp<'_, P> {
     }
 
     /// The guest call EL2 answers that this exit is, if any: an `HVC` with a function id of
-    /// [`GuestCall`].
+    /// [`GuestCall`] (PSCI's only for a protected VM).
     #[inline(always)]
-    fn answered_call(_e: &GuestEntry, ex: &GuestExit, st: SharedVcpu<'_, P>) -> Option<GuestCall> {
+    fn answered_call(ex: &GuestExit, st: SharedVcpu<'_, P>, protected: bool) -> Option<GuestCall> {
         if ex.vector != 0 || Esr(ex.esr).ec_bits() != Ec::Hvc64.bits() {
             return None;
         }
-        GuestCall::decode(st.reg(0) as u32)
+        GuestCall::decode(st.reg(0) as u32, protected)
     }
 
     #[inline(always)]
@@ -187,7 +188,12 @@ impl<P: Platform> Hyp<'_, P> {
     /// Turns an exit into the vCPU structure's `exit` and a reason. Inlined into `vcpu_run`:
     /// the round trip is the hot path of a running guest (the rare MMIO work is out of line).
     #[inline(always)]
-    fn decode_exit(&self, e: &GuestEntry, ex: &GuestExit) -> (u64, Option<PendingMmio>) {
+    fn decode_exit(
+        &self,
+        e: &GuestEntry,
+        ex: &GuestExit,
+        (mem_start, mem_end): (u64, u64),
+    ) -> (u64, Option<PendingMmio>) {
         let st = self.shared_vcpu(e.vcpu_pa);
         let mut out = VcpuExit {
             esr: ex.esr,
@@ -202,6 +208,7 @@ impl<P: Platform> Hyp<'_, P> {
         const SMC64: u8 = Ec::Smc64.bits();
         const WFX: u8 = Ec::Wfx.bits();
         const DABT_LOW: u8 = Ec::DabtLow.bits();
+        const IABT_LOW: u8 = Ec::IabtLow.bits();
         out.reason = match (ex.vector, esr.ec_bits()) {
             (1 | 2, _) => exit::IRQ,
             (0, ec @ (HVC64 | SMC64)) => {
@@ -210,7 +217,8 @@ impl<P: Platform> Hyp<'_, P> {
                     st.skip_instruction();
                 }
                 let x0 = st.reg(0) as u32;
-                if x0 == psci::SYSTEM_OFF || x0 == psci::SYSTEM_RESET {
+                // One vCPU per VM: turning it off ends the VM's run as powering off does.
+                if x0 == psci::SYSTEM_OFF || x0 == psci::SYSTEM_RESET || x0 == psci::CPU_OFF {
                     out.code = u64::from(x0);
                     exit::SYSTEM_EVENT
                 } else {
@@ -220,6 +228,17 @@ impl<P: Platform> Hyp<'_, P> {
             (0, WFX) => {
                 st.skip_instruction();
                 exit::IDLE
+            }
+            (0, ec @ (DABT_LOW | IABT_LOW))
+                if esr.fault_class() == FaultClass::Translation
+                    && !esr.data_abort().is_some_and(|d| d.s1ptw)
+                    && (mem_start..mem_end).contains(&fault_ipa(ex.hpfar, ex.far).get()) =>
+            {
+                // The guest's own memory, where it has no page: the host gives it one.
+                out.ipa = fault_ipa(ex.hpfar, ex.far).get() & !(PAGE_SIZE - 1);
+                out.mmio_write =
+                    u64::from(ec == DABT_LOW && esr.data_abort().is_some_and(|d| d.wnr && !d.cm));
+                exit::MEM_FAULT
             }
             (0, DABT_LOW)
                 if esr.data_abort().is_some_and(|d| d.isv && !d.s1ptw && !d.cm)

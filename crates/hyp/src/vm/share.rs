@@ -109,7 +109,7 @@ impl<P: Platform> Hyp<'_, P> {
                 end_guest_share(p);
             }
         }
-        vm.pages -= nr;
+        vm.pages = vm.pages.saturating_sub(nr);
         let vttbr = vm.vttbr();
         let mm = &mut vm.pool;
         let arch = GuestArch {

@@ -367,6 +367,11 @@ fn check_end(c: &mut Checks, case: &Case, r: RunEnd, guest_x1: u64) {
         (_, RunEnd::Unknown(reason)) => {
             c.check(name, false, format_args!("unknown exit reason {reason}"))
         }
+        (_, RunEnd::MemFault(ipa)) => c.check(
+            name,
+            false,
+            format_args!("memory-fault exit at IPA {ipa:#x} (its RAM is all there)"),
+        ),
         (_, RunEnd::Error(e)) => c.check(name, false, format_args!("run: {e}")),
     };
 }
