@@ -111,6 +111,11 @@ pub fn cmd_mutants(o: &MutantsOptions) -> Result<(), Error> {
         run_cmd(Command::new("cargo").args(["install", "cargo-mutants", "--locked"]))?;
     }
     let start = Instant::now();
+    // `target/` is there unless `CARGO_TARGET_DIR` puts the build elsewhere: cargo-mutants
+    // creates only the last component of its output directory.
+    let parent = crate::workspace_root().join("target");
+    std::fs::create_dir_all(&parent)
+        .map_err(|e| Error(format!("creating {}: {e}", parent.display())))?;
     let r = run_cmd(
         cargo()
             .env("PKVM_MODEL_CASES", o.cases.to_string())
