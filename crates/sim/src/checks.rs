@@ -374,7 +374,8 @@ impl Machine<'_> {
             }
             // Every page it owns, and does not share back, carries its annotation in the host
             // stage-2 (a shared-back page carries none: the host may map it).
-            let want = pkvm_hyp::vm::guest_owner_id(s.vttbr.vmid());
+            // (Computed here from the ABI's rule, 16 + VMID, not with EL2's own function.)
+            let want = pkvm_hyp::vm::GUEST_OWNER_ID_BASE + s.vttbr.vmid() as u8;
             let mut walks = Stage2Walks::new(&self.plat.mem, self.hyp.host_pgd(), sl);
             for (&gfn, &(pfn, shared)) in &owned {
                 let r = walks.walk(pfn << PAGE_SHIFT);
