@@ -253,21 +253,7 @@ fn bad_inputs_are_refused_and_change_nothing() {
 
 /// The registers a guest call leaves, through a run of the protected VM.
 fn call_regs(m: &Machine<'_>, x: [u64; 4]) -> [u64; 4] {
-    m.plat
-        .guest_script
-        .lock()
-        .unwrap()
-        .push_back(SimGuestAction::Call(x));
-    let vm = m.vm_handle(1);
-    let before = m.plat.guest_x.lock().unwrap().len();
-    m.client().vcpu_run(vm).expect("run");
-    let xs = m.plat.guest_x.lock().unwrap();
-    assert_eq!(
-        xs.len(),
-        before + 2,
-        "answered at EL2: re-entered without an exit"
-    );
-    xs[before + 1]
+    call_regs_of(m, m.vm_handle(1), x)
 }
 
 #[test]

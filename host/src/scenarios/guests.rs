@@ -7,7 +7,8 @@ use crate::checks::Checks;
 use crate::cpu;
 use crate::env::Env;
 use crate::pkvm::{HcallError, PKVM};
-use crate::vm::{self, GUEST_IMAGE, RunEnd, SLOTS, SlotMem, Vm, flags};
+use crate::scenarios::lifecycles::{Cycle, Failures, expect_err, have_guest_image, run_blocks};
+use crate::vm::{self, RunEnd, SLOTS, SlotMem, Vm, flags};
 use pkvm_abi::guest::{GUEST_RAM_IPA, PROT_RWX, PSTATE_EL1H_DAIF, VM_MEMCACHE_PAGES};
 use pkvm_abi::{Error, PAGE_SHIFT};
 use pkvm_arch::esr::Ec;
@@ -27,16 +28,6 @@ pub fn set_cycles(n: u64) {
 /// The number of lifecycles.
 pub fn cycles() -> u64 {
     CYCLES.load(Ordering::Relaxed)
-}
-
-fn expect_err<T: core::fmt::Debug>(
-    c: &mut Checks,
-    name: &'static str,
-    r: Result<T, HcallError>,
-    want: Error,
-) {
-    let ok = matches!(r, Err(HcallError::Errno(e)) if e == want);
-    c.check(name, ok, format_args!("got {r:?}, want {want}"));
 }
 
 /// The bad inputs, each a check (EL2 must refuse them and keep working).
@@ -149,21 +140,42 @@ fn bad_inputs(c: &mut Checks, mem: &[SlotMem; SLOTS], env: &mut Env) {
     );
 }
 
-fn note(failures: &mut u64, what: &str, id: u64, detail: &dyn core::fmt::Debug) {
-    *failures += 1;
-    if *failures <= 5 {
-        println!("guests: cycle {id}: {what}: {detail:?}");
+/// The lifecycles of this scenario: each guest prints, pings and powers off; the first exit
+/// handler also tries to unshare the running vCPU's structure (`EBUSY`).
+struct Guests {
+    mem: [SlotMem; SLOTS],
+    busy_checked: bool,
+}
+
+impl Cycle for Guests {
+    fn create(&mut self, slot: usize, id: u64) -> Result<Vm, HcallError> {
+        vm::create(slot, self.mem[slot], id, PINGS, 0)
+    }
+
+    fn run(&mut self, vm: &Vm, f: &mut Failures) {
+        let echo = vm.id < 2 || vm.id.is_multiple_of(250);
+        let mut busy_wrong = false;
+        let busy_checked = &mut self.busy_checked;
+        let r = vm::run(vm, echo, |vm, _| {
+            if !*busy_checked {
+                *busy_checked = true;
+                let r = vm::unshare(vm::structs(vm.slot).vcpu.shared());
+                println!("guests: unshare of the vCPU structure from its exit handler: {r:?}");
+                busy_wrong = r != Err(HcallError::Errno(Error::Busy));
+            }
+        });
+        if busy_wrong {
+            f.note("unshare from the exit handler", vm.id, &"not EBUSY");
+        }
+        if r != RunEnd::PowerOff {
+            f.note("run", vm.id, &r);
+        }
     }
 }
 
 /// Runs the scenario.
 pub fn run(c: &mut Checks, env: &mut Env) {
-    if GUEST_IMAGE.is_empty() {
-        c.check(
-            "guest image",
-            false,
-            format_args!("the host was built without PKVM_GUEST_BIN (use cargo xtask)"),
-        );
+    if !have_guest_image(c) {
         return;
     }
     let n = cycles();
@@ -172,59 +184,15 @@ pub fn run(c: &mut Checks, env: &mut Env) {
     let mem: [SlotMem; SLOTS] = core::array::from_fn(|_| SlotMem::alloc(env));
     bad_inputs(c, &mem, env);
 
-    // The main loop: blocks of 10 lifecycles, 6 one at a time, then 4 alive at once (two per
-    // structure page).
     let idle0 = vm::idle_exits();
     let t0 = cpu::ticks();
-    let mut done = 0u64;
-    let mut failures = 0u64;
-    let mut busy_checked = false;
-    while done < n {
-        let batch = if done % 10 >= 6 { (n - done).min(4) } else { 1 };
-        let mut live: [Option<Vm>; SLOTS] = [const { None }; SLOTS];
-        for (i, l) in live.iter_mut().enumerate().take(batch as usize) {
-            let slot = if batch == 1 { (done % 2) as usize } else { i };
-            let id = done + i as u64;
-            match vm::create(slot, mem[slot], id, PINGS, 0) {
-                Ok(vm) => *l = Some(vm),
-                Err(e) => note(&mut failures, "create", id, &e),
-            }
-        }
-        for vm in live.iter().flatten() {
-            let echo = vm.id < 2 || vm.id % 250 == 0;
-            let r = vm::run(vm, echo, |vm, _| {
-                if !busy_checked {
-                    busy_checked = true;
-                    let r = vm::unshare(vm::structs(vm.slot).vcpu.shared());
-                    println!("guests: unshare of the vCPU structure from its exit handler: {r:?}");
-                    if r != Err(HcallError::Errno(Error::Busy)) {
-                        failures += 1;
-                    }
-                }
-            });
-            if r != RunEnd::PowerOff {
-                note(&mut failures, "run", vm.id, &r);
-            }
-        }
-        // Tear down in a different order than created, then release the structures (a
-        // structure page is pinned until both of its guests are torn down).
-        let mut slots = [None; SLOTS];
-        for i in [1, 0, 3, 2] {
-            if let Some(vm) = live[i].take() {
-                let id = vm.id;
-                slots[i] = Some((vm.slot, id));
-                if let Err(e) = vm::teardown(vm) {
-                    note(&mut failures, "teardown", id, &e);
-                }
-            }
-        }
-        for (slot, id) in slots.into_iter().flatten() {
-            if let Err(e) = vm::release(slot) {
-                note(&mut failures, "release", id, &e);
-            }
-        }
-        done += batch;
-    }
+    let mut f = Failures::new("guests");
+    let mut cycle = Guests {
+        mem,
+        busy_checked: false,
+    };
+    let done = run_blocks(n, &mut cycle, &mut f);
+    let (failures, busy_checked) = (f.count, cycle.busy_checked);
     let ms = cpu::ms(cpu::ticks() - t0);
     c.check(
         "guest lifecycles",

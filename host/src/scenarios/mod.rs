@@ -7,6 +7,7 @@ pub mod abi;
 pub mod bench;
 pub mod guests;
 pub mod hostile;
+pub mod lifecycles;
 pub mod protected;
 pub mod selftest;
 

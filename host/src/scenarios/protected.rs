@@ -16,7 +16,8 @@ use crate::env::Env;
 use crate::fault::probe_read;
 use crate::pkvm::{HcallError, PKVM};
 use crate::scenarios::guests;
-use crate::vm::{self, GUEST_IMAGE, RunEnd, SLOTS, SlotMem, Vm, flags};
+use crate::scenarios::lifecycles::{Cycle, Failures, expect_err, have_guest_image, run_blocks};
+use crate::vm::{self, RunEnd, SLOTS, SlotMem, Vm, flags};
 use pkvm_abi::guest::{GUEST_RAM_IPA, GUEST_RAM_PAGES, PROT_RWX};
 use pkvm_abi::{Error, PAGE_SHIFT, PAGE_SIZE};
 
@@ -24,16 +25,6 @@ use pkvm_abi::{Error, PAGE_SHIFT, PAGE_SIZE};
 const PINGS: u64 = 2;
 /// Memcache of a protected VM: its stage-2 root and tables, and its vCPU's private state.
 pub const PVM_MEMCACHE_PAGES: u64 = 8;
-
-fn expect_err<T: core::fmt::Debug>(
-    c: &mut Checks,
-    name: &'static str,
-    r: Result<T, HcallError>,
-    want: Error,
-) {
-    let ok = matches!(r, Err(HcallError::Errno(e)) if e == want);
-    c.check(name, ok, format_args!("got {r:?}, want {want}"));
-}
 
 /// Reads the host can make of the guest's RAM pages: `(readable pages, of which zero)`,
 /// every word read through a probe (an injected abort is counted, not fatal).
@@ -116,90 +107,79 @@ fn bad_inputs(c: &mut Checks, mem: &[SlotMem; SLOTS]) {
     expect_err(c, "reclaim after the VM is gone", PKVM.vm_reclaim(h), Error::NoEnt);
 }
 
-fn note(failures: &mut u64, what: &str, id: u64, detail: &dyn core::fmt::Debug) {
-    *failures += 1;
-    if *failures <= 5 {
-        println!("protected: cycle {id}: {what}: {detail:?}");
+/// The lifecycles of this scenario, with what each checks of the host's view.
+struct Protected {
+    mem: [SlotMem; SLOTS],
+    /// Runs before which a host read of the donated RAM aborted.
+    aborted_before: u64,
+    /// Runs after which exactly the relinquished page was readable, and zero.
+    relinquished_zero: u64,
+    /// Teardowns after which every page of the guest's RAM read zero.
+    zero_after: u64,
+}
+
+impl Cycle for Protected {
+    fn create(&mut self, slot: usize, id: u64) -> Result<Vm, HcallError> {
+        vm::create_with(true, slot, self.mem[slot], id, (PINGS, flags::PROTECTED_ABI))
+    }
+
+    fn run(&mut self, vm: &Vm, f: &mut Failures) {
+        // The host cannot read what it donated.
+        // SAFETY: as in `readable_pages`.
+        match unsafe { probe_read(vm.ram_pfn << PAGE_SHIFT) } {
+            Err(a) if a.is_injected_data_abort() => self.aborted_before += 1,
+            r => f.note("read of donated RAM", vm.id, &r),
+        }
+        let echo = vm.id < 2 || vm.id.is_multiple_of(250);
+        let r = vm::run(vm, echo, |_, _| {});
+        if r != RunEnd::PowerOff {
+            f.note("run", vm.id, &r);
+        }
+        // Only the relinquished page came back, zeroed.
+        match readable_pages(vm) {
+            (1, 1) => self.relinquished_zero += 1,
+            r => f.note("pages readable after the run (readable, zero)", vm.id, &r),
+        }
+    }
+
+    fn after_teardown(&mut self, vm: &Vm, f: &mut Failures) {
+        // Everything back, and zero.
+        match readable_pages(vm) {
+            (r, z) if r == GUEST_RAM_PAGES && z == GUEST_RAM_PAGES => self.zero_after += 1,
+            r => f.note("pages after teardown (readable, zero)", vm.id, &r),
+        }
     }
 }
 
 /// Runs the scenario.
 pub fn run(c: &mut Checks, env: &mut Env) {
-    if GUEST_IMAGE.is_empty() {
-        c.check(
-            "guest image",
-            false,
-            format_args!("the host was built without PKVM_GUEST_BIN (use cargo xtask)"),
-        );
+    if !have_guest_image(c) {
         return;
     }
     let n = guests::cycles();
     let start = vm::leaks();
     println!("protected: EL2 before: {start:?}");
     // 8-page memcaches: the stage-2 tables and the page EL2 keeps each vCPU's state in.
-    let mem: [SlotMem; SLOTS] = core::array::from_fn(|_| SlotMem::with_memcache(env, PVM_MEMCACHE_PAGES));
+    let mem: [SlotMem; SLOTS] =
+        core::array::from_fn(|_| SlotMem::with_memcache(env, PVM_MEMCACHE_PAGES));
     bad_inputs(c, &mem);
 
     let printed0 = vm::printed();
-    let (mut done, mut failures) = (0u64, 0u64);
-    let (mut aborted_before, mut relinquished_zero, mut zero_after) = (0u64, 0u64, 0u64);
-    while done < n {
-        let batch = if done % 10 >= 6 { (n - done).min(4) } else { 1 };
-        let mut live: [Option<Vm>; SLOTS] = [const { None }; SLOTS];
-        for (i, l) in live.iter_mut().enumerate().take(batch as usize) {
-            let slot = if batch == 1 { (done % 2) as usize } else { i };
-            let id = done + i as u64;
-            match vm::create_with(true, slot, mem[slot], id, (PINGS, flags::PROTECTED_ABI)) {
-                Ok(vm) => *l = Some(vm),
-                Err(e) => note(&mut failures, "create", id, &e),
-            }
-        }
-        for vm in live.iter().flatten() {
-            // The host cannot read what it donated.
-            // SAFETY: as in `readable_pages`.
-            match unsafe { probe_read(vm.ram_pfn << PAGE_SHIFT) } {
-                Err(a) if a.is_injected_data_abort() => aborted_before += 1,
-                r => note(&mut failures, "read of donated RAM", vm.id, &r),
-            }
-            let echo = vm.id < 2 || vm.id % 250 == 0;
-            let r = vm::run(vm, echo, |_, _| {});
-            if r != RunEnd::PowerOff {
-                note(&mut failures, "run", vm.id, &r);
-            }
-            // Only the relinquished page came back, zeroed.
-            match readable_pages(vm) {
-                (1, 1) => relinquished_zero += 1,
-                r => note(&mut failures, "pages readable after the run (readable, zero)", vm.id, &r),
-            }
-        }
-        let mut slots = [None; SLOTS];
-        for i in [1, 0, 3, 2] {
-            if let Some(vm) = live[i].take() {
-                let (id, ram) = (vm.id, vm.ram_pfn);
-                slots[i] = Some((vm.slot, id));
-                let probe = Vm {
-                    handle: vm.handle,
-                    slot: vm.slot,
-                    id,
-                    ram_pfn: ram,
-                };
-                if let Err(e) = vm::teardown(vm) {
-                    note(&mut failures, "teardown", id, &e);
-                }
-                // Everything back, and zero.
-                match readable_pages(&probe) {
-                    (r, z) if r == GUEST_RAM_PAGES && z == GUEST_RAM_PAGES => zero_after += 1,
-                    r => note(&mut failures, "pages after teardown (readable, zero)", id, &r),
-                }
-            }
-        }
-        for (slot, id) in slots.into_iter().flatten() {
-            if let Err(e) = vm::release(slot) {
-                note(&mut failures, "release", id, &e);
-            }
-        }
-        done += batch;
-    }
+    let mut f = Failures::new("protected");
+    let mut cycle = Protected {
+        mem,
+        aborted_before: 0,
+        relinquished_zero: 0,
+        zero_after: 0,
+    };
+    let done = run_blocks(n, &mut cycle, &mut f);
+    let failures = f.count;
+    let Protected {
+        aborted_before,
+        relinquished_zero,
+        zero_after,
+        ..
+    } = cycle;
     let printed = vm::printed() - printed0;
     c.check(
         "protected lifecycles",

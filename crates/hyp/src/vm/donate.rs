@@ -5,12 +5,12 @@
 
 use pkvm_abi::Error;
 use pkvm_arch::addr::{Gfn, Pfn};
-use pkvm_pgtable::{Leaf, MapFlags};
+use pkvm_pgtable::MapFlags;
 
 use super::{GUEST_OWNED_PROT, guest_owner_id};
 use crate::hyp::Hyp;
 use crate::mem_protect::{check_pages, is_host_exclusive, perm_unless};
-use crate::mm::{GuestArch, pt_err, table_pages_bound};
+use crate::mm::{GuestArch, pt_err};
 use crate::platform::Platform;
 use crate::vmemmap::PageState;
 
@@ -33,16 +33,7 @@ impl<P: Platform> Hyp<'_, P> {
         }
         let (ipa, size) = vm.ipa_range(gfn, nr)?;
         check_pages(pages, |p| perm_unless(is_host_exclusive(p)))?;
-        let mut a = ipa;
-        while a < ipa + size {
-            match vm.pgt.leaf(&vm.pool, a) {
-                Ok(l @ Leaf::Empty { .. }) => a = (a | (l.size() - 1)) + 1,
-                _ => return Err(Error::Perm),
-            }
-        }
-        if vm.pool.free_pages() < table_pages_bound(ipa, ipa + size) {
-            return Err(Error::NoMem);
-        }
+        vm.check_unmapped(ipa, size)?;
         let (start, end) = (pfn.addr().get(), pfn.addr().get() + size);
         let rsv = host.reserve(start, end)?;
 

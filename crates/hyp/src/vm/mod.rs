@@ -153,6 +153,25 @@ impl<P: Platform> Vm<'_, P> {
         Vttbr::new(self.pgt.root(), self.vmid)
     }
 
+    /// Checks that `[ipa, ipa + size)` maps nothing in the guest stage-2 (`EPERM`) and that
+    /// the memcache can hold the tables a page-granular mapping of it needs (`ENOMEM`).
+    ///
+    /// # Errors
+    /// As above.
+    fn check_unmapped(&self, ipa: u64, size: u64) -> Result<(), Error> {
+        let mut a = ipa;
+        while a < ipa + size {
+            match self.pgt.leaf(&self.pool, a) {
+                Ok(l @ pkvm_pgtable::Leaf::Empty { .. }) => a = (a | (l.size() - 1)) + 1,
+                _ => return Err(Error::Perm),
+            }
+        }
+        if self.pool.free_pages() < crate::mm::table_pages_bound(ipa, ipa + size) {
+            return Err(Error::NoMem);
+        }
+        Ok(())
+    }
+
     /// `EPERM` once teardown has started: a dying VM takes no new pages and never runs.
     fn live(&mut self) -> Result<&mut Self, Error> {
         if self.dying {
