@@ -295,6 +295,14 @@ fn discovery_answers_with_upstreams_ids() {
             r[..3],
             [smccc::INVALID_PARAMETER, 0, Error::Inval.errno() as u64]
         );
+        // Relinquish takes no granule count and nothing in x3.
+        for (x2, x3) in [(1, 0), (0, 1)] {
+            let r = call_regs(m, [smccc::MEM_RELINQUISH, 0x10 << PAGE_SHIFT, x2, x3]);
+            assert_eq!(
+                r[..3],
+                [smccc::INVALID_PARAMETER, 0, Error::Inval.errno() as u64]
+            );
+        }
         // The hypercalls EL2 does not answer still reach the host.
         m.plat
             .guest_script
@@ -446,6 +454,21 @@ fn a_fault_in_guest_memory_asks_the_host_for_a_page() {
         script(SimGuestAction::Sync(iabt));
         assert_eq!(cl.vcpu_run(vm), Ok(exit::MEM_FAULT));
         assert_eq!((read_exit().ipa, read_exit().mmio_write), (0x1234_5000, 0));
+        // Its last page is inside, the first page after it outside (MMIO).
+        script(SimGuestAction::MmioWrite {
+            ipa: 0x1234_f000,
+            size: 8,
+            reg: 3,
+            value: 9,
+        });
+        assert_eq!(cl.vcpu_run(vm), Ok(exit::MEM_FAULT));
+        script(SimGuestAction::MmioWrite {
+            ipa: 0x1235_0000,
+            size: 8,
+            reg: 3,
+            value: 9,
+        });
+        assert_eq!(cl.vcpu_run(vm), Ok(exit::MMIO));
         // The host gives it the page; outside its memory an access is still MMIO.
         cl.donate_guest(vm, p + 0x40, 0x1_2345, 1).unwrap();
         script(SimGuestAction::MmioWrite {
@@ -499,4 +522,38 @@ fn call_regs_of(m: &Machine<'_>, vm: pkvm_client::VmHandle, x: [u64; 4]) -> [u64
         "answered at EL2: re-entered without an exit"
     );
     xs[before + 1]
+}
+
+/// A donation the memcache cannot hold the tables of is refused with `ENOMEM` and changes
+/// nothing; the same donation fits a VM with room.
+#[test]
+fn a_donation_without_table_memory_is_refused() {
+    with_machine(&SimConfig::small(), |m| {
+        let r0 = m.config().ram[0].0 >> PAGE_SHIFT;
+        // A protected VM with a 2-page memcache: its root, and one page its vCPU's private
+        // state takes — no page left for a table.
+        m.create_model_vm_flags(
+            r0 + 0x142,
+            (r0 + 0x180, 2),
+            Some(r0 + 0x143),
+            vm_flags::PROTECTED,
+        );
+        let mut c = Checker::with_state(m.spec_machine(), m.abstract_state().unwrap());
+        let p = r0 + 0x200;
+        refused(m, &mut c, donate(0, p, 0x10, 1), Error::NoMem);
+        assert_eq!(
+            host_reads(m, p),
+            Outcome::Access,
+            "the page is still the host's"
+        );
+        let r0p = r0;
+        m.create_model_vm_flags(
+            r0p + 0x144,
+            (r0p + 0x1c0, 16),
+            Some(r0p + 0x145),
+            vm_flags::PROTECTED,
+        );
+        let mut c = Checker::with_state(m.spec_machine(), m.abstract_state().unwrap());
+        ok(m, &mut c, donate(1, p, 0x10, 1));
+    });
 }
