@@ -180,6 +180,10 @@ fn bad_inputs_are_refused_and_change_nothing() {
         refused(m, &mut c, donate(1, r0_end - 1, 0x20, 2), Error::Inval);
         refused(m, &mut c, donate(1, p + 4, 0x20, 0), Error::Inval);
         refused(m, &mut c, donate(3, p + 4, 0x20, 1), Error::NoEnt);
+        // Next to what is mapped: a range running into it is refused, the free frame after
+        // it is fine (both inside one last-level table of the guest stage-2).
+        refused(m, &mut c, donate(1, p + 12, 0x0f, 2), Error::Perm);
+        ok(m, &mut c, donate(1, p + 12, 0x12, 1));
         // A page donated to one VM cannot be shared into another.
         refused(
             m,
