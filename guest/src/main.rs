@@ -27,7 +27,9 @@
 //! the host), and first speaks the guest-side ABI of pKVM, as vmbase-style guests do:
 //!
 //! 1. the vendor-hypervisor Call UID must be KVM's, its features bitmap must offer MEMINFO,
-//!    MEM_SHARE, MEM_UNSHARE and MEM_RELINQUISH, and `HYP_MEMINFO` must report 4 KiB;
+//!    MEM_SHARE, MEM_UNSHARE, MMIO guard and MEM_RELINQUISH, and `HYP_MEMINFO` must report
+//!    4 KiB; it enrolls in MMIO guard and maps the page of its console and id register (any
+//!    other MMIO access would now be an abort it takes itself);
 //! 2. it shares a page-aligned bounce buffer with `MEM_SHARE`, writes
 //!    `guest <n>: hello through a shared page` into it and asks the host to print it
 //!    ([`GUEST_HVC_PRINT`]: the host reads only that page), then unshares it;
@@ -150,6 +152,11 @@ mod guest {
         let want = smccc::KVM_FEATURES_BITMAP;
         ok &= hvc4([smccc::VENDOR_HYP_KVM_FEATURES, 0, 0, 0])[0] & want == want;
         ok &= hvc4([smccc::HYP_MEMINFO, 0, 0, 0])[0] == pkvm_abi::PAGE_SIZE;
+        // MMIO guard: only the page of its console and id register may reach the host.
+        ok &= hvc4([smccc::MMIO_GUARD_INFO, 0, 0, 0])[0] == pkvm_abi::PAGE_SIZE;
+        ok &= hvc4([smccc::MMIO_GUARD_ENROLL, 0, 0, 0])[0] == smccc::SUCCESS;
+        let mmio = GUEST_CONSOLE_IPA & !(pkvm_abi::PAGE_SIZE - 1);
+        ok &= hvc4([smccc::MMIO_GUARD_MAP, mmio, 0, 0])[0] == smccc::SUCCESS;
         let bounce = (&raw mut BOUNCE).cast::<u8>();
         let ipa = bounce as u64;
         ok &= hvc4([smccc::MEM_SHARE, ipa, 0, 0])[..2] == [smccc::SUCCESS, 1];

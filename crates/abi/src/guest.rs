@@ -108,6 +108,17 @@ pub mod smccc {
     /// `MEM_UNSHARE(ipa)`: the reverse of [`MEM_SHARE`]; the host loses access before the
     /// call returns. Same argument rules.
     pub const MEM_UNSHARE: u64 = 0xC600_0004;
+    /// `MMIO_GUARD_INFO`: `x0` = the MMIO guard granule (4096).
+    pub const MMIO_GUARD_INFO: u64 = 0xC600_0005;
+    /// `MMIO_GUARD_ENROLL`: from now on only the pages the guest maps with
+    /// [`MMIO_GUARD_MAP`] produce MMIO exits; any other access outside its memory gets a
+    /// synchronous external abort injected into the guest (the host sees nothing of it).
+    pub const MMIO_GUARD_ENROLL: u64 = 0xC600_0006;
+    /// `MMIO_GUARD_MAP(ipa)`: the page at `ipa` (outside the guest's memory) may produce MMIO
+    /// exits. `x2` (attributes) is ignored. Mapping a page twice is not an error.
+    pub const MMIO_GUARD_MAP: u64 = 0xC600_0007;
+    /// `MMIO_GUARD_UNMAP(ipa)`: the reverse of [`MMIO_GUARD_MAP`].
+    pub const MMIO_GUARD_UNMAP: u64 = 0xC600_0008;
     /// `MEM_RELINQUISH(ipa)` (`x2`, `x3` must be 0): the guest gives the page at `ipa` up:
     /// unmapped from the guest; a page the guest owned is zeroed and returned to the host
     /// OWNED, a page the host shared in simply goes back to the host alone.
@@ -123,6 +134,14 @@ pub mod smccc {
         pub const MEM_SHARE: u32 = 3;
         /// MEM_UNSHARE.
         pub const MEM_UNSHARE: u32 = 4;
+        /// MMIO_GUARD_INFO.
+        pub const MMIO_GUARD_INFO: u32 = 5;
+        /// MMIO_GUARD_ENROLL.
+        pub const MMIO_GUARD_ENROLL: u32 = 6;
+        /// MMIO_GUARD_MAP.
+        pub const MMIO_GUARD_MAP: u32 = 7;
+        /// MMIO_GUARD_UNMAP.
+        pub const MMIO_GUARD_UNMAP: u32 = 8;
         /// MEM_RELINQUISH.
         pub const MEM_RELINQUISH: u32 = 9;
     }
@@ -132,6 +151,10 @@ pub mod smccc {
         | (1 << func::HYP_MEMINFO)
         | (1 << func::MEM_SHARE)
         | (1 << func::MEM_UNSHARE)
+        | (1 << func::MMIO_GUARD_INFO)
+        | (1 << func::MMIO_GUARD_ENROLL)
+        | (1 << func::MMIO_GUARD_MAP)
+        | (1 << func::MMIO_GUARD_UNMAP)
         | (1 << func::MEM_RELINQUISH);
 
     /// KVM's vendor-hypervisor UID, 28b46fb6-2ec5-11e9-a9ca-4b564d003a74, as the four

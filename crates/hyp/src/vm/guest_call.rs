@@ -15,7 +15,9 @@ use pkvm_pgtable::{Leaf, desc};
 use super::guest_owner_id;
 use super::reclaim::{is_guest_owned, is_guest_shared_back};
 use super::run::SharedVcpu;
-use super::{GUEST_OWNED_PROT, GUEST_SHARED_BORROWED, GUEST_SHARED_OWNED, end_guest_share};
+use super::{
+    GUEST_OWNED_PROT, GUEST_SHARED_BORROWED, GUEST_SHARED_OWNED, MMIO_GUARD_OWNER, end_guest_share,
+};
 use crate::hyp::Hyp;
 use crate::mem_protect::{is_guest_shared, perm_unless};
 use crate::mm::GuestArch;
@@ -36,6 +38,10 @@ pub(super) enum GuestCall {
     KvmFeatures,
     MemInfo,
     Mem(MemOp),
+    GuardInfo,
+    GuardEnroll,
+    /// `MMIO_GUARD_MAP` (`true`) or `MMIO_GUARD_UNMAP`.
+    Guard(bool),
 }
 
 /// A guest memory call.
@@ -67,6 +73,10 @@ impl GuestCall {
             smccc::MEM_SHARE => GuestCall::Mem(MemOp::Share),
             smccc::MEM_UNSHARE => GuestCall::Mem(MemOp::Unshare),
             smccc::MEM_RELINQUISH => GuestCall::Mem(MemOp::Relinquish),
+            smccc::MMIO_GUARD_INFO => GuestCall::GuardInfo,
+            smccc::MMIO_GUARD_ENROLL => GuestCall::GuardEnroll,
+            smccc::MMIO_GUARD_MAP => GuestCall::Guard(true),
+            smccc::MMIO_GUARD_UNMAP => GuestCall::Guard(false),
             _ => return None,
         })
     }
@@ -138,6 +148,68 @@ impl<P: Platform> Hyp<'_, P> {
                 st.set_reg(1, x1);
                 st.set_reg(2, x2);
             }
+            GuestCall::GuardInfo => st.set_reg(0, PAGE_SIZE),
+            GuestCall::GuardEnroll => {
+                if let Ok(vm) = self.vms.lock().get(handle) {
+                    vm.mmio_guard = true;
+                }
+                st.set_reg(0, SUCCESS);
+            }
+            GuestCall::Guard(map) => {
+                let (x0, x2) = match self.guest_guard(handle, map, x1) {
+                    Ok(()) => (SUCCESS, 0),
+                    Err(e) => (INVALID_PARAMETER, e.errno() as u64),
+                };
+                st.set_reg(0, x0);
+                st.set_reg(2, x2);
+            }
+        }
+    }
+
+    /// `MMIO_GUARD_MAP` / `MMIO_GUARD_UNMAP` of the page at `ipa`: a guest stage-2
+    /// annotation with [`MMIO_GUARD_OWNER`] (tables from the VM's memcache).
+    ///
+    /// # Errors
+    /// `EINVAL` for an unaligned IPA; `ERANGE` outside the IPA space; `EPERM` for a page of
+    /// the guest's memory or one a page is mapped at (map), or one not mapped for MMIO
+    /// (unmap); `ENOMEM` if the memcache cannot hold the table the annotation needs.
+    fn guest_guard(&self, handle: u64, map: bool, ipa: u64) -> Result<(), Error> {
+        if !ipa.is_multiple_of(PAGE_SIZE) {
+            return Err(Error::Inval);
+        }
+        let mut vms = self.vms.lock();
+        let vm = vms.get(handle)?;
+        vm.ipa_range(Gfn(ipa >> PAGE_SHIFT), 1)?;
+        let guarded = matches!(
+            vm.pgt.leaf(&vm.pool, ipa),
+            Ok(Leaf::Annotated {
+                owner: MMIO_GUARD_OWNER,
+                ..
+            })
+        );
+        let arch = GuestArch {
+            plat: self.plat,
+            vttbr: vm.vttbr(),
+        };
+        let r = match (map, guarded) {
+            (true, true) => return Ok(()),
+            (true, false) => {
+                if (vm.mem.0..vm.mem.1).contains(&ipa) {
+                    return Err(Error::Perm);
+                }
+                vm.check_unmapped(ipa, PAGE_SIZE)?;
+                let owner = u32::from(MMIO_GUARD_OWNER);
+                vm.pgt
+                    .set_owner(&mut vm.pool, &arch, ipa, PAGE_SIZE, owner)
+                    .is_ok()
+            }
+            (false, true) => vm.pgt.unmap(&mut vm.pool, &arch, ipa, PAGE_SIZE).is_ok(),
+            (false, false) => return Err(Error::Perm),
+        };
+        if r {
+            Ok(())
+        } else {
+            Err(self.commit_failed("mmio guard", ipa))
         }
     }
 

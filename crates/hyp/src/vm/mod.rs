@@ -133,7 +133,14 @@ struct Vm<'a, P: Platform> {
     /// The guest's memory `[start, end)` (IPAs; empty if none): a translation fault inside
     /// is a memory-fault exit.
     mem: (u64, u64),
+    /// The guest enrolled in MMIO guard: only pages it mapped (guest stage-2 annotations
+    /// with [`MMIO_GUARD_OWNER`]) produce MMIO exits.
+    mmio_guard: bool,
 }
+
+/// Owner id of the guest stage-2 annotations that mark a page the guest mapped with
+/// `MMIO_GUARD_MAP` (the guest stage-2 has no other annotation).
+pub const MMIO_GUARD_OWNER: u8 = 1;
 
 impl<P: Platform> Vm<'_, P> {
     /// `(ipa, size)` of the guest pages `[gfn, gfn + nr)` (`nr` > 0, checked by the caller).
@@ -378,6 +385,7 @@ impl<'a, P: Platform> Hyp<'a, P> {
                     pages: 0,
                     reclaim_from: 0,
                     mem: (desc.mem_ipa, desc.mem_ipa + desc.mem_size),
+                    mmio_guard: false,
                 });
                 vm.pgt = PageTable::new(&mut vm.pool, cfg).map_err(pt_err)?;
                 Ok(vm)

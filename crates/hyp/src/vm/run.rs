@@ -135,6 +135,11 @@ impl<P: Platform> Hyp<'_, P> {
             crate::sync::preemption_point();
             let ex = self.plat.run_guest(&entry);
             let st = self.shared_vcpu(entry.vcpu_pa);
+            if self.guard_refuses(handle, &ex, mem) {
+                // MMIO guard: the guest gets the abort, the host sees nothing.
+                (entry.pc, entry.pstate) = Self::inject_sea(st, &ex);
+                continue;
+            }
             let Some(call) = Self::answered_call(&ex, st, protected) else {
                 break self.decode_exit(&entry, &ex, mem);
             };
@@ -168,6 +173,68 @@ impl<P: Platform> Hyp<'_, P> {
                 v.pending_hvc = reason == exit::HYPERCALL;
             }
         }
+    }
+
+    /// Whether MMIO guard refuses this exit: a stage-2 translation fault on a data access
+    /// outside the guest's memory, at a page the guest did not map for MMIO, once it enrolled.
+    #[inline(always)]
+    fn guard_refuses(&self, handle: u64, ex: &GuestExit, (mem_start, mem_end): (u64, u64)) -> bool {
+        let esr = Esr(ex.esr);
+        if ex.vector != 0
+            || esr.ec_bits() != Ec::DabtLow.bits()
+            || esr.fault_class() != FaultClass::Translation
+            || esr.data_abort().is_some_and(|d| d.s1ptw)
+        {
+            return false;
+        }
+        let ipa = fault_ipa(ex.hpfar, ex.far).get();
+        if (mem_start..mem_end).contains(&ipa) {
+            return false;
+        }
+        let mut vms = self.vms.lock();
+        let Ok(vm) = vms.get(handle) else {
+            return false;
+        };
+        vm.mmio_guard
+            && !matches!(
+                vm.pgt.leaf(&vm.pool, ipa & !(PAGE_SIZE - 1)),
+                Ok(pkvm_pgtable::Leaf::Annotated {
+                    owner: super::MMIO_GUARD_OWNER,
+                    ..
+                })
+            )
+    }
+
+    /// Makes the guest take a synchronous external abort for the access `ex` describes (its
+    /// EL1 registers written as the architecture's exception entry would); returns the PC and
+    /// PSTATE it continues at. Out of line: rare.
+    #[inline(never)]
+    fn inject_sea(st: SharedVcpu<'_, P>, ex: &GuestExit) -> (u64, u64) {
+        use pkvm_abi::guest::{sys, vcpu_off};
+        use pkvm_arch::exception::{PstateFeatures, el1_sync, sea_esr};
+        let (pc, pstate) = (st.pc(), st.pstate());
+        let vbar = st.read(vcpu_off::sys(sys::VBAR_EL1));
+        let sctlr = st.read(vcpu_off::sys(sys::SCTLR_EL1));
+        // (The guest's PSTATE features — PAN, SSBS, MTE, NMI — are not modelled: none is
+        // set on entry.)
+        let e = el1_sync(
+            sea_esr(ex.esr, pstate),
+            pc,
+            pstate,
+            vbar,
+            sctlr,
+            PstateFeatures {
+                pan: false,
+                ssbs: false,
+                mte: false,
+                nmi: false,
+            },
+        );
+        st.write(vcpu_off::sys(sys::ESR_EL1), e.esr);
+        st.write(vcpu_off::sys(sys::FAR_EL1), ex.far);
+        st.write(vcpu_off::sys(sys::ELR_EL1), e.elr);
+        st.write(vcpu_off::sys(sys::SPSR_EL1), e.spsr);
+        (e.vector, e.pstate)
     }
 
     /// The guest call EL2 answers that this exit is, if any: an `HVC` with a function id of
