@@ -135,13 +135,18 @@ impl<P: Platform> Hyp<'_, P> {
             crate::sync::preemption_point();
             let ex = self.plat.run_guest(&entry);
             let st = self.shared_vcpu(entry.vcpu_pa);
-            if self.guard_refuses(handle, &ex, mem) {
-                // MMIO guard: the guest gets the abort, the host sees nothing.
-                (entry.pc, entry.pstate) = Self::inject_sea(st, &ex);
-                continue;
-            }
             let Some(call) = Self::answered_call(&ex, st, protected) else {
-                break self.decode_exit(&entry, &ex, mem);
+                let (reason, pending) = self.decode_exit(&entry, &ex, mem);
+                // MMIO guard (protected VMs, whose exit record is not the host's until it is
+                // published): the guest gets the abort instead, the host sees nothing.
+                if protected
+                    && matches!(reason, exit::MMIO | exit::FAULT)
+                    && self.guard_refuses(handle, &ex, mem)
+                {
+                    (entry.pc, entry.pstate) = Self::inject_sea(st, &ex);
+                    continue;
+                }
+                break (reason, pending);
             };
             self.guest_call(handle, call, st);
             // Back in: the PC and PSTATE the world switch saved, read once and checked again.
@@ -177,7 +182,8 @@ impl<P: Platform> Hyp<'_, P> {
 
     /// Whether MMIO guard refuses this exit: a stage-2 translation fault on a data access
     /// outside the guest's memory, at a page the guest did not map for MMIO, once it enrolled.
-    #[inline(always)]
+    /// Out of line: only MMIO and fault exits of protected VMs get here.
+    #[inline(never)]
     fn guard_refuses(&self, handle: u64, ex: &GuestExit, (mem_start, mem_end): (u64, u64)) -> bool {
         let esr = Esr(ex.esr);
         if ex.vector != 0
