@@ -240,6 +240,28 @@ impl Spec {
         vm.guest.range(g..g_end).next().is_none() && vm.owned.range(g..g_end).next().is_none()
     }
 
+    /// The checks of a host range `[pfn, pfn + nr)` going into the VM in `slot` at `gfn`, in
+    /// the ABI's order: the host range; the VM (`ENOENT`, dying: `EPERM`); its kind
+    /// (`protected` for a donation, not for a share: `EPERM`); the guest range (`ERANGE`);
+    /// every page the host's alone and every frame free (`EPERM`).
+    fn check_new_guest_pages(
+        &self,
+        slot: usize,
+        (pfn, gfn, nr): (u64, u64, u64),
+        protected: bool,
+    ) -> Result<(), Error> {
+        let r = self.check_range(pfn, nr)?;
+        let vm = self.live_vm(slot)?;
+        if vm.protected != protected {
+            return Err(Error::Perm);
+        }
+        let (g, g_end) = Self::guest_range(vm, gfn, nr)?;
+        if !self.all(r, |p| p == Page::HOST_OWNED) || !Self::frames_free(vm, g, g_end) {
+            return Err(Error::Perm);
+        }
+        Ok(())
+    }
+
     pub(crate) fn donate_guest(
         &mut self,
         slot: usize,
@@ -247,15 +269,7 @@ impl Spec {
         gfn: u64,
         nr: u64,
     ) -> Result<(), Error> {
-        let r = self.check_range(pfn, nr)?;
-        let vm = self.live_vm(slot)?;
-        if !vm.protected {
-            return Err(Error::Perm);
-        }
-        let (g, g_end) = Self::guest_range(vm, gfn, nr)?;
-        if !self.all(r, |p| p == Page::HOST_OWNED) || !Self::frames_free(vm, g, g_end) {
-            return Err(Error::Perm);
-        }
+        self.check_new_guest_pages(slot, (pfn, gfn, nr), true)?;
         for i in 0..nr {
             self.set_page(pfn + i, Page::GUEST_OWNED);
         }
@@ -327,15 +341,7 @@ impl Spec {
         gfn: u64,
         nr: u64,
     ) -> Result<(), Error> {
-        let r = self.check_range(pfn, nr)?;
-        let vm = self.live_vm(slot)?;
-        if vm.protected {
-            return Err(Error::Perm);
-        }
-        let (g, g_end) = Self::guest_range(vm, gfn, nr)?;
-        if !self.all(r, |p| p == Page::HOST_OWNED) || !Self::frames_free(vm, g, g_end) {
-            return Err(Error::Perm);
-        }
+        self.check_new_guest_pages(slot, (pfn, gfn, nr), false)?;
         for i in 0..nr {
             self.set_page(pfn + i, Page::GUEST_SHARED);
         }

@@ -176,28 +176,7 @@ fn guests(c: &mut Checks, env: &mut Env) {
         ("guest_hvc_roundtrip", flags::QUIET),
         ("guest_hvc_roundtrip_fp", flags::QUIET | flags::FP_PINGS),
     ] {
-        let mut rt = [0; SAMPLES];
-        let mut err = None;
-        match vm::create(0, mem, 0, 1000, gflags) {
-            Ok(vm) => {
-                let first = vm::run_once(&vm);
-                for v in &mut rt {
-                    vm::answer_ping(&vm, GUEST_HVC_PING);
-                    let (n, r) = count(|| vm::run_once(&vm));
-                    *v = n;
-                    if r != Ok(Exit::Hypercall) {
-                        err.get_or_insert(r.map(|_| ()));
-                    }
-                }
-                if first != Ok(Exit::Hypercall) {
-                    err.get_or_insert(first.map(|_| ()));
-                }
-                if let Err(e) = vm::destroy(vm) {
-                    err.get_or_insert(Err(e));
-                }
-            }
-            Err(e) => err = Some(Err(e)),
-        }
+        let (rt, err) = roundtrips(vm::create(0, mem, 0, 1000, gflags));
         report(c, name, &rt, err);
     }
 }
@@ -256,29 +235,38 @@ fn protected(c: &mut Checks, env: &mut Env) {
     report(c, "donate_guest_128", &donate, err);
     report(c, "reclaim_64", &reclaim, err);
 
-    let mut rt = [0; SAMPLES];
-    let mut err = None;
-    match vm::create_with(true, 0, mem, 0, (1000, flags::QUIET | flags::SHARE_PINGS)) {
-        Ok(vm) => {
-            let first = vm::run_once(&vm);
-            for v in &mut rt {
-                vm::answer_ping(&vm, GUEST_HVC_PING);
-                let (n, r) = count(|| vm::run_once(&vm));
-                *v = n;
-                if r != Ok(Exit::Hypercall) {
-                    err.get_or_insert(r.map(|_| ()));
-                }
-            }
-            if first != Ok(Exit::Hypercall) {
-                err.get_or_insert(first.map(|_| ()));
-            }
-            if let Err(e) = vm::destroy(vm) {
-                err.get_or_insert(Err(e));
-            }
-        }
-        Err(e) => err = Some(Err(e)),
-    }
+    let vm = vm::create_with(true, 0, mem, 0, (1000, flags::QUIET | flags::SHARE_PINGS));
+    let (rt, err) = roundtrips(vm);
     report(c, "guest_mem_share_roundtrip", &rt, err);
+}
+
+/// The EL2 instructions of [`SAMPLES`] runs of `vm` (a quiet guest that pings many times),
+/// each from one ping to the next, and the first failure; the VM is destroyed after.
+fn roundtrips(
+    vm: Result<vm::Vm, HcallError>,
+) -> ([u64; SAMPLES], Option<Result<(), HcallError>>) {
+    let mut rt = [0; SAMPLES];
+    let vm = match vm {
+        Ok(vm) => vm,
+        Err(e) => return (rt, Some(Err(e))),
+    };
+    let mut err = None;
+    let first = vm::run_once(&vm);
+    for v in &mut rt {
+        vm::answer_ping(&vm, GUEST_HVC_PING);
+        let (n, r) = count(|| vm::run_once(&vm));
+        *v = n;
+        if r != Ok(Exit::Hypercall) {
+            err.get_or_insert(r.map(|_| ()));
+        }
+    }
+    if first != Ok(Exit::Hypercall) {
+        err.get_or_insert(first.map(|_| ()));
+    }
+    if let Err(e) = vm::destroy(vm) {
+        err.get_or_insert(Err(e));
+    }
+    (rt, err)
 }
 
 /// One step of [`lifecycle_breakdown`].
