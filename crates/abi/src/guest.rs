@@ -113,6 +113,8 @@ pub mod smccc {
     /// `MMIO_GUARD_ENROLL`: from now on only the pages the guest maps with
     /// [`MMIO_GUARD_MAP`] produce MMIO exits; any other access outside its memory gets a
     /// synchronous external abort injected into the guest (the host sees nothing of it).
+    /// Enforced for protected VMs; a non-protected VM's host sees its memory anyway, and its
+    /// enrolment changes nothing.
     pub const MMIO_GUARD_ENROLL: u64 = 0xC600_0006;
     /// `MMIO_GUARD_MAP(ipa)`: the page at `ipa` (outside the guest's memory) may produce MMIO
     /// exits. `x2` (attributes) is ignored. Mapping a page twice is not an error.
