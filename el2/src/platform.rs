@@ -161,6 +161,10 @@ impl Platform for El2Platform {
         crate::console::print(format_args!("{args}\n"));
     }
 
+    fn pstate_features(&self) -> pkvm_arch::exception::PstateFeatures {
+        crate::sysregs::pstate_features()
+    }
+
     fn clean_dcache_to_poc(&self, va: u64, len: u64) {
         let ctr: u64;
         // SAFETY: CTR_EL0 is always readable at EL2; no side effect.

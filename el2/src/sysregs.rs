@@ -181,7 +181,7 @@ pub fn hpfar() -> u64 {
 }
 
 /// The PSTATE features that change what an exception entry writes, from the ID registers.
-fn pstate_features() -> PstateFeatures {
+pub fn pstate_features() -> PstateFeatures {
     PstateFeatures::from_id_regs(ID_AA64MMFR1_EL1.get(), ID_AA64PFR1_EL1.get())
 }
 

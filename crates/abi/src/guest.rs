@@ -113,8 +113,7 @@ pub mod smccc {
     /// `MMIO_GUARD_ENROLL`: from now on only the pages the guest maps with
     /// [`MMIO_GUARD_MAP`] produce MMIO exits; any other access outside its memory gets a
     /// synchronous external abort injected into the guest (the host sees nothing of it).
-    /// Enforced for protected VMs; a non-protected VM's host sees its memory anyway, and its
-    /// enrolment changes nothing.
+    /// Protected VMs only (a non-protected VM's host sees its memory anyway).
     pub const MMIO_GUARD_ENROLL: u64 = 0xC600_0006;
     /// `MMIO_GUARD_MAP(ipa)`: the page at `ipa` (outside the guest's memory) may produce MMIO
     /// exits. `x2` (attributes) is ignored. Mapping a page twice is not an error.
@@ -148,7 +147,14 @@ pub mod smccc {
         pub const MEM_RELINQUISH: u32 = 9;
     }
 
-    /// What [`VENDOR_HYP_KVM_FEATURES`] returns in `x0`.
+    /// The MMIO guard bits of [`KVM_FEATURES_BITMAP`] (offered to protected VMs only).
+    pub const MMIO_GUARD_BITS: u64 = (1 << func::MMIO_GUARD_INFO)
+        | (1 << func::MMIO_GUARD_ENROLL)
+        | (1 << func::MMIO_GUARD_MAP)
+        | (1 << func::MMIO_GUARD_UNMAP);
+
+    /// What [`VENDOR_HYP_KVM_FEATURES`] returns in `x0` to a protected VM (a non-protected one
+    /// gets it without [`MMIO_GUARD_BITS`], and its MMIO guard calls exit to the host).
     pub const KVM_FEATURES_BITMAP: u64 = (1 << func::FEATURES)
         | (1 << func::HYP_MEMINFO)
         | (1 << func::MEM_SHARE)

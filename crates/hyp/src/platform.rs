@@ -59,6 +59,9 @@ pub trait Platform: PhysMem + GuestRunner + ArchOps {
     /// before another party may map it with other attributes: a non-cacheable mapping reads
     /// the memory, not EL2's dirty cache lines.
     fn clean_dcache_to_poc(&self, va: u64, len: u64);
+    /// The optional PSTATE features of this CPU (FEAT_PAN, FEAT_SSBS, FEAT_MTE, FEAT_NMI),
+    /// which decide what taking an exception to EL1 writes when EL2 injects one into a guest.
+    fn pstate_features(&self) -> pkvm_arch::exception::PstateFeatures;
 }
 
 /// One guest entry, prepared and validated by the core ([`crate::vm`]).

@@ -80,6 +80,9 @@ pub struct SimPlatform {
     pub guest_x: Mutex<Vec<[u64; 4]>>,
     /// EL2's stage-1 root, once booted ([`SimPlatform::set_el2_root`]).
     el2_root: AtomicU64,
+    /// `ESR_EL2`, `FAR_EL2`, `HPFAR_EL2` of the last synchronous guest exit (what an
+    /// interrupt exit still finds there).
+    pub(crate) last_sync: Mutex<(u64, u64, u64)>,
     /// Every `(pa, len)` EL2 cleaned to the point of coherency
     /// ([`Platform::clean_dcache_to_poc`]).
     pub cleaned: Mutex<Vec<(u64, u64)>>,
@@ -217,6 +220,7 @@ impl SimPlatform {
             guest_entries: Mutex::new(Vec::new()),
             guest_x: Mutex::new(Vec::new()),
             el2_root: AtomicU64::new(0),
+            last_sync: Mutex::new((0, 0, 0)),
             cleaned: Mutex::new(Vec::new()),
             device_regs: Mutex::new(std::collections::BTreeMap::new()),
             device_writes: Mutex::new(Vec::new()),
@@ -396,7 +400,7 @@ impl GuestRunner for SimPlatform {
             }
             action = SimGuestAction::Hvc(x[0], x[1]);
         }
-        match action {
+        let ex = match action {
             SimGuestAction::Hvc(x0, x1) => {
                 self.write_u64(regs, x0);
                 self.write_u64(regs + 8, x1);
@@ -469,16 +473,25 @@ impl GuestRunner for SimPlatform {
                 far: 0x678,
                 hpfar: hpfar(0x1234_5000),
             },
-            SimGuestAction::Irq => GuestExit {
-                vector: 1,
-                esr: 0,
-                far: 0,
-                hpfar: 0,
-            },
+            // An interrupt changes neither ESR_EL2 nor FAR_EL2 nor HPFAR_EL2: they still hold
+            // the last synchronous exception's, as on a real CPU.
+            SimGuestAction::Irq => {
+                let (esr, far, hpfar) = *self.last_sync.lock().unwrap();
+                GuestExit {
+                    vector: 1,
+                    esr,
+                    far,
+                    hpfar,
+                }
+            }
             SimGuestAction::Pause(_) | SimGuestAction::Call(_) => {
                 unreachable!("a pause became its power-off, a call its HVC, above")
             }
+        };
+        if ex.vector == 0 {
+            *self.last_sync.lock().unwrap() = (ex.esr, ex.far, ex.hpfar);
         }
+        ex
     }
 }
 
@@ -559,6 +572,15 @@ impl Platform for SimPlatform {
 
     fn log(&self, args: std::fmt::Arguments<'_>) {
         self.log.lock().unwrap().push(args.to_string());
+    }
+
+    fn pstate_features(&self) -> pkvm_arch::exception::PstateFeatures {
+        // The simulated CPU has FEAT_PAN (so a test sees PAN set at an injected vector when
+        // the guest's SCTLR_EL1.SPAN is 0), none of the others.
+        pkvm_arch::exception::PstateFeatures {
+            pan: true,
+            ..Default::default()
+        }
     }
 
     fn clean_dcache_to_poc(&self, va: u64, len: u64) {

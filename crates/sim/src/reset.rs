@@ -194,6 +194,7 @@ impl Machine<'_> {
         restore(&p.guest_entries, &s.guest_entries);
         restore(&p.guest_x, &s.guest_x);
         p.cleaned.lock().unwrap().clear();
+        *p.last_sync.lock().unwrap() = (0, 0, 0);
         restore(&p.device_regs, &s.device_regs);
         restore(&p.device_writes, &s.device_writes);
         *self.vms.lock().unwrap() = s.slots;

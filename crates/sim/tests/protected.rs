@@ -610,7 +610,8 @@ fn mmio_guard_keeps_unmapped_accesses_from_the_host() {
             vbar + 0x200,
             "the current-EL, SP_ELx synchronous vector"
         );
-        assert_eq!(after.pstate, PSTATE_EL1H_DAIF);
+        // EL1h, DAIF masked; PAN set (the simulated CPU has FEAT_PAN, SCTLR_EL1.SPAN is 0).
+        assert_eq!(after.pstate, PSTATE_EL1H_DAIF | 1 << 22);
         let sysreg = |i: usize| m.plat.read_u64(after.vcpu_pa + vcpu_off::sys(i) as u64);
         assert_eq!(sysreg(sys::ESR_EL1) >> 26, 0x25, "data abort, current EL");
         assert_eq!(
@@ -621,6 +622,13 @@ fn mmio_guard_keeps_unmapped_accesses_from_the_host() {
         assert_eq!(sysreg(sys::FAR_EL1), GUEST_CONSOLE_IPA + 8);
         assert_eq!(sysreg(sys::ELR_EL1), faulted.pc);
         assert_eq!(sysreg(sys::SPSR_EL1), PSTATE_EL1H_DAIF);
+        // The next exit (an interrupt) tells the host nothing of the refused access: no
+        // syndrome, no address.
+        script(store());
+        script(SimGuestAction::Irq);
+        assert_eq!(cl.vcpu_run(vm), Ok(exit::IRQ));
+        let e: pkvm_abi::guest::VcpuExit = m.plat.read_obj(st + vcpu_off::EXIT as u64);
+        assert_eq!((e.esr, e.far, e.ipa), (0, 0, 0), "{e:?}");
         // Mapped (twice is fine): MMIO again.
         let guard = |f: u64, ipa: u64| call_regs(m, [f, ipa, 0, 0]);
         for _ in 0..2 {
@@ -661,11 +669,26 @@ fn mmio_guard_keeps_unmapped_accesses_from_the_host() {
         );
         script(store());
         assert_eq!(cl.vcpu_run(vm), Ok(exit::SYSTEM_EVENT));
-        // The teardown takes the guest stage-2 whole, annotations included.
+        // The teardown takes the guest stage-2 whole, annotations included: the memcache
+        // comes back zero (the console page lies below every page the guest owns).
         assert_eq!(
             guard(smccc::MMIO_GUARD_MAP, GUEST_CONSOLE_IPA)[0],
             smccc::SUCCESS
         );
         ok(m, &mut c, Call::VmTeardown { vm: 1 });
+        for pfn in r0 + 0x180..r0 + 0x190 {
+            assert!(is_zero(m, pfn), "memcache page {pfn:#x} came back dirty");
+        }
+        // A non-protected VM is not offered MMIO guard: its calls exit to the host.
+        let np = m.vm_handle(0);
+        let f = call_regs_of(m, np, [smccc::VENDOR_HYP_KVM_FEATURES, 0, 0, 0])[0];
+        assert_eq!(f & smccc::MMIO_GUARD_BITS, 0);
+        assert_ne!(f & (1 << 3), 0, "MEM_SHARE still offered");
+        m.plat
+            .guest_script
+            .lock()
+            .unwrap()
+            .push_back(SimGuestAction::Call([smccc::MMIO_GUARD_ENROLL, 0, 0, 0]));
+        assert_eq!(cl.vcpu_run(np), Ok(exit::HYPERCALL));
     });
 }

@@ -35,7 +35,8 @@ pub(super) enum GuestCall {
     Version,
     ArchFeatures,
     CallUid,
-    KvmFeatures,
+    /// For a protected VM (MMIO guard offered) or not.
+    KvmFeatures(bool),
     MemInfo,
     Mem(MemOp),
     GuardInfo,
@@ -68,15 +69,17 @@ impl GuestCall {
             smccc::VERSION => GuestCall::Version,
             smccc::ARCH_FEATURES => GuestCall::ArchFeatures,
             smccc::VENDOR_HYP_CALL_UID => GuestCall::CallUid,
-            smccc::VENDOR_HYP_KVM_FEATURES => GuestCall::KvmFeatures,
+            smccc::VENDOR_HYP_KVM_FEATURES => GuestCall::KvmFeatures(protected),
             smccc::HYP_MEMINFO => GuestCall::MemInfo,
             smccc::MEM_SHARE => GuestCall::Mem(MemOp::Share),
             smccc::MEM_UNSHARE => GuestCall::Mem(MemOp::Unshare),
             smccc::MEM_RELINQUISH => GuestCall::Mem(MemOp::Relinquish),
-            smccc::MMIO_GUARD_INFO => GuestCall::GuardInfo,
-            smccc::MMIO_GUARD_ENROLL => GuestCall::GuardEnroll,
-            smccc::MMIO_GUARD_MAP => GuestCall::Guard(true),
-            smccc::MMIO_GUARD_UNMAP => GuestCall::Guard(false),
+            // MMIO guard only for protected VMs (a non-protected VM's host sees its memory
+            // anyway): for the others these ids exit to the host as any other call.
+            smccc::MMIO_GUARD_INFO if protected => GuestCall::GuardInfo,
+            smccc::MMIO_GUARD_ENROLL if protected => GuestCall::GuardEnroll,
+            smccc::MMIO_GUARD_MAP if protected => GuestCall::Guard(true),
+            smccc::MMIO_GUARD_UNMAP if protected => GuestCall::Guard(false),
             _ => return None,
         })
     }
@@ -115,8 +118,13 @@ impl<P: Platform> Hyp<'_, P> {
                     st.set_reg(i as u8, w);
                 }
             }
-            GuestCall::KvmFeatures => {
-                for (i, w) in [KVM_FEATURES_BITMAP, 0, 0, 0].into_iter().enumerate() {
+            GuestCall::KvmFeatures(protected) => {
+                let bitmap = if protected {
+                    KVM_FEATURES_BITMAP
+                } else {
+                    KVM_FEATURES_BITMAP & !smccc::MMIO_GUARD_BITS
+                };
+                for (i, w) in [bitmap, 0, 0, 0].into_iter().enumerate() {
                     st.set_reg(i as u8, w);
                 }
             }
@@ -198,6 +206,8 @@ impl<P: Platform> Hyp<'_, P> {
                     return Err(Error::Perm);
                 }
                 vm.check_unmapped(ipa, PAGE_SIZE)?;
+                // Teardown must walk over it (its table pages go back zero).
+                vm.cover(ipa, PAGE_SIZE);
                 let owner = u32::from(MMIO_GUARD_OWNER);
                 vm.pgt
                     .set_owner(&mut vm.pool, &arch, ipa, PAGE_SIZE, owner)

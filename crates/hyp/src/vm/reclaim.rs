@@ -154,9 +154,9 @@ impl<'a, P: Platform> Hyp<'a, P> {
         //    entry left (leaves, then each table descriptor after its subtree; earlier batches
         //    emptied and freed what lies below `lo`), which leaves the table pages zero.
         let mut n = 0u64;
-        // IPAs of the batch's first and last leaves; the current run of owned pages whose
-        // host annotations go.
-        let (mut first, mut last_ipa) = (0, 0);
+        // The IPA of the batch's last leaf; the current run of owned pages whose host
+        // annotations go.
+        let mut last_ipa = 0;
         let mut run = (0u64, 0u64);
         let last = vm.pages <= RECLAIM_BATCH;
         // The walk went to the end of the span without finding anything wrong.
@@ -179,9 +179,6 @@ impl<'a, P: Platform> Hyp<'a, P> {
                     if v.level != desc::LEAF_LEVEL {
                         return Err(Stop::Broken);
                     }
-                    if n == 0 {
-                        first = v.addr;
-                    }
                     last_ipa = v.addr;
                     n += 1;
                     bad += self.give_back(host, hyp, v.pte, &mut run);
@@ -200,7 +197,7 @@ impl<'a, P: Platform> Hyp<'a, P> {
         bad += clear_run(host, run);
         // 2. The entries go, invalidated: the whole VMID after the last batch (it may be
         //    reused, and the memcache handed back, only once no TLB entry of it survives);
-        //    otherwise `[first, last]`, which holds exactly this batch's leaves, in one unmap
+        //    otherwise `[lo, last]`, which holds exactly this batch's leaves, in one unmap
         //    (invalidations batched, emptied tables back to the pool).
         if last {
             self.plat.dsb_ishst();
@@ -212,9 +209,11 @@ impl<'a, P: Platform> Hyp<'a, P> {
                 plat: self.plat,
                 vttbr: vm.vttbr(),
             };
-            let size = last_ipa + PAGE_SIZE - first;
+            // (From `lo`: annotations — MMIO guard — before the first leaf go too, so that
+            // nothing is left below `reclaim_from`.)
+            let size = last_ipa + PAGE_SIZE - lo;
             let want = n * PAGE_SIZE;
-            if !matches!(vm.pgt.unmap(&mut vm.pool, &arch, first, size), Ok(s) if s == want) {
+            if !matches!(vm.pgt.unmap(&mut vm.pool, &arch, lo, size), Ok(s) if s == want) {
                 bad += 1;
             }
         }

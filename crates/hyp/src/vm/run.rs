@@ -3,6 +3,7 @@
 use pkvm_abi::guest::{VcpuExit, exit, vcpu_off};
 use pkvm_abi::{Error, PAGE_SIZE, psci};
 use pkvm_arch::esr::{DataAbort, Ec, Esr, FaultClass, fault_ipa};
+use pkvm_arch::exception::PstateFeatures;
 
 use super::guest_call::GuestCall;
 use super::{PendingMmio, pstate_is_valid};
@@ -143,7 +144,8 @@ impl<P: Platform> Hyp<'_, P> {
                     && matches!(reason, exit::MMIO | exit::FAULT)
                     && self.guard_refuses(handle, &ex, mem)
                 {
-                    (entry.pc, entry.pstate) = Self::inject_sea(st, &ex);
+                    (entry.pc, entry.pstate) =
+                        Self::inject_sea(st, &ex, self.plat.pstate_features());
                     continue;
                 }
                 break (reason, pending);
@@ -215,27 +217,14 @@ impl<P: Platform> Hyp<'_, P> {
     /// EL1 registers written as the architecture's exception entry would); returns the PC and
     /// PSTATE it continues at. Out of line: rare.
     #[inline(never)]
-    fn inject_sea(st: SharedVcpu<'_, P>, ex: &GuestExit) -> (u64, u64) {
+    fn inject_sea(st: SharedVcpu<'_, P>, ex: &GuestExit, features: PstateFeatures) -> (u64, u64) {
         use pkvm_abi::guest::{sys, vcpu_off};
-        use pkvm_arch::exception::{PstateFeatures, el1_sync, sea_esr};
+        use pkvm_arch::exception::{el1_sync, sea_esr};
         let (pc, pstate) = (st.pc(), st.pstate());
         let vbar = st.read(vcpu_off::sys(sys::VBAR_EL1));
         let sctlr = st.read(vcpu_off::sys(sys::SCTLR_EL1));
-        // (The guest's PSTATE features — PAN, SSBS, MTE, NMI — are not modelled: none is
-        // set on entry.)
-        let e = el1_sync(
-            sea_esr(ex.esr, pstate),
-            pc,
-            pstate,
-            vbar,
-            sctlr,
-            PstateFeatures {
-                pan: false,
-                ssbs: false,
-                mte: false,
-                nmi: false,
-            },
-        );
+        // PAN, SSBS, TCO and ALLINT at the vector as this CPU's features say.
+        let e = el1_sync(sea_esr(ex.esr, pstate), pc, pstate, vbar, sctlr, features);
         st.write(vcpu_off::sys(sys::ESR_EL1), e.esr);
         st.write(vcpu_off::sys(sys::FAR_EL1), ex.far);
         st.write(vcpu_off::sys(sys::ELR_EL1), e.elr);
@@ -268,12 +257,6 @@ impl<P: Platform> Hyp<'_, P> {
         (mem_start, mem_end): (u64, u64),
     ) -> (u64, Option<PendingMmio>) {
         let st = self.shared_vcpu(e.vcpu_pa);
-        let mut out = VcpuExit {
-            esr: ex.esr,
-            far: ex.far,
-            ..VcpuExit::default()
-        };
-        let mut pending = None;
         let esr = Esr(ex.esr);
         // Matched on the raw class against the enum's values: the round trip is the hot path,
         // and the raw compare is what the compiler makes shortest.
@@ -282,6 +265,17 @@ impl<P: Platform> Hyp<'_, P> {
         const WFX: u8 = Ec::Wfx.bits();
         const DABT_LOW: u8 = Ec::DabtLow.bits();
         const IABT_LOW: u8 = Ec::IabtLow.bits();
+        // `ESR_EL2` means something only for a synchronous exit, `FAR_EL2` only for an abort:
+        // otherwise they still hold an earlier exception's (an abort EL2 answered itself,
+        // injecting it into the guest), which the host must not see.
+        let sync = ex.vector == 0;
+        let abort = sync && matches!(esr.ec_bits(), DABT_LOW | IABT_LOW);
+        let mut out = VcpuExit {
+            esr: if sync { ex.esr } else { 0 },
+            far: if abort { ex.far } else { 0 },
+            ..VcpuExit::default()
+        };
+        let mut pending = None;
         out.reason = match (ex.vector, esr.ec_bits()) {
             (1 | 2, _) => exit::IRQ,
             (0, ec @ (HVC64 | SMC64)) => {
