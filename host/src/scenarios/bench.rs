@@ -149,23 +149,7 @@ pub fn run(c: &mut Checks, env: &mut Env) {
 /// The guest figures: a whole lifecycle, and a hypercall-exit round trip.
 fn guests(c: &mut Checks, env: &mut Env) {
     let mem = SlotMem::alloc(env);
-    let mut life = [0; SAMPLES];
-    let mut err = None;
-    for (i, v) in life.iter_mut().enumerate() {
-        let (n, r) = count(|| {
-            let vm = vm::create(0, mem, i as u64, 0, flags::QUIET)?;
-            let end = vm::run(&vm, false, |_, _| {});
-            vm::destroy(vm)?;
-            Ok::<_, HcallError>(end)
-        });
-        *v = n;
-        match r {
-            Ok(RunEnd::PowerOff) => {}
-            other => {
-                err.get_or_insert(other);
-            }
-        }
-    }
+    let (life, err) = lifecycles(false, mem);
     report(c, "vm_lifecycle", &life, err);
     lifecycle_breakdown(mem);
     protected(c, env);
@@ -184,23 +168,7 @@ fn guests(c: &mut Checks, env: &mut Env) {
 /// The protected-VM figures.
 fn protected(c: &mut Checks, env: &mut Env) {
     let mem = SlotMem::with_memcache(env, super::protected::PVM_MEMCACHE_PAGES);
-    let mut life = [0; SAMPLES];
-    let mut err = None;
-    for (i, v) in life.iter_mut().enumerate() {
-        let (n, r) = count(|| {
-            let vm = vm::create_with(true, 0, mem, i as u64, (0, flags::QUIET))?;
-            let end = vm::run(&vm, false, |_, _| {});
-            vm::destroy(vm)?;
-            Ok::<_, HcallError>(end)
-        });
-        *v = n;
-        match r {
-            Ok(RunEnd::PowerOff) => {}
-            other => {
-                err.get_or_insert(other);
-            }
-        }
-    }
+    let (life, err) = lifecycles(true, mem);
     report(c, "pvm_lifecycle", &life, err);
 
     // 128 more pages after the guest's RAM, then a teardown (its first batch) and one full
@@ -238,6 +206,29 @@ fn protected(c: &mut Checks, env: &mut Env) {
     let vm = vm::create_with(true, 0, mem, 0, (1000, flags::QUIET | flags::SHARE_PINGS));
     let (rt, err) = roundtrips(vm);
     report(c, "guest_mem_share_roundtrip", &rt, err);
+}
+
+/// The EL2 instructions of [`SAMPLES`] whole lifecycles of a quiet guest in slot 0 of `mem`
+/// (protected or not), and the first run that did not end in a power-off.
+fn lifecycles(
+    protected: bool,
+    mem: SlotMem,
+) -> ([u64; SAMPLES], Option<Result<RunEnd, HcallError>>) {
+    let mut life = [0; SAMPLES];
+    let mut err = None;
+    for (i, v) in life.iter_mut().enumerate() {
+        let (n, r) = count(|| {
+            let vm = vm::create_with(protected, 0, mem, i as u64, (0, flags::QUIET))?;
+            let end = vm::run(&vm, false, |_, _| {});
+            vm::destroy(vm)?;
+            Ok::<_, HcallError>(end)
+        });
+        *v = n;
+        if r != Ok(RunEnd::PowerOff) {
+            err.get_or_insert(r);
+        }
+    }
+    (life, err)
 }
 
 /// The EL2 instructions of [`SAMPLES`] runs of `vm` (a quiet guest that pings many times),
