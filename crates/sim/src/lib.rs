@@ -4,6 +4,7 @@
 //! - [`mem`]: simulated RAM;
 //! - [`mmu`]: an independent descriptor walker and a TLB model;
 //! - [`platform`]: the [`pkvm_hyp::platform::Platform`] implementation recording barriers and TLBIs;
+//! - [`guest`]: the scripted guest and the world switch that plays it;
 //! - [`machine`]: boot, host hypercalls and accesses;
 //! - [`checks`]: the abstraction function and the invariants;
 //! - [`protocol`]: the page-table protocol checker (break-before-make, TLBIs, barriers, locks);
@@ -11,6 +12,7 @@
 //! - [`scenarios`]: named scenarios shared by the CLI and the tests.
 
 pub mod checks;
+pub mod guest;
 pub mod machine;
 pub mod mem;
 pub mod mmu;
