@@ -184,6 +184,10 @@ fn bad_inputs_are_refused_and_change_nothing() {
         // it is fine (both inside one last-level table of the guest stage-2).
         refused(m, &mut c, donate(1, p + 12, 0x0f, 2), Error::Perm);
         ok(m, &mut c, donate(1, p + 12, 0x12, 1));
+        // A range starting inside an empty 2 MiB block (its level-2 table exists: the frames
+        // above are mapped) and running past it: every block it crosses is checked once.
+        let big = p + 0x40;
+        ok(m, &mut c, donate(1, big, 0x401, 0x200));
         // A page donated to one VM cannot be shared into another.
         refused(
             m,
@@ -277,10 +281,13 @@ fn discovery_answers_with_upstreams_ids() {
             call_regs(m, [smccc::HYP_MEMINFO, 0, 0, 0])[..2],
             [PAGE_SIZE, 0]
         );
-        assert_eq!(
-            call_regs(m, [smccc::HYP_MEMINFO, 1, 0, 0])[0],
-            smccc::INVALID_PARAMETER
-        );
+        for args in [[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0]] {
+            assert_eq!(
+                call_regs(m, [smccc::HYP_MEMINFO, args[0], args[1], args[2]])[0],
+                smccc::INVALID_PARAMETER,
+                "HYP_MEMINFO{args:?}"
+            );
+        }
         assert_eq!(
             call_regs(m, [smccc::VERSION, 0, 0, 0])[0],
             u64::from(psci::SMCCC_VERSION_1_1)
@@ -684,11 +691,18 @@ fn mmio_guard_keeps_unmapped_accesses_from_the_host() {
         let f = call_regs_of(m, np, [smccc::VENDOR_HYP_KVM_FEATURES, 0, 0, 0])[0];
         assert_eq!(f & smccc::MMIO_GUARD_BITS, 0);
         assert_ne!(f & (1 << 3), 0, "MEM_SHARE still offered");
-        m.plat
-            .guest_script
-            .lock()
-            .unwrap()
-            .push_back(SimGuestAction::Call([smccc::MMIO_GUARD_ENROLL, 0, 0, 0]));
-        assert_eq!(cl.vcpu_run(np), Ok(exit::HYPERCALL));
+        for fid in [
+            smccc::MMIO_GUARD_INFO,
+            smccc::MMIO_GUARD_ENROLL,
+            smccc::MMIO_GUARD_MAP,
+            smccc::MMIO_GUARD_UNMAP,
+        ] {
+            m.plat
+                .guest_script
+                .lock()
+                .unwrap()
+                .push_back(SimGuestAction::Call([fid, GUEST_CONSOLE_IPA, 0, 0]));
+            assert_eq!(cl.vcpu_run(np), Ok(exit::HYPERCALL), "{fid:#x}");
+        }
     });
 }
