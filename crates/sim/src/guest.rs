@@ -147,6 +147,13 @@ impl GuestRunner for SimPlatform {
             }
             action = SimGuestAction::Hvc(x[0], x[1]);
         }
+        // The exit of a stage-2 data abort with syndrome `d` at `ipa`.
+        let mmio_exit = |d: DataAbort, ipa: u64| GuestExit {
+            vector: 0,
+            esr: mmio_esr(d),
+            far: ipa,
+            hpfar: hpfar(ipa),
+        };
         let ex = match action {
             SimGuestAction::Hvc(x0, x1) => {
                 self.write_u64(regs, x0);
@@ -169,48 +176,33 @@ impl GuestRunner for SimPlatform {
                 if reg < 31 {
                     self.write_u64(regs + 8 * u64::from(reg), value);
                 }
-                let esr = mmio_esr(DataAbort {
+                let d = DataAbort {
                     sas: size.trailing_zeros() as u8,
                     srt: reg,
                     wnr: true,
                     ..TRANSLATION_L3
-                });
-                GuestExit {
-                    vector: 0,
-                    esr,
-                    far: ipa,
-                    hpfar: hpfar(ipa),
-                }
+                };
+                mmio_exit(d, ipa)
             }
             SimGuestAction::MmioRead { ipa, size, reg } => {
                 // A 64-bit register for an 8-byte load (SF), a 32-bit one otherwise.
-                let esr = mmio_esr(DataAbort {
+                let d = DataAbort {
                     sas: size.trailing_zeros() as u8,
                     srt: reg,
                     sf: size == 8,
                     ..TRANSLATION_L3
-                });
-                GuestExit {
-                    vector: 0,
-                    esr,
-                    far: ipa,
-                    hpfar: hpfar(ipa),
-                }
+                };
+                mmio_exit(d, ipa)
             }
             SimGuestAction::MmioReadSigned { ipa, size, reg, sf } => {
-                let esr = mmio_esr(DataAbort {
+                let d = DataAbort {
                     sas: size.trailing_zeros() as u8,
                     sse: true,
                     srt: reg,
                     sf,
                     ..TRANSLATION_L3
-                });
-                GuestExit {
-                    vector: 0,
-                    esr,
-                    far: ipa,
-                    hpfar: hpfar(ipa),
-                }
+                };
+                mmio_exit(d, ipa)
             }
             // FAR and HPFAR as a stage-2 abort at IPA 0x1234_5678 would leave them (whatever
             // the class: the core must use them only for aborts).
