@@ -408,6 +408,11 @@ impl Machine<'_> {
                 state_pa,
                 fp_pa,
             } => {
+                // The host fills in a valid initial PSTATE where it may, as before a run: a
+                // protected vCPU runs from the copy EL2 takes now, and an invalid one would
+                // make every later run `EINVAL` (EL2 checks it on each entry; the spec does
+                // not model register contents).
+                self.write_pstate(state_pa);
                 let r = c.vcpu_init(self.handle(vm), state_pa, fp_pa);
                 if r.is_ok() {
                     self.vms.lock().unwrap()[vm].vcpu_state = Some(state_pa);
@@ -469,11 +474,17 @@ impl Machine<'_> {
     fn prepare_run(&self, vm: usize) {
         let state = self.vms.lock().unwrap().get(vm).and_then(|s| s.vcpu_state);
         if let Some(st) = state {
-            let pstate = st + pkvm_abi::guest::vcpu_off::PSTATE as u64;
-            if self.host_may_write(pstate) {
-                self.plat
-                    .write_u64(pstate, pkvm_abi::guest::PSTATE_EL1H_DAIF);
-            }
+            self.write_pstate(st);
+        }
+    }
+
+    /// Writes EL1h with DAIF masked as the PSTATE of the vCPU structure at `state_pa`, if the
+    /// host may write there.
+    fn write_pstate(&self, state_pa: u64) {
+        let pstate = state_pa.wrapping_add(pkvm_abi::guest::vcpu_off::PSTATE as u64);
+        if self.host_may_write(pstate) {
+            self.plat
+                .write_u64(pstate, pkvm_abi::guest::PSTATE_EL1H_DAIF);
         }
     }
 

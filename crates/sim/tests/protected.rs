@@ -706,3 +706,37 @@ fn mmio_guard_keeps_unmapped_accesses_from_the_host() {
         }
     });
 }
+
+/// A protected vCPU runs from the copy EL2 takes at `VcpuInit` and nothing else: an initial
+/// PSTATE no guest may run with (EL2h here, or a descriptor's field the state structure
+/// overlaps, as the fuzzer found) is refused then, with the memcache page taken for the copy
+/// given back, instead of making every later run `EINVAL`.
+#[test]
+fn a_protected_vcpu_with_an_invalid_initial_pstate_is_refused_at_init() {
+    use pkvm_abi::guest::{PSTATE_EL1H_DAIF, exit, vcpu_off};
+    with_machine(&SimConfig::small(), |m| {
+        let r0 = m.config().ram[0].0 >> PAGE_SHIFT;
+        // A two-page memcache: the stage-2 root and, once, the private vCPU state.
+        let vm = m.create_model_vm_flags(r0 + 0x142, (r0 + 0x180, 2), None, vm_flags::PROTECTED);
+        let cl = m.client();
+        let st = (r0 + 0x143) << PAGE_SHIFT;
+        cl.share_hyp(r0 + 0x143, 1).unwrap();
+        let before = m.abstract_state().unwrap();
+        for bad in [0x9, 0x28, 0x10, PSTATE_EL1H_DAIF | 1 << 20] {
+            m.plat.write_u64(st + vcpu_off::PSTATE as u64, bad);
+            assert_eq!(
+                cl.vcpu_init(vm, st, st + 0x400),
+                Err(HcallError::Errno(Error::Inval)),
+                "PSTATE {bad:#x}"
+            );
+            assert_eq!(m.abstract_state().unwrap(), before, "PSTATE {bad:#x}");
+            m.check_invariants().unwrap();
+        }
+        // The page went back: the memcache still has one for a valid vCPU, which runs.
+        m.plat
+            .write_u64(st + vcpu_off::PSTATE as u64, PSTATE_EL1H_DAIF);
+        assert_eq!(cl.vcpu_init(vm, st, st + 0x400), Ok(()));
+        m.plat.guest_script.lock().unwrap().clear();
+        assert_eq!(cl.vcpu_run(vm), Ok(exit::SYSTEM_EVENT));
+    });
+}

@@ -408,7 +408,8 @@ impl<'a, P: Platform> Hyp<'a, P> {
     /// vCPU from that copy from now on.
     ///
     /// # Errors
-    /// `EINVAL` for misaligned structures; `ENOENT` for an unknown handle; `EPERM` for a dying
+    /// `EINVAL` for misaligned structures, or a protected vCPU whose initial PSTATE is not
+    /// one a guest may run with (EL1h/EL1t/EL0t, AArch64); `ENOENT` for an unknown handle; `EPERM` for a dying
     /// VM; `EBUSY` if the VM has its vCPU already; `EPERM` if they are not shared with EL2;
     /// `ENOMEM` if a protected VM's memcache has no page left for the private state.
     pub fn vcpu_init(&self, handle: u64, state_pa: PhysAddr, fp_pa: PhysAddr) -> Result<(), Error> {
@@ -436,6 +437,14 @@ impl<'a, P: Platform> Hyp<'a, P> {
             };
             self.copy_words(page, state_pa.get(), size_of::<g::VcpuState>());
             self.copy_words(page + PRIVATE_FP_OFFSET, fp_pa.get(), g::FP_STATE_SIZE);
+            // The copy is all the vCPU will ever run from: an invalid PSTATE in it would make
+            // every run fail, so it is refused now (the page goes back zeroed).
+            if !pstate_is_valid(self.shared_vcpu(page).pstate()) {
+                let _ = vm.pool.put_page(page);
+                self.hyp_unpin_locked(sp);
+                self.hyp_unpin_locked(fp);
+                return Err(Error::Inval);
+            }
             Some(PhysAddr(page))
         } else {
             None

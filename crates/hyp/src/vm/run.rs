@@ -49,7 +49,7 @@ impl<M: PhysMem> SharedVcpu<'_, M> {
     }
 
     #[inline(always)]
-    fn pstate(&self) -> u64 {
+    pub(super) fn pstate(&self) -> u64 {
         self.read(vcpu_off::PSTATE)
     }
 
@@ -243,7 +243,7 @@ impl<P: Platform> Hyp<'_, P> {
     }
 
     #[inline(always)]
-    fn shared_vcpu(&self, pa: u64) -> SharedVcpu<'_, P> {
+    pub(super) fn shared_vcpu(&self, pa: u64) -> SharedVcpu<'_, P> {
         SharedVcpu { mem: self.plat, pa }
     }
 
