@@ -326,7 +326,7 @@ pub fn cmd_test() -> Result<(), Error> {
         },
     ));
     steps.push(timed(
-        &format!("clippy: abi, arch, pgtable, hyp, spec, client (lib) on {BARE_TARGET}"),
+        &format!("clippy: abi, arch, pgtable, hyp, spec, client, vmm-core (lib) on {BARE_TARGET}"),
         || {
             cargo_step(&[
                 "clippy",
@@ -342,6 +342,8 @@ pub fn cmd_test() -> Result<(), Error> {
                 "pkvm-spec",
                 "-p",
                 "pkvm-client",
+                "-p",
+                "pkvm-vmm-core",
                 "--lib",
                 "--target",
                 BARE_TARGET,
