@@ -10,7 +10,9 @@ use aarch64_cpu::asm::barrier;
 use aarch64_cpu::registers::{Readable, VTTBR_EL2, Writeable};
 
 use pkvm_arch::regs::Vttbr;
-use pkvm_hyp::platform::{ArchOps, GuestEntry, GuestExit, GuestRunner, PhysMem, Platform};
+use pkvm_hyp::platform::{
+    ArchOps, GuestEntry, GuestExit, GuestRunner, PhysMem, Platform, VgicInfo, VgicRegs,
+};
 
 /// The EL2 platform. EL2 maps everything it touches at VA == PA, before and after its MMU is on.
 #[derive(Debug)]
@@ -291,7 +293,19 @@ fn restore_vttbr(old: u64) {
 
 impl GuestRunner for El2Platform {
     #[inline(always)]
-    fn run_guest(&self, entry: &GuestEntry) -> GuestExit {
-        crate::world::run_guest(entry)
+    fn run_guest(&self, entry: &GuestEntry, vgic: Option<&mut VgicRegs>) -> GuestExit {
+        match (vgic, crate::vgic::info()) {
+            (Some(v), Some(info)) => {
+                crate::vgic::load(v, info);
+                let ex = crate::world::run_guest(entry);
+                crate::vgic::save(v, info);
+                ex
+            }
+            _ => crate::world::run_guest(entry),
+        }
+    }
+
+    fn vgic_info(&self) -> Option<VgicInfo> {
+        crate::vgic::info()
     }
 }

@@ -135,13 +135,17 @@ pub fn init_for_host() {
     };
     MDCR_EL2.set((hpmn & mdcr::HPMN_MASK) | mdcr::TPMS);
 
-    // GICv3 system-register interface: let EL1 use it, no virtual interrupts.
+    // GICv3 system-register interface: let EL1 use it; the virtual interface off between
+    // guest runs (its registers reset UNKNOWN: `vgic` clears them).
     if field(pfr0, 24, 4) != 0 {
         ICC_SRE_EL2.set(ICC_SRE_EL2.get() | 0b1001); // SRE | Enable
         aarch64_cpu::asm::barrier::isb(aarch64_cpu::asm::barrier::SY);
-        if ICC_SRE_EL2.get() & 1 != 0 {
+        let usable = ICC_SRE_EL2.get() & 1 != 0;
+        if usable {
             ICH_HCR_EL2.set(0);
         }
+        crate::vgic::probe(usable);
+        crate::vgic::reset_cpu();
     }
 
     // Fine-grained traps (FEAT_FGT) reset to UNKNOWN values. Positive bits 0: no trap. The

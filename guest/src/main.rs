@@ -41,6 +41,15 @@
 //! With flags bit 3 (a benchmark's), every ping is preceded by a `MEM_SHARE` and a
 //! `MEM_UNSHARE` of the bounce buffer.
 //!
+//! # Virtual GIC
+//!
+//! With flags bit 4, before its pings the guest takes an interrupt through the GICv3 virtual
+//! CPU interface the host loaded into EL2's list registers, with its interrupts masked (no
+//! exception: it polls): `ICC_PMR_EL1` = 0xff and `ICC_IGRPEN1_EL1` = 1, then reads
+//! `ICC_IAR1_EL1` (the INTID the host made pending; the list register goes active), writes it to
+//! `ICC_EOIR1_EL1` (priority drop and deactivation: the list register empties), checks a second
+//! `ICC_IAR1_EL1` read is spurious (1023), and reports the INTID with a ping (`x1`).
+//!
 //! # Hostile mode
 //!
 //! Flags bits 15:8 select a hostile test (0: none, the behaviour above). A hostile guest makes
@@ -433,6 +442,36 @@ mod guest {
         power_off(ok)
     }
 
+    /// The spurious INTID: nothing pending.
+    const SPURIOUS: u64 = 1023;
+
+    /// Acknowledges and EOIs the highest-priority pending virtual interrupt (see the module
+    /// documentation) and reports its INTID with a ping; true if all went as expected.
+    fn vgic_ack() -> bool {
+        let (intid, again): (u64, u64);
+        // SAFETY: GICv3 CPU interface registers, which with HCR_EL2.IMO are the guest's virtual
+        // interface (ICV_*): they change only the guest's own interrupt state. PSTATE.I stays
+        // masked, so the pending interrupt is polled, never taken.
+        unsafe {
+            asm!(
+                "mov {t}, #0xff",
+                "msr S3_0_C4_C6_0, {t}",   // ICC_PMR_EL1
+                "mov {t}, #1",
+                "msr S3_0_C12_C12_7, {t}", // ICC_IGRPEN1_EL1
+                "isb",
+                "mrs {i}, S3_0_C12_C12_0", // ICC_IAR1_EL1
+                "msr S3_0_C12_C12_1, {i}", // ICC_EOIR1_EL1
+                "isb",
+                "mrs {a}, S3_0_C12_C12_0",
+                t = out(reg) _,
+                i = out(reg) intid,
+                a = out(reg) again,
+                options(nomem, nostack),
+            );
+        }
+        hvc(GUEST_HVC_PING, intid) == intid + 1 && intid != SPURIOUS && again == SPURIOUS
+    }
+
     fn power_off(ok: bool) -> ! {
         let f = if ok {
             psci::SYSTEM_OFF
@@ -453,6 +492,9 @@ mod guest {
         let mut ok = true;
         if flags & 4 != 0 {
             ok &= protected_abi(id);
+        }
+        if flags & 16 != 0 {
+            ok &= vgic_ack();
         }
         if flags & 1 == 0 {
             puts("guest ");

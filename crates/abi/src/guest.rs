@@ -314,6 +314,127 @@ crate::words!(VcpuExit {
     code
 });
 
+/// The GICv3 virtual CPU interface of a vCPU: what the host's VMM wants in EL2's `ICH_*_EL2`
+/// registers while the vCPU runs (pKVM's split: the host manages the virtual GIC, EL2 only
+/// loads and saves it). EL2 reads it once per entry, validates the copy (`VcpuRun` fails with
+/// `EINVAL` otherwise) and writes the interface's state back at every exit, so the host sees
+/// what the guest acknowledged and deactivated.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VgicState {
+    /// List registers in use: `lr[..nr_lrs]`, at most `Stat::VgicListRegs`. 0 with `hcr` 0: the
+    /// virtual CPU interface stays off for the run, and nothing is loaded or saved.
+    pub nr_lrs: u64,
+    /// `ICH_HCR_EL2`: only [`vgic::HCR_ALLOWED`] bits; EL2 sets `En` whenever the interface is
+    /// on. Saved back (`EOIcount`).
+    pub hcr: u64,
+    /// `ICH_VMCR_EL2`: the guest's own interface controls (priority mask, group enables).
+    pub vmcr: u64,
+    /// `ICH_AP0R<n>_EL2`, those the CPU implements (1, 2 or 4).
+    pub ap0r: [u64; 4],
+    /// `ICH_AP1R<n>_EL2`, those the CPU implements.
+    pub ap1r: [u64; 4],
+    /// `ICH_LR<n>_EL2`: [`vgic::lr`] layout; a hardware interrupt (`HW`), an LPI or a reserved
+    /// INTID is refused.
+    pub lr: [u64; vgic::MAX_LRS],
+    /// Written by EL2 at exit: `ICH_MISR_EL2` (why a maintenance interrupt is raised).
+    pub misr: u64,
+    /// Written by EL2 at exit: `ICH_EISR_EL2` (list registers with an EOI maintenance event).
+    pub eisr: u64,
+    /// Written by EL2 at exit: `ICH_ELRSR_EL2` (empty list registers).
+    pub elrsr: u64,
+}
+
+/// Word `i` of a [`VgicState`] is the `u64` at byte `8 * i`: its arrays are laid out in line.
+impl crate::shared::Words for VgicState {
+    const WORDS: usize = size_of::<VgicState>() / 8;
+
+    fn read_with(mut read: impl FnMut(usize) -> u64) -> Self {
+        let mut words = [0u64; Self::WORDS];
+        for (i, w) in words.iter_mut().enumerate() {
+            *w = read(i);
+        }
+        let at = |i: usize| words[i];
+        let arr = |start: usize| -> [u64; 4] { core::array::from_fn(|k| words[start + k]) };
+        Self {
+            nr_lrs: at(0),
+            hcr: at(1),
+            vmcr: at(2),
+            ap0r: arr(3),
+            ap1r: arr(7),
+            lr: core::array::from_fn(|k| words[11 + k]),
+            misr: at(27),
+            eisr: at(28),
+            elrsr: at(29),
+        }
+    }
+
+    fn write_with(&self, mut write: impl FnMut(usize, u64)) {
+        let words = [self.nr_lrs, self.hcr, self.vmcr]
+            .into_iter()
+            .chain(self.ap0r)
+            .chain(self.ap1r)
+            .chain(self.lr)
+            .chain([self.misr, self.eisr, self.elrsr]);
+        for (i, w) in words.enumerate() {
+            write(i, w);
+        }
+    }
+}
+
+// The word numbers above.
+const _: () = {
+    use core::mem::offset_of;
+    assert!(offset_of!(VgicState, ap0r) == 3 * 8);
+    assert!(offset_of!(VgicState, ap1r) == 7 * 8);
+    assert!(offset_of!(VgicState, lr) == 11 * 8);
+    assert!(offset_of!(VgicState, misr) == 27 * 8);
+    assert!(offset_of!(VgicState, elrsr) == 29 * 8);
+    assert!(size_of::<VgicState>() == 30 * 8);
+};
+
+/// The virtual GIC's register layouts (facts from the GICv3 architecture, IHI 0069).
+pub mod vgic {
+    /// The most list registers a GICv3 has.
+    pub const MAX_LRS: usize = 16;
+    /// `ICH_HCR_EL2.En`: the virtual CPU interface is enabled.
+    pub const HCR_EN: u64 = 1;
+    /// `ICH_HCR_EL2` bits the host may set: En, UIE, LRENPIE, NPIE, VGrp0EIE, VGrp0DIE,
+    /// VGrp1EIE, VGrp1DIE (maintenance interrupt enables), TC, TALL0, TALL1, TDIR (traps of the
+    /// guest's interface accesses, which end the run), EOIcount (31:27).
+    pub const HCR_ALLOWED: u64 =
+        0xff | (1 << 10) | (1 << 11) | (1 << 12) | (1 << 14) | (0x1f << 27);
+
+    /// `ICH_LR<n>_EL2` fields.
+    pub mod lr {
+        /// `vINTID` (31:0).
+        pub const VINTID: u64 = 0xffff_ffff;
+        /// With `HW` = 0, bit 41 (in `pINTID`): an EOI raises a maintenance interrupt.
+        pub const EOI: u64 = 1 << 41;
+        /// `Priority` (55:48).
+        pub const PRIORITY_SHIFT: u32 = 48;
+        /// `Group` (60): 1 for a Group 1 interrupt (an IRQ).
+        pub const GROUP: u64 = 1 << 60;
+        /// `HW` (61): the virtual interrupt is a physical one's (refused: EL2 owns those).
+        pub const HW: u64 = 1 << 61;
+        /// `State` (63:62) shift: 0 invalid, 1 pending, 2 active, 3 both.
+        pub const STATE_SHIFT: u32 = 62;
+        /// State: pending.
+        pub const PENDING: u64 = 1 << STATE_SHIFT;
+        /// State: active.
+        pub const ACTIVE: u64 = 2 << STATE_SHIFT;
+        /// The bits a host may set: state, group, priority, EOI, a vINTID below 1020.
+        pub const ALLOWED: u64 =
+            (3 << STATE_SHIFT) | GROUP | (0xff << PRIORITY_SHIFT) | EOI | VINTID;
+
+        /// An LR holding `intid` pending, Group 1, at `priority`.
+        #[must_use]
+        pub const fn pending_group1(intid: u32, priority: u8) -> u64 {
+            PENDING | GROUP | ((priority as u64) << PRIORITY_SHIFT) | intid as u64
+        }
+    }
+}
+
 /// A vCPU's register state, shared by the host with EL2.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -329,6 +450,8 @@ pub struct VcpuState {
     pub sys: [u64; NR_SYSREGS],
     /// The last exit.
     pub exit: VcpuExit,
+    /// The virtual CPU interface.
+    pub vgic: VgicState,
 }
 
 impl Default for VcpuState {
@@ -341,6 +464,7 @@ impl Default for VcpuState {
             pstate: PSTATE_EL1H_DAIF,
             sys,
             exit: VcpuExit::default(),
+            vgic: VgicState::default(),
         }
     }
 }
@@ -361,6 +485,8 @@ pub mod vcpu_off {
     pub const EXIT_REASON: usize = EXIT;
     /// `exit.mmio_data`.
     pub const EXIT_MMIO_DATA: usize = EXIT + core::mem::offset_of!(super::VcpuExit, mmio_data);
+    /// `vgic`.
+    pub const VGIC: usize = core::mem::offset_of!(super::VcpuState, vgic);
 
     /// `regs[n]`.
     #[must_use]

@@ -191,6 +191,9 @@ pub enum Stat {
     /// Host pages donated to guests (host NOPAGE, EL2 NOPAGE), including pages a guest shares
     /// back with the host.
     GuestOwnedPages = 16,
+    /// List registers of the GICv3 virtual CPU interface (`ICH_VTR_EL2.ListRegs` + 1; 0 on a
+    /// CPU without one): the most [`guest::VgicState::nr_lrs`] may be.
+    VgicListRegs = 17,
 }
 
 impl Stat {
@@ -215,6 +218,7 @@ impl Stat {
             14 => Stat::EmulatedMmio,
             15 => Stat::RefusedDeviceWrites,
             16 => Stat::GuestOwnedPages,
+            17 => Stat::VgicListRegs,
             _ => return None,
         })
     }
@@ -401,9 +405,9 @@ mod tests {
 
     #[test]
     fn stat_selectors_decode() {
-        for v in 0..17 {
+        for v in 0..18 {
             assert_eq!(Stat::from_u64(v).map(|s| s as u64), Some(v));
         }
-        assert_eq!(Stat::from_u64(17), None);
+        assert_eq!(Stat::from_u64(18), None);
     }
 }

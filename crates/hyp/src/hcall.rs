@@ -127,6 +127,7 @@ impl<P: Platform> Hyp<'_, P> {
                     && p.hyp_state() == crate::vmemmap::PageState::NoPage
                     && p.share_count() == 0
             }),
+            Stat::VgicListRegs => self.plat.vgic_info().map_or(0, |i| u64::from(i.nr_lrs)),
             Stat::PinnedPages => self.count_pages(|p| {
                 crate::mem_protect::is_shared_with_hyp(p) && crate::mem_protect::is_pinned(p)
             }),

@@ -98,10 +98,49 @@ pub struct GuestExit {
     pub hpfar: u64,
 }
 
+/// The shape of the CPU's GICv3 virtual CPU interface (`ICH_VTR_EL2`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VgicInfo {
+    /// List registers (`ListRegs` + 1), 1..=16.
+    pub nr_lrs: u8,
+    /// Active-priority registers per group (`ICH_AP0R<n>`/`ICH_AP1R<n>`): 1, 2 or 4, from
+    /// `PRIbits`.
+    pub nr_aprs: u8,
+}
+
+/// The virtual CPU interface of one run: validated by the core from the host's
+/// `pkvm_abi::guest::VgicState` (read once), loaded into `ICH_*_EL2` by the world switch, and
+/// saved back into it at the exit (`misr`, `eisr`, `elrsr` too) for the core to publish.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VgicRegs {
+    /// List registers to load and save: `lr[..nr_lrs]` (at most [`VgicInfo::nr_lrs`]).
+    pub nr_lrs: u8,
+    /// `ICH_HCR_EL2`, `En` set.
+    pub hcr: u64,
+    /// `ICH_VMCR_EL2`.
+    pub vmcr: u64,
+    /// `ICH_AP0R<n>_EL2`, the first [`VgicInfo::nr_aprs`] used.
+    pub ap0r: [u64; 4],
+    /// `ICH_AP1R<n>_EL2`, the first [`VgicInfo::nr_aprs`] used.
+    pub ap1r: [u64; 4],
+    /// `ICH_LR<n>_EL2`.
+    pub lr: [u64; 16],
+    /// At exit: `ICH_MISR_EL2`.
+    pub misr: u64,
+    /// At exit: `ICH_EISR_EL2`.
+    pub eisr: u64,
+    /// At exit: `ICH_ELRSR_EL2`.
+    pub elrsr: u64,
+}
+
 /// The world switch: runs a guest until it exits to EL2.
 pub trait GuestRunner {
     /// Saves the host's EL1 state, loads the guest's (registers, EL1 system registers,
-    /// FP/SIMD, `VTTBR_EL2`, the guest `HCR_EL2`), runs it until an exception takes it to
-    /// EL2, saves it and restores the host.
-    fn run_guest(&self, entry: &GuestEntry) -> GuestExit;
+    /// FP/SIMD, `VTTBR_EL2`, the guest `HCR_EL2`, and with `vgic` its virtual CPU interface),
+    /// runs it until an exception takes it to EL2, saves it (the virtual CPU interface into
+    /// `vgic`, which is then turned off) and restores the host.
+    fn run_guest(&self, entry: &GuestEntry, vgic: Option<&mut VgicRegs>) -> GuestExit;
+
+    /// The CPU's GICv3 virtual CPU interface, if it has one EL2 can use.
+    fn vgic_info(&self) -> Option<VgicInfo>;
 }

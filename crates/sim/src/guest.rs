@@ -5,8 +5,9 @@
 
 use std::sync::Mutex;
 
+use pkvm_abi::guest::vgic;
 use pkvm_arch::esr::{DataAbort, Ec, Esr};
-use pkvm_hyp::platform::{GuestEntry, GuestExit, GuestRunner, PhysMem};
+use pkvm_hyp::platform::{GuestEntry, GuestExit, GuestRunner, PhysMem, VgicInfo, VgicRegs};
 
 use crate::platform::SimPlatform;
 
@@ -39,6 +40,10 @@ pub enum SimGuestAction {
     Sync(u64),
     /// A physical interrupt.
     Irq,
+    /// The guest acknowledges and EOIs every interrupt its list registers hold (state 0; those
+    /// with `EOI` set raise their `ICH_EISR_EL2` bit and are not yet empty in
+    /// `ICH_ELRSR_EL2`), then powers off.
+    EoiAll,
     /// The guest stops at `gate` (the vCPU is running: EL2 is inside `VcpuRun`) until the
     /// test releases it, then powers off. Lets a test call EL2 from another CPU meanwhile.
     Pause(&'static PauseGate),
@@ -125,9 +130,17 @@ fn mmio_esr(d: DataAbort) -> u64 {
 }
 
 impl GuestRunner for SimPlatform {
-    fn run_guest(&self, e: &GuestEntry) -> GuestExit {
+    fn vgic_info(&self) -> Option<VgicInfo> {
+        *self.vgic_info.lock().unwrap()
+    }
+
+    fn run_guest(&self, e: &GuestEntry, mut vgic: Option<&mut VgicRegs>) -> GuestExit {
         use pkvm_abi::guest::vcpu_off;
         self.guest_entries.lock().unwrap().push(*e);
+        self.guest_vgic
+            .lock()
+            .unwrap()
+            .push(vgic.as_deref().copied());
         let regs = e.vcpu_pa + vcpu_off::REGS as u64;
         let x = core::array::from_fn(|i| self.read_u64(regs + 8 * i as u64));
         self.guest_x.lock().unwrap().push(x);
@@ -139,6 +152,32 @@ impl GuestRunner for SimPlatform {
         if let SimGuestAction::Pause(gate) = action {
             gate.pause();
             action = off;
+        }
+        if let SimGuestAction::EoiAll = action {
+            if let Some(v) = vgic.as_deref_mut() {
+                for (i, lr) in v.lr[..usize::from(v.nr_lrs)].iter_mut().enumerate() {
+                    if *lr >> vgic::lr::STATE_SHIFT != 0 && *lr & vgic::lr::EOI != 0 {
+                        v.eisr |= 1 << i;
+                    }
+                    *lr &= !(3 << vgic::lr::STATE_SHIFT);
+                }
+            }
+            action = off;
+        }
+        // As the hardware keeps them: the empty list registers, among all the CPU has (those
+        // past `nr_lrs` are 0). One whose interrupt was deactivated but asked for an EOI
+        // maintenance event (`EOI` set) is not empty until the host clears it.
+        if let (Some(v), Some(info)) = (vgic, self.vgic_info()) {
+            v.elrsr = (0..usize::from(info.nr_lrs))
+                .filter(|&i| {
+                    let lr = if i < usize::from(v.nr_lrs) {
+                        v.lr[i]
+                    } else {
+                        0
+                    };
+                    lr >> vgic::lr::STATE_SHIFT == 0 && lr & vgic::lr::EOI == 0
+                })
+                .fold(0, |m, i| m | 1 << i);
         }
         let hpfar = |ipa: u64| (ipa >> 12) << 4;
         if let SimGuestAction::Call(x) = action {
@@ -223,8 +262,8 @@ impl GuestRunner for SimPlatform {
                     hpfar,
                 }
             }
-            SimGuestAction::Pause(_) | SimGuestAction::Call(_) => {
-                unreachable!("a pause became its power-off, a call its HVC, above")
+            SimGuestAction::Pause(_) | SimGuestAction::Call(_) | SimGuestAction::EoiAll => {
+                unreachable!("a pause or EOI became its power-off, a call its HVC, above")
             }
         };
         if ex.vector == 0 {

@@ -79,6 +79,11 @@ pub struct SimPlatform {
     pub guest_entries: Mutex<Vec<GuestEntry>>,
     /// The vCPU's `x0..x3` at each guest entry (after a guest call EL2 answered: its results).
     pub guest_x: Mutex<Vec<[u64; 4]>>,
+    /// The virtual CPU interface each guest entry loaded (`None`: left off).
+    pub guest_vgic: Mutex<Vec<Option<pkvm_hyp::platform::VgicRegs>>>,
+    /// The simulated CPU's GICv3 virtual CPU interface (4 list registers, 1 active-priority
+    /// register per group, unless a test changes it).
+    pub vgic_info: Mutex<Option<pkvm_hyp::platform::VgicInfo>>,
     /// EL2's stage-1 root, once booted ([`SimPlatform::set_el2_root`]).
     el2_root: AtomicU64,
     /// `ESR_EL2`, `FAR_EL2`, `HPFAR_EL2` of the last synchronous guest exit (what an
@@ -128,6 +133,11 @@ impl SimPlatform {
             guest_script: Mutex::new(std::collections::VecDeque::new()),
             guest_entries: Mutex::new(Vec::new()),
             guest_x: Mutex::new(Vec::new()),
+            guest_vgic: Mutex::new(Vec::new()),
+            vgic_info: Mutex::new(Some(pkvm_hyp::platform::VgicInfo {
+                nr_lrs: 4,
+                nr_aprs: 1,
+            })),
             el2_root: AtomicU64::new(0),
             last_sync: Mutex::new((0, 0, 0)),
             cleaned: Mutex::new(Vec::new()),

@@ -140,6 +140,70 @@ fn bad_inputs(c: &mut Checks, mem: &[SlotMem; SLOTS], env: &mut Env) {
     );
 }
 
+/// The virtual GIC on the real CPU interface: EL2 loads the list register the host asks for, the
+/// guest acknowledges and EOIs the interrupt through its virtual CPU interface, and the list
+/// register comes back empty with its EOI maintenance event; a list register naming a hardware
+/// interrupt is refused.
+fn vgic(c: &mut Checks, mem: &[SlotMem; SLOTS]) {
+    use pkvm_abi::Stat;
+    use pkvm_abi::guest::VgicState;
+    use pkvm_abi::guest::vgic::lr;
+    const INTID: u32 = 27;
+    let nr = crate::pkvm::stat(Stat::VgicListRegs);
+    c.check(
+        "vGIC: EL2 reports the CPU's list registers",
+        nr > 0,
+        format_args!("{nr} list registers"),
+    );
+    let vm = match vm::create(0, mem[0], 7, 1, flags::QUIET | flags::VGIC) {
+        Ok(vm) => vm,
+        Err(e) => {
+            c.check("vGIC: create", false, format_args!("{e}"));
+            return;
+        }
+    };
+    let vcpu = vm::structs(0).vcpu;
+    let mut v = VgicState {
+        nr_lrs: 1,
+        ..VgicState::default()
+    };
+    v.lr[0] = lr::pending_group1(INTID, 0xa0) | lr::HW | (40 << 32);
+    vcpu.set_vgic(&v);
+    expect_err(
+        c,
+        "vGIC: a list register naming a hardware interrupt",
+        vm::run_once(&vm),
+        Error::Inval,
+    );
+    v.lr[0] = lr::pending_group1(INTID, 0xa0) | lr::EOI;
+    vcpu.set_vgic(&v);
+    let mut reported = None;
+    let r = vm::run(&vm, false, |vm, e| {
+        if *e == pkvm_client::Exit::Hypercall && reported.is_none() {
+            reported = Some(vm::structs(vm.slot).vcpu.reg(1));
+        }
+    });
+    let after = vcpu.vgic();
+    c.check(
+        "vGIC: the guest acknowledges the injected interrupt through its virtual CPU interface",
+        r == RunEnd::PowerOff && reported == Some(u64::from(INTID)),
+        format_args!("{r:?}, the guest read INTID {reported:?}"),
+    );
+    c.check(
+        "vGIC: its EOI deactivates the list register and raises the EOI maintenance event",
+        // ELRSR: LR0 is not empty until the host handles the event (EOI set); the others are.
+        after.lr[0] >> lr::STATE_SHIFT == 0
+            && after.eisr == 1
+            && after.elrsr == ((1 << nr) - 1) & !1,
+        format_args!(
+            "LR0 {:#x}, ELRSR {:#x}, EISR {:#x}",
+            after.lr[0], after.elrsr, after.eisr
+        ),
+    );
+    let r = vm::destroy(vm);
+    c.check("vGIC: destroy", r.is_ok(), format_args!("{r:?}"));
+}
+
 /// The lifecycles of this scenario: each guest prints, pings and powers off; the first exit
 /// handler also tries to unshare the running vCPU's structure (`EBUSY`).
 struct Guests {
@@ -183,6 +247,7 @@ pub fn run(c: &mut Checks, env: &mut Env) {
     println!("guests: EL2 before: {start:?}");
     let mem: [SlotMem; SLOTS] = core::array::from_fn(|_| SlotMem::alloc(env));
     bad_inputs(c, &mem, env);
+    vgic(c, &mem);
 
     let idle0 = vm::idle_exits();
     let t0 = cpu::ticks();

@@ -24,7 +24,7 @@ use crate::pkvm::{self, HcallError, PKVM};
 use crate::shared::{Shared, SharedPage};
 use pkvm_abi::guest::{
     FpState, GUEST_RAM_IPA, GUEST_RAM_PAGES, PROT_RWX, PSTATE_EL1H_DAIF, VM_MEMCACHE_PAGES,
-    VcpuExit, VcpuState, VmDesc, vcpu_off,
+    VcpuExit, VcpuState, VgicState, VmDesc, vcpu_off,
 };
 use pkvm_abi::{PAGE_SHIFT, PAGE_SIZE, Stat};
 use pkvm_arch::esr::Esr;
@@ -51,6 +51,9 @@ pub mod flags {
     /// Each ping is preceded by a `MEM_SHARE` and a `MEM_UNSHARE` of the guest's bounce
     /// buffer (protected guests only: the page must be the guest's).
     pub const SHARE_PINGS: u64 = 8;
+    /// Virtual GIC: before its pings the guest acknowledges and EOIs the interrupt the host
+    /// put in its list registers, and reports the INTID with a ping (`guest/src/main.rs`).
+    pub const VGIC: u64 = 16;
     /// Hostile mode: the guest performs hostile test `test` (one of [`super::hostile`]).
     pub const fn hostile(test: u64) -> u64 {
         (test & 0xff) << 8
@@ -155,6 +158,16 @@ impl Vcpu {
         self.0.set(vcpu_off::EXIT_MMIO_DATA / 8, v);
     }
 
+    /// The virtual CPU interface, read whole.
+    pub fn vgic(&self) -> VgicState {
+        self.0.read(vcpu_off::VGIC / 8)
+    }
+
+    /// Writes the virtual CPU interface EL2 loads on the next run.
+    pub fn set_vgic(&self, v: &VgicState) {
+        self.0.write(vcpu_off::VGIC / 8, v);
+    }
+
     /// Writes a whole state.
     pub fn init(&self, st: &VcpuState) {
         for (n, &r) in (0u8..).zip(&st.regs) {
@@ -166,6 +179,7 @@ impl Vcpu {
             self.0.set(vcpu_off::sys(i) / 8, v);
         }
         self.0.write(vcpu_off::EXIT / 8, &st.exit);
+        self.set_vgic(&st.vgic);
     }
 }
 

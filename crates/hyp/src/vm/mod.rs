@@ -41,6 +41,7 @@ mod guest_call;
 mod reclaim;
 mod run;
 mod share;
+mod vgic;
 
 use pkvm_abi::guest::{self as g, MAX_VMS, PSTATE_ALLOWED, PSTATE_MODES, VmDesc};
 use pkvm_abi::{Error, PAGE_SHIFT, PAGE_SIZE};

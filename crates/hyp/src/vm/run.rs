@@ -28,12 +28,12 @@ impl<M: PhysMem> Copy for SharedVcpu<'_, M> {}
 
 impl<M: PhysMem> SharedVcpu<'_, M> {
     #[inline(always)]
-    fn read(&self, off: usize) -> u64 {
+    pub(super) fn read(&self, off: usize) -> u64 {
         self.mem.read_u64(self.pa + off as u64)
     }
 
     #[inline(always)]
-    fn write(&self, off: usize, v: u64) {
+    pub(super) fn write(&self, off: usize, v: u64) {
         self.mem.write_u64(self.pa + off as u64, v);
     }
 
@@ -86,9 +86,11 @@ impl<P: Platform> Hyp<'_, P> {
     /// # Errors
     /// `ENOENT` unknown handle or no vCPU; `EPERM` for a dying VM; `EBUSY` if it is already
     /// running; `EINVAL` for an invalid PSTATE (nothing runs, or — when the host changed it
-    /// while EL2 answered a guest call — the run stops there).
+    /// while EL2 answered a guest call — the run stops there) or a virtual CPU interface EL2
+    /// refuses (see `vm/vgic.rs`; nothing runs).
     pub fn vcpu_run(&self, handle: u64) -> Result<u64, Error> {
-        let (mut entry, mem, protected) = {
+        let info = self.plat.vgic_info();
+        let (mut entry, mem, protected, host, mut vgic) = {
             let mut vms = self.vms.lock();
             let vm = vms.get(handle)?.live()?;
             let vttbr = vm.vttbr().bits();
@@ -113,6 +115,7 @@ impl<P: Platform> Hyp<'_, P> {
             if !pstate_is_valid(pstate) {
                 return Err(Error::Inval);
             }
+            let vgic = super::vgic::read(host, info)?;
             if core::mem::take(&mut vcpu.pending_hvc) {
                 Self::take_hvc_answer(st, host);
             }
@@ -128,13 +131,13 @@ impl<P: Platform> Hyp<'_, P> {
                 pstate,
                 vttbr,
             };
-            (entry, mem, protected)
+            (entry, mem, protected, host, vgic)
         };
         let (reason, pending) = loop {
             // The guest runs for as long as it likes, outside every lock: under Shuttle, other
             // CPUs get to run here (nothing in the default build).
             crate::sync::preemption_point();
-            let ex = self.plat.run_guest(&entry);
+            let ex = self.plat.run_guest(&entry, vgic.as_mut());
             let st = self.shared_vcpu(entry.vcpu_pa);
             let Some(call) = Self::answered_call(&ex, st, protected) else {
                 let (reason, pending) = self.decode_exit(&entry, &ex, mem);
@@ -154,13 +157,27 @@ impl<P: Platform> Hyp<'_, P> {
             // Back in: the PC and PSTATE the world switch saved, read once and checked again.
             let (pc, pstate) = (st.pc(), st.pstate());
             if !pstate_is_valid(pstate) {
+                Self::publish_vgic(host, vgic.as_ref(), info);
                 self.stop_running(handle, None, None);
                 return Err(Error::Inval);
             }
             (entry.pc, entry.pstate) = (pc, pstate);
         };
+        Self::publish_vgic(host, vgic.as_ref(), info);
         self.stop_running(handle, pending, Some(reason));
         Ok(reason)
+    }
+
+    /// The virtual CPU interface as the run left it, to the host's structure (if it was on).
+    #[inline(always)]
+    fn publish_vgic(
+        host: SharedVcpu<'_, P>,
+        vgic: Option<&crate::platform::VgicRegs>,
+        info: Option<crate::platform::VgicInfo>,
+    ) {
+        if let (Some(v), Some(info)) = (vgic, info) {
+            super::vgic::publish(host, v, info);
+        }
     }
 
     /// The vCPU of `handle` is no longer running; `pending` is the MMIO access to complete.
