@@ -294,14 +294,10 @@ fn restore_vttbr(old: u64) {
 impl GuestRunner for El2Platform {
     #[inline(always)]
     fn run_guest(&self, entry: &GuestEntry, vgic: Option<&mut VgicRegs>) -> GuestExit {
-        match (vgic, crate::vgic::info()) {
-            (Some(v), Some(info)) => {
-                crate::vgic::load(v, info);
-                let ex = crate::world::run_guest(entry);
-                crate::vgic::save(v, info);
-                ex
-            }
-            _ => crate::world::run_guest(entry),
+        // The core turns the interface on only if the CPU has one.
+        match vgic {
+            Some(v) => crate::vgic::run_with(v, || crate::world::run_guest(entry)),
+            None => crate::world::run_guest(entry),
         }
     }
 

@@ -118,8 +118,21 @@ pub fn reset_cpu() {
     }
 }
 
+/// Runs `run` (the world switch) with `v` loaded, and saves it back. Out of line: off the
+/// path of guests that leave the interface off.
+#[inline(never)]
+pub fn run_with<R>(v: &mut VgicRegs, run: impl FnOnce() -> R) -> R {
+    let Some(info) = info() else {
+        return run();
+    };
+    load(v, info);
+    let r = run();
+    save(v, info);
+    r
+}
+
 /// Loads `v` (the world switch's `isb` before `eret` makes it take effect).
-pub fn load(v: &VgicRegs, info: VgicInfo) {
+fn load(v: &VgicRegs, info: VgicInfo) {
     for i in 0..usize::from(info.nr_aprs) {
         write_ap0r(i, v.ap0r[i]);
         write_ap1r(i, v.ap1r[i]);
@@ -132,7 +145,7 @@ pub fn load(v: &VgicRegs, info: VgicInfo) {
 }
 
 /// Saves the interface into `v` and switches it off, back to the between-runs invariant.
-pub fn save(v: &mut VgicRegs, info: VgicInfo) {
+fn save(v: &mut VgicRegs, info: VgicInfo) {
     v.hcr = read_hcr(0);
     v.vmcr = read_vmcr(0);
     v.misr = read_misr(0);

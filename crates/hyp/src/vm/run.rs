@@ -8,7 +8,7 @@ use pkvm_arch::exception::PstateFeatures;
 use super::guest_call::GuestCall;
 use super::{PendingMmio, pstate_is_valid};
 use crate::hyp::Hyp;
-use crate::platform::{GuestEntry, GuestExit, PhysMem, Platform};
+use crate::platform::{GuestEntry, GuestExit, PhysMem, Platform, VgicRegs};
 
 /// The host's `VcpuState` at `pa`, shared with EL2 and pinned while the vCPU exists. The host
 /// may change it at any time: every field is read once, through these accessors, and the copy
@@ -89,8 +89,10 @@ impl<P: Platform> Hyp<'_, P> {
     /// while EL2 answered a guest call — the run stops there) or a virtual CPU interface EL2
     /// refuses (see `vm/vgic.rs`; nothing runs).
     pub fn vcpu_run(&self, handle: u64) -> Result<u64, Error> {
-        let info = self.plat.vgic_info();
-        let (mut entry, mem, protected, host, mut vgic) = {
+        // Filled in place only when the host turns the interface on: the test guests' hot
+        // path never copies or zeroes it (EL2's memcpy and memset are byte loops).
+        let mut vgic: Option<VgicRegs> = None;
+        let (mut entry, mem, protected, host) = {
             let mut vms = self.vms.lock();
             let vm = vms.get(handle)?.live()?;
             let vttbr = vm.vttbr().bits();
@@ -115,7 +117,7 @@ impl<P: Platform> Hyp<'_, P> {
             if !pstate_is_valid(pstate) {
                 return Err(Error::Inval);
             }
-            let vgic = super::vgic::read(host, info)?;
+            super::vgic::read(host, self.plat, &mut vgic)?;
             if core::mem::take(&mut vcpu.pending_hvc) {
                 Self::take_hvc_answer(st, host);
             }
@@ -131,7 +133,7 @@ impl<P: Platform> Hyp<'_, P> {
                 pstate,
                 vttbr,
             };
-            (entry, mem, protected, host, vgic)
+            (entry, mem, protected, host)
         };
         let (reason, pending) = loop {
             // The guest runs for as long as it likes, outside every lock: under Shuttle, other
@@ -157,26 +159,22 @@ impl<P: Platform> Hyp<'_, P> {
             // Back in: the PC and PSTATE the world switch saved, read once and checked again.
             let (pc, pstate) = (st.pc(), st.pstate());
             if !pstate_is_valid(pstate) {
-                Self::publish_vgic(host, vgic.as_ref(), info);
+                self.publish_vgic(host, vgic.as_ref());
                 self.stop_running(handle, None, None);
                 return Err(Error::Inval);
             }
             (entry.pc, entry.pstate) = (pc, pstate);
         };
-        Self::publish_vgic(host, vgic.as_ref(), info);
+        self.publish_vgic(host, vgic.as_ref());
         self.stop_running(handle, pending, Some(reason));
         Ok(reason)
     }
 
     /// The virtual CPU interface as the run left it, to the host's structure (if it was on).
     #[inline(always)]
-    fn publish_vgic(
-        host: SharedVcpu<'_, P>,
-        vgic: Option<&crate::platform::VgicRegs>,
-        info: Option<crate::platform::VgicInfo>,
-    ) {
-        if let (Some(v), Some(info)) = (vgic, info) {
-            super::vgic::publish(host, v, info);
+    fn publish_vgic(&self, host: SharedVcpu<'_, P>, vgic: Option<&VgicRegs>) {
+        if let Some(v) = vgic {
+            super::vgic::publish(host, v, self.plat);
         }
     }
 

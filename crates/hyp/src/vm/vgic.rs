@@ -15,7 +15,7 @@ use pkvm_abi::Error;
 use pkvm_abi::guest::{VgicState, vcpu_off, vgic};
 
 use super::run::SharedVcpu;
-use crate::platform::{PhysMem, VgicInfo, VgicRegs};
+use crate::platform::{PhysMem, Platform, VgicInfo, VgicRegs};
 
 /// Word offsets of [`VgicState`]'s fields inside the vCPU structure.
 mod off {
@@ -44,20 +44,35 @@ pub fn lr_is_valid(lr: u64) -> bool {
 }
 
 /// The virtual CPU interface the host asks for in the structure `host` (read once), validated
-/// against the CPU's `info`: `None` when it leaves it off (`nr_lrs` and `hcr` both 0).
+/// against the CPU's virtual interface, into `out` (left as it is, `None`, when the host leaves the
+/// interface off: `nr_lrs` and `hcr` both 0). An out-parameter: the structure is built in
+/// place only when used.
 ///
 /// # Errors
-/// `EINVAL` (nothing read is kept) for an interface on a CPU without one, more list registers
-/// than the CPU has, an `ICH_HCR_EL2` bit outside [`vgic::HCR_ALLOWED`], a list register that
-/// fails [`lr_is_valid`], or two valid list registers with one vINTID.
-pub(super) fn read<M: PhysMem>(
-    host: SharedVcpu<'_, M>,
-    info: Option<VgicInfo>,
-) -> Result<Option<VgicRegs>, Error> {
+/// `EINVAL` (`out` untouched) for an interface on a CPU without one, more list registers than
+/// the CPU has, an `ICH_HCR_EL2` bit outside [`vgic::HCR_ALLOWED`], a list register that fails
+/// [`lr_is_valid`], or two valid list registers with one vINTID.
+#[inline(always)]
+pub(super) fn read<P: Platform>(
+    host: SharedVcpu<'_, P>,
+    plat: &P,
+    out: &mut Option<VgicRegs>,
+) -> Result<(), Error> {
     let (nr, hcr) = (host.read(off::NR_LRS), host.read(off::HCR));
     if nr == 0 && hcr == 0 {
-        return Ok(None);
+        return Ok(());
     }
+    read_on(host, plat.vgic_info(), (nr, hcr), out)
+}
+
+/// [`read`] of an interface the host turned on. Out of line: off the test guests' hot path.
+#[inline(never)]
+fn read_on<M: PhysMem>(
+    host: SharedVcpu<'_, M>,
+    info: Option<VgicInfo>,
+    (nr, hcr): (u64, u64),
+    out: &mut Option<VgicRegs>,
+) -> Result<(), Error> {
     let info = info.ok_or(Error::Inval)?;
     if nr > u64::from(info.nr_lrs) || hcr & !vgic::HCR_ALLOWED != 0 {
         return Err(Error::Inval);
@@ -88,11 +103,17 @@ pub(super) fn read<M: PhysMem>(
         }
         v.lr[i] = lr;
     }
-    Ok(Some(v))
+    *out = Some(v);
+    Ok(())
 }
 
 /// Publishes the interface as the exit left it to the host's structure `host`.
-pub(super) fn publish<M: PhysMem>(host: SharedVcpu<'_, M>, v: &VgicRegs, info: VgicInfo) {
+#[inline(never)]
+pub(super) fn publish<P: Platform>(host: SharedVcpu<'_, P>, v: &VgicRegs, plat: &P) {
+    // The interface was on, so the CPU has one (`read` checked).
+    let Some(info) = plat.vgic_info() else {
+        return;
+    };
     host.write(off::HCR, v.hcr);
     host.write(off::VMCR, v.vmcr);
     for i in 0..usize::from(info.nr_aprs) {
