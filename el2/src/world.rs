@@ -21,8 +21,10 @@
 //!
 //! The guest's `HCR_EL2`: VM (stage-2), RW (AArch64 EL1), TSC (its SMCs trap), TWI (a `WFI`
 //! ends the run instead of stopping the host's CPU), IMO/FMO/AMO (physical interrupts and
-//! SErrors come to EL2 and end the run), DC (with its MMU off the guest sees Normal cacheable
-//! memory), PTW; and the traps that keep it off state the world switch does not switch (each
+//! SErrors come to EL2 and end the run), PTW; no DC (it would make the guest's stage-1 MMU
+//! behave as off even once the guest turns it on, which no real OS survives: a guest with its
+//! MMU off sees Device memory for data and manages its caches itself, as on bare metal); and
+//! the traps that keep it off state the world switch does not switch (each
 //! ends the run with a `FAULT` exit): TACR (`ACTLR_EL1`), TIDCP (implementation-defined EL1
 //! registers), TSW (set/way cache maintenance, which acts on the host's caches too), TLOR
 //! (LORegion registers), TERR (RAS error records); no API/APK (pointer-auth keys and
@@ -53,7 +55,6 @@ pub const HCR_GUEST: u64 = hcr::VM
     | hcr::FMO
     | hcr::IMO
     | hcr::AMO
-    | hcr::DC
     | hcr::TWI
     | hcr::TSC
     | hcr::TIDCP

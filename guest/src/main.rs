@@ -1,8 +1,8 @@
 //! pkvm-rs test guest: a small EL1 payload run by the host's `guests` scenario.
 //!
 //! The host shares [`GUEST_RAM_PAGES`] pages at IPA [`GUEST_RAM_IPA`], copies this image to
-//! their start and enters it at EL1h with the MMU off (`HCR_EL2.DC` makes that memory Normal
-//! cacheable), `x0` = its cycle number, `x1` = loop count, `x2` = flags (bit 0: quiet — only
+//! their start and enters it at EL1h with the MMU off (its data accesses are Device accesses:
+//! no `HCR_EL2.DC`; the target's strict alignment keeps them aligned), `x0` = its cycle number, `x1` = loop count, `x2` = flags (bit 0: quiet — only
 //! the pings, without FP; bit 1: pings use FP even when quiet). The image starts with the
 //! shared entry of `pkvm_rt` (the bare-metal runtime of all three images: an arm64 `Image`
 //! header, FP/SIMD enabled, `.bss` zeroed, the stack at the end of its RAM, `VBAR_EL1` set to
