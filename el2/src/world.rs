@@ -41,6 +41,10 @@
 //!   breakpoints, watchpoints and single-step are off in the guest; the host's value is
 //!   restored on exit), so a guest can neither arm a breakpoint the host then hits nor step;
 //! - the PMU: `MDCR_EL2` TPM/TPMCR trap every PMU register; the trace filter (TTRF) traps.
+//!
+//! The trapped debug and PMU accesses do not end the run: the portable core answers them
+//! (`vm/run.rs`, `emulate_sysreg`: reads as zero, writes ignored), so a guest OS that resets
+//! them at boot runs on, with no self-hosted debug and no PMU.
 
 use core::arch::global_asm;
 use core::mem::offset_of;

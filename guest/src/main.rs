@@ -340,52 +340,66 @@ mod guest {
                 };
                 true
             }
+            // Debug and PMU registers: EL2 traps them and answers itself (reads as zero,
+            // writes ignored): each write is read back, and must read 0.
             test::MDSCR_WRITE => {
-                // SAFETY: a debug control register write: EL2 must trap it. If it executes,
-                // debug exceptions stay masked (PSTATE.D is set) and nothing steps.
+                let v: u64;
+                // SAFETY: a debug control register write and read: EL2 traps and emulates
+                // both; if the write executed, debug exceptions stay masked (PSTATE.D is set)
+                // and nothing steps.
                 unsafe {
-                    asm!("msr mdscr_el1, {v}", "isb", v = in(reg) MDSCR_KDE_MDE_SS,
-                         options(nomem, nostack))
+                    asm!("msr mdscr_el1, {w}", "isb", "mrs {v}, mdscr_el1",
+                         w = in(reg) MDSCR_KDE_MDE_SS, v = out(reg) v, options(nomem, nostack))
                 };
-                true
+                v == 0
             }
             test::DBGBVR0_WRITE => {
-                // SAFETY: a breakpoint register write: EL2 must trap it; no memory effect.
+                let v: u64;
+                // SAFETY: a breakpoint register write and read (emulated); no memory effect.
                 unsafe {
-                    asm!("msr dbgbvr0_el1, {v}", "isb", v = in(reg) arg, options(nomem, nostack))
+                    asm!("msr dbgbvr0_el1, {w}", "isb", "mrs {v}, dbgbvr0_el1",
+                         w = in(reg) arg, v = out(reg) v, options(nomem, nostack))
                 };
-                true
+                v == 0
             }
             test::DBGBCR0_WRITE => {
+                let v: u64;
                 // SAFETY: as above.
                 unsafe {
-                    asm!("msr dbgbcr0_el1, {v}", "isb", v = in(reg) arg, options(nomem, nostack))
+                    asm!("msr dbgbcr0_el1, {w}", "isb", "mrs {v}, dbgbcr0_el1",
+                         w = in(reg) arg, v = out(reg) v, options(nomem, nostack))
                 };
-                true
+                v == 0
             }
             test::OSLAR_WRITE => {
-                // SAFETY: the OS lock: EL2 must trap it; no memory effect.
+                let v: u64;
+                // SAFETY: the OS lock, then its status (emulated); no memory effect.
                 unsafe {
-                    asm!("msr oslar_el1, {v}", "isb", v = in(reg) arg, options(nomem, nostack))
+                    asm!("msr oslar_el1, {w}", "isb", "mrs {v}, oslsr_el1",
+                         w = in(reg) arg, v = out(reg) v, options(nomem, nostack))
                 };
-                true
+                v == 0
             }
             test::PMCR_READ => {
-                // SAFETY: a PMU register read: EL2 must trap it; no side effect.
-                unsafe { asm!("mrs {v}, pmcr_el0", v = out(reg) _, options(nomem, nostack)) };
-                true
+                let v: u64;
+                // SAFETY: a PMU register read (emulated); no side effect.
+                unsafe { asm!("mrs {v}, pmcr_el0", v = out(reg) v, options(nomem, nostack)) };
+                v == 0
             }
             test::PMCCNTR_READ => {
+                let v: u64;
                 // SAFETY: as above.
-                unsafe { asm!("mrs {v}, pmccntr_el0", v = out(reg) _, options(nomem, nostack)) };
-                true
+                unsafe { asm!("mrs {v}, pmccntr_el0", v = out(reg) v, options(nomem, nostack)) };
+                v == 0
             }
             test::PMCR_WRITE => {
-                // SAFETY: a PMU control write: EL2 must trap it; no memory effect.
+                let v: u64;
+                // SAFETY: a PMU control write and read (emulated); no memory effect.
                 unsafe {
-                    asm!("msr pmcr_el0, {v}", "isb", v = in(reg) arg, options(nomem, nostack))
+                    asm!("msr pmcr_el0, {w}", "isb", "mrs {v}, pmcr_el0",
+                         w = in(reg) arg, v = out(reg) v, options(nomem, nostack))
                 };
-                true
+                v == 0
             }
             test::ACTLR_READ => {
                 // SAFETY: an implementation-defined control register read: EL2 must trap it.

@@ -216,6 +216,77 @@ pub const fn fault_ipa(hpfar: u64, far: u64) -> Ipa {
 /// `DFSC` of a synchronous external abort not on a table walk: what EL2 injects.
 pub const FSC_SEA: u64 = 0b01_0000;
 
+/// The instruction-specific syndrome of a trapped `MSR`/`MRS`/system instruction (`ISS` for
+/// EC 0x18): the register's encoding, the transfer register and the direction.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SysregAccess {
+    /// `Op0` (2: debug registers, 3: the others; 1: a system instruction).
+    pub op0: u8,
+    /// `Op1`.
+    pub op1: u8,
+    /// `CRn`.
+    pub crn: u8,
+    /// `CRm`.
+    pub crm: u8,
+    /// `Op2`.
+    pub op2: u8,
+    /// `Rt`: the transfer register (31 = `xzr`).
+    pub rt: u8,
+    /// `Direction`: an `MRS` (a read), else an `MSR` (a write).
+    pub read: bool,
+}
+
+impl SysregAccess {
+    /// Decodes an EC 0x18 `ISS`.
+    #[must_use]
+    #[inline]
+    pub const fn from_iss(iss: u32) -> Self {
+        SysregAccess {
+            op0: ((iss >> 20) & 3) as u8,
+            op2: ((iss >> 17) & 7) as u8,
+            op1: ((iss >> 14) & 7) as u8,
+            crn: ((iss >> 10) & 0xf) as u8,
+            rt: ((iss >> 5) & 0x1f) as u8,
+            crm: ((iss >> 1) & 0xf) as u8,
+            read: iss & 1 != 0,
+        }
+    }
+
+    /// Encodes the `ISS` (the inverse of [`SysregAccess::from_iss`]; fields truncated to their
+    /// width).
+    #[must_use]
+    #[inline]
+    pub const fn iss(&self) -> u32 {
+        ((self.op0 as u32 & 3) << 20)
+            | ((self.op2 as u32 & 7) << 17)
+            | ((self.op1 as u32 & 7) << 14)
+            | ((self.crn as u32 & 0xf) << 10)
+            | ((self.rt as u32 & 0x1f) << 5)
+            | ((self.crm as u32 & 0xf) << 1)
+            | self.read as u32
+    }
+
+    /// A debug register (`Op0` = 2: breakpoints, watchpoints, `MDSCR_EL1`, the OS lock, the
+    /// debug communication channel, ...).
+    #[must_use]
+    #[inline]
+    pub const fn is_debug(&self) -> bool {
+        self.op0 == 2
+    }
+
+    /// A PMUv3 register: `PMCR_EL0` .. `PMOVSSET_EL0` (`Op1` = 3, `CRn` = 9, `CRm` 12..=14),
+    /// the event counters and types (`Op1` = 3, `CRn` = 14, `CRm` 8..=15), `PMINTENSET_EL1`,
+    /// `PMINTENCLR_EL1` and `PMMIR_EL1` (`Op1` = 0, `CRn` = 9, `CRm` = 14).
+    #[must_use]
+    #[inline]
+    pub const fn is_pmu(&self) -> bool {
+        self.op0 == 3
+            && ((self.op1 == 3 && self.crn == 9 && self.crm >= 12 && self.crm <= 14)
+                || (self.op1 == 3 && self.crn == 14 && self.crm >= 8)
+                || (self.op1 == 0 && self.crn == 9 && self.crm == 14))
+    }
+}
+
 /// The instruction-specific syndrome of a data abort (`ISS` for EC 0x24/0x25).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct DataAbort {
@@ -413,5 +484,49 @@ mod tests {
         assert!(!DataAbort::from_iss(0).is_emulatable());
         assert_eq!(Esr(0x24 << 26 | 0x10).fault_class(), FaultClass::Other);
         assert_eq!(Esr(0x16 << 26).data_abort(), None);
+    }
+
+    #[test]
+    fn sysreg_syndromes_decode_and_classify() {
+        let a = |op0, op1, crn, crm, op2| SysregAccess {
+            op0,
+            op1,
+            crn,
+            crm,
+            op2,
+            rt: 7,
+            read: true,
+        };
+        // `mrs x7, pmcr_el0`: as a CPU reports it (Op0 3, Op2 0, Op1 3, CRn 9, Rt 7, CRm 12).
+        let iss = (3 << 20) | (3 << 14) | (9 << 10) | (7 << 5) | (12 << 1) | 1;
+        assert_eq!(SysregAccess::from_iss(iss), a(3, 3, 9, 12, 0));
+        assert_eq!(a(3, 3, 9, 12, 0).iss(), iss);
+        let mdscr = SysregAccess {
+            read: false,
+            rt: 1,
+            ..a(2, 0, 0, 2, 2)
+        };
+        assert_eq!(SysregAccess::from_iss(mdscr.iss()), mdscr);
+        assert!(mdscr.is_debug() && !mdscr.is_pmu());
+        for pmu in [
+            a(3, 3, 9, 12, 0),  // PMCR_EL0
+            a(3, 3, 9, 13, 0),  // PMCCNTR_EL0
+            a(3, 3, 9, 14, 0),  // PMUSERENR_EL0
+            a(3, 3, 14, 8, 0),  // PMEVCNTR0_EL0
+            a(3, 3, 14, 15, 7), // PMCCFILTR_EL0
+            a(3, 0, 9, 14, 1),  // PMINTENSET_EL1
+        ] {
+            assert!(pmu.is_pmu() && !pmu.is_debug(), "{pmu:?}");
+        }
+        for other in [
+            a(3, 0, 1, 0, 1),  // ACTLR_EL1
+            a(3, 3, 14, 3, 1), // CNTV_CTL_EL0: CRn 14 too, but a timer register
+            a(3, 3, 14, 0, 1), // CNTPCT_EL0
+            a(3, 3, 13, 2, 0), // AMCNTENCLR0_EL0
+            a(3, 0, 9, 9, 0),  // PMSCR_EL1 (SPE), not PMUv3
+            a(1, 0, 7, 6, 2),  // DC ISW: a system instruction
+        ] {
+            assert!(!other.is_pmu() && !other.is_debug(), "{other:?}");
+        }
     }
 }

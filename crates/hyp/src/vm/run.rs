@@ -2,7 +2,7 @@
 
 use pkvm_abi::guest::{VcpuExit, exit, vcpu_off};
 use pkvm_abi::{Error, PAGE_SIZE, psci};
-use pkvm_arch::esr::{DataAbort, Ec, Esr, FaultClass, fault_ipa};
+use pkvm_arch::esr::{DataAbort, Ec, Esr, FaultClass, SysregAccess, fault_ipa};
 use pkvm_arch::exception::PstateFeatures;
 
 use super::guest_call::GuestCall;
@@ -141,7 +141,9 @@ impl<P: Platform> Hyp<'_, P> {
             crate::sync::preemption_point();
             let ex = self.plat.run_guest(&entry, vgic.as_mut());
             let st = self.shared_vcpu(entry.vcpu_pa);
-            let Some(call) = Self::answered_call(&ex, st, protected) else {
+            if let Some(call) = Self::answered_call(&ex, st, protected) {
+                self.guest_call(handle, call, st);
+            } else {
                 let (reason, pending) = self.decode_exit(&entry, &ex, mem);
                 // MMIO guard (protected VMs, whose exit record is not the host's until it is
                 // published): the guest gets the abort instead, the host sees nothing.
@@ -153,9 +155,11 @@ impl<P: Platform> Hyp<'_, P> {
                         Self::inject_sea(st, &ex, self.plat.pstate_features());
                     continue;
                 }
-                break (reason, pending);
-            };
-            self.guest_call(handle, call, st);
+                // Debug and PMU registers: read as zero, writes ignored, at EL2.
+                if reason != exit::FAULT || !Self::emulate_sysreg(st, &ex) {
+                    break (reason, pending);
+                }
+            }
             // Back in: the PC and PSTATE the world switch saved, read once and checked again.
             let (pc, pstate) = (st.pc(), st.pstate());
             if !pstate_is_valid(pstate) {
@@ -245,6 +249,29 @@ impl<P: Platform> Hyp<'_, P> {
         st.write(vcpu_off::sys(sys::ELR_EL1), e.elr);
         st.write(vcpu_off::sys(sys::SPSR_EL1), e.spsr);
         (e.vector, e.pstate)
+    }
+
+    /// Emulates the trapped system-register access of exit `ex` if it is one EL2 answers
+    /// itself: a debug register (`Op0` = 2, trapped by `MDCR_EL2.TDA/TDOSA/TDRA`) or a PMUv3
+    /// register (`TPM`/`TPMCR`) reads as zero and ignores writes — the guest has no self-hosted
+    /// debug and no PMU, as an OS that probes and resets them at boot expects to be able to
+    /// find out — and the guest's PC moves past the instruction. False for anything else (the
+    /// run ends with its `FAULT` exit). Out of line: not on the hot path.
+    #[inline(never)]
+    fn emulate_sysreg(st: SharedVcpu<'_, P>, ex: &GuestExit) -> bool {
+        let esr = Esr(ex.esr);
+        if ex.vector != 0 || esr.ec() != Ec::Sysreg64 {
+            return false;
+        }
+        let a = SysregAccess::from_iss(esr.iss());
+        if !a.is_debug() && !a.is_pmu() {
+            return false;
+        }
+        if a.read && a.rt < 31 {
+            st.set_reg(a.rt, 0);
+        }
+        st.skip_instruction();
+        true
     }
 
     /// The guest call EL2 answers that this exit is, if any: an `HVC` with a function id of
