@@ -32,6 +32,9 @@ pub struct DeviceTree {
     pub blob: Range,
     /// The first GICv3 redistributor (the second `reg` of the `arm,gic-v3` node).
     pub gicr_base: Option<u64>,
+    /// `/chosen/linux,initrd-start` .. `linux,initrd-end`: what QEMU's `-initrd` loaded (the
+    /// Linux guest's bundle).
+    pub initrd: Option<Range>,
     fdt: Fdt<'static>,
 }
 
@@ -79,7 +82,21 @@ impl DeviceTree {
             }
         }
 
+        let cell = |name: &str| {
+            let v = fdt.find_node("/chosen")?.property(name)?.value;
+            match v.len() {
+                4 => Some(u64::from(u32::from_be_bytes(v.try_into().ok()?))),
+                8 => Some(u64::from_be_bytes(v.try_into().ok()?)),
+                _ => None,
+            }
+        };
+        let initrd = match (cell("linux,initrd-start"), cell("linux,initrd-end")) {
+            (Some(s), Some(e)) if s < e => Some(Range::new(s, e)),
+            _ => None,
+        };
+
         Some(DeviceTree {
+            initrd,
             gicr_base: fdt
                 .find_compatible(&["arm,gic-v3"])
                 .and_then(|n| n.reg()?.nth(1))

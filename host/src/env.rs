@@ -26,6 +26,8 @@ pub struct Env {
     pub dtb: Range,
     /// The console UART's registers.
     pub uart: u64,
+    /// What QEMU loaded with `-initrd` (kept out of the free RAM).
+    pub initrd: Option<Range>,
     /// Physical address size (bits) the host and EL2 use.
     pub pa_bits: u32,
     alloc: PageAlloc,
@@ -35,12 +37,13 @@ impl Env {
     /// Gathers the environment. `None` if free RAM is too fragmented to describe.
     pub fn new(dt: &DeviceTree, image: ImageLayout, pa_bits: u32) -> Option<Self> {
         let low = dt.ram.ranges().first().map_or(0, |r| r.start);
-        let mut used = [Range::default(); MAX_RESERVED + 3];
+        let mut used = [Range::default(); MAX_RESERVED + 4];
         used[..dt.nr_reserved].copy_from_slice(dt.reserved());
         used[dt.nr_reserved] = image.image;
         used[dt.nr_reserved + 1] = dt.blob;
         used[dt.nr_reserved + 2] = Range::new(low, HOST_LOAD_ADDR);
-        let free = free_ram(dt.ram.ranges(), &used[..dt.nr_reserved + 3]).ok()?;
+        used[dt.nr_reserved + 3] = dt.initrd.unwrap_or_default();
+        let free = free_ram(dt.ram.ranges(), &used[..dt.nr_reserved + 4]).ok()?;
         Some(Env {
             ram: dt.ram,
             reserved: dt.reserved,
@@ -49,6 +52,7 @@ impl Env {
             image,
             dtb: dt.blob,
             uart: dt.uart_base as u64,
+            initrd: dt.initrd,
             pa_bits,
             alloc: PageAlloc::new(free),
         })

@@ -17,6 +17,10 @@
 #[cfg_attr(target_os = "none", macro_use)]
 extern crate pkvm_rt;
 
+// The heap of the VMM core (`vmm`): bare metal only.
+#[cfg(target_os = "none")]
+extern crate alloc;
+
 pkvm_rt::image_mods! {
     testable: [cmdline, ranges],
     bare_metal: [
@@ -24,7 +28,7 @@ pkvm_rt::image_mods! {
         // probes, hypercalls (the typed client over HVC), stage-1, PMU, PSCI, the sandbox,
         // memory shared with EL2, guests.
         boot, console, checks, cpu, dt, env, fault, hvc, mmu, pkvm, pmu, psci, sandbox, shared,
-        vm,
+        vm, vmm,
         // What runs on it.
         scenarios,
     ],

@@ -84,6 +84,11 @@ pub fn failed<T>(msg: impl Into<String>) -> Result<T, Error> {
 fn cmd_run(o: &RunOptions) -> Result<(), Error> {
     prereq::ensure_targets()?;
     prereq::ensure_qemu()?;
+    let mut o = o.clone();
+    if o.scenario == LINUX_GUEST && o.initrd.is_none() {
+        o.initrd = Some(linux::guest::bundle()?);
+    }
+    let o = &o;
     let images = images::build_image_set(o.debug_el2)?;
     let (outcome, ran) = qemu::run(&images, o);
     let verdict = outcome.describe(o.timeout);
@@ -94,6 +99,10 @@ fn cmd_run(o: &RunOptions) -> Result<(), Error> {
         failed("run failed")
     }
 }
+
+/// The host scenario that boots Debian's Linux as a guest: xtask hands it the kernel and an
+/// initramfs ([`linux::guest`]).
+pub const LINUX_GUEST: &str = "linux-guest";
 
 /// The workspace root.
 pub fn workspace_root() -> PathBuf {

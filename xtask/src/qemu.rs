@@ -52,6 +52,9 @@ pub struct RunOptions {
     pub debug_el2: bool,
     /// Extra QEMU arguments.
     pub extra: Vec<String>,
+    /// A file QEMU loads with `-initrd` (named in the host's `/chosen`): the Linux guest's
+    /// bundle of `--scenario linux-guest`.
+    pub initrd: Option<std::path::PathBuf>,
 }
 
 impl Default for RunOptions {
@@ -69,6 +72,7 @@ impl Default for RunOptions {
             no_host: false,
             debug_el2: false,
             extra: Vec::new(),
+            initrd: None,
         }
     }
 }
@@ -167,6 +171,9 @@ pub fn args(images: &Images, opts: &RunOptions) -> Vec<String> {
         cmdline.push_str(&format!(" pkvm.parts={p}"));
     }
     a.extend(["-append".into(), cmdline]);
+    if let Some(i) = &opts.initrd {
+        a.extend(["-initrd".into(), i.display().to_string()]);
+    }
     a.extend(opts.extra.iter().cloned());
     a
 }

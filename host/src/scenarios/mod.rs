@@ -7,6 +7,7 @@ pub mod abi;
 pub mod bench;
 pub mod guests;
 pub mod hostile;
+pub mod linux_guest;
 pub mod lifecycles;
 pub mod protected;
 pub mod selftest;
@@ -60,6 +61,12 @@ pub const SCENARIOS: &[Scenario] = &[
                 host cannot read, the guest-side ABI (discovery, MEM_SHARE bounce buffer, \
                 MEM_RELINQUISH), teardown in batches, pages back zeroed; leak report",
         run: protected::run,
+    },
+    Scenario {
+        name: "linux-guest",
+        about: "Debian's arm64 Linux boots as a guest (kernel and initramfs from the -initrd \
+                bundle xtask loads): banner, /init, its timer check, power-off; leak report",
+        run: linux_guest::run,
     },
     Scenario {
         name: "hostile",

@@ -106,7 +106,7 @@ pub fn structs(slot: usize) -> Structs {
 
 impl Structs {
     /// Shares each structure with EL2 (one ranged call each), stopping at the first error.
-    fn share(&self, which: &[Shared<'_>]) -> Result<(), HcallError> {
+    pub fn share(&self, which: &[Shared<'_>]) -> Result<(), HcallError> {
         which
             .iter()
             .try_for_each(|s| pkvm::share_hyp_bytes(s.pa(), s.bytes()))
@@ -136,6 +136,16 @@ impl Vcpu {
     /// Sets `x<n>`.
     pub fn set_reg(&self, n: u8, v: u64) {
         self.0.set(vcpu_off::reg(n) / 8, v);
+    }
+
+    /// The PC.
+    pub fn pc(&self) -> u64 {
+        self.0.get(vcpu_off::PC / 8)
+    }
+
+    /// EL1 system register `i` (a [`pkvm_abi::guest::sys`] index) as the last exit saved it.
+    pub fn sys(&self, i: usize) -> u64 {
+        self.0.get(vcpu_off::sys(i) / 8)
     }
 
     /// Sets the PC.

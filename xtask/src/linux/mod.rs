@@ -30,6 +30,7 @@
 mod boot_bench;
 mod debian;
 mod driver;
+pub mod guest;
 mod initramfs;
 mod run;
 
