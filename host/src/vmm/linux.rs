@@ -43,7 +43,8 @@ const NR_SPIS: u32 = 64;
 /// The virtual timer's INTID.
 const VTIMER_INTID: u32 = 27;
 /// The kernel command line.
-pub const BOOTARGS: &str = "console=ttyS0 earlycon=uart8250,mmio,0x9000000 rdinit=/init panic=-1";
+pub const BOOTARGS: &str =
+    "console=ttyS0 earlycon=uart8250,mmio,0x9000000 rdinit=/init panic=-1 cma=0";
 /// The vCPU structures' slot in `crate::vm` (the scenario runs no other guest meanwhile).
 const SLOT: usize = 0;
 

@@ -109,9 +109,7 @@ mod tests {
     fn init_script_is_complete() {
         let s = init_script();
         assert!(!s.contains("{{"), "{s}");
-        assert!(
-            s.contains("echo \"PKVM-GUEST-RESULT pass\"\npoweroff -f"),
-            "{s}"
-        );
+        assert!(s.contains("echo \"PKVM-GUEST-RESULT pass\"\n"), "{s}");
+        assert!(s.ends_with("sleep 1\npoweroff -f\nsleep 30\n"), "{s}");
     }
 }
