@@ -74,6 +74,7 @@ extern "C" fn host_main(dtb: usize) -> ! {
     }
     if let Some(n) = args.guests {
         scenarios::guests::set_cycles(n);
+        scenarios::linux_guest::set_boots(n);
     }
     if let Some(p) = args.parts {
         scenarios::hostile::set_parts(p);

@@ -1,16 +1,19 @@
 //! `linux-guest`: Debian's unmodified arm64 Linux boots as a guest of the test host, under
-//! pkvm-rs, to its `/init` and to power-off. The kernel and initramfs come from the bundle
-//! xtask loads with `-initrd` (`cargo xtask run --scenario linux-guest`); the VMM is
-//! `crate::vmm::linux`.
+//! pkvm-rs, to its `/init` and to power-off, N times in a row (`pkvm.guests=N`, default 1). The
+//! kernel and initramfs come from the bundle xtask loads with `-initrd` (`cargo xtask run
+//! --scenario linux-guest`); the VMM is `crate::vmm::linux`.
 //!
-//! Checks: the banner (`Linux version`), the guest `/init`'s marker and its own result line
-//! (its uptime advances across a `sleep 1`: the virtual timer and its interrupt work), a PSCI
-//! SYSTEM_OFF, and EL2's leak counters back where they were after the teardown.
+//! Each boot must show the banner (`Linux version`), the guest `/init`'s marker and its own
+//! result line (its uptime advances across a `sleep 1`: the virtual timer and its interrupt
+//! work), no kernel panic, and end in PSCI SYSTEM_OFF; after the last teardown EL2's leak
+//! counters must be back where they were.
+
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::checks::Checks;
 use crate::env::Env;
 use crate::vm;
-use crate::vmm::linux::{Console, End, LinuxVm};
+use crate::vmm::linux::{Console, End, Exits, GuestMem, LinuxVm};
 use crate::vmm::{bundle, init_heap};
 
 /// The markers looked for in the guest's console: the banner, `/init`'s start, its pass line,
@@ -21,6 +24,50 @@ const MARKERS: [&str; 4] = [
     "PKVM-GUEST-RESULT pass",
     "Kernel panic",
 ];
+
+/// Boots (`pkvm.guests=N`).
+static BOOTS: AtomicU64 = AtomicU64::new(1);
+
+/// Sets the number of boots.
+pub fn set_boots(n: u64) {
+    BOOTS.store(n, Ordering::Relaxed);
+}
+
+/// One boot: its verdict (`Err`: why it failed) and its exits.
+fn boot(mem: GuestMem, b: &bundle::Bundle, n: u64) -> (Result<u64, alloc::string::String>, Exits) {
+    use alloc::format;
+    let mut guest = match LinuxVm::create(mem, b) {
+        Ok(g) => g,
+        Err(e) => return (Err(format!("create: {e}")), Exits::default()),
+    };
+    let t0 = crate::cpu::ticks();
+    // The whole console of the first boot; the marker lines of the others.
+    let mut con = Console::new(n == 0);
+    let end = guest.run(&mut con, &MARKERS);
+    let ms = crate::cpu::ms(crate::cpu::ticks() - t0);
+    let exits = guest.exits;
+    println!(
+        "linux-guest: boot {n}: {end} after {ms} ms, {} console lines, exits {exits:?}",
+        con.lines
+    );
+    let destroyed = guest.destroy();
+    let verdict = if !con.seen[0] {
+        Err(format!("no banner ({end})"))
+    } else if con.seen[3] {
+        Err("kernel panic".into())
+    } else if !con.seen[1] {
+        Err(format!("no /init ({end})"))
+    } else if !con.seen[2] {
+        Err(format!("/init's checks failed ({end})"))
+    } else if !matches!(end, End::PowerOff(f) if f == u64::from(pkvm_abi::psci::SYSTEM_OFF)) {
+        Err(format!("{end}"))
+    } else if let Err(e) = destroyed {
+        Err(format!("teardown: {e}"))
+    } else {
+        Ok(ms)
+    };
+    (verdict, exits)
+}
 
 /// Runs the scenario.
 pub fn run(c: &mut Checks, env: &mut Env) {
@@ -40,46 +87,34 @@ pub fn run(c: &mut Checks, env: &mut Env) {
         }
     };
     init_heap(env);
+    let mem = GuestMem::alloc(env);
     let start = vm::leaks();
-    let mut guest = match LinuxVm::create(env, &b) {
-        Ok(g) => g,
-        Err(e) => {
-            c.check("linux-guest: create the VM", false, format_args!("{e}"));
-            return;
+    let n = BOOTS.load(Ordering::Relaxed);
+    let (mut passed, mut first_failure) = (0, None);
+    let mut total_ms = 0;
+    for i in 0..n {
+        let (v, _) = boot(mem, &b, i);
+        match v {
+            Ok(ms) => {
+                passed += 1;
+                total_ms += ms;
+            }
+            Err(e) => {
+                println!("linux-guest: boot {i} FAILED: {e}");
+                first_failure.get_or_insert((i, e));
+            }
         }
-    };
-    let t0 = crate::cpu::ticks();
-    let mut con = Console::default();
-    let end = guest.run(&mut con, &MARKERS);
-    let ms = crate::cpu::ms(crate::cpu::ticks() - t0);
-    let exits = guest.exits;
-    println!(
-        "linux-guest: {end} after {ms} ms, {} console lines, exits {exits:?}",
-        con.lines
-    );
+    }
     c.check(
-        "linux-guest: the kernel's banner",
-        con.seen[0],
-        format_args!("{} lines", con.lines),
+        "linux-guest: Debian's Linux boots to /init, its timer advances, it powers off",
+        passed == n,
+        format_args!(
+            "{passed} of {n} boots (mean {} ms in the guest); first failure: {first_failure:?}",
+            total_ms / passed.max(1)
+        ),
     );
-    c.check(
-        "linux-guest: its /init runs",
-        con.seen[1] && !con.seen[3],
-        format_args!("marker {}, panic {}", con.seen[1], con.seen[3]),
-    );
-    c.check(
-        "linux-guest: /init's checks pass (the timer advances)",
-        con.seen[2],
-        format_args!("{}", con.seen[2]),
-    );
-    c.check(
-        "linux-guest: it powers off",
-        matches!(end, End::PowerOff(f) if f == u64::from(pkvm_abi::psci::SYSTEM_OFF)),
-        format_args!("{end}"),
-    );
-    let r = guest.destroy();
-    c.check("linux-guest: teardown", r.is_ok(), format_args!("{r:?}"));
     let now = vm::leaks();
+    println!("PKVM-LINUX-GUEST boots={n} passed={passed} leak_free={}", now == start);
     c.check(
         "linux-guest: leak report all zero",
         now == start,

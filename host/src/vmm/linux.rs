@@ -78,6 +78,8 @@ impl core::fmt::Display for End {
 /// What the guest printed, line by line, and the markers the scenario looks for.
 #[derive(Debug, Default)]
 pub struct Console {
+    /// Print every line (else only those with a marker).
+    pub echo: bool,
     line: Vec<u8>,
     /// Lines printed.
     pub lines: u64,
@@ -86,12 +88,24 @@ pub struct Console {
 }
 
 impl Console {
+    /// A console printing every line (`echo`) or only the marked ones.
+    pub fn new(echo: bool) -> Self {
+        Console {
+            echo,
+            ..Console::default()
+        }
+    }
+
     fn putc(&mut self, c: u8, markers: &[&str; 4]) {
         if c == b'\n' {
             let text = core::str::from_utf8(&self.line).unwrap_or("<not UTF-8>");
-            println!("linux-guest| {}", text.trim_end_matches('\r'));
+            let mut marked = false;
             for (seen, m) in self.seen.iter_mut().zip(markers) {
+                marked |= text.contains(m);
                 *seen |= text.contains(m);
+            }
+            if self.echo || marked {
+                println!("linux-guest| {}", text.trim_end_matches('\r'));
             }
             self.lines += 1;
             self.line.clear();
@@ -118,6 +132,24 @@ pub struct Exits {
     pub sgi: u64,
     /// Interrupts delivered through list registers.
     pub injected: u64,
+}
+
+/// A Linux guest's RAM and stage-2 memcache, allocated once and reused by every boot (the
+/// teardown gives both back to the host).
+#[derive(Clone, Copy, Debug)]
+pub struct GuestMem {
+    ram: u64,
+    memcache: u64,
+}
+
+impl GuestMem {
+    /// Takes [`RAM_BYTES`] of RAM (2 MiB aligned) and the memcache from `env`.
+    pub fn alloc(env: &mut Env) -> Self {
+        GuestMem {
+            ram: env.pages(RAM_BYTES >> PAGE_SHIFT, 2 << 20),
+            memcache: env.pages(MEMCACHE_PAGES, MEMCACHE_PAGES << PAGE_SHIFT),
+        }
+    }
 }
 
 /// A Linux guest, created and ready to run.
@@ -159,13 +191,13 @@ fn clean(start: u64, len: u64) {
 }
 
 impl LinuxVm {
-    /// Builds the guest: RAM from `env`, the kernel and initramfs of `b` copied in, the device
-    /// tree written, the VM created at EL2 with its RAM shared in place and its vCPU entering
-    /// the kernel with `x0` = the device tree.
+    /// Builds the guest in `mem`: the kernel and initramfs of `b` copied in, the device tree
+    /// written, the VM created at EL2 with its RAM shared in place and its vCPU entering the
+    /// kernel with `x0` = the device tree.
     ///
     /// # Errors
     /// What went wrong (a bad kernel, a refused hypercall).
-    pub fn create(env: &mut Env, b: &Bundle) -> Result<Self, &'static str> {
+    pub fn create(mem: GuestMem, b: &Bundle) -> Result<Self, &'static str> {
         let layout = Layout::new(1, RAM_BYTES).map_err(|_| "layout")?;
         // SAFETY: the kernel range of the bundle QEMU loaded (checked inside its range),
         // identity-mapped, never written.
@@ -179,7 +211,7 @@ impl LinuxVm {
         let initrd_len = b.initrd.end - b.initrd.start;
         let place = image::place(&layout, &header, initrd_len).map_err(|_| "does not fit")?;
         let (ram_ipa, _) = layout.ram();
-        let ram = env.pages(RAM_BYTES >> PAGE_SHIFT, 2 << 20);
+        let ram = mem.ram;
         let pa = |ipa: u64| ram + (ipa - ram_ipa);
         // SAFETY: fresh RAM from the allocator, identity-mapped, RAM_BYTES long.
         unsafe { core::ptr::write_bytes(ram as *mut u8, 0, RAM_BYTES as usize) };
@@ -218,7 +250,7 @@ impl LinuxVm {
         st.pstate = PSTATE_EL1H_DAIF;
         s.vcpu.init(&st);
         s.fp.fill(0);
-        let memcache = env.pages(MEMCACHE_PAGES, MEMCACHE_PAGES << PAGE_SHIFT);
+        let memcache = mem.memcache;
         s.share(&[s.desc]).map_err(|_| "share the descriptor")?;
         let handle = PKVM
             .vm_init(s.desc.pa(), memcache >> PAGE_SHIFT, MEMCACHE_PAGES)
