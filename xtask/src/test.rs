@@ -394,6 +394,10 @@ pub fn cmd_test() -> Result<(), Error> {
         "system test: Debian arm64 Linux host, driver checks (-smp 4, max, 1 GiB)",
         crate::linux::system_test,
     ));
+    sys.push(timed(
+        "system test: Debian arm64 Linux as a guest, 3 boots to /init and power-off (cortex-a72)",
+        crate::linux::guest::system_test,
+    ));
 
     println!("\n==> summary");
     for s in steps.iter().chain(&sys) {

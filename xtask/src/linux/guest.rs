@@ -87,6 +87,33 @@ pub fn bundle() -> Result<PathBuf, Error> {
     Ok(out)
 }
 
+/// Boots in the system test (`cargo xtask test`): a short version of the acceptance run's 50.
+pub const CI_BOOTS: u64 = 3;
+
+/// The system test: [`CI_BOOTS`] boots of the Linux guest on `cortex-a72` (whose features the
+/// guest gets all of: no SVE, SME, pointer authentication or MTE), production EL2.
+///
+/// # Errors
+/// A failed run, or a missing kernel or image.
+pub fn system_test() -> Result<String, Error> {
+    let o = crate::qemu::RunOptions {
+        cpu: "cortex-a72".into(),
+        scenario: crate::LINUX_GUEST.into(),
+        guests: Some(CI_BOOTS),
+        timeout: std::time::Duration::from_secs(180),
+        initrd: Some(bundle()?),
+        ..crate::qemu::RunOptions::default()
+    };
+    let images = crate::images::build_image_set(false)?;
+    let (outcome, ran) = crate::qemu::run(&images, &o);
+    let got = outcome.describe(o.timeout);
+    if outcome.passed() {
+        Ok(format!("{got} ({:.1} s in QEMU)", ran.as_secs_f64()))
+    } else {
+        failed(format!("{got}; wanted PKVM-RESULT pass"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
