@@ -740,3 +740,32 @@ fn a_protected_vcpu_with_an_invalid_initial_pstate_is_refused_at_init() {
         assert_eq!(cl.vcpu_run(vm), Ok(exit::SYSTEM_EVENT));
     });
 }
+
+/// A protected vCPU's virtual timer (`CNTV_CTL_EL0`, `CNTV_CVAL_EL0`) is published at every
+/// exit — the host's VMM delivers its interrupt — and no other EL1 register is.
+#[test]
+fn a_protected_vcpus_timer_is_published_and_nothing_else() {
+    use pkvm_abi::guest::{exit, sys, vcpu_off};
+    with_machine(&SimConfig::small(), |m| {
+        let r0 = m.config().ram[0].0 >> PAGE_SHIFT;
+        let st = (r0 + 0x143) << PAGE_SHIFT;
+        let at = |r: usize| st + vcpu_off::sys(r) as u64;
+        // The initial state EL2 copies at VcpuInit.
+        m.plat.write_u64(at(sys::CNTV_CTL_EL0), 1);
+        m.plat.write_u64(at(sys::CNTV_CVAL_EL0), 0x1234_5678);
+        m.plat.write_u64(at(sys::TTBR1_EL1), 0x7777_0000);
+        let _ = setup(m);
+        // The host's structure no longer says anything true.
+        for r in [sys::CNTV_CTL_EL0, sys::CNTV_CVAL_EL0, sys::TTBR1_EL1] {
+            m.plat.write_u64(at(r), 0xdead);
+        }
+        assert_eq!(m.client().vcpu_run(m.vm_handle(1)), Ok(exit::SYSTEM_EVENT));
+        assert_eq!(m.plat.read_u64(at(sys::CNTV_CTL_EL0)), 1);
+        assert_eq!(m.plat.read_u64(at(sys::CNTV_CVAL_EL0)), 0x1234_5678);
+        assert_eq!(
+            m.plat.read_u64(at(sys::TTBR1_EL1)),
+            0xdead,
+            "TTBR1_EL1 published"
+        );
+    });
+}

@@ -1,5 +1,6 @@
 //! `linux-guest`: Debian's unmodified arm64 Linux boots as a guest of the test host, under
-//! pkvm-rs, to its `/init` and to power-off, N times in a row (`pkvm.guests=N`, default 1). The
+//! pkvm-rs, to its `/init` and to power-off, N times in a row (`pkvm.guests=N`, default 1), as a
+//! protected VM on even boots (its RAM donated) and a non-protected one on odd boots. The
 //! kernel and initramfs come from the bundle xtask loads with `-initrd` (`cargo xtask run
 //! --scenario linux-guest`); the VMM is `crate::vmm::linux`.
 //!
@@ -36,10 +37,24 @@ pub fn set_boots(n: u64) {
 /// One boot: its verdict (`Err`: why it failed) and its exits.
 fn boot(mem: GuestMem, b: &bundle::Bundle, n: u64) -> (Result<u64, alloc::string::String>, Exits) {
     use alloc::format;
-    let mut guest = match LinuxVm::create(mem, b) {
+    // Even boots protected, odd ones not.
+    let protected = n.is_multiple_of(2);
+    let mut guest = match LinuxVm::create(mem, b, protected) {
         Ok(g) => g,
         Err(e) => return (Err(format!("create: {e}")), Exits::default()),
     };
+    // A protected guest's RAM is out of the host's reach from its donation on (the kernel's
+    // first page, say): the read aborts.
+    // SAFETY: an aligned word of the guest's RAM, which the host allocated and holds no
+    // reference to; if EL2 refuses the read, the probe reports the injected abort.
+    let readable = unsafe { crate::fault::probe_read(mem.ram()) }.is_ok();
+    if readable == protected {
+        let _ = guest.destroy();
+        return (
+            Err(format!("host read of guest RAM: readable {readable}")),
+            Exits::default(),
+        );
+    }
     let t0 = crate::cpu::ticks();
     // The whole console of the first boot; the marker lines of the others.
     let mut con = Console::new(n == 0);
@@ -47,7 +62,8 @@ fn boot(mem: GuestMem, b: &bundle::Bundle, n: u64) -> (Result<u64, alloc::string
     let ms = crate::cpu::ms(crate::cpu::ticks() - t0);
     let exits = guest.exits;
     println!(
-        "linux-guest: boot {n}: {end} after {ms} ms, {} console lines, exits {exits:?}",
+        "linux-guest: boot {n} ({}): {end} after {ms} ms, {} console lines, exits {exits:?}",
+        if protected { "protected" } else { "non-protected" },
         con.lines
     );
     let destroyed = guest.destroy();

@@ -143,6 +143,11 @@ pub struct GuestMem {
 }
 
 impl GuestMem {
+    /// The guest RAM's first host physical address.
+    pub fn ram(&self) -> u64 {
+        self.ram
+    }
+
     /// Takes [`RAM_BYTES`] of RAM (2 MiB aligned) and the memcache from `env`.
     pub fn alloc(env: &mut Env) -> Self {
         GuestMem {
@@ -192,12 +197,13 @@ fn clean(start: u64, len: u64) {
 
 impl LinuxVm {
     /// Builds the guest in `mem`: the kernel and initramfs of `b` copied in, the device tree
-    /// written, the VM created at EL2 with its RAM shared in place and its vCPU entering the
-    /// kernel with `x0` = the device tree.
+    /// written, the VM created at EL2 — `protected`: its RAM **donated** (the host cannot read
+    /// it from then on, and gets it back zeroed), else shared in place — and its vCPU entering
+    /// the kernel with `x0` = the device tree.
     ///
     /// # Errors
     /// What went wrong (a bad kernel, a refused hypercall).
-    pub fn create(mem: GuestMem, b: &Bundle) -> Result<Self, &'static str> {
+    pub fn create(mem: GuestMem, b: &Bundle, protected: bool) -> Result<Self, &'static str> {
         let layout = Layout::new(1, RAM_BYTES).map_err(|_| "layout")?;
         // SAFETY: the kernel range of the bundle QEMU loaded (checked inside its range),
         // identity-mapped, never written.
@@ -239,7 +245,11 @@ impl LinuxVm {
                 ipa_bits: 40,
                 nr_vcpus: 1,
                 host_cookie: 0x11_0000,
-                flags: 0,
+                flags: if protected {
+                    pkvm_abi::guest::vm_flags::PROTECTED
+                } else {
+                    0
+                },
                 mem_ipa: ram_ipa,
                 mem_size: RAM_BYTES,
             },
@@ -259,19 +269,20 @@ impl LinuxVm {
             .map_err(|_| "share the vCPU")?;
         PKVM.vcpu_init(handle, s.vcpu.shared().pa(), s.fp.pa())
             .map_err(|_| "VcpuInit")?;
-        PKVM.share_guest(
-            handle,
-            ram >> PAGE_SHIFT,
-            ram_ipa >> PAGE_SHIFT,
-            RAM_BYTES >> PAGE_SHIFT,
-            PROT_RWX,
-        )
-        .map_err(|_| "HostShareGuest of the RAM")?;
+        let (pfn, gfn, nr) = (ram >> PAGE_SHIFT, ram_ipa >> PAGE_SHIFT, RAM_BYTES >> PAGE_SHIFT);
+        if protected {
+            PKVM.donate_guest(handle, pfn, gfn, nr)
+                .map_err(|_| "HostDonateGuest of the RAM")?;
+        } else {
+            PKVM.share_guest(handle, pfn, gfn, nr, PROT_RWX)
+                .map_err(|_| "HostShareGuest of the RAM")?;
+        }
         let nr_lrs = pkvm::stat(Stat::VgicListRegs).min(16) as usize;
         println!(
-            "linux-guest: {} MiB RAM at PA {ram:#x} (IPA {ram_ipa:#x}), kernel {} bytes at IPA \
+            "linux-guest: {} VM, {} MiB RAM at PA {ram:#x} (IPA {ram_ipa:#x}), kernel {} bytes at IPA \
              {:#x} (text_offset {:#x}, image_size {:#x}), initramfs {initrd_len} bytes at IPA \
              {:#x}, DTB {} bytes at IPA {:#x}, {nr_lrs} list registers",
+            if protected { "protected" } else { "non-protected" },
             RAM_BYTES >> 20,
             kernel.len(),
             place.kernel,
@@ -417,6 +428,7 @@ impl LinuxVm {
             return false;
         }
         let v = self.structs.vcpu;
+        // (A protected vCPU's registers and PC are EL2's: its SGIs cannot be emulated here.)
         let value = if a.rt == 31 { 0 } else { v.reg(a.rt) };
         if a.op2 != 7 {
             self.gic.send_sgi(0, value);

@@ -1,6 +1,6 @@
 //! Running the vCPU: entry checks, the world switch, and the exit decoded for the host.
 
-use pkvm_abi::guest::{VcpuExit, exit, vcpu_off};
+use pkvm_abi::guest::{VcpuExit, exit, sys, vcpu_off};
 use pkvm_abi::{Error, PAGE_SIZE, psci};
 use pkvm_arch::esr::{DataAbort, Ec, Esr, FaultClass, SysregAccess, fault_ipa};
 use pkvm_arch::exception::PstateFeatures;
@@ -385,12 +385,17 @@ impl<P: Platform> Hyp<'_, P> {
         }
     }
 
-    /// A protected vCPU's exit, told to the host: the exit record and, for a hypercall exit,
-    /// `x0..x3` (its arguments) — nothing else of the private state.
+    /// A protected vCPU's exit, told to the host: the exit record, its virtual timer
+    /// (`CNTV_CTL_EL0`, `CNTV_CVAL_EL0`: the host's VMM delivers the timer's interrupt, as with
+    /// pKVM) and, for a hypercall exit, `x0..x3` (its arguments) — nothing else of the private
+    /// state.
     #[inline(never)]
     fn publish_exit(st: SharedVcpu<'_, P>, host: SharedVcpu<'_, P>, reason: u64) {
         let exit: VcpuExit = st.mem.read_obj(st.pa + vcpu_off::EXIT as u64);
         host.write_exit(&exit);
+        for r in [sys::CNTV_CTL_EL0, sys::CNTV_CVAL_EL0] {
+            host.write(vcpu_off::sys(r), st.read(vcpu_off::sys(r)));
+        }
         if reason == exit::HYPERCALL {
             for n in 0..4 {
                 host.set_reg(n, st.reg(n));
