@@ -27,7 +27,8 @@ mod console;
 pkvm_rt::image_mods! {
     testable: [fdt_patch, hcall],
     bare_metal: [
-        boot, context, dt, hyp_init, image, panic, platform, psci, smp, sysregs, trap, vgic,
+        boot, context, dt, hyp_init, idregs, image, panic, platform, psci, smp, sysregs, trap,
+        vgic,
         world,
     ],
 }

@@ -304,4 +304,8 @@ impl GuestRunner for El2Platform {
     fn vgic_info(&self) -> Option<VgicInfo> {
         crate::vgic::info()
     }
+
+    fn read_id_reg(&self, crm: u8, op2: u8) -> u64 {
+        crate::idregs::read(crm, op2)
+    }
 }

@@ -19,7 +19,8 @@
 //!    structures, `ESR_EL2`/`FAR_EL2`/`HPFAR_EL2` into the context, the host's state is
 //!    reloaded, and `el2_guest_run` returns to its Rust caller as if it were a normal call.
 //!
-//! The guest's `HCR_EL2`: VM (stage-2), RW (AArch64 EL1), TSC (its SMCs trap), TWI (a `WFI`
+//! The guest's `HCR_EL2`: VM (stage-2), RW (AArch64 EL1), TSC (its SMCs trap), TID3 (its ID
+//! register reads trap: EL2 answers with the features it does not switch hidden), TWI (a `WFI`
 //! ends the run instead of stopping the host's CPU), IMO/FMO/AMO (physical interrupts and
 //! SErrors come to EL2 and end the run), PTW; no DC (it would make the guest's stage-1 MMU
 //! behave as off even once the guest turns it on, which no real OS survives: a guest with its
@@ -60,6 +61,7 @@ pub const HCR_GUEST: u64 = hcr::VM
     | hcr::IMO
     | hcr::AMO
     | hcr::TWI
+    | hcr::TID3
     | hcr::TSC
     | hcr::TIDCP
     | hcr::TACR

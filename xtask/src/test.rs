@@ -395,7 +395,7 @@ pub fn cmd_test() -> Result<(), Error> {
         crate::linux::system_test,
     ));
     sys.push(timed(
-        "system test: Debian arm64 Linux as a guest, 3 boots to /init and power-off (cortex-a72)",
+        "system test: Debian arm64 Linux as a guest, 3 boots (2 protected) to /init and power-off",
         crate::linux::guest::system_test,
     ));
 

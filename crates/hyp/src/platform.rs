@@ -143,4 +143,8 @@ pub trait GuestRunner {
 
     /// The CPU's GICv3 virtual CPU interface, if it has one EL2 can use.
     fn vgic_info(&self) -> Option<VgicInfo>;
+
+    /// The CPU's ID register `Op0` = 3, `Op1` = 0, `CRn` = 0, `CRm` = `crm` (1..=7), `Op2` =
+    /// `op2` (reserved encodings read as zero), as EL2 reads it.
+    fn read_id_reg(&self, crm: u8, op2: u8) -> u64;
 }

@@ -134,6 +134,11 @@ impl GuestRunner for SimPlatform {
         *self.vgic_info.lock().unwrap()
     }
 
+    /// Every feature field at its maximum: what a guest reads is what EL2 leaves of it.
+    fn read_id_reg(&self, _crm: u8, _op2: u8) -> u64 {
+        u64::MAX
+    }
+
     fn run_guest(&self, e: &GuestEntry, mut vgic: Option<&mut VgicRegs>) -> GuestExit {
         use pkvm_abi::guest::vcpu_off;
         self.guest_entries.lock().unwrap().push(*e);

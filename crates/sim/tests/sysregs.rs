@@ -96,3 +96,29 @@ fn other_trapped_registers_end_the_run_where_they_are() {
         }
     });
 }
+
+/// `HCR_EL2.TID3`: a guest's ID register read is answered at EL2 with the CPU's value less the
+/// features guests do not get (the simulated CPU has every field at its maximum).
+#[test]
+fn id_registers_read_as_the_cpu_without_the_hidden_features() {
+    with_machine(&SimConfig::small(), |m| {
+        let (h, st) = vm(m, false);
+        let x = |n: u8| m.plat.read_u64(st + vcpu_off::reg(n) as u64);
+        m.plat.guest_script.lock().unwrap().extend([
+            sysreg(3, 0, 0, 4, 0, 5, true), // mrs x5, id_aa64pfr0_el1
+            sysreg(3, 0, 0, 6, 1, 6, true), // mrs x6, id_aa64isar1_el1
+            sysreg(3, 0, 0, 4, 4, 7, true), // mrs x7, id_aa64zfr0_el1
+            sysreg(3, 0, 0, 7, 0, 8, true), // mrs x8, id_aa64mmfr0_el1
+        ]);
+        assert_eq!(m.client().vcpu_run(h), Ok(exit::SYSTEM_EVENT));
+        assert_eq!(x(5) >> 32 & 0xf, 0, "SVE hidden");
+        assert_eq!(
+            x(5) & 0xffff_ffff,
+            0xffff_ffff,
+            "EL0..EL3, FP, AdvSIMD, GIC kept"
+        );
+        assert_eq!(x(6) & 0xf000_0ff0, 0, "pointer authentication hidden");
+        assert_eq!(x(7), 0, "no SVE features");
+        assert_eq!(x(8), u64::MAX, "nothing hidden in ID_AA64MMFR0_EL1");
+    });
+}

@@ -90,14 +90,14 @@ pub fn bundle() -> Result<PathBuf, Error> {
 /// Boots in the system test (`cargo xtask test`): a short version of the acceptance run's 50.
 pub const CI_BOOTS: u64 = 3;
 
-/// The system test: [`CI_BOOTS`] boots of the Linux guest on `cortex-a72` (whose features the
-/// guest gets all of: no SVE, SME, pointer authentication or MTE), production EL2.
+/// The system test: [`CI_BOOTS`] boots of the Linux guest (protected, non-protected,
+/// protected) on `-cpu max` (whose SVE, SME, MTE and pointer authentication EL2 hides from the
+/// guest), production EL2.
 ///
 /// # Errors
 /// A failed run, or a missing kernel or image.
 pub fn system_test() -> Result<String, Error> {
     let o = crate::qemu::RunOptions {
-        cpu: "cortex-a72".into(),
         scenario: crate::LINUX_GUEST.into(),
         guests: Some(CI_BOOTS),
         timeout: std::time::Duration::from_secs(180),

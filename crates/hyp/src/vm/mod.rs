@@ -38,6 +38,7 @@
 
 mod donate;
 mod guest_call;
+pub mod idregs;
 mod reclaim;
 mod run;
 mod share;

@@ -155,8 +155,8 @@ impl<P: Platform> Hyp<'_, P> {
                         Self::inject_sea(st, &ex, self.plat.pstate_features());
                     continue;
                 }
-                // Debug and PMU registers: read as zero, writes ignored, at EL2.
-                if reason != exit::FAULT || !Self::emulate_sysreg(st, &ex) {
+                // ID, debug and PMU registers: answered at EL2.
+                if reason != exit::FAULT || !self.emulate_sysreg(st, &ex) {
                     break (reason, pending);
                 }
             }
@@ -252,23 +252,29 @@ impl<P: Platform> Hyp<'_, P> {
     }
 
     /// Emulates the trapped system-register access of exit `ex` if it is one EL2 answers
-    /// itself: a debug register (`Op0` = 2, trapped by `MDCR_EL2.TDA/TDOSA/TDRA`) or a PMUv3
-    /// register (`TPM`/`TPMCR`) reads as zero and ignores writes — the guest has no self-hosted
-    /// debug and no PMU, as an OS that probes and resets them at boot expects to be able to
-    /// find out — and the guest's PC moves past the instruction. False for anything else (the
-    /// run ends with its `FAULT` exit). Out of line: not on the hot path.
+    /// itself, and moves the guest's PC past the instruction: an ID register read
+    /// (`HCR_EL2.TID3`) gives the CPU's value without the features guests do not get
+    /// ([`super::idregs`]); a debug register (`Op0` = 2, trapped by `MDCR_EL2.TDA/TDOSA/TDRA`)
+    /// or a PMUv3 register (`TPM`/`TPMCR`) reads as zero and ignores writes — the guest has no
+    /// self-hosted debug and no PMU, as an OS that probes and resets them at boot can find
+    /// out. False for anything else (the run ends with its `FAULT` exit). Out of line: not on
+    /// the hot path.
     #[inline(never)]
-    fn emulate_sysreg(st: SharedVcpu<'_, P>, ex: &GuestExit) -> bool {
+    fn emulate_sysreg(&self, st: SharedVcpu<'_, P>, ex: &GuestExit) -> bool {
         let esr = Esr(ex.esr);
         if ex.vector != 0 || esr.ec() != Ec::Sysreg64 {
             return false;
         }
         let a = SysregAccess::from_iss(esr.iss());
-        if !a.is_debug() && !a.is_pmu() {
+        let value = if super::idregs::is_id_reg(a.op0, a.op1, a.crn, a.crm) && a.read {
+            super::idregs::sanitize(a.crm, a.op2, self.plat.read_id_reg(a.crm, a.op2))
+        } else if a.is_debug() || a.is_pmu() {
+            0
+        } else {
             return false;
-        }
+        };
         if a.read && a.rt < 31 {
-            st.set_reg(a.rt, 0);
+            st.set_reg(a.rt, value);
         }
         st.skip_instruction();
         true
