@@ -82,6 +82,28 @@ fn mmio_write32(pa: u64, v: u32) {
     unsafe { core::ptr::write_volatile(pa as *mut u32, v) }
 }
 
+/// Makes the EL2 physical timer's interrupt (PPI 26, [`pkvm_arch::regs::CNTHP_INTID`]) one the
+/// CPU interface signals, in the redistributor at `rd_base` (MMU off, at boot): Group 1, priority
+/// 0x80 (above any mask a host leaves open), level-sensitive, enabled. The world switch arms
+/// the timer at the host's next deadline: the interrupt ends a guest's run.
+fn enable_preemption_ppi(rd_base: u64) {
+    use pkvm_arch::regs::CNTHP_INTID as ID;
+    let sgi = rd_base + GICR_RD_FRAME;
+    let bit = 1u32 << ID;
+    // SAFETY: the redistributor's SGI_base frame, right after the RD_base frame the walk
+    // found (the GIC architecture's layout), MMU off (Device accesses); these registers only
+    // configure PPI 26, which nothing else uses (the host's and the guests' timers are PPIs 27
+    // and 30).
+    unsafe {
+        let igroupr0 = (sgi + 0x80) as *mut u32;
+        igroupr0.write_volatile(igroupr0.read_volatile() | bit);
+        ((sgi + 0x400 + u64::from(ID)) as *mut u8).write_volatile(0x80);
+        let icfgr1 = (sgi + 0xc04) as *mut u32;
+        icfgr1.write_volatile(icfgr1.read_volatile() & !(3 << (2 * (ID - 16))));
+        ((sgi + 0x100) as *mut u32).write_volatile(bit);
+    }
+}
+
 /// The device ranges EL2 keeps from the host: the ITS and fw_cfg hidden, and every
 /// redistributor the machine has, found by walking each redistributor region frame by frame
 /// as the GIC architecture defines it (not guessed from the CPU count): its `RD_base` frame
@@ -122,6 +144,7 @@ fn device_ranges(dt: &Dt) -> ([DeviceRange; MAX_DEVICE_RANGES], usize) {
                     }
                 }
                 push(frame, GICR_RD_FRAME, DeviceKind::GicrRdBase);
+                enable_preemption_ppi(frame);
                 let vlpis = typer & TYPER_VLPIS != 0;
                 if vlpis {
                     push(

@@ -48,6 +48,8 @@
 //! them at boot runs on, with no self-hosted debug and no PMU.
 
 use core::arch::global_asm;
+
+use aarch64_cpu::registers::{CNTHP_CTL_EL2, CNTV_CTL_EL0, CNTV_CVAL_EL0, Readable, Writeable};
 use core::mem::offset_of;
 
 use pkvm_abi::guest::{NR_SYSREGS, vcpu_off};
@@ -122,6 +124,28 @@ fn has_sme() -> bool {
     (ID_AA64PFR1_EL1.get() >> 24) & 0xf != 0
 }
 
+/// Arms the EL2 physical timer (`CNTHP`, PPI 26) at the host's next deadline: its virtual
+/// timer, which the guest's replaces for the run, if enabled and unmasked (the host's `CNTVOFF`
+/// is 0, so its compare value is a physical count). The host's physical timer is not switched
+/// and keeps interrupting as it was. An interrupt during the run ends it (`HCR_EL2.IMO`), so a
+/// guest cannot keep the CPU past the host's deadline, even spinning with its interrupts
+/// masked — provided the host leaves PPI 26 enabled (EL2 enables it at boot in every
+/// redistributor) and its CPU interface takes group 1 interrupts.
+#[inline(always)]
+fn arm_preemption() {
+    use pkvm_arch::regs::cntctl::{ENABLE, IMASK};
+    let ctl = CNTV_CTL_EL0.get();
+    if ctl & (ENABLE | IMASK) == ENABLE {
+        let cval = CNTV_CVAL_EL0.get();
+        // SAFETY: CNTHP_CVAL_EL2 (S3_4_C14_C2_2) is EL2's own timer compare value: writing it
+        // affects only when the EL2 timer fires.
+        unsafe {
+            core::arch::asm!("msr S3_4_C14_C2_2, {}", in(reg) cval, options(nomem, nostack, preserves_flags))
+        };
+        CNTHP_CTL_EL2.set(ENABLE);
+    }
+}
+
 /// Runs the guest described by `e` until it exits; see the module documentation.
 pub fn run_guest(e: &GuestEntry) -> GuestExit {
     let mut slot = core::mem::MaybeUninit::<WorldCtx>::uninit();
@@ -137,6 +161,7 @@ pub fn run_guest(e: &GuestEntry) -> GuestExit {
         (&raw mut (*ctx).hcr).write(HCR_GUEST);
         (&raw mut (*ctx).sme).write(u64::from(has_sme()));
     }
+    arm_preemption();
     // SAFETY: `el2_guest_run` behaves as an AAPCS64 function to its caller: it preserves
     // x19..x30 and SP (saved in `ctx`, restored on the guest's exit) and returns normally.
     // It reads and writes only `ctx` and the vCPU and FP structures, which the core has
@@ -144,6 +169,8 @@ pub fn run_guest(e: &GuestEntry) -> GuestExit {
     // EL1, FP/SIMD and EL2 control state it changes is restored before it returns, and it
     // always writes `vector`, `esr`, `far` and `hpfar`.
     unsafe { el2_guest_run(ctx) };
+    // The EL2 timer's job is done: its interrupt deasserts.
+    CNTHP_CTL_EL2.set(0);
     // SAFETY: the exit fields were written by the assembly (see above).
     unsafe {
         GuestExit {

@@ -41,6 +41,11 @@
 //! With flags bit 3 (a benchmark's), every ping is preceded by a `MEM_SHARE` and a
 //! `MEM_UNSHARE` of the bounce buffer.
 //!
+//! # Spinning
+//!
+//! With flags bit 5 the guest spins forever with its interrupts masked, never exiting (the
+//! host's preemption check).
+//!
 //! # Virtual GIC
 //!
 //! With flags bit 4, before its pings the guest takes an interrupt through the GICv3 virtual
@@ -499,6 +504,13 @@ mod guest {
 
     #[unsafe(no_mangle)]
     extern "C" fn guest_main(id: u64, loops: u64, flags: u64) -> ! {
+        if flags & 32 != 0 {
+            // A guest that never exits, its interrupts masked (they are from entry): only the
+            // host's deadline, through EL2's timer, gets the CPU back.
+            loop {
+                core::hint::spin_loop();
+            }
+        }
         let hostile_test = (flags >> 8) & 0xff;
         if hostile_test != 0 {
             hostile(hostile_test, loops);

@@ -32,6 +32,8 @@ pub struct DeviceTree {
     pub blob: Range,
     /// The first GICv3 redistributor (the second `reg` of the `arm,gic-v3` node).
     pub gicr_base: Option<u64>,
+    /// The GICv3 distributor (the first `reg` of the `arm,gic-v3` node).
+    pub gicd_base: Option<u64>,
     /// `/chosen/linux,initrd-start` .. `linux,initrd-end`: what QEMU's `-initrd` loaded (the
     /// Linux guest's bundle).
     pub initrd: Option<Range>,
@@ -97,6 +99,10 @@ impl DeviceTree {
 
         Some(DeviceTree {
             initrd,
+            gicd_base: fdt
+                .find_compatible(&["arm,gic-v3"])
+                .and_then(|n| n.reg()?.next())
+                .map(|r| r.starting_address as u64),
             gicr_base: fdt
                 .find_compatible(&["arm,gic-v3"])
                 .and_then(|n| n.reg()?.nth(1))

@@ -28,6 +28,8 @@ pub struct Env {
     pub uart: u64,
     /// What QEMU loaded with `-initrd` (kept out of the free RAM).
     pub initrd: Option<Range>,
+    /// The GICv3 distributor and first redistributor, if the device tree has a GICv3.
+    pub gic: Option<(u64, u64)>,
     /// Physical address size (bits) the host and EL2 use.
     pub pa_bits: u32,
     alloc: PageAlloc,
@@ -53,6 +55,7 @@ impl Env {
             dtb: dt.blob,
             uart: dt.uart_base as u64,
             initrd: dt.initrd,
+            gic: dt.gicd_base.zip(dt.gicr_base),
             pa_bits,
             alloc: PageAlloc::new(free),
         })

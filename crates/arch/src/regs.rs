@@ -103,6 +103,19 @@ pub mod cnthctl {
     pub const EL1PCEN: u64 = 1 << 1;
 }
 
+/// `CNT*_CTL` fields of the generic timers (`CNTV_CTL_EL0`, `CNTHP_CTL_EL2`, ...).
+pub mod cntctl {
+    /// The timer is enabled.
+    pub const ENABLE: u64 = 1 << 0;
+    /// Its interrupt is masked.
+    pub const IMASK: u64 = 1 << 1;
+    /// Its condition is met (read-only).
+    pub const ISTATUS: u64 = 1 << 2;
+}
+
+/// The EL2 physical timer's interrupt (PPI 10): what preempts a guest.
+pub const CNTHP_INTID: u32 = 26;
+
 /// ID-register fields EL2 tests.
 pub mod id {
     /// A 4-bit ID field.

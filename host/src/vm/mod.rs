@@ -54,6 +54,8 @@ pub mod flags {
     /// Virtual GIC: before its pings the guest acknowledges and EOIs the interrupt the host
     /// put in its list registers, and reports the INTID with a ping (`guest/src/main.rs`).
     pub const VGIC: u64 = 16;
+    /// Spin: the guest loops forever with its interrupts masked, never exiting.
+    pub const SPIN: u64 = 32;
     /// Hostile mode: the guest performs hostile test `test` (one of [`super::hostile`]).
     pub const fn hostile(test: u64) -> u64 {
         (test & 0xff) << 8
