@@ -4,7 +4,8 @@
 //! kernel and initramfs come from the bundle xtask loads with `-initrd` (`cargo xtask run
 //! --scenario linux-guest`); the VMM is `crate::vmm::linux`.
 //!
-//! Each boot must show the banner (`Linux version`), the guest `/init`'s marker and its own
+//! First a guest that crashes (its kernel panics: no `/init`) must end in a PSCI reset and
+//! tear down cleanly; then each boot must show the banner (`Linux version`), the guest `/init`'s marker and its own
 //! result line (its uptime advances across a `sleep 1`: the virtual timer and its interrupt
 //! work), no kernel panic, and end in PSCI SYSTEM_OFF; after the last teardown EL2's leak
 //! counters must be back where they were.
@@ -14,7 +15,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use crate::checks::Checks;
 use crate::env::Env;
 use crate::vm;
-use crate::vmm::linux::{Console, End, Exits, GuestMem, LinuxVm};
+use crate::vmm::linux::{BOOTARGS, Console, End, Exits, GuestMem, LinuxVm};
 use crate::vmm::{bundle, init_heap};
 
 /// The markers looked for in the guest's console: the banner, `/init`'s start, its pass line,
@@ -39,7 +40,7 @@ fn boot(mem: GuestMem, b: &bundle::Bundle, n: u64) -> (Result<u64, alloc::string
     use alloc::format;
     // Even boots protected, odd ones not.
     let protected = n.is_multiple_of(2);
-    let mut guest = match LinuxVm::create(mem, b, protected) {
+    let mut guest = match LinuxVm::create(mem, b, protected, BOOTARGS) {
         Ok(g) => g,
         Err(e) => return (Err(format!("create: {e}")), Exits::default()),
     };
@@ -85,6 +86,29 @@ fn boot(mem: GuestMem, b: &bundle::Bundle, n: u64) -> (Result<u64, alloc::string
     (verdict, exits)
 }
 
+/// A guest that crashes: its kernel panics (no `/init` to run) and, with `panic=-1`, resets
+/// through PSCI. Its VM must end cleanly (torn down, nothing leaked) and the next boot work.
+fn crash(c: &mut Checks, mem: GuestMem, b: &bundle::Bundle) {
+    let bootargs = alloc::format!("{BOOTARGS} rdinit=/no-such-init init=/no-such-init");
+    let mut guest = match LinuxVm::create(mem, b, true, &bootargs) {
+        Ok(g) => g,
+        Err(e) => {
+            c.check("linux-guest: crash: create", false, format_args!("{e}"));
+            return;
+        }
+    };
+    let mut con = Console::new(false);
+    let end = guest.run(&mut con, &MARKERS);
+    let destroyed = guest.destroy();
+    c.check(
+        "linux-guest: a guest whose kernel panics ends in a PSCI reset, and its VM tears down",
+        con.seen[3]
+            && matches!(end, End::PowerOff(f) if f == u64::from(pkvm_abi::psci::SYSTEM_RESET))
+            && destroyed.is_ok(),
+        format_args!("panic seen {}, {end}, teardown {destroyed:?}", con.seen[3]),
+    );
+}
+
 /// Runs the scenario.
 pub fn run(c: &mut Checks, env: &mut Env) {
     let Some(range) = env.initrd else {
@@ -105,6 +129,7 @@ pub fn run(c: &mut Checks, env: &mut Env) {
     init_heap(env);
     let mem = GuestMem::alloc(env);
     let start = vm::leaks();
+    crash(c, mem, &b);
     let n = BOOTS.load(Ordering::Relaxed);
     let (mut passed, mut first_failure) = (0, None);
     let mut total_ms = 0;

@@ -203,7 +203,12 @@ impl LinuxVm {
     ///
     /// # Errors
     /// What went wrong (a bad kernel, a refused hypercall).
-    pub fn create(mem: GuestMem, b: &Bundle, protected: bool) -> Result<Self, &'static str> {
+    pub fn create(
+        mem: GuestMem,
+        b: &Bundle,
+        protected: bool,
+        bootargs: &str,
+    ) -> Result<Self, &'static str> {
         let layout = Layout::new(1, RAM_BYTES).map_err(|_| "layout")?;
         // SAFETY: the kernel range of the bundle QEMU loaded (checked inside its range),
         // identity-mapped, never written.
@@ -226,7 +231,7 @@ impl LinuxVm {
         copy_clean(pa(initrd.0), b.initrd.start, initrd_len);
         let dtb = GuestFdt {
             layout: &layout,
-            bootargs: BOOTARGS,
+            bootargs,
             initrd: Some(initrd),
         }
         .build()
