@@ -78,6 +78,7 @@ extern "C" fn host_main(dtb: usize) -> ! {
     }
     if let Some(p) = args.parts {
         scenarios::hostile::set_parts(p);
+        scenarios::linux_guest::set_parts(p);
     }
     let name = args.scenario.unwrap_or(scenarios::DEFAULT);
     let Some(scenario) = scenarios::find(name) else {

@@ -284,6 +284,9 @@ pub fn default_options() -> RunOptions {
 pub fn cmd_bench(opts: &RunOptions) -> Result<(), Error> {
     prereq::ensure_targets()?;
     prereq::ensure_qemu()?;
+    if opts.scenario == crate::LINUX_GUEST {
+        return crate::linux::guest_bench::bench(opts);
+    }
     if !opts.icount {
         println!("xtask: warning: without -icount the counts are not instruction counts");
     }

@@ -68,13 +68,32 @@ pub fn bundle_bytes(kernel: &[u8], initrd: &[u8]) -> Vec<u8> {
     b
 }
 
+/// The files of a guest: the bundle, and its parts apart (for the direct boot of the
+/// benchmark).
+#[derive(Clone, Debug)]
+pub struct GuestFiles {
+    /// The bundle QEMU loads with `-initrd` for the test host.
+    pub bundle: PathBuf,
+    /// The kernel `Image`.
+    pub kernel: PathBuf,
+    /// The initramfs.
+    pub initramfs: PathBuf,
+}
+
 /// Fetches Debian's kernel and busybox (cached) and writes the bundle; its path.
 pub fn bundle() -> Result<PathBuf, Error> {
+    files().map(|f| f.bundle)
+}
+
+/// [`bundle`], and the kernel and initramfs apart.
+pub fn files() -> Result<GuestFiles, Error> {
     let (abi, root) = debian::fetch()?;
     let kernel_path = root.join(format!("boot/vmlinuz-{abi}-arm64"));
     let kernel =
         fs::read(&kernel_path).or_else(|e| failed(format!("{}: {e}", kernel_path.display())))?;
     let initrd = initramfs(&root)?;
+    let initramfs = cache_dir().join(&abi).join("guest-initramfs.cpio");
+    fs::write(&initramfs, &initrd).or_else(|e| failed(format!("{}: {e}", initramfs.display())))?;
     let out = cache_dir().join(&abi).join("guest-bundle.bin");
     fs::write(&out, bundle_bytes(&kernel, &initrd))
         .or_else(|e| failed(format!("{}: {e}", out.display())))?;
@@ -84,7 +103,11 @@ pub fn bundle() -> Result<PathBuf, Error> {
         kernel.len(),
         initrd.len()
     );
-    Ok(out)
+    Ok(GuestFiles {
+        bundle: out,
+        kernel: kernel_path,
+        initramfs,
+    })
 }
 
 /// Boots in the system test (`cargo xtask test`): a short version of the acceptance run's 50.

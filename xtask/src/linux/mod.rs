@@ -31,6 +31,7 @@ mod boot_bench;
 mod debian;
 mod driver;
 pub mod guest;
+pub mod guest_bench;
 mod initramfs;
 mod run;
 
