@@ -330,7 +330,6 @@ impl LinuxVm {
     fn fill_lrs(&mut self) {
         let v = self.structs.vcpu;
         let mut g: VgicState = v.vgic();
-        g.nr_lrs = self.nr_lrs as u64;
         for i in 0..self.nr_lrs {
             if self.lrs[i].is_some() {
                 continue;
@@ -347,13 +346,17 @@ impl LinuxVm {
             self.lrs[i] = Some(p.intid);
             self.exits.injected += 1;
         }
+        // Only the list registers in use are loaded and saved (at least one: the interface
+        // stays on, so the guest's priority mask and group enables live on in ICH_VMCR_EL2).
+        let used = self.lrs.iter().rposition(Option::is_some).map_or(0, |i| i + 1);
+        g.nr_lrs = used.max(1) as u64;
         v.set_vgic(&g);
     }
 
     /// After a run: list registers the guest deactivated are deactivated in the model.
     fn sync_lrs(&mut self) {
         let g = self.structs.vcpu.vgic();
-        for i in 0..self.nr_lrs {
+        for i in 0..(g.nr_lrs as usize).min(self.nr_lrs) {
             if let Some(intid) = self.lrs[i]
                 && g.lr[i] >> lr::STATE_SHIFT == 0
             {

@@ -83,8 +83,12 @@ mod tests {
         assert_eq!((dfr0 >> 12) & 0xf, 0xf);
         // ID_AA64ISAR1_EL1: no pointer authentication; DPB (3:0), JSCVT (15:12) kept.
         let isar1 = sanitize(6, 1, all);
-        assert_eq!(isar1 & 0xfff0_0ff0, 0xfff0_0ff0 & !0xf000_0ff0);
-        assert_eq!(isar1 & 0xf, 0xf);
+        assert_eq!(isar1 & 0xff00_0ff0, 0, "APA, API, GPA, GPI");
+        assert_eq!(
+            isar1 & 0x00ff_f00f,
+            0x00ff_f00f,
+            "DPB, JSCVT, FCMA, LRCPC, FRINTTS kept"
+        );
         assert_eq!(sanitize(6, 2, all) & 0xff00, 0);
         assert_eq!(sanitize(7, 1, all) & field(16), 0);
         // Registers with nothing hidden: the CPU's value.
