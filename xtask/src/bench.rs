@@ -130,6 +130,13 @@ const ROWS: &[Row] = &[
         target: None,
     },
     Row {
+        label: "the same, the virtual GIC on (one list register loaded and saved)",
+        name: "guest_hvc_roundtrip_vgic",
+        pages: 1,
+        linux: "-",
+        target: None,
+    },
+    Row {
         label: "whole protected-VM lifecycle (RAM donated, reclaimed zeroed)",
         name: "pvm_lifecycle",
         pages: 1,

@@ -16,6 +16,7 @@
 //! | `vm_lifecycle` | one whole guest lifecycle: share the VM structure, `VmInit` (memcache donation), share the vCPU and FP structures, `VcpuInit`, share 16 pages of RAM into the guest, `VcpuRun` until the (quiet) guest powers off, `VmTeardown`, three unshares |
 //! | `guest_hvc_roundtrip` | one `VcpuRun` that resumes a guest stopped at a hypercall exit and returns at its next hypercall: host HVC, world switch in, guest HVC, world switch out |
 //! | `guest_hvc_roundtrip_fp` | the same with the guest using FP between the exits: plus its FP-access trap and the lazy FP/SIMD switch both ways |
+//! | `guest_hvc_roundtrip_vgic` | `guest_hvc_roundtrip` with the guest's virtual GIC on (one list register): its validation and loading on entry, its saving and publishing on exit |
 //! | `pvm_lifecycle` | one whole protected-VM lifecycle: as `vm_lifecycle`, with the 16 pages of RAM donated, and reclaimed zeroed at teardown |
 //! | `donate_guest_128` | one `HostDonateGuest` of 128 pages to a protected VM (host stage-2 annotations, guest stage-2 mappings) |
 //! | `reclaim_64` | one `VmReclaim` of a dying protected VM that reclaims a full batch of 64 donated pages: unmap from the guest, zero each through EL2's window, give back to the host |
@@ -156,11 +157,21 @@ fn guests(c: &mut Checks, env: &mut Env) {
 
     // A quiet guest that pings many times: each sample is one run from one ping to the next;
     // with FP_PINGS the guest uses FP each time, so each run also switches FP lazily.
-    for (name, gflags) in [
-        ("guest_hvc_roundtrip", flags::QUIET),
-        ("guest_hvc_roundtrip_fp", flags::QUIET | flags::FP_PINGS),
+    // With the virtual GIC on, each entry validates and loads it and each exit saves and
+    // publishes it.
+    for (name, gflags, vgic) in [
+        ("guest_hvc_roundtrip", flags::QUIET, false),
+        ("guest_hvc_roundtrip_fp", flags::QUIET | flags::FP_PINGS, false),
+        ("guest_hvc_roundtrip_vgic", flags::QUIET, true),
     ] {
-        let (rt, err) = roundtrips(vm::create(0, mem, 0, 1000, gflags));
+        let created = vm::create(0, mem, 0, 1000, gflags);
+        if vgic && created.is_ok() {
+            vm::structs(0).vcpu.set_vgic(&pkvm_abi::guest::VgicState {
+                nr_lrs: 1,
+                ..pkvm_abi::guest::VgicState::default()
+            });
+        }
+        let (rt, err) = roundtrips(created);
         report(c, name, &rt, err);
     }
 }

@@ -77,12 +77,11 @@ fn read_on<M: PhysMem>(
     if nr > u64::from(info.nr_lrs) || hcr & !vgic::HCR_ALLOWED != 0 {
         return Err(Error::Inval);
     }
-    let mut v = VgicRegs {
-        nr_lrs: nr as u8,
-        hcr: hcr | vgic::HCR_EN,
-        vmcr: host.read(off::VMCR),
-        ..VgicRegs::default()
-    };
+    // Built in place (EL2's memset and memcpy are slow: no copy of the whole structure).
+    let v = out.insert(VgicRegs::default());
+    v.nr_lrs = nr as u8;
+    v.hcr = hcr | vgic::HCR_EN;
+    v.vmcr = host.read(off::VMCR);
     for i in 0..usize::from(info.nr_aprs) {
         v.ap0r[i] = host.read(off::AP0R + 8 * i);
         v.ap1r[i] = host.read(off::AP1R + 8 * i);
@@ -90,6 +89,7 @@ fn read_on<M: PhysMem>(
     for i in 0..usize::from(v.nr_lrs) {
         let lr = host.read(off::LR + 8 * i);
         if !lr_is_valid(lr) {
+            *out = None;
             return Err(Error::Inval);
         }
         let live = lr >> vgic::lr::STATE_SHIFT != 0;
@@ -99,11 +99,11 @@ fn read_on<M: PhysMem>(
                 .iter()
                 .any(|&o| o >> vgic::lr::STATE_SHIFT != 0 && o & vgic::lr::VINTID == intid)
         {
+            *out = None;
             return Err(Error::Inval);
         }
         v.lr[i] = lr;
     }
-    *out = Some(v);
     Ok(())
 }
 
