@@ -47,10 +47,16 @@ fn boot(mem: GuestMem, b: &bundle::Bundle, n: u64) -> (Result<u64, alloc::string
     use alloc::format;
     // Even boots protected, odd ones not.
     let protected = n.is_multiple_of(2);
+    let c0 = crate::cpu::ticks();
     let mut guest = match LinuxVm::create(mem, b, protected, BOOTARGS) {
         Ok(g) => g,
         Err(e) => return (Err(format!("create: {e}")), Exits::default()),
     };
+    println!(
+        "linux-guest: boot {n}: VM built in {} ms ({} ms since the counter started)",
+        crate::cpu::ms(crate::cpu::ticks() - c0),
+        crate::cpu::ms(c0)
+    );
     // A protected guest's RAM is out of the host's reach from its donation on (the kernel's
     // first page, say): the read aborts.
     // SAFETY: an aligned word of the guest's RAM, which the host allocated and holds no

@@ -224,8 +224,8 @@ impl LinuxVm {
         let (ram_ipa, _) = layout.ram();
         let ram = mem.ram;
         let pa = |ipa: u64| ram + (ipa - ram_ipa);
-        // SAFETY: fresh RAM from the allocator, identity-mapped, RAM_BYTES long.
-        unsafe { core::ptr::write_bytes(ram as *mut u8, 0, RAM_BYTES as usize) };
+        // The rest of the RAM is left as it is: the kernel clears what it needs (its `.bss`),
+        // and what it finds there is the host's own memory, or zeroes after a protected boot.
         copy_clean(pa(place.kernel), b.kernel.start, kernel.len() as u64);
         let initrd = place.initrd.ok_or("no initramfs placement")?;
         copy_clean(pa(initrd.0), b.initrd.start, initrd_len);
@@ -241,7 +241,6 @@ impl LinuxVm {
             core::ptr::copy_nonoverlapping(dtb.as_ptr(), pa(place.dtb) as *mut u8, dtb.len());
         }
         clean(pa(place.dtb), dtb.len() as u64);
-        clean(ram, RAM_BYTES);
 
         let s = vm::structs(SLOT);
         s.desc.write(

@@ -22,8 +22,10 @@ use std::time::{Duration, Instant};
 /// Boots of each kind for the wall-clock figures.
 pub const REPS: u32 = 3;
 
-/// QEMU start to the first line containing `marker`, in seconds (QEMU is killed then).
-fn time_to(args: &[String], marker: &str, timeout: Duration) -> Result<f64, Error> {
+/// QEMU start to the first line containing `marker`, in seconds (QEMU is killed then), and
+/// the guest's own uptime the line reports (`... at <s> s uptime`: the kernel's clock, from its
+/// timekeeping's start).
+fn time_to(args: &[String], marker: &str, timeout: Duration) -> Result<(f64, f64), Error> {
     let start = Instant::now();
     let mut child = Command::new(qemu::QEMU)
         .args(args)
@@ -38,17 +40,23 @@ fn time_to(args: &[String], marker: &str, timeout: Duration) -> Result<f64, Erro
     let reader = thread::spawn(move || {
         for line in BufReader::new(out).lines().map_while(Result::ok) {
             if line.contains(&marker) {
-                let _ = tx.send(());
+                let uptime = line
+                    .split(" at ")
+                    .nth(1)
+                    .and_then(|r| r.split_whitespace().next())
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .unwrap_or(f64::NAN);
+                let _ = tx.send(uptime);
             }
         }
     });
-    let got = rx.recv_timeout(timeout).is_ok();
+    let got = rx.recv_timeout(timeout).ok();
     let t = start.elapsed().as_secs_f64();
     let _ = child.kill();
     let _ = child.wait();
     let _ = reader.join();
-    if got {
-        Ok(t)
+    if let Some(uptime) = got {
+        Ok((t, uptime))
     } else {
         failed(format!(
             "no {GUEST_MARKER} line within {} s",
