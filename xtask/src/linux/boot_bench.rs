@@ -9,14 +9,20 @@ use crate::images::build_el2;
 use crate::qemu::{self, Images, RESULT_PREFIX, RunOptions};
 use crate::{Error, failed};
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-/// One timed boot: QEMU start to the `PKVM-INIT` line, and to QEMU's exit.
-fn timed_boot(args: &[String], timeout: Duration) -> Result<(f64, f64, bool), Error> {
-    let start = Instant::now();
+/// Starts QEMU with `args`, its stdout read by a thread that sends `event(line)` for each line
+/// where it is `Some`. The caller kills the child and joins the thread.
+///
+/// # Errors
+/// QEMU did not start.
+pub(super) fn spawn_watched<T: Send + 'static>(
+    args: &[String],
+    event: impl Fn(&str) -> Option<T> + Send + 'static,
+) -> Result<(Child, mpsc::Receiver<T>, thread::JoinHandle<()>), Error> {
     let mut child = Command::new(qemu::QEMU)
         .args(args)
         .stdin(Stdio::null())
@@ -26,16 +32,29 @@ fn timed_boot(args: &[String], timeout: Duration) -> Result<(f64, f64, bool), Er
         .or_else(|e| failed(format!("cannot start QEMU: {e}")))?;
     let out = child.stdout.take().expect("piped");
     let (tx, rx) = mpsc::channel();
-    let pass_line = format!("{RESULT_PREFIX} pass");
     let reader = thread::spawn(move || {
         for line in BufReader::new(out).lines().map_while(Result::ok) {
-            if line.contains(INIT_MARKER) {
-                let _ = tx.send(1u8);
-            } else if line.starts_with(&pass_line) {
-                let _ = tx.send(2u8);
+            if let Some(e) = event(&line) {
+                let _ = tx.send(e);
             }
         }
     });
+    Ok((child, rx, reader))
+}
+
+/// One timed boot: QEMU start to the `PKVM-INIT` line, and to QEMU's exit.
+fn timed_boot(args: &[String], timeout: Duration) -> Result<(f64, f64, bool), Error> {
+    let start = Instant::now();
+    let pass_line = format!("{RESULT_PREFIX} pass");
+    let (mut child, rx, reader) = spawn_watched(args, move |line| {
+        if line.contains(INIT_MARKER) {
+            Some(1u8)
+        } else if line.starts_with(&pass_line) {
+            Some(2u8)
+        } else {
+            None
+        }
+    })?;
     let mut init = None;
     let mut pass = false;
     while let Ok(ev) = rx.recv_timeout(timeout.saturating_sub(start.elapsed())) {

@@ -9,7 +9,6 @@
 //! `host/src/vmm/bundle.rs`.
 
 use super::{cache_dir, debian};
-use crate::cpio::Cpio;
 use crate::{Error, failed};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -32,19 +31,7 @@ fn init_script() -> String {
 
 /// The guest's initramfs: busybox and `/init`.
 fn initramfs(root: &Path) -> Result<Vec<u8>, Error> {
-    let busybox = root.join("bin/busybox");
-    let bb = fs::read(&busybox).or_else(|e| failed(format!("{}: {e}", busybox.display())))?;
-    let mut c = Cpio::new();
-    for d in [
-        "bin", "sbin", "usr", "usr/bin", "usr/sbin", "dev", "proc", "sys", "tmp",
-    ] {
-        c.dir(d, 0o755);
-    }
-    c.char_dev("dev/console", 0o600, 5, 1);
-    c.file("bin/busybox", 0o755, &bb);
-    c.symlink("bin/sh", "busybox");
-    c.file("init", 0o755, init_script().as_bytes());
-    Ok(c.finish())
+    Ok(super::initramfs::busybox_cpio(root, &init_script())?.finish())
 }
 
 fn align_up(n: usize) -> usize {
@@ -129,12 +116,7 @@ pub fn system_test() -> Result<String, Error> {
     };
     let images = crate::images::build_image_set(false)?;
     let (outcome, ran) = crate::qemu::run(&images, &o);
-    let got = outcome.describe(o.timeout);
-    if outcome.passed() {
-        Ok(format!("{got} ({:.1} s in QEMU)", ran.as_secs_f64()))
-    } else {
-        failed(format!("{got}; wanted PKVM-RESULT pass"))
-    }
+    super::run::verdict(&outcome, ran, o.timeout)
 }
 
 #[cfg(test)]

@@ -13,10 +13,6 @@ use super::guest::{GUEST_MARKER, files};
 use crate::images::build_image_set;
 use crate::qemu::{self, RunOptions};
 use crate::{Error, failed};
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
-use std::thread;
 use std::time::{Duration, Instant};
 
 /// Boots of each kind for the wall-clock figures.
@@ -27,29 +23,16 @@ pub const REPS: u32 = 3;
 /// timekeeping's start).
 fn time_to(args: &[String], marker: &str, timeout: Duration) -> Result<(f64, f64), Error> {
     let start = Instant::now();
-    let mut child = Command::new(qemu::QEMU)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .or_else(|e| failed(format!("cannot start QEMU: {e}")))?;
-    let out = child.stdout.take().expect("piped");
-    let (tx, rx) = mpsc::channel();
     let marker = marker.to_string();
-    let reader = thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            if line.contains(&marker) {
-                let uptime = line
-                    .split(" at ")
-                    .nth(1)
-                    .and_then(|r| r.split_whitespace().next())
-                    .and_then(|v| v.parse::<f64>().ok())
-                    .unwrap_or(f64::NAN);
-                let _ = tx.send(uptime);
-            }
-        }
-    });
+    let (mut child, rx, reader) = super::boot_bench::spawn_watched(args, move |line| {
+        line.contains(&marker).then(|| {
+            line.split(" at ")
+                .nth(1)
+                .and_then(|r| r.split_whitespace().next())
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(f64::NAN)
+        })
+    })?;
     let got = rx.recv_timeout(timeout).ok();
     let t = start.elapsed().as_secs_f64();
     let _ = child.kill();

@@ -43,11 +43,12 @@ fn init_script() -> String {
     )
 }
 
-/// Writes the initramfs: busybox, `/init`, the module.
-pub(super) fn build(abi: &str, root: &Path, module: &Path) -> Result<PathBuf, Error> {
+/// A cpio with the directories, `/dev/console`, busybox (from the extracted packages at
+/// `root`) as `/bin/busybox` and `/bin/sh`, and `init` as `/init`: the base of the host's and
+/// the guest's initramfs.
+pub(super) fn busybox_cpio(root: &Path, init: &str) -> Result<Cpio, Error> {
     let busybox = root.join("bin/busybox");
     let bb = fs::read(&busybox).or_else(|e| failed(format!("{}: {e}", busybox.display())))?;
-    let ko = fs::read(module).or_else(|e| failed(format!("{}: {e}", module.display())))?;
     let mut c = Cpio::new();
     for d in [
         "bin", "sbin", "usr", "usr/bin", "usr/sbin", "dev", "proc", "sys", "tmp",
@@ -57,7 +58,14 @@ pub(super) fn build(abi: &str, root: &Path, module: &Path) -> Result<PathBuf, Er
     c.char_dev("dev/console", 0o600, 5, 1);
     c.file("bin/busybox", 0o755, &bb);
     c.symlink("bin/sh", "busybox");
-    c.file("init", 0o755, init_script().as_bytes());
+    c.file("init", 0o755, init.as_bytes());
+    Ok(c)
+}
+
+/// Writes the initramfs: busybox, `/init`, the module.
+pub(super) fn build(abi: &str, root: &Path, module: &Path) -> Result<PathBuf, Error> {
+    let ko = fs::read(module).or_else(|e| failed(format!("{}: {e}", module.display())))?;
+    let mut c = busybox_cpio(root, &init_script())?;
     c.file("pkvm_test.ko", 0o644, &ko);
     let out = cache_dir().join(abi).join("initramfs.cpio");
     fs::write(&out, c.finish()).or_else(|e| failed(format!("{}: {e}", out.display())))?;

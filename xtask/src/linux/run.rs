@@ -91,7 +91,19 @@ pub fn system_test() -> Result<String, Error> {
     let files = prepare(None, None)?;
     let o = default_options();
     let (outcome, ran) = run(&files, &o, "")?;
-    let got = outcome.describe(o.timeout);
+    verdict(&outcome, ran, o.timeout)
+}
+
+/// A system test's verdict: its outcome and QEMU time, or a failure wanting a pass.
+///
+/// # Errors
+/// The run did not pass.
+pub fn verdict(
+    outcome: &qemu::Outcome,
+    ran: std::time::Duration,
+    timeout: std::time::Duration,
+) -> Result<String, Error> {
+    let got = outcome.describe(timeout);
     if outcome.passed() {
         Ok(format!("{got} ({:.1} s in QEMU)", ran.as_secs_f64()))
     } else {
