@@ -297,7 +297,7 @@ impl GuestRunner for El2Platform {
         // The core turns the interface on only if the CPU has one.
         match vgic {
             Some(v) => crate::vgic::run_with(v, || crate::world::run_guest(entry)),
-            None => crate::world::run_guest(entry),
+            None => crate::vgic::run_off(|| crate::world::run_guest(entry)),
         }
     }
 

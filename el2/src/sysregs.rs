@@ -106,6 +106,9 @@ pub fn init_for_host() {
 
     // EL1 may read the physical counter and use the physical timer; no virtual offset.
     CNTHCTL_EL2.set(cnthctl::EL1PCTEN | cnthctl::EL1PCEN);
+    // The EL2 timer (its PPI 26 is enabled at boot for preemption) resets UNKNOWN: off until
+    // a guest run arms it.
+    CNTHP_CTL_EL2.set(0);
     CNTVOFF_EL2.set(0);
 
     // The host stage-2 is installed by `hyp_init` once it is built; until then none.

@@ -78,19 +78,44 @@ indexed!(read read_elrsr: 0 => "S3_4_C12_C11_5");
 indexed!(write write_vmcr: 0 => "S3_4_C12_C11_7");
 indexed!(read read_vmcr: 0 => "S3_4_C12_C11_7");
 
-/// Records the virtual interface's shape, once the boot CPU set up its GIC system registers
-/// (`usable`: the CPU has a GICv3 CPU interface and `ICC_SRE_EL2.SRE` stuck at 1).
+/// Records the virtual interface's shape as each CPU sets up its GIC system registers
+/// (`usable`: the CPU has a GICv3 CPU interface and `ICC_SRE_EL2.SRE` stuck at 1): the
+/// smallest over the CPUs, so that no CPU is asked for a register it lacks.
 pub fn probe(usable: bool) {
     if !usable {
         return;
     }
     let vtr = read_vtr(0);
-    let nr_lrs = (vtr & 0x1f) as u8 + 1;
-    // PRIbits (31:29) + 1 priority bits: 5 → 1 APR per group, 6 → 2, 7 → 4.
-    let pri_bits = ((vtr >> 29) & 7) as u8 + 1;
-    let nr_aprs = 1 << pri_bits.saturating_sub(5).min(2);
-    NR_APRS.store(nr_aprs, Ordering::Relaxed);
-    NR_LRS.store(nr_lrs, Ordering::Release);
+    // ListRegs (4:0) + 1, at most the 16 the architecture defines.
+    let nr_lrs = ((vtr & 0x1f) as u8 + 1).min(16);
+    // The active-priority registers follow the preemption bits, PREbits (28:26) + 1:
+    // 5 → 1 APR per group, 6 → 2, 7 → 4.
+    let pre_bits = ((vtr >> 26) & 7) as u8 + 1;
+    let nr_aprs = 1 << pre_bits.saturating_sub(5).min(2);
+    let _ = NR_APRS.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+        Some(if n == 0 { nr_aprs } else { n.min(nr_aprs) })
+    });
+    let _ = NR_LRS.fetch_update(Ordering::Release, Ordering::Relaxed, |n| {
+        Some(if n == 0 { nr_lrs } else { n.min(nr_lrs) })
+    });
+}
+
+/// `ICH_HCR_EL2` for a run with the interface off: TC, TALL0, TALL1 — every `ICV_*` access
+/// of the guest traps (and ends its run), so nothing it could leave in `ICH_VMCR_EL2`, the
+/// active-priority registers or `EOIcount` reaches the next guest on this CPU.
+const HCR_OFF_TRAPS: u64 = (1 << 10) | (1 << 11) | (1 << 12);
+
+/// Runs `run` (the world switch) with the interface off and every guest access to it
+/// trapped (see [`HCR_OFF_TRAPS`]); nothing to do on a CPU without one.
+#[inline(always)]
+pub fn run_off<R>(run: impl FnOnce() -> R) -> R {
+    if NR_LRS.load(Ordering::Relaxed) == 0 {
+        return run();
+    }
+    write_hcr(0, HCR_OFF_TRAPS);
+    let r = run();
+    write_hcr(0, 0);
+    r
 }
 
 /// The shape [`probe`] recorded.

@@ -440,6 +440,14 @@ mod guest {
                 unsafe { asm!("mrs {v}, csselr_el1", v = out(reg) back, options(nomem, nostack)) };
                 pinged && back == GUEST_CSSELR
             }
+            test::ICC_PMR_WRITE => {
+                // SAFETY: the GIC CPU interface's priority mask: with HCR_EL2.IMO the guest's
+                // virtual one, which EL2 traps while the host leaves the interface off.
+                unsafe {
+                    asm!("msr S3_0_C4_C6_0, {v}", "isb", v = in(reg) arg, options(nomem, nostack))
+                };
+                true
+            }
             test::TPIDR2_SWITCH => {
                 // SAFETY: TPIDR2_EL0 is a software thread register (the CPU has SME: the host
                 // only asks for this test then).

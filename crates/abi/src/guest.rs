@@ -574,4 +574,7 @@ pub mod hostile {
     pub const CSSELR_SWITCH: u64 = 15;
     /// `TPIDR2_EL0 = x1`, ping, read back (must be `x1`), power off.
     pub const TPIDR2_SWITCH: u64 = 16;
+    /// `msr ICC_PMR_EL1, x1` with the virtual GIC left off by the host (its `ICV_*` state
+    /// would otherwise reach the next guest on the CPU).
+    pub const ICC_PMR_WRITE: u64 = 17;
 }

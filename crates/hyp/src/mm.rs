@@ -154,6 +154,28 @@ impl<P: Platform> HypMmu<'_, P> {
     /// must then keep the page from the host.
     #[must_use]
     pub(crate) fn zero_foreign(&mut self, pa: u64) -> bool {
+        self.through_window(pa, |plat| {
+            plat.zero(HYP_WINDOW_SLOT, PAGE_SIZE);
+            plat.clean_dcache_to_poc(HYP_WINDOW_SLOT, PAGE_SIZE);
+        })
+    }
+
+    /// Cleans and invalidates the page at `pa` to the point of coherency through the window,
+    /// as [`HypMmu::zero_foreign`] (its contents unchanged): for a page the host may have left
+    /// dirty lines of, before a guest that may read it uncached (its MMU off, or a
+    /// non-cacheable mapping) gets it — otherwise the guest reads stale memory, and a later
+    /// eviction of the host's lines overwrites what the guest wrote.
+    ///
+    /// Returns `false` (nothing done) only for an address no descriptor can hold.
+    #[must_use]
+    pub(crate) fn clean_foreign(&mut self, pa: u64) -> bool {
+        self.through_window(pa, |plat| {
+            plat.clean_dcache_to_poc(HYP_WINDOW_SLOT, PAGE_SIZE)
+        })
+    }
+
+    /// Maps `pa` at the window, runs `f`, unmaps it (break-before-make: TLBI, DSB).
+    fn through_window(&mut self, pa: u64, f: impl FnOnce(&P)) -> bool {
         let plat = self.pool.mem();
         let Ok(pte) = self
             .pgt
@@ -167,8 +189,7 @@ impl<P: Platform> HypMmu<'_, P> {
         plat.write_u64(self.window_ptep, pte);
         plat.dsb_ishst();
         plat.isb();
-        plat.zero(HYP_WINDOW_SLOT, PAGE_SIZE);
-        plat.clean_dcache_to_poc(HYP_WINDOW_SLOT, PAGE_SIZE);
+        f(plat);
         plat.write_u64(self.window_ptep, 0);
         plat.dsb_ishst();
         plat.tlbi_el2_va(HYP_WINDOW_SLOT, desc::LEAF_LEVEL, true);

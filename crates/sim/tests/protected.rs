@@ -82,14 +82,6 @@ fn a_donated_page_is_out_of_the_hosts_reach_until_the_guest_shares_it() {
 fn relinquished_and_reclaimed_pages_come_back_zeroed_but_shared_ones_as_they_are() {
     with_machine(&SimConfig::small(), |m| {
         let (p, mut c) = setup(m);
-        ok(m, &mut c, donate(1, p, 0x10, 4));
-        for i in 0..4 {
-            fill(m, p + i, 0x5eed_0000 + i);
-        }
-        // Relinquish: zeroed, the host's again.
-        ok(m, &mut c, guest(1, GuestOp::Relinquish, 0x10));
-        assert_eq!(host_reads(m, p), Outcome::Access);
-        assert!(is_zero(m, p), "a relinquished page reaches the host zeroed");
         let cleaned = |pfn: u64| {
             m.plat
                 .cleaned
@@ -97,7 +89,25 @@ fn relinquished_and_reclaimed_pages_come_back_zeroed_but_shared_ones_as_they_are
                 .unwrap()
                 .contains(&(pfn << PAGE_SHIFT, PAGE_SIZE))
         };
+        m.plat.cleaned.lock().unwrap().clear();
+        ok(m, &mut c, donate(1, p, 0x10, 4));
+        // Donation: what the host left in its cache reaches memory before the guest, which
+        // may read uncached, gets the pages.
+        assert!((0..4).all(|i| cleaned(p + i)), "every donated page cleaned");
+        m.plat.cleaned.lock().unwrap().clear();
+        for i in 0..4 {
+            fill(m, p + i, 0x5eed_0000 + i);
+        }
+        // Relinquish: zeroed, the host's again.
+        ok(m, &mut c, guest(1, GuestOp::Relinquish, 0x10));
+        assert_eq!(host_reads(m, p), Outcome::Access);
+        assert!(is_zero(m, p), "a relinquished page reaches the host zeroed");
         assert!(cleaned(p), "... and its zeroes cleaned to memory");
+        // Unshare: the page the host had is cleaned before it is the guest's alone again.
+        ok(m, &mut c, guest(1, GuestOp::Share, 0x11));
+        ok(m, &mut c, guest(1, GuestOp::Unshare, 0x11));
+        assert!(cleaned(p + 1), "an unshared page cleaned");
+        m.plat.cleaned.lock().unwrap().clear();
         // Teardown: the owned pages zeroed, the shared-back one as the guest left it.
         ok(m, &mut c, guest(1, GuestOp::Share, 0x12));
         ok(m, &mut c, Call::VmTeardown { vm: 1 });

@@ -112,10 +112,11 @@ fn id_registers_read_as_the_cpu_without_the_hidden_features() {
         ]);
         assert_eq!(m.client().vcpu_run(h), Ok(exit::SYSTEM_EVENT));
         assert_eq!(x(5) >> 32 & 0xf, 0, "SVE hidden");
+        assert_eq!(x(5) & 0xff, 0x11, "EL0 and EL1: AArch64 only");
         assert_eq!(
-            x(5) & 0xffff_ffff,
-            0xffff_ffff,
-            "EL0..EL3, FP, AdvSIMD, GIC kept"
+            x(5) & 0xffff_ff00,
+            0xffff_ff00,
+            "EL2, EL3, FP, AdvSIMD, GIC kept"
         );
         assert_eq!(x(6) & 0xf000_0ff0, 0, "pointer authentication hidden");
         assert_eq!(x(7), 0, "no SVE features");

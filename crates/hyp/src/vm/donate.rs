@@ -3,7 +3,7 @@
 //! VM's owner id, so a host access aborts and the lazy fault path never maps the page (nor a
 //! block covering it).
 
-use pkvm_abi::Error;
+use pkvm_abi::{Error, PAGE_SIZE};
 use pkvm_arch::addr::{Gfn, Pfn};
 use pkvm_pgtable::MapFlags;
 
@@ -25,7 +25,7 @@ impl<P: Platform> Hyp<'_, P> {
     /// memcache (guest tables) or the host pool (host stage-2 tables) cannot hold the change.
     pub fn host_donate_guest(&self, handle: u64, pfn: Pfn, gfn: Gfn, nr: u64) -> Result<(), Error> {
         let pages = self.host_range(pfn, nr)?;
-        let (mut host, _hyp) = self.lock_host_hyp();
+        let (mut host, mut hyp) = self.lock_host_hyp();
         let mut vms = self.vms.lock();
         let vm = vms.get(handle)?.live()?;
         if !vm.protected {
@@ -41,6 +41,13 @@ impl<P: Platform> Hyp<'_, P> {
         let r1 = host.annotate(&rsv, start, size, guest_owner_id(vm.vmid));
         for p in pages {
             p.set_host_state(PageState::NoPage);
+        }
+        // The host can no longer write the pages: its dirty cache lines go to memory now, so
+        // a guest reading uncached sees what the host wrote before donating, and no later
+        // eviction overwrites what the guest writes. (An address no descriptor holds cannot
+        // be RAM the host owns: checked above.)
+        for pa in (start..end).step_by(PAGE_SIZE as usize) {
+            let _ = hyp.clean_foreign(pa);
         }
         let vttbr = vm.vttbr();
         let r2 = vm

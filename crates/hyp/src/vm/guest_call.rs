@@ -271,10 +271,13 @@ impl<P: Platform> Hyp<'_, P> {
                 // The host loses access (break-before-make of its mapping, if any) first.
                 let r1 = host.annotate(&rsv, pa, PAGE_SIZE, guest_owner_id(vm.vmid));
                 p.set_host_state(PageState::NoPage);
+                // What the host left in its cache reaches memory before the page is the
+                // guest's alone again (as at donation).
+                let cleaned = hyp.clean_foreign(pa);
                 let r2 = vm
                     .pgt
                     .set_prot(&mut vm.pool, &arch, ipa, PAGE_SIZE, GUEST_OWNED_PROT);
-                r1.is_ok() && matches!(r2, Ok(PAGE_SIZE))
+                r1.is_ok() && cleaned && matches!(r2, Ok(PAGE_SIZE))
             }
             MemOp::Relinquish => {
                 let owned = sw == 0 && is_guest_owned(p);

@@ -6,9 +6,14 @@
 //!
 //! Hidden: SVE and SME (`CPTR_EL2.TZ/TSM` trap them for the whole run), MTE (`HCR_EL2.ATA` = 0),
 //! pointer authentication (its keys are the host's: `HCR_EL2.API/APK` = 0), the activity
-//! monitors (`CPTR_EL2.TAM`), MPAM, LORegions (`HCR_EL2.TLOR`), the PMU, statistical profiling,
-//! trace and branch records (`MDCR_EL2`: the guest's PMU and debug registers read as zero),
-//! FEAT_NMI (`ALLINT` is not switched). Everything else is the CPU's.
+//! monitors (`CPTR_EL2.TAM`), MPAM, LORegions (`HCR_EL2.TLOR`), the PMU (also its AArch32
+//! view), statistical profiling, trace and branch records (`MDCR_EL2`: the guest's PMU and
+//! debug registers read as zero), FEAT_NMI (`ALLINT` is not switched), GCS and MOPS (their
+//! registers and instructions need `HCRX_EL2` and fine-grained-trap bits EL2 leaves at 0), and
+//! AArch32 at EL0 and EL1 (such a PSTATE is refused on entry). Registers that only describe
+//! features newer than this list (`ID_AA64PFR2_EL1`, `ID_AA64FPFR0_EL1`, `ID_AA64ISAR3_EL1`,
+//! `ID_AA64MMFR3_EL1`: FPMR, FP8, TCR2, SCTLR2, permission indirection, ...) read as zero:
+//! a deny-list with the unknown future denied. Everything else is the CPU's.
 
 /// A 4-bit ID field at bit `lsb`.
 const fn field(lsb: u32) -> u64 {
@@ -17,17 +22,26 @@ const fn field(lsb: u32) -> u64 {
 
 /// The fields each ID register loses, by (`CRm`, `Op2`).
 const HIDDEN: &[((u8, u8), u64)] = &[
-    // ID_AA64PFR0_EL1: SVE (35:32), MPAM (43:40), AMU (47:44).
-    ((4, 0), field(32) | field(40) | field(44)),
+    // ID_DFR0_EL1 (AArch32 view): PerfMon (27:24).
+    ((1, 2), field(24)),
+    // ID_AA64PFR0_EL1: EL0 (3:0) and EL1 (7:4) (set to "AArch64 only" below), SVE (35:32),
+    // MPAM (43:40), AMU (47:44).
+    (
+        (4, 0),
+        field(0) | field(4) | field(32) | field(40) | field(44),
+    ),
     // ID_AA64PFR1_EL1: MTE (11:8), SME (27:24), MPAM_frac (19:16), NMI (39:36), MTE_frac
-    // (43:40).
+    // (43:40), GCS (47:44).
     (
         (4, 1),
-        field(8) | field(16) | field(24) | field(36) | field(40),
+        field(8) | field(16) | field(24) | field(36) | field(40) | field(44),
     ),
-    // ID_AA64ZFR0_EL1, ID_AA64SMFR0_EL1: SVE and SME details, all of them.
+    // ID_AA64PFR2_EL1 (FPMR, MTE extensions), ID_AA64ZFR0_EL1, ID_AA64SMFR0_EL1 (SVE and SME
+    // details), ID_AA64FPFR0_EL1 (FP8): all of them.
+    ((4, 2), u64::MAX),
     ((4, 4), u64::MAX),
     ((4, 5), u64::MAX),
+    ((4, 7), u64::MAX),
     // ID_AA64DFR0_EL1: PMUVer (11:8), TraceVer (7:4), PMSVer (35:32), TraceFilt (43:40),
     // TraceBuffer (47:44), MTPMU (51:48), BRBE (55:52).
     (
@@ -36,19 +50,31 @@ const HIDDEN: &[((u8, u8), u64)] = &[
     ),
     // ID_AA64ISAR1_EL1: APA (7:4), API (11:8), GPA (27:24), GPI (31:28).
     ((6, 1), field(4) | field(8) | field(24) | field(28)),
-    // ID_AA64ISAR2_EL1: GPA3 (11:8), APA3 (15:12).
-    ((6, 2), field(8) | field(12)),
+    // ID_AA64ISAR2_EL1: GPA3 (11:8), APA3 (15:12), MOPS (19:16).
+    ((6, 2), field(8) | field(12) | field(16)),
+    // ID_AA64ISAR3_EL1: all of it.
+    ((6, 3), u64::MAX),
     // ID_AA64MMFR1_EL1: LO (19:16).
     ((7, 1), field(16)),
+    // ID_AA64MMFR3_EL1 (TCR2, SCTLR2, S1PIE, S1POE, ...): all of it.
+    ((7, 3), u64::MAX),
 ];
+
+/// `ID_AA64PFR0_EL1.EL0` and `.EL1` as a guest sees them: AArch64 only.
+const PFR0_AARCH64_ONLY: u64 = 0x11;
 
 /// The value a guest reads for ID register (`crm`, `op2`) whose CPU value is `v`.
 #[must_use]
 pub fn sanitize(crm: u8, op2: u8, v: u64) -> u64 {
-    HIDDEN
+    let v = HIDDEN
         .iter()
         .find(|(at, _)| *at == (crm, op2))
-        .map_or(v, |&(_, mask)| v & !mask)
+        .map_or(v, |&(_, mask)| v & !mask);
+    if (crm, op2) == (4, 0) {
+        v | PFR0_AARCH64_ONLY
+    } else {
+        v
+    }
 }
 
 /// Whether (`op0`, `op1`, `crn`, `crm`) names a register `HCR_EL2.TID3` traps.
@@ -68,8 +94,17 @@ mod tests {
         let pfr0 = sanitize(4, 0, all);
         assert_eq!((pfr0 >> 32) & 0xf, 0);
         assert_eq!((pfr0 >> 44) & 0xf, 0);
-        assert_eq!(pfr0 & 0xffff_ffff, 0xffff_ffff);
-        assert_eq!((pfr0 >> 28) & 0xf, 0xf, "RAS kept");
+        assert_eq!(pfr0 & 0xff, 0x11, "EL0 and EL1: AArch64 only");
+        assert_eq!(
+            sanitize(4, 0, 0x22) & 0xff,
+            0x11,
+            "AArch32 at EL0/EL1 hidden"
+        );
+        assert_eq!(
+            pfr0 & 0xffff_ff00,
+            0xffff_ff00,
+            "EL2, EL3, FP, AdvSIMD, GIC, RAS kept"
+        );
         // ID_AA64PFR1_EL1: no MTE, SME; BT (3:0) and SSBS (7:4) kept.
         let pfr1 = sanitize(4, 1, all);
         assert_eq!(((pfr1 >> 8) & 0xf, (pfr1 >> 24) & 0xf), (0, 0));
@@ -89,7 +124,12 @@ mod tests {
             0x00ff_f00f,
             "DPB, JSCVT, FCMA, LRCPC, FRINTTS kept"
         );
-        assert_eq!(sanitize(6, 2, all) & 0xff00, 0);
+        assert_eq!(sanitize(6, 2, all) & 0xf_ff00, 0, "APA3, GPA3, MOPS");
+        assert_eq!((sanitize(4, 1, all) >> 44) & 0xf, 0, "GCS");
+        for (crm, op2) in [(4, 2), (4, 7), (6, 3), (7, 3)] {
+            assert_eq!(sanitize(crm, op2, all), 0, "({crm}, {op2}): newer features");
+        }
+        assert_eq!((sanitize(1, 2, all) >> 24) & 0xf, 0, "ID_DFR0_EL1.PerfMon");
         assert_eq!(sanitize(7, 1, all) & field(16), 0);
         // Registers with nothing hidden: the CPU's value.
         assert_eq!(sanitize(7, 0, 0x1234_5678), 0x1234_5678);

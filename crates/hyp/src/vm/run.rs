@@ -10,6 +10,9 @@ use super::{PendingMmio, pstate_is_valid};
 use crate::hyp::Hyp;
 use crate::platform::{GuestEntry, GuestExit, PhysMem, Platform, VgicRegs};
 
+/// `PSTATE.BTYPE` (SPSR bits 11:10).
+const PSTATE_BTYPE: u64 = 3 << 10;
+
 /// The host's `VcpuState` at `pa`, shared with EL2 and pinned while the vCPU exists. The host
 /// may change it at any time: every field is read once, through these accessors, and the copy
 /// is what EL2 validates and uses.
@@ -42,10 +45,13 @@ impl<M: PhysMem> SharedVcpu<'_, M> {
         self.read(vcpu_off::PC)
     }
 
-    /// Moves the PC past the instruction that trapped.
+    /// Moves the PC past the instruction that trapped, and clears `PSTATE.BTYPE` (the
+    /// emulated instruction completed as any other would: a branch target it may have been
+    /// is consumed).
     #[inline(always)]
     fn skip_instruction(&self) {
         self.write(vcpu_off::PC, self.pc().wrapping_add(4));
+        self.write(vcpu_off::PSTATE, self.pstate() & !PSTATE_BTYPE);
     }
 
     #[inline(always)]

@@ -84,6 +84,8 @@ const CASES: &[Case] = &[
     case(hostile::DC_ISW, SYSREG, Need::Nothing,
         "hostile guest: DC ISW (set/way maintenance) traps (EC 0x18)"),
     case(hostile::LORID_READ, SYSREG, Need::Lor, "hostile guest: LORID_EL1 read traps (EC 0x18)"),
+    case(hostile::ICC_PMR_WRITE, SYSREG, Need::Nothing,
+        "hostile guest: ICC_PMR_EL1 write with the virtual GIC off traps (EC 0x18)"),
     case(hostile::CSSELR_SWITCH, None, Need::Nothing,
         "hostile guest: its CSSELR_EL1 survives an exit (switched) and it powers off"),
     case(hostile::TPIDR2_SWITCH, None, Need::Sme,
