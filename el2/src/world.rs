@@ -36,7 +36,8 @@
 //! when the CPU has SME: nothing can trap it), the guest must not reach host state through:
 //! - FP/SIMD/SVE/SME: `CPTR_EL2` TFP (switched lazily: the first access traps and the trap
 //!   clears **only** TFP), TZ and TSM stay set for the whole run (SVE/SME and `ZCR_EL1`,
-//!   `SMCR_EL1`, `SVCR` trap and end it), TTA (trace), TAM (activity monitors);
+//!   `SMCR_EL1`, `SVCR` trap and end it), TTA (trace: its registers are debug-space ones, answered
+//!   as below), TAM (activity monitors);
 //! - debug: `MDCR_EL2` TDA/TDOSA/TDRA trap every debug register (breakpoints, watchpoints,
 //!   `MDSCR_EL1`, the OS lock), and `MDSCR_EL1` is 0 while the guest runs (the host's
 //!   breakpoints, watchpoints and single-step are off in the guest; the host's value is
