@@ -50,7 +50,9 @@
 
 use core::arch::global_asm;
 
-use aarch64_cpu::registers::{CNTHP_CTL_EL2, CNTV_CTL_EL0, CNTV_CVAL_EL0, Readable, Writeable};
+use aarch64_cpu::registers::{
+    CNTHP_CTL_EL2, CNTV_CTL_EL0, CNTV_CVAL_EL0, MPIDR_EL1, Readable, VMPIDR_EL2, Writeable,
+};
 use core::mem::offset_of;
 
 use pkvm_abi::guest::{NR_SYSREGS, vcpu_off};
@@ -163,6 +165,8 @@ pub fn run_guest(e: &GuestEntry) -> GuestExit {
         (&raw mut (*ctx).sme).write(u64::from(has_sme()));
     }
     arm_preemption();
+    // The vCPU's own MPIDR (its index as Aff0), not the physical CPU's.
+    VMPIDR_EL2.set(e.vmpidr);
     // SAFETY: `el2_guest_run` behaves as an AAPCS64 function to its caller: it preserves
     // x19..x30 and SP (saved in `ctx`, restored on the guest's exit) and returns normally.
     // It reads and writes only `ctx` and the vCPU and FP structures, which the core has
@@ -170,8 +174,9 @@ pub fn run_guest(e: &GuestEntry) -> GuestExit {
     // EL1, FP/SIMD and EL2 control state it changes is restored before it returns, and it
     // always writes `vector`, `esr`, `far` and `hpfar`.
     unsafe { el2_guest_run(ctx) };
-    // The EL2 timer's job is done: its interrupt deasserts.
+    // The EL2 timer's job is done: its interrupt deasserts. The host reads its CPU's MPIDR.
     CNTHP_CTL_EL2.set(0);
+    VMPIDR_EL2.set(MPIDR_EL1.get());
     // SAFETY: the exit fields were written by the assembly (see above).
     unsafe {
         GuestExit {

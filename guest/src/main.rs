@@ -41,6 +41,10 @@
 //! With flags bit 3 (a benchmark's), every ping is preceded by a `MEM_SHARE` and a
 //! `MEM_UNSHARE` of the bounce buffer.
 //!
+//! # Which vCPU
+//!
+//! With flags bit 6 the guest first makes a ping with `x1` = its `MPIDR_EL1`.
+//!
 //! # Spinning
 //!
 //! With flags bit 5 the guest spins forever with its interrupts masked, never exiting (the
@@ -517,6 +521,15 @@ mod guest {
             // host's deadline, through EL2's timer, gets the CPU back.
             loop {
                 core::hint::spin_loop();
+            }
+        }
+        if flags & 64 != 0 {
+            // Which vCPU am I: the MPIDR EL2 gives this vCPU, in a first ping.
+            let mpidr: u64;
+            // SAFETY: reading MPIDR_EL1 has no side effect.
+            unsafe { asm!("mrs {}, mpidr_el1", out(reg) mpidr, options(nomem, nostack)) };
+            if hvc(GUEST_HVC_PING, mpidr) != mpidr + 1 {
+                power_off(false);
             }
         }
         let hostile_test = (flags >> 8) & 0xff;

@@ -521,6 +521,16 @@ const _: () = assert!(core::mem::size_of::<VmDesc>() == 48);
 const _: () = assert!(FP_STATE_SIZE == 528);
 const _: () = assert!(vcpu_off::PC == 0xf8 && vcpu_off::SYS == 0x108);
 
+/// vCPUs a VM may have (`VmDesc::nr_vcpus`); `VcpuInit` and `VcpuRun` name one by its index.
+pub const MAX_VCPUS_PER_VM: usize = 4;
+
+/// The `MPIDR_EL1` a guest's vCPU `i` reads (`VMPIDR_EL2` for its runs): bit 31 (RES1), Aff0 =
+/// `i`, as the guest's device tree numbers its CPUs.
+#[must_use]
+pub const fn vcpu_mpidr(i: usize) -> u64 {
+    (1 << 31) | i as u64
+}
+
 /// Test-guest layout: guest RAM starts at this IPA; the image is linked there.
 pub const GUEST_RAM_IPA: u64 = 0x8000_0000;
 /// Test-guest RAM size in pages (image, data, stack).

@@ -119,16 +119,18 @@ hcalls! {
     /// shared the [`guest::VmDesc`] at `vm_desc_pa` with EL2 (EL2 pins it until teardown) and
     /// donates the `memcache_nr` contiguous pages at `memcache_pfn` for the guest stage-2.
     VmInit = 0x30, boot_only = false;
-    /// `(handle, vcpu_pa, fp_pa)`: add the VM's vCPU; its [`guest::VcpuState`] and
-    /// [`guest::FpState`] are host memory shared with EL2 (pinned until teardown).
+    /// `(handle, vcpu_pa, fp_pa, idx)`: add the VM's vCPU `idx` (below its `nr_vcpus`, at most
+    /// [`guest::MAX_VCPUS_PER_VM`]); its [`guest::VcpuState`] and [`guest::FpState`] are host
+    /// memory shared with EL2 (pinned until teardown).
     VcpuInit = 0x31, boot_only = false;
     /// `(handle, pfn, gfn, nr_pages, prot)`: map host pages into the guest (host keeps
     /// SHARED_OWNED, the guest gets SHARED_BORROWED). `prot`: [`guest::PROT_R`] etc.
     HostShareGuest = 0x32, boot_only = false;
     /// `(handle, gfn, nr_pages)`: undo [`HostHcall::HostShareGuest`].
     HostUnshareGuest = 0x33, boot_only = false;
-    /// `(handle) -> x2 = exit reason`: run the vCPU until it exits; the details are in the
-    /// vCPU structure's [`guest::VcpuExit`].
+    /// `(handle, idx) -> x2 = exit reason`: run vCPU `idx` until it exits; the details are in
+    /// the vCPU structure's [`guest::VcpuExit`]. Several vCPUs of a VM run at once on several
+    /// CPUs; each reads [`guest::vcpu_mpidr`]`(idx)` as its `MPIDR_EL1`.
     VcpuRun = 0x34, boot_only = false;
     /// `(handle) -> x2 = guest pages left`: start destroying the VM (refused with `EBUSY`
     /// while its vCPU runs). The VM is marked dying (it never runs again and takes no new

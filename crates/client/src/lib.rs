@@ -261,7 +261,21 @@ impl<T: Transport> Client<T> {
     /// # Errors
     /// As [`Client::call`].
     pub fn vcpu_init(&self, vm: VmHandle, vcpu_pa: u64, fp_pa: u64) -> Result<(), HcallError> {
-        self.unit(HostHcall::VcpuInit, [vm.0, vcpu_pa, fp_pa])
+        self.vcpu_init_at(vm, 0, vcpu_pa, fp_pa)
+    }
+
+    /// `VcpuInit` of vCPU `idx` (`x4`; below the VM's `nr_vcpus`).
+    ///
+    /// # Errors
+    /// As [`Client::call`].
+    pub fn vcpu_init_at(
+        &self,
+        vm: VmHandle,
+        idx: u64,
+        vcpu_pa: u64,
+        fp_pa: u64,
+    ) -> Result<(), HcallError> {
+        self.unit(HostHcall::VcpuInit, [vm.0, vcpu_pa, fp_pa, idx])
     }
 
     /// `HostShareGuest`: host pages `[pfn, pfn + nr)` at guest frames `[gfn, gfn + nr)`.
@@ -294,7 +308,30 @@ impl<T: Transport> Client<T> {
     /// As [`Client::call`].
     #[inline(always)]
     pub fn vcpu_run(&self, vm: VmHandle) -> Result<u64, HcallError> {
-        self.call(HostHcall::VcpuRun, [vm.0]).map(|[r, _]| r)
+        self.vcpu_run_at(vm, 0)
+    }
+
+    /// `VcpuRun` of vCPU `idx` (`x2`).
+    ///
+    /// # Errors
+    /// As [`Client::call`].
+    #[inline(always)]
+    pub fn vcpu_run_at(&self, vm: VmHandle, idx: u64) -> Result<u64, HcallError> {
+        self.call(HostHcall::VcpuRun, [vm.0, idx]).map(|[r, _]| r)
+    }
+
+    /// [`Client::run`] of vCPU `idx`.
+    ///
+    /// # Errors
+    /// As [`Client::call`].
+    pub fn run_at(
+        &self,
+        vm: VmHandle,
+        idx: u64,
+        exit_record: impl FnOnce() -> pkvm_abi::guest::VcpuExit,
+    ) -> Result<Exit, HcallError> {
+        let reason = self.vcpu_run_at(vm, idx)?;
+        Ok(Exit::decode(reason, &exit_record()))
     }
 
     /// `VcpuRun`, decoded: `exit_record` reads the vCPU structure's

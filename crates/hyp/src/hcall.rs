@@ -70,12 +70,12 @@ impl<P: Platform> Hyp<'_, P> {
             HostHcall::VmInit => self
                 .vm_init(PhysAddr(x[1]), Pfn(x[2]), x[3])
                 .map(|h| x[2] = h),
-            HostHcall::VcpuInit => self.vcpu_init(x[1], PhysAddr(x[2]), PhysAddr(x[3])),
+            HostHcall::VcpuInit => self.vcpu_init(x[1], PhysAddr(x[2]), PhysAddr(x[3]), x[4]),
             HostHcall::HostShareGuest => {
                 self.host_share_guest(x[1], Pfn(x[2]), Gfn(x[3]), x[4], x[5])
             }
             HostHcall::HostUnshareGuest => self.host_unshare_guest(x[1], Gfn(x[2]), x[3]),
-            HostHcall::VcpuRun => self.vcpu_run(x[1]).map(|r| x[2] = r),
+            HostHcall::VcpuRun => self.vcpu_run(x[1], x[2]).map(|r| x[2] = r),
             HostHcall::VmTeardown => self.vm_teardown(x[1]).map(|n| x[2] = n),
             HostHcall::HostDonateGuest => self.host_donate_guest(x[1], Pfn(x[2]), Gfn(x[3]), x[4]),
             HostHcall::VmReclaim => self.vm_reclaim(x[1]).map(|n| x[2] = n),

@@ -82,6 +82,8 @@ pub struct GuestEntry {
     pub pstate: u64,
     /// `VTTBR_EL2`: guest stage-2 root | VMID << 48.
     pub vttbr: u64,
+    /// `VMPIDR_EL2`: the `MPIDR_EL1` the vCPU reads (`pkvm_abi::guest::vcpu_mpidr`).
+    pub vmpidr: u64,
 }
 
 /// How a guest run ended: which EL2 vector took the exception and its syndrome. The guest's

@@ -457,7 +457,7 @@ fn bad_inputs() {
             Error::Inval.errno() as u64
         );
         m.plat.write_u64(desc + 32, 32);
-        m.plat.write_u64(desc + 40, 2);
+        m.plat.write_u64(desc + 40, 5); // more vCPUs than MAX_VCPUS_PER_VM
         assert_eq!(
             m.hvc(HostHcall::VmInit, &[desc + 32, h.pfn(16), 8])[1],
             Error::Inval.errno() as u64

@@ -480,7 +480,7 @@ fn vm_calls_check_in_order_and_undo_partial_pins() {
     );
     assert_eq!(s.state(), &shared);
     // A bad descriptor is read after the pin and undoes it.
-    for (ipa_bits, nr_vcpus) in [(31, 1), (41, 1), (32, 0), (32, 2)] {
+    for (ipa_bits, nr_vcpus) in [(31, 1), (41, 1), (32, 0), (32, 5)] {
         let c = VmInit {
             desc_pa: P << 12,
             mc_pfn: P + 0x20,

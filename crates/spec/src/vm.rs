@@ -113,7 +113,7 @@ impl Spec {
         self.hyp_pin(desc)?;
         let max_ipa = MAX_IPA_BITS.min(u64::from(self.machine.pa_bits));
         if !(MIN_IPA_BITS..=max_ipa).contains(&ipa_bits)
-            || nr_vcpus != 1
+            || !(1..=pkvm_abi::guest::MAX_VCPUS_PER_VM as u64).contains(&nr_vcpus)
             || flags & !vm_flags::ALL != 0
         {
             self.hyp_unpin(desc);

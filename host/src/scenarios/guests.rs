@@ -274,6 +274,59 @@ fn preemption(c: &mut Checks, mem: &[SlotMem; SLOTS], env: &Env) {
     c.check("preemption: destroy", r.is_ok(), format_args!("{r:?}"));
 }
 
+/// A VM with two vCPUs (its descriptor and vCPU 0 in slot 0's structures, vCPU 1 in slot
+/// 1's): each runs by its index to power-off and reads its own MPIDR (`vcpu_mpidr`), then one
+/// teardown unpins both.
+fn two_vcpus(c: &mut Checks, mem: &[SlotMem; SLOTS]) {
+    use pkvm_abi::guest::{GUEST_HVC_PING, GUEST_RAM_PAGES, vcpu_mpidr};
+    let guest_flags = flags::QUIET | flags::MPIDR;
+    let s0 = vm::prepare(0, mem[0], 5, (1, guest_flags), 0);
+    let s1 = vm::prepare(1, mem[1], 5, (1, guest_flags), 0);
+    s0.desc.set(1, 2); // nr_vcpus
+    let created = s0.share(&[s0.desc]).and_then(|()| {
+        let h = PKVM.vm_init(s0.desc.pa(), mem[0].memcache_pfn, mem[0].memcache_nr)?;
+        s0.share(&[s0.vcpu.shared(), s0.fp])?;
+        PKVM.vcpu_init_at(h, 0, s0.vcpu.shared().pa(), s0.fp.pa())?;
+        s1.share(&[s1.vcpu.shared(), s1.fp])?;
+        PKVM.vcpu_init_at(h, 1, s1.vcpu.shared().pa(), s1.fp.pa())?;
+        let gfn = GUEST_RAM_IPA >> PAGE_SHIFT;
+        PKVM.share_guest(h, mem[0].ram_pfn, gfn, GUEST_RAM_PAGES, PROT_RWX)?;
+        Ok(h)
+    });
+    let h = match created {
+        Ok(h) => h,
+        Err(e) => {
+            c.check("two vCPUs: create", false, format_args!("{e}"));
+            return;
+        }
+    };
+    // One after the other (they share the guest's RAM, and its stack).
+    let mut seen = [None; 2];
+    for (i, s) in [s0, s1].iter().enumerate() {
+        let v = s.vcpu;
+        let end = loop {
+            match PKVM.run_at(h, i as u64, || v.exit()) {
+                Ok(pkvm_client::Exit::Hypercall) if v.reg(0) == GUEST_HVC_PING => {
+                    seen[i].get_or_insert(v.reg(1));
+                    v.set_reg(0, v.reg(1) + 1);
+                }
+                other => break other,
+            }
+        };
+        c.check(
+            "two vCPUs: each runs by its index and reads its own MPIDR",
+            seen[i] == Some(vcpu_mpidr(i)) && end == Ok(pkvm_client::Exit::SystemEvent(u64::from(pkvm_abi::psci::SYSTEM_OFF))),
+            format_args!("vCPU {i}: MPIDR {:x?}, then {end:?}", seen[i]),
+        );
+    }
+    let r = PKVM
+        .vm_destroy(h)
+        .and(vm::release(0))
+        .and(vm::unshare(s1.fp))
+        .and(vm::unshare(s1.vcpu.shared()));
+    c.check("two vCPUs: destroy", r.is_ok(), format_args!("{r:?}"));
+}
+
 /// The lifecycles of this scenario: each guest prints, pings and powers off; the first exit
 /// handler also tries to unshare the running vCPU's structure (`EBUSY`).
 struct Guests {
@@ -319,6 +372,7 @@ pub fn run(c: &mut Checks, env: &mut Env) {
     bad_inputs(c, &mem, env);
     vgic(c, &mem);
     preemption(c, &mem, env);
+    two_vcpus(c, &mem);
 
     let idle0 = vm::idle_exits();
     let t0 = cpu::ticks();

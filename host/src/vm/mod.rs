@@ -56,6 +56,8 @@ pub mod flags {
     pub const VGIC: u64 = 16;
     /// Spin: the guest loops forever with its interrupts masked, never exiting.
     pub const SPIN: u64 = 32;
+    /// The guest's first ping carries its `MPIDR_EL1`.
+    pub const MPIDR: u64 = 64;
     /// Hostile mode: the guest performs hostile test `test` (one of [`super::hostile`]).
     pub const fn hostile(test: u64) -> u64 {
         (test & 0xff) << 8

@@ -120,7 +120,10 @@ struct Vm<'a, P: Platform> {
     memcache: (Pfn, u64),
     pgt: PageTable,
     pool: HypPool<'a, P>,
-    vcpu: Option<Vcpu>,
+    /// `VmDesc::nr_vcpus`.
+    nr_vcpus: usize,
+    /// The vCPUs `VcpuInit` added, by index.
+    vcpus: [Option<Vcpu>; g::MAX_VCPUS_PER_VM],
     /// Bounding IPA range `[lo, hi)` of everything ever shared into or donated to the guest:
     /// reclaim walks only this part of the stage-2.
     span: (u64, u64),
@@ -145,6 +148,11 @@ struct Vm<'a, P: Platform> {
 pub const MMIO_GUARD_OWNER: u8 = 1;
 
 impl<P: Platform> Vm<'_, P> {
+    /// Whether one of its vCPUs is running.
+    fn running(&self) -> bool {
+        self.vcpus.iter().flatten().any(|v| v.running)
+    }
+
     /// `(ipa, size)` of the guest pages `[gfn, gfn + nr)` (`nr` > 0, checked by the caller).
     ///
     /// # Errors
@@ -350,7 +358,7 @@ impl<'a, P: Platform> Hyp<'a, P> {
         let mem_end = desc.mem_ipa.checked_add(desc.mem_size);
         // (`1 << ipa_bits` is reached only once `ipa_bits` is known to be at most 48.)
         if !(g::MIN_IPA_BITS..=g::MAX_IPA_BITS.min(u64::from(self.pa_bits))).contains(&ipa_bits)
-            || desc.nr_vcpus != 1
+            || !(1..=g::MAX_VCPUS_PER_VM as u64).contains(&desc.nr_vcpus)
             || desc.flags & !g::vm_flags::ALL != 0
             || !desc.mem_ipa.is_multiple_of(PAGE_SIZE)
             || !desc.mem_size.is_multiple_of(PAGE_SIZE)
@@ -380,7 +388,8 @@ impl<'a, P: Platform> Hyp<'a, P> {
                     memcache: (mc_pfn, mc_nr),
                     pgt: PageTable::from_root(0, cfg).map_err(pt_err)?,
                     pool,
-                    vcpu: None,
+                    nr_vcpus: desc.nr_vcpus as usize,
+                    vcpus: [const { None }; g::MAX_VCPUS_PER_VM],
                     span: (u64::MAX, 0),
                     protected: desc.flags & g::vm_flags::PROTECTED != 0,
                     dying: false,
@@ -405,25 +414,36 @@ impl<'a, P: Platform> Hyp<'a, P> {
         Ok(handle)
     }
 
-    /// `vcpu_init(handle, state_pa, fp_pa)`. For a protected VM, EL2 copies the initial
-    /// state the host wrote there (read once) into a page of the VM's memcache, and runs the
-    /// vCPU from that copy from now on.
+    /// `vcpu_init(handle, state_pa, fp_pa, idx)`: vCPU `idx` of the VM. For a protected VM, EL2
+    /// copies the initial state the host wrote there (read once) into a page of the VM's
+    /// memcache, and runs the vCPU from that copy from now on.
     ///
     /// # Errors
-    /// `EINVAL` for misaligned structures, or a protected vCPU whose initial PSTATE is not
-    /// one a guest may run with (EL1h/EL1t/EL0t, AArch64); `ENOENT` for an unknown handle; `EPERM` for a dying
-    /// VM; `EBUSY` if the VM has its vCPU already; `EPERM` if they are not shared with EL2;
-    /// `ENOMEM` if a protected VM's memcache has no page left for the private state.
-    pub fn vcpu_init(&self, handle: u64, state_pa: PhysAddr, fp_pa: PhysAddr) -> Result<(), Error> {
-        if !state_pa.is_aligned(8) || !fp_pa.is_aligned(16) {
+    /// `EINVAL` for misaligned structures, an index at or past the VM's `nr_vcpus`, or a
+    /// protected vCPU whose initial PSTATE is not one a guest may run with (EL1h/EL1t/EL0t,
+    /// AArch64); `ENOENT` for an unknown handle; `EPERM` for a dying VM; `EBUSY` if the VM has
+    /// that vCPU already; `EPERM` if they are not shared with EL2; `ENOMEM` if a protected
+    /// VM's memcache has no page left for the private state.
+    pub fn vcpu_init(
+        &self,
+        handle: u64,
+        state_pa: PhysAddr,
+        fp_pa: PhysAddr,
+        idx: u64,
+    ) -> Result<(), Error> {
+        if !state_pa.is_aligned(8) || !fp_pa.is_aligned(16) || idx >= g::MAX_VCPUS_PER_VM as u64 {
             return Err(Error::Inval);
         }
+        let idx = idx as usize;
         let sp = pfns_of(state_pa, size_of::<g::VcpuState>() as u64)?;
         let fp = pfns_of(fp_pa, g::FP_STATE_SIZE as u64)?;
         let _locks = self.lock_host_hyp();
         let mut vms = self.vms.lock();
         let vm = vms.get(handle)?.live()?;
-        if vm.vcpu.is_some() {
+        if idx >= vm.nr_vcpus {
+            return Err(Error::Inval);
+        }
+        if vm.vcpus[idx].is_some() {
             return Err(Error::Busy);
         }
         self.hyp_pin_locked(sp.0, sp.1)?;
@@ -451,7 +471,7 @@ impl<'a, P: Platform> Hyp<'a, P> {
         } else {
             None
         };
-        vm.vcpu = Some(Vcpu {
+        vm.vcpus[idx] = Some(Vcpu {
             state_pa,
             fp_pa,
             pins: [sp, fp],
@@ -486,9 +506,9 @@ impl<'a, P: Platform> Hyp<'a, P> {
                 ipa_bits: vm.ipa_bits,
                 desc_pin: vm.desc_pin,
                 memcache: vm.memcache,
-                vcpu_pins: vm.vcpu.as_ref().map(|v| v.pins),
+                vcpu_pins: vm.vcpus[0].as_ref().map(|v| v.pins),
                 vttbr: vm.vttbr(),
-                running: vm.vcpu.as_ref().is_some_and(|v| v.running),
+                running: vm.running(),
                 protected: vm.protected,
                 dying: vm.dying,
                 pages: vm.pages,

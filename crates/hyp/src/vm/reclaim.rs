@@ -71,7 +71,7 @@ impl<'a, P: Platform> Hyp<'a, P> {
         let (mut host, mut hyp) = self.lock_host_hyp();
         let mut vms = self.vms.lock();
         let vm = vms.get(handle)?;
-        if vm.vcpu.as_ref().is_some_and(|v| v.running) {
+        if vm.running() {
             return Err(Error::Busy);
         }
         vm.dying = true;
@@ -249,13 +249,13 @@ impl<'a, P: Platform> Hyp<'a, P> {
         }
         // A protected vCPU's private state (a page of the memcache) goes back zeroed too, the
         // zeroes cleaned to memory.
-        if let Some(p) = vm.vcpu.as_ref().and_then(|v| v.private) {
+        for p in vm.vcpus.iter().flatten().filter_map(|v| v.private) {
             self.plat.zero(p.get(), PAGE_SIZE);
             self.plat.clean_dcache_to_poc(p.get(), PAGE_SIZE);
         }
         let r = self.return_locked(host, hyp, vm.memcache, true);
         self.hyp_unpin_locked(vm.desc_pin);
-        if let Some(v) = &vm.vcpu {
+        for v in vm.vcpus.iter().flatten() {
             for &pin in &v.pins {
                 self.hyp_unpin_locked(pin);
             }

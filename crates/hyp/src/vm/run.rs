@@ -94,7 +94,7 @@ impl<P: Platform> Hyp<'_, P> {
     /// running; `EINVAL` for an invalid PSTATE (nothing runs, or — when the host changed it
     /// while EL2 answered a guest call — the run stops there) or a virtual CPU interface EL2
     /// refuses (see `vm/vgic.rs`; nothing runs).
-    pub fn vcpu_run(&self, handle: u64) -> Result<u64, Error> {
+    pub fn vcpu_run(&self, handle: u64, idx: u64) -> Result<u64, Error> {
         // Filled in place only when the host turns the interface on: the test guests' hot
         // path never copies or zeroes it (EL2's memcpy and memset are byte loops).
         let mut vgic: Option<VgicRegs> = None;
@@ -103,7 +103,12 @@ impl<P: Platform> Hyp<'_, P> {
             let vm = vms.get(handle)?.live()?;
             let vttbr = vm.vttbr().bits();
             let (mem, protected) = (vm.mem, vm.protected);
-            let vcpu = vm.vcpu.as_mut().ok_or(Error::NoEnt)?;
+            let vcpu = vm
+                .vcpus
+                .get_mut(idx as usize)
+                .ok_or(Error::Inval)?
+                .as_mut()
+                .ok_or(Error::NoEnt)?;
             if vcpu.running {
                 return Err(Error::Busy);
             }
@@ -138,6 +143,7 @@ impl<P: Platform> Hyp<'_, P> {
                 pc,
                 pstate,
                 vttbr,
+                vmpidr: pkvm_abi::guest::vcpu_mpidr(idx as usize),
             };
             (entry, mem, protected, host)
         };
@@ -170,13 +176,13 @@ impl<P: Platform> Hyp<'_, P> {
             let (pc, pstate) = (st.pc(), st.pstate());
             if !pstate_is_valid(pstate) {
                 self.publish_vgic(host, vgic.as_ref());
-                self.stop_running(handle, None, None);
+                self.stop_running(handle, idx, None, None);
                 return Err(Error::Inval);
             }
             (entry.pc, entry.pstate) = (pc, pstate);
         };
         self.publish_vgic(host, vgic.as_ref());
-        self.stop_running(handle, pending, Some(reason));
+        self.stop_running(handle, idx, pending, Some(reason));
         Ok(reason)
     }
 
@@ -192,10 +198,16 @@ impl<P: Platform> Hyp<'_, P> {
     /// A protected vCPU's exit is published to the host's structure here ([`reason`] of the
     /// exit, `None` when the run stopped without one).
     #[inline(always)]
-    fn stop_running(&self, handle: u64, pending: Option<PendingMmio>, reason: Option<u64>) {
+    fn stop_running(
+        &self,
+        handle: u64,
+        idx: u64,
+        pending: Option<PendingMmio>,
+        reason: Option<u64>,
+    ) {
         let mut vms = self.vms.lock();
         if let Ok(vm) = vms.get(handle)
-            && let Some(v) = vm.vcpu.as_mut()
+            && let Some(Some(v)) = vm.vcpus.get_mut(idx as usize)
         {
             v.running = false;
             v.pending_mmio = pending;
