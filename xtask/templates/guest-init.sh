@@ -6,6 +6,8 @@ fail() { echo "{{GUEST_RESULT}} fail $*"; sleep 1; poweroff -f; sleep 30; }
 echo "{{GUEST_MARKER}} /init started at $(cut -d' ' -f1 /proc/uptime) s uptime"
 cpus=$(grep -c ^processor /proc/cpuinfo)
 echo "guest-init: $cpus CPU(s): $(grep -m1 '^CPU implementer' /proc/cpuinfo), $(grep MemTotal /proc/meminfo)"
+want=$(tr ' ' '\n' < /proc/cmdline | sed -n 's/^pkvm.cpus=//p')
+[ -z "$want" ] || [ "$cpus" = "$want" ] || fail "$cpus CPU(s) online, wanted $want"
 t1=$(cut -d' ' -f1 /proc/uptime)
 sleep 1
 t2=$(cut -d' ' -f1 /proc/uptime)

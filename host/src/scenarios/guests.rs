@@ -204,39 +204,6 @@ fn vgic(c: &mut Checks, mem: &[SlotMem; SLOTS]) {
     c.check("vGIC: destroy", r.is_ok(), format_args!("{r:?}"));
 }
 
-/// The host's side of interrupt delivery for [`preemption`]: the distributor with affinity
-/// routing and Group 1 on, its redistributor awake, its CPU interface taking Group 1 at any
-/// priority (`enable`), or back off (its interrupts stay masked in PSTATE throughout: the host
-/// never takes one, EL2 does while a guest runs).
-fn host_gic(gic: (u64, u64), enable: bool) {
-    let (gicd, gicr) = gic;
-    // SAFETY: the GIC's distributor control and this CPU's redistributor WAKER (its first
-    // redistributor: the host runs on CPU 0), MMIO identity-mapped; the host owns its GIC. The
-    // CPU interface registers configure only which interrupts this CPU is signalled.
-    unsafe {
-        if enable {
-            let ctlr = gicd as *mut u32;
-            ctlr.write_volatile(ctlr.read_volatile() | (1 << 4) | (1 << 1)); // ARE, EnableGrp1
-            let waker = (gicr + 0x14) as *mut u32;
-            waker.write_volatile(waker.read_volatile() & !(1 << 1)); // ProcessorSleep
-            for _ in 0..1_000_000 {
-                if waker.read_volatile() & (1 << 2) == 0 {
-                    break;
-                }
-            }
-        }
-        let (pmr, grpen) = if enable { (0xffu64, 1u64) } else { (0, 0) };
-        core::arch::asm!(
-            "msr S3_0_C4_C6_0, {p}",   // ICC_PMR_EL1
-            "msr S3_0_C12_C12_7, {g}", // ICC_IGRPEN1_EL1
-            "isb",
-            p = in(reg) pmr,
-            g = in(reg) grpen,
-            options(nostack),
-        );
-    }
-}
-
 /// Preemption: a guest spinning forever with its interrupts masked gives the CPU back at the
 /// host's next timer deadline (EL2 arms its own timer there for the run), within one period.
 fn preemption(c: &mut Checks, mem: &[SlotMem; SLOTS], env: &Env) {
@@ -252,7 +219,7 @@ fn preemption(c: &mut Checks, mem: &[SlotMem; SLOTS], env: &Env) {
             return;
         }
     };
-    host_gic(gic, true);
+    crate::vmm::host_gic(gic, true);
     let period = CNTFRQ_EL0.get() / 100; // 10 ms
     let t0 = cpu::ticks();
     CNTV_CVAL_EL0.set(t0 + period);
@@ -260,7 +227,7 @@ fn preemption(c: &mut Checks, mem: &[SlotMem; SLOTS], env: &Env) {
     let r = vm::run_once(&vm);
     let took = cpu::ticks() - t0;
     CNTV_CTL_EL0.set(0);
-    host_gic(gic, false);
+    crate::vmm::host_gic(gic, false);
     c.check(
         "preemption: a guest spinning with interrupts masked returns at the host's deadline",
         r == Ok(pkvm_client::Exit::Irq) && took >= period && took < 10 * period,

@@ -45,10 +45,13 @@ pub fn set_boots(n: u64) {
 /// One boot: its verdict (`Err`: why it failed) and its exits.
 fn boot(mem: GuestMem, b: &bundle::Bundle, n: u64) -> (Result<u64, alloc::string::String>, Exits) {
     use alloc::format;
-    // Even boots protected, odd ones not.
+    // Even boots protected (one vCPU), odd ones not, with two vCPUs.
     let protected = n.is_multiple_of(2);
+    let nr_vcpus = if protected { 1 } else { 2 };
     let c0 = crate::cpu::ticks();
-    let mut guest = match LinuxVm::create(mem, b, protected, BOOTARGS) {
+    // `/init` checks that many CPUs came online.
+    let bootargs = format!("{BOOTARGS} pkvm.cpus={nr_vcpus}");
+    let mut guest = match LinuxVm::create(mem, b, protected, nr_vcpus, &bootargs) {
         Ok(g) => g,
         Err(e) => return (Err(format!("create: {e}")), Exits::default()),
     };
@@ -117,7 +120,7 @@ fn boot(mem: GuestMem, b: &bundle::Bundle, n: u64) -> (Result<u64, alloc::string
 /// through PSCI. Its VM must end cleanly (torn down, nothing leaked) and the next boot work.
 fn crash(c: &mut Checks, mem: GuestMem, b: &bundle::Bundle) {
     let bootargs = alloc::format!("{BOOTARGS} rdinit=/no-such-init init=/no-such-init");
-    let mut guest = match LinuxVm::create(mem, b, true, &bootargs) {
+    let mut guest = match LinuxVm::create(mem, b, true, 1, &bootargs) {
         Ok(g) => g,
         Err(e) => {
             c.check("linux-guest: crash: create", false, format_args!("{e}"));
@@ -155,6 +158,10 @@ pub fn run(c: &mut Checks, env: &mut Env) {
     };
     init_heap(env);
     let mem = GuestMem::alloc(env);
+    // The host's GIC takes Group 1: EL2's timer then ends a vCPU's turn at the VMM's quantum.
+    if let Some(gic) = env.gic {
+        crate::vmm::host_gic(gic, true);
+    }
     let start = vm::leaks();
     if CRASH.load(Ordering::Relaxed) != 0 {
         crash(c, mem, &b);
@@ -183,6 +190,9 @@ pub fn run(c: &mut Checks, env: &mut Env) {
             total_ms / passed.max(1)
         ),
     );
+    if let Some(gic) = env.gic {
+        crate::vmm::host_gic(gic, false);
+    }
     let now = vm::leaks();
     println!("PKVM-LINUX-GUEST boots={n} passed={passed} leak_free={}", now == start);
     c.check(

@@ -45,8 +45,6 @@ const VTIMER_INTID: u32 = 27;
 /// The kernel command line.
 pub const BOOTARGS: &str =
     "console=ttyS0 earlycon=uart8250,mmio,0x9000000 rdinit=/init panic=-1 cma=0";
-/// The vCPU structures' slot in `crate::vm` (the scenario runs no other guest meanwhile).
-const SLOT: usize = 0;
 
 /// `CNTV_CTL_EL0` bits.
 mod cntv {
@@ -157,19 +155,46 @@ impl GuestMem {
     }
 }
 
+/// How a vCPU stands, for the VMM's scheduler.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Power {
+    /// Not started (PSCI `CPU_ON` starts it) or turned off (`CPU_OFF`).
+    Off,
+    /// Runs when its turn comes.
+    On,
+    /// In `WFI`: runs again once an interrupt is pending for it.
+    Idle,
+}
+
+/// One vCPU: its structures (slot `i` of `crate::vm`), its list registers as the VMM filled
+/// them, its power state.
+#[derive(Debug)]
+struct VcpuCtx {
+    structs: Structs,
+    /// The INTID each list register holds (as the VMM put it there).
+    lrs: [Option<u32>; 16],
+    power: Power,
+}
+
 /// A Linux guest, created and ready to run.
 #[derive(Debug)]
 pub struct LinuxVm {
     handle: VmHandle,
-    structs: Structs,
+    vcpus: Vec<VcpuCtx>,
     layout: Layout,
     gic: Gic,
     uart: Uart,
-    /// The INTID each list register holds (as the VMM put it there).
-    lrs: [Option<u32>; 16],
     nr_lrs: usize,
+    protected: bool,
     /// Exit counts.
     pub exits: Exits,
+}
+
+/// The host timer's quantum while several vCPUs share the CPU (EL2's `CNTHP` preempts a guest
+/// at the host's deadline): 2 ms.
+fn quantum() -> u64 {
+    use aarch64_cpu::registers::{CNTFRQ_EL0, Readable};
+    CNTFRQ_EL0.get() / 500
 }
 
 /// Copies `len` bytes from host physical `src` to `dst` (guest RAM, host memory), then cleans
@@ -196,20 +221,25 @@ fn clean(start: u64, len: u64) {
 }
 
 impl LinuxVm {
-    /// Builds the guest in `mem`: the kernel and initramfs of `b` copied in, the device tree
-    /// written, the VM created at EL2 — `protected`: its RAM **donated** (the host cannot read
-    /// it from then on, and gets it back zeroed), else shared in place — and its vCPU entering
-    /// the kernel with `x0` = the device tree.
+    /// Builds the guest in `mem` with `nr_vcpus` vCPUs: the kernel and initramfs of `b` copied
+    /// in, the device tree written, the VM created at EL2 — `protected`: its RAM **donated**
+    /// (the host cannot read it from then on, and gets it back zeroed), else shared in place —
+    /// and vCPU 0 entering the kernel with `x0` = the device tree (the others wait for PSCI
+    /// `CPU_ON`).
     ///
     /// # Errors
-    /// What went wrong (a bad kernel, a refused hypercall).
+    /// What went wrong (a bad kernel, a refused hypercall, more vCPUs than structure slots).
     pub fn create(
         mem: GuestMem,
         b: &Bundle,
         protected: bool,
+        nr_vcpus: usize,
         bootargs: &str,
     ) -> Result<Self, &'static str> {
-        let layout = Layout::new(1, RAM_BYTES).map_err(|_| "layout")?;
+        if !(1..=vm::SLOTS).contains(&nr_vcpus) {
+            return Err("vCPU count");
+        }
+        let layout = Layout::new(nr_vcpus, RAM_BYTES).map_err(|_| "layout")?;
         // SAFETY: the kernel range of the bundle QEMU loaded (checked inside its range),
         // identity-mapped, never written.
         let kernel = unsafe {
@@ -242,12 +272,12 @@ impl LinuxVm {
         }
         clean(pa(place.dtb), dtb.len() as u64);
 
-        let s = vm::structs(SLOT);
-        s.desc.write(
+        let s0 = vm::structs(0);
+        s0.desc.write(
             0,
             &VmDesc {
                 ipa_bits: 40,
-                nr_vcpus: 1,
+                nr_vcpus: nr_vcpus as u64,
                 host_cookie: 0x11_0000,
                 flags: if protected {
                     pkvm_abi::guest::vm_flags::PROTECTED
@@ -258,21 +288,32 @@ impl LinuxVm {
                 mem_size: RAM_BYTES,
             },
         );
-        let mut st = VcpuState::default();
-        st.regs[0] = place.dtb;
-        st.pc = place.kernel;
-        st.pstate = PSTATE_EL1H_DAIF;
-        s.vcpu.init(&st);
-        s.fp.fill(0);
-        let memcache = mem.memcache;
-        s.share(&[s.desc]).map_err(|_| "share the descriptor")?;
+        s0.share(&[s0.desc])
+            .map_err(|_| "share the descriptor")?;
         let handle = PKVM
-            .vm_init(s.desc.pa(), memcache >> PAGE_SHIFT, MEMCACHE_PAGES)
+            .vm_init(s0.desc.pa(), mem.memcache >> PAGE_SHIFT, MEMCACHE_PAGES)
             .map_err(|_| "VmInit")?;
-        s.share(&[s.vcpu.shared(), s.fp])
-            .map_err(|_| "share the vCPU")?;
-        PKVM.vcpu_init(handle, s.vcpu.shared().pa(), s.fp.pa())
-            .map_err(|_| "VcpuInit")?;
+        let mut vcpus = Vec::with_capacity(nr_vcpus);
+        for i in 0..nr_vcpus {
+            let s = vm::structs(i);
+            let mut st = VcpuState::default();
+            if i == 0 {
+                st.regs[0] = place.dtb;
+                st.pc = place.kernel;
+            }
+            st.pstate = PSTATE_EL1H_DAIF;
+            s.vcpu.init(&st);
+            s.fp.fill(0);
+            s.share(&[s.vcpu.shared(), s.fp])
+                .map_err(|_| "share a vCPU")?;
+            PKVM.vcpu_init_at(handle, i as u64, s.vcpu.shared().pa(), s.fp.pa())
+                .map_err(|_| "VcpuInit")?;
+            vcpus.push(VcpuCtx {
+                structs: s,
+                lrs: [None; 16],
+                power: if i == 0 { Power::On } else { Power::Off },
+            });
+        }
         let (pfn, gfn, nr) = (ram >> PAGE_SHIFT, ram_ipa >> PAGE_SHIFT, RAM_BYTES >> PAGE_SHIFT);
         if protected {
             PKVM.donate_guest(handle, pfn, gfn, nr)
@@ -283,9 +324,10 @@ impl LinuxVm {
         }
         let nr_lrs = pkvm::stat(Stat::VgicListRegs).min(16) as usize;
         println!(
-            "linux-guest: {} VM, {} MiB RAM at PA {ram:#x} (IPA {ram_ipa:#x}), kernel {} bytes at IPA \
-             {:#x} (text_offset {:#x}, image_size {:#x}), initramfs {initrd_len} bytes at IPA \
-             {:#x}, DTB {} bytes at IPA {:#x}, {nr_lrs} list registers",
+            "linux-guest: {} VM, {nr_vcpus} vCPU(s), {} MiB RAM at PA {ram:#x} (IPA \
+             {ram_ipa:#x}), kernel {} bytes at IPA {:#x} (text_offset {:#x}, image_size {:#x}), \
+             initramfs {initrd_len} bytes at IPA {:#x}, DTB {} bytes at IPA {:#x}, {nr_lrs} list \
+             registers",
             if protected { "protected" } else { "non-protected" },
             RAM_BYTES >> 20,
             kernel.len(),
@@ -298,12 +340,12 @@ impl LinuxVm {
         );
         Ok(Self {
             handle,
-            structs: s,
+            vcpus,
             layout,
-            gic: Gic::new(1, NR_SPIS).map_err(|_| "GIC")?,
+            gic: Gic::new(nr_vcpus, NR_SPIS).map_err(|_| "GIC")?,
             uart: Uart::new(),
-            lrs: [None; 16],
             nr_lrs,
+            protected,
             exits: Exits::default(),
         })
     }
@@ -314,58 +356,77 @@ impl LinuxVm {
     /// The first failure.
     pub fn destroy(self) -> Result<(), HcallError> {
         PKVM.vm_destroy(self.handle)?;
-        vm::release(SLOT)
+        let mut r = vm::release(0);
+        for v in &self.vcpus[1..] {
+            r = r
+                .and(vm::unshare(v.structs.fp))
+                .and(vm::unshare(v.structs.vcpu.shared()));
+        }
+        r
     }
 
-    /// Samples the guest's virtual timer into the GIC model (its PPI line).
-    fn sample_timer(&mut self) {
-        let v = self.structs.vcpu;
+    /// vCPU `i`'s virtual timer: its interrupt line is high (enabled, unmasked, expired), and
+    /// its deadline if it is armed.
+    fn timer(&self, i: usize) -> (bool, Option<u64>) {
+        let v = self.vcpus[i].structs.vcpu;
         let (ctl, cval) = (v.sys(sys::CNTV_CTL_EL0), v.sys(sys::CNTV_CVAL_EL0));
-        let level = ctl & cntv::ENABLE != 0 && ctl & cntv::IMASK == 0 && crate::cpu::ticks() >= cval;
-        self.gic.set_ppi_level(0, VTIMER_INTID, level);
+        let armed = ctl & cntv::ENABLE != 0 && ctl & cntv::IMASK == 0;
+        (armed && crate::cpu::ticks() >= cval, armed.then_some(cval))
     }
 
-    /// Fills free list registers with the highest-priority pending interrupts.
-    fn fill_lrs(&mut self) {
-        let v = self.structs.vcpu;
+    /// Whether vCPU `i` has an interrupt to take (pending in the model or in its list
+    /// registers): what wakes it from `WFI`.
+    fn has_work(&mut self, i: usize) -> bool {
+        let (level, _) = self.timer(i);
+        self.gic.set_ppi_level(i, VTIMER_INTID, level);
+        self.gic.highest_pending(i).is_some() || self.vcpus[i].lrs.iter().any(Option::is_some)
+    }
+
+    /// Fills vCPU `i`'s free list registers with its highest-priority pending interrupts.
+    fn fill_lrs(&mut self, i: usize) {
+        let v = self.vcpus[i].structs.vcpu;
         let mut g: VgicState = v.vgic();
-        for i in 0..self.nr_lrs {
-            if self.lrs[i].is_some() {
+        for l in 0..self.nr_lrs {
+            if self.vcpus[i].lrs[l].is_some() {
                 continue;
             }
-            let Some(p) = self.gic.highest_pending(0) else {
+            let Some(p) = self.gic.highest_pending(i) else {
                 break;
             };
-            if !self.gic.acknowledge(0, p.intid) {
+            if !self.gic.acknowledge(i, p.intid) {
                 break;
             }
             let group = if p.group == 1 { lr::GROUP } else { 0 };
-            g.lr[i] = lr::PENDING | group | (u64::from(p.priority) << lr::PRIORITY_SHIFT)
+            g.lr[l] = lr::PENDING | group | (u64::from(p.priority) << lr::PRIORITY_SHIFT)
                 | u64::from(p.intid);
-            self.lrs[i] = Some(p.intid);
+            self.vcpus[i].lrs[l] = Some(p.intid);
             self.exits.injected += 1;
         }
         // Only the list registers in use are loaded and saved (at least one: the interface
         // stays on, so the guest's priority mask and group enables live on in ICH_VMCR_EL2).
-        let used = self.lrs.iter().rposition(Option::is_some).map_or(0, |i| i + 1);
+        let used = self.vcpus[i]
+            .lrs
+            .iter()
+            .rposition(Option::is_some)
+            .map_or(0, |l| l + 1);
         g.nr_lrs = used.max(1) as u64;
         v.set_vgic(&g);
     }
 
-    /// After a run: list registers the guest deactivated are deactivated in the model.
-    fn sync_lrs(&mut self) {
-        let g = self.structs.vcpu.vgic();
-        for i in 0..(g.nr_lrs as usize).min(self.nr_lrs) {
-            if let Some(intid) = self.lrs[i]
-                && g.lr[i] >> lr::STATE_SHIFT == 0
+    /// After vCPU `i`'s run: list registers the guest deactivated are deactivated in the model.
+    fn sync_lrs(&mut self, i: usize) {
+        let g = self.vcpus[i].structs.vcpu.vgic();
+        for l in 0..(g.nr_lrs as usize).min(self.nr_lrs) {
+            if let Some(intid) = self.vcpus[i].lrs[l]
+                && g.lr[l] >> lr::STATE_SHIFT == 0
             {
-                self.gic.deactivate(0, intid);
-                self.lrs[i] = None;
+                self.gic.deactivate(i, intid);
+                self.vcpus[i].lrs[l] = None;
             }
         }
     }
 
-    /// Emulates an MMIO access; `Some(value)` for a read.
+    /// Emulates an MMIO access; the value for a read.
     fn mmio(&mut self, ipa: u64, size: u64, write: bool, data: u64, con: &mut Console, markers: &[&str; 4]) -> u64 {
         self.exits.mmio += 1;
         match self.layout.device_at(ipa) {
@@ -400,30 +461,54 @@ impl LinuxVm {
         }
     }
 
-    /// Answers an SMCCC call (PSCI 1.0 for one vCPU, SMCCC 1.1 with no architectural
-    /// workarounds, nothing vendor-specific).
-    fn smccc(&mut self) {
+    /// Answers vCPU `i`'s SMCCC call: PSCI 1.0 (with `CPU_ON` and `AFFINITY_INFO` for a
+    /// non-protected VM: a protected vCPU's entry point is EL2's to set), SMCCC 1.1 with no
+    /// architectural workarounds, nothing vendor-specific.
+    fn smccc(&mut self, i: usize) {
         self.exits.hvc += 1;
-        let v = self.structs.vcpu;
-        let (fid, arg) = (v.reg(0) as u32, v.reg(1) as u32);
+        let v = self.vcpus[i].structs.vcpu;
+        let (fid, arg) = (v.reg(0) as u32, v.reg(1));
         let not_supported = psci::NOT_SUPPORTED as i64 as u64;
+        let target = |mpidr: u64| {
+            (mpidr & !0xff == 0 && (mpidr as usize) < self.vcpus.len()).then_some(mpidr as usize)
+        };
         let r = match fid {
             psci::VERSION => 0x1_0000,
-            psci::FEATURES => match arg {
+            psci::FEATURES => match arg as u32 {
                 psci::VERSION | psci::FEATURES | psci::CPU_OFF | psci::SYSTEM_OFF
                 | psci::SYSTEM_RESET | psci::AFFINITY_INFO_64 | psci::MIGRATE_INFO_TYPE => 0,
+                psci::CPU_ON_64 if !self.protected => 0,
                 _ => not_supported,
             },
             psci::MIGRATE_INFO_TYPE => 2,
-            psci::AFFINITY_INFO_64 | psci::AFFINITY_INFO_32 if v.reg(1) == 0 => 0,
+            psci::AFFINITY_INFO_64 | psci::AFFINITY_INFO_32 => match target(arg) {
+                Some(t) => u64::from(self.vcpus[t].power == Power::Off),
+                None => psci::INVALID_PARAMETERS as i64 as u64,
+            },
+            psci::CPU_ON_64 if !self.protected => match target(arg) {
+                Some(t) if self.vcpus[t].power == Power::Off => {
+                    let mut st = VcpuState {
+                        pc: v.reg(2),
+                        pstate: PSTATE_EL1H_DAIF,
+                        ..VcpuState::default()
+                    };
+                    st.regs[0] = v.reg(3);
+                    self.vcpus[t].structs.vcpu.init(&st);
+                    self.vcpus[t].power = Power::On;
+                    0
+                }
+                Some(_) => psci::ALREADY_ON as i64 as u64,
+                None => psci::INVALID_PARAMETERS as i64 as u64,
+            },
             psci::SMCCC_VERSION => u64::from(psci::SMCCC_VERSION_1_1),
             _ => not_supported,
         };
         v.set_reg(0, r);
     }
 
-    /// Handles a `FAULT` exit the VMM emulates (an SGI register write); false for others.
-    fn fault(&mut self, esr: u64) -> bool {
+    /// Handles vCPU `i`'s `FAULT` exit if the VMM emulates it (an SGI register write); false
+    /// for others.
+    fn fault(&mut self, i: usize, esr: u64) -> bool {
         let esr = Esr(esr);
         if esr.ec() != Ec::Sysreg64 {
             return false;
@@ -434,45 +519,83 @@ impl LinuxVm {
         if a.read || (a.op0, a.op1, a.crn, a.crm) != (3, 0, 12, 11) || !(5..=7).contains(&a.op2) {
             return false;
         }
-        let v = self.structs.vcpu;
+        let v = self.vcpus[i].structs.vcpu;
         // (A protected vCPU's registers and PC are EL2's: its SGIs cannot be emulated here.)
         let value = if a.rt == 31 { 0 } else { v.reg(a.rt) };
         if a.op2 != 7 {
-            self.gic.send_sgi(0, value);
+            self.gic.send_sgi(i, value);
             self.exits.sgi += 1;
         }
         v.set_pc(v.pc() + 4);
         true
     }
 
-    /// A `WFI`: waits for the guest's timer deadline, unless an interrupt is pending already.
-    fn idle(&mut self) {
-        self.exits.idle += 1;
-        if self.gic.highest_pending(0).is_some() || self.lrs.iter().any(Option::is_some) {
-            return;
-        }
-        let v = self.structs.vcpu;
-        let (ctl, cval) = (v.sys(sys::CNTV_CTL_EL0), v.sys(sys::CNTV_CVAL_EL0));
-        if ctl & cntv::ENABLE == 0 || ctl & cntv::IMASK != 0 {
-            return;
-        }
-        while crate::cpu::ticks() < cval {
-            core::hint::spin_loop();
+    /// The next vCPU to run after `last` (round robin among those on, or idle with work);
+    /// with every one idle, waits for the earliest timer deadline first. `None`: all off.
+    fn next(&mut self, last: usize) -> Option<usize> {
+        let n = self.vcpus.len();
+        loop {
+            let mut any = false;
+            for k in 1..=n {
+                let i = (last + k) % n;
+                match self.vcpus[i].power {
+                    Power::Off => {}
+                    Power::On => return Some(i),
+                    Power::Idle => {
+                        any = true;
+                        if self.has_work(i) {
+                            self.vcpus[i].power = Power::On;
+                            return Some(i);
+                        }
+                    }
+                }
+            }
+            if !any {
+                return None;
+            }
+            // All idle: sleep until the earliest armed timer (or, with none, just poll).
+            let wake = (0..n)
+                .filter(|&i| self.vcpus[i].power == Power::Idle)
+                .filter_map(|i| self.timer(i).1)
+                .min();
+            if let Some(t) = wake {
+                while crate::cpu::ticks() < t {
+                    core::hint::spin_loop();
+                }
+            }
         }
     }
 
     /// Runs the guest until it powers off, faults, or a hypercall fails; its console lines go
-    /// through `con` (with `markers` noted).
+    /// through `con` (with `markers` noted). With several vCPUs they take turns on this CPU,
+    /// each for at most a [`quantum`] (the host's timer, which EL2 turns into the guest's
+    /// preemption: the caller enables the host's GIC CPU interface).
     pub fn run(&mut self, con: &mut Console, markers: &[&str; 4]) -> End {
-        let v = self.structs.vcpu;
+        use aarch64_cpu::registers::{CNTV_CTL_EL0, CNTV_CVAL_EL0, Writeable};
+        let smp = self.vcpus.len() > 1;
+        let mut i = self.vcpus.len() - 1;
         loop {
-            self.sample_timer();
-            self.fill_lrs();
-            let exit = match PKVM.run(self.handle, || v.exit()) {
+            let Some(next) = self.next(i) else {
+                return End::PowerOff(u64::from(psci::CPU_OFF));
+            };
+            i = next;
+            let (level, _) = self.timer(i);
+            self.gic.set_ppi_level(i, VTIMER_INTID, level);
+            self.fill_lrs(i);
+            let v = self.vcpus[i].structs.vcpu;
+            if smp {
+                CNTV_CVAL_EL0.set(crate::cpu::ticks() + quantum());
+                CNTV_CTL_EL0.set(1);
+            }
+            let exit = PKVM.run_at(self.handle, i as u64, || v.exit());
+            if smp {
+                CNTV_CTL_EL0.set(0);
+            }
+            let exit = match exit {
                 Ok(e) => e,
                 Err(e) => return End::Hcall(e),
             };
-            self.sync_lrs();
+            self.sync_lrs(i);
             match exit {
                 Exit::Mmio {
                     ipa,
@@ -485,12 +608,18 @@ impl LinuxVm {
                         v.set_mmio_data(r);
                     }
                 }
-                Exit::Hypercall => self.smccc(),
-                Exit::Idle => self.idle(),
+                Exit::Hypercall => self.smccc(i),
+                Exit::Idle => {
+                    self.exits.idle += 1;
+                    self.vcpus[i].power = Power::Idle;
+                }
                 Exit::Irq => self.exits.irq += 1,
+                Exit::SystemEvent(code) if code == u64::from(psci::CPU_OFF) => {
+                    self.vcpus[i].power = Power::Off;
+                }
                 Exit::SystemEvent(code) => return End::PowerOff(code),
                 Exit::Fault { esr, far, .. } => {
-                    if !self.fault(esr) {
+                    if !self.fault(i, esr) {
                         return End::Fault("fault exit", esr, far);
                     }
                 }
