@@ -107,3 +107,61 @@ fn teardown_waits_for_every_vcpu() {
         assert_eq!(m.client().vm_destroy(h), Ok(()));
     });
 }
+
+/// A protected VM's vCPUs but the first start off: the guest starts one with PSCI `CPU_ON`
+/// (answered at EL2, which sets the entry point and context in the private state), the host
+/// cannot run it before; `CPU_OFF` turns it off again; `AFFINITY_INFO` reports it.
+#[test]
+fn a_protected_vm_starts_its_vcpus_with_psci_cpu_on_at_el2() {
+    use pkvm_abi::guest::vm_flags;
+    use pkvm_abi::psci;
+    with_machine(&SimConfig::small(), |m| {
+        let c = m.client();
+        let r0 = m.config().ram[0].0 >> PAGE_SHIFT;
+        let desc = (r0 + 0x140) << PAGE_SHIFT;
+        c.share_hyp(r0 + 0x140, 1).unwrap();
+        for (off, v) in [(0, 32), (8, 2), (24, vm_flags::PROTECTED), (32, 0), (40, 0)] {
+            m.plat.write_u64(desc + off, v);
+        }
+        let h = c.vm_init(desc, r0 + 0x100, 16).unwrap();
+        let first = r0 + 0x141;
+        add(m, h, first, 0).unwrap();
+        add(m, h, first, 1).unwrap();
+        assert_eq!(c.vcpu_run_at(h, 1).map(|_| ()), e(Error::Perm), "vCPU 1 is off");
+        // vCPU 0's PSCI calls, each answered at EL2 (x0 at the next entry), then power-off.
+        let call = |x: [u64; 4]| -> i64 {
+            m.plat
+                .guest_script
+                .lock()
+                .unwrap()
+                .push_back(SimGuestAction::Call(x));
+            assert_eq!(c.vcpu_run_at(h, 0), Ok(exit::SYSTEM_EVENT));
+            let xs = m.plat.guest_x.lock().unwrap();
+            xs[xs.len() - 1][0] as i64
+        };
+        let cpu_on = u64::from(psci::CPU_ON_64);
+        let affinity = u64::from(psci::AFFINITY_INFO_64);
+        assert_eq!(call([affinity, 1, 0, 0]), 1, "off");
+        assert_eq!(call([cpu_on, 7, 0x8000_1000, 0x42]), psci::INVALID_PARAMETERS.into());
+        assert_eq!(call([cpu_on, 0x100, 0x8000_1000, 0x42]), psci::INVALID_PARAMETERS.into());
+        assert_eq!(call([cpu_on, 1, 0x8000_1000, 0x42]), psci::SUCCESS.into());
+        assert_eq!(call([cpu_on, 1, 0x8000_2000, 0]), psci::ALREADY_ON.into());
+        assert_eq!(call([affinity, 1, 0, 0]), 0, "on");
+        // vCPU 1 starts where vCPU 0 asked, with its context in x0.
+        let before = m.plat.guest_entries.lock().unwrap().len();
+        assert_eq!(c.vcpu_run_at(h, 1), Ok(exit::SYSTEM_EVENT));
+        let entry = m.plat.guest_entries.lock().unwrap()[before];
+        assert_eq!((entry.pc, entry.vmpidr), (0x8000_1000, vcpu_mpidr(1)));
+        assert_eq!(m.plat.guest_x.lock().unwrap()[before][0], 0x42);
+        // CPU_OFF: off again.
+        m.plat
+            .guest_script
+            .lock()
+            .unwrap()
+            .push_back(SimGuestAction::Hvc(u64::from(psci::CPU_OFF), 0));
+        assert_eq!(c.vcpu_run_at(h, 1), Ok(exit::SYSTEM_EVENT));
+        assert_eq!(c.vcpu_run_at(h, 1).map(|_| ()), e(Error::Perm));
+        assert_eq!(call([affinity, 1, 0, 0]), 1, "off again");
+        assert_eq!(c.vm_destroy(h), Ok(()));
+    });
+}

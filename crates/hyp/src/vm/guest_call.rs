@@ -8,6 +8,7 @@
 //! reason as a negative errno — a pkvm-rs addition that clients may ignore).
 
 use pkvm_abi::guest::smccc::{self, INVALID_PARAMETER, KVM_FEATURES_BITMAP, KVM_UID, SUCCESS};
+use pkvm_abi::guest::{self as g, vcpu_off};
 use pkvm_abi::{Error, PAGE_SHIFT, PAGE_SIZE, psci};
 use pkvm_arch::addr::Gfn;
 use pkvm_pgtable::{Leaf, desc};
@@ -39,6 +40,10 @@ pub(super) enum GuestCall {
     KvmFeatures(bool),
     MemInfo,
     Mem(MemOp),
+    /// PSCI `CPU_ON` (64-bit) of a protected VM: EL2 starts the target vCPU.
+    CpuOn,
+    /// PSCI `AFFINITY_INFO` (64-bit) of a protected VM.
+    AffinityInfo,
     GuardInfo,
     GuardEnroll,
     /// `MMIO_GUARD_MAP` (`true`) or `MMIO_GUARD_UNMAP`.
@@ -62,6 +67,8 @@ impl GuestCall {
             match fid {
                 psci::VERSION => return Some(GuestCall::PsciVersion),
                 psci::FEATURES => return Some(GuestCall::PsciFeatures),
+                psci::CPU_ON_64 => return Some(GuestCall::CpuOn),
+                psci::AFFINITY_INFO_64 => return Some(GuestCall::AffinityInfo),
                 _ => {}
             }
         }
@@ -93,15 +100,18 @@ impl<P: Platform> Hyp<'_, P> {
         // Read once.
         let (x1, x2, x3) = (st.reg(1), st.reg(2), st.reg(3));
         match call {
-            // PSCI 1.1; a protected VM has one vCPU: CPU_OFF, SYSTEM_OFF and SYSTEM_RESET end
-            // its run (a SYSTEM_EVENT exit), CPU_ON and the rest are not offered.
+            // PSCI 1.1: CPU_OFF, SYSTEM_OFF and SYSTEM_RESET end the vCPU's run (a
+            // SYSTEM_EVENT exit; CPU_OFF also turns it off); CPU_ON and AFFINITY_INFO are
+            // answered here (a protected vCPU's entry point is EL2's to set).
             GuestCall::PsciVersion => st.set_reg(0, PSCI_1_1),
             GuestCall::PsciFeatures => {
                 let known = matches!(
                     x1 as u32,
                     psci::VERSION
                         | psci::FEATURES
+                        | psci::CPU_ON_64
                         | psci::CPU_OFF
+                        | psci::AFFINITY_INFO_64
                         | psci::SYSTEM_OFF
                         | psci::SYSTEM_RESET
                         | psci::SMCCC_VERSION
@@ -156,6 +166,20 @@ impl<P: Platform> Hyp<'_, P> {
                 st.set_reg(1, x1);
                 st.set_reg(2, x2);
             }
+            GuestCall::CpuOn => {
+                let r = self.cpu_on(handle, x1, x2, x3);
+                st.set_reg(0, r as i64 as u64);
+            }
+            GuestCall::AffinityInfo => {
+                // Only Aff0 names a vCPU (`lowest_affinity_level` 0).
+                let r = match self.vcpu_power(handle, x1) {
+                    _ if x2 != 0 => psci::INVALID_PARAMETERS,
+                    Some(true) => 0,
+                    Some(false) => 1,
+                    None => psci::INVALID_PARAMETERS,
+                };
+                st.set_reg(0, r as i64 as u64);
+            }
             GuestCall::GuardInfo => st.set_reg(0, PAGE_SIZE),
             GuestCall::GuardEnroll => {
                 if let Ok(vm) = self.vms.lock().get(handle) {
@@ -172,6 +196,49 @@ impl<P: Platform> Hyp<'_, P> {
                 st.set_reg(2, x2);
             }
         }
+    }
+
+    /// The vCPU a PSCI target affinity names (`mpidr`: Aff0 the index, the rest 0).
+    fn target_vcpu(mpidr: u64) -> Option<usize> {
+        let idx = mpidr as usize;
+        (mpidr & !0xff == 0 && idx < g::MAX_VCPUS_PER_VM).then_some(idx)
+    }
+
+    /// Whether the protected VM's vCPU named by `mpidr` is on (`None`: no such vCPU).
+    fn vcpu_power(&self, handle: u64, mpidr: u64) -> Option<bool> {
+        let idx = Self::target_vcpu(mpidr)?;
+        let mut vms = self.vms.lock();
+        let vm = vms.get(handle).ok()?;
+        vm.vcpus.get(idx)?.as_ref().map(|v| v.on)
+    }
+
+    /// PSCI `CPU_ON` from a protected vCPU: the target (added by the host, off) starts at
+    /// `entry` with `x0` = `context`, at EL1h with DAIF masked, the rest of its registers as
+    /// `VcpuInit` left them; the host runs it from then on (`VcpuRun` of an off vCPU is
+    /// `EPERM`). Returns the PSCI status.
+    fn cpu_on(&self, handle: u64, mpidr: u64, entry: u64, context: u64) -> i32 {
+        let Some(idx) = Self::target_vcpu(mpidr) else {
+            return psci::INVALID_PARAMETERS;
+        };
+        let mut vms = self.vms.lock();
+        let Ok(vm) = vms.get(handle) else {
+            return psci::INTERNAL_FAILURE;
+        };
+        let Some(Some(v)) = vm.vcpus.get_mut(idx) else {
+            return psci::INVALID_PARAMETERS;
+        };
+        if v.on {
+            return psci::ALREADY_ON;
+        }
+        let Some(private) = v.private else {
+            return psci::INTERNAL_FAILURE;
+        };
+        let st = self.shared_vcpu(private.get());
+        st.write(vcpu_off::PC, entry);
+        st.write(vcpu_off::PSTATE, g::PSTATE_EL1H_DAIF);
+        st.set_reg(0, context);
+        v.on = true;
+        psci::SUCCESS
     }
 
     /// `MMIO_GUARD_MAP` / `MMIO_GUARD_UNMAP` of the page at `ipa`: a guest stage-2

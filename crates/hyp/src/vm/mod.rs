@@ -105,6 +105,10 @@ struct Vcpu {
     /// The last exit was a hypercall the host answers: its `x0..x3` come back on the next run
     /// (protected VMs).
     pending_hvc: bool,
+    /// Powered on: it may run. A protected VM's vCPUs but the first start off and are
+    /// started by the guest (PSCI `CPU_ON`, answered at EL2); `CPU_OFF` turns one off again.
+    /// A non-protected VM's are always on (its host handles its PSCI).
+    on: bool,
 }
 
 /// Where the FP/SIMD state sits in a protected vCPU's private page.
@@ -479,6 +483,7 @@ impl<'a, P: Platform> Hyp<'a, P> {
             running: false,
             private,
             pending_hvc: false,
+            on: !vm.protected || idx == 0,
         });
         Ok(())
     }

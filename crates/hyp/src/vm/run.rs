@@ -112,6 +112,9 @@ impl<P: Platform> Hyp<'_, P> {
             if vcpu.running {
                 return Err(Error::Busy);
             }
+            if !vcpu.on {
+                return Err(Error::Perm);
+            }
             // The registers the guest runs from: the host's structure, or for a protected
             // vCPU EL2's private copy.
             let host = self.shared_vcpu(vcpu.state_pa.get());
@@ -212,9 +215,15 @@ impl<P: Platform> Hyp<'_, P> {
             v.running = false;
             v.pending_mmio = pending;
             if let (Some(p), Some(reason)) = (v.private, reason) {
+                let st = self.shared_vcpu(p.get());
                 let host = self.shared_vcpu(v.state_pa.get());
-                Self::publish_exit(self.shared_vcpu(p.get()), host, reason);
+                Self::publish_exit(st, host, reason);
                 v.pending_hvc = reason == exit::HYPERCALL;
+                // PSCI CPU_OFF: the vCPU is off until the guest starts it again.
+                let code = st.read(vcpu_off::EXIT + core::mem::offset_of!(VcpuExit, code));
+                if reason == exit::SYSTEM_EVENT && code == u64::from(psci::CPU_OFF) {
+                    v.on = false;
+                }
             }
         }
     }
