@@ -253,8 +253,8 @@ pub const PSTATE_ALLOWED: u64 = (0xf << 28) | (0xf << 22) | (0xf << 10) | (0xf <
 
 /// Exit reasons ([`VcpuExit::reason`], also returned in `x2` by `VcpuRun`).
 pub mod exit {
-    /// PSCI SYSTEM_OFF, SYSTEM_RESET or CPU_OFF (a VM has one vCPU: turning it off ends the
-    /// VM's run): [`super::VcpuExit::code`] holds the PSCI function id.
+    /// PSCI SYSTEM_OFF, SYSTEM_RESET or CPU_OFF (of this vCPU): [`super::VcpuExit::code`]
+    /// holds the PSCI function id.
     pub const SYSTEM_EVENT: u64 = 1;
     /// Any other guest HVC: the guest's `x0..x3` are in the vCPU registers; the host writes
     /// the results into them before the next run.
@@ -278,6 +278,11 @@ pub mod exit {
     /// (`HostDonateGuest` for a protected VM, `HostShareGuest` otherwise) and run it again:
     /// the access is retried.
     pub const MEM_FAULT: u64 = 7;
+    /// The guest wrote a GICv3 SGI register (`ICC_SGI1R_EL1`, `ICC_ASGI1R_EL1` or
+    /// `ICC_SGI0R_EL1`, trapped by `HCR_EL2.IMO`): [`super::VcpuExit::mmio_data`] holds the
+    /// value written, [`super::VcpuExit::code`] the register's `Op2` (5, 6 or 7). EL2 has
+    /// moved the PC past the write: the host's VMM makes the SGIs pending and runs on.
+    pub const SGI: u64 = 8;
 }
 
 /// How the last run ended; written by EL2 before `VcpuRun` returns.

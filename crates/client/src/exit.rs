@@ -42,6 +42,13 @@ pub enum Exit {
         /// A write (else a read or an instruction fetch).
         write: bool,
     },
+    /// The guest wrote an SGI register; the PC is past it.
+    Sgi {
+        /// The value written (`ICC_SGI1R_EL1` layout).
+        value: u64,
+        /// The register: 5 `ICC_SGI1R_EL1`, 6 `ICC_ASGI1R_EL1`, 7 `ICC_SGI0R_EL1`.
+        op2: u64,
+    },
     /// A reason this client does not know (newer EL2, or a broken one): the raw value.
     Unknown(u64),
 }
@@ -70,6 +77,10 @@ impl Exit {
                 ipa: e.ipa,
                 write: e.mmio_write != 0,
             },
+            exit::SGI => Exit::Sgi {
+                value: e.mmio_data,
+                op2: e.code,
+            },
             other => Exit::Unknown(other),
         }
     }
@@ -85,6 +96,7 @@ impl Exit {
             Exit::Irq => exit::IRQ,
             Exit::Idle => exit::IDLE,
             Exit::MemFault { .. } => exit::MEM_FAULT,
+            Exit::Sgi { .. } => exit::SGI,
             Exit::Unknown(r) => r,
         }
     }

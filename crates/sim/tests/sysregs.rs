@@ -123,3 +123,44 @@ fn id_registers_read_as_the_cpu_without_the_hidden_features() {
         assert_eq!(x(8), u64::MAX, "nothing hidden in ID_AA64MMFR0_EL1");
     });
 }
+
+/// A guest's write of an SGI register is an `SGI` exit with the value and the register, the
+/// PC already past it — for a protected vCPU too, whose registers the host cannot read.
+#[test]
+fn sgi_register_writes_exit_with_their_value() {
+    use pkvm_abi::guest::VcpuExit;
+    for protected in [false, true] {
+        with_machine(&SimConfig::small(), |m| {
+            let r0 = m.config().ram[0].0 >> PAGE_SHIFT;
+            let st = (r0 + 0x141) << PAGE_SHIFT;
+            m.plat
+                .write_u64(st + vcpu_off::reg(5) as u64, 0x0100_0000_0002);
+            m.plat.write_u64(st + vcpu_off::PC as u64, 0x8000_0000);
+            let (h, st) = vm(m, protected);
+            m.plat
+                .guest_script
+                .lock()
+                .unwrap()
+                .push_back(sysreg(3, 0, 12, 11, 5, 5, false)); // msr icc_sgi1r_el1, x5
+            assert_eq!(
+                m.client().vcpu_run(h),
+                Ok(exit::SGI),
+                "protected {protected}"
+            );
+            let e: VcpuExit = m.plat.read_obj(st + vcpu_off::EXIT as u64);
+            assert_eq!((e.mmio_data, e.code), (0x0100_0000_0002, 5));
+            // The next run resumes after the write.
+            assert_eq!(m.client().vcpu_run(h), Ok(exit::SYSTEM_EVENT));
+            let entries = m.plat.guest_entries.lock().unwrap();
+            assert_eq!(entries[entries.len() - 1].pc, 0x8000_0004);
+            // A read of ICC_SGI1R_EL1 does not exist: not an SGI exit.
+            drop(entries);
+            m.plat
+                .guest_script
+                .lock()
+                .unwrap()
+                .push_back(sysreg(3, 0, 12, 11, 5, 5, true));
+            assert_eq!(m.client().vcpu_run(h), Ok(exit::FAULT));
+        });
+    }
+}

@@ -127,7 +127,11 @@ fn a_protected_vm_starts_its_vcpus_with_psci_cpu_on_at_el2() {
         let first = r0 + 0x141;
         add(m, h, first, 0).unwrap();
         add(m, h, first, 1).unwrap();
-        assert_eq!(c.vcpu_run_at(h, 1).map(|_| ()), e(Error::Perm), "vCPU 1 is off");
+        assert_eq!(
+            c.vcpu_run_at(h, 1).map(|_| ()),
+            e(Error::Perm),
+            "vCPU 1 is off"
+        );
         // vCPU 0's PSCI calls, each answered at EL2 (x0 at the next entry), then power-off.
         let call = |x: [u64; 4]| -> i64 {
             m.plat
@@ -142,8 +146,14 @@ fn a_protected_vm_starts_its_vcpus_with_psci_cpu_on_at_el2() {
         let cpu_on = u64::from(psci::CPU_ON_64);
         let affinity = u64::from(psci::AFFINITY_INFO_64);
         assert_eq!(call([affinity, 1, 0, 0]), 1, "off");
-        assert_eq!(call([cpu_on, 7, 0x8000_1000, 0x42]), psci::INVALID_PARAMETERS.into());
-        assert_eq!(call([cpu_on, 0x100, 0x8000_1000, 0x42]), psci::INVALID_PARAMETERS.into());
+        assert_eq!(
+            call([cpu_on, 7, 0x8000_1000, 0x42]),
+            psci::INVALID_PARAMETERS.into()
+        );
+        assert_eq!(
+            call([cpu_on, 0x100, 0x8000_1000, 0x42]),
+            psci::INVALID_PARAMETERS.into()
+        );
         assert_eq!(call([cpu_on, 1, 0x8000_1000, 0x42]), psci::SUCCESS.into());
         assert_eq!(call([cpu_on, 1, 0x8000_2000, 0]), psci::ALREADY_ON.into());
         assert_eq!(call([affinity, 1, 0, 0]), 0, "on");

@@ -142,11 +142,6 @@ impl Vcpu {
         self.0.set(vcpu_off::reg(n) / 8, v);
     }
 
-    /// The PC.
-    pub fn pc(&self) -> u64 {
-        self.0.get(vcpu_off::PC / 8)
-    }
-
     /// EL1 system register `i` (a [`pkvm_abi::guest::sys`] index) as the last exit saved it.
     pub fn sys(&self, i: usize) -> u64 {
         self.0.get(vcpu_off::sys(i) / 8)

@@ -20,7 +20,6 @@ use pkvm_abi::guest::{
     PROT_RWX, PSTATE_EL1H_DAIF, VcpuState, VgicState, VmDesc, sys, vgic::lr,
 };
 use pkvm_abi::{PAGE_SHIFT, Stat, psci};
-use pkvm_arch::esr::{Ec, Esr, SysregAccess};
 use pkvm_client::{Exit, HcallError, VmHandle};
 use pkvm_vmm_core::fdt::GuestFdt;
 use pkvm_vmm_core::gic::Gic;
@@ -164,6 +163,9 @@ enum Power {
     On,
     /// In `WFI`: runs again once an interrupt is pending for it.
     Idle,
+    /// A protected VM's vCPU that EL2 starts when the guest asks (PSCI `CPU_ON` is answered
+    /// at EL2): tried in its turn, off while `VcpuRun` says `EPERM`.
+    Probe,
 }
 
 /// One vCPU: its structures (slot `i` of `crate::vm`), its list registers as the VMM filled
@@ -311,7 +313,11 @@ impl LinuxVm {
             vcpus.push(VcpuCtx {
                 structs: s,
                 lrs: [None; 16],
-                power: if i == 0 { Power::On } else { Power::Off },
+                power: match (i, protected) {
+                    (0, _) => Power::On,
+                    (_, true) => Power::Probe,
+                    (_, false) => Power::Off,
+                },
             });
         }
         let (pfn, gfn, nr) = (ram >> PAGE_SHIFT, ram_ipa >> PAGE_SHIFT, RAM_BYTES >> PAGE_SHIFT);
@@ -506,30 +512,6 @@ impl LinuxVm {
         v.set_reg(0, r);
     }
 
-    /// Handles vCPU `i`'s `FAULT` exit if the VMM emulates it (an SGI register write); false
-    /// for others.
-    fn fault(&mut self, i: usize, esr: u64) -> bool {
-        let esr = Esr(esr);
-        if esr.ec() != Ec::Sysreg64 {
-            return false;
-        }
-        let a = SysregAccess::from_iss(esr.iss());
-        // ICC_SGI1R_EL1 (op2 5), ICC_ASGI1R_EL1 (6), ICC_SGI0R_EL1 (7): Op0 3, Op1 0, CRn 12,
-        // CRm 11.
-        if a.read || (a.op0, a.op1, a.crn, a.crm) != (3, 0, 12, 11) || !(5..=7).contains(&a.op2) {
-            return false;
-        }
-        let v = self.vcpus[i].structs.vcpu;
-        // (A protected vCPU's registers and PC are EL2's: its SGIs cannot be emulated here.)
-        let value = if a.rt == 31 { 0 } else { v.reg(a.rt) };
-        if a.op2 != 7 {
-            self.gic.send_sgi(i, value);
-            self.exits.sgi += 1;
-        }
-        v.set_pc(v.pc() + 4);
-        true
-    }
-
     /// The next vCPU to run after `last` (round robin among those on, or idle with work);
     /// with every one idle, waits for the earliest timer deadline first. `None`: all off.
     fn next(&mut self, last: usize) -> Option<usize> {
@@ -540,7 +522,7 @@ impl LinuxVm {
                 let i = (last + k) % n;
                 match self.vcpus[i].power {
                     Power::Off => {}
-                    Power::On => return Some(i),
+                    Power::On | Power::Probe => return Some(i),
                     Power::Idle => {
                         any = true;
                         if self.has_work(i) {
@@ -593,8 +575,23 @@ impl LinuxVm {
             }
             let exit = match exit {
                 Ok(e) => e,
+                Err(HcallError::Errno(pkvm_abi::Error::Perm))
+                    if self.vcpus[i].power == Power::Probe =>
+                {
+                    // Not started yet; with every other vCPU idle, wait a little.
+                    if self.vcpus.iter().all(|v| v.power != Power::On) {
+                        let until = crate::cpu::ticks() + quantum();
+                        while crate::cpu::ticks() < until {
+                            core::hint::spin_loop();
+                        }
+                    }
+                    continue;
+                }
                 Err(e) => return End::Hcall(e),
             };
+            if self.vcpus[i].power == Power::Probe {
+                self.vcpus[i].power = Power::On;
+            }
             self.sync_lrs(i);
             match exit {
                 Exit::Mmio {
@@ -615,14 +612,22 @@ impl LinuxVm {
                 }
                 Exit::Irq => self.exits.irq += 1,
                 Exit::SystemEvent(code) if code == u64::from(psci::CPU_OFF) => {
-                    self.vcpus[i].power = Power::Off;
+                    // A protected vCPU may be started again by the guest, at EL2.
+                    self.vcpus[i].power = if self.protected {
+                        Power::Probe
+                    } else {
+                        Power::Off
+                    };
                 }
                 Exit::SystemEvent(code) => return End::PowerOff(code),
-                Exit::Fault { esr, far, .. } => {
-                    if !self.fault(i, esr) {
-                        return End::Fault("fault exit", esr, far);
+                Exit::Sgi { value, op2 } => {
+                    // ICC_SGI0R_EL1 (op2 7) would raise Group 0 SGIs: none in a Linux guest.
+                    if op2 != 7 {
+                        self.gic.send_sgi(i, value);
+                        self.exits.sgi += 1;
                     }
                 }
+                Exit::Fault { esr, far, .. } => return End::Fault("fault exit", esr, far),
                 Exit::MemFault { ipa, .. } => return End::Fault("memory fault", ipa, 0),
                 Exit::Unknown(r) => return End::Fault("unknown exit", r, 0),
             }

@@ -340,6 +340,7 @@ impl<P: Platform> Hyp<'_, P> {
         const WFX: u8 = Ec::Wfx.bits();
         const DABT_LOW: u8 = Ec::DabtLow.bits();
         const IABT_LOW: u8 = Ec::IabtLow.bits();
+        const SYSREG: u8 = Ec::Sysreg64.bits();
         // `ESR_EL2` means something only for a synchronous exit, `FAR_EL2` only for an abort:
         // otherwise they still hold an earlier exception's (an abort EL2 answered itself,
         // injecting it into the guest), which the host must not see.
@@ -391,6 +392,7 @@ impl<P: Platform> Hyp<'_, P> {
                 pending = Some(Self::mmio_exit(st, esr, &mut out));
                 exit::MMIO
             }
+            (0, SYSREG) if Self::sgi_exit(st, esr, &mut out) => exit::SGI,
             _ => {
                 // `HPFAR_EL2` holds the IPA only for a stage-2 translation, access-flag or
                 // permission fault; it is UNKNOWN otherwise (an external abort, say): 0 then.
@@ -403,6 +405,23 @@ impl<P: Platform> Hyp<'_, P> {
         };
         st.write_exit(&out);
         (out.reason, pending)
+    }
+
+    /// A trapped write of an SGI register (`ICC_SGI1R_EL1`, `ICC_ASGI1R_EL1`, `ICC_SGI0R_EL1`:
+    /// `Op0` 3, `Op1` 0, `CRn` 12, `CRm` 11, `Op2` 5..=7): fills `out` (the value, the
+    /// register) and moves the PC past it; false for anything else. The host's VMM delivers
+    /// the SGIs (it manages the virtual GIC); this works for a protected vCPU too, whose
+    /// registers the host cannot read. Out of line.
+    #[inline(never)]
+    fn sgi_exit(st: SharedVcpu<'_, P>, esr: Esr, out: &mut VcpuExit) -> bool {
+        let a = SysregAccess::from_iss(esr.iss());
+        if a.read || (a.op0, a.op1, a.crn, a.crm) != (3, 0, 12, 11) || !(5..=7).contains(&a.op2) {
+            return false;
+        }
+        out.mmio_data = if a.rt == 31 { 0 } else { st.reg(a.rt) };
+        out.code = u64::from(a.op2);
+        st.skip_instruction();
+        true
     }
 
     /// Completes the MMIO read `m` the host emulated: its value, as the load would have left
