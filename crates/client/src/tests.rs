@@ -185,8 +185,15 @@ fn exits_decode() {
                 write: true,
             },
         ),
+        (
+            guest::exit::SGI,
+            Exit::Sgi {
+                value: e.mmio_data,
+                op2: e.code,
+            },
+        ),
         (0, Exit::Unknown(0)),
-        (8, Exit::Unknown(8)),
+        (9, Exit::Unknown(9)),
         (u64::MAX, Exit::Unknown(u64::MAX)),
     ] {
         let got = Exit::decode(reason, &e);
