@@ -519,10 +519,14 @@ fn a_fault_in_guest_memory_asks_the_host_for_a_page() {
             |fid: u32| call_regs_of(m, vm, [u64::from(psci::FEATURES), u64::from(fid), 0, 0])[0];
         assert_eq!(f(psci::SMCCC_VERSION), 0);
         assert_eq!(f(psci::SYSTEM_OFF), 0);
-        assert_eq!(f(psci::CPU_ON_64), smccc::NOT_SUPPORTED);
+        assert_eq!(f(psci::CPU_ON_64), 0, "CPU_ON is answered at EL2");
+        assert_eq!(f(psci::CPU_SUSPEND_64), smccc::NOT_SUPPORTED);
         script(SimGuestAction::Hvc(u64::from(psci::CPU_OFF), 0));
         assert_eq!(cl.vcpu_run(vm), Ok(exit::SYSTEM_EVENT));
         assert_eq!(read_exit().code, u64::from(psci::CPU_OFF));
+        // Off now: the host cannot run it until the guest starts it again (it has no other
+        // vCPU to do so: it stays off).
+        assert_eq!(cl.vcpu_run(vm), Err(HcallError::Errno(Error::Perm)));
         assert_eq!(cl.vm_destroy(vm), Ok(()));
     });
 }
