@@ -15,11 +15,16 @@ const fn e(err: Error) -> Result<(), HcallError> {
 
 /// A VM of `nr` vCPUs (none added yet); the pfn of its structure pages' first.
 fn vm(m: &Machine<'_>, nr: u64) -> (VmHandle, u64) {
+    vm_flags(m, nr, 0)
+}
+
+/// [`vm`] with these `VmDesc` flags.
+fn vm_flags(m: &Machine<'_>, nr: u64, flags: u64) -> (VmHandle, u64) {
     let r0 = m.config().ram[0].0 >> PAGE_SHIFT;
     let c = m.client();
     let desc = (r0 + 0x140) << PAGE_SHIFT;
     c.share_hyp(r0 + 0x140, 1).unwrap();
-    for (off, v) in [(0, 32), (8, nr), (24, 0), (32, 0), (40, 0)] {
+    for (off, v) in [(0, 32), (8, nr), (24, flags), (32, 0), (40, 0)] {
         m.plat.write_u64(desc + off, v);
     }
     let h = c.vm_init(desc, r0 + 0x100, 16).unwrap();
@@ -117,14 +122,7 @@ fn a_protected_vm_starts_its_vcpus_with_psci_cpu_on_at_el2() {
     use pkvm_abi::psci;
     with_machine(&SimConfig::small(), |m| {
         let c = m.client();
-        let r0 = m.config().ram[0].0 >> PAGE_SHIFT;
-        let desc = (r0 + 0x140) << PAGE_SHIFT;
-        c.share_hyp(r0 + 0x140, 1).unwrap();
-        for (off, v) in [(0, 32), (8, 2), (24, vm_flags::PROTECTED), (32, 0), (40, 0)] {
-            m.plat.write_u64(desc + off, v);
-        }
-        let h = c.vm_init(desc, r0 + 0x100, 16).unwrap();
-        let first = r0 + 0x141;
+        let (h, first) = vm_flags(m, 2, vm_flags::PROTECTED);
         add(m, h, first, 0).unwrap();
         add(m, h, first, 1).unwrap();
         assert_eq!(
