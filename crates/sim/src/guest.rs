@@ -42,7 +42,7 @@ pub enum SimGuestAction {
     Irq,
     /// The guest acknowledges and EOIs every interrupt its list registers hold (state 0; those
     /// with `EOI` set raise their `ICH_EISR_EL2` bit and are not yet empty in
-    /// `ICH_ELRSR_EL2`), then powers off.
+    /// `ICH_ELRSR_EL2`; the active priorities are all dropped), then powers off.
     EoiAll,
     /// The guest stops at `gate` (the vCPU is running: EL2 is inside `VcpuRun`) until the
     /// test releases it, then powers off. Lets a test call EL2 from another CPU meanwhile.
@@ -160,6 +160,9 @@ impl GuestRunner for SimPlatform {
         }
         if let SimGuestAction::EoiAll = action {
             if let Some(v) = vgic.as_deref_mut() {
+                // Each EOI drops the running priority: no active priority left.
+                v.ap0r = [0; 4];
+                v.ap1r = [0; 4];
                 for (i, lr) in v.lr[..usize::from(v.nr_lrs)].iter_mut().enumerate() {
                     if *lr >> vgic::lr::STATE_SHIFT != 0 && *lr & vgic::lr::EOI != 0 {
                         v.eisr |= 1 << i;
