@@ -159,9 +159,14 @@ fn an_interface_reaching_past_the_guest_is_refused_before_anything_runs() {
 fn an_empty_list_register_may_repeat_an_intid_and_a_cpu_without_a_vgic_refuses_one() {
     with_machine(&SimConfig::small(), |m| {
         let (h, st) = vm(m, false);
-        // LR 1 names INTID 27 too, but is empty (state 0): no conflict.
+        // LR 1 names INTID 27 too, but is empty (state 0): no conflict — nor the other way
+        // round (an empty LR 0, a pending LR 1).
         let mut v = two_pending();
         v.lr[1] = lr::GROUP | 27;
+        write_vgic(m, st, &v);
+        assert_eq!(run(m, h), Ok(exit::SYSTEM_EVENT));
+        v.lr[0] = lr::GROUP | 27;
+        v.lr[1] = lr::pending_group1(27, 0xa0);
         write_vgic(m, st, &v);
         assert_eq!(run(m, h), Ok(exit::SYSTEM_EVENT));
         *m.plat.vgic_info.lock().unwrap() = None;

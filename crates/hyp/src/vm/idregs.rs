@@ -114,6 +114,16 @@ mod tests {
         // ID_AA64DFR0_EL1: no PMU; DebugVer (3:0), BRPs (15:12), WRPs (23:20) kept.
         let dfr0 = sanitize(5, 0, all);
         assert_eq!((dfr0 >> 8) & 0xf, 0);
+        for (lsb, what) in [
+            (4, "TraceVer"),
+            (32, "PMSVer"),
+            (40, "TraceFilt"),
+            (44, "TraceBuffer"),
+            (48, "MTPMU"),
+            (52, "BRBE"),
+        ] {
+            assert_eq!((dfr0 >> lsb) & 0xf, 0, "{what}");
+        }
         assert_eq!(dfr0 & 0xf, 0xf);
         assert_eq!((dfr0 >> 12) & 0xf, 0xf);
         // ID_AA64ISAR1_EL1: no pointer authentication; DPB (3:0), JSCVT (15:12) kept.
