@@ -153,14 +153,17 @@ fn sgi_register_writes_exit_with_their_value() {
             assert_eq!(m.client().vcpu_run(h), Ok(exit::SYSTEM_EVENT));
             let entries = m.plat.guest_entries.lock().unwrap();
             assert_eq!(entries[entries.len() - 1].pc, 0x8000_0004);
-            // A read of ICC_SGI1R_EL1 does not exist: not an SGI exit.
+            // Not SGI writes: a read of ICC_SGI1R_EL1's encoding, another register of CRm 11
+            // (ICC_DIR_EL1), another register with an Op2 of 5 to 7 (SCXTNUM_EL1).
             drop(entries);
-            m.plat
-                .guest_script
-                .lock()
-                .unwrap()
-                .push_back(sysreg(3, 0, 12, 11, 5, 5, true));
-            assert_eq!(m.client().vcpu_run(h), Ok(exit::FAULT));
+            for other in [
+                sysreg(3, 0, 12, 11, 5, 5, true),
+                sysreg(3, 0, 12, 11, 1, 5, false),
+                sysreg(3, 0, 13, 0, 7, 5, false),
+            ] {
+                m.plat.guest_script.lock().unwrap().push_back(other);
+                assert_eq!(m.client().vcpu_run(h), Ok(exit::FAULT), "{other:?}");
+            }
         });
     }
 }
