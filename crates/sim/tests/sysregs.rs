@@ -3,11 +3,14 @@
 //! else EL2 traps ends the run with a `FAULT` exit and the PC where it was.
 
 use pkvm_abi::PAGE_SHIFT;
-use pkvm_abi::guest::{exit, vcpu_off, vm_flags};
+use pkvm_abi::guest::{PSTATE_EL1H_DAIF, exit, vcpu_off, vm_flags};
 use pkvm_arch::esr::{Ec, Esr, SysregAccess};
 use pkvm_hyp::platform::PhysMem;
 use pkvm_sim::platform::SimGuestAction;
 use pkvm_sim::{Machine, SimConfig, with_machine};
+
+/// `PSTATE.BTYPE` = 0b01 (a `BR` landed here).
+const BTYPE_JUMP: u64 = 1 << 10;
 
 fn sysreg(op0: u8, op1: u8, crn: u8, crm: u8, op2: u8, rt: u8, read: bool) -> SimGuestAction {
     let a = SysregAccess {
@@ -39,6 +42,9 @@ fn debug_and_pmu_registers_read_as_zero_and_ignore_writes_without_an_exit() {
             // protected vCPU runs from EL2's copy).
             m.plat.write_u64(st + vcpu_off::reg(7) as u64, 0x5555);
             m.plat.write_u64(st + vcpu_off::PC as u64, 0x8000_0000);
+            // The first access is a branch target (PSTATE.BTYPE set).
+            m.plat
+                .write_u64(st + vcpu_off::PSTATE as u64, PSTATE_EL1H_DAIF | BTYPE_JUMP);
             let (h, st) = vm(m, protected);
             m.plat.guest_script.lock().unwrap().extend([
                 sysreg(2, 0, 0, 2, 2, 1, false),  // msr mdscr_el1, x1
@@ -71,6 +77,10 @@ fn debug_and_pmu_registers_read_as_zero_and_ignore_writes_without_an_exit() {
                 ],
                 "each access resumed past its instruction"
             );
+            // ... with PSTATE as it was, but BTYPE consumed.
+            let entries = m.plat.guest_entries.lock().unwrap().clone();
+            assert_eq!(entries[0].pstate, PSTATE_EL1H_DAIF | BTYPE_JUMP);
+            assert!(entries[1..].iter().all(|e| e.pstate == PSTATE_EL1H_DAIF));
             // The read left 0 in x7: in the host's structure for a non-protected vCPU; a
             // protected vCPU's registers stay at EL2 (the host's copy keeps its 0x5555).
             let x7 = m.plat.read_u64(st + vcpu_off::reg(7) as u64);
