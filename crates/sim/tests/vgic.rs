@@ -169,6 +169,11 @@ fn an_empty_list_register_may_repeat_an_intid_and_a_cpu_without_a_vgic_refuses_o
         v.lr[1] = lr::pending_group1(27, 0xa0);
         write_vgic(m, st, &v);
         assert_eq!(run(m, h), Ok(exit::SYSTEM_EVENT));
+        // The host may pass En itself (as EL2 published it), with a maintenance enable: kept.
+        v.hcr = HCR_EN | (1 << 1);
+        write_vgic(m, st, &v);
+        assert_eq!(run(m, h), Ok(exit::SYSTEM_EVENT));
+        assert_eq!(loaded(m).last().unwrap().unwrap().hcr, HCR_EN | (1 << 1));
         *m.plat.vgic_info.lock().unwrap() = None;
         assert_eq!(m.client().stat(Stat::VgicListRegs), Ok(0));
         assert_eq!(run(m, h), Err(HcallError::Errno(Error::Inval)));
