@@ -169,6 +169,17 @@ fn an_empty_list_register_may_repeat_an_intid_and_a_cpu_without_a_vgic_refuses_o
         v.lr[1] = lr::pending_group1(27, 0xa0);
         write_vgic(m, st, &v);
         assert_eq!(run(m, h), Ok(exit::SYSTEM_EVENT));
+        // A CPU with two active-priority registers per group: both are loaded, in order.
+        *m.plat.vgic_info.lock().unwrap() = Some(pkvm_hyp::platform::VgicInfo {
+            nr_lrs: 4,
+            nr_aprs: 2,
+        });
+        v.ap0r = [0x10, 0x11, 0, 0];
+        v.ap1r = [0x20, 0x22, 0, 0];
+        write_vgic(m, st, &v);
+        assert_eq!(run(m, h), Ok(exit::SYSTEM_EVENT));
+        let l = loaded(m).last().unwrap().unwrap();
+        assert_eq!((l.ap0r, l.ap1r), ([0x10, 0x11, 0, 0], [0x20, 0x22, 0, 0]));
         // The host may pass En itself (as EL2 published it), with a maintenance enable: kept.
         v.hcr = HCR_EN | (1 << 1);
         write_vgic(m, st, &v);

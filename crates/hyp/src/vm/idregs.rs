@@ -135,7 +135,14 @@ mod tests {
             "DPB, JSCVT, FCMA, LRCPC, FRINTTS kept"
         );
         assert_eq!(sanitize(6, 2, all) & 0xf_ff00, 0, "APA3, GPA3, MOPS");
-        assert_eq!((sanitize(4, 1, all) >> 44) & 0xf, 0, "GCS");
+        for (lsb, what) in [
+            (16, "MPAM_frac"),
+            (36, "NMI"),
+            (40, "MTE_frac"),
+            (44, "GCS"),
+        ] {
+            assert_eq!((sanitize(4, 1, all) >> lsb) & 0xf, 0, "{what}");
+        }
         for (crm, op2) in [(4, 2), (4, 7), (6, 3), (7, 3)] {
             assert_eq!(sanitize(crm, op2, all), 0, "({crm}, {op2}): newer features");
         }
