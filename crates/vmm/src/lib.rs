@@ -1,7 +1,6 @@
 //! The portable core of a pkvm-rs VMM: everything a virtual machine monitor needs to boot an
 //! unmodified arm64 Linux in a pkvm-rs VM that does not depend on where the VMM runs. The
-//! bare-metal test host uses it today; a Linux userspace VMM (`/dev/pkvm`) is meant to use it
-//! next. `no_std` + `alloc`, no `unsafe`.
+//! bare-metal test host and `pkvm-vmm`, the Linux user-space VMM on `/dev/pkvm`, both use it. `no_std` + `alloc`, no `unsafe`.
 //!
 //! | module | what |
 //! |---|---|
@@ -10,6 +9,8 @@
 //! | [`fdt`] | the guest device tree, written with `vm-fdt` |
 //! | [`uart`] | a 16550A UART model (the guest console, on MMIO exits) |
 //! | [`gic`] | GICv3 distributor and redistributor emulation for N vCPUs |
+//! | [`machine`] | one VM's devices, interrupts and vCPU power states, and what each exit does to them |
+//! | [`dev`] | the `/dev/pkvm` ioctl ABI of `linux/pkvm.c` (numbers and structures) |
 //!
 //! Every register a guest writes and every byte of an image the VMM loads is untrusted input:
 //! nothing here panics on it; bad images and layouts are [`Error`]s, bad register accesses read
@@ -19,10 +20,12 @@
 
 extern crate alloc;
 
+pub mod dev;
 pub mod fdt;
 pub mod gic;
 pub mod image;
 pub mod layout;
+pub mod machine;
 pub mod uart;
 
 use core::fmt;

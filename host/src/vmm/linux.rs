@@ -2,30 +2,22 @@
 //! place), its boot (kernel, initramfs and device tree placed by `pkvm-vmm-core`), and the run
 //! loop that emulates its devices and delivers its interrupts.
 //!
-//! # Interrupts
-//!
-//! The guest's GIC is `pkvm_vmm_core::gic::Gic` (its distributor and redistributor registers on
-//! MMIO exits) plus EL2's list registers (`VcpuState.vgic`, loaded for every run). Before each
-//! run the VMM samples the guest's virtual timer (`CNTV_CTL_EL0`/`CNTV_CVAL_EL0`, saved by the
-//! world switch: its PPI 27 line is high while the timer is enabled, unmasked and expired),
-//! puts the highest-priority pending interrupts in free list registers and acknowledges them in
-//! the model; after the run, a list register the guest EOId (state 0) is deactivated in the
-//! model. SGIs the guest sends (`ICC_SGI1R_EL1`, trapped by `HCR_EL2.IMO`: a `FAULT` exit) go
-//! through the model too. A `WFI` (an `IDLE` exit) waits for the guest's timer deadline when
-//! nothing is pending.
+//! What each exit does to the guest's devices, interrupts and vCPU power states is
+//! `pkvm_vmm_core::machine::Machine`, shared with `pkvm-vmm` on Linux; this file is the
+//! bare-metal side: the VM's memory and structures, and a scheduler running the vCPUs round
+//! robin on the host's one CPU. A `WFI` (an `IDLE` exit) waits for the guest's timer deadline
+//! when nothing is pending.
 
 use alloc::vec::Vec;
 
-use pkvm_abi::guest::{
-    PROT_RWX, PSTATE_EL1H_DAIF, VcpuState, VgicState, VmDesc, sys, vgic::lr,
-};
+use pkvm_abi::guest::{PROT_RWX, PSTATE_EL1H_DAIF, VcpuState, VgicState, VmDesc};
 use pkvm_abi::{PAGE_SHIFT, Stat, psci};
-use pkvm_client::{Exit, HcallError, VmHandle};
+use pkvm_client::{HcallError, VmHandle};
 use pkvm_vmm_core::fdt::GuestFdt;
-use pkvm_vmm_core::gic::Gic;
 use pkvm_vmm_core::image::{self, Header};
-use pkvm_vmm_core::layout::{Device, Layout};
-use pkvm_vmm_core::uart::Uart;
+use pkvm_vmm_core::layout::Layout;
+pub use pkvm_vmm_core::machine::Exits;
+use pkvm_vmm_core::machine::{Machine, Power, Step, VcpuRegs};
 
 use super::bundle::Bundle;
 use crate::env::Env;
@@ -37,19 +29,9 @@ use crate::vm::{self, Structs};
 pub const RAM_BYTES: u64 = 112 << 20;
 /// The stage-2 memcache (the largest EL2 accepts).
 const MEMCACHE_PAGES: u64 = pkvm_abi::guest::MEMCACHE_MAX_PAGES;
-/// SPIs of the guest's GIC.
-const NR_SPIS: u32 = 64;
-/// The virtual timer's INTID.
-const VTIMER_INTID: u32 = 27;
 /// The kernel command line.
 pub const BOOTARGS: &str =
     "console=ttyS0 earlycon=uart8250,mmio,0x9000000 rdinit=/init panic=-1 cma=0";
-
-/// `CNTV_CTL_EL0` bits.
-mod cntv {
-    pub const ENABLE: u64 = 1;
-    pub const IMASK: u64 = 1 << 1;
-}
 
 /// How a guest's run ended.
 #[derive(Debug)]
@@ -60,6 +42,15 @@ pub enum End {
     Fault(&'static str, u64, u64),
     /// A hypercall failed.
     Hcall(HcallError),
+}
+
+impl From<pkvm_vmm_core::machine::End> for End {
+    fn from(e: pkvm_vmm_core::machine::End) -> Self {
+        match e {
+            pkvm_vmm_core::machine::End::PowerOff(f) => End::PowerOff(f),
+            pkvm_vmm_core::machine::End::Fault(w, a, b) => End::Fault(w, a, b),
+        }
+    }
 }
 
 impl core::fmt::Display for End {
@@ -112,25 +103,6 @@ impl Console {
     }
 }
 
-/// Exit counts by kind.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Exits {
-    /// MMIO exits (UART, GIC, other).
-    pub mmio: u64,
-    /// Of those, the UART's.
-    pub uart: u64,
-    /// Hypercall exits (SMCCC/PSCI).
-    pub hvc: u64,
-    /// `WFI`.
-    pub idle: u64,
-    /// Physical interrupts.
-    pub irq: u64,
-    /// SGIs sent.
-    pub sgi: u64,
-    /// Interrupts delivered through list registers.
-    pub injected: u64,
-}
-
 /// A Linux guest's RAM and stage-2 memcache, allocated once and reused by every boot (the
 /// teardown gives both back to the host).
 #[derive(Clone, Copy, Debug)]
@@ -154,40 +126,36 @@ impl GuestMem {
     }
 }
 
-/// How a vCPU stands, for the VMM's scheduler.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Power {
-    /// Not started (PSCI `CPU_ON` starts it) or turned off (`CPU_OFF`).
-    Off,
-    /// Runs when its turn comes.
-    On,
-    /// In `WFI`: runs again once an interrupt is pending for it.
-    Idle,
-    /// A protected VM's vCPU that EL2 starts when the guest asks (PSCI `CPU_ON` is answered
-    /// at EL2): tried in its turn, off while `VcpuRun` says `EPERM`.
-    Probe,
-}
-
-/// One vCPU: its structures (slot `i` of `crate::vm`), its list registers as the VMM filled
-/// them, its power state.
-#[derive(Debug)]
-struct VcpuCtx {
-    structs: Structs,
-    /// The INTID each list register holds (as the VMM put it there).
-    lrs: [Option<u32>; 16],
-    power: Power,
+impl VcpuRegs for crate::vm::Vcpu {
+    fn reg(&self, n: u8) -> u64 {
+        crate::vm::Vcpu::reg(self, n)
+    }
+    fn set_reg(&self, n: u8, v: u64) {
+        crate::vm::Vcpu::set_reg(self, n, v);
+    }
+    fn sys(&self, i: usize) -> u64 {
+        crate::vm::Vcpu::sys(self, i)
+    }
+    fn vgic(&self) -> VgicState {
+        crate::vm::Vcpu::vgic(self)
+    }
+    fn set_vgic(&self, v: &VgicState) {
+        crate::vm::Vcpu::set_vgic(self, v);
+    }
+    fn set_mmio_data(&self, v: u64) {
+        crate::vm::Vcpu::set_mmio_data(self, v);
+    }
+    fn init(&self, st: &VcpuState) {
+        crate::vm::Vcpu::init(self, st);
+    }
 }
 
 /// A Linux guest, created and ready to run.
 #[derive(Debug)]
 pub struct LinuxVm {
     handle: VmHandle,
-    vcpus: Vec<VcpuCtx>,
-    layout: Layout,
-    gic: Gic,
-    uart: Uart,
-    nr_lrs: usize,
-    protected: bool,
+    vcpus: Vec<Structs>,
+    machine: Machine,
     /// Exit counts.
     pub exits: Exits,
 }
@@ -310,15 +278,7 @@ impl LinuxVm {
                 .map_err(|_| "share a vCPU")?;
             PKVM.vcpu_init_at(handle, i as u64, s.vcpu.shared().pa(), s.fp.pa())
                 .map_err(|_| "VcpuInit")?;
-            vcpus.push(VcpuCtx {
-                structs: s,
-                lrs: [None; 16],
-                power: match (i, protected) {
-                    (0, _) => Power::On,
-                    (_, true) => Power::Probe,
-                    (_, false) => Power::Off,
-                },
-            });
+            vcpus.push(s);
         }
         let (pfn, gfn, nr) = (ram >> PAGE_SHIFT, ram_ipa >> PAGE_SHIFT, RAM_BYTES >> PAGE_SHIFT);
         if protected {
@@ -347,11 +307,7 @@ impl LinuxVm {
         Ok(Self {
             handle,
             vcpus,
-            layout,
-            gic: Gic::new(nr_vcpus, NR_SPIS).map_err(|_| "GIC")?,
-            uart: Uart::new(),
-            nr_lrs,
-            protected,
+            machine: Machine::new(layout, protected, nr_lrs).map_err(|_| "GIC")?,
             exits: Exits::default(),
         })
     }
@@ -365,168 +321,29 @@ impl LinuxVm {
         let mut r = vm::release(0);
         for v in &self.vcpus[1..] {
             r = r
-                .and(vm::unshare(v.structs.fp))
-                .and(vm::unshare(v.structs.vcpu.shared()));
+                .and(vm::unshare(v.fp))
+                .and(vm::unshare(v.vcpu.shared()));
         }
         r
-    }
-
-    /// vCPU `i`'s virtual timer: its interrupt line is high (enabled, unmasked, expired), and
-    /// its deadline if it is armed.
-    fn timer(&self, i: usize) -> (bool, Option<u64>) {
-        let v = self.vcpus[i].structs.vcpu;
-        let (ctl, cval) = (v.sys(sys::CNTV_CTL_EL0), v.sys(sys::CNTV_CVAL_EL0));
-        let armed = ctl & cntv::ENABLE != 0 && ctl & cntv::IMASK == 0;
-        (armed && crate::cpu::ticks() >= cval, armed.then_some(cval))
-    }
-
-    /// Whether vCPU `i` has an interrupt to take (pending in the model or in its list
-    /// registers): what wakes it from `WFI`.
-    fn has_work(&mut self, i: usize) -> bool {
-        let (level, _) = self.timer(i);
-        self.gic.set_ppi_level(i, VTIMER_INTID, level);
-        self.gic.highest_pending(i).is_some() || self.vcpus[i].lrs.iter().any(Option::is_some)
-    }
-
-    /// Fills vCPU `i`'s free list registers with its highest-priority pending interrupts.
-    fn fill_lrs(&mut self, i: usize) {
-        let v = self.vcpus[i].structs.vcpu;
-        let mut g: VgicState = v.vgic();
-        for l in 0..self.nr_lrs {
-            if self.vcpus[i].lrs[l].is_some() {
-                continue;
-            }
-            let Some(p) = self.gic.highest_pending(i) else {
-                break;
-            };
-            if !self.gic.acknowledge(i, p.intid) {
-                break;
-            }
-            let group = if p.group == 1 { lr::GROUP } else { 0 };
-            g.lr[l] = lr::PENDING | group | (u64::from(p.priority) << lr::PRIORITY_SHIFT)
-                | u64::from(p.intid);
-            self.vcpus[i].lrs[l] = Some(p.intid);
-            self.exits.injected += 1;
-        }
-        // Only the list registers in use are loaded and saved (at least one: the interface
-        // stays on, so the guest's priority mask and group enables live on in ICH_VMCR_EL2).
-        let used = self.vcpus[i]
-            .lrs
-            .iter()
-            .rposition(Option::is_some)
-            .map_or(0, |l| l + 1);
-        g.nr_lrs = used.max(1) as u64;
-        v.set_vgic(&g);
-    }
-
-    /// After vCPU `i`'s run: list registers the guest deactivated are deactivated in the model.
-    fn sync_lrs(&mut self, i: usize) {
-        let g = self.vcpus[i].structs.vcpu.vgic();
-        for l in 0..(g.nr_lrs as usize).min(self.nr_lrs) {
-            if let Some(intid) = self.vcpus[i].lrs[l]
-                && g.lr[l] >> lr::STATE_SHIFT == 0
-            {
-                self.gic.deactivate(i, intid);
-                self.vcpus[i].lrs[l] = None;
-            }
-        }
-    }
-
-    /// Emulates an MMIO access; the value for a read.
-    fn mmio(&mut self, ipa: u64, size: u64, write: bool, data: u64, con: &mut Console, markers: &[&str; 4]) -> u64 {
-        self.exits.mmio += 1;
-        match self.layout.device_at(ipa) {
-            Some(Device::Uart(off)) => {
-                self.exits.uart += 1;
-                if write {
-                    if let Some(c) = self.uart.write(off, data as u8) {
-                        con.putc(c, markers);
-                    }
-                    0
-                } else {
-                    u64::from(self.uart.read(off))
-                }
-            }
-            Some(Device::Gicd(off)) => {
-                if write {
-                    self.gic.dist_write(off, size as u8, data);
-                    0
-                } else {
-                    self.gic.dist_read(off, size as u8)
-                }
-            }
-            Some(Device::Gicr(off)) => {
-                if write {
-                    self.gic.redist_write(off, size as u8, data);
-                    0
-                } else {
-                    self.gic.redist_read(off, size as u8)
-                }
-            }
-            None => 0,
-        }
-    }
-
-    /// Answers vCPU `i`'s SMCCC call: PSCI 1.0 (with `CPU_ON` and `AFFINITY_INFO` for a
-    /// non-protected VM: a protected vCPU's entry point is EL2's to set), SMCCC 1.1 with no
-    /// architectural workarounds, nothing vendor-specific.
-    fn smccc(&mut self, i: usize) {
-        self.exits.hvc += 1;
-        let v = self.vcpus[i].structs.vcpu;
-        let (fid, arg) = (v.reg(0) as u32, v.reg(1));
-        let not_supported = psci::NOT_SUPPORTED as i64 as u64;
-        let target = |mpidr: u64| {
-            (mpidr & !0xff == 0 && (mpidr as usize) < self.vcpus.len()).then_some(mpidr as usize)
-        };
-        let r = match fid {
-            psci::VERSION => 0x1_0000,
-            psci::FEATURES => match arg as u32 {
-                psci::VERSION | psci::FEATURES | psci::CPU_OFF | psci::SYSTEM_OFF
-                | psci::SYSTEM_RESET | psci::AFFINITY_INFO_64 | psci::MIGRATE_INFO_TYPE => 0,
-                psci::CPU_ON_64 if !self.protected => 0,
-                _ => not_supported,
-            },
-            psci::MIGRATE_INFO_TYPE => 2,
-            psci::AFFINITY_INFO_64 | psci::AFFINITY_INFO_32 => match target(arg) {
-                Some(t) => u64::from(self.vcpus[t].power == Power::Off),
-                None => psci::INVALID_PARAMETERS as i64 as u64,
-            },
-            psci::CPU_ON_64 if !self.protected => match target(arg) {
-                Some(t) if self.vcpus[t].power == Power::Off => {
-                    let mut st = VcpuState {
-                        pc: v.reg(2),
-                        pstate: PSTATE_EL1H_DAIF,
-                        ..VcpuState::default()
-                    };
-                    st.regs[0] = v.reg(3);
-                    self.vcpus[t].structs.vcpu.init(&st);
-                    self.vcpus[t].power = Power::On;
-                    0
-                }
-                Some(_) => psci::ALREADY_ON as i64 as u64,
-                None => psci::INVALID_PARAMETERS as i64 as u64,
-            },
-            psci::SMCCC_VERSION => u64::from(psci::SMCCC_VERSION_1_1),
-            _ => not_supported,
-        };
-        v.set_reg(0, r);
     }
 
     /// The next vCPU to run after `last` (round robin among those on, or idle with work);
     /// with every one idle, waits for the earliest timer deadline first. `None`: all off.
     fn next(&mut self, last: usize) -> Option<usize> {
         let n = self.vcpus.len();
+        let m = &mut self.machine;
         loop {
             let mut any = false;
+            let now = crate::cpu::ticks();
             for k in 1..=n {
                 let i = (last + k) % n;
-                match self.vcpus[i].power {
+                match m.power(i) {
                     Power::Off => {}
                     Power::On | Power::Probe => return Some(i),
                     Power::Idle => {
                         any = true;
-                        if self.has_work(i) {
-                            self.vcpus[i].power = Power::On;
+                        if m.has_work(i, &self.vcpus[i].vcpu, now) {
+                            m.set_power(i, Power::On);
                             return Some(i);
                         }
                     }
@@ -537,8 +354,8 @@ impl LinuxVm {
             }
             // All idle: sleep until the earliest armed timer (or, with none, just poll).
             let wake = (0..n)
-                .filter(|&i| self.vcpus[i].power == Power::Idle)
-                .filter_map(|i| self.timer(i).1)
+                .filter(|&i| m.power(i) == Power::Idle)
+                .filter_map(|i| Machine::timer(&self.vcpus[i].vcpu, now).1)
                 .min();
             if let Some(t) = wake {
                 while crate::cpu::ticks() < t {
@@ -556,15 +373,13 @@ impl LinuxVm {
         use aarch64_cpu::registers::{CNTV_CTL_EL0, CNTV_CVAL_EL0, Writeable};
         let smp = self.vcpus.len() > 1;
         let mut i = self.vcpus.len() - 1;
-        loop {
+        let end = loop {
             let Some(next) = self.next(i) else {
-                return End::PowerOff(u64::from(psci::CPU_OFF));
+                break End::PowerOff(u64::from(psci::CPU_OFF));
             };
             i = next;
-            let (level, _) = self.timer(i);
-            self.gic.set_ppi_level(i, VTIMER_INTID, level);
-            self.fill_lrs(i);
-            let v = self.vcpus[i].structs.vcpu;
+            let v = self.vcpus[i].vcpu;
+            self.machine.prepare(i, &v, crate::cpu::ticks());
             if smp {
                 CNTV_CVAL_EL0.set(crate::cpu::ticks() + quantum());
                 CNTV_CTL_EL0.set(1);
@@ -576,10 +391,10 @@ impl LinuxVm {
             let exit = match exit {
                 Ok(e) => e,
                 Err(HcallError::Errno(pkvm_abi::Error::Perm))
-                    if self.vcpus[i].power == Power::Probe =>
+                    if self.machine.power(i) == Power::Probe =>
                 {
                     // Not started yet; with every other vCPU idle, wait a little.
-                    if self.vcpus.iter().all(|v| v.power != Power::On) {
+                    if (0..self.vcpus.len()).all(|k| self.machine.power(k) != Power::On) {
                         let until = crate::cpu::ticks() + quantum();
                         while crate::cpu::ticks() < until {
                             core::hint::spin_loop();
@@ -587,50 +402,16 @@ impl LinuxVm {
                     }
                     continue;
                 }
-                Err(e) => return End::Hcall(e),
+                Err(e) => break End::Hcall(e),
             };
-            if self.vcpus[i].power == Power::Probe {
-                self.vcpus[i].power = Power::On;
+            match self.machine.handle(i, &v, exit) {
+                Step::Continue => {}
+                Step::Console(c) => con.putc(c, markers),
+                Step::CpuOn { target, state } => self.vcpus[target].vcpu.init(&state),
+                Step::End(e) => break e.into(),
             }
-            self.sync_lrs(i);
-            match exit {
-                Exit::Mmio {
-                    ipa,
-                    size,
-                    write,
-                    data,
-                } => {
-                    let r = self.mmio(ipa, size, write, data, con, markers);
-                    if !write {
-                        v.set_mmio_data(r);
-                    }
-                }
-                Exit::Hypercall => self.smccc(i),
-                Exit::Idle => {
-                    self.exits.idle += 1;
-                    self.vcpus[i].power = Power::Idle;
-                }
-                Exit::Irq => self.exits.irq += 1,
-                Exit::SystemEvent(code) if code == u64::from(psci::CPU_OFF) => {
-                    // A protected vCPU may be started again by the guest, at EL2.
-                    self.vcpus[i].power = if self.protected {
-                        Power::Probe
-                    } else {
-                        Power::Off
-                    };
-                }
-                Exit::SystemEvent(code) => return End::PowerOff(code),
-                Exit::Sgi { value, op2 } => {
-                    // ICC_SGI0R_EL1 (op2 7) would raise Group 0 SGIs: none in a Linux guest.
-                    if op2 != 7 {
-                        self.gic.send_sgi(i, value);
-                        self.exits.sgi += 1;
-                    }
-                }
-                Exit::Fault { esr, far, .. } => return End::Fault("fault exit", esr, far),
-                Exit::MemFault { ipa, .. } => return End::Fault("memory fault", ipa, 0),
-                Exit::Unknown(r) => return End::Fault("unknown exit", r, 0),
-            }
-        }
+        };
+        self.exits = self.machine.exits;
+        end
     }
 }

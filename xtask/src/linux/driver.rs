@@ -1,5 +1,6 @@
-//! The test driver, `linux/pkvm_test.c`: built out of tree with Debian's cross compiler
-//! against the extracted headers, in `target/linux/<abi>/module/`.
+//! The modules of `linux/`: the test driver `pkvm_test.c` and `/dev/pkvm` (`pkvm.c`), built out
+//! of tree with Debian's cross compiler against the extracted headers, in
+//! `target/linux/<abi>/module/`.
 
 use super::cache_dir;
 use super::debian::{have, is_root};
@@ -30,13 +31,25 @@ fn ensure_cross_compiler() -> Result<(), Error> {
     ))
 }
 
-/// Builds `linux/pkvm_test.c` against the extracted headers; returns the module's path.
-pub(super) fn build(abi: &str, root: &Path) -> Result<PathBuf, Error> {
+/// The files of `linux/` the build reads.
+const SOURCES: [&str; 4] = ["pkvm_test.c", "pkvm.c", "pkvm_uapi.h", "Kbuild"];
+
+/// The two modules, built.
+#[derive(Debug)]
+pub(super) struct Modules {
+    /// `pkvm_test.ko`: the ownership checks over real kernel memory.
+    pub test: PathBuf,
+    /// `pkvm.ko`: `/dev/pkvm`.
+    pub dev: PathBuf,
+}
+
+/// Builds the modules of `linux/` against the extracted headers; returns their paths.
+pub(super) fn build(abi: &str, root: &Path) -> Result<Modules, Error> {
     ensure_cross_compiler()?;
     let src = workspace_root().join("linux");
     let dir = cache_dir().join(abi).join("module");
     fs::create_dir_all(&dir).or_else(|e| failed(format!("{}: {e}", dir.display())))?;
-    for f in ["pkvm_test.c", "Kbuild"] {
+    for f in SOURCES {
         let data = fs::read(src.join(f)).or_else(|e| failed(format!("linux/{f}: {e}")))?;
         if fs::read(dir.join(f)).ok().as_deref() != Some(data.as_slice()) {
             fs::write(dir.join(f), data).or_else(|e| failed(format!("{f}: {e}")))?;
@@ -53,5 +66,8 @@ pub(super) fn build(abi: &str, root: &Path) -> Result<PathBuf, Error> {
             .arg(format!("CROSS_COMPILE={CROSS_COMPILE}"))
             .arg("modules"),
     )?;
-    Ok(dir.join("pkvm_test.ko"))
+    Ok(Modules {
+        test: dir.join("pkvm_test.ko"),
+        dev: dir.join("pkvm.ko"),
+    })
 }

@@ -62,12 +62,24 @@ pub(super) fn busybox_cpio(root: &Path, init: &str) -> Result<Cpio, Error> {
     Ok(c)
 }
 
-/// Writes the initramfs: busybox, `/init`, the module.
-pub(super) fn build(abi: &str, root: &Path, module: &Path) -> Result<PathBuf, Error> {
-    let ko = fs::read(module).or_else(|e| failed(format!("{}: {e}", module.display())))?;
+/// Writes the initramfs: busybox, `/init`, the modules, and `extra` files (name, bytes) — the
+/// `vmm` scenario's VMM and guest — into `name`.
+pub(super) fn build(
+    abi: &str,
+    root: &Path,
+    modules: &super::driver::Modules,
+    extra: &[(&str, Vec<u8>)],
+    name: &str,
+) -> Result<PathBuf, Error> {
     let mut c = busybox_cpio(root, &init_script())?;
-    c.file("pkvm_test.ko", 0o644, &ko);
-    let out = cache_dir().join(abi).join("initramfs.cpio");
+    for (file, path) in [("pkvm_test.ko", &modules.test), ("pkvm.ko", &modules.dev)] {
+        let ko = fs::read(path).or_else(|e| failed(format!("{}: {e}", path.display())))?;
+        c.file(file, 0o644, &ko);
+    }
+    for (file, data) in extra {
+        c.file(file, 0o755, data);
+    }
+    let out = cache_dir().join(abi).join(name);
     fs::write(&out, c.finish()).or_else(|e| failed(format!("{}: {e}", out.display())))?;
     println!("xtask: initramfs {}", out.display());
     Ok(out)

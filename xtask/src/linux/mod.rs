@@ -96,7 +96,7 @@ fn prepare(kernel: Option<&Path>, initrd: Option<&Path>) -> Result<LinuxFiles, c
         Some(i) => i.to_path_buf(),
         None => {
             let ko = driver::build(&abi, &root)?;
-            initramfs::build(&abi, &root, &ko)?
+            initramfs::build(&abi, &root, &ko, &[], "initramfs.cpio")?
         }
     };
     Ok(LinuxFiles { kernel, initrd })

@@ -1,0 +1,682 @@
+// SPDX-License-Identifier: GPL-2.0 OR MIT
+/*
+ * pkvm: /dev/pkvm, the Linux host's door to pkvm-rs's VMs.
+ *
+ * A user-space VMM (pkvm-vmm, crates/vmm-bin) opens /dev/pkvm once per VM and drives it with
+ * the ioctls of pkvm_uapi.h. The module owns what EL2 needs to be host memory it can trust the
+ * host kernel with: the VM descriptor, the stage-2 memcache, one state page and one FP page per
+ * vCPU (all shared with EL2, pinned there until the teardown) and the guest's RAM (donated to
+ * a protected VM, shared with a non-protected one). User space sees only the vCPU state pages
+ * (mmap), which is where EL2 publishes each exit and where the VMM writes its answer and the
+ * list registers that deliver interrupts.
+ *
+ * Running a vCPU is a loop of VcpuRun hypercalls: a physical interrupt ends a run (EL2 routes
+ * them to itself while a guest runs), Linux takes it as soon as the hypercall returns, and the
+ * module runs the guest again unless a signal is pending (-EINTR: how a VMM kicks a vCPU
+ * thread out of the guest) or the guest's own virtual timer fired (user space delivers it).
+ * Between runs the thread may be preempted like any other. Two timer PPIs need the module:
+ *  - EL2 preempts a guest at the host's next timer deadline with its own timer (CNTHP, PPI
+ *    26), which Linux's GIC driver disabled at boot: the module requests and enables it on
+ *    every CPU (its handler has nothing to do: EL2 stops the timer before it returns);
+ *  - the guest's virtual timer raises the host's virtual-timer PPI (27) while the guest runs.
+ *    Once user space has put the interrupt in a list register, the module keeps PPI 27
+ *    disabled on its CPU for the run (as KVM does for a guest timer without a hardware-mapped
+ *    interrupt), so the guest takes its virtual interrupt instead of exiting again at once.
+ *
+ * Releasing the file (close, exit, SIGKILL) destroys the VM: VmTeardown and VmReclaim in
+ * bounded batches (EL2 zeroes every donated page), the structures unshared, every page freed.
+ * Bad arguments get an errno and change nothing.
+ *
+ * Our own code for pkvm-rs (not derived from Linux's KVM or pKVM).
+ */
+#include <linux/arm-smccc.h>
+#include <linux/atomic.h>
+#include <linux/fs.h>
+#include <linux/gfp.h>
+#include <linux/interrupt.h>
+#include <linux/irq.h>
+#include <linux/miscdevice.h>
+#include <linux/mm.h>
+#include <linux/module.h>
+#include <linux/mutex.h>
+#include <linux/of.h>
+#include <linux/of_irq.h>
+#include <linux/percpu.h>
+#include <linux/sched.h>
+#include <linux/sched/signal.h>
+#include <linux/slab.h>
+#include <linux/uaccess.h>
+#include <linux/version.h>
+#include <asm/barrier.h>
+#include <asm/sysreg.h>
+
+#include "pkvm_uapi.h"
+
+/* pkvm-rs's host ABI (crates/abi/src/lib.rs). */
+#define PKVM_HVC_BASE 0xC6000000UL
+enum pkvm_hcall {
+	HC_SHARE_HYP = 0x02,
+	HC_UNSHARE_HYP = 0x03,
+	HC_STAT = 0x24,
+	HC_VM_INIT = 0x30,
+	HC_VCPU_INIT = 0x31,
+	HC_SHARE_GUEST = 0x32,
+	HC_VCPU_RUN = 0x34,
+	HC_VM_TEARDOWN = 0x35,
+	HC_DONATE_GUEST = 0x36,
+	HC_VM_RECLAIM = 0x37,
+};
+#define EXIT_IRQ 5
+#define GUEST_PROT_RWX 7
+#define VM_FLAG_PROTECTED 1
+#define VM_IPA_BITS 40
+/* The stage-2 memcache: 64 pages, the most VmInit takes. */
+#define MEMCACHE_ORDER 6
+/* Most pages one donation or share hypercall covers (bounded work per call at EL2). */
+#define MAX_RUN 512
+
+/* struct VcpuState (crates/abi/src/guest.rs): the saved virtual timer's offsets. */
+#define VCPU_SYS_OFF 264
+#define SYS_CNTV_CTL 22
+#define SYS_CNTV_CVAL 23
+#define CNTV_ENABLE 1UL
+#define CNTV_IMASK 2UL
+#define CNTV_ISTATUS 4UL
+
+/* struct VmDesc. */
+struct pkvm_vm_desc {
+	u64 ipa_bits, nr_vcpus, host_cookie, flags, mem_ipa, mem_size;
+};
+
+static bool measure;
+module_param(measure, bool, 0644);
+MODULE_PARM_DESC(measure,
+		 "count EL2 instructions of every VcpuRun (PMCCNTR filtered to EL2; meaningful under QEMU -icount)");
+
+/* The host's virtual-timer PPI and EL2's timer PPI, as Linux interrupt numbers. */
+static int vtimer_irq, hyp_timer_irq;
+static DEFINE_PER_CPU(int, hyp_timer_cookie);
+
+struct pkvm_vcpu {
+	struct page *state; /* struct VcpuState, mapped by user space */
+	struct page *fp; /* struct FpState */
+	bool state_shared, fp_shared;
+};
+
+struct pkvm_vm {
+	struct mutex lock;
+	bool created;
+	bool started; /* read without the lock by PKVM_RUN (acquire) */
+	bool broken; /* a START failed: nothing runs, the release cleans up */
+	u64 mem_size, mem_ipa, nr_vcpus, flags;
+	unsigned long nr_pages;
+	struct page **pages; /* the guest's RAM, page by page */
+	struct page *desc;
+	bool desc_shared;
+	struct page *memcache;
+	bool have_handle;
+	u64 handle;
+	struct pkvm_vcpu vcpus[PKVM_MAX_VCPUS];
+	atomic64_t runs, irq_exits, returns, el2_instructions;
+};
+
+/* One hypercall: 0 or a negative errno from EL2, -ENOSYS if EL2 does not know it. */
+static long hcall(unsigned long id, unsigned long a1, unsigned long a2, unsigned long a3,
+		  unsigned long a4, unsigned long a5, u64 *out)
+{
+	struct arm_smccc_res res;
+
+	arm_smccc_1_1_hvc(PKVM_HVC_BASE | id, a1, a2, a3, a4, a5, &res);
+	if (res.a0 != 0)
+		return -ENOSYS;
+	if (out)
+		*out = res.a2;
+	return (long)res.a1;
+}
+
+/* VcpuRun, its EL2 instructions counted (PMCCNTR at EL2 only) when `measure` is set. */
+static long vcpu_run_hcall(struct pkvm_vm *vm, unsigned long idx, u64 *reason)
+{
+	u64 pmcr, filt, en, c0, c1;
+	unsigned long flags;
+	long r;
+
+	if (!measure)
+		return hcall(HC_VCPU_RUN, vm->handle, idx, 0, 0, 0, reason);
+	local_irq_save(flags);
+	pmcr = read_sysreg(pmcr_el0);
+	filt = read_sysreg(pmccfiltr_el0);
+	en = read_sysreg(pmcntenset_el0);
+	/* P=1 U=1 (not EL1/EL0), NSH=1 (EL2). */
+	write_sysreg((1UL << 31) | (1UL << 30) | (1UL << 27), pmccfiltr_el0);
+	write_sysreg(pmcr | 1 /* E */ | (1 << 6) /* LC */, pmcr_el0);
+	write_sysreg(1UL << 31, pmcntenset_el0);
+	isb();
+	c0 = read_sysreg(pmccntr_el0);
+	r = hcall(HC_VCPU_RUN, vm->handle, idx, 0, 0, 0, reason);
+	c1 = read_sysreg(pmccntr_el0);
+	write_sysreg(filt, pmccfiltr_el0);
+	if (!(en & (1UL << 31)))
+		write_sysreg(1UL << 31, pmcntenclr_el0);
+	write_sysreg(pmcr, pmcr_el0);
+	isb();
+	local_irq_restore(flags);
+	atomic64_add(c1 - c0, &vm->el2_instructions);
+	return r;
+}
+
+static u64 vcpu_sys(struct pkvm_vm *vm, unsigned long idx, int reg)
+{
+	const u64 *sys = page_address(vm->vcpus[idx].state) + VCPU_SYS_OFF;
+
+	return READ_ONCE(sys[reg]);
+}
+
+/* Whether vCPU idx's virtual timer holds its interrupt line high (enabled, unmasked, due). */
+static bool guest_timer_fired(struct pkvm_vm *vm, unsigned long idx)
+{
+	u64 ctl = vcpu_sys(vm, idx, SYS_CNTV_CTL);
+
+	if ((ctl & (CNTV_ENABLE | CNTV_IMASK)) != CNTV_ENABLE)
+		return false;
+	return (ctl & CNTV_ISTATUS) ||
+	       read_sysreg(cntvct_el0) >= vcpu_sys(vm, idx, SYS_CNTV_CVAL);
+}
+
+/*
+ * Runs vCPU idx until an exit user space handles. Physical interrupts end a run and are taken
+ * by Linux when the hypercall returns; the guest runs again unless a signal is pending or its
+ * timer fired.
+ */
+static long pkvm_run(struct pkvm_vm *vm, unsigned long idx)
+{
+	if (!smp_load_acquire(&vm->started))
+		return -ENOEXEC;
+	if (idx >= vm->nr_vcpus)
+		return -EINVAL;
+	for (;;) {
+		bool hold = guest_timer_fired(vm, idx);
+		u64 reason = 0;
+		long r;
+
+		if (signal_pending(current))
+			return -EINTR;
+		if (hold) {
+			/* The guest's interrupt is due: it takes it from its list registers. */
+			preempt_disable();
+			disable_percpu_irq(vtimer_irq);
+			r = vcpu_run_hcall(vm, idx, &reason);
+			enable_percpu_irq(vtimer_irq, IRQ_TYPE_NONE);
+			preempt_enable();
+		} else {
+			r = vcpu_run_hcall(vm, idx, &reason);
+		}
+		if (r)
+			return r;
+		atomic64_inc(&vm->runs);
+		if (reason != EXIT_IRQ || (!hold && guest_timer_fired(vm, idx))) {
+			atomic64_inc(&vm->returns);
+			return (long)reason;
+		}
+		atomic64_inc(&vm->irq_exits);
+		cond_resched();
+	}
+}
+
+static void free_ram(struct pkvm_vm *vm)
+{
+	unsigned long i;
+
+	if (!vm->pages)
+		return;
+	for (i = 0; i < vm->nr_pages; i++)
+		if (vm->pages[i])
+			__free_page(vm->pages[i]);
+	kvfree(vm->pages);
+	vm->pages = NULL;
+}
+
+/* The guest's RAM, zeroed: 2 MiB blocks where Linux has them (fewer, longer runs), else pages. */
+static int alloc_ram(struct pkvm_vm *vm)
+{
+	unsigned long i, j;
+
+	vm->pages = kvcalloc(vm->nr_pages, sizeof(*vm->pages), GFP_KERNEL);
+	if (!vm->pages)
+		return -ENOMEM;
+	for (i = 0; i < vm->nr_pages; i += 512) {
+		struct page *p = alloc_pages(GFP_KERNEL | __GFP_ZERO | __GFP_NOWARN |
+						     __GFP_NORETRY,
+					     9);
+
+		if (p) {
+			split_page(p, 9);
+			for (j = 0; j < 512; j++)
+				vm->pages[i + j] = p + j;
+			continue;
+		}
+		for (j = 0; j < 512; j++) {
+			p = alloc_page(GFP_KERNEL | __GFP_ZERO);
+			if (!p)
+				return -ENOMEM;
+			vm->pages[i + j] = p;
+		}
+	}
+	return 0;
+}
+
+static long pkvm_create(struct pkvm_vm *vm, void __user *arg)
+{
+	struct pkvm_create c;
+	unsigned long i;
+	int r;
+
+	if (copy_from_user(&c, arg, sizeof(c)))
+		return -EFAULT;
+	if (vm->created)
+		return -EEXIST;
+	if (!c.mem_size || c.mem_size % SZ_2M || c.mem_size > PKVM_MAX_MEM)
+		return -EINVAL;
+	if (c.mem_ipa % SZ_2M || c.mem_ipa + c.mem_size > (1ULL << VM_IPA_BITS) ||
+	    c.mem_ipa + c.mem_size < c.mem_ipa)
+		return -EINVAL;
+	if (!c.nr_vcpus || c.nr_vcpus > PKVM_MAX_VCPUS || c.flags & ~PKVM_CREATE_PROTECTED)
+		return -EINVAL;
+	vm->mem_size = c.mem_size;
+	vm->mem_ipa = c.mem_ipa;
+	vm->nr_vcpus = c.nr_vcpus;
+	vm->flags = c.flags;
+	vm->nr_pages = c.mem_size >> PAGE_SHIFT;
+	r = alloc_ram(vm);
+	for (i = 0; !r && i < vm->nr_vcpus; i++) {
+		vm->vcpus[i].state = alloc_page(GFP_KERNEL | __GFP_ZERO);
+		vm->vcpus[i].fp = alloc_page(GFP_KERNEL | __GFP_ZERO);
+		if (!vm->vcpus[i].state || !vm->vcpus[i].fp)
+			r = -ENOMEM;
+	}
+	if (!r) {
+		vm->desc = alloc_page(GFP_KERNEL | __GFP_ZERO);
+		vm->memcache = alloc_pages(GFP_KERNEL | __GFP_ZERO, MEMCACHE_ORDER);
+		if (!vm->desc || !vm->memcache)
+			r = -ENOMEM;
+	}
+	if (r) {
+		/* Nothing is shared yet: give everything back. */
+		free_ram(vm);
+		for (i = 0; i < PKVM_MAX_VCPUS; i++) {
+			if (vm->vcpus[i].state)
+				__free_page(vm->vcpus[i].state);
+			if (vm->vcpus[i].fp)
+				__free_page(vm->vcpus[i].fp);
+			vm->vcpus[i].state = vm->vcpus[i].fp = NULL;
+		}
+		if (vm->desc)
+			__free_page(vm->desc);
+		if (vm->memcache)
+			__free_pages(vm->memcache, MEMCACHE_ORDER);
+		vm->desc = vm->memcache = NULL;
+		return r;
+	}
+	vm->created = true;
+	return 0;
+}
+
+/* Cleans [p, p + len) to the point of coherency: a guest starts with its MMU off. */
+static void clean_poc(void *p, size_t len)
+{
+	unsigned long a = (unsigned long)p & ~63UL, end = (unsigned long)p + len;
+
+	for (; a < end; a += 64)
+		asm volatile("dc cvac, %0" : : "r"(a) : "memory");
+	dsb(sy);
+}
+
+static long pkvm_load(struct pkvm_vm *vm, void __user *arg)
+{
+	struct pkvm_load l;
+	u64 off, done = 0;
+
+	if (copy_from_user(&l, arg, sizeof(l)))
+		return -EFAULT;
+	if (!vm->created)
+		return -ENOEXEC;
+	if (vm->started || vm->broken)
+		return -EBUSY;
+	if (l.ipa < vm->mem_ipa || l.len > vm->mem_size ||
+	    l.ipa - vm->mem_ipa > vm->mem_size - l.len)
+		return -EINVAL;
+	off = l.ipa - vm->mem_ipa;
+	while (done < l.len) {
+		u64 at = off + done;
+		size_t in_page = min_t(u64, PAGE_SIZE - (at & ~PAGE_MASK), l.len - done);
+		void *dst = page_address(vm->pages[at >> PAGE_SHIFT]) + (at & ~PAGE_MASK);
+
+		if (copy_from_user(dst, u64_to_user_ptr(l.addr + done), in_page))
+			return -EFAULT;
+		clean_poc(dst, in_page);
+		done += in_page;
+		if (fatal_signal_pending(current))
+			return -EINTR;
+		cond_resched();
+	}
+	return 0;
+}
+
+/* Donates (protected) or shares the guest's RAM, in runs of contiguous pages. */
+static long give_ram(struct pkvm_vm *vm)
+{
+	bool protected = vm->flags & PKVM_CREATE_PROTECTED;
+	unsigned long i = 0;
+
+	while (i < vm->nr_pages) {
+		unsigned long pfn = page_to_pfn(vm->pages[i]), n = 1;
+		u64 gfn = (vm->mem_ipa >> PAGE_SHIFT) + i;
+		long r;
+
+		while (i + n < vm->nr_pages && n < MAX_RUN &&
+		       page_to_pfn(vm->pages[i + n]) == pfn + n)
+			n++;
+		if (protected)
+			r = hcall(HC_DONATE_GUEST, vm->handle, pfn, gfn, n, 0, NULL);
+		else
+			r = hcall(HC_SHARE_GUEST, vm->handle, pfn, gfn, n, GUEST_PROT_RWX, NULL);
+		if (r)
+			return r;
+		i += n;
+		cond_resched();
+	}
+	return 0;
+}
+
+static long share_page(struct page *p, bool *shared)
+{
+	long r = hcall(HC_SHARE_HYP, page_to_pfn(p), 1, 0, 0, 0, NULL);
+
+	*shared = !r;
+	return r;
+}
+
+static long pkvm_start(struct pkvm_vm *vm)
+{
+	struct pkvm_vm_desc *d;
+	unsigned long i;
+	long r;
+
+	if (!vm->created)
+		return -ENOEXEC;
+	if (vm->started || vm->broken)
+		return -EBUSY;
+	d = page_address(vm->desc);
+	*d = (struct pkvm_vm_desc){
+		.ipa_bits = VM_IPA_BITS,
+		.nr_vcpus = vm->nr_vcpus,
+		.host_cookie = (u64)task_tgid_nr(current),
+		.flags = vm->flags & PKVM_CREATE_PROTECTED ? VM_FLAG_PROTECTED : 0,
+		.mem_ipa = vm->mem_ipa,
+		.mem_size = vm->mem_size,
+	};
+	/* From here on a failure leaves a VM only the release can take apart. */
+	vm->broken = true;
+	r = share_page(vm->desc, &vm->desc_shared);
+	if (r)
+		return r;
+	r = hcall(HC_VM_INIT, page_to_phys(vm->desc), page_to_pfn(vm->memcache),
+		  1UL << MEMCACHE_ORDER, 0, 0, &vm->handle);
+	if (r)
+		return r;
+	vm->have_handle = true;
+	for (i = 0; i < vm->nr_vcpus; i++) {
+		struct pkvm_vcpu *v = &vm->vcpus[i];
+
+		r = share_page(v->state, &v->state_shared);
+		if (!r)
+			r = share_page(v->fp, &v->fp_shared);
+		if (!r)
+			r = hcall(HC_VCPU_INIT, vm->handle, page_to_phys(v->state),
+				  page_to_phys(v->fp), i, 0, NULL);
+		if (r)
+			return r;
+	}
+	r = give_ram(vm);
+	if (r)
+		return r;
+	vm->broken = false;
+	smp_store_release(&vm->started, true);
+	return 0;
+}
+
+/*
+ * Takes the VM apart at EL2 and gives everything back to Linux. A page EL2 did not give back
+ * (a teardown that failed: never expected) is leaked on purpose, never freed.
+ */
+static void pkvm_destroy(struct pkvm_vm *vm)
+{
+	bool guest_pages_back = true;
+	unsigned long i;
+
+	if (vm->have_handle) {
+		u64 left = 0;
+		long r = hcall(HC_VM_TEARDOWN, vm->handle, 0, 0, 0, 0, &left);
+
+		while (!r && left) {
+			cond_resched();
+			r = hcall(HC_VM_RECLAIM, vm->handle, 0, 0, 0, 0, &left);
+		}
+		if (r) {
+			pr_err("pkvm: VM %llu: teardown failed (%ld): its pages stay allocated\n",
+			       vm->handle, r);
+			guest_pages_back = false;
+		}
+		vm->have_handle = false;
+	}
+	if (!guest_pages_back)
+		return;
+	for (i = 0; i < vm->nr_vcpus; i++) {
+		struct pkvm_vcpu *v = &vm->vcpus[i];
+
+		if (v->state_shared && hcall(HC_UNSHARE_HYP, page_to_pfn(v->state), 1, 0, 0, 0, NULL))
+			v->state = NULL; /* still EL2's: never freed */
+		if (v->fp_shared && hcall(HC_UNSHARE_HYP, page_to_pfn(v->fp), 1, 0, 0, 0, NULL))
+			v->fp = NULL;
+		if (v->state)
+			__free_page(v->state);
+		if (v->fp)
+			__free_page(v->fp);
+	}
+	if (vm->desc_shared && hcall(HC_UNSHARE_HYP, page_to_pfn(vm->desc), 1, 0, 0, 0, NULL))
+		vm->desc = NULL;
+	if (vm->desc)
+		__free_page(vm->desc);
+	if (vm->memcache)
+		__free_pages(vm->memcache, MEMCACHE_ORDER);
+	free_ram(vm);
+}
+
+static int pkvm_open(struct inode *inode, struct file *file)
+{
+	struct pkvm_vm *vm = kzalloc(sizeof(*vm), GFP_KERNEL);
+
+	if (!vm)
+		return -ENOMEM;
+	mutex_init(&vm->lock);
+	file->private_data = vm;
+	return 0;
+}
+
+static int pkvm_release(struct inode *inode, struct file *file)
+{
+	struct pkvm_vm *vm = file->private_data;
+
+	if (vm->created)
+		pkvm_destroy(vm);
+	kfree(vm);
+	return 0;
+}
+
+static long pkvm_stat(void __user *arg)
+{
+	struct pkvm_stat s;
+	long r;
+
+	if (copy_from_user(&s, arg, sizeof(s)))
+		return -EFAULT;
+	r = hcall(HC_STAT, s.selector, 0, 0, 0, 0, &s.value);
+	if (r)
+		return r;
+	return copy_to_user(arg, &s, sizeof(s)) ? -EFAULT : 0;
+}
+
+static long pkvm_counts(struct pkvm_vm *vm, void __user *arg)
+{
+	struct pkvm_counts c = {
+		.runs = atomic64_read(&vm->runs),
+		.irq_exits = atomic64_read(&vm->irq_exits),
+		.returns = atomic64_read(&vm->returns),
+		.el2_instructions = atomic64_read(&vm->el2_instructions),
+	};
+
+	return copy_to_user(arg, &c, sizeof(c)) ? -EFAULT : 0;
+}
+
+static long pkvm_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
+{
+	struct pkvm_vm *vm = file->private_data;
+	void __user *uarg = (void __user *)arg;
+	long r;
+
+	switch (cmd) {
+	case PKVM_RUN:
+		return pkvm_run(vm, arg);
+	case PKVM_STAT:
+		return pkvm_stat(uarg);
+	case PKVM_COUNTS:
+		return pkvm_counts(vm, uarg);
+	case PKVM_CREATE:
+	case PKVM_LOAD:
+	case PKVM_START:
+		break;
+	default:
+		return -ENOTTY;
+	}
+	mutex_lock(&vm->lock);
+	if (cmd == PKVM_CREATE)
+		r = pkvm_create(vm, uarg);
+	else if (cmd == PKVM_LOAD)
+		r = pkvm_load(vm, uarg);
+	else
+		r = pkvm_start(vm);
+	mutex_unlock(&vm->lock);
+	return r;
+}
+
+/* mmap(offset = index * PAGE_SIZE, one page, MAP_SHARED): vCPU index's state page. */
+static int pkvm_mmap(struct file *file, struct vm_area_struct *vma)
+{
+	struct pkvm_vm *vm = file->private_data;
+	unsigned long idx = vma->vm_pgoff;
+	int r = -EINVAL;
+
+	if (vma->vm_end - vma->vm_start != PAGE_SIZE || !(vma->vm_flags & VM_SHARED) ||
+	    vma->vm_flags & VM_EXEC)
+		return -EINVAL;
+	mutex_lock(&vm->lock);
+	if (!vm->created)
+		r = -ENOEXEC;
+	else if (idx < vm->nr_vcpus)
+		r = vm_insert_page(vma, vma->vm_start, vm->vcpus[idx].state);
+	mutex_unlock(&vm->lock);
+	return r;
+}
+
+static const struct file_operations pkvm_fops = {
+	.owner = THIS_MODULE,
+	.open = pkvm_open,
+	.release = pkvm_release,
+	.unlocked_ioctl = pkvm_ioctl,
+	.mmap = pkvm_mmap,
+	.llseek = noop_llseek,
+};
+
+static struct miscdevice pkvm_dev = {
+	.minor = MISC_DYNAMIC_MINOR,
+	.name = "pkvm",
+	.fops = &pkvm_fops,
+	.mode = 0600,
+};
+
+static irqreturn_t hyp_timer_handler(int irq, void *dev)
+{
+	/* EL2 stops its timer before a run returns: nothing is left to do here. */
+	return IRQ_HANDLED;
+}
+
+static void hyp_timer_enable(void *unused)
+{
+	enable_percpu_irq(hyp_timer_irq, IRQ_TYPE_NONE);
+}
+
+static void hyp_timer_disable(void *unused)
+{
+	disable_percpu_irq(hyp_timer_irq);
+}
+
+/* The architected timer's PPIs from the device tree: index 2 virtual, index 3 EL2's. */
+static int find_timer_irqs(void)
+{
+	struct device_node *np = of_find_compatible_node(NULL, NULL, "arm,armv8-timer");
+
+	if (!np)
+		return -ENODEV;
+	vtimer_irq = irq_of_parse_and_map(np, 2);
+	hyp_timer_irq = irq_of_parse_and_map(np, 3);
+	of_node_put(np);
+	return vtimer_irq > 0 && hyp_timer_irq > 0 ? 0 : -ENODEV;
+}
+
+static int __init pkvm_init(void)
+{
+	struct arm_smccc_res res;
+	int r;
+
+	BUILD_BUG_ON(sizeof(struct pkvm_vm_desc) != 48);
+	arm_smccc_1_1_hvc(PKVM_HVC_BASE, &res);
+	if (res.a0 != 0 || res.a2 >> 16 != 1 || !(res.a3 & (1UL << 4))) {
+		pr_err("pkvm: no pkvm-rs EL2 with protected VMs (VERSION %#lx %#lx %#lx)\n",
+		       res.a0, res.a2, res.a3);
+		return -ENODEV;
+	}
+	r = find_timer_irqs();
+	if (r) {
+		pr_err("pkvm: no architected timer interrupts in the device tree\n");
+		return r;
+	}
+	r = request_percpu_irq(hyp_timer_irq, hyp_timer_handler, "pkvm-el2-timer",
+			       &hyp_timer_cookie);
+	if (r) {
+		pr_err("pkvm: EL2 timer interrupt %d: %d\n", hyp_timer_irq, r);
+		return r;
+	}
+	on_each_cpu(hyp_timer_enable, NULL, 1);
+	r = misc_register(&pkvm_dev);
+	if (r) {
+		on_each_cpu(hyp_timer_disable, NULL, 1);
+		free_percpu_irq(hyp_timer_irq, &hyp_timer_cookie);
+		return r;
+	}
+	pr_info("pkvm: /dev/pkvm ready (pkvm-rs ABI %lu.%lu; timer PPIs: virtual irq %d, EL2 irq %d%s)\n",
+		res.a2 >> 16, res.a2 & 0xffff, vtimer_irq, hyp_timer_irq,
+		measure ? "; measuring EL2 instructions" : "");
+	return 0;
+}
+
+static void __exit pkvm_exit(void)
+{
+	misc_deregister(&pkvm_dev);
+	on_each_cpu(hyp_timer_disable, NULL, 1);
+	free_percpu_irq(hyp_timer_irq, &hyp_timer_cookie);
+}
+
+module_init(pkvm_init);
+module_exit(pkvm_exit);
+MODULE_DESCRIPTION("pkvm-rs: /dev/pkvm, VMs for user-space VMMs");
+MODULE_LICENSE("Dual MIT/GPL");
