@@ -24,7 +24,7 @@ pub fn ensure_targets() -> Result<(), Error> {
         _ => return Ok(()),
     };
     let installed = String::from_utf8_lossy(&out.stdout);
-    let missing: Vec<&str> = [BARE_TARGET, EL2_TARGET]
+    let missing: Vec<&str> = [BARE_TARGET, EL2_TARGET, crate::linux::vmm::VMM_TARGET]
         .into_iter()
         .filter(|t| !installed.lines().any(|l| l.trim() == *t))
         .collect();

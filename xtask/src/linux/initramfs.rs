@@ -16,7 +16,7 @@ const INIT_TEMPLATE: &str = include_str!("../../templates/init.sh");
 
 /// `template` with every `{{NAME}}` replaced by its value in `vars`; panics on a placeholder
 /// left over (a template and its code out of step).
-fn render(template: &str, vars: &[(&str, &str)]) -> String {
+pub(super) fn render(template: &str, vars: &[(&str, &str)]) -> String {
     let mut text = template.to_string();
     for (name, value) in vars {
         text = text.replace(&format!("{{{{{name}}}}}"), value);
@@ -30,7 +30,7 @@ fn render(template: &str, vars: &[(&str, &str)]) -> String {
 }
 
 /// The `/init` of the initramfs.
-fn init_script() -> String {
+pub(super) fn init_script() -> String {
     render(
         INIT_TEMPLATE,
         &[
@@ -62,21 +62,29 @@ pub(super) fn busybox_cpio(root: &Path, init: &str) -> Result<Cpio, Error> {
     Ok(c)
 }
 
-/// Writes the initramfs: busybox, `/init`, the modules, and `extra` files (name, bytes) — the
-/// `vmm` scenario's VMM and guest — into `name`.
+/// Writes the initramfs `name`: busybox, `init` as `/init`, the modules, and `extra` files
+/// (name, bytes) — the `vmm` scenario's VMM and guest.
 pub(super) fn build(
     abi: &str,
     root: &Path,
     modules: &super::driver::Modules,
+    init: &str,
     extra: &[(&str, Vec<u8>)],
     name: &str,
 ) -> Result<PathBuf, Error> {
-    let mut c = busybox_cpio(root, &init_script())?;
+    let mut c = busybox_cpio(root, init)?;
     for (file, path) in [("pkvm_test.ko", &modules.test), ("pkvm.ko", &modules.dev)] {
         let ko = fs::read(path).or_else(|e| failed(format!("{}: {e}", path.display())))?;
         c.file(file, 0o644, &ko);
     }
+    let mut dirs: Vec<&str> = Vec::new();
     for (file, data) in extra {
+        if let Some((dir, _)) = file.rsplit_once('/')
+            && !dirs.contains(&dir)
+        {
+            c.dir(dir, 0o755);
+            dirs.push(dir);
+        }
         c.file(file, 0o755, data);
     }
     let out = cache_dir().join(abi).join(name);

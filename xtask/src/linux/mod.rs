@@ -34,6 +34,7 @@ pub mod guest;
 pub mod guest_bench;
 mod initramfs;
 mod run;
+pub mod vmm;
 
 pub use run::{cmd_run, system_test};
 
@@ -59,6 +60,11 @@ fn cmdline(smp: u32) -> String {
 /// The cache directory, `target/linux/`.
 fn cache_dir() -> PathBuf {
     workspace_root().join("target").join("linux")
+}
+
+/// The kernel and its extracted packages (fetched and cached): its ABI and root.
+fn debian_root() -> Result<(String, PathBuf), crate::Error> {
+    debian::fetch()
 }
 
 /// Default options of a Linux run: 4 CPUs, 180 s.
@@ -96,7 +102,14 @@ fn prepare(kernel: Option<&Path>, initrd: Option<&Path>) -> Result<LinuxFiles, c
         Some(i) => i.to_path_buf(),
         None => {
             let ko = driver::build(&abi, &root)?;
-            initramfs::build(&abi, &root, &ko, &[], "initramfs.cpio")?
+            initramfs::build(
+                &abi,
+                &root,
+                &ko,
+                &initramfs::init_script(),
+                &[],
+                "initramfs.cpio",
+            )?
         }
     };
     Ok(LinuxFiles { kernel, initrd })

@@ -66,6 +66,9 @@ fn run(
 /// with `--smp 1`).
 pub fn cmd_run(r: &LinuxRun) -> Result<(), Error> {
     let o = &r.opts;
+    if o.scenario == super::vmm::SCENARIO {
+        return super::vmm::cmd_run(o);
+    }
     crate::prereq::ensure_targets()?;
     crate::prereq::ensure_qemu()?;
     let files = prepare(r.kernel.as_deref(), r.initrd.as_deref())?;
