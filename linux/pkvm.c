@@ -353,7 +353,9 @@ static long pkvm_load(struct pkvm_vm *vm, void __user *arg)
 
 		if (copy_from_user(dst, u64_to_user_ptr(l.addr + done), in_page))
 			return -EFAULT;
-		clean_poc(dst, in_page);
+		/* A protected VM's pages are cleaned by EL2 when they are donated. */
+		if (!(vm->flags & PKVM_CREATE_PROTECTED))
+			clean_poc(dst, in_page);
 		done += in_page;
 		if (fatal_signal_pending(current))
 			return -EINTR;

@@ -67,6 +67,10 @@ enum Cmd {
         /// Do not print the guest's console (only the summary).
         #[arg(long)]
         quiet: bool,
+        /// Report, on stderr, when a console line first contains this text (milliseconds since
+        /// the VMM started): a boot benchmark's mark.
+        #[arg(long, value_name = "TEXT")]
+        time_to: Option<String>,
     },
     /// Print EL2's statistics (the leak counters after guests are gone).
     Stat,
@@ -111,6 +115,7 @@ const STATS: [(Stat, &str); 8] = [
 ];
 
 fn main() -> ExitCode {
+    let started = std::time::Instant::now();
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Run {
@@ -121,6 +126,7 @@ fn main() -> ExitCode {
             protected,
             cmdline,
             quiet,
+            time_to,
         } => {
             let kernel = match read(&kernel) {
                 Ok(k) => k,
@@ -138,6 +144,8 @@ fn main() -> ExitCode {
                 protected,
                 cmdline: &cmdline,
                 device: &cli.device,
+                time_to: time_to.as_deref().filter(|t| !t.is_empty()),
+                started,
             };
             let r = match run::run(&cfg, !quiet) {
                 Ok(r) => r,

@@ -13,7 +13,7 @@ use pkvm_vmm_core::dev::{CREATE_PROTECTED, Create};
 use pkvm_vmm_core::fdt::GuestFdt;
 use pkvm_vmm_core::image::{self, Header};
 use pkvm_vmm_core::layout::Layout;
-use pkvm_vmm_core::machine::{End, Exits, Machine, Power, Step, VcpuRegs};
+use pkvm_vmm_core::machine::{End, Exits, Machine, Power, Step, VcpuRegs, entry_state};
 
 use crate::dev::{self, VcpuPage, Vm};
 
@@ -34,6 +34,10 @@ pub struct Config<'a> {
     pub cmdline: &'a str,
     /// `/dev/pkvm`.
     pub device: &'a std::path::Path,
+    /// Report when a console line first contains this text (the boot benchmark's mark).
+    pub time_to: Option<&'a str>,
+    /// When the VMM started (what `time_to` is measured from).
+    pub started: std::time::Instant,
 }
 
 /// How the run went.
@@ -64,6 +68,8 @@ struct State {
     running: Vec<bool>,
     /// Bytes of the console line being printed.
     line: Vec<u8>,
+    /// Whether [`Config::time_to`] has been seen.
+    marked: bool,
 }
 
 fn lock(s: &Shared) -> MutexGuard<'_, State> {
@@ -88,12 +94,14 @@ fn build(cfg: &Config<'_>) -> io::Result<(Vm, Vec<VcpuPage>, Layout)> {
     .map_err(|e| bad(&format!("device tree: {e}")))?;
     let (ram_ipa, _) = layout.ram();
     let vm = Vm::open(cfg.device)?;
+    let t_create = cfg.started.elapsed();
     vm.create(&Create {
         mem_size: cfg.mem,
         mem_ipa: ram_ipa,
         nr_vcpus: cfg.cpus as u64,
         flags: if cfg.protected { CREATE_PROTECTED } else { 0 },
     })?;
+    let t_load = cfg.started.elapsed();
     vm.load(place.kernel, cfg.kernel)?;
     if let (Some(i), Some((ipa, _))) = (cfg.initrd, place.initrd) {
         vm.load(ipa, i)?;
@@ -113,7 +121,18 @@ fn build(cfg: &Config<'_>) -> io::Result<(Vm, Vec<VcpuPage>, Layout)> {
         }
         p.init(&st);
     }
+    let t_start = cfg.started.elapsed();
     vm.start()?;
+    eprintln!(
+        "pkvm-vmm: set up in {} ms: files read by {} ms, RAM allocated by {} ms, images loaded \
+         by {} ms, VM started at EL2 (RAM {}) by {} ms",
+        cfg.started.elapsed().as_millis(),
+        t_create.as_millis(),
+        t_load.as_millis(),
+        t_start.as_millis(),
+        if cfg.protected { "donated" } else { "shared" },
+        cfg.started.elapsed().as_millis(),
+    );
     Ok((vm, pages, layout))
 }
 
@@ -165,7 +184,7 @@ fn finish(sh: &Shared, st: &mut State, end: Result<End, String>) {
 }
 
 /// One vCPU's thread: wait for its turn, fill its list registers, run, handle the exit.
-fn vcpu_thread(sh: &Shared, vm: &Vm, pages: &[VcpuPage], i: usize, echo: bool) {
+fn vcpu_thread(sh: &Shared, vm: &Vm, pages: &[VcpuPage], i: usize, cfg: &Config<'_>, echo: bool) {
     let page = &pages[i];
     lock(sh).threads[i] = Some(dev::this_thread());
     loop {
@@ -200,6 +219,16 @@ fn vcpu_thread(sh: &Shared, vm: &Vm, pages: &[VcpuPage], i: usize, echo: bool) {
             Step::Console(c) => {
                 if c == b'\n' {
                     let line = core::mem::take(&mut st.line);
+                    if let Some(mark) = cfg.time_to
+                        && !st.marked
+                        && line.windows(mark.len()).any(|w| w == mark.as_bytes())
+                    {
+                        st.marked = true;
+                        eprintln!(
+                            "pkvm-vmm: '{mark}' after {} ms",
+                            cfg.started.elapsed().as_millis()
+                        );
+                    }
                     if echo {
                         let mut out = io::stdout().lock();
                         let _ = out.write_all(&line);
@@ -210,8 +239,12 @@ fn vcpu_thread(sh: &Shared, vm: &Vm, pages: &[VcpuPage], i: usize, echo: bool) {
                     st.line.push(c);
                 }
             }
-            Step::CpuOn { target, state } => {
-                pages[target].init(&state);
+            Step::CpuOn {
+                target,
+                entry,
+                context,
+            } => {
+                pages[target].init(&entry_state(entry, context));
                 sh.wake.notify_all();
             }
             Step::End(e) => {
@@ -223,10 +256,11 @@ fn vcpu_thread(sh: &Shared, vm: &Vm, pages: &[VcpuPage], i: usize, echo: bool) {
             // Targets in WFI wake up; targets in the guest are kicked out to take the SGI.
             sh.wake.notify_all();
             for k in 0..st.running.len() {
-                if k != i && st.running[k] {
-                    if let Some(t) = st.threads[k] {
-                        dev::kick(t);
-                    }
+                if k != i
+                    && st.running[k]
+                    && let Some(t) = st.threads[k]
+                {
+                    dev::kick(t);
                 }
             }
         }
@@ -258,6 +292,7 @@ pub fn run(cfg: &Config<'_>, echo: bool) -> io::Result<Report> {
             threads: vec![None; cfg.cpus],
             running: vec![false; cfg.cpus],
             line: Vec::new(),
+            marked: false,
         }),
         wake: Condvar::new(),
     };
@@ -265,7 +300,7 @@ pub fn run(cfg: &Config<'_>, echo: bool) -> io::Result<Report> {
     std::thread::scope(|s| {
         for i in 0..cfg.cpus {
             let (sh, vm, pages) = (&sh, &vm, &pages);
-            s.spawn(move || vcpu_thread(sh, vm, pages, i, echo));
+            s.spawn(move || vcpu_thread(sh, vm, pages, i, cfg, echo));
         }
     });
     let t1 = dev::counter().0;

@@ -291,6 +291,9 @@ pub fn default_options() -> RunOptions {
 pub fn cmd_bench(opts: &RunOptions) -> Result<(), Error> {
     prereq::ensure_targets()?;
     prereq::ensure_qemu()?;
+    if opts.scenario == crate::linux::vmm::SCENARIO {
+        return crate::linux::vmm::bench(opts);
+    }
     if opts.scenario == crate::LINUX_GUEST {
         return crate::linux::guest_bench::bench(opts);
     }

@@ -353,6 +353,22 @@ pub fn cmd_test() -> Result<(), Error> {
             ])
         },
     ));
+    steps.push(timed(
+        &format!("clippy: pkvm-vmm on {}", crate::linux::vmm::VMM_TARGET),
+        || {
+            cargo_step(&[
+                "clippy",
+                "-p",
+                "pkvm-vmm",
+                "--all-targets",
+                "--target",
+                crate::linux::vmm::VMM_TARGET,
+                "--",
+                "-D",
+                "warnings",
+            ])
+        },
+    ));
     // The race tests build pkvm-hyp with its `shuttle` feature (every lock and atomic asks
     // whether it runs under Shuttle); built in the same invocation, feature unification would
     // give every other test that build too, five times slower. Two invocations, two builds.
@@ -397,6 +413,11 @@ pub fn cmd_test() -> Result<(), Error> {
     sys.push(timed(
         "system test: Debian arm64 Linux as a guest, 3 boots (2 protected) to /init and power-off",
         crate::linux::guest::system_test,
+    ));
+    sys.push(timed(
+        "system test: Debian's Linux host starts guests with pkvm-vmm through /dev/pkvm: 2 \
+         protected at once (one SIGKILLed mid-boot), 10 in sequence, leak counters back to zero",
+        crate::linux::vmm::system_test,
     ));
 
     println!("\n==> summary");

@@ -17,7 +17,7 @@ use pkvm_vmm_core::fdt::GuestFdt;
 use pkvm_vmm_core::image::{self, Header};
 use pkvm_vmm_core::layout::Layout;
 pub use pkvm_vmm_core::machine::Exits;
-use pkvm_vmm_core::machine::{Machine, Power, Step, VcpuRegs};
+use pkvm_vmm_core::machine::{Machine, Power, Step, VcpuRegs, entry_state};
 
 use super::bundle::Bundle;
 use crate::env::Env;
@@ -407,7 +407,11 @@ impl LinuxVm {
             match self.machine.handle(i, &v, exit) {
                 Step::Continue => {}
                 Step::Console(c) => con.putc(c, markers),
-                Step::CpuOn { target, state } => self.vcpus[target].vcpu.init(&state),
+                Step::CpuOn {
+                    target,
+                    entry,
+                    context,
+                } => self.vcpus[target].vcpu.init(&entry_state(entry, context)),
                 Step::End(e) => break e.into(),
             }
         };

@@ -52,22 +52,45 @@ fn mean(v: &[f64]) -> f64 {
     v.iter().sum::<f64>() / v.len() as f64
 }
 
-/// The benchmark; see the module documentation.
-///
-/// # Errors
-/// A boot that did not reach `/init`, a missing kernel, a failed build.
-pub fn bench(o: &RunOptions) -> Result<(), Error> {
-    let b = files()?;
-    let images = build_image_set(false)?;
-    let under = RunOptions {
+/// Wall-clock figures of [`REPS`] boots of each kind: (QEMU start → `/init` in seconds, the
+/// guest's uptime there).
+#[derive(Debug, Default)]
+pub struct Walls {
+    /// The kernel booted directly by QEMU at EL1.
+    pub direct: Vec<(f64, f64)>,
+    /// The same kernel as a protected guest of the bare-metal test host.
+    pub bare_metal: Vec<(f64, f64)>,
+}
+
+impl Walls {
+    /// The means of `which`: (wall, uptime).
+    pub fn mean(which: &[(f64, f64)]) -> (f64, f64) {
+        let w: Vec<f64> = which.iter().map(|x| x.0).collect();
+        let u: Vec<f64> = which.iter().map(|x| x.1).collect();
+        (mean(&w), mean(&u))
+    }
+}
+
+/// The bare-metal run of one protected boot (no crash test first).
+fn under_options(o: &RunOptions, bundle: &std::path::Path) -> RunOptions {
+    RunOptions {
         scenario: crate::LINUX_GUEST.into(),
         guests: Some(1),
         parts: Some("boots".into()),
-        initrd: Some(b.bundle.clone()),
+        initrd: Some(bundle.to_path_buf()),
         icount: false,
         timeout: Duration::from_secs(300),
         ..o.clone()
-    };
+    }
+}
+
+/// Boots the guest kernel [`REPS`] times directly and [`REPS`] times under the bare-metal host.
+///
+/// # Errors
+/// A boot that did not reach `/init`, a missing kernel, a failed build.
+pub fn walls(o: &RunOptions) -> Result<Walls, Error> {
+    let b = files()?;
+    let images = build_image_set(false)?;
     let cpu = if o.cpu == "max" {
         "max,pauth-impdef=on".to_string()
     } else {
@@ -94,25 +117,38 @@ pub fn bench(o: &RunOptions) -> Result<(), Error> {
     .iter()
     .map(ToString::to_string)
     .collect();
-    let pkvm = qemu::args(&images, &under);
+    let pkvm = qemu::args(&images, &under_options(o, &b.bundle));
     let timeout = Duration::from_secs(300);
-    let (mut d, mut p, mut du, mut pu) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut w = Walls::default();
     for i in 1..=REPS {
-        let (t, u) = time_to(&direct, GUEST_MARKER, timeout)?;
-        d.push(t);
-        du.push(u);
-        let (t, u) = time_to(&pkvm, GUEST_MARKER, timeout)?;
-        p.push(t);
-        pu.push(u);
+        w.direct.push(time_to(&direct, GUEST_MARKER, timeout)?);
+        w.bare_metal.push(time_to(&pkvm, GUEST_MARKER, timeout)?);
+        let (d, p) = (
+            w.direct[w.direct.len() - 1],
+            w.bare_metal[w.bare_metal.len() - 1],
+        );
         println!(
             "xtask: boot {i}: direct {:.2} s ({:.2} s uptime at /init), under pkvm-rs {:.2} s \
              ({:.2} s uptime)",
-            d[d.len() - 1],
-            du[du.len() - 1],
-            p[p.len() - 1],
-            pu[pu.len() - 1]
+            d.0, d.1, p.0, p.1
         );
     }
+    Ok(w)
+}
+
+/// The benchmark; see the module documentation.
+///
+/// # Errors
+/// A boot that did not reach `/init`, a missing kernel, a failed build.
+pub fn bench(o: &RunOptions) -> Result<(), Error> {
+    let w = walls(o)?;
+    let b = files()?;
+    let images = build_image_set(false)?;
+    let under = under_options(o, &b.bundle);
+    let d: Vec<f64> = w.direct.iter().map(|x| x.0).collect();
+    let du: Vec<f64> = w.direct.iter().map(|x| x.1).collect();
+    let p: Vec<f64> = w.bare_metal.iter().map(|x| x.0).collect();
+    let pu: Vec<f64> = w.bare_metal.iter().map(|x| x.1).collect();
     let counted = RunOptions {
         icount: true,
         ..under

@@ -109,13 +109,12 @@ fn prepare(sequential: u64, measure: bool) -> Result<(PathBuf, PathBuf), Error> 
     Ok((kernel, initrd))
 }
 
-/// QEMU options: Debian's kernel as the host on 4 CPUs (1 for the benchmark: `-icount` runs
-/// well only there), 1 GiB, the scenario's initramfs, its own command line.
-fn options(o: &RunOptions, initrd: &std::path::Path, bench: bool) -> RunOptions {
+/// QEMU options: Debian's kernel as the host, the scenario's initramfs, its own command line;
+/// `bench`: the benchmark's mode, with that many timed guest boots.
+fn options(o: &RunOptions, initrd: &std::path::Path, bench: Option<u32>) -> RunOptions {
     let mut cmd = super::cmdline(o.smp);
-    if bench {
-        cmd.push(' ');
-        cmd.push_str(BENCH_PARAM);
+    if let Some(boots) = bench {
+        cmd.push_str(&format!(" {BENCH_PARAM} pkvm.boots={boots}"));
     }
     let mut extra = vec![
         "-initrd".to_string(),
@@ -131,14 +130,149 @@ fn options(o: &RunOptions, initrd: &std::path::Path, bench: bool) -> RunOptions 
 ///
 /// # Errors
 /// A build or fetch failed.
-pub fn boot(o: &RunOptions, sequential: u64, bench: bool) -> Result<(Outcome, Duration), Error> {
+pub fn boot(o: &RunOptions, sequential: u64) -> Result<(Outcome, Duration), Error> {
+    let (outcome, ran, _) = boot_capture(o, sequential, None, false)?;
+    Ok((outcome, ran))
+}
+
+/// [`boot`] with the console's lines; `bench`: the benchmark's mode with that many boots,
+/// `measure`: the module counts EL2 instructions.
+fn boot_capture(
+    o: &RunOptions,
+    sequential: u64,
+    bench: Option<u32>,
+    measure: bool,
+) -> Result<(Outcome, Duration, Vec<String>), Error> {
     crate::prereq::ensure_targets()?;
-    let (kernel, initrd) = prepare(sequential, bench)?;
+    let (kernel, initrd) = prepare(sequential, measure)?;
     let images = Images {
         el2: build_el2(o.debug_el2)?,
         host: kernel,
     };
-    Ok(qemu::run(&images, &options(o, &initrd, bench)))
+    Ok(qemu::run_capture(&images, &options(o, &initrd, bench)))
+}
+
+/// `key=value` of a `PKVM-VMM-BENCH` line, as a number.
+fn field(line: &str, key: &str) -> Option<u64> {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+        .and_then(|v| v.parse().ok())
+}
+
+/// `cargo xtask bench --scenario vmm`: the vCPU run round trip through `/dev/pkvm` (EL2
+/// instructions with the module's `measure=1`; all instructions from the virtual counter under
+/// `-icount shift=0`, where one instruction is one nanosecond), on one host CPU; then the boot
+/// of a protected 1-vCPU guest from the Linux host ([`guest_bench::REPS`] boots: `pkvm-vmm`'s
+/// start to the guest's `/init`, and the guest's own uptime there), beside the same kernel
+/// booted directly by QEMU and as a guest of the bare-metal host.
+///
+/// # Errors
+/// A boot failed or printed no figures.
+pub fn bench(o: &RunOptions) -> Result<(), Error> {
+    use super::guest_bench::{self, REPS, Walls};
+    let counted = RunOptions {
+        smp: 1,
+        icount: true,
+        timeout: Duration::from_secs(600),
+        ..o.clone()
+    };
+    let (outcome, _, lines) = boot_capture(&counted, 0, Some(0), true)?;
+    if !outcome.passed() {
+        return failed(format!(
+            "the -icount boot: {}",
+            outcome.describe(counted.timeout)
+        ));
+    }
+    let mut trips = Vec::new();
+    for l in lines.iter().filter(|l| l.starts_with("PKVM-VMM-BENCH")) {
+        let (Some(ns), Some(el2)) = (
+            field(l, "ns_per_round_trip"),
+            field(l, "el2_instructions_per_round_trip"),
+        ) else {
+            return failed(format!("unreadable bench line: {l}"));
+        };
+        trips.push((l.contains("protected=true"), ns, el2));
+    }
+    if trips.len() != 2 {
+        return failed(format!("{} PKVM-VMM-BENCH lines, wanted 2", trips.len()));
+    }
+    let timed = RunOptions {
+        smp: 4,
+        icount: false,
+        timeout: Duration::from_secs(900),
+        ..o.clone()
+    };
+    let (outcome, _, lines) = boot_capture(&timed, 0, Some(REPS), false)?;
+    if !outcome.passed() {
+        return failed(format!(
+            "the timed boots: {}",
+            outcome.describe(timed.timeout)
+        ));
+    }
+    let mut linux_host = Vec::new();
+    for k in 1..=REPS {
+        let p = format!("b{k}| ");
+        let vmm = lines.iter().find_map(|l| {
+            let rest = l.strip_prefix(&p)?.strip_prefix("pkvm-vmm: '")?;
+            let ms = rest.split(" after ").nth(1)?.strip_suffix(" ms")?;
+            ms.parse::<f64>().ok()
+        });
+        let uptime = lines.iter().find_map(|l| {
+            let rest = l.strip_prefix(&p)?;
+            rest.contains(GUEST_MARKER).then_some(())?;
+            rest.split(" at ")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse::<f64>()
+                .ok()
+        });
+        match (vmm, uptime) {
+            (Some(ms), Some(u)) => linux_host.push((ms / 1000.0, u)),
+            _ => return failed(format!("boot b{k}: no timing lines")),
+        }
+    }
+    let w = guest_bench::walls(o)?;
+    let (d, b, l) = (
+        Walls::mean(&w.direct),
+        Walls::mean(&w.bare_metal),
+        Walls::mean(&linux_host),
+    );
+    println!("\nLinux host, /dev/pkvm, pkvm-vmm (-cpu {}):\n", o.cpu);
+    println!("| figure | value |");
+    println!("|---|---:|");
+    for (protected, ns, el2) in &trips {
+        let kind = if *protected {
+            "protected"
+        } else {
+            "non-protected"
+        };
+        println!(
+            "| vCPU run round trip (MMIO read) through the module, {kind}: all instructions / \
+             EL2 instructions (-icount, 1 CPU) | {ns} / {el2} |"
+        );
+    }
+    println!(
+        "| guest boot to `/init`, direct QEMU boot: QEMU start → `/init` (mean of {REPS}) | \
+         {:.2} s |",
+        d.0
+    );
+    println!(
+        "| the same guest from the bare-metal test host: QEMU start → `/init` | {:.2} s |",
+        b.0
+    );
+    println!(
+        "| the same guest from the Linux host: `pkvm-vmm` start → `/init` (host on 4 CPUs) | \
+         {:.2} s ({:.2}× direct) |",
+        l.0,
+        l.0 / d.0
+    );
+    println!(
+        "| the guest kernel's own uptime at `/init`: direct / bare-metal host / Linux host | \
+         {:.2} / {:.2} / {:.2} s |",
+        d.1, b.1, l.1
+    );
+    Ok(())
 }
 
 /// `cargo xtask run --host linux --scenario vmm [--guests N]`.
@@ -150,7 +284,7 @@ pub fn cmd_run(o: &RunOptions) -> Result<(), Error> {
         timeout: o.timeout.max(Duration::from_secs(900)),
         ..o.clone()
     };
-    let (outcome, ran) = boot(&o, o.guests.unwrap_or(SEQUENTIAL), false)?;
+    let (outcome, ran) = boot(&o, o.guests.unwrap_or(SEQUENTIAL))?;
     println!(
         "xtask: Linux host running guests through /dev/pkvm: {}",
         verdict(&outcome, ran, o.timeout).unwrap_or_else(|e| e.0)
@@ -171,7 +305,7 @@ pub fn system_test() -> Result<String, Error> {
         timeout: Duration::from_secs(900),
         ..super::default_options()
     };
-    let (outcome, ran) = boot(&o, SEQUENTIAL, false)?;
+    let (outcome, ran) = boot(&o, SEQUENTIAL)?;
     verdict(&outcome, ran, o.timeout)
 }
 

@@ -104,13 +104,16 @@ pub enum Step {
     Continue,
     /// The guest wrote this byte to its console; then as [`Step::Continue`].
     Console(u8),
-    /// PSCI `CPU_ON` of a non-protected VM: write this state into vCPU `target`'s structure
-    /// (already marked [`Power::On`]) before it runs; then as [`Step::Continue`].
+    /// PSCI `CPU_ON` of a non-protected VM: write [`entry_state`]`(entry, context)` into vCPU
+    /// `target`'s structure (already marked [`Power::On`]) before it runs; then as
+    /// [`Step::Continue`].
     CpuOn {
         /// The vCPU to start.
         target: usize,
-        /// Its entry state.
-        state: VcpuState,
+        /// Its entry point.
+        entry: u64,
+        /// Its `x0`.
+        context: u64,
     },
     /// The guest is over.
     End(End),
@@ -134,12 +137,26 @@ impl core::fmt::Display for End {
     }
 }
 
+/// The state a vCPU started by PSCI `CPU_ON` enters with: at `entry`, `x0` = `context`, EL1h
+/// with every exception masked, everything else zero.
+pub fn entry_state(entry: u64, context: u64) -> VcpuState {
+    let mut state = VcpuState {
+        pc: entry,
+        pstate: PSTATE_EL1H_DAIF,
+        ..VcpuState::default()
+    };
+    state.regs[0] = context;
+    state
+}
+
 /// A vCPU as the VMM sees it.
 #[derive(Clone, Copy, Debug)]
 struct VcpuInfo {
     power: Power,
     /// The INTID each list register holds (as the VMM put it there).
     lrs: [Option<u32>; MAX_LRS],
+    /// Whether the vCPU structure's virtual GIC has been written once (interface on).
+    interface_on: bool,
 }
 
 /// One VM's emulated devices and interrupt state, and its vCPUs' power states.
@@ -169,6 +186,7 @@ impl Machine {
             VcpuInfo {
                 power: if protected { Power::Probe } else { Power::Off },
                 lrs: [None; MAX_LRS],
+                interface_on: false,
             };
             n
         ];
@@ -228,13 +246,20 @@ impl Machine {
     }
 
     /// Before vCPU `i` runs: its timer's level into the model, then its free list registers
-    /// filled with its highest-priority pending interrupts.
+    /// filled with its highest-priority pending interrupts. The vCPU structure's virtual GIC is
+    /// read and written only when an interrupt goes in (or on the first run, which turns the
+    /// interface on): most exits (a console byte) change nothing there.
     pub fn prepare(&mut self, i: usize, v: &impl VcpuRegs, now: u64) {
         let Some(info) = self.vcpus.get_mut(i) else {
             return;
         };
         let (level, _) = Self::timer(v, now);
         self.gic.set_ppi_level(i, VTIMER_INTID, level);
+        let free = (0..self.nr_lrs).any(|l| info.lrs[l].is_none());
+        let pending = free && self.gic.highest_pending(i).is_some();
+        if !pending && info.interface_on {
+            return;
+        }
         let mut g: VgicState = v.vgic();
         for l in 0..self.nr_lrs {
             if info.lrs[l].is_some() {
@@ -254,8 +279,10 @@ impl Machine {
             info.lrs[l] = Some(p.intid);
             self.exits.injected += 1;
         }
-        // Only the list registers in use are loaded and saved (at least one: the interface
-        // stays on, so the guest's priority mask and group enables live on in ICH_VMCR_EL2).
+        // The list registers in use are loaded and saved, and at least one: the interface
+        // stays on, so the guest's priority mask and group enables live on in ICH_VMCR_EL2.
+        // Once the guest has emptied the last one, EL2 keeps loading it as the guest left it
+        // (state 0): nothing to rewrite until the next interrupt.
         let used = info
             .lrs
             .iter()
@@ -263,12 +290,17 @@ impl Machine {
             .map_or(0, |l| l + 1);
         g.nr_lrs = used.max(1) as u64;
         v.set_vgic(&g);
+        info.interface_on = true;
     }
 
-    /// After vCPU `i`'s run: list registers the guest deactivated are deactivated in the model.
+    /// After vCPU `i`'s run: list registers the guest deactivated are deactivated in the model
+    /// (nothing to read when the VMM put none there).
     fn sync_lrs(&mut self, i: usize, v: &impl VcpuRegs) {
-        let g = v.vgic();
         let info = &mut self.vcpus[i];
+        if info.lrs.iter().all(Option::is_none) {
+            return;
+        }
+        let g = v.vgic();
         for l in 0..(g.nr_lrs as usize).min(self.nr_lrs) {
             if let Some(intid) = info.lrs[l]
                 && g.lr[l] >> lr::STATE_SHIFT == 0
@@ -337,14 +369,14 @@ impl Machine {
             },
             psci::CPU_ON_64 if !self.protected => match target(arg) {
                 Some(t) if self.vcpus[t].power == Power::Off => {
-                    let mut state = VcpuState {
-                        pc: v.reg(2),
-                        pstate: PSTATE_EL1H_DAIF,
-                        ..VcpuState::default()
-                    };
-                    state.regs[0] = v.reg(3);
+                    // Its structure is rewritten whole (virtual GIC off): turn it on again.
                     self.vcpus[t].power = Power::On;
-                    step = Step::CpuOn { target: t, state };
+                    self.vcpus[t].interface_on = false;
+                    step = Step::CpuOn {
+                        target: t,
+                        entry: v.reg(2),
+                        context: v.reg(3),
+                    };
                     0
                 }
                 Some(_) => psci::ALREADY_ON as i64 as u64,

@@ -66,14 +66,37 @@ fn cpu_on_starts_an_off_vcpu_of_a_non_protected_vm_once() {
         [u64::from(psci::CPU_ON_64), 1, 0x8020_0000, 0x55],
     );
     assert_eq!(r, 0);
-    let Step::CpuOn { target, state } = s else {
+    let Step::CpuOn {
+        target,
+        entry,
+        context,
+    } = s
+    else {
         panic!("{s:?}");
     };
+    let state = entry_state(entry, context);
     assert_eq!(
         (target, state.pc, state.regs[0], state.pstate),
         (1, 0x8020_0000, 0x55, PSTATE_EL1H_DAIF)
     );
     assert_eq!(m.power(1), Power::On);
+    // The target's structure is written whole (its virtual GIC off); its first run turns the
+    // interface on again, even after an earlier life.
+    let t = Regs::default();
+    m.prepare(1, &t, 0);
+    assert_eq!(t.vgic().nr_lrs, 1);
+    t.init(&state);
+    m.handle(1, &t, Exit::SystemEvent(u64::from(psci::CPU_OFF)));
+    assert_eq!(m.power(1), Power::Off);
+    let (s, _) = call(&mut m, 0, &v, [u64::from(psci::CPU_ON_64), 1, 0, 0]);
+    assert!(matches!(s, Step::CpuOn { target: 1, .. }));
+    t.init(&state);
+    m.prepare(1, &t, 0);
+    assert_eq!(
+        t.vgic().nr_lrs,
+        1,
+        "the restarted vCPU's interface is on again"
+    );
     let (s, r) = call(&mut m, 0, &v, [u64::from(psci::CPU_ON_64), 1, 0, 0]);
     assert_eq!((s, r), (Step::Continue, psci::ALREADY_ON as i64 as u64));
     // A target that does not exist, or with affinity bits above Aff0.
@@ -237,9 +260,16 @@ fn the_timer_goes_through_a_list_register_until_the_guest_deactivates_it() {
         lr::PENDING | lr::GROUP | (0xa0 << lr::PRIORITY_SHIFT) | 27
     );
     assert_eq!(m.exits.injected, 1);
-    // Still in the list register (pending): nothing new is injected, the vCPU has work.
+    // Still in the list register (pending): nothing new is injected, nothing rewritten.
+    v.0.borrow_mut().vgic.hcr = 0x1234;
     m.prepare(0, &v, 200);
     assert_eq!(m.exits.injected, 1);
+    assert_eq!(
+        v.vgic().hcr,
+        0x1234,
+        "an unchanged interface is not rewritten"
+    );
+    v.0.borrow_mut().vgic.hcr = 0;
     // The guest masks the timer and EOIs: the list register empties, the model deactivates.
     {
         let mut s = v.0.borrow_mut();
