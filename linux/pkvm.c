@@ -30,6 +30,7 @@
  * Our own code for pkvm-rs (not derived from Linux's KVM or pKVM).
  */
 #include <linux/arm-smccc.h>
+#include <linux/cpuhotplug.h>
 #include <linux/atomic.h>
 #include <linux/fs.h>
 #include <linux/gfp.h>
@@ -48,6 +49,7 @@
 #include <linux/uaccess.h>
 #include <linux/version.h>
 #include <asm/barrier.h>
+#include <asm/cacheflush.h>
 #include <asm/sysreg.h>
 
 #include "pkvm_uapi.h"
@@ -104,8 +106,8 @@ struct pkvm_vcpu {
 };
 
 struct pkvm_vm {
-	struct mutex lock;
-	bool created;
+	struct mutex lock; /* CREATE, LOAD, START; never taken under mmap_lock */
+	bool created; /* read without the lock by mmap (acquire) */
 	bool started; /* read without the lock by PKVM_RUN (acquire) */
 	bool broken; /* a START failed: nothing runs, the release cleans up */
 	u64 mem_size, mem_ipa, nr_vcpus, flags;
@@ -245,7 +247,7 @@ static int alloc_ram(struct pkvm_vm *vm)
 	if (!vm->pages)
 		return -ENOMEM;
 	for (i = 0; i < vm->nr_pages; i += 512) {
-		struct page *p = alloc_pages(GFP_KERNEL | __GFP_ZERO | __GFP_NOWARN |
+		struct page *p = alloc_pages(GFP_KERNEL_ACCOUNT | __GFP_ZERO | __GFP_NOWARN |
 						     __GFP_NORETRY,
 					     9);
 
@@ -256,7 +258,7 @@ static int alloc_ram(struct pkvm_vm *vm)
 			continue;
 		}
 		for (j = 0; j < 512; j++) {
-			p = alloc_page(GFP_KERNEL | __GFP_ZERO);
+			p = alloc_page(GFP_KERNEL_ACCOUNT | __GFP_ZERO);
 			if (!p)
 				return -ENOMEM;
 			vm->pages[i + j] = p;
@@ -265,14 +267,12 @@ static int alloc_ram(struct pkvm_vm *vm)
 	return 0;
 }
 
-static long pkvm_create(struct pkvm_vm *vm, void __user *arg)
+static long pkvm_create(struct pkvm_vm *vm, const struct pkvm_create *cp)
 {
-	struct pkvm_create c;
+	struct pkvm_create c = *cp;
 	unsigned long i;
 	int r;
 
-	if (copy_from_user(&c, arg, sizeof(c)))
-		return -EFAULT;
 	if (vm->created)
 		return -EEXIST;
 	if (!c.mem_size || c.mem_size % SZ_2M || c.mem_size > PKVM_MAX_MEM)
@@ -317,27 +317,29 @@ static long pkvm_create(struct pkvm_vm *vm, void __user *arg)
 		vm->desc = vm->memcache = NULL;
 		return r;
 	}
-	vm->created = true;
+	smp_store_release(&vm->created, true);
 	return 0;
 }
 
-/* Cleans [p, p + len) to the point of coherency: a guest starts with its MMU off. */
+/*
+ * Cleans [p, p + len) to the point of coherency, by the CPU's smallest data-cache line
+ * (CTR_EL0.DminLine): a guest starts with its MMU off and may map its memory non-cacheable.
+ */
 static void clean_poc(void *p, size_t len)
 {
-	unsigned long a = (unsigned long)p & ~63UL, end = (unsigned long)p + len;
+	unsigned long line = 4UL << ((read_sysreg(ctr_el0) >> 16) & 0xf);
+	unsigned long a = (unsigned long)p & ~(line - 1), end = (unsigned long)p + len;
 
-	for (; a < end; a += 64)
+	for (; a < end; a += line)
 		asm volatile("dc cvac, %0" : : "r"(a) : "memory");
 	dsb(sy);
 }
 
-static long pkvm_load(struct pkvm_vm *vm, void __user *arg)
+static long pkvm_load(struct pkvm_vm *vm, const struct pkvm_load *lp)
 {
-	struct pkvm_load l;
+	struct pkvm_load l = *lp;
 	u64 off, done = 0;
 
-	if (copy_from_user(&l, arg, sizeof(l)))
-		return -EFAULT;
 	if (!vm->created)
 		return -ENOEXEC;
 	if (vm->started || vm->broken)
@@ -351,11 +353,9 @@ static long pkvm_load(struct pkvm_vm *vm, void __user *arg)
 		size_t in_page = min_t(u64, PAGE_SIZE - (at & ~PAGE_MASK), l.len - done);
 		void *dst = page_address(vm->pages[at >> PAGE_SHIFT]) + (at & ~PAGE_MASK);
 
+		/* Cleaned at START: by EL2 (donation) or by give_ram (share). */
 		if (copy_from_user(dst, u64_to_user_ptr(l.addr + done), in_page))
 			return -EFAULT;
-		/* A protected VM's pages are cleaned by EL2 when they are donated. */
-		if (!(vm->flags & PKVM_CREATE_PROTECTED))
-			clean_poc(dst, in_page);
 		done += in_page;
 		if (fatal_signal_pending(current))
 			return -EINTR;
@@ -378,10 +378,21 @@ static long give_ram(struct pkvm_vm *vm)
 		while (i + n < vm->nr_pages && n < MAX_RUN &&
 		       page_to_pfn(vm->pages[i + n]) == pfn + n)
 			n++;
-		if (protected)
+		if (protected) {
+			/* EL2 cleans donated pages to the point of coherency itself. */
 			r = hcall(HC_DONATE_GUEST, vm->handle, pfn, gfn, n, 0, NULL);
-		else
+		} else {
+			/*
+			 * The zeroes (and the images) must be in memory, not only in the cache:
+			 * the guest reads with its MMU off, or through a non-cacheable mapping,
+			 * and must not see what the RAM held before.
+			 */
+			unsigned long k;
+
+			for (k = 0; k < n; k++)
+				clean_poc(page_address(vm->pages[i + k]), PAGE_SIZE);
 			r = hcall(HC_SHARE_GUEST, vm->handle, pfn, gfn, n, GUEST_PROT_RWX, NULL);
+		}
 		if (r)
 			return r;
 		i += n;
@@ -442,6 +453,10 @@ static long pkvm_start(struct pkvm_vm *vm)
 	r = give_ram(vm);
 	if (r)
 		return r;
+	/* No stale instructions of what the RAM held before the images. */
+	asm volatile("ic ialluis" : : : "memory");
+	dsb(ish);
+	isb();
 	vm->broken = false;
 	smp_store_release(&vm->started, true);
 	return 0;
@@ -544,6 +559,8 @@ static long pkvm_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 {
 	struct pkvm_vm *vm = file->private_data;
 	void __user *uarg = (void __user *)arg;
+	struct pkvm_create c;
+	struct pkvm_load l;
 	long r;
 
 	switch (cmd) {
@@ -554,40 +571,62 @@ static long pkvm_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 	case PKVM_COUNTS:
 		return pkvm_counts(vm, uarg);
 	case PKVM_CREATE:
+		if (copy_from_user(&c, uarg, sizeof(c)))
+			return -EFAULT;
+		break;
 	case PKVM_LOAD:
+		if (copy_from_user(&l, uarg, sizeof(l)))
+			return -EFAULT;
+		break;
 	case PKVM_START:
 		break;
 	default:
 		return -ENOTTY;
 	}
-	mutex_lock(&vm->lock);
+	/*
+	 * LOAD faults user pages in under the lock (mmap_lock taken for reading): nothing that
+	 * runs under mmap_lock (mmap) may take this lock.
+	 */
+	if (mutex_lock_killable(&vm->lock))
+		return -EINTR;
 	if (cmd == PKVM_CREATE)
-		r = pkvm_create(vm, uarg);
+		r = pkvm_create(vm, &c);
 	else if (cmd == PKVM_LOAD)
-		r = pkvm_load(vm, uarg);
+		r = pkvm_load(vm, &l);
 	else
 		r = pkvm_start(vm);
 	mutex_unlock(&vm->lock);
 	return r;
 }
 
-/* mmap(offset = index * PAGE_SIZE, one page, MAP_SHARED): vCPU index's state page. */
+/* The state pages' mappings: no fault handler (the page is inserted at mmap), no merging. */
+static const struct vm_operations_struct pkvm_vm_ops = {};
+
+/*
+ * mmap(offset = index * PAGE_SIZE, one page, MAP_SHARED): vCPU index's state page. Called
+ * with mmap_lock held: takes no lock of the VM (the pages and the vCPU count are fixed once
+ * `created` is set).
+ */
 static int pkvm_mmap(struct file *file, struct vm_area_struct *vma)
 {
 	struct pkvm_vm *vm = file->private_data;
 	unsigned long idx = vma->vm_pgoff;
-	int r = -EINVAL;
 
 	if (vma->vm_end - vma->vm_start != PAGE_SIZE || !(vma->vm_flags & VM_SHARED) ||
 	    vma->vm_flags & VM_EXEC)
 		return -EINVAL;
-	mutex_lock(&vm->lock);
-	if (!vm->created)
-		r = -ENOEXEC;
-	else if (idx < vm->nr_vcpus)
-		r = vm_insert_page(vma, vma->vm_start, vm->vcpus[idx].state);
-	mutex_unlock(&vm->lock);
-	return r;
+	if (!smp_load_acquire(&vm->created))
+		return -ENOEXEC;
+	if (idx >= vm->nr_vcpus)
+		return -EINVAL;
+	vma->vm_ops = &pkvm_vm_ops;
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 3, 0)
+	vm_flags_mod(vma, VM_DONTEXPAND | VM_DONTDUMP, VM_MAYEXEC);
+#else
+	vma->vm_flags |= VM_DONTEXPAND | VM_DONTDUMP;
+	vma->vm_flags &= ~VM_MAYEXEC;
+#endif
+	return vm_insert_page(vma, vma->vm_start, vm->vcpus[idx].state);
 }
 
 static const struct file_operations pkvm_fops = {
@@ -612,15 +651,20 @@ static irqreturn_t hyp_timer_handler(int irq, void *dev)
 	return IRQ_HANDLED;
 }
 
-static void hyp_timer_enable(void *unused)
+/* CPU hotplug callbacks: Linux's GIC driver disables every PPI of a CPU coming online. */
+static int hyp_timer_starting(unsigned int cpu)
 {
 	enable_percpu_irq(hyp_timer_irq, IRQ_TYPE_NONE);
+	return 0;
 }
 
-static void hyp_timer_disable(void *unused)
+static int hyp_timer_dying(unsigned int cpu)
 {
 	disable_percpu_irq(hyp_timer_irq);
+	return 0;
 }
+
+static int hyp_timer_state;
 
 /* The architected timer's PPIs from the device tree: index 2 virtual, index 3 EL2's. */
 static int find_timer_irqs(void)
@@ -641,6 +685,8 @@ static int __init pkvm_init(void)
 	int r;
 
 	BUILD_BUG_ON(sizeof(struct pkvm_vm_desc) != 48);
+	/* EL2's page frames, the RAM's 2 MiB blocks and the mmap offsets are 4 KiB pages. */
+	BUILD_BUG_ON(PAGE_SIZE != SZ_4K);
 	arm_smccc_1_1_hvc(PKVM_HVC_BASE, &res);
 	if (res.a0 != 0 || res.a2 >> 16 != 1 || !(res.a3 & (1UL << 4))) {
 		pr_err("pkvm: no pkvm-rs EL2 with protected VMs (VERSION %#lx %#lx %#lx)\n",
@@ -658,10 +704,16 @@ static int __init pkvm_init(void)
 		pr_err("pkvm: EL2 timer interrupt %d: %d\n", hyp_timer_irq, r);
 		return r;
 	}
-	on_each_cpu(hyp_timer_enable, NULL, 1);
+	r = cpuhp_setup_state(CPUHP_AP_ONLINE_DYN, "pkvm/el2-timer:online", hyp_timer_starting,
+			      hyp_timer_dying);
+	if (r < 0) {
+		free_percpu_irq(hyp_timer_irq, &hyp_timer_cookie);
+		return r;
+	}
+	hyp_timer_state = r;
 	r = misc_register(&pkvm_dev);
 	if (r) {
-		on_each_cpu(hyp_timer_disable, NULL, 1);
+		cpuhp_remove_state(hyp_timer_state);
 		free_percpu_irq(hyp_timer_irq, &hyp_timer_cookie);
 		return r;
 	}
@@ -674,7 +726,7 @@ static int __init pkvm_init(void)
 static void __exit pkvm_exit(void)
 {
 	misc_deregister(&pkvm_dev);
-	on_each_cpu(hyp_timer_disable, NULL, 1);
+	cpuhp_remove_state(hyp_timer_state);
 	free_percpu_irq(hyp_timer_irq, &hyp_timer_cookie);
 }
 

@@ -44,8 +44,46 @@ impl Vm {
     }
 
     fn ioctl_val(&self, req: u32, arg: u64) -> io::Result<u64> {
-        // SAFETY: `req` is one of /dev/pkvm's ioctls that take a plain integer (no memory).
+        // SAFETY: `req` is one of /dev/pkvm's ioctls that take a plain integer (no memory),
+        // or (`raw_ioctl`) an argument the kernel cannot write through into this process.
         check(unsafe { libc::ioctl(self.file.as_raw_fd(), req as _, arg as libc::c_ulong) })
+    }
+
+    /// An ioctl with a raw integer argument, for the refusal catalogue (`pkvm-vmm check`): an
+    /// unknown number, or a pointer argument the module must refuse. `arg` is passed as it is:
+    /// callers give only values the kernel cannot write through into this process (0, small
+    /// addresses no mapping covers, kernel addresses).
+    ///
+    /// # Errors
+    /// The module's answer.
+    pub fn raw_ioctl(&self, req: u32, arg: u64) -> io::Result<u64> {
+        self.ioctl_val(req, arg)
+    }
+
+    /// `mmap` of `len` bytes at `offset` with `flags`, unmapped again at once: what the module
+    /// answers.
+    ///
+    /// # Errors
+    /// The module's refusal.
+    pub fn try_map(&self, offset: usize, len: usize, prot: i32, flags: i32) -> io::Result<()> {
+        // SAFETY: a new mapping of the VM file at an address the kernel picks; nothing else
+        // is affected, and it is unmapped below.
+        let p = unsafe {
+            libc::mmap(
+                core::ptr::null_mut(),
+                len,
+                prot,
+                flags,
+                self.file.as_raw_fd(),
+                offset as libc::off_t,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: exactly the mapping made above, never referenced.
+        unsafe { libc::munmap(p, len) };
+        Ok(())
     }
 
     /// `PKVM_CREATE`.

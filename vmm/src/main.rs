@@ -6,6 +6,7 @@
 //! ```text
 //! pkvm-vmm run --kernel Image --initrd rootfs.cpio --mem 112M --cpus 2 --protected
 //! pkvm-vmm stat      # EL2's leak counters
+//! pkvm-vmm check     # the module's refusals, each errno checked
 //! pkvm-vmm bench     # the cost of a vCPU run round trip through the module
 //! ```
 //!
@@ -15,6 +16,7 @@
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 mod bench;
+mod check;
 mod dev;
 mod run;
 
@@ -74,6 +76,8 @@ enum Cmd {
     },
     /// Print EL2's statistics (the leak counters after guests are gone).
     Stat,
+    /// Ask the module for everything it must refuse, and check each errno.
+    Check,
     /// Measure a vCPU run round trip through the module (an MMIO-reading guest).
     Bench {
         /// Round trips measured.
@@ -199,6 +203,17 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
+        Cmd::Check => match check::run(&cli.device) {
+            Ok((p, 0)) => {
+                println!("pkvm-vmm check: {p} passed, 0 failed");
+                ExitCode::SUCCESS
+            }
+            Ok((p, f)) => {
+                println!("pkvm-vmm check: {p} passed, {f} failed");
+                ExitCode::from(1)
+            }
+            Err(e) => fail(&format!("check: {e}")),
+        },
         Cmd::Bench {
             iterations,
             protected,

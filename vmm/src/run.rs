@@ -70,6 +70,8 @@ struct State {
     line: Vec<u8>,
     /// Whether [`Config::time_to`] has been seen.
     marked: bool,
+    /// vCPU threads that have returned.
+    exited: usize,
 }
 
 fn lock(s: &Shared) -> MutexGuard<'_, State> {
@@ -293,6 +295,7 @@ pub fn run(cfg: &Config<'_>, echo: bool) -> io::Result<Report> {
             running: vec![false; cfg.cpus],
             line: Vec::new(),
             marked: false,
+            exited: 0,
         }),
         wake: Condvar::new(),
     };
@@ -300,7 +303,29 @@ pub fn run(cfg: &Config<'_>, echo: bool) -> io::Result<Report> {
     std::thread::scope(|s| {
         for i in 0..cfg.cpus {
             let (sh, vm, pages) = (&sh, &vm, &pages);
-            s.spawn(move || vcpu_thread(sh, vm, pages, i, cfg, echo));
+            s.spawn(move || {
+                vcpu_thread(sh, vm, pages, i, cfg, echo);
+                lock(sh).exited += 1;
+                sh.wake.notify_all();
+            });
+        }
+        // Once the guest has ended, a vCPU thread still in the guest is kicked until it
+        // leaves: a kick that landed just before its PKVM_RUN was taken in user space, and
+        // a guest spinning with its interrupts masked may not exit for a long time.
+        let mut st = lock(&sh);
+        while st.exited < cfg.cpus {
+            if st.end.is_some() {
+                for (t, &r) in st.threads.iter().zip(&st.running) {
+                    if let (Some(t), true) = (t, r) {
+                        dev::kick(*t);
+                    }
+                }
+            }
+            st = sh
+                .wake
+                .wait_timeout(st, Duration::from_millis(10))
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
         }
     });
     let t1 = dev::counter().0;

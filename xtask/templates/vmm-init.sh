@@ -56,9 +56,16 @@ fi
 before=$(leaks)
 echo "init: EL2 before the guests:"; echo "$before" | sed 's/^/init:   /'
 
-# A host process that keeps working while the guests run: its count must grow.
+pkvm-vmm check > /tmp/check.log 2>&1; st=$?
+sed 's/^/init: check: /' /tmp/check.log
+[ "$st" = 0 ]
+check $? "the module refuses every bad request with its errno (pkvm-vmm check)"
+
+# A host process that keeps working while the guests run: its count must grow. (A read can
+# catch the file between its truncation and the write: read until there is a number.)
 ( n=0; while :; do n=$((n + 1)); echo $n > /tmp/progress; done ) &
 worker=$!
+progress() { p=""; while [ -z "$p" ]; do p=$(cat /tmp/progress 2>/dev/null); done; echo "$p"; }
 
 echo "init: two protected guests at once (2 vCPUs each); the second is killed mid-boot"
 bg_guest g1 2 --protected & g1=$!
@@ -67,13 +74,13 @@ i=0
 while ! grep -q 'Linux version' /tmp/g2.log 2>/dev/null && [ $i -lt 600 ]; do sleep 0.1; i=$((i + 1)); done
 grep -q 'Linux version' /tmp/g2.log
 check $? "the second guest printed its banner before the kill"
-p0=$(cat /tmp/progress)
+p0=$(progress)
 kill -9 $g2
 wait $g1; st=$?
 show g1
 [ "$st" = 0 ] && booted g1
 check $? "first protected guest: booted to /init and powered off (status $st)"
-p1=$(cat /tmp/progress)
+p1=$(progress)
 [ "$p1" -gt "$p0" ]
 check $? "the host's worker kept going while the guest ran ($p0 -> $p1)"
 wait $g2; st=$?
