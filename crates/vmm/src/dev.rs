@@ -125,5 +125,8 @@ mod tests {
         assert!(h.contains("#define PKVM_MAX_VCPUS 4"));
         assert!(h.contains("#define PKVM_CREATE_PROTECTED (1ULL << 0)"));
         assert_eq!(MAX_MEM, 112 << 20);
+        assert_eq!(MEM_ALIGN, 2 << 20);
+        let c = include_str!("../../../linux/pkvm.c");
+        assert!(c.contains("c.mem_size % SZ_2M") && c.contains("c.mem_ipa % SZ_2M"));
     }
 }

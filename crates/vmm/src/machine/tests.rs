@@ -312,3 +312,197 @@ fn sgis_reach_the_target_vcpu() {
     );
     assert_eq!(m.exits.sgi, 1);
 }
+
+#[test]
+fn the_end_says_what_happened() {
+    use alloc::string::ToString;
+    assert_eq!(
+        End::PowerOff(0x8400_0008).to_string(),
+        "PSCI power-off (0x84000008)"
+    );
+    assert_eq!(
+        End::Fault("fault exit", 0x96, 0x10).to_string(),
+        "fault exit (0x96, 0x10)"
+    );
+}
+
+#[test]
+fn power_states_are_set_and_counted() {
+    let mut m = machine(3, false);
+    assert_eq!(m.nr_vcpus(), 3);
+    assert!(m.any_alive());
+    m.set_power(2, Power::Idle);
+    assert_eq!(m.power(2), Power::Idle);
+    m.set_power(9, Power::On);
+    assert_eq!(m.power(9), Power::Off, "out of range: ignored");
+    m.set_power(0, Power::Off);
+    assert!(m.any_alive(), "vCPU 2 is idle: still alive");
+    m.set_power(2, Power::Off);
+    assert!(!m.any_alive());
+    // A probed vCPU of a protected VM that exits was started by its guest: on.
+    let mut p = machine(2, true);
+    p.handle(1, &Regs::default(), Exit::Irq);
+    assert_eq!(p.power(1), Power::On);
+}
+
+#[test]
+fn a_disabled_or_masked_timer_has_no_line_and_no_deadline() {
+    let v = Regs::default();
+    for ctl in [0, 2, 3] {
+        v.0.borrow_mut().sys[sys::CNTV_CTL_EL0] = ctl;
+        assert_eq!(Machine::timer(&v, u64::MAX), (false, None), "CTL {ctl}");
+    }
+    v.0.borrow_mut().sys[sys::CNTV_CTL_EL0] = 5; // ENABLE, ISTATUS
+    v.0.borrow_mut().sys[sys::CNTV_CVAL_EL0] = 10;
+    assert_eq!(Machine::timer(&v, 10), (true, Some(10)));
+}
+
+#[test]
+fn the_first_run_turns_the_interface_on_and_later_runs_leave_it() {
+    let mut m = machine(1, false);
+    let v = Regs::default();
+    m.prepare(0, &v, 0);
+    assert_eq!(v.vgic().nr_lrs, 1, "on, with one (empty) list register");
+    v.0.borrow_mut().vgic.nr_lrs = 3;
+    m.prepare(0, &v, 0);
+    assert_eq!(v.vgic().nr_lrs, 3, "nothing pending: not rewritten");
+}
+
+#[test]
+fn two_pending_interrupts_take_two_list_registers() {
+    let mut m = machine(1, false);
+    let v = Regs::default();
+    enable_vtimer(&mut m, 0);
+    m.gic
+        .redist_write(0x10000 + 0x100, 4, (1 << 1) | (1 << VTIMER_INTID));
+    m.handle(
+        0,
+        &v,
+        Exit::Sgi {
+            value: (1 << 24) | 1,
+            op2: 5,
+        },
+    );
+    {
+        let mut s = v.0.borrow_mut();
+        s.sys[sys::CNTV_CTL_EL0] = 1;
+        s.sys[sys::CNTV_CVAL_EL0] = 0;
+    }
+    m.prepare(0, &v, 1);
+    let g = v.vgic();
+    assert_eq!(g.nr_lrs, 2);
+    assert_eq!(m.exits.injected, 2);
+    let mut ids = [g.lr[0] & 0xffff_ffff, g.lr[1] & 0xffff_ffff];
+    ids.sort_unstable();
+    assert_eq!(ids, [1, 27]);
+    // The guest EOIs the SGI only (its register goes to state 0): the model deactivates it,
+    // the other stays.
+    let sgi_lr = usize::from(g.lr[1] & 0xffff_ffff == 1);
+    v.0.borrow_mut().vgic.lr[sgi_lr] = 1 | lr::GROUP;
+    m.handle(0, &v, Exit::Irq);
+    assert!(m.has_work(0, &v, 1), "the timer's register is still held");
+}
+
+#[test]
+fn gic_registers_go_to_the_distributor_and_redistributor_models() {
+    use crate::layout::{GICD_BASE, GICR_BASE};
+    let mut m = machine(1, false);
+    let v = Regs::default();
+    let ctlr = GICD_BASE;
+    m.handle(
+        0,
+        &v,
+        Exit::Mmio {
+            ipa: ctlr,
+            size: 4,
+            write: true,
+            data: 0x12,
+        },
+    );
+    m.handle(
+        0,
+        &v,
+        Exit::Mmio {
+            ipa: ctlr,
+            size: 4,
+            write: false,
+            data: 0,
+        },
+    );
+    assert_eq!(v.0.borrow().exit.mmio_data, m.gic.dist_read(0, 4));
+    assert_ne!(v.0.borrow().exit.mmio_data & 0x2, 0, "EnableGrp1 written");
+    // GICR_ISENABLER0 of vCPU 0 (SGI_base + 0x100).
+    let isenabler = GICR_BASE + 0x10000 + 0x100;
+    m.handle(
+        0,
+        &v,
+        Exit::Mmio {
+            ipa: isenabler,
+            size: 4,
+            write: true,
+            data: 1 << 27,
+        },
+    );
+    m.handle(
+        0,
+        &v,
+        Exit::Mmio {
+            ipa: isenabler,
+            size: 4,
+            write: false,
+            data: 0,
+        },
+    );
+    assert_eq!(v.0.borrow().exit.mmio_data, 1 << 27);
+    assert_eq!((m.exits.mmio, m.exits.uart), (4, 0));
+}
+
+#[test]
+fn psci_and_smccc_versions_and_features() {
+    let mut m = machine(1, false);
+    let v = Regs::default();
+    let ns = psci::NOT_SUPPORTED as i64 as u64;
+    for (fid, arg, want) in [
+        (psci::VERSION, 0, 0x1_0000),
+        (psci::MIGRATE_INFO_TYPE, 0, 2),
+        (psci::SMCCC_VERSION, 0, u64::from(psci::SMCCC_VERSION_1_1)),
+        (psci::FEATURES, u64::from(psci::VERSION), 0),
+        (psci::FEATURES, u64::from(psci::SYSTEM_RESET), 0),
+        (psci::FEATURES, u64::from(psci::CPU_SUSPEND_64), ns),
+        (psci::CPU_SUSPEND_64, 0, ns),
+        (0xC600_0000, 0, ns),
+    ] {
+        let (s, r) = call(&mut m, 0, &v, [u64::from(fid), arg, 0, 0]);
+        assert_eq!((s, r), (Step::Continue, want), "{fid:#x}({arg:#x})");
+    }
+    assert_eq!(m.exits.hvc, 8);
+}
+
+#[test]
+fn exits_are_counted_by_kind() {
+    let mut m = machine(2, false);
+    let v = Regs::default();
+    m.handle(0, &v, Exit::Irq);
+    m.handle(0, &v, Exit::Irq);
+    m.handle(0, &v, Exit::Idle);
+    m.handle(1, &v, Exit::Idle);
+    m.handle(
+        0,
+        &v,
+        Exit::Sgi {
+            value: 0b10,
+            op2: 5,
+        },
+    );
+    m.handle(
+        0,
+        &v,
+        Exit::Sgi {
+            value: 0b10,
+            op2: 6,
+        },
+    );
+    let e = m.exits;
+    assert_eq!((e.irq, e.idle, e.sgi), (2, 2, 2));
+    assert_eq!((m.power(0), m.power(1)), (Power::Idle, Power::Idle));
+}
