@@ -77,7 +77,13 @@ enum pkvm_hcall {
 /* Most pages one donation or share hypercall covers (bounded work per call at EL2). */
 #define MAX_RUN 512
 
-/* struct VcpuState (crates/abi/src/guest.rs): the saved virtual timer's offsets. */
+/* struct VcpuState (crates/abi/src/guest.rs): the exit record's and the saved virtual timer's offsets. */
+#define VCPU_EXIT_REASON 472
+#define VCPU_EXIT_IPA 496
+#define VCPU_EXIT_SIZE 504
+#define VCPU_EXIT_WRITE 512
+#define VCPU_EXIT_DATA 520
+#define EXIT_MMIO 3
 #define VCPU_SYS_OFF 264
 #define SYS_CNTV_CTL 22
 #define SYS_CNTV_CVAL 23
@@ -119,7 +125,11 @@ struct pkvm_vm {
 	bool have_handle;
 	u64 handle;
 	struct pkvm_vcpu vcpus[PKVM_MAX_VCPUS];
-	atomic64_t runs, irq_exits, returns, el2_instructions;
+	/* The console page, and the ring's head as the module knows it (the page's is a copy). */
+	struct page *console;
+	spinlock_t console_lock;
+	u64 console_head;
+	atomic64_t runs, irq_exits, returns, el2_instructions, console_writes, console_reads;
 };
 
 /* One hypercall: 0 or a negative errno from EL2, -ENOSYS if EL2 does not know it. */
@@ -185,6 +195,48 @@ static bool guest_timer_fired(struct pkvm_vm *vm, unsigned long idx)
 	       read_sysreg(cntvct_el0) >= vcpu_sys(vm, idx, SYS_CNTV_CVAL);
 }
 
+static u64 *vcpu_word(struct pkvm_vm *vm, unsigned long idx, unsigned int off)
+{
+	return (u64 *)(page_address(vm->vcpus[idx].state) + off);
+}
+
+/*
+ * An MMIO exit the console page lets the module answer: a 1-byte write to its write_ipa goes
+ * into the ring (unless it is full), a 1-byte read of its read_ipa gets read_value. Everything
+ * read from the page is user space's and only decides what this VM's guest sees.
+ */
+static bool console_exit(struct pkvm_vm *vm, unsigned long idx)
+{
+	struct pkvm_console *c = page_address(vm->console);
+	u64 ipa = READ_ONCE(*vcpu_word(vm, idx, VCPU_EXIT_IPA));
+	bool done = false;
+
+	if (READ_ONCE(*vcpu_word(vm, idx, VCPU_EXIT_SIZE)) != 1)
+		return false;
+	if (!READ_ONCE(*vcpu_word(vm, idx, VCPU_EXIT_WRITE))) {
+		if (!ipa || ipa != READ_ONCE(c->read_ipa))
+			return false;
+		WRITE_ONCE(*vcpu_word(vm, idx, VCPU_EXIT_DATA), READ_ONCE(c->read_value) & 0xff);
+		atomic64_inc(&vm->console_reads);
+		return true;
+	}
+	if (!ipa || ipa != READ_ONCE(c->write_ipa))
+		return false;
+	spin_lock(&vm->console_lock);
+	/* A tail user space wrote that is not behind the head reads as a full ring. */
+	if (vm->console_head - READ_ONCE(c->tail) < PKVM_CONSOLE_RING) {
+		c->ring[vm->console_head % PKVM_CONSOLE_RING] =
+			READ_ONCE(*vcpu_word(vm, idx, VCPU_EXIT_DATA));
+		vm->console_head++;
+		smp_store_release(&c->head, vm->console_head);
+		done = true;
+	}
+	spin_unlock(&vm->console_lock);
+	if (done)
+		atomic64_inc(&vm->console_writes);
+	return done;
+}
+
 /*
  * Runs vCPU idx until an exit user space handles. Physical interrupts end a run and are taken
  * by Linux when the hypercall returns; the guest runs again unless a signal is pending or its
@@ -216,6 +268,10 @@ static long pkvm_run(struct pkvm_vm *vm, unsigned long idx)
 		if (r)
 			return r;
 		atomic64_inc(&vm->runs);
+		if (reason == EXIT_MMIO && console_exit(vm, idx)) {
+			cond_resched();
+			continue;
+		}
 		if (reason != EXIT_IRQ || (!hold && guest_timer_fired(vm, idx))) {
 			atomic64_inc(&vm->returns);
 			return (long)reason;
@@ -297,7 +353,8 @@ static long pkvm_create(struct pkvm_vm *vm, const struct pkvm_create *cp)
 	if (!r) {
 		vm->desc = alloc_page(GFP_KERNEL | __GFP_ZERO);
 		vm->memcache = alloc_pages(GFP_KERNEL | __GFP_ZERO, MEMCACHE_ORDER);
-		if (!vm->desc || !vm->memcache)
+		vm->console = alloc_page(GFP_KERNEL | __GFP_ZERO);
+		if (!vm->desc || !vm->memcache || !vm->console)
 			r = -ENOMEM;
 	}
 	if (r) {
@@ -314,7 +371,9 @@ static long pkvm_create(struct pkvm_vm *vm, const struct pkvm_create *cp)
 			__free_page(vm->desc);
 		if (vm->memcache)
 			__free_pages(vm->memcache, MEMCACHE_ORDER);
-		vm->desc = vm->memcache = NULL;
+		if (vm->console)
+			__free_page(vm->console);
+		vm->desc = vm->memcache = vm->console = NULL;
 		return r;
 	}
 	smp_store_release(&vm->created, true);
@@ -509,6 +568,14 @@ static void pkvm_destroy(struct pkvm_vm *vm)
 	free_ram(vm);
 }
 
+/* The console page never reaches EL2: it goes back however the teardown went. */
+static void free_console(struct pkvm_vm *vm)
+{
+	if (vm->console)
+		__free_page(vm->console);
+	vm->console = NULL;
+}
+
 static int pkvm_open(struct inode *inode, struct file *file)
 {
 	struct pkvm_vm *vm = kzalloc(sizeof(*vm), GFP_KERNEL);
@@ -516,6 +583,7 @@ static int pkvm_open(struct inode *inode, struct file *file)
 	if (!vm)
 		return -ENOMEM;
 	mutex_init(&vm->lock);
+	spin_lock_init(&vm->console_lock);
 	file->private_data = vm;
 	return 0;
 }
@@ -524,8 +592,10 @@ static int pkvm_release(struct inode *inode, struct file *file)
 {
 	struct pkvm_vm *vm = file->private_data;
 
-	if (vm->created)
+	if (vm->created) {
 		pkvm_destroy(vm);
+		free_console(vm);
+	}
 	kfree(vm);
 	return 0;
 }
@@ -550,6 +620,8 @@ static long pkvm_counts(struct pkvm_vm *vm, void __user *arg)
 		.irq_exits = atomic64_read(&vm->irq_exits),
 		.returns = atomic64_read(&vm->returns),
 		.el2_instructions = atomic64_read(&vm->el2_instructions),
+		.console_writes = atomic64_read(&vm->console_writes),
+		.console_reads = atomic64_read(&vm->console_reads),
 	};
 
 	return copy_to_user(arg, &c, sizeof(c)) ? -EFAULT : 0;
@@ -603,9 +675,9 @@ static long pkvm_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 static const struct vm_operations_struct pkvm_vm_ops = {};
 
 /*
- * mmap(offset = index * PAGE_SIZE, one page, MAP_SHARED): vCPU index's state page. Called
- * with mmap_lock held: takes no lock of the VM (the pages and the vCPU count are fixed once
- * `created` is set).
+ * mmap(offset = index * PAGE_SIZE, one page, MAP_SHARED): vCPU index's state page, or the
+ * console page (PKVM_CONSOLE_PAGE). Called with mmap_lock held: takes no lock of the VM (the
+ * pages and the vCPU count are fixed once `created` is set).
  */
 static int pkvm_mmap(struct file *file, struct vm_area_struct *vma)
 {
@@ -617,7 +689,7 @@ static int pkvm_mmap(struct file *file, struct vm_area_struct *vma)
 		return -EINVAL;
 	if (!smp_load_acquire(&vm->created))
 		return -ENOEXEC;
-	if (idx >= vm->nr_vcpus)
+	if (idx >= vm->nr_vcpus && idx != PKVM_CONSOLE_PAGE)
 		return -EINVAL;
 	vma->vm_ops = &pkvm_vm_ops;
 #if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 3, 0)
@@ -626,7 +698,8 @@ static int pkvm_mmap(struct file *file, struct vm_area_struct *vma)
 	vma->vm_flags |= VM_DONTEXPAND | VM_DONTDUMP;
 	vma->vm_flags &= ~VM_MAYEXEC;
 #endif
-	return vm_insert_page(vma, vma->vm_start, vm->vcpus[idx].state);
+	return vm_insert_page(vma, vma->vm_start,
+			      idx == PKVM_CONSOLE_PAGE ? vm->console : vm->vcpus[idx].state);
 }
 
 static const struct file_operations pkvm_fops = {
@@ -685,6 +758,8 @@ static int __init pkvm_init(void)
 	int r;
 
 	BUILD_BUG_ON(sizeof(struct pkvm_vm_desc) != 48);
+	BUILD_BUG_ON(sizeof(struct pkvm_console) > PAGE_SIZE);
+	BUILD_BUG_ON(PKVM_CONSOLE_PAGE < PKVM_MAX_VCPUS);
 	/* EL2's page frames, the RAM's 2 MiB blocks and the mmap offsets are 4 KiB pages. */
 	BUILD_BUG_ON(PAGE_SIZE != SZ_4K);
 	arm_smccc_1_1_hvc(PKVM_HVC_BASE, &res);

@@ -18,6 +18,14 @@
  *                signal is pending (a vCPU thread is kicked out of the guest with a signal);
  *   PKVM_STAT    reads one of EL2's statistics (crates/abi Stat), e.g. the leak counters.
  *
+ * The console page (mmap offset PKVM_CONSOLE_PAGE * page size, struct pkvm_console): user space
+ * may name one byte register whose writes the module buffers in the page's ring instead of
+ * returning an MMIO exit (a UART's transmit register while nothing else depends on the write),
+ * and one whose byte reads it answers with a fixed value (the UART's line status while it
+ * cannot change): KVM's coalesced MMIO, for the console that makes almost every exit of a
+ * booting Linux guest. User space drains the ring whenever PKVM_RUN returns and rewrites the
+ * two registers whenever its UART model changes; the module trusts none of the page.
+ *
  * Interrupts are injected through the vCPU page's list registers (VcpuState.vgic), which
  * EL2 validates and loads for every run. Closing the file (or the VMM dying) destroys the VM
  * and gives every page back to Linux, zeroed by EL2 when it was donated.
@@ -57,6 +65,23 @@ struct pkvm_counts {
 	__u64 irq_exits; /* of those, physical-interrupt exits handled in the module */
 	__u64 returns; /* PKVM_RUN calls that returned an exit to user space */
 	__u64 el2_instructions; /* EL2 instructions of the VcpuRun calls (module parameter measure=1) */
+	__u64 console_writes; /* MMIO writes buffered in the console ring */
+	__u64 console_reads; /* MMIO reads answered from the console page */
+};
+
+/* The console page's ring: bytes. */
+#define PKVM_CONSOLE_RING 2048
+/* The mmap page index of the console page (after the vCPUs' indices). */
+#define PKVM_CONSOLE_PAGE 4
+
+struct pkvm_console {
+	__u64 write_ipa; /* user: buffer 1-byte writes here (0: none) */
+	__u64 read_ipa; /* user: answer 1-byte reads here (0: none) ... */
+	__u64 read_value; /* ... with this byte */
+	__u64 head; /* module: bytes put in the ring so far */
+	__u64 tail; /* user: bytes taken from the ring so far */
+	__u64 reserved[3];
+	__u8 ring[PKVM_CONSOLE_RING]; /* byte n at ring[n % PKVM_CONSOLE_RING] */
 };
 
 #define PKVM_CREATE _IOW(PKVM_IOCTL_TYPE, 1, struct pkvm_create)

@@ -84,6 +84,8 @@ pub fn run(device: &std::path::Path, protected: bool, warmup: u64, n: u64) -> io
             irq_exits: c1.irq_exits - c0.irq_exits,
             returns: c1.returns - c0.returns,
             el2_instructions: c1.el2_instructions - c0.el2_instructions,
+            console_writes: c1.console_writes - c0.console_writes,
+            console_reads: c1.console_reads - c0.console_reads,
         },
     })
 }

@@ -7,9 +7,13 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::path::Path;
 
+use core::sync::atomic::{Ordering, fence};
 use pkvm_abi::guest::{VcpuExit, VcpuState, VgicState, vcpu_off};
-use pkvm_vmm_core::dev::{self, Counts, Create, Load, StatArg};
-use pkvm_vmm_core::machine::VcpuRegs;
+
+use pkvm_vmm_core::dev::{
+    self, CONSOLE_PAGE, CONSOLE_RING, Counts, Create, Load, StatArg, console_off,
+};
+use pkvm_vmm_core::machine::{ConsoleFastPath, VcpuRegs};
 
 /// One VM: an open file of `/dev/pkvm`. Dropping it (with every [`VcpuPage`]) destroys the VM.
 #[derive(Debug)]
@@ -147,11 +151,27 @@ impl Vm {
         Ok(c)
     }
 
+    /// Maps the console page.
+    ///
+    /// # Errors
+    /// `ENOEXEC` before [`Vm::create`].
+    pub fn map_console(&self) -> io::Result<ConsolePage> {
+        let p = self.map_page(CONSOLE_PAGE)?;
+        Ok(ConsolePage { page: p })
+    }
+
     /// Maps vCPU `idx`'s state page.
     ///
     /// # Errors
     /// `EINVAL` for an index the VM does not have, `ENOEXEC` before [`Vm::create`].
     pub fn map_vcpu(&self, idx: usize) -> io::Result<VcpuPage> {
+        if idx >= CONSOLE_PAGE {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        self.map_page(idx)
+    }
+
+    fn map_page(&self, idx: usize) -> io::Result<VcpuPage> {
         // SAFETY: a new shared mapping of one page of the VM file at a page-aligned offset;
         // the kernel picks the address. Nothing else is affected.
         let p = unsafe {
@@ -226,6 +246,44 @@ impl VcpuPage {
     /// The last exit record.
     pub fn exit(&self) -> VcpuExit {
         self.read(vcpu_off::EXIT)
+    }
+}
+
+/// The console page (`struct pkvm_console`), mapped from the VM file: the ring of bytes the
+/// module buffered and the two registers it may answer. Only the thread holding the VMM's lock
+/// drains it.
+#[derive(Debug)]
+pub struct ConsolePage {
+    page: VcpuPage,
+}
+
+impl ConsolePage {
+    /// Tells the module which console accesses it may answer.
+    pub fn set_fast_path(&self, f: &ConsoleFastPath) {
+        self.page.set(console_off::WRITE_IPA / 8, f.write_ipa);
+        self.page.set(console_off::READ_IPA / 8, f.read_ipa);
+        self.page.set(console_off::READ_VALUE / 8, f.read_value);
+    }
+
+    /// Hands every byte the module buffered to `out`, in order; how many. A head the module
+    /// never wrote (more than a ring ahead) is not trusted: only the last ring's worth is read.
+    pub fn drain(&self, mut out: impl FnMut(u8)) -> u64 {
+        let head = self.page.get(console_off::HEAD / 8);
+        fence(Ordering::Acquire);
+        let mut tail = self.page.get(console_off::TAIL / 8);
+        if head.wrapping_sub(tail) > CONSOLE_RING as u64 {
+            tail = head.wrapping_sub(CONSOLE_RING as u64);
+        }
+        let n = head.wrapping_sub(tail);
+        while tail != head {
+            let at = console_off::RING + (tail % CONSOLE_RING as u64) as usize;
+            let word: u64 = self.page.get(at / 8);
+            out((word >> (8 * (at % 8))) as u8);
+            tail = tail.wrapping_add(1);
+        }
+        fence(Ordering::Release);
+        self.page.set(console_off::TAIL / 8, tail);
+        n
     }
 }
 

@@ -160,7 +160,8 @@ fn main() -> ExitCode {
             eprintln!(
                 "pkvm-vmm: {} guest, {cpus} vCPU(s), {} MiB: {} after {ms} ms; exits: mmio {} \
                  (uart {}), hvc {}, idle {}, irq {}, sgi {}, injected {}; module: {} runs, {} \
-                 interrupt exits kept in the kernel, {} returns",
+                 interrupt exits kept in the kernel, {} console writes buffered and {} reads \
+                 answered there, {} returns",
                 if protected {
                     "protected"
                 } else {
@@ -180,6 +181,8 @@ fn main() -> ExitCode {
                 e.injected,
                 r.counts.runs,
                 r.counts.irq_exits,
+                r.counts.console_writes,
+                r.counts.console_reads,
                 r.counts.returns,
             );
             match r.end {

@@ -15,7 +15,7 @@ use pkvm_vmm_core::image::{self, Header};
 use pkvm_vmm_core::layout::Layout;
 use pkvm_vmm_core::machine::{End, Exits, Machine, Power, Step, VcpuRegs, entry_state};
 
-use crate::dev::{self, VcpuPage, Vm};
+use crate::dev::{self, ConsolePage, VcpuPage, Vm};
 
 /// What to boot.
 #[derive(Debug)]
@@ -81,7 +81,7 @@ fn lock(s: &Shared) -> MutexGuard<'_, State> {
 }
 
 /// Sets up the VM (RAM, images, device tree, vCPU pages) and starts it at EL2.
-fn build(cfg: &Config<'_>) -> io::Result<(Vm, Vec<VcpuPage>, Layout)> {
+fn build(cfg: &Config<'_>) -> io::Result<(Vm, Vec<VcpuPage>, ConsolePage, Layout)> {
     let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidInput, what.to_string());
     let layout = Layout::new(cfg.cpus, cfg.mem).map_err(|e| bad(&format!("layout: {e}")))?;
     let header = Header::parse(cfg.kernel).map_err(|e| bad(&format!("kernel: {e}")))?;
@@ -112,6 +112,7 @@ fn build(cfg: &Config<'_>) -> io::Result<(Vm, Vec<VcpuPage>, Layout)> {
     let pages = (0..cfg.cpus)
         .map(|i| vm.map_vcpu(i))
         .collect::<io::Result<Vec<_>>>()?;
+    let console = vm.map_console()?;
     for (i, p) in pages.iter().enumerate() {
         let mut st = VcpuState {
             pstate: PSTATE_EL1H_DAIF,
@@ -135,7 +136,7 @@ fn build(cfg: &Config<'_>) -> io::Result<(Vm, Vec<VcpuPage>, Layout)> {
         if cfg.protected { "donated" } else { "shared" },
         cfg.started.elapsed().as_millis(),
     );
-    Ok((vm, pages, layout))
+    Ok((vm, pages, console, layout))
 }
 
 /// Sleeps until vCPU `i` may run (on, probed, or idle with work) or the guest has ended
@@ -185,8 +186,42 @@ fn finish(sh: &Shared, st: &mut State, end: Result<End, String>) {
     }
 }
 
+/// A byte of the guest's console: a whole line is printed (when `echo`) and checked for the
+/// boot benchmark's mark.
+fn putc(st: &mut State, c: u8, cfg: &Config<'_>, echo: bool) {
+    if c == b'\n' {
+        let line = core::mem::take(&mut st.line);
+        if let Some(mark) = cfg.time_to
+            && !st.marked
+            && line.windows(mark.len()).any(|w| w == mark.as_bytes())
+        {
+            st.marked = true;
+            eprintln!(
+                "pkvm-vmm: '{mark}' after {} ms",
+                cfg.started.elapsed().as_millis()
+            );
+        }
+        if echo {
+            let mut out = io::stdout().lock();
+            let _ = out.write_all(&line);
+            let _ = out.write_all(b"\n");
+            let _ = out.flush();
+        }
+    } else if c != b'\r' && st.line.len() < 4096 {
+        st.line.push(c);
+    }
+}
+
 /// One vCPU's thread: wait for its turn, fill its list registers, run, handle the exit.
-fn vcpu_thread(sh: &Shared, vm: &Vm, pages: &[VcpuPage], i: usize, cfg: &Config<'_>, echo: bool) {
+fn vcpu_thread(
+    sh: &Shared,
+    vm: &Vm,
+    pages: &[VcpuPage],
+    console: &ConsolePage,
+    i: usize,
+    cfg: &Config<'_>,
+    echo: bool,
+) {
     let page = &pages[i];
     lock(sh).threads[i] = Some(dev::this_thread());
     loop {
@@ -215,32 +250,18 @@ fn vcpu_thread(sh: &Shared, vm: &Vm, pages: &[VcpuPage], i: usize, cfg: &Config<
                 return;
             }
         };
+        // What the module buffered came before this exit.
+        let n = {
+            let s = &mut *st;
+            console.drain(|c| putc(s, c, cfg, echo))
+        };
+        st.machine.count_console_exits(n);
         let exit = Exit::decode(reason, &page.exit());
-        match st.machine.handle(i, page, exit) {
+        let step = st.machine.handle(i, page, exit);
+        console.set_fast_path(&st.machine.console_fast_path());
+        match step {
             Step::Continue => {}
-            Step::Console(c) => {
-                if c == b'\n' {
-                    let line = core::mem::take(&mut st.line);
-                    if let Some(mark) = cfg.time_to
-                        && !st.marked
-                        && line.windows(mark.len()).any(|w| w == mark.as_bytes())
-                    {
-                        st.marked = true;
-                        eprintln!(
-                            "pkvm-vmm: '{mark}' after {} ms",
-                            cfg.started.elapsed().as_millis()
-                        );
-                    }
-                    if echo {
-                        let mut out = io::stdout().lock();
-                        let _ = out.write_all(&line);
-                        let _ = out.write_all(b"\n");
-                        let _ = out.flush();
-                    }
-                } else if c != b'\r' && st.line.len() < 4096 {
-                    st.line.push(c);
-                }
-            }
+            Step::Console(c) => putc(&mut st, c, cfg, echo),
             Step::CpuOn {
                 target,
                 entry,
@@ -283,10 +304,11 @@ fn vcpu_thread(sh: &Shared, vm: &Vm, pages: &[VcpuPage], i: usize, cfg: &Config<
 /// Setting the VM up failed (bad image, a refused ioctl).
 pub fn run(cfg: &Config<'_>, echo: bool) -> io::Result<Report> {
     dev::install_kick_handler()?;
-    let (vm, pages, layout) = build(cfg)?;
+    let (vm, pages, console, layout) = build(cfg)?;
     let nr_lrs = vm.stat(pkvm_abi::Stat::VgicListRegs)? as usize;
     let machine = Machine::new(layout, cfg.protected, nr_lrs)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+    console.set_fast_path(&machine.console_fast_path());
     let sh = Shared {
         state: Mutex::new(State {
             machine,
@@ -302,9 +324,9 @@ pub fn run(cfg: &Config<'_>, echo: bool) -> io::Result<Report> {
     let t0 = dev::counter();
     std::thread::scope(|s| {
         for i in 0..cfg.cpus {
-            let (sh, vm, pages) = (&sh, &vm, &pages);
+            let (sh, vm, pages, console) = (&sh, &vm, &pages, &console);
             s.spawn(move || {
-                vcpu_thread(sh, vm, pages, i, cfg, echo);
+                vcpu_thread(sh, vm, pages, console, i, cfg, echo);
                 lock(sh).exited += 1;
                 sh.wake.notify_all();
             });
@@ -329,11 +351,15 @@ pub fn run(cfg: &Config<'_>, echo: bool) -> io::Result<Report> {
         }
     });
     let t1 = dev::counter().0;
-    let st = sh
+    let mut st = sh
         .state
         .into_inner()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let counts = vm.counts()?;
+    // The last bytes (a guest that powers off right after printing), and the reads the module
+    // answered, as the exits they replaced.
+    let n = console.drain(|c| putc(&mut st, c, cfg, echo));
+    st.machine.count_console_exits(n + counts.console_reads);
     Ok(Report {
         end: st.end.unwrap_or_else(|| Err("no vCPU ran".into())),
         exits: st.machine.exits,

@@ -77,6 +77,57 @@ pub struct Counts {
     pub returns: u64,
     /// EL2 instructions of the `VcpuRun` calls (module parameter `measure=1`, under `-icount`).
     pub el2_instructions: u64,
+    /// MMIO writes the module buffered in the console ring.
+    pub console_writes: u64,
+    /// MMIO reads the module answered from the console page.
+    pub console_reads: u64,
+}
+
+/// The console page's ring size in bytes.
+pub const CONSOLE_RING: usize = 2048;
+/// The console page's `mmap` page index.
+pub const CONSOLE_PAGE: usize = 4;
+
+/// The console page (`struct pkvm_console`): user space names a byte register whose writes
+/// the module buffers here instead of exiting, and one whose reads it answers with a fixed
+/// byte (KVM's coalesced MMIO, for the guest's console).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Console {
+    /// User space: buffer 1-byte writes at this IPA (0: none).
+    pub write_ipa: u64,
+    /// User space: answer 1-byte reads at this IPA (0: none)...
+    pub read_ipa: u64,
+    /// ... with this byte.
+    pub read_value: u64,
+    /// The module: bytes put in the ring so far.
+    pub head: u64,
+    /// User space: bytes taken so far.
+    pub tail: u64,
+    /// Unused.
+    pub reserved: [u64; 3],
+    /// Byte `n` at `ring[n % CONSOLE_RING]`.
+    pub ring: [u8; CONSOLE_RING],
+}
+
+/// Byte offsets of [`Console`]'s fields.
+pub mod console_off {
+    use core::mem::offset_of;
+
+    use super::Console;
+
+    /// `write_ipa`.
+    pub const WRITE_IPA: usize = offset_of!(Console, write_ipa);
+    /// `read_ipa`.
+    pub const READ_IPA: usize = offset_of!(Console, read_ipa);
+    /// `read_value`.
+    pub const READ_VALUE: usize = offset_of!(Console, read_value);
+    /// `head`.
+    pub const HEAD: usize = offset_of!(Console, head);
+    /// `tail`.
+    pub const TAIL: usize = offset_of!(Console, tail);
+    /// `ring`.
+    pub const RING: usize = offset_of!(Console, ring);
 }
 
 /// `PKVM_CREATE`.
@@ -105,12 +156,49 @@ mod tests {
         assert_eq!(START, 0x0000_b703);
         assert_eq!(RUN, 0x0000_b704);
         assert_eq!(STAT, 0xc010_b705);
-        assert_eq!(COUNTS, 0x8020_b706);
+        assert_eq!(COUNTS, 0x8030_b706);
     }
 
-    /// The offsets `linux/pkvm.c` reads the saved virtual timer at, and the page it maps.
+    /// The console page as `linux/pkvm_uapi.h` lays it out.
+    #[test]
+    fn the_console_page() {
+        use console_off::*;
+        assert_eq!(
+            (WRITE_IPA, READ_IPA, READ_VALUE, HEAD, TAIL, RING),
+            (0, 8, 16, 24, 32, 64)
+        );
+        assert!(size_of::<Console>() <= 4096);
+        assert!(CONSOLE_PAGE as u64 >= MAX_VCPUS);
+        let h = include_str!("../../../linux/pkvm_uapi.h");
+        assert!(h.contains("#define PKVM_CONSOLE_RING 2048"));
+        assert!(h.contains("#define PKVM_CONSOLE_PAGE 4"));
+    }
+
+    /// The offsets `linux/pkvm.c` reads the saved virtual timer and the exit record at.
     #[test]
     fn the_module_s_view_of_the_vcpu_page() {
+        use core::mem::offset_of;
+        use pkvm_abi::guest::VcpuExit;
+        let c = include_str!("../../../linux/pkvm.c");
+        for (name, off) in [
+            ("VCPU_EXIT_REASON", vcpu_off::EXIT),
+            ("VCPU_EXIT_IPA", vcpu_off::EXIT + offset_of!(VcpuExit, ipa)),
+            (
+                "VCPU_EXIT_SIZE",
+                vcpu_off::EXIT + offset_of!(VcpuExit, mmio_size),
+            ),
+            (
+                "VCPU_EXIT_WRITE",
+                vcpu_off::EXIT + offset_of!(VcpuExit, mmio_write),
+            ),
+            ("VCPU_EXIT_DATA", vcpu_off::EXIT_MMIO_DATA),
+            ("VCPU_SYS_OFF", vcpu_off::SYS),
+        ] {
+            assert!(
+                c.contains(&alloc::format!("#define {name} {off}\n")),
+                "{name} {off}"
+            );
+        }
         assert_eq!(vcpu_off::SYS, 264);
         assert_eq!(vcpu_off::sys(sys::CNTV_CTL_EL0), 264 + 22 * 8);
         assert_eq!(vcpu_off::sys(sys::CNTV_CVAL_EL0), 264 + 23 * 8);

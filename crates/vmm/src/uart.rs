@@ -107,6 +107,17 @@ impl Uart {
         self.mcr & MCR_LOOP != 0
     }
 
+    /// What a VMM may answer without this model (the `/dev/pkvm` console page): whether a
+    /// write of THR only sends its byte (no divisor latch, no loopback, no THR-empty interrupt
+    /// enabled, whose pending state the write would set), and LSR's value while reading it
+    /// changes nothing (no received byte, no overrun to clear).
+    #[must_use]
+    pub fn fast_path(&self) -> (bool, Option<u8>) {
+        let tx = !self.dlab() && !self.loopback() && self.ier & IER_THRE == 0;
+        let lsr = (self.rx.is_empty() && !self.overrun).then_some(LSR_THRE | LSR_TEMT);
+        (tx, lsr)
+    }
+
     /// Queues `byte` for the guest to read; a full FIFO drops it and flags an overrun.
     pub fn receive(&mut self, byte: u8) {
         if self.rx.len() < FIFO {

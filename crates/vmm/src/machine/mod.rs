@@ -97,6 +97,17 @@ pub struct Exits {
     pub injected: u64,
 }
 
+/// See [`Machine::console_fast_path`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConsoleFastPath {
+    /// Byte writes here only print their byte (0: none).
+    pub write_ipa: u64,
+    /// Byte reads here read [`ConsoleFastPath::read_value`] and change nothing (0: none).
+    pub read_ipa: u64,
+    /// What they read.
+    pub read_value: u64,
+}
+
 /// What an exit asks of the VMM's loop.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Step {
@@ -224,6 +235,27 @@ impl Machine {
     /// Whether any vCPU can still run (on, idle or probed).
     pub fn any_alive(&self) -> bool {
         self.vcpus.iter().any(|v| v.power != Power::Off)
+    }
+
+    /// The console accesses a VMM may let its kernel answer (the `/dev/pkvm` console page):
+    /// the IPA of the UART's transmit register while a write there only prints its byte, and
+    /// the IPA and value of its line status while reading it changes nothing; 0 for none.
+    /// Recomputed after every exit the VMM handles (the UART's state changes only then).
+    pub fn console_fast_path(&self) -> ConsoleFastPath {
+        let (tx, lsr) = self.uart.fast_path();
+        let base = crate::layout::UART_BASE;
+        ConsoleFastPath {
+            write_ipa: if tx { base } else { 0 },
+            read_ipa: if lsr.is_some() { base + 5 } else { 0 },
+            read_value: lsr.map_or(0, u64::from),
+        }
+    }
+
+    /// Console accesses a VMM's kernel answered through [`Machine::console_fast_path`],
+    /// counted as the MMIO exits they replace.
+    pub fn count_console_exits(&mut self, n: u64) {
+        self.exits.mmio += n;
+        self.exits.uart += n;
     }
 
     /// vCPU `v`'s virtual timer at counter value `now`: its interrupt line is high (enabled,

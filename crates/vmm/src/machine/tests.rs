@@ -506,3 +506,66 @@ fn exits_are_counted_by_kind() {
     assert_eq!((e.irq, e.idle, e.sgi), (2, 2, 2));
     assert_eq!((m.power(0), m.power(1)), (Power::Idle, Power::Idle));
 }
+
+#[test]
+fn the_console_fast_path_follows_the_uart() {
+    use crate::layout::UART_BASE;
+    let mut m = machine(1, false);
+    let v = Regs::default();
+    let fast = ConsoleFastPath {
+        write_ipa: UART_BASE,
+        read_ipa: UART_BASE + 5,
+        read_value: 0x60,
+    };
+    assert_eq!(m.console_fast_path(), fast, "after reset");
+    let w = |m: &mut Machine, off: u64, val: u64| {
+        m.handle(
+            0,
+            &v,
+            Exit::Mmio {
+                ipa: UART_BASE + off,
+                size: 1,
+                write: true,
+                data: val,
+            },
+        );
+    };
+    // The divisor latch: THR is DLL, no fast write (the status still reads the same).
+    w(&mut m, 3, 0x83);
+    assert_eq!(
+        m.console_fast_path(),
+        ConsoleFastPath {
+            write_ipa: 0,
+            ..fast
+        }
+    );
+    w(&mut m, 3, 0x03);
+    assert_eq!(m.console_fast_path(), fast);
+    // Loopback: a write is received, and then LSR has data ready.
+    w(&mut m, 4, 0x10);
+    assert_eq!(m.console_fast_path().write_ipa, 0);
+    w(&mut m, 0, u64::from(b'x'));
+    assert_eq!(m.console_fast_path(), ConsoleFastPath::default());
+    w(&mut m, 4, 0);
+    m.handle(
+        0,
+        &v,
+        Exit::Mmio {
+            ipa: UART_BASE,
+            size: 1,
+            write: false,
+            data: 0,
+        },
+    );
+    assert_eq!(v.0.borrow().exit.mmio_data, u64::from(b'x'));
+    assert_eq!(m.console_fast_path(), fast);
+    // The THR-empty interrupt enabled: a write sets its pending state, so not fast.
+    w(&mut m, 1, 0x2);
+    assert_eq!(m.console_fast_path().write_ipa, 0);
+    let before = m.exits;
+    m.count_console_exits(5);
+    assert_eq!(
+        (m.exits.mmio, m.exits.uart),
+        (before.mmio + 5, before.uart + 5)
+    );
+}
