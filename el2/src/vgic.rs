@@ -62,6 +62,22 @@ indexed!(read read_lr:
     8 => "S3_4_C12_C13_0", 9 => "S3_4_C12_C13_1", 10 => "S3_4_C12_C13_2", 11 => "S3_4_C12_C13_3",
     12 => "S3_4_C12_C13_4", 13 => "S3_4_C12_C13_5", 14 => "S3_4_C12_C13_6", 15 => "S3_4_C12_C13_7",
 );
+// Register 0 of a kind, without the index's dispatch (the hot path).
+indexed!(write write_lr0_at: 0 => "S3_4_C12_C12_0");
+indexed!(write write_ap0r0_at: 0 => "S3_4_C12_C8_0");
+indexed!(write write_ap1r0_at: 0 => "S3_4_C12_C9_0");
+#[inline(always)]
+fn write_lr0(v: u64) {
+    write_lr0_at(0, v);
+}
+#[inline(always)]
+fn write_ap0r0(v: u64) {
+    write_ap0r0_at(0, v);
+}
+#[inline(always)]
+fn write_ap1r0(v: u64) {
+    write_ap1r0_at(0, v);
+}
 // ICH_AP0R<n>_EL2: S3_4_C12_C8_<n>; ICH_AP1R<n>_EL2: S3_4_C12_C9_<n>.
 indexed!(write write_ap0r: 0 => "S3_4_C12_C8_0", 1 => "S3_4_C12_C8_1", 2 => "S3_4_C12_C8_2", 3 => "S3_4_C12_C8_3");
 indexed!(read read_ap0r: 0 => "S3_4_C12_C8_0", 1 => "S3_4_C12_C8_1", 2 => "S3_4_C12_C8_2", 3 => "S3_4_C12_C8_3");
@@ -156,13 +172,21 @@ pub fn run_with<R>(v: &mut VgicRegs, run: impl FnOnce() -> R) -> R {
     r
 }
 
-/// Loads `v` (the world switch's `isb` before `eret` makes it take effect).
+/// Loads `v` (the world switch's `isb` before `eret` makes it take effect). Register 0 of
+/// each kind (every CPU has it) is written directly, the others through their index: one
+/// active-priority register per group and one or two list registers are the common case.
 fn load(v: &VgicRegs, info: VgicInfo) {
-    for i in 0..usize::from(info.nr_aprs) {
+    write_ap0r0(v.ap0r[0]);
+    write_ap1r0(v.ap1r[0]);
+    for i in 1..usize::from(info.nr_aprs) {
         write_ap0r(i, v.ap0r[i]);
         write_ap1r(i, v.ap1r[i]);
     }
-    for i in 0..usize::from(v.nr_lrs.min(info.nr_lrs)) {
+    let nr = usize::from(v.nr_lrs.min(info.nr_lrs));
+    if nr > 0 {
+        write_lr0(v.lr[0]);
+    }
+    for i in 1..nr {
         write_lr(i, v.lr[i]);
     }
     write_vmcr(0, v.vmcr);
@@ -177,13 +201,22 @@ fn save(v: &mut VgicRegs, info: VgicInfo) {
     v.eisr = read_eisr(0);
     v.elrsr = read_elrsr(0);
     write_hcr(0, 0);
-    for i in 0..usize::from(info.nr_aprs) {
+    v.ap0r[0] = read_ap0r(0);
+    v.ap1r[0] = read_ap1r(0);
+    write_ap0r0(0);
+    write_ap1r0(0);
+    for i in 1..usize::from(info.nr_aprs) {
         v.ap0r[i] = read_ap0r(i);
         v.ap1r[i] = read_ap1r(i);
         write_ap0r(i, 0);
         write_ap1r(i, 0);
     }
-    for i in 0..usize::from(v.nr_lrs.min(info.nr_lrs)) {
+    let nr = usize::from(v.nr_lrs.min(info.nr_lrs));
+    if nr > 0 {
+        v.lr[0] = read_lr(0);
+        write_lr0(0);
+    }
+    for i in 1..nr {
         v.lr[i] = read_lr(i);
         write_lr(i, 0);
     }
