@@ -52,6 +52,7 @@
 #include <asm/cacheflush.h>
 #include <asm/sysreg.h>
 
+#include "pkvm_el2_count.h"
 #include "pkvm_uapi.h"
 
 /* pkvm-rs's host ABI (crates/abi/src/lib.rs). */
@@ -149,31 +150,14 @@ static long hcall(unsigned long id, unsigned long a1, unsigned long a2, unsigned
 /* VcpuRun, its EL2 instructions counted (PMCCNTR at EL2 only) when `measure` is set. */
 static long vcpu_run_hcall(struct pkvm_vm *vm, unsigned long idx, u64 *reason)
 {
-	u64 pmcr, filt, en, c0, c1;
-	unsigned long flags;
+	struct el2_count c;
 	long r;
 
 	if (!measure)
 		return hcall(HC_VCPU_RUN, vm->handle, idx, 0, 0, 0, reason);
-	local_irq_save(flags);
-	pmcr = read_sysreg(pmcr_el0);
-	filt = read_sysreg(pmccfiltr_el0);
-	en = read_sysreg(pmcntenset_el0);
-	/* P=1 U=1 (not EL1/EL0), NSH=1 (EL2). */
-	write_sysreg((1UL << 31) | (1UL << 30) | (1UL << 27), pmccfiltr_el0);
-	write_sysreg(pmcr | 1 /* E */ | (1 << 6) /* LC */, pmcr_el0);
-	write_sysreg(1UL << 31, pmcntenset_el0);
-	isb();
-	c0 = read_sysreg(pmccntr_el0);
+	el2_count_begin(&c);
 	r = hcall(HC_VCPU_RUN, vm->handle, idx, 0, 0, 0, reason);
-	c1 = read_sysreg(pmccntr_el0);
-	write_sysreg(filt, pmccfiltr_el0);
-	if (!(en & (1UL << 31)))
-		write_sysreg(1UL << 31, pmcntenclr_el0);
-	write_sysreg(pmcr, pmcr_el0);
-	isb();
-	local_irq_restore(flags);
-	atomic64_add(c1 - c0, &vm->el2_instructions);
+	atomic64_add(el2_count_end(&c), &vm->el2_instructions);
 	return r;
 }
 

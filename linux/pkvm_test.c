@@ -40,6 +40,8 @@
 #include <asm/memory.h>
 #include <asm/sysreg.h>
 
+#include "pkvm_el2_count.h"
+
 /* pkvm-rs ABI (crates/abi/src/lib.rs). */
 #define PKVM_HVC_BASE 0xC6000000UL
 enum pkvm_hcall {
@@ -577,29 +579,16 @@ static void recheck(void)
  */
 static u64 el2_count(unsigned long id, unsigned long pfn, unsigned long nr)
 {
-	u64 pmcr = read_sysreg(pmcr_el0), filt = read_sysreg(pmccfiltr_el0);
-	u64 en = read_sysreg(pmcntenset_el0), c0, c1;
-	unsigned long flags;
+	struct el2_count c;
+	u64 n;
 	long r;
 
-	local_irq_save(flags);
-	/* P=1 U=1 (not EL1/EL0), NSH=1 (EL2). */
-	write_sysreg((1UL << 31) | (1UL << 30) | (1UL << 27), pmccfiltr_el0);
-	write_sysreg(pmcr | 1 /* E */ | (1 << 6) /* LC */, pmcr_el0);
-	write_sysreg(1UL << 31, pmcntenset_el0);
-	isb();
-	c0 = read_sysreg(pmccntr_el0);
+	el2_count_begin(&c);
 	r = pkvm_call(id, pfn, nr, NULL);
-	c1 = read_sysreg(pmccntr_el0);
-	write_sysreg(filt, pmccfiltr_el0);
-	if (!(en & (1UL << 31)))
-		write_sysreg(1UL << 31, pmcntenclr_el0);
-	write_sysreg(pmcr, pmcr_el0);
-	isb();
-	local_irq_restore(flags);
+	n = el2_count_end(&c);
 	if (r)
 		pr_err("pkvm_test: measured call %#lx failed: %ld\n", id, r);
-	return c1 - c0;
+	return n;
 }
 
 static void measure(void)

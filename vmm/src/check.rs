@@ -11,6 +11,11 @@ use pkvm_vmm_core::layout::RAM_BASE;
 
 use crate::dev::Vm;
 
+/// A user address no mapping covers (the kernel cannot write through it into this process).
+const UNMAPPED: u64 = 16;
+/// A kernel address (refused by the user-copy checks).
+const KERNEL: u64 = 0xffff_8000_0000_0000;
+
 /// A VM of `mem` bytes and one vCPU, created (not started).
 fn created(device: &Path, mem: u64) -> io::Result<Vm> {
     let vm = Vm::open(device)?;
@@ -95,16 +100,12 @@ pub fn run(device: &Path) -> io::Result<(u32, u32)> {
         EINVAL,
     );
     let vm = Vm::open(device)?;
-    check(
-        "CREATE from an unmapped address",
-        errno(vm.raw_ioctl(dev::CREATE, 16)),
-        EFAULT,
-    );
-    check(
-        "CREATE from a kernel address",
-        errno(vm.raw_ioctl(dev::CREATE, 0xffff_8000_0000_0000)),
-        EFAULT,
-    );
+    for (what, arg) in [
+        ("CREATE from an unmapped address", UNMAPPED),
+        ("CREATE from a kernel address", KERNEL),
+    ] {
+        check(what, errno(vm.raw_ioctl(dev::CREATE, arg)), EFAULT);
+    }
     check(
         "LOAD before CREATE",
         errno(vm.load(RAM_BASE, &[0; 8])),
@@ -147,7 +148,7 @@ pub fn run(device: &Path) -> io::Result<(u32, u32)> {
     );
     let mut l = dev::Load {
         ipa: RAM_BASE,
-        addr: 16,
+        addr: UNMAPPED,
         len: 8,
     };
     check(
@@ -155,7 +156,7 @@ pub fn run(device: &Path) -> io::Result<(u32, u32)> {
         errno(vm.raw_ioctl(dev::LOAD, (&raw mut l) as u64)),
         EFAULT,
     );
-    l.addr = 0xffff_8000_0000_0000;
+    l.addr = KERNEL;
     check(
         "LOAD from a kernel address",
         errno(vm.raw_ioctl(dev::LOAD, (&raw mut l) as u64)),
@@ -208,16 +209,12 @@ pub fn run(device: &Path) -> io::Result<(u32, u32)> {
         errno(vm.raw_ioctl(dev::STAT, (&raw mut s) as u64)),
         EINVAL,
     );
-    check(
-        "STAT into an unmapped address",
-        errno(vm.raw_ioctl(dev::STAT, 16)),
-        EFAULT,
-    );
-    check(
-        "COUNTS into an unmapped address",
-        errno(vm.raw_ioctl(dev::COUNTS, 16)),
-        EFAULT,
-    );
+    for (what, req) in [
+        ("STAT into an unmapped address", dev::STAT),
+        ("COUNTS into an unmapped address", dev::COUNTS),
+    ] {
+        check(what, errno(vm.raw_ioctl(req, UNMAPPED)), EFAULT);
+    }
     // A protected VM refused half-way by EL2 (more RAM than its memcache maps cannot happen:
     // the module refuses it first), and one with a vCPU whose PSTATE EL2 refuses.
     let p = Vm::open(device)?;

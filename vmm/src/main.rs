@@ -86,6 +86,9 @@ enum Cmd {
         /// A protected VM.
         #[arg(long)]
         protected: bool,
+        /// The guest's virtual GIC interface on (as a Linux guest has it).
+        #[arg(long)]
+        vgic: bool,
     },
 }
 
@@ -220,13 +223,15 @@ fn main() -> ExitCode {
         Cmd::Bench {
             iterations,
             protected,
-        } => match bench::run(&cli.device, protected, 200, iterations) {
+            vgic,
+        } => match bench::run(&cli.device, protected, vgic, 200, iterations) {
             Ok(f) => {
                 let n = f.round_trips.max(1);
                 // Under QEMU -icount shift=0 an instruction is one nanosecond of virtual time.
                 let ns = f.ticks.0 as u128 * 1_000_000_000 / u128::from(f.ticks.1.max(1));
                 println!(
-                    "PKVM-VMM-BENCH protected={protected} round_trips={} ns_per_round_trip={} \
+                    "PKVM-VMM-BENCH protected={protected} vgic={vgic} round_trips={} \
+                     ns_per_round_trip={} \
                      el2_instructions_per_round_trip={} runs={} irq_exits={}",
                     f.round_trips,
                     ns / u128::from(n),

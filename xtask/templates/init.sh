@@ -1,11 +1,5 @@
 #!/bin/sh
-export PATH=/bin:/sbin:/usr/bin:/usr/sbin
-/bin/busybox --install -s
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev 2>/dev/null
-fail() { echo "{{RESULT}} fail $*"; poweroff -f; sleep 30; }
-echo "{{INIT_MARKER}} /init started at $(cut -d' ' -f1 /proc/uptime) s uptime"
+{{PROLOGUE}}
 want=$(tr ' ' '\n' < /proc/cmdline | sed -n 's/^{{CPUS_PARAM}}=//p')
 cpus=$(grep -c ^processor /proc/cpuinfo)
 echo "init: $cpus CPUs online, $(grep MemTotal /proc/meminfo)"

@@ -1,13 +1,7 @@
 #!/bin/sh
 # /init of `cargo xtask run --host linux --scenario vmm`: Debian's Linux is pkvm-rs's host and
 # starts Linux guests with pkvm-vmm through /dev/pkvm (linux/pkvm.ko).
-export PATH=/bin:/sbin:/usr/bin:/usr/sbin
-/bin/busybox --install -s
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev 2>/dev/null
-fail() { echo "{{RESULT}} fail $*"; poweroff -f; sleep 30; }
-echo "{{INIT_MARKER}} /init started at $(cut -d' ' -f1 /proc/uptime) s uptime"
+{{PROLOGUE}}
 echo "init: $(grep -c ^processor /proc/cpuinfo) CPUs online, $(grep MemTotal /proc/meminfo)"
 insmod /pkvm.ko {{MODULE_PARAMS}} || fail "insmod pkvm.ko failed"
 [ -c /dev/pkvm ] || fail "no /dev/pkvm"
@@ -39,7 +33,9 @@ booted() { grep -q '{{GUEST_RESULT}} pass' "/tmp/$1.log"; }
 if grep -q {{BENCH_PARAM}} /proc/cmdline; then
     # `cargo xtask bench --scenario vmm`: the run round trip through the module (meaningful
     # under -icount), then pkvm.boots=N timed protected boots.
-    for p in "" --protected; do pkvm-vmm bench --iterations {{BENCH_ITERATIONS}} $p || fail "bench $p"; done
+    for p in "" --protected; do
+        for g in "" --vgic; do pkvm-vmm bench --iterations {{BENCH_ITERATIONS}} $p $g || fail "bench $p $g"; done
+    done
     boots=$(tr ' ' '\n' < /proc/cmdline | sed -n 's/^pkvm.boots=//p')
     k=1
     while [ "$k" -le "${boots:-0}" ]; do

@@ -32,7 +32,13 @@ fn ensure_cross_compiler() -> Result<(), Error> {
 }
 
 /// The files of `linux/` the build reads.
-const SOURCES: [&str; 4] = ["pkvm_test.c", "pkvm.c", "pkvm_uapi.h", "Kbuild"];
+const SOURCES: [&str; 5] = [
+    "pkvm_test.c",
+    "pkvm.c",
+    "pkvm_uapi.h",
+    "pkvm_el2_count.h",
+    "Kbuild",
+];
 
 /// The two modules, built.
 #[derive(Debug)]

@@ -13,11 +13,15 @@ use std::path::{Path, PathBuf};
 
 /// The `/init` script, before substitution.
 const INIT_TEMPLATE: &str = include_str!("../../templates/init.sh");
+/// The start every host `/init` shares (`{{PROLOGUE}}`): `PATH`, busybox, the mounts, `fail`,
+/// the first marker. Its first line (a comment about itself) is not part of it.
+const PROLOGUE: &str = include_str!("../../templates/init-prologue.sh");
 
-/// `template` with every `{{NAME}}` replaced by its value in `vars`; panics on a placeholder
-/// left over (a template and its code out of step).
+/// `template` with `{{PROLOGUE}}` and then every `{{NAME}}` replaced by its value in `vars`;
+/// panics on a placeholder left over (a template and its code out of step).
 pub(super) fn render(template: &str, vars: &[(&str, &str)]) -> String {
-    let mut text = template.to_string();
+    let prologue = PROLOGUE.split_once('\n').map_or("", |(_, rest)| rest);
+    let mut text = template.replace("{{PROLOGUE}}\n", prologue);
     for (name, value) in vars {
         text = text.replace(&format!("{{{{{name}}}}}"), value);
     }

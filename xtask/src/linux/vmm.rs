@@ -191,10 +191,15 @@ pub fn bench(o: &RunOptions) -> Result<(), Error> {
         ) else {
             return failed(format!("unreadable bench line: {l}"));
         };
-        trips.push((l.contains("protected=true"), ns, el2));
+        trips.push((
+            l.contains("protected=true"),
+            l.contains("vgic=true"),
+            ns,
+            el2,
+        ));
     }
-    if trips.len() != 2 {
-        return failed(format!("{} PKVM-VMM-BENCH lines, wanted 2", trips.len()));
+    if trips.len() != 4 {
+        return failed(format!("{} PKVM-VMM-BENCH lines, wanted 4", trips.len()));
     }
     let timed = RunOptions {
         smp: 4,
@@ -241,15 +246,16 @@ pub fn bench(o: &RunOptions) -> Result<(), Error> {
     println!("\nLinux host, /dev/pkvm, pkvm-vmm (-cpu {}):\n", o.cpu);
     println!("| figure | value |");
     println!("|---|---:|");
-    for (protected, ns, el2) in &trips {
+    for (protected, vgic, ns, el2) in &trips {
         let kind = if *protected {
             "protected"
         } else {
             "non-protected"
         };
+        let gic = if *vgic { "on" } else { "off" };
         println!(
-            "| vCPU run round trip (MMIO read) through the module, {kind}: all instructions / \
-             EL2 instructions (-icount, 1 CPU) | {ns} / {el2} |"
+            "| vCPU run round trip (MMIO read) through the module, {kind}, virtual GIC {gic}: \
+             all instructions / EL2 instructions (-icount, 1 CPU) | {ns} / {el2} |"
         );
     }
     println!(

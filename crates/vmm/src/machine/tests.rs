@@ -290,26 +290,15 @@ fn sgis_reach_the_target_vcpu() {
     m.gic.redist_write(sgi + 0x80, 4, 0xffff_ffff);
     m.gic.redist_write(sgi + 0x100, 4, 1 << 1);
     m.gic.dist_write(0, 4, (1 << 4) | (1 << 1));
+    let send = |m: &mut Machine, value: u64, op2: u64| {
+        m.handle(0, &v, Exit::Sgi { value, op2 });
+    };
     // ICC_SGI1R_EL1: INTID 1, target list bit 1 (vCPU 1), Aff1..3 = 0.
-    m.handle(
-        0,
-        &v,
-        Exit::Sgi {
-            value: (1 << 24) | 0b10,
-            op2: 5,
-        },
-    );
+    send(&mut m, (1 << 24) | 0b10, 5);
     assert_eq!(m.exits.sgi, 1);
     assert!(m.has_work(1, &Regs::default(), 0));
     // Group 0 SGIs (ICC_SGI0R_EL1) are ignored.
-    m.handle(
-        0,
-        &v,
-        Exit::Sgi {
-            value: (2 << 24) | 0b10,
-            op2: 7,
-        },
-    );
+    send(&mut m, (2 << 24) | 0b10, 7);
     assert_eq!(m.exits.sgi, 1);
 }
 
