@@ -179,8 +179,15 @@ fn finish(sh: &Shared, st: &mut State, end: Result<End, String>) {
         st.end = Some(end);
     }
     sh.wake.notify_all();
-    for (t, &r) in st.threads.iter().zip(&st.running) {
-        if let (Some(t), true) = (t, r) {
+    kick_running(st, None);
+}
+
+/// Kicks every vCPU thread inside `PKVM_RUN` (but `except`) out of the guest.
+fn kick_running(st: &State, except: Option<usize>) {
+    for (k, (t, &r)) in st.threads.iter().zip(&st.running).enumerate() {
+        if let (Some(t), true) = (t, r)
+            && Some(k) != except
+        {
             dev::kick(*t);
         }
     }
@@ -278,14 +285,7 @@ fn vcpu_thread(
         if let Exit::Sgi { .. } = exit {
             // Targets in WFI wake up; targets in the guest are kicked out to take the SGI.
             sh.wake.notify_all();
-            for k in 0..st.running.len() {
-                if k != i
-                    && st.running[k]
-                    && let Some(t) = st.threads[k]
-                {
-                    dev::kick(t);
-                }
-            }
+            kick_running(&st, Some(i));
         }
         if !st.machine.any_alive() {
             finish(
@@ -337,11 +337,7 @@ pub fn run(cfg: &Config<'_>, echo: bool) -> io::Result<Report> {
         let mut st = lock(&sh);
         while st.exited < cfg.cpus {
             if st.end.is_some() {
-                for (t, &r) in st.threads.iter().zip(&st.running) {
-                    if let (Some(t), true) = (t, r) {
-                        dev::kick(*t);
-                    }
-                }
+                kick_running(&st, None);
             }
             st = sh
                 .wake
