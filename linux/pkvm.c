@@ -185,6 +185,18 @@ static u64 *vcpu_word(struct pkvm_vm *vm, unsigned long idx, unsigned int off)
 }
 
 /*
+ * Whether user space saw vCPU idx's timer due: the counter value it last sampled the timer at
+ * (written to the vCPU page before PKVM_RUN) is at or past the deadline. Then the interrupt is
+ * in a list register, or the guest cannot take it yet (masked in its GIC), and the module
+ * holds the host's PPI 27 for the run; otherwise it returns to user space first.
+ */
+static bool guest_timer_seen(struct pkvm_vm *vm, unsigned long idx)
+{
+	return READ_ONCE(*vcpu_word(vm, idx, PKVM_VCPU_TIMER_SAMPLED)) >=
+	       vcpu_sys(vm, idx, SYS_CNTV_CVAL);
+}
+
+/*
  * An MMIO exit the console page lets the module answer: a 1-byte write to its write_ipa goes
  * into the ring (unless it is full), a 1-byte read of its read_ipa gets read_value. Everything
  * read from the page is user space's and only decides what this VM's guest sees.
@@ -198,7 +210,8 @@ static bool console_exit(struct pkvm_vm *vm, unsigned long idx)
 	if (READ_ONCE(*vcpu_word(vm, idx, VCPU_EXIT_SIZE)) != 1)
 		return false;
 	if (!READ_ONCE(*vcpu_word(vm, idx, VCPU_EXIT_WRITE))) {
-		if (!ipa || ipa != READ_ONCE(c->read_ipa))
+		/* read_ipa before read_value: user space writes them the other way round. */
+		if (!ipa || ipa != smp_load_acquire(&c->read_ipa))
 			return false;
 		WRITE_ONCE(*vcpu_word(vm, idx, VCPU_EXIT_DATA), READ_ONCE(c->read_value) & 0xff);
 		atomic64_inc(&vm->console_reads);
@@ -233,14 +246,22 @@ static long pkvm_run(struct pkvm_vm *vm, unsigned long idx)
 	if (idx >= vm->nr_vcpus)
 		return -EINVAL;
 	for (;;) {
-		bool hold = guest_timer_fired(vm, idx);
+		bool due = guest_timer_fired(vm, idx);
 		u64 reason = 0;
 		long r;
 
 		if (signal_pending(current))
 			return -EINTR;
-		if (hold) {
-			/* The guest's interrupt is due: it takes it from its list registers. */
+		/*
+		 * A due timer user space has not sampled yet (it fired during a run or an exit
+		 * handled here): user space puts it in a list register first.
+		 */
+		if (due && !guest_timer_seen(vm, idx)) {
+			atomic64_inc(&vm->returns);
+			return EXIT_IRQ;
+		}
+		if (due) {
+			/* The guest takes its timer's interrupt from its list registers. */
 			preempt_disable();
 			disable_percpu_irq(vtimer_irq);
 			r = vcpu_run_hcall(vm, idx, &reason);
@@ -256,7 +277,7 @@ static long pkvm_run(struct pkvm_vm *vm, unsigned long idx)
 			cond_resched();
 			continue;
 		}
-		if (reason != EXIT_IRQ || (!hold && guest_timer_fired(vm, idx))) {
+		if (reason != EXIT_IRQ) {
 			atomic64_inc(&vm->returns);
 			return (long)reason;
 		}

@@ -91,6 +91,13 @@ struct pkvm_console {
 #define PKVM_STAT _IOWR(PKVM_IOCTL_TYPE, 5, struct pkvm_stat)
 #define PKVM_COUNTS _IOR(PKVM_IOCTL_TYPE, 6, struct pkvm_counts)
 
+/*
+ * The VMM's word in each vCPU page (past struct VcpuState, which EL2 reads and writes): the
+ * counter value at which it last sampled the guest's virtual timer, before PKVM_RUN. A timer
+ * that is due but was not due then goes back to user space (an IRQ exit) to be delivered.
+ */
+#define PKVM_VCPU_TIMER_SAMPLED 3072
+
 /* The largest RAM: what EL2's stage-2 memcache (64 pages at most) maps with 4 KiB pages. */
 #define PKVM_MAX_MEM (112ULL << 20)
 #define PKVM_MAX_VCPUS 4

@@ -247,6 +247,12 @@ impl VcpuPage {
     pub fn exit(&self) -> VcpuExit {
         self.read(vcpu_off::EXIT)
     }
+
+    /// Tells the module the counter value the guest's timer was sampled at before this run
+    /// ([`dev::VCPU_TIMER_SAMPLED`]).
+    pub fn set_timer_sampled(&self, now: u64) {
+        self.set(dev::VCPU_TIMER_SAMPLED / 8, now);
+    }
 }
 
 /// The console page (`struct pkvm_console`), mapped from the VM file: the ring of bytes the
@@ -258,11 +264,16 @@ pub struct ConsolePage {
 }
 
 impl ConsolePage {
-    /// Tells the module which console accesses it may answer.
+    /// Tells the module which console accesses it may answer. The read register is turned
+    /// off while its value changes, and on again after it (the module reads the address with
+    /// acquire, then the value): no vCPU gets a value with the wrong address.
     pub fn set_fast_path(&self, f: &ConsoleFastPath) {
         self.page.set(console_off::WRITE_IPA / 8, f.write_ipa);
-        self.page.set(console_off::READ_IPA / 8, f.read_ipa);
+        self.page.set(console_off::READ_IPA / 8, 0);
+        fence(Ordering::Release);
         self.page.set(console_off::READ_VALUE / 8, f.read_value);
+        fence(Ordering::Release);
+        self.page.set(console_off::READ_IPA / 8, f.read_ipa);
     }
 
     /// Hands every byte the module buffered to `out`, in order; how many. A head the module

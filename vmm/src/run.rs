@@ -235,7 +235,9 @@ fn vcpu_thread(
         let Some(mut st) = wait_turn(sh, lock(sh), i, page) else {
             return;
         };
-        st.machine.prepare(i, page, dev::counter().0);
+        let now = dev::counter().0;
+        st.machine.prepare(i, page, now);
+        page.set_timer_sampled(now);
         st.running[i] = true;
         drop(st);
         let r = vm.run(i);

@@ -83,6 +83,12 @@ pub struct Counts {
     pub console_reads: u64,
 }
 
+/// Byte offset, in each vCPU page, of the VMM's word past the [`pkvm_abi::guest::VcpuState`]
+/// EL2 uses: the counter value at which the VMM last sampled the guest's virtual timer before
+/// `PKVM_RUN`. The module returns a timer that became due after it to user space (an `IRQ`
+/// exit) instead of running the guest with the timer's interrupt held.
+pub const VCPU_TIMER_SAMPLED: usize = 3072;
+
 /// The console page's ring size in bytes.
 pub const CONSOLE_RING: usize = 2048;
 /// The console page's `mmap` page index.
@@ -202,7 +208,11 @@ mod tests {
         assert_eq!(vcpu_off::SYS, 264);
         assert_eq!(vcpu_off::sys(sys::CNTV_CTL_EL0), 264 + 22 * 8);
         assert_eq!(vcpu_off::sys(sys::CNTV_CVAL_EL0), 264 + 23 * 8);
-        assert!(size_of::<VcpuState>() <= 4096);
+        assert!(size_of::<VcpuState>() <= VCPU_TIMER_SAMPLED);
+        let h = include_str!("../../../linux/pkvm_uapi.h");
+        assert!(h.contains(&alloc::format!(
+            "#define PKVM_VCPU_TIMER_SAMPLED {VCPU_TIMER_SAMPLED}\n"
+        )));
     }
 
     #[test]
