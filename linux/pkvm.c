@@ -53,22 +53,9 @@
 #include <asm/sysreg.h>
 
 #include "pkvm_el2_count.h"
+#include "pkvm_hcalls.h"
 #include "pkvm_uapi.h"
 
-/* pkvm-rs's host ABI (crates/abi/src/lib.rs). */
-#define PKVM_HVC_BASE 0xC6000000UL
-enum pkvm_hcall {
-	HC_SHARE_HYP = 0x02,
-	HC_UNSHARE_HYP = 0x03,
-	HC_STAT = 0x24,
-	HC_VM_INIT = 0x30,
-	HC_VCPU_INIT = 0x31,
-	HC_SHARE_GUEST = 0x32,
-	HC_VCPU_RUN = 0x34,
-	HC_VM_TEARDOWN = 0x35,
-	HC_DONATE_GUEST = 0x36,
-	HC_VM_RECLAIM = 0x37,
-};
 #define EXIT_IRQ 5
 #define GUEST_PROT_RWX 7
 #define VM_FLAG_PROTECTED 1

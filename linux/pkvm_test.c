@@ -41,18 +41,8 @@
 #include <asm/sysreg.h>
 
 #include "pkvm_el2_count.h"
+#include "pkvm_hcalls.h"
 
-/* pkvm-rs ABI (crates/abi/src/lib.rs). */
-#define PKVM_HVC_BASE 0xC6000000UL
-enum pkvm_hcall {
-	PKVM_VERSION = 0x00,
-	PKVM_SHARE_HYP = 0x02,
-	PKVM_UNSHARE_HYP = 0x03,
-	PKVM_DONATE_HYP = 0x04,
-	PKVM_DBG_HYP_DONATE_HOST = 0x20,
-	PKVM_DBG_READ = 0x23,
-	PKVM_STAT = 0x24,
-};
 /* Version's x3 feature bit: debug hypercalls present (test build of EL2 only). */
 #define PKVM_FEAT_DEBUG_HCALLS (1UL << 2)
 enum pkvm_stat {
@@ -121,7 +111,7 @@ static u64 pkvm_stat(enum pkvm_stat s)
 {
 	unsigned long v = ~0UL;
 
-	if (pkvm_call(PKVM_STAT, s, 0, &v))
+	if (pkvm_call(HC_STAT, s, 0, &v))
 		return ~0ULL;
 	return v;
 }
@@ -143,7 +133,7 @@ static long pkvm_share_hyp(const void *obj, size_t size)
 	unsigned long pfn, nr;
 
 	range_pfns(obj, size, &pfn, &nr);
-	return pkvm_call(PKVM_SHARE_HYP, pfn, nr, NULL);
+	return pkvm_call(HC_SHARE_HYP, pfn, nr, NULL);
 }
 
 /* Drops one share of the pages holding [obj, obj + size). */
@@ -152,14 +142,14 @@ static long pkvm_unshare_hyp(const void *obj, size_t size)
 	unsigned long pfn, nr;
 
 	range_pfns(obj, size, &pfn, &nr);
-	return pkvm_call(PKVM_UNSHARE_HYP, pfn, nr, NULL);
+	return pkvm_call(HC_UNSHARE_HYP, pfn, nr, NULL);
 }
 
 /* Debug: EL2 reads a u64 of a page the host shares with it (EPERM for any other page). */
 static long hyp_read(phys_addr_t pa, u64 *val)
 {
 	unsigned long v = 0;
-	long r = pkvm_call(PKVM_DBG_READ, pa, 0, &v);
+	long r = pkvm_call(HC_DBG_READ, pa, 0, &v);
 
 	if (val)
 		*val = v;
@@ -177,7 +167,7 @@ static void test_version(void)
 {
 	struct arm_smccc_res res;
 
-	arm_smccc_1_1_hvc(PKVM_HVC_BASE | PKVM_VERSION, &res);
+	arm_smccc_1_1_hvc(PKVM_HVC_BASE | HC_VERSION, &res);
 	CHECK_EQ(res.a0, 0, "VERSION x0");
 	CHECK_EQ(res.a2, ABI_VERSION, "ABI version");
 	pr_info("pkvm_test: pkvm-rs ABI %lu.%lu, features %#lx\n", res.a2 >> 16,
@@ -186,7 +176,7 @@ static void test_version(void)
 	if (!have_debug) {
 		/* Production EL2: the debug calls do not exist. */
 		CHECK_EQ(hyp_read(VIRT_RAM_BASE, NULL), -ENOSYS, "debug read refused");
-		CHECK_EQ(pkvm_call(PKVM_DBG_HYP_DONATE_HOST, 0, 1, NULL), -ENOSYS,
+		CHECK_EQ(pkvm_call(HC_DBG_HYP_DONATE_HOST, 0, 1, NULL), -ENOSYS,
 			 "debug give-back refused");
 		pr_info("pkvm_test: production EL2 (no debug hypercalls): read-back checks skipped\n");
 	}
@@ -296,18 +286,18 @@ static void test_donate(void)
 	va = page_address(p);
 	pfn = page_to_pfn(p);
 	va[0] = 0x646f6e617465ULL;
-	CHECK_EQ(pkvm_call(PKVM_DONATE_HYP, pfn, 1, NULL), 0, "donate to EL2");
+	CHECK_EQ(pkvm_call(HC_DONATE_HYP, pfn, 1, NULL), 0, "donate to EL2");
 	CHECK_EQ(pkvm_stat(ST_HYP_MAPPED), mapped + 1, "EL2 maps the page");
 	/* Donated, not shared: the debug read refuses it. */
 	CHECK_READ(page_to_phys(p), &v, E_PERM, "EL2 does not read a donated page for the host");
 	CHECK_EQ(pkvm_share_hyp(va, 8), E_PERM, "share a donated page");
-	CHECK_EQ(pkvm_call(PKVM_DONATE_HYP, pfn, 1, NULL), E_PERM, "donate twice");
+	CHECK_EQ(pkvm_call(HC_DONATE_HYP, pfn, 1, NULL), E_PERM, "donate twice");
 	if (!have_debug) {
 		/* The production EL2 never gives a donated page back: it stays EL2's. */
 		pr_info("pkvm_test: donated page %#lx stays with EL2 (production EL2)\n", pfn);
 		return;
 	}
-	CHECK_EQ(pkvm_call(PKVM_DBG_HYP_DONATE_HOST, pfn, 1, NULL), 0,
+	CHECK_EQ(pkvm_call(HC_DBG_HYP_DONATE_HOST, pfn, 1, NULL), 0,
 		 "EL2 gives it back");
 	CHECK_EQ(pkvm_stat(ST_HYP_MAPPED), mapped, "EL2 unmapped it");
 	/* The host reads (and writes) its page again: no abort. */
@@ -340,19 +330,19 @@ static void test_negative(void)
 		unsigned long id, pfn, nr;
 		long want;
 	} cases[] = {
-		{ "share the PL011 MMIO page", PKVM_SHARE_HYP, VIRT_UART_PA >> PAGE_SHIFT, 1, E_INVAL },
-		{ "donate the PL011 MMIO page", PKVM_DONATE_HYP, VIRT_UART_PA >> PAGE_SHIFT, 1, E_INVAL },
-		{ "share a hole with no RAM", PKVM_SHARE_HYP, end + (1UL << (30 - PAGE_SHIFT)), 1, E_INVAL },
-		{ "share EL2's image", PKVM_SHARE_HYP, EL2_IMAGE_PA >> PAGE_SHIFT, 1, E_PERM },
-		{ "share a page of the hyp carve-out", PKVM_SHARE_HYP, end - 1, 1, E_PERM },
-		{ "donate a page of the hyp carve-out", PKVM_DONATE_HYP, end - 1, 1, E_PERM },
-		{ "take a carve-out page back", PKVM_DBG_HYP_DONATE_HOST, end - 1, 1,
+		{ "share the PL011 MMIO page", HC_SHARE_HYP, VIRT_UART_PA >> PAGE_SHIFT, 1, E_INVAL },
+		{ "donate the PL011 MMIO page", HC_DONATE_HYP, VIRT_UART_PA >> PAGE_SHIFT, 1, E_INVAL },
+		{ "share a hole with no RAM", HC_SHARE_HYP, end + (1UL << (30 - PAGE_SHIFT)), 1, E_INVAL },
+		{ "share EL2's image", HC_SHARE_HYP, EL2_IMAGE_PA >> PAGE_SHIFT, 1, E_PERM },
+		{ "share a page of the hyp carve-out", HC_SHARE_HYP, end - 1, 1, E_PERM },
+		{ "donate a page of the hyp carve-out", HC_DONATE_HYP, end - 1, 1, E_PERM },
+		{ "take a carve-out page back", HC_DBG_HYP_DONATE_HOST, end - 1, 1,
 		  have_debug ? E_PERM : -ENOSYS },
-		{ "share a pfn beyond the IPA space", PKVM_SHARE_HYP, 1UL << (52 - PAGE_SHIFT), 1, E_RANGE },
-		{ "share with pfn + nr_pages overflowing", PKVM_SHARE_HYP, ~0UL - 1, 4, E_INVAL },
-		{ "share a range straddling the end of RAM", PKVM_SHARE_HYP, end - 1, 2, E_INVAL },
-		{ "share zero pages", PKVM_SHARE_HYP, text_pfn, 0, E_INVAL },
-		{ "unshare a kernel-text page never shared", PKVM_UNSHARE_HYP, text_pfn, 1, E_PERM },
+		{ "share a pfn beyond the IPA space", HC_SHARE_HYP, 1UL << (52 - PAGE_SHIFT), 1, E_RANGE },
+		{ "share with pfn + nr_pages overflowing", HC_SHARE_HYP, ~0UL - 1, 4, E_INVAL },
+		{ "share a range straddling the end of RAM", HC_SHARE_HYP, end - 1, 2, E_INVAL },
+		{ "share zero pages", HC_SHARE_HYP, text_pfn, 0, E_INVAL },
+		{ "unshare a kernel-text page never shared", HC_UNSHARE_HYP, text_pfn, 1, E_PERM },
 	};
 	int i;
 
@@ -364,8 +354,8 @@ static void test_negative(void)
 	CHECK_EQ(pkvm_stat(ST_POOL_FREE), p0, "EL2's pool untouched");
 
 	/* A kernel-text page may be shared (it is the host's), then unshared. */
-	CHECK_EQ(pkvm_call(PKVM_SHARE_HYP, text_pfn, 1, NULL), 0, "share a kernel-text page");
-	CHECK_EQ(pkvm_call(PKVM_UNSHARE_HYP, text_pfn, 1, NULL), 0, "unshare it");
+	CHECK_EQ(pkvm_call(HC_SHARE_HYP, text_pfn, 1, NULL), 0, "share a kernel-text page");
+	CHECK_EQ(pkvm_call(HC_UNSHARE_HYP, text_pfn, 1, NULL), 0, "unshare it");
 	CHECK_EQ(pkvm_stat(ST_SHARED), s0, "no page shared at the end");
 	pr_info("pkvm_test: RAM ends at pfn %#lx, kernel text pfn %#lx\n", end, text_pfn);
 }
@@ -540,7 +530,7 @@ static void read_donated(void)
 
 	if (!p)
 		return;
-	if (pkvm_call(PKVM_DONATE_HYP, page_to_pfn(p), 1, NULL)) {
+	if (pkvm_call(HC_DONATE_HYP, page_to_pfn(p), 1, NULL)) {
 		pr_err("pkvm_test: cannot donate a page\n");
 		return;
 	}
@@ -601,16 +591,16 @@ static void measure(void)
 		return;
 	pfn = page_to_pfn(p);
 	for (i = 0; i < 3; i++) {
-		u64 s1 = el2_count(PKVM_SHARE_HYP, pfn, 1);
-		u64 u1 = el2_count(PKVM_UNSHARE_HYP, pfn, 1);
-		u64 s16 = el2_count(PKVM_SHARE_HYP, pfn, 16);
-		u64 u16 = el2_count(PKVM_UNSHARE_HYP, pfn, 16);
+		u64 s1 = el2_count(HC_SHARE_HYP, pfn, 1);
+		u64 u1 = el2_count(HC_UNSHARE_HYP, pfn, 1);
+		u64 s16 = el2_count(HC_SHARE_HYP, pfn, 16);
+		u64 u16 = el2_count(HC_UNSHARE_HYP, pfn, 16);
 		u64 r1, ru1, ru2;
 
-		el2_count(PKVM_SHARE_HYP, pfn, 1);
-		r1 = el2_count(PKVM_SHARE_HYP, pfn, 1); /* second share: refcount only */
-		ru1 = el2_count(PKVM_UNSHARE_HYP, pfn, 1); /* back to one share */
-		ru2 = el2_count(PKVM_UNSHARE_HYP, pfn, 1); /* last share: unmaps */
+		el2_count(HC_SHARE_HYP, pfn, 1);
+		r1 = el2_count(HC_SHARE_HYP, pfn, 1); /* second share: refcount only */
+		ru1 = el2_count(HC_UNSHARE_HYP, pfn, 1); /* back to one share */
+		ru2 = el2_count(HC_UNSHARE_HYP, pfn, 1); /* last share: unmaps */
 		pr_info("PKVM-BENCH linux share_1 %llu unshare_1 %llu share_16 %llu unshare_16 %llu share_refcount %llu unshare_refcount %llu unshare_last %llu\n",
 			s1, u1, s16, u16, r1, ru1, ru2);
 	}

@@ -165,6 +165,44 @@ mod tests {
         assert_eq!(COUNTS, 0x8030_b706);
     }
 
+    /// Every hypercall id `linux/pkvm_hcalls.h` names is the Rust ABI's.
+    #[test]
+    fn the_modules_hypercall_ids_are_the_abi_s() {
+        use pkvm_abi::HostHcall as H;
+        let h = include_str!("../../../linux/pkvm_hcalls.h");
+        let ids = [
+            ("HC_VERSION", H::Version),
+            ("HC_SHARE_HYP", H::HostShareHyp),
+            ("HC_UNSHARE_HYP", H::HostUnshareHyp),
+            ("HC_DONATE_HYP", H::HostDonateHyp),
+            ("HC_DBG_HYP_DONATE_HOST", H::DebugHypDonateHost),
+            ("HC_DBG_READ", H::DebugRead),
+            ("HC_STAT", H::Stat),
+            ("HC_VM_INIT", H::VmInit),
+            ("HC_VCPU_INIT", H::VcpuInit),
+            ("HC_SHARE_GUEST", H::HostShareGuest),
+            ("HC_VCPU_RUN", H::VcpuRun),
+            ("HC_VM_TEARDOWN", H::VmTeardown),
+            ("HC_DONATE_GUEST", H::HostDonateGuest),
+            ("HC_VM_RECLAIM", H::VmReclaim),
+        ];
+        assert_eq!(
+            h.matches(" = 0x").count(),
+            ids.len(),
+            "every id in the header is checked"
+        );
+        for (name, id) in ids {
+            let want = alloc::format!("\t{name} = {:#04x},\n", pkvm_abi::hvc_fid(id) & 0xffff);
+            assert!(h.contains(&want), "{want:?}");
+        }
+        assert!(
+            h.contains(
+                &alloc::format!("#define PKVM_HVC_BASE {:#X}UL", pkvm_abi::HVC_BASE)
+                    .replace("0X", "0x")
+            )
+        );
+    }
+
     /// The console page as `linux/pkvm_uapi.h` lays it out.
     #[test]
     fn the_console_page() {

@@ -32,11 +32,12 @@ fn ensure_cross_compiler() -> Result<(), Error> {
 }
 
 /// The files of `linux/` the build reads.
-const SOURCES: [&str; 5] = [
+const SOURCES: [&str; 6] = [
     "pkvm_test.c",
     "pkvm.c",
     "pkvm_uapi.h",
     "pkvm_el2_count.h",
+    "pkvm_hcalls.h",
     "Kbuild",
 ];
 
