@@ -85,7 +85,7 @@ fn boot(mem: GuestMem, b: &bundle::Bundle, n: u64) -> (Result<u64, alloc::string
     let end = guest.run(&mut con, &MARKERS);
     let el2 = if pmu { crate::pmu::read() - el2_0 } else { 0 };
     let ms = crate::cpu::ms(crate::cpu::ticks() - t0);
-    let exits = guest.exits;
+    let exits = guest.exits();
     // EL2's share of the boot (meaningful under `-icount shift=0`: instructions), and the
     // exits by reason (`cargo xtask bench --scenario linux-guest`).
     println!(

@@ -156,8 +156,6 @@ pub struct LinuxVm {
     handle: VmHandle,
     vcpus: Vec<Structs>,
     machine: Machine,
-    /// Exit counts.
-    pub exits: Exits,
 }
 
 /// The host timer's quantum while several vCPUs share the CPU (EL2's `CNTHP` preempts a guest
@@ -308,8 +306,12 @@ impl LinuxVm {
             handle,
             vcpus,
             machine: Machine::new(layout, protected, nr_lrs).map_err(|_| "GIC")?,
-            exits: Exits::default(),
         })
+    }
+
+    /// Exit counts so far.
+    pub fn exits(&self) -> Exits {
+        self.machine.exits
     }
 
     /// Tears the VM down and unshares its structures.
@@ -373,7 +375,7 @@ impl LinuxVm {
         use aarch64_cpu::registers::{CNTV_CTL_EL0, CNTV_CVAL_EL0, Writeable};
         let smp = self.vcpus.len() > 1;
         let mut i = self.vcpus.len() - 1;
-        let end = loop {
+        loop {
             let Some(next) = self.next(i) else {
                 break End::PowerOff(u64::from(psci::CPU_OFF));
             };
@@ -414,8 +416,6 @@ impl LinuxVm {
                 } => self.vcpus[target].vcpu.init(&entry_state(entry, context)),
                 Step::End(e) => break e.into(),
             }
-        };
-        self.exits = self.machine.exits;
-        end
+        }
     }
 }
