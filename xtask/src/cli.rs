@@ -121,6 +121,12 @@ struct MutantsArgs {
     /// list the mutants instead of testing them
     #[arg(long)]
     list: bool,
+    /// merge the last run's results into the ledger docs/mutants.tsv
+    #[arg(long, conflicts_with_all = ["list", "score"])]
+    record: bool,
+    /// print the ledger's score against the current tree
+    #[arg(long, conflicts_with = "list")]
+    score: bool,
     /// extra cargo-mutants arguments (e.g. -- --iterate)
     #[arg(last = true, value_name = "ARGS")]
     extra: Vec<String>,
@@ -386,6 +392,8 @@ impl MutantsArgs {
         }
         o.shard = self.shard;
         o.list = self.list;
+        o.record = self.record;
+        o.score = self.score;
         o.extra = self.extra;
         o
     }

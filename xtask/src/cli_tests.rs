@@ -243,6 +243,13 @@ fn mutants_options() {
     let a = o.args().join(" ");
     assert!(a.contains("--file crates/hyp/src/vm/*") && a.contains("--shard 1/4"));
     assert!(a.ends_with("--iterate") && !a.contains("pkvm-pgtable --package"));
+    // pgtable's tests cannot catch a mutant of hyp: they run only when pgtable is mutated.
+    assert!(a.contains("--test-package pkvm-hyp --test-package pkvm-sim"));
+    assert!(!a.contains("--test-package pkvm-pgtable"));
+    let o = m(&["-p", "pgtable"]).unwrap();
+    assert_eq!(o.test_packages(), mutants::TEST_PACKAGES);
+    assert!(m(&["--record"]).unwrap().record && m(&["--score"]).unwrap().score);
+    assert!(m(&["--record", "--score"]).is_err() && m(&["--list", "--record"]).is_err());
     // Both crates, in the order cargo-mutants is given them, whatever the order here.
     let o = m(&["-p", "hyp", "-p", "pgtable"]).unwrap();
     assert_eq!(o.packages, ["pkvm-pgtable", "pkvm-hyp"]);

@@ -11,8 +11,15 @@
 //!
 //! Not part of `cargo xtask test`: the whole run takes hours on two cores. docs/VERIFICATION.md
 //! has the scores and the review of every surviving mutant.
+//!
+//! The whole run is done a shard at a time: `--record` merges the last run's results into the
+//! ledger `docs/mutants.tsv` ([`ledger`]), and `--score` reads the ledger against the current
+//! tree (what is tested, the score, the missed mutants with and without a verdict).
+
+pub mod ledger;
 
 use crate::{Error, cargo, failed, run_cmd};
+use ledger::Outcome;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -44,6 +51,10 @@ pub struct MutantsOptions {
     pub shard: Option<String>,
     /// List the mutants instead of testing them.
     pub list: bool,
+    /// Merge the last run's results into the ledger instead of testing.
+    pub record: bool,
+    /// Print the ledger's score instead of testing.
+    pub score: bool,
     /// Further arguments for cargo-mutants.
     pub extra: Vec<String>,
 }
@@ -58,12 +69,25 @@ impl Default for MutantsOptions {
             cases: 200,
             shard: None,
             list: false,
+            record: false,
+            score: false,
             extra: Vec::new(),
         }
     }
 }
 
 impl MutantsOptions {
+    /// The packages whose tests run against each mutant: pkvm-pgtable's own tests cannot
+    /// catch a mutant of pkvm-hyp (pgtable does not use hyp), so a run that mutates hyp alone
+    /// skips them (a third of every mutant's test time).
+    #[must_use]
+    pub fn test_packages(&self) -> Vec<&'static str> {
+        TEST_PACKAGES
+            .into_iter()
+            .filter(|t| *t != "pkvm-pgtable" || self.packages.contains(&"pkvm-pgtable"))
+            .collect()
+    }
+
     /// The arguments after `cargo` (the environment is [`MutantsOptions::cases`]).
     #[must_use]
     pub fn args(&self) -> Vec<String> {
@@ -77,7 +101,7 @@ impl MutantsOptions {
         if self.list {
             a.push("--list".into());
         } else {
-            for t in TEST_PACKAGES {
+            for t in self.test_packages() {
                 a.extend(["--test-package".into(), t.to_string()]);
             }
             a.extend([
@@ -106,6 +130,12 @@ fn ok(cmd: &mut Command) -> bool {
 /// Runs cargo-mutants (installing it first if needed); fails if a mutant was missed or timed
 /// out, or if the unmutated tree fails its tests.
 pub fn cmd_mutants(o: &MutantsOptions) -> Result<(), Error> {
+    if o.record {
+        return cmd_record();
+    }
+    if o.score {
+        return cmd_score();
+    }
     if !ok(Command::new("cargo").args(["mutants", "--version"])) {
         println!("xtask: installing cargo-mutants from crates.io");
         run_cmd(Command::new("cargo").args(["install", "cargo-mutants", "--locked"]))?;
@@ -116,9 +146,16 @@ pub fn cmd_mutants(o: &MutantsOptions) -> Result<(), Error> {
     let parent = crate::workspace_root().join("target");
     std::fs::create_dir_all(&parent)
         .map_err(|e| Error(format!("creating {}: {e}", parent.display())))?;
+    if !o.list {
+        // `--record` says which commit the results are of.
+        write(&parent.join("mutants-commit"), &format!("{}\n", commit()))?;
+    }
     let r = run_cmd(
         cargo()
             .env("PKVM_MODEL_CASES", o.cases.to_string())
+            // No debug info: every mutant links some twenty test binaries, and smaller
+            // binaries link faster. (The scratch copies have their own target directories.)
+            .env("CARGO_PROFILE_DEV_DEBUG", "0")
             .args(o.args()),
     );
     if o.list {
@@ -156,4 +193,134 @@ fn print_file(path: &Path) {
     {
         println!("{}:\n{s}", path.display());
     }
+}
+
+/// The ledger, under the workspace root.
+pub const LEDGER: &str = "docs/mutants.tsv";
+
+fn write(path: &Path, text: &str) -> Result<(), Error> {
+    std::fs::write(path, text).map_err(|e| Error(format!("writing {}: {e}", path.display())))
+}
+
+/// The short hash of HEAD, with `-dirty` if the mutated crates differ from it.
+fn commit() -> String {
+    let out = |args: &[&str]| {
+        Command::new("git")
+            .args(args)
+            .current_dir(crate::workspace_root())
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let head = out(&["rev-parse", "--short", "HEAD"]).unwrap_or_else(|| "unknown".into());
+    match out(&[
+        "status",
+        "--porcelain",
+        "--",
+        "crates/pgtable",
+        "crates/hyp",
+    ]) {
+        Some(s) if s.is_empty() => head,
+        _ => format!("{head}-dirty"),
+    }
+}
+
+/// Every mutant of the current tree, in cargo-mutants' order.
+fn listing() -> Result<Vec<String>, Error> {
+    let mut c = cargo();
+    c.arg("mutants");
+    for p in PACKAGES {
+        c.args(["--package", p]);
+    }
+    let out = c
+        .arg("--list")
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| Error(format!("cargo mutants --list: {e}")))?;
+    if !out.status.success() {
+        return failed("cargo mutants --list failed (is cargo-mutants installed?)");
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect())
+}
+
+fn read_ledger() -> Result<ledger::Ledger, Error> {
+    let path = crate::workspace_root().join(LEDGER);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => ledger::parse(&text).map_err(|e| Error(format!("{}: {e}", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ledger::Ledger::new()),
+        Err(e) => failed(format!("reading {}: {e}", path.display())),
+    }
+}
+
+/// `--record`: the last run's results into the ledger.
+fn cmd_record() -> Result<(), Error> {
+    let root = crate::workspace_root();
+    let out = root.join(OUTPUT).join("mutants.out");
+    let mut results = Vec::new();
+    for o in Outcome::ALL {
+        let path = out.join(o.file());
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            Error(format!(
+                "reading {}: {e} (run the mutants first)",
+                path.display()
+            ))
+        })?;
+        results.extend(
+            text.lines()
+                .filter(|l| !l.is_empty())
+                .map(|l| (l.to_string(), o)),
+        );
+    }
+    let commit = std::fs::read_to_string(root.join("target/mutants-commit"))
+        .map_or_else(|_| "unknown".to_string(), |s| s.trim().to_string());
+    let mut l = read_ledger()?;
+    let unknown = ledger::merge(&mut l, &listing()?, &results, &commit);
+    write(&root.join(LEDGER), &ledger::render(&l))?;
+    println!(
+        "xtask: {} results of {commit} recorded in {LEDGER}",
+        results.len() - unknown.len()
+    );
+    if !unknown.is_empty() {
+        println!(
+            "xtask: {} results name no mutant of this tree (record them at the commit they ran on):",
+            unknown.len()
+        );
+        for u in &unknown {
+            println!("  {u}");
+        }
+    }
+    cmd_score()
+}
+
+/// `--score`: the ledger against the current tree.
+fn cmd_score() -> Result<(), Error> {
+    let s = ledger::score(&read_ledger()?, &listing()?);
+    let [caught, timeout, missed, unviable] = s.counts;
+    println!(
+        "mutants of this tree: {}; tested: {} (caught {caught}, timeout {timeout}, missed {missed}, \
+         unviable {unviable}); not yet tested: {}; stale records: {}",
+        s.mutants,
+        s.mutants - s.untested(),
+        s.untested(),
+        s.stale
+    );
+    let (killed, viable) = s.killed();
+    println!(
+        "killed {killed} of {viable} viable; {} missed with a verdict ({} equivalent), {} without",
+        s.explained.len(),
+        s.equivalent(),
+        s.unexplained.len()
+    );
+    println!(
+        "mutation score, killed / (viable - equivalent): {:.1} %",
+        s.score()
+    );
+    for k in &s.unexplained {
+        println!("  unexplained: {k}");
+    }
+    Ok(())
 }
