@@ -293,3 +293,31 @@ pub fn pt_err(e: pkvm_pgtable::Error) -> Error {
         _ => Error::Inval,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::table_pages_bound;
+
+    const M2: u64 = 2 << 20;
+    const G: u64 = 1 << 30;
+    const T512: u64 = 1 << 39;
+
+    /// The bound counts each 2 MiB, 1 GiB and 512 GiB window the range touches, no more: a
+    /// looser bound answers `ENOMEM` with table memory to spare (which the spec accepts).
+    #[test]
+    fn table_pages_bound_counts_the_windows_touched() {
+        // One page, anywhere: one window of each size.
+        for start in [0, G + M2, 3 * T512] {
+            assert_eq!(table_pages_bound(start, start + 4096), 3, "{start:#x}");
+        }
+        // Up to the end of a window, not into the next.
+        assert_eq!(table_pages_bound(G + M2 - 4096, G + M2), 3);
+        assert_eq!(table_pages_bound(G, G + M2), 3);
+        // Across a 2 MiB edge, a 1 GiB edge, a 512 GiB edge.
+        assert_eq!(table_pages_bound(G + M2 - 4096, G + M2 + 4096), 4);
+        assert_eq!(table_pages_bound(2 * G - 4096, 2 * G + 4096), 5);
+        assert_eq!(table_pages_bound(T512 - 4096, T512 + 4096), 6);
+        // Windows above the first: the counts are differences, not sums.
+        assert_eq!(table_pages_bound(5 * G, 7 * G), 1024 + 2 + 1);
+    }
+}

@@ -48,6 +48,7 @@ fn map_validation() {
     let m = MemoryMap::new(&[r(0x10_1000, 0x1000), r(0x10_0000, 0x1000)]).unwrap();
     assert_eq!(m.regions(), &[r(0x10_0000, 0x1000), r(0x10_1000, 0x1000)]);
     assert_eq!(m.total_pages(), 2);
+    assert!(!m.is_empty());
     // Capacity.
     let many: Vec<MemRegion> = (0..=MAX_MEM_REGIONS as u64)
         .map(|i| r(i * 0x2000, 0x1000))
@@ -85,6 +86,13 @@ fn find_region_and_gaps() {
         panic!()
     };
     assert!(g.contains(u64::MAX));
+    // A hole holds its first byte and not its end.
+    let hole = Gap {
+        start: 2 * G,
+        end: 4 * G,
+    };
+    assert!(hole.contains(2 * G) && hole.contains(4 * G - 1));
+    assert!(!hole.contains(2 * G - 1) && !hole.contains(4 * G) && !hole.contains(u64::MAX));
 
     let empty = MemoryMap::empty();
     assert_eq!(empty.find_region(0), gap(0, u64::MAX));

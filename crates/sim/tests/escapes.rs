@@ -457,3 +457,103 @@ fn an_unknown_invalid_entry_is_refused_not_mapped_over() {
         }
     });
 }
+
+/// The host's MMIO mappings: a fault maps the largest block that stays inside its gap between
+/// memory regions and below the top of the address space, and dropping the MMIO mappings (what
+/// EL2 does when the host stage-2 pool runs dry) removes every one of them — below memory,
+/// between regions and above the last — while memory stays mapped.
+#[test]
+fn host_mmio_mappings_are_blocks_and_all_go_when_dropped() {
+    with_machine(&SimConfig::small(), |m| {
+        let mut c = Checker::new(m.spec_machine());
+        let top = 1u64 << m.config().pa_bits;
+        // Some memory, mapped on first touch.
+        let ram = m.config().ram[0].0 + 0x10_0000;
+        assert_eq!(
+            checked(
+                m,
+                &mut c,
+                Call::HostAccess {
+                    pa: ram,
+                    write: true
+                }
+            )
+            .unwrap(),
+            Outcome::Access
+        );
+        let memory_only = m.hyp.host_leaves();
+        // Far from everything, above the last region: a whole 1 GiB block; the last GiB
+        // below the top of the address space too.
+        for (pa, level) in [(0x80_0000_0000, 1), (top - 8, 1), (0x2_0000_0000 + 8, 1)] {
+            let before = m.hyp.host_leaves();
+            let got = checked(m, &mut c, Call::HostAccess { pa, write: false }).unwrap();
+            assert_eq!(got, Outcome::Access, "{pa:#x}");
+            let after = m.hyp.host_leaves();
+            let mut want = before;
+            want[level] += 1;
+            assert_eq!(after, want, "{pa:#x}: one level-{level} block");
+        }
+        // Below memory, next to the hidden devices: smaller blocks or pages.
+        for pa in [0x0900_0000, VIRT_ITS_BELOW] {
+            let got = checked(m, &mut c, Call::HostAccess { pa, write: true }).unwrap();
+            assert_eq!(got, Outcome::Access, "{pa:#x}");
+        }
+        assert_ne!(m.hyp.host_leaves(), memory_only);
+        m.hyp.host_stage2_unmap_mmio();
+        m.check_invariants().unwrap();
+        assert_eq!(
+            m.hyp.host_leaves(),
+            memory_only,
+            "every MMIO mapping dropped"
+        );
+        // And they come back on the next touch.
+        let got = checked(
+            m,
+            &mut c,
+            Call::HostAccess {
+                pa: top - 8,
+                write: false,
+            },
+        )
+        .unwrap();
+        assert_eq!(got, Outcome::Access);
+    });
+}
+
+/// Just below the ITS frames EL2 hides: MMIO the host may use.
+const VIRT_ITS_BELOW: u64 = pkvm_sim::machine::VIRT_ITS.0 - 8;
+
+/// Dropping the host's MMIO mappings with as many memory regions and device ranges as EL2
+/// accepts: the ranges to keep are gathered in a fixed-size array, which must hold them all.
+#[test]
+fn host_mmio_mappings_drop_with_the_most_regions_and_devices() {
+    use pkvm_hyp::devices::{DeviceKind, DeviceRange, MAX_DEVICE_RANGES};
+    use pkvm_hyp::memory::MAX_MEM_REGIONS;
+    // The first region holds EL2's carve-out; the others are 64 KiB each, 1 MiB apart.
+    let mut ram = vec![(0x4000_0000, 16 << 20)];
+    ram.extend((1..MAX_MEM_REGIONS as u64).map(|i| (0x1_0000_0000 + (i << 20), 0x1_0000)));
+    // Device ranges 64 KiB each, 1 MiB apart, below memory.
+    let devices = (0..MAX_DEVICE_RANGES as u64)
+        .map(|i| DeviceRange {
+            start: 0x1000_0000 + (i << 20),
+            end: 0x1000_0000 + (i << 20) + 0x1_0000,
+            kind: DeviceKind::Hidden,
+        })
+        .collect();
+    let cfg = SimConfig {
+        ram,
+        devices,
+        hyp_pool_pages: 512,
+        host_pool_pages: 512,
+        ..SimConfig::small()
+    };
+    with_machine(&cfg, |m| {
+        let last = m.config().ram.last().unwrap().0 + 0x1_0000;
+        let before = m.hyp.host_leaves();
+        assert_eq!(m.host_access(last + 8, false), Outcome::Access);
+        assert_ne!(m.hyp.host_leaves(), before);
+        m.hyp.host_stage2_unmap_mmio();
+        m.check_invariants().unwrap();
+        assert_eq!(m.hyp.host_leaves(), before);
+    });
+}

@@ -351,6 +351,48 @@ fn a_guest_vttbr_with_another_root_is_caught() {
     w.caught("with the root of El2");
 }
 
+// Rule 7: hand-over.
+
+/// EL2's page at `VA` (page 16) unmapped and invalidated, then — with or without the `DSB ISH`
+/// that completes the TLBI — `then` maps memory in the guest's stage-2. (The platform's guest
+/// TLBIs complete themselves before the host's VTTBR is back, so the EL2 side is the one that
+/// can be left incomplete.)
+fn el2_page_then(w: &World, complete: bool, then: impl FnOnce(&SimPlatform)) {
+    let p = &w.plat;
+    p.write_u64(ptep(EL2_L3, VA, 3), 0);
+    p.dsb_ishst();
+    p.tlbi_el2_va(VA, 3, true);
+    if complete {
+        p.dsb_ish();
+    }
+    then(p);
+    p.dsb_ish();
+}
+
+#[test]
+fn memory_handed_over_before_its_invalidation_completed_is_caught() {
+    let to_guest = |p: &SimPlatform| p.write_u64(ptep(G_L3, VA2, 3), s2_page(page(16)));
+    let w = World::new();
+    el2_page_then(&w, false, to_guest);
+    w.caught("handed over while a TLB may still reach it");
+    let w = World::new();
+    el2_page_then(&w, true, to_guest);
+    w.passes();
+    // Inside a 2 MiB block of the guest: caught too.
+    let w = World::new();
+    el2_page_then(&w, false, |p| {
+        p.write_u64(ptep(G_L2, BLOCK + (2 << 20), 2), s2_block(RAM));
+    });
+    w.caught("maps [0x40000000, 0x40200000)");
+    // Other memory may be mapped meanwhile.
+    let w = World::new();
+    el2_page_then(&w, false, |p| {
+        p.write_u64(ptep(G_L3, VA2, 3), s2_page(page(20)));
+        p.dsb_ish();
+    });
+    w.passes();
+}
+
 // Rule 4: DSBs around the TLBI.
 
 #[test]

@@ -49,6 +49,10 @@
 //! 6. **Locks.** A table is written only with its owner's lock held: the host's stage-2 under
 //!    the host lock, EL2's stage-1 under the hyp lock, a guest's under the VM table's lock
 //!    (checked when a lock probe is installed, [`with_lock_probe`]).
+//! 7. **Hand-over.** Memory a pending leaf maps is mapped by no other regime until that leaf's
+//!    invalidation completes: a page taken from a guest (or the host, or EL2) may still be
+//!    reached through its TLB until then, so giving it to anyone else — or mapping it in EL2's
+//!    window to zero it — must wait for the `DSB ISH` after the TLBI.
 //!
 //! Barriers and pending entries are per simulated CPU (thread): a `DSB` completes only what the
 //! CPU that issues it started, and a CPU must invalidate what it cleared itself (the hypervisor

@@ -8,7 +8,7 @@ use pkvm_arch::regs::Vttbr;
 use pkvm_hyp::hyp::LockState;
 use pkvm_hyp::platform::PhysMem;
 
-use super::pending::{Pending, Stage, Table};
+use super::pending::{Pending, Stage, Table, granule};
 use super::{Effect, Event, Root, SW_BITS, Stats, for_each_table};
 use crate::mem::SimMemory;
 use crate::mmu::{OA_MASK, Regime, is_table_desc};
@@ -334,6 +334,9 @@ impl Monitor {
                 "{pa:#x} made valid ({new:#x}) before the invalidation of the {p} completed"
             ));
         }
+        if valid(new) && !is_table_desc(new, level) && !(valid(old) && (old ^ new) & OA_MASK == 0) {
+            self.check_hand_over(t.regime, level, pa, new);
+        }
         if valid(old) && (old ^ new) & !SW_BITS != 0 {
             if valid(new) {
                 self.violation(format!(
@@ -352,6 +355,25 @@ impl Monitor {
         {
             self.link(mem, cpu, t, base, pa, new & OA_MASK);
         }
+    }
+
+    /// Rule 7: the leaf `new` written at `pa` (at `level` of a `regime` table) maps memory
+    /// that a pending leaf of another regime may still reach.
+    fn check_hand_over(&mut self, regime: Regime, level: u8, pa: u64, new: u64) {
+        let size = granule(level);
+        let oa = new & OA_MASK & !(size - 1);
+        let Some(p) = self.cpus.values().flat_map(|c| &c.pending).find(|p| {
+            let psize = granule(p.level);
+            let poa = p.old & OA_MASK & !(psize - 1);
+            p.regime != regime && p.child.is_none() && poa < oa + size && oa < poa + psize
+        }) else {
+            return;
+        };
+        let p = p.describe();
+        self.violation(format!(
+            "{regime:?} L{level} leaf at {pa:#x} maps [{oa:#x}, {:#x}) ({new:#x}) while the invalidation of the {p} is incomplete: the memory is handed over while a TLB may still reach it",
+            oa + size
+        ));
     }
 
     fn check_lock(&mut self, regime: Regime, locks: Option<LockState>, pa: u64) {
