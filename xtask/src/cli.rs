@@ -127,6 +127,10 @@ struct MutantsArgs {
     /// print the ledger's score against the current tree
     #[arg(long, conflicts_with = "list")]
     score: bool,
+    /// test again only the mutants the ledger has as missed and not
+    /// equivalent (after adding tests for them)
+    #[arg(long, conflicts_with_all = ["list", "record", "score"], verbatim_doc_comment)]
+    survivors: bool,
     /// extra cargo-mutants arguments (e.g. -- --iterate)
     #[arg(last = true, value_name = "ARGS")]
     extra: Vec<String>,
@@ -394,6 +398,7 @@ impl MutantsArgs {
         o.list = self.list;
         o.record = self.record;
         o.score = self.score;
+        o.survivors = self.survivors;
         o.extra = self.extra;
         o
     }

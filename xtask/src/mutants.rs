@@ -55,6 +55,8 @@ pub struct MutantsOptions {
     pub record: bool,
     /// Print the ledger's score instead of testing.
     pub score: bool,
+    /// Test only the mutants the ledger has as missed and not equivalent.
+    pub survivors: bool,
     /// Further arguments for cargo-mutants.
     pub extra: Vec<String>,
 }
@@ -71,6 +73,7 @@ impl Default for MutantsOptions {
             list: false,
             record: false,
             score: false,
+            survivors: false,
             extra: Vec::new(),
         }
     }
@@ -140,6 +143,20 @@ pub fn cmd_mutants(o: &MutantsOptions) -> Result<(), Error> {
         println!("xtask: installing cargo-mutants from crates.io");
         run_cmd(Command::new("cargo").args(["install", "cargo-mutants", "--locked"]))?;
     }
+    let mut o = o.clone();
+    if o.survivors {
+        let names = survivors()?;
+        if names.is_empty() {
+            println!("xtask: the ledger has no missed mutant without an equivalent verdict");
+            return Ok(());
+        }
+        println!("xtask: testing {} survivors again", names.len());
+        for n in names {
+            o.extra
+                .extend(["--re".to_string(), format!("^{}$", regex_escape(&n))]);
+        }
+    }
+    let o = &o;
     let start = Instant::now();
     // `target/` is there unless `CARGO_TARGET_DIR` puts the build elsewhere: cargo-mutants
     // creates only the last component of its output directory.
@@ -256,6 +273,33 @@ fn read_ledger() -> Result<ledger::Ledger, Error> {
     }
 }
 
+/// The current names of the mutants the ledger has as missed and not equivalent.
+fn survivors() -> Result<Vec<String>, Error> {
+    let l = read_ledger()?;
+    let listing = listing()?;
+    let keys = ledger::keys(&listing);
+    Ok(listing
+        .into_iter()
+        .filter(|n| {
+            keys.get(n).and_then(|k| l.get(k)).is_some_and(|r| {
+                r.outcome == Outcome::Missed && !r.verdict.starts_with(ledger::EQUIVALENT)
+            })
+        })
+        .collect())
+}
+
+/// `s` as a regular expression that matches exactly it.
+fn regex_escape(s: &str) -> String {
+    let mut r = String::with_capacity(s.len());
+    for c in s.chars() {
+        if "\\.+*?()|[]{}^$".contains(c) {
+            r.push('\\');
+        }
+        r.push(c);
+    }
+    r
+}
+
 /// `--record`: the last run's results into the ledger.
 fn cmd_record() -> Result<(), Error> {
     let root = crate::workspace_root();
@@ -323,4 +367,21 @@ fn cmd_score() -> Result<(), Error> {
         println!("  unexplained: {k}");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn regex_escape_escapes_what_a_mutant_name_holds() {
+        assert_eq!(
+            super::regex_escape(
+                "a.rs:1:2: replace <impl X for Y<'_>>::f -> Result<(), E> with Ok(())"
+            ),
+            "a\\.rs:1:2: replace <impl X for Y<'_>>::f -> Result<\\(\\), E> with Ok\\(\\(\\)\\)"
+        );
+        assert_eq!(
+            super::regex_escape("| with ^ [x] {y} $ +*?"),
+            "\\| with \\^ \\[x\\] \\{y\\} \\$ \\+\\*\\?"
+        );
+    }
 }

@@ -296,7 +296,27 @@ pub fn pt_err(e: pkvm_pgtable::Error) -> Error {
 
 #[cfg(test)]
 mod tests {
-    use super::table_pages_bound;
+    use super::{pt_err, table_pages_bound};
+    use pkvm_abi::Error;
+    use pkvm_pgtable::Error as E;
+
+    /// Each page-table error the host can provoke has its own ABI error; the rest (bugs,
+    /// which the checks before a call rule out) are `EINVAL`.
+    #[test]
+    fn page_table_errors_map_onto_the_abi() {
+        for (e, want) in [
+            (E::NoMemory, Error::NoMem),
+            (E::OutOfRange, Error::Range),
+            (E::AlreadyMapped, Error::Perm),
+            (E::Misaligned, Error::Inval),
+            (E::WouldSplitBlock, Error::Inval),
+            (E::InvalidProt, Error::Inval),
+            (E::InvalidOwner, Error::Inval),
+            (E::InvalidConfig, Error::Inval),
+        ] {
+            assert_eq!(pt_err(e), want, "{e:?}");
+        }
+    }
 
     const M2: u64 = 2 << 20;
     const G: u64 = 1 << 30;

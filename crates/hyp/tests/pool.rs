@@ -343,6 +343,13 @@ fn pool_as_mmops() {
     let mut ops = LockedPoolMmOps::new(&locked);
     let pages: Vec<u64> = (0..4).map(|_| ops.zalloc_page().unwrap()).collect();
     assert_eq!(ops.zalloc_page(), None);
+    // PTE accesses go to memory.
+    ops.write_pte(pages[0] + 8, 0x4000_0403);
+    assert_eq!(ram.read_u64(pages[0] + 8), 0x4000_0403);
+    ram.write_u64(pages[0] + 16, 0x4000_1403);
+    assert_eq!(ops.read_pte(pages[0] + 16), 0x4000_1403);
+    ops.write_pte(pages[0] + 8, 0);
+    ops.write_pte(pages[0] + 16, 0);
     ops.get_page(pages[1]);
     assert_eq!(ops.page_count(pages[1]), 2);
     for &p in &pages {
@@ -764,4 +771,63 @@ fn corrupted_free_list_link_is_refused() {
         assert_eq!(pool.put_page(pa), Ok(0));
     }
     check_pool(&pool, &vm, &ram, true).unwrap();
+}
+
+/// The vmemmap entry of the block at the head of a free list says it is in use (a refcount),
+/// or of another order: the allocation refuses with `EFAULT` and changes nothing — each of
+/// the two checks on its own.
+#[test]
+fn corrupted_free_head_entry_is_refused() {
+    let map = map_of(&[(BASE, REGION)]);
+    let mut store = VmemmapStore::new(&map);
+    let vm = store.build(&map);
+    let (pfn, nr) = (PFN, 8);
+    let ram = ram_for(pfn, nr);
+    let mut pool = HypPool::new(&vm, &ram, pfn, nr, 0).unwrap();
+    // The whole pool is one free order-3 block.
+    let head = pool.free_list_head(3).expect("one order-3 block");
+    let page = vm.page(head).unwrap();
+    assert_eq!((page.refcount(), page.order()), (0, 3));
+    for (refcount, order) in [(1, 3), (0, 2), (0, 0)] {
+        page.set_refcount(refcount);
+        page.set_order(order);
+        let before = (
+            pool.free_pages(),
+            pool.free_list_head(3),
+            ram.read_u64(head),
+        );
+        assert_eq!(
+            pool.alloc_pages(0),
+            Err(Error::Fault),
+            "({refcount}, {order})"
+        );
+        let after = (
+            pool.free_pages(),
+            pool.free_list_head(3),
+            ram.read_u64(head),
+        );
+        assert_eq!(after, before, "({refcount}, {order}): the pool changed");
+    }
+    page.set_refcount(0);
+    page.set_order(3);
+    let a = pool.alloc_pages(0).unwrap();
+    assert_eq!(pool.put_page(a), Ok(0));
+    check_pool(&pool, &vm, &ram, true).unwrap();
+}
+
+/// The pool's extent and its reservation, as created.
+#[test]
+fn pool_reports_its_range_and_reservation() {
+    let map = map_of(&[(BASE, REGION)]);
+    let mut store = VmemmapStore::new(&map);
+    let vm = store.build(&map);
+    let (pfn, nr) = (PFN, 8);
+    let ram = ram_for(pfn, nr);
+    let pool = HypPool::new(&vm, &ram, pfn, nr, 3).unwrap();
+    let (start, end) = (pfn * PAGE_SIZE, (pfn + nr) * PAGE_SIZE);
+    assert_eq!(pool.range(), (start, end));
+    assert_eq!((pool.nr_pages(), pool.reserved_pages()), (nr, 3));
+    assert_eq!(pool.free_pages(), nr - 3);
+    assert!(pool.contains(start) && pool.contains(end - 1));
+    assert!(!pool.contains(start - 1) && !pool.contains(end) && !pool.contains(u64::MAX));
 }

@@ -768,3 +768,18 @@ fn large_guest_unshare_invalidates_the_whole_vmid() {
         destroy(m, a, &[desc, vcpu, fp]);
     });
 }
+
+/// Structures that end exactly at the end of a page pin that page alone: the next page, not
+/// shared with EL2, is not asked for.
+#[test]
+fn structures_ending_at_a_page_end_pin_that_page_only() {
+    machine(|m, h| {
+        let end_of = |page: u64, len: usize| h.page(page) + PAGE_SIZE - len as u64;
+        let desc = end_of(2, size_of::<VmDesc>());
+        let vcpu = end_of(4, size_of::<VcpuState>());
+        let fp = end_of(6, g::FP_STATE_SIZE);
+        let vm = create(m, h, desc, vcpu, fp, 16);
+        assert!(run(m, vm).is_ok());
+        destroy(m, vm, &[desc, vcpu, fp]);
+    });
+}

@@ -386,3 +386,23 @@ fn memory_snapshots() {
     assert_eq!(mem.restore(&s2), 72);
     assert_eq!(ram(&mem, &cfg), at2);
 }
+
+/// A snapshot restores only into the hypervisor it was taken of: one whose host stage-2 has
+/// another shape (a wider address space, the same pools) is refused with `EINVAL`, and
+/// nothing changes.
+#[test]
+fn a_snapshot_of_another_hypervisor_is_refused() {
+    let wider = SimConfig {
+        pa_bits: 44,
+        ..SimConfig::small()
+    };
+    let theirs: HypSnapshot = with_machine(&wider, |m| m.hyp.snapshot().unwrap());
+    with_machine(&SimConfig::small(), |m| {
+        let ours = m.hyp.snapshot().unwrap();
+        let free = m.hyp.stat(Stat::PoolFreePages);
+        assert_eq!(m.hyp.restore(&theirs), Err(pkvm_abi::Error::Inval));
+        assert_eq!(m.hyp.stat(Stat::PoolFreePages), free);
+        assert_eq!(m.hyp.restore(&ours), Ok(()));
+        m.check_invariants().unwrap();
+    });
+}
