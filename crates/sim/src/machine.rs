@@ -441,6 +441,7 @@ impl Machine<'_> {
                     Err(e) => Outcome::Ret(Err(e)),
                     // The call's results are the vCPU's registers at the entry after it.
                     Ok(_) => Outcome::Ret(guest_call_result(
+                        op,
                         self.plat.guest_x.lock().unwrap().last().copied(),
                     )),
                 }
@@ -577,9 +578,14 @@ impl Transport for Machine<'_> {
 
 /// A guest memory call's result from the guest's `x0..x2` after it: `Ok` for SUCCESS, else
 /// the reason EL2 put in `x2`.
-fn guest_call_result(x: Option<[u64; 4]>) -> Result<(), Error> {
+fn guest_call_result(op: GuestOp, x: Option<[u64; 4]>) -> Result<(), Error> {
+    // On success, x1 is the number of granules done (one) for share and unshare, 0 for
+    // relinquish, and x2 is 0; anything else is a broken answer (`EFAULT`, which no spec
+    // outcome has).
+    let done = u64::from(op != GuestOp::Relinquish);
     match x {
-        Some([pkvm_abi::guest::smccc::SUCCESS, ..]) => Ok(()),
+        Some([pkvm_abi::guest::smccc::SUCCESS, x1, 0, _]) if x1 == done => Ok(()),
+        Some([pkvm_abi::guest::smccc::SUCCESS, ..]) => Err(Error::Fault),
         Some([_, _, reason, _]) => Err(Error::from_errno(reason as i64).unwrap_or(Error::Fault)),
         None => Err(Error::Fault),
     }

@@ -388,20 +388,31 @@ fn memory_snapshots() {
 }
 
 /// A snapshot restores only into the hypervisor it was taken of: one whose host stage-2 has
-/// another shape (a wider address space, the same pools) is refused with `EINVAL`, and
-/// nothing changes.
+/// another shape (a wider address space, the same pools), or whose pools are larger, is
+/// refused with `EINVAL`, and nothing changes.
 #[test]
 fn a_snapshot_of_another_hypervisor_is_refused() {
     let wider = SimConfig {
         pa_bits: 44,
         ..SimConfig::small()
     };
-    let theirs: HypSnapshot = with_machine(&wider, |m| m.hyp.snapshot().unwrap());
+    // Or the same tables with larger pools.
+    let larger = SimConfig {
+        hyp_pool_pages: 80,
+        host_pool_pages: 80,
+        ..SimConfig::small()
+    };
+    let theirs: Vec<HypSnapshot> = [wider, larger]
+        .iter()
+        .map(|cfg| with_machine(cfg, |m| m.hyp.snapshot().unwrap()))
+        .collect();
     with_machine(&SimConfig::small(), |m| {
         let ours = m.hyp.snapshot().unwrap();
         let free = m.hyp.stat(Stat::PoolFreePages);
-        assert_eq!(m.hyp.restore(&theirs), Err(pkvm_abi::Error::Inval));
-        assert_eq!(m.hyp.stat(Stat::PoolFreePages), free);
+        for (i, s) in theirs.iter().enumerate() {
+            assert_eq!(m.hyp.restore(s), Err(pkvm_abi::Error::Inval), "{i}");
+            assert_eq!(m.hyp.stat(Stat::PoolFreePages), free);
+        }
         assert_eq!(m.hyp.restore(&ours), Ok(()));
         m.check_invariants().unwrap();
     });
