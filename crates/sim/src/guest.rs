@@ -149,7 +149,11 @@ impl GuestRunner for SimPlatform {
         let regs = e.vcpu_pa + vcpu_off::REGS as u64;
         let x = core::array::from_fn(|i| self.read_u64(regs + 8 * i as u64));
         self.guest_x.lock().unwrap().push(x);
-        // Like the real world switch, the guest's PC and PSTATE come back in the structure.
+        // Like the real world switch, the guest's PC and PSTATE come back in the structure,
+        // and its FP registers in the FP area: the simulated guest counts its runs in the low
+        // half of V0 (so that the FP area EL2 names is written, as by hardware).
+        let v0 = self.read_u64(e.fp_pa);
+        self.write_u64(e.fp_pa, v0.wrapping_add(1));
         self.write_u64(e.vcpu_pa + vcpu_off::PC as u64, e.pc);
         self.write_u64(e.vcpu_pa + vcpu_off::PSTATE as u64, e.pstate);
         let off = SimGuestAction::Hvc(u64::from(pkvm_abi::psci::SYSTEM_OFF), 0);
@@ -169,6 +173,8 @@ impl GuestRunner for SimPlatform {
                     }
                     *lr &= !(3 << vgic::lr::STATE_SHIFT);
                 }
+                // ICH_MISR_EL2.EOI: some list register has its EOI maintenance event.
+                v.misr = u64::from(v.eisr != 0);
             }
             action = off;
         }

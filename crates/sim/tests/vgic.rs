@@ -92,6 +92,7 @@ fn the_hosts_list_registers_are_loaded_and_the_guests_eoi_comes_back() {
             // LR 0 asked for an EOI maintenance event: not empty until the host clears it;
             // LR 1 and the two unused ones are.
             assert_eq!((after.elrsr, after.eisr), (0b1110, 0b0001));
+            assert_eq!(after.misr, 1, "MISR.EOI published");
             assert_eq!(after.hcr, HCR_EN);
             assert_eq!(after.vmcr, v.vmcr);
             // The EOIs dropped the active priority the host had set: published as the run left
