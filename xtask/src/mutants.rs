@@ -264,6 +264,28 @@ fn listing() -> Result<Vec<String>, Error> {
         .collect())
 }
 
+/// The ledger keys of `listing`, with the lines of the source files as they are now.
+fn current_keys(listing: &[String]) -> std::collections::HashMap<String, String> {
+    let root = crate::workspace_root();
+    let mut files: std::collections::HashMap<String, Vec<String>> =
+        std::collections::HashMap::new();
+    // Read each file once.
+    for name in listing {
+        if let Some(file) = name.split(':').next()
+            && !files.contains_key(file)
+        {
+            let text = std::fs::read_to_string(root.join(file)).unwrap_or_default();
+            files.insert(file.to_string(), text.lines().map(str::to_string).collect());
+        }
+    }
+    ledger::keys(listing, &|file, line| {
+        files
+            .get(file)
+            .and_then(|lines| lines.get(line.checked_sub(1)?))
+            .cloned()
+    })
+}
+
 fn read_ledger() -> Result<ledger::Ledger, Error> {
     let path = crate::workspace_root().join(LEDGER);
     match std::fs::read_to_string(&path) {
@@ -277,7 +299,7 @@ fn read_ledger() -> Result<ledger::Ledger, Error> {
 fn survivors() -> Result<Vec<String>, Error> {
     let l = read_ledger()?;
     let listing = listing()?;
-    let keys = ledger::keys(&listing);
+    let keys = current_keys(&listing);
     Ok(listing
         .into_iter()
         .filter(|n| {
@@ -322,7 +344,7 @@ fn cmd_record() -> Result<(), Error> {
     let commit = std::fs::read_to_string(root.join("target/mutants-commit"))
         .map_or_else(|_| "unknown".to_string(), |s| s.trim().to_string());
     let mut l = read_ledger()?;
-    let unknown = ledger::merge(&mut l, &listing()?, &results, &commit);
+    let unknown = ledger::merge(&mut l, &current_keys(&listing()?), &results, &commit);
     write(&root.join(LEDGER), &ledger::render(&l))?;
     println!(
         "xtask: {} results of {commit} recorded in {LEDGER}",
@@ -342,7 +364,7 @@ fn cmd_record() -> Result<(), Error> {
 
 /// `--score`: the ledger against the current tree.
 fn cmd_score() -> Result<(), Error> {
-    let s = ledger::score(&read_ledger()?, &listing()?);
+    let s = ledger::score(&read_ledger()?, &current_keys(&listing()?));
     let [caught, timeout, missed, unviable] = s.counts;
     println!(
         "mutants of this tree: {}; tested: {} (caught {caught}, timeout {timeout}, missed {missed}, \

@@ -214,3 +214,22 @@ fn conflicts_found_at_the_first_entry_change_nothing() {
         });
     }
 }
+
+/// Every error has a message of its own (what a log line or a failed test shows).
+#[test]
+fn every_error_says_what_it_is() {
+    let all = [
+        Error::Misaligned,
+        Error::OutOfRange,
+        Error::WouldSplitBlock,
+        Error::NoMemory,
+        Error::InvalidProt,
+        Error::AlreadyMapped,
+        Error::InvalidOwner,
+        Error::InvalidConfig,
+    ];
+    let msgs: std::collections::BTreeSet<String> = all.iter().map(ToString::to_string).collect();
+    assert_eq!(msgs.len(), all.len(), "{msgs:?}");
+    assert!(msgs.iter().all(|m| m.len() > 8), "{msgs:?}");
+    assert_eq!(Error::NoMemory.to_string(), "out of page-table memory");
+}

@@ -3,10 +3,11 @@
 //! score read at any point.
 //!
 //! A mutant is named by cargo-mutants as `file:line:col: description`. Line numbers move with
-//! every edit, so the ledger keys a mutant by `file: description`, with ` #k` appended to the
-//! k-th (from 2) of several mutants with the same description in one file, counted in
-//! cargo-mutants' listing order. A key survives edits elsewhere in the file; a record whose key
-//! no longer names a mutant of the current tree is *stale* and left out of the score.
+//! every edit, so the ledger keys a mutant by `file: description @ source line` (the text of
+//! its line, trimmed), with ` #k` appended to the k-th (from 2) of several mutants with the
+//! same key, counted in cargo-mutants' listing order. A key survives edits elsewhere; a mutant
+//! whose line changes gets a new key (it must be tested again), and a record whose key no
+//! longer names a mutant of the current tree is *stale* and left out of the score.
 //!
 //! One line per mutant, tab-separated: outcome (`caught`, `timeout`, `missed`, `unviable`), the
 //! commit it was tested at, the key and, for a missed mutant, the verdict of its review
@@ -87,30 +88,35 @@ pub struct Record {
 /// The ledger: records by key.
 pub type Ledger = BTreeMap<String, Record>;
 
-/// `file: description` of a cargo-mutants name `file:line:col: description`.
-fn strip_position(name: &str) -> Option<String> {
+/// The file, line and description of a cargo-mutants name `file:line:col: description`.
+fn parse_name(name: &str) -> Option<(&str, usize, &str)> {
     let mut parts = name.splitn(4, ':');
     let file = parts.next()?;
-    let line = parts.next()?;
+    let line = parts.next()?.parse().ok()?;
     let col = parts.next()?;
     let desc = parts.next()?.strip_prefix(' ')?;
-    if file.is_empty()
-        || !line.bytes().all(|b| b.is_ascii_digit())
-        || !col.bytes().all(|b| b.is_ascii_digit())
-    {
+    if file.is_empty() || col.is_empty() || !col.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    Some(format!("{file}: {desc}"))
+    Some((file, line, desc))
 }
 
-/// The key of every mutant in `listing` (cargo-mutants' names, in its order), by name.
+/// The key of every mutant in `listing` (cargo-mutants' names, in its order), by name;
+/// `line_text(file, line)` is the text of a source line (1-based).
 #[must_use]
-pub fn keys(listing: &[String]) -> HashMap<String, String> {
+pub fn keys(
+    listing: &[String],
+    line_text: &dyn Fn(&str, usize) -> Option<String>,
+) -> HashMap<String, String> {
     let mut seen: HashMap<String, u32> = HashMap::new();
     let mut keys = HashMap::new();
     for name in listing {
-        let Some(base) = strip_position(name) else {
+        let Some((file, line, desc)) = parse_name(name) else {
             continue;
+        };
+        let base = match line_text(file, line) {
+            Some(t) => format!("{file}: {desc} @ {}", t.trim().replace('\t', " ")),
+            None => format!("{file}: {desc}"),
         };
         let n = seen.entry(base.clone()).or_insert(0);
         *n += 1;
@@ -177,16 +183,15 @@ pub fn render(ledger: &Ledger) -> String {
     s
 }
 
-/// Merges a run's results (`(name, outcome)` with cargo-mutants' names) into `ledger`; a
-/// missed mutant that was missed before keeps its verdict. Returns the names that are not
-/// mutants of `listing` (the run was on another tree).
+/// Merges a run's results (`(name, outcome)` with cargo-mutants' names) into `ledger`, with
+/// the current tree's [`keys`]; a missed mutant that was missed before keeps its verdict.
+/// Returns the names that are not mutants of the current tree (the run was on another).
 pub fn merge(
     ledger: &mut Ledger,
-    listing: &[String],
+    keys: &HashMap<String, String>,
     results: &[(String, Outcome)],
     commit: &str,
 ) -> Vec<String> {
-    let keys = keys(listing);
     let mut unknown = Vec::new();
     for (name, outcome) in results {
         let Some(key) = keys.get(name) else {
@@ -262,10 +267,9 @@ impl Score {
     }
 }
 
-/// Scores `ledger` against the current tree's `listing`.
+/// Scores `ledger` against the current tree's [`keys`].
 #[must_use]
-pub fn score(ledger: &Ledger, listing: &[String]) -> Score {
-    let keys = keys(listing);
+pub fn score(ledger: &Ledger, keys: &HashMap<String, String>) -> Score {
     let mut s = Score {
         mutants: keys.len(),
         ..Score::default()
@@ -300,27 +304,54 @@ mod tests {
         v.iter().map(|s| (*s).to_string()).collect()
     }
 
+    /// Keys without source text (the other tests' names are of files that do not exist).
+    fn k(l: &[String]) -> HashMap<String, String> {
+        keys(l, &|_, _| None)
+    }
+
     #[test]
-    fn keys_drop_positions_and_number_repeats() {
+    fn keys_drop_positions_keep_the_source_line_and_number_repeats() {
         let l = names(&[
             "crates/a.rs:10:5: replace == with != in f",
+            "crates/a.rs:10:9: replace == with != in f",
             "crates/a.rs:12:7: replace == with != in f",
             "crates/b.rs:10:5: replace == with != in f",
             "crates/a.rs:30:1: replace g -> u64 with 0",
             "not a mutant name",
         ]);
-        let k = keys(&l);
-        assert_eq!(k.len(), 4);
-        assert_eq!(k[&l[0]], "crates/a.rs: replace == with != in f");
-        assert_eq!(k[&l[1]], "crates/a.rs: replace == with != in f #2");
-        assert_eq!(k[&l[2]], "crates/b.rs: replace == with != in f");
-        assert_eq!(k[&l[3]], "crates/a.rs: replace g -> u64 with 0");
-        // Edits that move lines keep the keys.
+        // Line 10 and 12 of a.rs, before and after an edit that moved them down by one.
+        let text = |moved: usize| {
+            move |f: &str, n: usize| match (f, n - moved) {
+                ("crates/a.rs", 10) => Some("\t  x == y && z == w".to_string()),
+                ("crates/a.rs", 12) => Some("p == q".to_string()),
+                _ => None,
+            }
+        };
+        let k = keys(&l, &text(0));
+        assert_eq!(k.len(), 5);
+        assert_eq!(
+            k[&l[0]],
+            "crates/a.rs: replace == with != in f @ x == y && z == w"
+        );
+        assert_eq!(
+            k[&l[1]],
+            "crates/a.rs: replace == with != in f @ x == y && z == w #2"
+        );
+        assert_eq!(k[&l[2]], "crates/a.rs: replace == with != in f @ p == q");
+        assert_eq!(k[&l[3]], "crates/b.rs: replace == with != in f");
+        assert_eq!(k[&l[4]], "crates/a.rs: replace g -> u64 with 0");
+        // Edits that move lines keep the keys; removing a mutant elsewhere in the file does
+        // not renumber the others.
         let moved = names(&[
-            "crates/a.rs:11:5: replace == with != in f",
             "crates/a.rs:13:7: replace == with != in f",
+            "crates/a.rs:11:9: replace == with != in f",
         ]);
-        assert_eq!(keys(&moved)[&moved[1]], k[&l[1]]);
+        let km = keys(&moved, &text(1));
+        assert_eq!(km[&moved[0]], k[&l[2]]);
+        assert_eq!(
+            km[&moved[1]],
+            "crates/a.rs: replace == with != in f @ x == y && z == w"
+        );
     }
 
     #[test]
@@ -329,7 +360,7 @@ mod tests {
         let mut ledger = Ledger::new();
         let unknown = merge(
             &mut ledger,
-            &l,
+            &k(&l),
             &[
                 (l[0].clone(), Outcome::Missed),
                 (l[1].clone(), Outcome::Missed),
@@ -343,7 +374,7 @@ mod tests {
         }
         merge(
             &mut ledger,
-            &l,
+            &k(&l),
             &[
                 (l[0].clone(), Outcome::Missed),
                 (l[1].clone(), Outcome::Caught),
@@ -367,7 +398,7 @@ mod tests {
         let mut ledger = Ledger::new();
         merge(
             &mut ledger,
-            &l,
+            &k(&l),
             &[
                 (l[0].clone(), Outcome::Missed),
                 (l[1].clone(), Outcome::Timeout),
@@ -398,7 +429,7 @@ mod tests {
         let mut ledger = Ledger::new();
         merge(
             &mut ledger,
-            &l,
+            &k(&l),
             &[
                 (l[0].clone(), Outcome::Caught),
                 (l[1].clone(), Outcome::Timeout),
@@ -409,7 +440,7 @@ mod tests {
         );
         ledger.get_mut("f.rs: replace e with f").unwrap().verdict = "equivalent: x".into();
         // The tree changes: the first mutant is gone.
-        let s = score(&ledger, &l[1..]);
+        let s = score(&ledger, &k(&l[1..]));
         assert_eq!(s.mutants, 4);
         assert_eq!(s.counts, [0, 1, 2, 0]);
         assert_eq!(s.stale, 1);
@@ -420,6 +451,6 @@ mod tests {
         // One killed of three viable, one of them equivalent: 1 / 2.
         assert_eq!((s.equivalent(), s.score()), (1, 50.0));
         ledger.get_mut("f.rs: replace e with f").unwrap().verdict = "performance: y".into();
-        assert_eq!(score(&ledger, &l[1..]).score(), 100.0 / 3.0);
+        assert_eq!(score(&ledger, &k(&l[1..])).score(), 100.0 / 3.0);
     }
 }
