@@ -131,6 +131,10 @@ struct MutantsArgs {
     /// equivalent (after adding tests for them)
     #[arg(long, conflicts_with_all = ["list", "record", "score"], verbatim_doc_comment)]
     survivors: bool,
+    /// with -p pgtable: a first pass with pgtable's own tests only (one crate
+    /// rebuilt per mutant); test what it misses again with --survivors
+    #[arg(long, conflicts_with_all = ["list", "record", "score", "survivors"], verbatim_doc_comment)]
+    first_pass: bool,
     /// extra cargo-mutants arguments (e.g. -- --iterate)
     #[arg(last = true, value_name = "ARGS")]
     extra: Vec<String>,
@@ -399,6 +403,7 @@ impl MutantsArgs {
         o.record = self.record;
         o.score = self.score;
         o.survivors = self.survivors;
+        o.first_pass = self.first_pass;
         o.extra = self.extra;
         o
     }

@@ -248,6 +248,17 @@ fn mutants_options() {
     assert!(!a.contains("--test-package pkvm-pgtable"));
     let o = m(&["-p", "pgtable"]).unwrap();
     assert_eq!(o.test_packages(), mutants::TEST_PACKAGES);
+    // A first pass over pgtable runs its own tests only; over hyp it changes nothing.
+    assert_eq!(
+        m(&["-p", "pgtable", "--first-pass"])
+            .unwrap()
+            .test_packages(),
+        ["pkvm-pgtable"]
+    );
+    assert_eq!(
+        m(&["-p", "hyp", "--first-pass"]).unwrap().test_packages(),
+        ["pkvm-hyp", "pkvm-sim"]
+    );
     assert!(m(&["--record"]).unwrap().record && m(&["--score"]).unwrap().score);
     assert!(m(&["--record", "--score"]).is_err() && m(&["--list", "--record"]).is_err());
     // Both crates, in the order cargo-mutants is given them, whatever the order here.

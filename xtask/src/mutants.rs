@@ -57,6 +57,9 @@ pub struct MutantsOptions {
     pub score: bool,
     /// Test only the mutants the ledger has as missed and not equivalent.
     pub survivors: bool,
+    /// A first pass: pgtable's mutants against pgtable's own tests only. What it misses must
+    /// be tested again with every test (`survivors`) before it counts as missed.
+    pub first_pass: bool,
     /// Further arguments for cargo-mutants.
     pub extra: Vec<String>,
 }
@@ -74,6 +77,7 @@ impl Default for MutantsOptions {
             record: false,
             score: false,
             survivors: false,
+            first_pass: false,
             extra: Vec::new(),
         }
     }
@@ -83,11 +87,16 @@ impl MutantsOptions {
     /// The packages whose tests run against each mutant: pkvm-pgtable's own tests cannot
     /// catch a mutant of pkvm-hyp (pgtable does not use hyp), so a run that mutates hyp alone
     /// skips them (a third of every mutant's test time).
+    ///
+    /// A first pass over pgtable alone ([`MutantsOptions::first_pass`]) runs only pgtable's
+    /// own tests: each mutant then rebuilds one crate, not three.
     #[must_use]
     pub fn test_packages(&self) -> Vec<&'static str> {
+        let pgtable_only = self.packages == ["pkvm-pgtable"];
         TEST_PACKAGES
             .into_iter()
             .filter(|t| *t != "pkvm-pgtable" || self.packages.contains(&"pkvm-pgtable"))
+            .filter(|t| !(self.first_pass && pgtable_only) || *t == "pkvm-pgtable")
             .collect()
     }
 
