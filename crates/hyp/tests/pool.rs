@@ -12,7 +12,7 @@ use pkvm_abi::{Error, PAGE_SIZE};
 use pkvm_hyp::early_alloc::EarlyAlloc;
 use pkvm_hyp::page_alloc::{HypPool, LockedPoolMmOps, MAX_ORDER, pool_max_order};
 use pkvm_hyp::platform::PhysMem;
-use pkvm_hyp::vmemmap::NO_ORDER;
+use pkvm_hyp::vmemmap::{NO_ORDER, Vmemmap};
 use pkvm_pgtable::MmOps;
 use proptest::prelude::*;
 
@@ -22,6 +22,20 @@ const PFN: u64 = BASE / PAGE_SIZE;
 
 fn ram_for(pfn: u64, nr: u64) -> SimRam {
     SimRam::new(pfn * PAGE_SIZE, nr * PAGE_SIZE)
+}
+
+/// Runs `f` on a pool of `nr` pages at `pfn` (the first `reserved` of them allocated), with
+/// its vmemmap and memory, in the test region.
+fn with_pool<R>(
+    (pfn, nr, reserved): (u64, u64, u64),
+    f: impl FnOnce(&mut HypPool<'_, SimRam>, &Vmemmap<'_>, &SimRam) -> R,
+) -> R {
+    let map = map_of(&[(BASE, REGION)]);
+    let mut store = VmemmapStore::new(&map);
+    let vm = store.build(&map);
+    let ram = ram_for(pfn, nr);
+    let mut pool = HypPool::new(&vm, &ram, pfn, nr, reserved).unwrap();
+    f(&mut pool, &vm, &ram)
 }
 
 #[test]
@@ -778,56 +792,49 @@ fn corrupted_free_list_link_is_refused() {
 /// the two checks on its own.
 #[test]
 fn corrupted_free_head_entry_is_refused() {
-    let map = map_of(&[(BASE, REGION)]);
-    let mut store = VmemmapStore::new(&map);
-    let vm = store.build(&map);
-    let (pfn, nr) = (PFN, 8);
-    let ram = ram_for(pfn, nr);
-    let mut pool = HypPool::new(&vm, &ram, pfn, nr, 0).unwrap();
-    // The whole pool is one free order-3 block.
-    let head = pool.free_list_head(3).expect("one order-3 block");
-    let page = vm.page(head).unwrap();
-    assert_eq!((page.refcount(), page.order()), (0, 3));
-    for (refcount, order) in [(1, 3), (0, 2), (0, 0)] {
-        page.set_refcount(refcount);
-        page.set_order(order);
-        let before = (
-            pool.free_pages(),
-            pool.free_list_head(3),
-            ram.read_u64(head),
-        );
-        assert_eq!(
-            pool.alloc_pages(0),
-            Err(Error::Fault),
-            "({refcount}, {order})"
-        );
-        let after = (
-            pool.free_pages(),
-            pool.free_list_head(3),
-            ram.read_u64(head),
-        );
-        assert_eq!(after, before, "({refcount}, {order}): the pool changed");
-    }
-    page.set_refcount(0);
-    page.set_order(3);
-    let a = pool.alloc_pages(0).unwrap();
-    assert_eq!(pool.put_page(a), Ok(0));
-    check_pool(&pool, &vm, &ram, true).unwrap();
+    with_pool((PFN, 8, 0), |pool, vm, ram| {
+        // The whole pool is one free order-3 block.
+        let head = pool.free_list_head(3).expect("one order-3 block");
+        let page = vm.page(head).unwrap();
+        assert_eq!((page.refcount(), page.order()), (0, 3));
+        for (refcount, order) in [(1, 3), (0, 2), (0, 0)] {
+            page.set_refcount(refcount);
+            page.set_order(order);
+            let before = (
+                pool.free_pages(),
+                pool.free_list_head(3),
+                ram.read_u64(head),
+            );
+            assert_eq!(
+                pool.alloc_pages(0),
+                Err(Error::Fault),
+                "({refcount}, {order})"
+            );
+            let after = (
+                pool.free_pages(),
+                pool.free_list_head(3),
+                ram.read_u64(head),
+            );
+            assert_eq!(after, before, "({refcount}, {order}): the pool changed");
+        }
+        page.set_refcount(0);
+        page.set_order(3);
+        let a = pool.alloc_pages(0).unwrap();
+        assert_eq!(pool.put_page(a), Ok(0));
+        check_pool(pool, vm, ram, true).unwrap();
+    });
 }
 
 /// The pool's extent and its reservation, as created.
 #[test]
 fn pool_reports_its_range_and_reservation() {
-    let map = map_of(&[(BASE, REGION)]);
-    let mut store = VmemmapStore::new(&map);
-    let vm = store.build(&map);
     let (pfn, nr) = (PFN, 8);
-    let ram = ram_for(pfn, nr);
-    let pool = HypPool::new(&vm, &ram, pfn, nr, 3).unwrap();
-    let (start, end) = (pfn * PAGE_SIZE, (pfn + nr) * PAGE_SIZE);
-    assert_eq!(pool.range(), (start, end));
-    assert_eq!((pool.nr_pages(), pool.reserved_pages()), (nr, 3));
-    assert_eq!(pool.free_pages(), nr - 3);
-    assert!(pool.contains(start) && pool.contains(end - 1));
-    assert!(!pool.contains(start - 1) && !pool.contains(end) && !pool.contains(u64::MAX));
+    with_pool((pfn, nr, 3), |pool, _, _| {
+        let (start, end) = (pfn * PAGE_SIZE, (pfn + nr) * PAGE_SIZE);
+        assert_eq!(pool.range(), (start, end));
+        assert_eq!((pool.nr_pages(), pool.reserved_pages()), (nr, 3));
+        assert_eq!(pool.free_pages(), nr - 3);
+        assert!(pool.contains(start) && pool.contains(end - 1));
+        assert!(!pool.contains(start - 1) && !pool.contains(end) && !pool.contains(u64::MAX));
+    });
 }
