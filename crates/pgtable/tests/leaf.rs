@@ -353,3 +353,25 @@ proptest! {
         }
     }
 }
+
+/// A leaf exists at levels 1 to 3 only: level 0 (even at an address aligned to its 512 GiB)
+/// and anything past the last level are refused, whatever the address.
+#[test]
+fn leaf_pte_refuses_levels_without_leaves() {
+    let s2 = Format::Stage2 { vmid: 0 };
+    for f in [Format::Stage1El2, s2] {
+        for level in [0, 4, 5, u8::MAX] {
+            assert_eq!(
+                f.leaf_pte(0, Prot::R, level),
+                Err(Error::Misaligned),
+                "{level}"
+            );
+            assert_eq!(f.leaf_pte(1 << 39, Prot::R, level), Err(Error::Misaligned));
+        }
+        for level in 1..=3 {
+            let pa = granule(level);
+            let pte = f.leaf_pte(pa, Prot::R, level).unwrap();
+            assert_eq!(output_address(pte), pa, "level {level}");
+        }
+    }
+}
