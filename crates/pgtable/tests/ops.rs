@@ -811,3 +811,54 @@ fn covered_part_of_a_block_changes_with_one_break() {
         [0, 0, 511, 512]
     );
 }
+
+/// What one-page and small operations cost in descriptor reads, once their tables exist: the
+/// fast paths (one descent to the last-level table, no walk) must be taken.
+#[test]
+fn small_operations_take_their_fast_paths() {
+    for cfg in [s2(), s1()] {
+        let mut h = Harness::new(cfg);
+        let base = 0x4000_0000;
+        let stage2 = cfg.format.is_stage2();
+        // The tables down to the last level exist (a neighbouring page stays mapped).
+        map(&mut h, base, 4096, base, Prot::RW, MapFlags::empty()).unwrap();
+        let cost = |h: &mut Harness, f: &dyn Fn(&mut Harness)| {
+            let before = h.mm.reads.get();
+            f(h);
+            h.mm.reads.get() - before
+        };
+        let page = base + 0x1000;
+        let run = base + 0x10_000;
+        let m = cost(&mut h, &|h| {
+            map(h, page, 4096, page, Prot::RW, MapFlags::empty()).unwrap()
+        });
+        let u = cost(&mut h, &|h| assert_eq!(unmap(h, page, 4096), Ok(4096)));
+        let r = cost(&mut h, &|h| {
+            map(h, run, 0x4000, run, Prot::RW, MapFlags::empty()).unwrap()
+        });
+        let ur = cost(&mut h, &|h| assert_eq!(unmap(h, run, 0x4000), Ok(0x4000)));
+        let o = if stage2 {
+            cost(&mut h, &|h| set_owner(h, page, 4096, 3).unwrap())
+        } else {
+            0
+        };
+        let or = if stage2 {
+            cost(&mut h, &|h| set_owner(h, run, 0x4000, 3).unwrap())
+        } else {
+            0
+        };
+        let l = cost(&mut h, &|h| {
+            leaf(h, page);
+        });
+        // One read per level for a page (four levels), plus one per further entry of a run
+        // and the checks of the tables a run's unmap might empty.
+        let (o_max, or_max) = if stage2 { (4, 7) } else { (0, 0) };
+        let got = [m, u, r, ur, o, or, l];
+        let max = [4, 4, 7, 11, o_max, or_max, 4];
+        assert!(
+            got.iter().zip(max).all(|(g, m)| *g <= m),
+            "{:?}: reads {got:?}, at most {max:?} (map, unmap, map 4, unmap 4, owner, owner 4, leaf)",
+            cfg.format
+        );
+    }
+}

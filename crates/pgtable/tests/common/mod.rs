@@ -65,6 +65,8 @@ pub struct TestMm {
     /// Allocations still allowed (None = unlimited).
     pub budget: Option<u64>,
     pub log: Option<Log>,
+    /// Descriptor reads so far (what a walk costs).
+    pub reads: std::cell::Cell<u64>,
 }
 
 impl TestMm {
@@ -178,6 +180,7 @@ impl MmOps for TestMm {
 
     fn read_pte(&self, pa: u64) -> u64 {
         assert_eq!(pa & 7, 0, "misaligned pte read {pa:#x}");
+        self.reads.set(self.reads.get() + 1);
         let p = self
             .pages
             .get(&Self::page(pa))
