@@ -754,6 +754,8 @@ fn corrupted_free_list_link_is_refused() {
         BASE + 8,
         BASE + PAGE_SIZE + 0x10,
         BASE + 7 * PAGE_SIZE + 0xff8,
+        // The pool's end: a page address, one past the last page.
+        BASE + 8 * PAGE_SIZE,
     ] {
         ram.write_u64(a + NODE_NEXT, bad);
         ram.write_u64(c + NODE_NEXT, bad);

@@ -342,3 +342,40 @@ fn the_free_memory_oracle_sees_a_dirty_free_page() {
         assert!(m.hyp.pools_free_memory_is_zero());
     });
 }
+
+/// Ranges at the top of the host's address space: one that ends exactly there is inside it
+/// (not memory: `EINVAL`); one page further is outside (`ERANGE`).
+#[test]
+fn ranges_at_the_top_of_the_address_space() {
+    small(|m, c| {
+        let top = 1u64 << (m.config().pa_bits - PAGE_SHIFT as u32);
+        refused(
+            m,
+            c,
+            Call::ShareHyp {
+                pfn: top - 1,
+                nr: 1,
+            },
+            Error::Inval,
+        );
+        refused(
+            m,
+            c,
+            Call::ShareHyp {
+                pfn: top - 2,
+                nr: 2,
+            },
+            Error::Inval,
+        );
+        refused(
+            m,
+            c,
+            Call::ShareHyp {
+                pfn: top - 1,
+                nr: 2,
+            },
+            Error::Range,
+        );
+        refused(m, c, Call::ShareHyp { pfn: top, nr: 1 }, Error::Range);
+    });
+}
