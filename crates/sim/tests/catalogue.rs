@@ -348,7 +348,7 @@ fn the_free_memory_oracle_sees_a_dirty_free_page() {
 #[test]
 fn ranges_at_the_top_of_the_address_space() {
     small(|m, c| {
-        let top = 1u64 << (m.config().pa_bits - PAGE_SHIFT as u32);
+        let top = 1u64 << (m.config().pa_bits - PAGE_SHIFT);
         refused(
             m,
             c,
