@@ -46,9 +46,7 @@ pub const PTE_TYPE: u64 = 1 << 1;
 pub const PTE_OA_MASK: u64 = 0x0000_ffff_ffff_f000;
 /// Access flag (bit 10). Always set: hardware AF management is not used.
 pub const PTE_AF: u64 = 1 << 10;
-/// Shareability field, bits \[9:8\].
-pub const PTE_SH_MASK: u64 = 3 << 8;
-/// Inner shareable (SH = 0b11).
+/// Shareability (bits \[9:8\]) inner shareable (SH = 0b11).
 pub const PTE_SH_INNER: u64 = 3 << 8;
 /// Execute-never (bit 54; for the EL2 stage-1 this is XN, for stage-2 XN\[1\] without FEAT_XNX).
 pub const PTE_XN: u64 = 1 << 54;
