@@ -231,7 +231,9 @@ fn boot<'a>(
     }
 }
 
-pub(crate) fn start_level(ia_bits: u32) -> u8 {
+/// The start level of a 4 KiB-granule table for `ia_bits` of input address.
+#[must_use]
+pub fn start_level(ia_bits: u32) -> u8 {
     if ia_bits > 39 {
         0
     } else if ia_bits > 30 {

@@ -783,3 +783,46 @@ fn structures_ending_at_a_page_end_pin_that_page_only() {
         destroy(m, vm, &[desc, vcpu, fp]);
     });
 }
+
+/// What `HostShareGuest` grants is what the guest's stage-2 leaf says: each of the seven
+/// protections, read back from the guest's tables (which have the host stage-2's geometry:
+/// one `VTCR_EL2` for both).
+#[test]
+fn share_guest_maps_the_protection_asked_for() {
+    use pkvm_sim::machine::start_level;
+    use pkvm_sim::mmu::{Regime, walk};
+    machine(|m, h| {
+        let (desc, vcpu, fp) = (h.page(0), h.page(1), h.page(2));
+        let a = create(m, h, desc, vcpu, fp, 16);
+        let gfn = g::GUEST_RAM_IPA >> PAGE_SHIFT;
+        let vm = m
+            .hyp
+            .vm_snapshots()
+            .into_iter()
+            .flatten()
+            .find(|s| s.handle == a)
+            .unwrap();
+        let (root, vmid) = (vm.vttbr.root(), vm.vttbr.vmid());
+        for prot in 1..=g::PROT_RWX {
+            m.call(HostHcall::HostShareGuest, &[a, h.pfn(100), gfn, 1, prot])
+                .unwrap();
+            let t = walk(
+                &m.plat.mem,
+                Regime::Stage2(vmid),
+                root,
+                start_level(m.config().pa_bits),
+                g::GUEST_RAM_IPA,
+            )
+            .unwrap();
+            assert_eq!(t.pa, h.page(100));
+            let want = (
+                prot & g::PROT_R != 0,
+                prot & g::PROT_W != 0,
+                prot & g::PROT_X != 0,
+            );
+            assert_eq!((t.read, t.write, t.exec), want, "prot {prot:#x}");
+            m.call(HostHcall::HostUnshareGuest, &[a, gfn, 1]).unwrap();
+        }
+        destroy(m, a, &[desc, vcpu, fp]);
+    });
+}
