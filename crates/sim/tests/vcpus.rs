@@ -155,6 +155,12 @@ fn a_protected_vm_starts_its_vcpus_with_psci_cpu_on_at_el2() {
         assert_eq!(call([cpu_on, 1, 0x8000_1000, 0x42]), psci::SUCCESS.into());
         assert_eq!(call([cpu_on, 1, 0x8000_2000, 0]), psci::ALREADY_ON.into());
         assert_eq!(call([affinity, 1, 0, 0]), 0, "on");
+        // Only Aff0 names a vCPU: a lowest affinity level above 0 is refused.
+        assert_eq!(
+            call([affinity, 1, 1, 0]),
+            psci::INVALID_PARAMETERS.into(),
+            "level 1"
+        );
         // vCPU 1 starts where vCPU 0 asked, with its context in x0.
         let before = m.plat.guest_entries.lock().unwrap().len();
         assert_eq!(c.vcpu_run_at(h, 1), Ok(exit::SYSTEM_EVENT));
