@@ -391,7 +391,7 @@ fn early_alloc_then_pool() {
         Some(Error::Range)
     );
     let mut early = EarlyAlloc::new(&ram, pfn * PAGE_SIZE, nr).unwrap();
-    assert_eq!(early.nr_pages(), nr);
+    assert_eq!((early.base(), early.nr_pages()), (pfn * PAGE_SIZE, nr));
     let a = early.alloc_page().unwrap();
     assert_eq!(a, pfn * PAGE_SIZE);
     assert!(ram.range_zero(a, PAGE_SIZE, 0));
