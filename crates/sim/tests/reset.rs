@@ -417,3 +417,21 @@ fn a_snapshot_of_another_hypervisor_is_refused() {
         m.check_invariants().unwrap();
     });
 }
+
+/// A snapshot keeps EL2's event counters as they were when it was taken, not zeroed.
+#[test]
+fn a_snapshot_restores_the_counters_it_saw() {
+    with_machine(&SimConfig::small(), |m| {
+        let ram = m.config().ram[0].0 + 0x10_0000;
+        // Host faults (memory and MMIO) before the snapshot.
+        assert_eq!(m.host_access(ram, true), Outcome::Access);
+        assert_eq!(m.host_access(0x80_0000_0000, false), Outcome::Access);
+        let faults = m.hyp.stat(Stat::HostFaults);
+        assert!(faults > 0);
+        let s = m.hyp.snapshot().unwrap();
+        assert_eq!(m.host_access(0x90_0000_0000, false), Outcome::Access);
+        assert!(m.hyp.stat(Stat::HostFaults) > faults);
+        m.hyp.restore(&s).unwrap();
+        assert_eq!(m.hyp.stat(Stat::HostFaults), faults);
+    });
+}
