@@ -41,14 +41,7 @@ impl Outcome {
     }
 
     fn parse(s: &str) -> Option<Outcome> {
-        [
-            Outcome::Caught,
-            Outcome::Timeout,
-            Outcome::Missed,
-            Outcome::Unviable,
-        ]
-        .into_iter()
-        .find(|o| o.word() == s)
+        Outcome::ALL.into_iter().find(|o| o.word() == s)
     }
 
     /// The cargo-mutants result file that lists mutants with this outcome.
@@ -280,11 +273,8 @@ pub fn score(ledger: &Ledger, keys: &HashMap<String, String>) -> Score {
             s.stale += 1;
             continue;
         }
-        let i = Outcome::ALL
-            .iter()
-            .position(|o| *o == r.outcome)
-            .unwrap_or(0);
-        s.counts[i] += 1;
+        // `ALL` lists the variants in declaration order.
+        s.counts[r.outcome as usize] += 1;
         if r.outcome == Outcome::Missed {
             if r.verdict.is_empty() {
                 s.unexplained.push(key.clone());
