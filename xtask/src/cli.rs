@@ -131,6 +131,10 @@ struct MutantsArgs {
     /// equivalent (after adding tests for them)
     #[arg(long, conflicts_with_all = ["list", "record", "score"], verbatim_doc_comment)]
     survivors: bool,
+    /// test only the mutants the ledger has no result for (resumes the
+    /// whole run; combines with -p, -f and --first-pass)
+    #[arg(long, conflicts_with_all = ["list", "record", "score", "survivors"], verbatim_doc_comment)]
+    untested: bool,
     /// with -p pgtable: a first pass with pgtable's own tests only (one crate
     /// rebuilt per mutant); test what it misses again with --survivors
     #[arg(long, conflicts_with_all = ["list", "record", "score", "survivors"], verbatim_doc_comment)]
@@ -403,6 +407,7 @@ impl MutantsArgs {
         o.record = self.record;
         o.score = self.score;
         o.survivors = self.survivors;
+        o.untested = self.untested;
         o.first_pass = self.first_pass;
         o.extra = self.extra;
         o

@@ -57,6 +57,8 @@ pub struct MutantsOptions {
     pub score: bool,
     /// Test only the mutants the ledger has as missed and not equivalent.
     pub survivors: bool,
+    /// Test only the mutants the ledger has no record of.
+    pub untested: bool,
     /// A first pass: pgtable's mutants against pgtable's own tests only. What it misses must
     /// be tested again with every test (`survivors`) before it counts as missed.
     pub first_pass: bool,
@@ -77,6 +79,7 @@ impl Default for MutantsOptions {
             record: false,
             score: false,
             survivors: false,
+            untested: false,
             first_pass: false,
             extra: Vec::new(),
         }
@@ -153,13 +156,17 @@ pub fn cmd_mutants(o: &MutantsOptions) -> Result<(), Error> {
         run_cmd(Command::new("cargo").args(["install", "cargo-mutants", "--locked"]))?;
     }
     let mut o = o.clone();
-    if o.survivors {
-        let names = survivors()?;
+    if o.survivors || o.untested {
+        let names = if o.survivors {
+            survivors()?
+        } else {
+            untested(&o.packages)?
+        };
         if names.is_empty() {
-            println!("xtask: the ledger has no missed mutant without an equivalent verdict");
+            println!("xtask: no mutant to test: the ledger has them all");
             return Ok(());
         }
-        println!("xtask: testing {} survivors again", names.len());
+        println!("xtask: testing {} mutants", names.len());
         for n in names {
             o.extra
                 .extend(["--re".to_string(), format!("^{}$", regex_escape(&n))]);
@@ -316,6 +323,23 @@ fn survivors() -> Result<Vec<String>, Error> {
                 r.outcome == Outcome::Missed && !r.verdict.starts_with(ledger::EQUIVALENT)
             })
         })
+        .collect())
+}
+
+/// The current names of the mutants of `packages` the ledger has no record of.
+fn untested(packages: &[&str]) -> Result<Vec<String>, Error> {
+    let l = read_ledger()?;
+    let listing = listing()?;
+    let keys = current_keys(&listing);
+    // `crates/hyp/src/...` is pkvm-hyp's.
+    let dirs: Vec<String> = packages
+        .iter()
+        .map(|p| format!("crates/{}/", p.trim_start_matches("pkvm-")))
+        .collect();
+    Ok(listing
+        .into_iter()
+        .filter(|n| dirs.iter().any(|d| n.starts_with(d.as_str())))
+        .filter(|n| keys.get(n).is_none_or(|k| l.get(k).is_none()))
         .collect())
 }
 
