@@ -113,7 +113,7 @@ fn enable_preemption_ppi(rd_base: u64) {
 /// `GICR_TYPER.Last`. A device-tree `redistributor-stride` wins, as it does for Linux. LPIs
 /// left enabled by firmware are switched off, and EL2 refuses to boot if they stay on.
 fn device_ranges(dt: &Dt) -> ([DeviceRange; MAX_DEVICE_RANGES], usize) {
-    use pkvm_hyp::devices::gicr::{TYPER_LAST, TYPER_VLPIS};
+    use pkvm_hyp::devices::RedistFrames;
     let mut out = [DeviceRange {
         start: 0,
         end: 0,
@@ -145,22 +145,14 @@ fn device_ranges(dt: &Dt) -> ([DeviceRange; MAX_DEVICE_RANGES], usize) {
                 }
                 push(frame, GICR_RD_FRAME, DeviceKind::GicrRdBase);
                 enable_preemption_ppi(frame);
-                let vlpis = typer & TYPER_VLPIS != 0;
-                if vlpis {
-                    push(
-                        frame + 2 * GICR_RD_FRAME,
-                        2 * GICR_RD_FRAME,
-                        DeviceKind::Hidden,
-                    );
+                let f = RedistFrames::of(typer, g.redist_stride);
+                if let Some((off, size)) = f.hidden {
+                    push(frame + off, size, DeviceKind::Hidden);
                 }
-                if typer & TYPER_LAST != 0 {
+                if f.last {
                     continue 'regions;
                 }
-                frame += g.redist_stride.unwrap_or(if vlpis {
-                    4 * GICR_RD_FRAME
-                } else {
-                    2 * GICR_RD_FRAME
-                });
+                frame += f.next;
             }
         }
     }

@@ -35,6 +35,42 @@ pub const MAX_DEVICE_RANGES: usize = 32;
 /// Size of a redistributor's `RD_base` frame.
 pub const GICR_RD_FRAME: u64 = 0x1_0000;
 
+/// What a redistributor's `GICR_TYPER` says about its frames, for the walk over a
+/// redistributor region EL2 does at boot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RedistFrames {
+    /// The `VLPI_base` frame and the reserved frame after it (with virtual LPIs, GICv4), as an
+    /// offset from `RD_base` and a size: memory the GIC uses is named there, so the host
+    /// must not reach it.
+    pub hidden: Option<(u64, u64)>,
+    /// `GICR_TYPER.Last`: no redistributor follows in its region.
+    pub last: bool,
+    /// From this redistributor's `RD_base` to the next one's: `stride` if the device tree
+    /// gives one, else 256 KiB with virtual LPIs and 128 KiB without.
+    pub next: u64,
+}
+
+impl RedistFrames {
+    /// The frames of the redistributor whose `GICR_TYPER` reads `typer`.
+    #[must_use]
+    pub const fn of(typer: u64, stride: Option<u64>) -> Self {
+        let vlpis = typer & gicr::TYPER_VLPIS != 0;
+        let own = if vlpis { 4 } else { 2 } * GICR_RD_FRAME;
+        RedistFrames {
+            hidden: if vlpis {
+                Some((2 * GICR_RD_FRAME, 2 * GICR_RD_FRAME))
+            } else {
+                None
+            },
+            last: typer & gicr::TYPER_LAST != 0,
+            next: match stride {
+                Some(s) => s,
+                None => own,
+            },
+        }
+    }
+}
+
 /// How EL2 treats a device's MMIO range.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DeviceKind {
@@ -266,6 +302,30 @@ impl<P: Platform> Hyp<'_, P> {
 
 #[cfg(test)]
 mod tests {
+    use super::RedistFrames;
+
+    /// GICv3 (`VLPIS` 0): `RD_base` and `SGI_base`, 128 KiB; GICv4 (`VLPIS`, bit 1): two more
+    /// frames, hidden, 256 KiB; `Last` is bit 4; a device-tree stride wins.
+    #[test]
+    fn redistributor_frames_follow_gicr_typer() {
+        let v3 = RedistFrames::of(0x0000_0001_0000_0000, None);
+        assert_eq!(
+            v3,
+            RedistFrames {
+                hidden: None,
+                last: false,
+                next: 0x2_0000
+            }
+        );
+        let v4 = RedistFrames::of(0b10, None);
+        assert_eq!(v4.hidden, Some((0x2_0000, 0x2_0000)));
+        assert_eq!((v4.last, v4.next), (false, 0x4_0000));
+        assert!(RedistFrames::of(0b1_0000, None).last);
+        // PLPIS, DirectLPI and the other low bits say nothing about the frames.
+        assert_eq!(RedistFrames::of(0b0_1101, None), v3);
+        assert_eq!(RedistFrames::of(0b10, Some(0x8_0000)).next, 0x8_0000);
+        assert_eq!(RedistFrames::of(0, Some(0x8_0000)).hidden, None);
+    }
     use super::*;
 
     fn rd(offset: u64, size: u8) -> Action {

@@ -107,28 +107,6 @@ impl<P: Platform> Hyp<'_, P> {
     /// Whether every free block of both pools is zero apart from its free-list node (what lets
     /// allocations skip zeroing; checked by tests, it reads every free page).
     pub fn pools_free_memory_is_zero(&self) -> bool {
-        use crate::page_alloc::{HypPool, MAX_ORDER, NIL};
-        use crate::platform::PhysMem;
-        fn check<M: PhysMem>(pool: &HypPool<'_, M>) -> bool {
-            let mem = pool.mem();
-            (0..MAX_ORDER).all(|order| {
-                let mut at = pool.free_list_head(order);
-                let mut guard = pool.nr_pages() + 1;
-                while let Some(pa) = at {
-                    if pa == NIL || guard == 0 {
-                        break;
-                    }
-                    guard -= 1;
-                    let len = PAGE_SIZE << order;
-                    if !(16..len).step_by(8).all(|off| mem.read_u64(pa + off) == 0) {
-                        return false;
-                    }
-                    let next = mem.read_u64(pa);
-                    at = (next != NIL).then_some(next);
-                }
-                true
-            })
-        }
-        check(&self.host.lock().pool) && check(&self.hyp.lock().pool)
+        self.host.lock().pool.free_memory_is_zero() && self.hyp.lock().pool.free_memory_is_zero()
     }
 }

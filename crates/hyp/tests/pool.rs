@@ -840,3 +840,39 @@ fn pool_reports_its_range_and_reservation() {
         assert!(!pool.contains(start - 1) && !pool.contains(end) && !pool.contains(u64::MAX));
     });
 }
+
+/// `free_memory_is_zero` reads every free block of every list, not only the first of each:
+/// one non-zero word past the list node of a page makes it false exactly when the page is
+/// free. A word in the node itself is not free memory.
+#[test]
+fn the_free_memory_check_reads_every_free_block() {
+    with_pool((PFN, 16, 0), |pool, _, ram| {
+        // Single pages, every other one freed again: no two are buddies, so list 0 holds
+        // several blocks (and the rest of the pool is one larger block).
+        let pages: Vec<u64> = (0..4).map(|_| pool.alloc_pages(0).unwrap()).collect();
+        for &pa in pages.iter().step_by(2) {
+            pool.put_page(pa).unwrap();
+        }
+        let head = pool.free_list_head(0).expect("list 0 has blocks");
+        assert_ne!(ram.read_u64(head), u64::MAX, "list 0 has a second block");
+        assert!(pool.free_memory_is_zero());
+        let prev = head + 8;
+        ram.write_u64(prev, ram.read_u64(prev) ^ 1);
+        assert!(pool.free_memory_is_zero(), "a word of a list node");
+        ram.write_u64(prev, ram.read_u64(prev) ^ 1);
+        let (start, end) = pool.range();
+        let mut seen = 0;
+        for pa in (start..end).step_by(PAGE_SIZE as usize) {
+            let w = pa + 0x800;
+            let old = ram.read_u64(w);
+            ram.write_u64(w, old ^ 1);
+            if !pool.free_memory_is_zero() {
+                seen += 1;
+                assert_eq!(pool.page_count(pa), 0, "{pa:#x} is free");
+            }
+            ram.write_u64(w, old);
+        }
+        assert_eq!(seen, pool.free_pages());
+        assert!(pool.free_memory_is_zero());
+    });
+}

@@ -198,6 +198,11 @@ fn bad_inputs_are_refused_and_change_nothing() {
         // above are mapped) and running past it: every block it crosses is checked once.
         let big = p + 0x40;
         ok(m, &mut c, donate(1, big, 0x401, 0x200));
+        // A range starting inside an empty 2 MiB block (gfns 0x800..0xa00) runs into the next
+        // block, whose first page only is mapped: the check resumes at that block's start,
+        // not at the same offset in it.
+        ok(m, &mut c, donate(1, p + 0x2f0, 0xa00, 1));
+        refused(m, &mut c, donate(1, p + 0x300, 0x801, 0x200), Error::Perm);
         // A page donated to one VM cannot be shared into another.
         refused(
             m,
@@ -447,6 +452,12 @@ fn a_fault_in_guest_memory_asks_the_host_for_a_page() {
                 "memory {ipa:#x}+{size:#x}"
             );
         }
+        // Memory that ends exactly at the top of the IPA space fits.
+        write_desc(0xffff_0000, 0x1_0000);
+        let top = cl
+            .vm_init(desc, r0 + 0x1e0, 16)
+            .expect("memory up to the top of the IPA space");
+        assert_eq!(cl.vm_destroy(top), Ok(()));
         write_desc(0x1234_0000, 0x1_0000);
         let vm = cl
             .vm_init(desc, mc, 16)

@@ -488,6 +488,29 @@ impl<'a, M: PhysMem> HypPool<'a, M> {
     pub const fn mmops_errors(&self) -> u64 {
         self.mmops_errors
     }
+
+    /// Whether every free block is zero apart from its list node (the invariant that lets
+    /// allocations skip zeroing). It reads every free page: for tests and checkers. A list
+    /// longer than the pool has pages (a corrupted link) ends there.
+    #[must_use]
+    pub fn free_memory_is_zero(&self) -> bool {
+        (0..MAX_ORDER).all(|order| {
+            let mut at = self.free_list_head(order);
+            for _ in 0..=self.nr_pages() {
+                let Some(pa) = at else { break };
+                let node_end = NODE_PREV + 8;
+                if !(node_end..PAGE_SIZE << order)
+                    .step_by(8)
+                    .all(|off| self.mem.read_u64(pa + off) == 0)
+                {
+                    return false;
+                }
+                let next = self.mem.read_u64(pa + NODE_NEXT);
+                at = (next != NIL).then_some(next);
+            }
+            true
+        })
+    }
 }
 
 /// The pool as page-table memory: `zalloc_page` allocates order 0, `get_page`/`put_page`/
