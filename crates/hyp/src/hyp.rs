@@ -80,11 +80,6 @@ impl<'a, P: Platform> Hyp<'a, P> {
         &self.vmemmap
     }
 
-    /// Size of the host's physical address space, in bits.
-    pub fn pa_bits(&self) -> u32 {
-        self.pa_bits
-    }
-
     /// Memory EL2 owns from boot, as `[start, end)` ranges.
     pub fn hyp_ranges(&self) -> &[(u64, u64)] {
         &self.hyp_ranges[..self.nr_hyp_ranges]
