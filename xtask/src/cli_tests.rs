@@ -260,6 +260,9 @@ fn mutants_options() {
         ["pkvm-hyp", "pkvm-sim"]
     );
     assert!(m(&["--record"]).unwrap().record && m(&["--score"]).unwrap().score);
+    let o = m(&["-p", "pgtable", "--untested", "--first-pass"]).unwrap();
+    assert!(o.untested && o.first_pass && !o.survivors);
+    assert!(m(&["--untested", "--survivors"]).is_err() && m(&["--untested", "--list"]).is_err());
     assert!(m(&["--record", "--score"]).is_err() && m(&["--list", "--record"]).is_err());
     // Both crates, in the order cargo-mutants is given them, whatever the order here.
     let o = m(&["-p", "hyp", "-p", "pgtable"]).unwrap();

@@ -331,16 +331,27 @@ fn untested(packages: &[&str]) -> Result<Vec<String>, Error> {
     let l = read_ledger()?;
     let listing = listing()?;
     let keys = current_keys(&listing);
+    Ok(untested_of(listing, &keys, &l, packages))
+}
+
+/// The names in `listing` (with their ledger `keys`) of the mutants of `packages` that `l`
+/// has no record of.
+fn untested_of(
+    listing: Vec<String>,
+    keys: &std::collections::HashMap<String, String>,
+    l: &ledger::Ledger,
+    packages: &[&str],
+) -> Vec<String> {
     // `crates/hyp/src/...` is pkvm-hyp's.
     let dirs: Vec<String> = packages
         .iter()
         .map(|p| format!("crates/{}/", p.trim_start_matches("pkvm-")))
         .collect();
-    Ok(listing
+    listing
         .into_iter()
         .filter(|n| dirs.iter().any(|d| n.starts_with(d.as_str())))
-        .filter(|n| keys.get(n).is_none_or(|k| l.get(k).is_none()))
-        .collect())
+        .filter(|n| keys.get(n).is_none_or(|k| !l.contains_key(k)))
+        .collect()
 }
 
 /// `s` as a regular expression that matches exactly it.
@@ -426,6 +437,45 @@ fn cmd_score() -> Result<(), Error> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn untested_is_what_the_ledger_has_no_record_of_in_the_chosen_crates() {
+        let listing: Vec<String> = [
+            "crates/hyp/src/a.rs:1:1: replace + with -",
+            "crates/hyp/src/a.rs:2:1: replace + with -",
+            "crates/pgtable/src/b.rs:1:1: replace + with -",
+        ]
+        .map(String::from)
+        .to_vec();
+        let keys: std::collections::HashMap<String, String> = listing
+            .iter()
+            .map(|n| (n.clone(), format!("key of {n}")))
+            .collect();
+        let mut l = ledger::Ledger::new();
+        let rec = ledger::parse(&format!("caught\tc1\tkey of {}\n", listing[0])).unwrap();
+        l.extend(rec);
+        assert_eq!(
+            untested_of(listing.clone(), &keys, &l, &["pkvm-hyp"]),
+            [listing[1].clone()]
+        );
+        assert_eq!(
+            untested_of(listing.clone(), &keys, &l, &PACKAGES),
+            [listing[1].clone(), listing[2].clone()]
+        );
+        // A name without a key (its file unreadable) is untested.
+        assert_eq!(
+            untested_of(
+                listing.clone(),
+                &std::collections::HashMap::new(),
+                &l,
+                &["pkvm-hyp"]
+            )
+            .len(),
+            2
+        );
+    }
+
     #[test]
     fn regex_escape_escapes_what_a_mutant_name_holds() {
         assert_eq!(
