@@ -135,6 +135,10 @@ struct MutantsArgs {
     /// whole run; combines with -p, -f and --first-pass)
     #[arg(long, conflicts_with_all = ["list", "record", "score", "survivors"], verbatim_doc_comment)]
     untested: bool,
+    /// merge another worktree's ledger (its docs/mutants.tsv, where its runs
+    /// were recorded) into this one
+    #[arg(long, value_name = "LEDGER", conflicts_with_all = ["list", "record", "score", "survivors", "untested"], verbatim_doc_comment)]
+    merge: Option<std::path::PathBuf>,
     /// with -p pgtable: a first pass with pgtable's own tests only (one crate
     /// rebuilt per mutant); test what it misses again with --survivors
     #[arg(long, conflicts_with_all = ["list", "record", "score", "survivors"], verbatim_doc_comment)]
@@ -408,6 +412,7 @@ impl MutantsArgs {
         o.score = self.score;
         o.survivors = self.survivors;
         o.untested = self.untested;
+        o.merge = self.merge;
         o.first_pass = self.first_pass;
         o.extra = self.extra;
         o

@@ -262,6 +262,12 @@ fn mutants_options() {
     assert!(m(&["--record"]).unwrap().record && m(&["--score"]).unwrap().score);
     let o = m(&["-p", "pgtable", "--untested", "--first-pass"]).unwrap();
     assert!(o.untested && o.first_pass && !o.survivors);
+    let o = m(&["--merge", "/work/mut/docs/mutants.tsv"]).unwrap();
+    assert_eq!(
+        o.merge.unwrap().to_str(),
+        Some("/work/mut/docs/mutants.tsv")
+    );
+    assert!(m(&["--merge", "x", "--record"]).is_err());
     assert!(m(&["--untested", "--survivors"]).is_err() && m(&["--untested", "--list"]).is_err());
     assert!(m(&["--record", "--score"]).is_err() && m(&["--list", "--record"]).is_err());
     // Both crates, in the order cargo-mutants is given them, whatever the order here.

@@ -59,6 +59,8 @@ pub struct MutantsOptions {
     pub survivors: bool,
     /// Test only the mutants the ledger has no record of.
     pub untested: bool,
+    /// Merge this ledger (another worktree's) into ours instead of testing.
+    pub merge: Option<std::path::PathBuf>,
     /// A first pass: pgtable's mutants against pgtable's own tests only. What it misses must
     /// be tested again with every test (`survivors`) before it counts as missed.
     pub first_pass: bool,
@@ -80,6 +82,7 @@ impl Default for MutantsOptions {
             score: false,
             survivors: false,
             untested: false,
+            merge: None,
             first_pass: false,
             extra: Vec::new(),
         }
@@ -150,6 +153,9 @@ pub fn cmd_mutants(o: &MutantsOptions) -> Result<(), Error> {
     }
     if o.score {
         return cmd_score();
+    }
+    if let Some(from) = &o.merge {
+        return cmd_merge(from);
     }
     if !ok(Command::new("cargo").args(["mutants", "--version"])) {
         println!("xtask: installing cargo-mutants from crates.io");
@@ -364,6 +370,21 @@ fn regex_escape(s: &str) -> String {
         r.push(c);
     }
     r
+}
+
+/// `--merge`: another worktree's ledger into ours.
+fn cmd_merge(from: &Path) -> Result<(), Error> {
+    let text = std::fs::read_to_string(from)
+        .map_err(|e| Error(format!("reading {}: {e}", from.display())))?;
+    let from_l = ledger::parse(&text).map_err(|e| Error(format!("{}: {e}", from.display())))?;
+    let mut l = read_ledger()?;
+    let n = ledger::absorb(&mut l, from_l);
+    write(&crate::workspace_root().join(LEDGER), &ledger::render(&l))?;
+    println!(
+        "xtask: {n} records of {} merged into {LEDGER}",
+        from.display()
+    );
+    cmd_score()
 }
 
 /// `--record`: the last run's results into the ledger.

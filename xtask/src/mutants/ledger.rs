@@ -209,6 +209,36 @@ pub fn merge(
     unknown
 }
 
+/// Merges another ledger (one a run in another worktree recorded) into `ledger`: its records
+/// replace the ones they differ from (in outcome or commit), except that a missed mutant
+/// still missed keeps the verdict it has here if `from` has none. Returns how many records
+/// were added or changed.
+pub fn absorb(ledger: &mut Ledger, from: Ledger) -> usize {
+    let mut changed = 0;
+    for (key, mut r) in from {
+        match ledger.get(&key) {
+            Some(old) if old.outcome == r.outcome && old.commit == r.commit => {
+                if old.verdict.is_empty() && !r.verdict.is_empty() {
+                    ledger.insert(key, r);
+                    changed += 1;
+                }
+            }
+            old => {
+                if let Some(old) = old
+                    && old.outcome == Outcome::Missed
+                    && r.outcome == Outcome::Missed
+                    && r.verdict.is_empty()
+                {
+                    r.verdict.clone_from(&old.verdict);
+                }
+                ledger.insert(key, r);
+                changed += 1;
+            }
+        }
+    }
+    changed
+}
+
 /// The ledger seen against the current tree.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Score {
@@ -376,6 +406,35 @@ mod tests {
         assert_eq!(a.verdict, "equivalent: why");
         let c = &ledger["f.rs: replace c with d"];
         assert_eq!((c.outcome, c.verdict.as_str()), (Outcome::Caught, ""));
+    }
+
+    #[test]
+    fn absorb_takes_new_records_and_keeps_verdicts() {
+        let mut l = parse(
+            "caught\tc1\ta\n\
+             missed\tc1\tb\tequivalent: why\n\
+             missed\tc1\tc\topen: how\n\
+             missed\tc1\td\n",
+        )
+        .unwrap();
+        let from = parse(
+            "caught\tc1\ta\n\
+             missed\tc2\tb\n\
+             caught\tc2\tc\n\
+             missed\tc1\td\tequivalent: seen there\n\
+             unviable\tc2\te\n",
+        )
+        .unwrap();
+        assert_eq!(absorb(&mut l, from), 4);
+        let want = parse(
+            "caught\tc1\ta\n\
+             missed\tc2\tb\tequivalent: why\n\
+             caught\tc2\tc\n\
+             missed\tc1\td\tequivalent: seen there\n\
+             unviable\tc2\te\n",
+        )
+        .unwrap();
+        assert_eq!(l, want);
     }
 
     #[test]
