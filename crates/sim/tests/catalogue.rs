@@ -379,3 +379,31 @@ fn ranges_at_the_top_of_the_address_space() {
         refused(m, c, Call::ShareHyp { pfn: top, nr: 1 }, Error::Range);
     });
 }
+
+/// `hyp_donate_host` refuses pages inside EL2's own memory, not the page that starts where
+/// that memory ends: with RAM right after the carve-out, a page the host donated there comes
+/// back, and the carve-out's last page does not.
+#[test]
+fn hyp_donate_host_takes_the_page_right_after_el2s_memory() {
+    let small = SimConfig::small();
+    let (b, s) = small.ram[0];
+    let cfg = SimConfig {
+        ram: vec![(b, s), (b + s, 2 << 20)],
+        ..small
+    };
+    with_machine(&cfg, |m| {
+        let mut c = Checker::new(m.spec_machine());
+        let pfn = m.carveout.1 >> PAGE_SHIFT;
+        ok(m, &mut c, Call::DonateHyp { pfn, nr: 1 });
+        ok(m, &mut c, Call::HypDonateHost { pfn, nr: 1 });
+        refused(
+            m,
+            &mut c,
+            Call::HypDonateHost {
+                pfn: pfn - 1,
+                nr: 1,
+            },
+            Error::Perm,
+        );
+    });
+}
