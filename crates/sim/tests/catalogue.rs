@@ -316,30 +316,37 @@ fn table_pages_follow_the_pool() {
 }
 
 /// The free-memory oracle the tests above rely on (`pools_free_memory_is_zero`) sees a free
-/// pool page that is not zero: one non-zero word past the list node of every page of EL2's
-/// carve-out that has a zero there (so, among them, every free page) makes it false, and
-/// taking the words back makes it true again.
+/// pool page that is not zero, in either pool: one non-zero word past the list node of every
+/// page of one pool that has a zero there (so, among them, every free page of that pool)
+/// makes it false, and taking the words back makes it true again.
 #[test]
 fn the_free_memory_oracle_sees_a_dirty_free_page() {
     use pkvm_hyp::platform::PhysMem;
     small(|m, _| {
         assert!(m.hyp.pools_free_memory_is_zero());
+        // The carve-out is EL2's pool, then the host's (for its stage-2 tables).
         let (start, end) = m.carveout;
-        // An even value: were the word in a table, an invalid descriptor.
-        let dirty: Vec<u64> = (start..end)
-            .step_by(PAGE_SIZE as usize)
-            .map(|pa| pa + 0xff0)
-            .filter(|&w| m.plat.read_u64(w) == 0)
-            .collect();
-        assert!(!dirty.is_empty());
-        for &w in &dirty {
-            m.plat.mem.write_u64(w, 2);
+        let split = start + m.config().hyp_pool_pages * PAGE_SIZE;
+        for (what, lo, hi) in [
+            ("EL2's pool", start, split),
+            ("the host's pool", split, end),
+        ] {
+            // An even value: were the word in a table, an invalid descriptor.
+            let dirty: Vec<u64> = (lo..hi)
+                .step_by(PAGE_SIZE as usize)
+                .map(|pa| pa + 0xff0)
+                .filter(|&w| m.plat.read_u64(w) == 0)
+                .collect();
+            assert!(!dirty.is_empty(), "{what}");
+            for &w in &dirty {
+                m.plat.mem.write_u64(w, 2);
+            }
+            assert!(!m.hyp.pools_free_memory_is_zero(), "{what}");
+            for &w in &dirty {
+                m.plat.mem.write_u64(w, 0);
+            }
+            assert!(m.hyp.pools_free_memory_is_zero(), "{what}");
         }
-        assert!(!m.hyp.pools_free_memory_is_zero());
-        for &w in &dirty {
-            m.plat.mem.write_u64(w, 0);
-        }
-        assert!(m.hyp.pools_free_memory_is_zero());
     });
 }
 
