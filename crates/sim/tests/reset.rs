@@ -388,30 +388,45 @@ fn memory_snapshots() {
 }
 
 /// A snapshot restores only into the hypervisor it was taken of: one whose host stage-2 has
-/// another shape (a wider address space, the same pools), or whose pools are larger, is
-/// refused with `EINVAL`, and nothing changes.
+/// another shape (a wider address space, the same pools), or whose pools are larger (both, or
+/// EL2's only), is refused with `EINVAL`, and nothing changes.
 #[test]
 fn a_snapshot_of_another_hypervisor_is_refused() {
     let wider = SimConfig {
         pa_bits: 44,
         ..SimConfig::small()
     };
-    // Or the same tables with larger pools.
+    // Or the same table shapes with larger pools.
     let larger = SimConfig {
         hyp_pool_pages: 80,
         host_pool_pages: 80,
         ..SimConfig::small()
     };
-    let theirs: Vec<HypSnapshot> = [wider, larger]
+    // Or only EL2's pool larger: the host's pool has our range, but holds other tables (a
+    // host fault far away took some). (In the simulated machine EL2's tables start its pool,
+    // so pools of another range come with another root: the first check refuses them all.)
+    let hyp_larger = SimConfig {
+        hyp_pool_pages: 80,
+        ..SimConfig::small()
+    };
+    let theirs: Vec<HypSnapshot> = [wider, larger, hyp_larger]
         .iter()
-        .map(|cfg| with_machine(cfg, |m| m.hyp.snapshot().unwrap()))
+        .map(|cfg| {
+            with_machine(cfg, |m| {
+                assert_eq!(m.host_access(0x80_0000_0000, false), Outcome::Access);
+                m.hyp.snapshot().unwrap()
+            })
+        })
         .collect();
     with_machine(&SimConfig::small(), |m| {
         let ours = m.hyp.snapshot().unwrap();
         let free = m.hyp.stat(Stat::PoolFreePages);
+        let tables = m.hyp.stat(Stat::TablePages);
         for (i, s) in theirs.iter().enumerate() {
             assert_eq!(m.hyp.restore(s), Err(pkvm_abi::Error::Inval), "{i}");
             assert_eq!(m.hyp.stat(Stat::PoolFreePages), free);
+            assert_eq!(m.hyp.stat(Stat::TablePages), tables, "{i}");
+            m.check_invariants().unwrap();
         }
         assert_eq!(m.hyp.restore(&ours), Ok(()));
         m.check_invariants().unwrap();
