@@ -296,7 +296,7 @@ fn discovery_answers_with_upstreams_ids() {
             call_regs(m, [smccc::HYP_MEMINFO, 0, 0, 0])[..2],
             [PAGE_SIZE, 0]
         );
-        for args in [[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0]] {
+        for args in [[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0], [0, 1, 1]] {
             assert_eq!(
                 call_regs(m, [smccc::HYP_MEMINFO, args[0], args[1], args[2]])[0],
                 smccc::INVALID_PARAMETER,
