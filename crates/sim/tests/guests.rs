@@ -533,6 +533,21 @@ fn mmio_reads_complete_with_the_loads_extension() {
             assert_eq!(run(m, a), Ok(exit::IRQ));
             assert_eq!(reg(9), want, "size {size} sf {sf} value {host:#x}");
         }
+        // A store's completion leaves its source register alone, whatever the host left in
+        // the exit's data.
+        let script = |a| m.plat.guest_script.lock().unwrap().push_back(a);
+        script(SimGuestAction::MmioWrite {
+            ipa: g::GUEST_ID_REG_IPA,
+            size: 8,
+            reg: 9,
+            value: 0x5107e,
+        });
+        assert_eq!(run(m, a), Ok(exit::MMIO));
+        m.plat
+            .write_u64(vcpu + vcpu_off::EXIT_MMIO_DATA as u64, 0xbad);
+        script(SimGuestAction::Irq);
+        assert_eq!(run(m, a), Ok(exit::IRQ));
+        assert_eq!(reg(9), 0x5107e);
         destroy(m, a, &[desc, vcpu, fp]);
     });
 }

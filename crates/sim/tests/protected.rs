@@ -661,6 +661,20 @@ fn mmio_guard_keeps_unmapped_accesses_from_the_host() {
         assert_eq!(cl.vcpu_run(vm), Ok(exit::IRQ));
         let e: pkvm_abi::guest::VcpuExit = m.plat.read_obj(st + vcpu_off::EXIT as u64);
         assert_eq!((e.esr, e.far, e.ipa), (0, 0, 0), "{e:?}");
+        // The guard refuses only a data access that finds no translation: an instruction
+        // fetch, or a permission fault, outside its memory is a fault exit as before.
+        {
+            use pkvm_arch::esr::{DataAbort, Ec, Esr};
+            let iabt = Esr::new(Ec::IabtLow, true, 0b000111).0;
+            let perm = DataAbort {
+                dfsc: 0b001111,
+                ..DataAbort::default()
+            };
+            for esr in [iabt, Esr::new(Ec::DabtLow, true, perm.iss()).0] {
+                script(SimGuestAction::Sync(esr));
+                assert_eq!(cl.vcpu_run(vm), Ok(exit::FAULT), "{esr:#x}");
+            }
+        }
         // Mapped (twice is fine): MMIO again.
         let guard = |f: u64, ipa: u64| call_regs(m, [f, ipa, 0, 0]);
         for _ in 0..2 {
