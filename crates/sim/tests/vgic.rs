@@ -181,6 +181,12 @@ fn an_empty_list_register_may_repeat_an_intid_and_a_cpu_without_a_vgic_refuses_o
         assert_eq!(run(m, h), Ok(exit::SYSTEM_EVENT));
         let l = loaded(m).last().unwrap().unwrap();
         assert_eq!((l.ap0r, l.ap1r), ([0x10, 0x11, 0, 0], [0x20, 0x22, 0, 0]));
+        // ... and published back to the host in order after the run.
+        let back = read_vgic(m, st);
+        assert_eq!(
+            (back.ap0r, back.ap1r),
+            ([0x10, 0x11, 0, 0], [0x20, 0x22, 0, 0])
+        );
         // The host may pass En itself (as EL2 published it), with a maintenance enable: kept.
         v.hcr = HCR_EN | (1 << 1);
         write_vgic(m, st, &v);
