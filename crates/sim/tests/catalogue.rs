@@ -387,11 +387,12 @@ fn ranges_at_the_top_of_the_address_space() {
     });
 }
 
-/// `hyp_donate_host` refuses pages inside EL2's own memory, not the page that starts where
-/// that memory ends: with RAM right after the carve-out, a page the host donated there comes
-/// back, and the carve-out's last page does not.
+/// `hyp_donate_host` refuses pages inside EL2's own memory, not the pages next to it: with
+/// RAM right after the carve-out, a page the host donated there (a donated page, outside
+/// EL2's memory) comes back, as does the page right before the carve-out; the carve-out's
+/// own first and last pages do not.
 #[test]
-fn hyp_donate_host_takes_the_page_right_after_el2s_memory() {
+fn hyp_donate_host_takes_the_pages_right_around_el2s_memory() {
     let small = SimConfig::small();
     let (b, s) = small.ram[0];
     let cfg = SimConfig {
@@ -400,9 +401,36 @@ fn hyp_donate_host_takes_the_page_right_after_el2s_memory() {
     };
     with_machine(&cfg, |m| {
         let mut c = Checker::new(m.spec_machine());
+        let donated = || m.client().stat(Stat::DonatedPages).unwrap();
+        let before = m.carveout.0 >> PAGE_SHIFT;
+        ok(
+            m,
+            &mut c,
+            Call::DonateHyp {
+                pfn: before - 1,
+                nr: 1,
+            },
+        );
+        assert_eq!(donated(), 1);
+        ok(
+            m,
+            &mut c,
+            Call::HypDonateHost {
+                pfn: before - 1,
+                nr: 1,
+            },
+        );
+        refused(
+            m,
+            &mut c,
+            Call::HypDonateHost { pfn: before, nr: 1 },
+            Error::Perm,
+        );
         let pfn = m.carveout.1 >> PAGE_SHIFT;
         ok(m, &mut c, Call::DonateHyp { pfn, nr: 1 });
+        assert_eq!(donated(), 1);
         ok(m, &mut c, Call::HypDonateHost { pfn, nr: 1 });
+        assert_eq!(donated(), 0);
         refused(
             m,
             &mut c,
