@@ -226,6 +226,9 @@ fn misuse_is_an_error_not_a_panic() {
     assert_eq!(pool.put_page(free_page), Err(Error::Fault));
     assert_eq!(pool.get_page(free_page), Err(Error::Fault));
     assert_eq!(pool.split_page(free_page), Err(Error::Fault));
+    // The head of a free block (a valid order, but no refcount).
+    let free_head = (0..MAX_ORDER).find_map(|o| pool.free_list_head(o)).unwrap();
+    assert_eq!(pool.split_page(free_head), Err(Error::Fault));
     // Outside the pool.
     for pa in [0, BASE - PAGE_SIZE, BASE + 64 * PAGE_SIZE, u64::MAX] {
         assert_eq!(pool.put_page(pa), Err(Error::Inval));
@@ -725,6 +728,14 @@ fn corrupted_order_is_refused() {
     vm.page(last).unwrap().set_order(3);
     assert_eq!(pool.put_page(last), Err(Error::Fault));
     vm.page(last).unwrap().set_order(0);
+    // Inside the pool, but not aligned to its order.
+    let first = pfn * PAGE_SIZE;
+    assert!(!first.is_multiple_of(2 * PAGE_SIZE) && all.contains(&first));
+    vm.page(first).unwrap().set_order(1);
+    let before = snapshot(&pool, &vm);
+    assert_eq!(pool.put_page(first), Err(Error::Fault));
+    assert_eq!(snapshot(&pool, &vm), before);
+    vm.page(first).unwrap().set_order(0);
     for pa in all {
         assert_eq!(pool.put_page(pa), Ok(0));
     }
