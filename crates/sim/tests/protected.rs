@@ -186,6 +186,10 @@ fn bad_inputs_are_refused_and_change_nothing() {
         refused(m, &mut c, donate(1, p + 5, 0x20, 1), Error::Perm);
         refused(m, &mut c, donate(1, p + 4, 0x11, 1), Error::Perm);
         refused(m, &mut c, donate(1, p + 4, 1 << 40, 1), Error::Range);
+        // The IPA space's last page is inside it, the one after it outside.
+        let top = 1u64 << (m.config().pa_bits - PAGE_SHIFT as u32);
+        refused(m, &mut c, donate(1, p + 0x20, top - 1, 2), Error::Range);
+        ok(m, &mut c, donate(1, p + 0x20, top - 1, 1));
         let r0_end = (m.config().ram[0].0 + m.config().ram[0].1) >> PAGE_SHIFT;
         refused(m, &mut c, donate(1, r0_end - 1, 0x20, 2), Error::Inval);
         refused(m, &mut c, donate(1, p + 4, 0x20, 0), Error::Inval);
@@ -464,6 +468,9 @@ fn a_fault_in_guest_memory_asks_the_host_for_a_page() {
             .expect("VmInit with a memory range");
         let vp = r0 + 0x145;
         cl.share_hyp(vp, 1).unwrap();
+        // The host's FP registers for the vCPU: V0 (where the simulated guest counts its
+        // runs) starts at 0x100.
+        m.plat.write_u64((vp << PAGE_SHIFT) + 0x800, 0x100);
         cl.vcpu_init(vm, vp << PAGE_SHIFT, (vp << PAGE_SHIFT) + 0x800)
             .unwrap();
         let st = vp << PAGE_SHIFT;
@@ -481,6 +488,10 @@ fn a_fault_in_guest_memory_asks_the_host_for_a_page() {
         assert_eq!(cl.vcpu_run(vm), Ok(exit::MEM_FAULT));
         let e = read_exit();
         assert_eq!((e.ipa, e.mmio_write, e.mmio_data), (0x1234_5000, 1, 0));
+        // It ran from EL2's private copy of the FP registers, which started as the host's.
+        let entry = *m.plat.guest_entries.lock().unwrap().last().unwrap();
+        assert_ne!(entry.fp_pa, (vp << PAGE_SHIFT) + 0x800);
+        assert_eq!(m.plat.read_u64(entry.fp_pa), 0x101);
         // An instruction fetch there (no syndrome): a memory fault too, not a write.
         let iabt = Esr::new(Ec::IabtLow, true, 0b000111).0;
         script(SimGuestAction::Sync(iabt));
