@@ -162,7 +162,8 @@ impl<'a, P: Platform> Hyp<'a, P> {
         // The walk went to the end of the span without finding anything wrong.
         let mut complete = true;
         let (lo, hi) = (vm.reclaim_from.max(vm.span.0), vm.span.1);
-        if lo < hi && (vm.pages > 0 || last) {
+        // (A VM without pages is always on its last batch: its walk clears the tables.)
+        if lo < hi {
             let flags = if last {
                 WalkFlags::LEAF | WalkFlags::TABLE_POST
             } else {
