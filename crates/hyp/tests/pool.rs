@@ -222,6 +222,14 @@ fn misuse_is_an_error_not_a_panic() {
     assert_eq!(pool.put_page(a + PAGE_SIZE), Err(Error::Fault));
     assert_eq!(pool.get_page(a + PAGE_SIZE), Err(Error::Fault));
     assert_eq!(pool.split_page(a + PAGE_SIZE), Err(Error::Fault));
+    // A block whose tail page claims an order, or a reference, of its own is not split.
+    let tail = vm.page(a + PAGE_SIZE).unwrap();
+    tail.set_order(0);
+    assert_eq!(pool.split_page(a), Err(Error::Fault));
+    tail.set_order(NO_ORDER);
+    tail.set_refcount(1);
+    assert_eq!(pool.split_page(a), Err(Error::Fault));
+    tail.set_refcount(0);
     // Free pages.
     assert_eq!(pool.put_page(free_page), Err(Error::Fault));
     assert_eq!(pool.get_page(free_page), Err(Error::Fault));

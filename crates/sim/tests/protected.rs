@@ -492,6 +492,14 @@ fn a_fault_in_guest_memory_asks_the_host_for_a_page() {
         let entry = *m.plat.guest_entries.lock().unwrap().last().unwrap();
         assert_ne!(entry.fp_pa, (vp << PAGE_SHIFT) + 0x800);
         assert_eq!(m.plat.read_u64(entry.fp_pa), 0x101);
+        // A load there: a memory fault, not a write.
+        script(SimGuestAction::MmioRead {
+            ipa: 0x1234_6010,
+            size: 8,
+            reg: 3,
+        });
+        assert_eq!(cl.vcpu_run(vm), Ok(exit::MEM_FAULT));
+        assert_eq!((read_exit().ipa, read_exit().mmio_write), (0x1234_6000, 0));
         // An instruction fetch there (no syndrome): a memory fault too, not a write.
         let iabt = Esr::new(Ec::IabtLow, true, 0b000111).0;
         script(SimGuestAction::Sync(iabt));
