@@ -187,7 +187,7 @@ fn bad_inputs_are_refused_and_change_nothing() {
         refused(m, &mut c, donate(1, p + 4, 0x11, 1), Error::Perm);
         refused(m, &mut c, donate(1, p + 4, 1 << 40, 1), Error::Range);
         // The IPA space's last page is inside it, the one after it outside.
-        let top = 1u64 << (m.config().pa_bits - PAGE_SHIFT as u32);
+        let top = 1u64 << (m.config().pa_bits - PAGE_SHIFT);
         refused(m, &mut c, donate(1, p + 0x20, top - 1, 2), Error::Range);
         ok(m, &mut c, donate(1, p + 0x20, top - 1, 1));
         let r0_end = (m.config().ram[0].0 + m.config().ram[0].1) >> PAGE_SHIFT;
