@@ -21,4 +21,4 @@ pub mod protocol;
 pub mod reset;
 pub mod scenarios;
 
-pub use machine::{Machine, SimConfig, boot_static, with_machine};
+pub use machine::{Machine, SimConfig, boot_static, with_machine, with_unfinalised_machine};

@@ -152,13 +152,23 @@ impl std::fmt::Debug for Machine<'_> {
 /// # Panics
 /// If the configuration cannot boot (a bug in the caller or in boot).
 pub fn with_machine<R>(cfg: &SimConfig, f: impl FnOnce(&mut Machine<'_>) -> R) -> R {
+    run_machine(cfg, true, f)
+}
+
+fn run_machine<R>(cfg: &SimConfig, finalise: bool, f: impl FnOnce(&mut Machine<'_>) -> R) -> R {
     let plat = SimPlatform::new(&cfg.ram);
     let map = memory_map(cfg);
     let layout = VmemmapLayout::for_map(&map).expect("vmemmap layout");
     let mut dir = vec![0u32; layout.dir_slots];
     let pages: Vec<HypPage> = (0..layout.entries()).map(|_| HypPage::new()).collect();
-    let mut m = boot(cfg, &plat, &map, &mut dir, &pages);
+    let mut m = boot(cfg, &plat, &map, &mut dir, &pages, finalise);
     f(&mut m)
+}
+
+/// [`with_machine`] with a hypervisor that has not been finalised yet: the host's boot-only
+/// calls (`Finalize`) are still open.
+pub fn with_unfinalised_machine<R>(cfg: &SimConfig, f: impl FnOnce(&mut Machine<'_>) -> R) -> R {
+    run_machine(cfg, false, f)
 }
 
 /// Boots a machine shaped by `cfg` that lives as long as the program (its platform, memory map
@@ -177,7 +187,7 @@ pub fn boot_static(cfg: &SimConfig) -> Machine<'static> {
         .map(|_| HypPage::new())
         .collect::<Vec<_>>()
         .leak();
-    boot(cfg, plat, map, dir, pages)
+    boot(cfg, plat, map, dir, pages, true)
 }
 
 fn memory_map(cfg: &SimConfig) -> MemoryMap {
@@ -192,6 +202,7 @@ fn boot<'a>(
     map: &'a MemoryMap,
     dir: &'a mut [u32],
     pages: &'a [HypPage],
+    finalise: bool,
 ) -> Machine<'a> {
     let vmemmap = Vmemmap::new(map, dir, pages).expect("vmemmap");
 
@@ -219,7 +230,9 @@ fn boot<'a>(
         devices: &cfg.devices,
     };
     let hyp = Hyp::new(plat, map, vmemmap, &params).expect("hypervisor boots");
-    hyp.finalise().expect("first finalise");
+    if finalise {
+        hyp.finalise().expect("first finalise");
+    }
     plat.set_el2_root(hyp.hyp_pgd());
     Machine {
         plat,

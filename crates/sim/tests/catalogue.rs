@@ -170,6 +170,17 @@ fn boot_only_calls_refused_after_finalise() {
     });
 }
 
+/// Before finalise the boot-only call is open: the host's `Finalize` finalises, once.
+#[test]
+fn finalize_is_taken_once_before_finalise() {
+    pkvm_sim::with_unfinalised_machine(&SimConfig::small(), |m| {
+        assert!(!m.hyp.is_finalised());
+        assert_eq!(m.hvc(HostHcall::Finalize, &[])[0], 0);
+        assert!(m.hyp.is_finalised());
+        assert_eq!(m.hvc(HostHcall::Finalize, &[])[0], SMCCC_NOT_SUPPORTED);
+    });
+}
+
 /// After a sequence that ends with everything unshared: no EL2 mapping of host memory, no
 /// table page left behind, the pool back where it started.
 #[test]
@@ -388,9 +399,9 @@ fn ranges_at_the_top_of_the_address_space() {
 }
 
 /// `hyp_donate_host` refuses pages inside EL2's own memory, not the pages next to it: with
-/// RAM right after the carve-out, a page the host donated there (a donated page, outside
-/// EL2's memory) comes back, as does the page right before the carve-out; the carve-out's
-/// own first and last pages do not.
+/// RAM right after the carve-out, pages the host donated there (donated pages, outside EL2's
+/// memory) come back, as does the page right before the carve-out; the carve-out's own first
+/// and last pages do not.
 #[test]
 fn hyp_donate_host_takes_the_pages_right_around_el2s_memory() {
     let small = SimConfig::small();
@@ -427,8 +438,16 @@ fn hyp_donate_host_takes_the_pages_right_around_el2s_memory() {
             Error::Perm,
         );
         let pfn = m.carveout.1 >> PAGE_SHIFT;
-        ok(m, &mut c, Call::DonateHyp { pfn, nr: 1 });
-        assert_eq!(donated(), 1);
+        ok(m, &mut c, Call::DonateHyp { pfn, nr: 2 });
+        assert_eq!(donated(), 2);
+        ok(
+            m,
+            &mut c,
+            Call::HypDonateHost {
+                pfn: pfn + 1,
+                nr: 1,
+            },
+        );
         ok(m, &mut c, Call::HypDonateHost { pfn, nr: 1 });
         assert_eq!(donated(), 0);
         refused(
