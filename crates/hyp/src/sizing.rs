@@ -250,6 +250,9 @@ mod tests {
         // Two 1 MiB regions in the same 2 MiB window: one L3, one L2, one L1 table.
         let m = map(&[(GIB_1, 0x10_0000), (GIB_1 + 0x10_0000, 0x10_0000)]);
         assert_eq!(tables_for_map(&m), 3);
+        // Two regions in different 1 GiB windows share only the L1 table: 1 + 2 + 2.
+        let m = map(&[(GIB_1, 0x20_0000), (4 * GIB_1, 0x20_0000)]);
+        assert_eq!(tables_for_map(&m), 5);
         // A region straddling a 2 MiB boundary needs two L3 tables.
         assert_eq!(tables_for_range(GIB_1 + 0x1F_F000, 0x2000), 1 + 1 + 2);
     }
@@ -328,6 +331,16 @@ mod tests {
                 Err(PlanError::NoRoom { .. })
             ));
         }
+        // The host image may end 2 MiB below the DTB slot, not a page closer.
+        let edge = (host.0, ok.dtb - (2 << 20));
+        assert_eq!(
+            plan_carveout(&m, edge, 2 << 20, 0, &[]).unwrap().dtb,
+            ok.dtb
+        );
+        assert!(matches!(
+            plan_carveout(&m, (host.0, edge.1 + PAGE_SIZE), 2 << 20, 0, &[]),
+            Err(PlanError::NoRoom { .. })
+        ));
         // Just outside is fine.
         let outside = [(ok.dtb - 8, ok.dtb), (ok.carveout.1, ok.carveout.1 + 8)];
         assert_eq!(plan_carveout(&m, host, 2 << 20, 0, &outside), Ok(ok));

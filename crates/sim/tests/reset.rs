@@ -450,3 +450,30 @@ fn a_snapshot_restores_the_counters_it_saw() {
         assert_eq!(m.hyp.stat(Stat::HostFaults), faults);
     });
 }
+
+/// A snapshot keeps the VM handle generation: taken after VMs came and went, a reset gives
+/// the next VM the handle it got after the snapshot the first time — not one of a VM from
+/// before the snapshot, which a host may still hold.
+#[test]
+fn a_snapshot_keeps_the_vm_handle_generation() {
+    with_machine(&SimConfig::small(), |m| {
+        let r0 = m.config().ram[0].0 >> PAGE_SHIFT;
+        for _ in 0..3 {
+            let h = m.create_model_vm(r0 + 0x300, r0 + 0x310, None);
+            m.client().vm_destroy(h).unwrap();
+        }
+        {
+            use pkvm_sim::mmu::Regime;
+            let mut tlb = m.plat.tlb.lock().unwrap();
+            for r in [Regime::El2].into_iter().chain((0..=8).map(Regime::Stage2)) {
+                tlb.invalidate_regime(r);
+            }
+        }
+        let snap = m.snapshot().unwrap();
+        let first = m.create_model_vm(r0 + 0x300, r0 + 0x310, None);
+        m.reset(&snap).unwrap();
+        let again = m.create_model_vm(r0 + 0x300, r0 + 0x310, None);
+        assert_eq!(again.raw(), first.raw());
+        assert!(first.raw() >> 8 > 1, "{:#x}: VMs came before", first.raw());
+    });
+}
