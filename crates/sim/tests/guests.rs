@@ -548,6 +548,29 @@ fn mmio_reads_complete_with_the_loads_extension() {
         script(SimGuestAction::Irq);
         assert_eq!(run(m, a), Ok(exit::IRQ));
         assert_eq!(reg(9), 0x5107e);
+        // A load into XZR (register 31) loads nothing: the PC after it is the next
+        // instruction, not the data.
+        let pc = || m.plat.read_u64(vcpu + vcpu_off::PC as u64);
+        script(SimGuestAction::MmioRead {
+            ipa: g::GUEST_ID_REG_IPA,
+            size: 8,
+            reg: 31,
+        });
+        assert_eq!(run(m, a), Ok(exit::MMIO));
+        let at = pc();
+        m.plat
+            .write_u64(vcpu + vcpu_off::EXIT_MMIO_DATA as u64, 0xbad0);
+        script(SimGuestAction::Irq);
+        assert_eq!(run(m, a), Ok(exit::IRQ));
+        assert_eq!(pc(), at + 4);
+        // A trapped SMC is a hypercall exit that reports its own address: EL2 moves the PC
+        // past it; an HVC's exit PC is past it already and stays.
+        for (ec, step) in [(Ec::Smc64, 4), (Ec::Hvc64, 0)] {
+            let at = pc();
+            script(SimGuestAction::Sync(Esr::new(ec, true, 0).0));
+            assert_eq!(run(m, a), Ok(exit::HYPERCALL), "{ec:?}");
+            assert_eq!(pc(), at + step, "{ec:?}");
+        }
         destroy(m, a, &[desc, vcpu, fp]);
     });
 }

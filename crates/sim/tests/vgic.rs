@@ -177,6 +177,8 @@ fn an_empty_list_register_may_repeat_an_intid_and_a_cpu_without_a_vgic_refuses_o
         });
         v.ap0r = [0x10, 0x11, 0, 0];
         v.ap1r = [0x20, 0x22, 0, 0];
+        // As many list registers as the CPU has: all of them in use is fine.
+        v.nr_lrs = 4;
         write_vgic(m, st, &v);
         assert_eq!(run(m, h), Ok(exit::SYSTEM_EVENT));
         let l = loaded(m).last().unwrap().unwrap();
