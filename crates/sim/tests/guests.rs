@@ -571,6 +571,12 @@ fn mmio_reads_complete_with_the_loads_extension() {
             assert_eq!(run(m, a), Ok(exit::HYPERCALL), "{ec:?}");
             assert_eq!(pc(), at + step, "{ec:?}");
         }
+        // The host answers with a function id EL2 would answer itself in x0; an interrupt
+        // next leaves the HVC's syndrome in ESR_EL2, but is no call: an IRQ exit.
+        m.plat
+            .write_u64(vcpu + vcpu_off::REGS as u64, u64::from(psci::SMCCC_VERSION));
+        script(SimGuestAction::Irq);
+        assert_eq!(run(m, a), Ok(exit::IRQ));
         destroy(m, a, &[desc, vcpu, fp]);
     });
 }
