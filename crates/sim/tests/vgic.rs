@@ -189,6 +189,7 @@ fn an_empty_list_register_may_repeat_an_intid_and_a_cpu_without_a_vgic_refuses_o
             (back.ap0r, back.ap1r),
             ([0x10, 0x11, 0, 0], [0x20, 0x22, 0, 0])
         );
+        assert_eq!(back.vmcr, v.vmcr, "nothing else written over");
         // The host may pass En itself (as EL2 published it), with a maintenance enable: kept.
         v.hcr = HCR_EN | (1 << 1);
         write_vgic(m, st, &v);
