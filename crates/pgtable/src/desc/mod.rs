@@ -182,6 +182,16 @@ pub const fn pte_owner(pte: u64) -> Option<u8> {
 mod tests {
     use super::*;
 
+    /// `MAIR_EL2_VALUE` holds each attribute in the byte its index names, zero elsewhere.
+    #[test]
+    fn mair_bytes() {
+        let byte = |i: u8| (MAIR_EL2_VALUE >> (8 * u32::from(i))) as u8;
+        assert_eq!(byte(MAIR_IDX_NORMAL), MAIR_ATTR_NORMAL_WB);
+        assert_eq!(byte(MAIR_IDX_DEVICE_NGNRE), MAIR_ATTR_DEVICE_NGNRE);
+        let others = (0..8).filter(|&i| i != MAIR_IDX_NORMAL && i != MAIR_IDX_DEVICE_NGNRE);
+        assert!(others.into_iter().all(|i| byte(i) == 0));
+    }
+
     #[test]
     fn geometry() {
         assert_eq!(granule(0), 512 << 30);
