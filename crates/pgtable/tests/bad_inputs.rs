@@ -51,6 +51,12 @@ fn bad_ranges(ia: u64) -> Vec<(u64, u64, Error, &'static str)> {
         (0, 0x800, Error::Misaligned, "unaligned size"),
         (K4, K4 + 1, Error::Misaligned, "unaligned size 2"),
         (0, 0, Error::Misaligned, "zero size"),
+        (
+            K4 + 1,
+            K4 + 1,
+            Error::Misaligned,
+            "address and size misaligned alike",
+        ),
         (ia - K4, 2 * K4, Error::OutOfRange, "past the end"),
         (ia, K4, Error::OutOfRange, "starts at the end"),
         (
