@@ -53,20 +53,12 @@ pub struct RedistFrames {
 impl RedistFrames {
     /// The frames of the redistributor whose `GICR_TYPER` reads `typer`.
     #[must_use]
-    pub const fn of(typer: u64, stride: Option<u64>) -> Self {
+    pub fn of(typer: u64, stride: Option<u64>) -> Self {
         let vlpis = typer & gicr::TYPER_VLPIS != 0;
-        let own = if vlpis { 4 } else { 2 } * GICR_RD_FRAME;
         RedistFrames {
-            hidden: if vlpis {
-                Some((2 * GICR_RD_FRAME, 2 * GICR_RD_FRAME))
-            } else {
-                None
-            },
+            hidden: vlpis.then_some((2 * GICR_RD_FRAME, 2 * GICR_RD_FRAME)),
             last: typer & gicr::TYPER_LAST != 0,
-            next: match stride {
-                Some(s) => s,
-                None => own,
-            },
+            next: stride.unwrap_or(if vlpis { 4 } else { 2 } * GICR_RD_FRAME),
         }
     }
 }

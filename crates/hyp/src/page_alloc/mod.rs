@@ -498,8 +498,8 @@ impl<'a, M: PhysMem> HypPool<'a, M> {
             let mut at = self.free_list_head(order);
             for _ in 0..=self.nr_pages() {
                 let Some(pa) = at else { break };
-                let node_end = NODE_PREV + 8;
-                if !(node_end..PAGE_SIZE << order)
+                // Past the node (`next`, `prev`).
+                if !(NODE_PREV + 8..PAGE_SIZE << order)
                     .step_by(8)
                     .all(|off| self.mem.read_u64(pa + off) == 0)
                 {
