@@ -5,7 +5,7 @@ mod common;
 
 use common::{Event, Harness, TestArch, TestMm, check_structure};
 use pkvm_pgtable::desc::{self, granule, output_address, pte_owner};
-use pkvm_pgtable::{ArchOps, Config, Error, Format, MapFlags, MmOps, PageTable, Prot};
+use pkvm_pgtable::{ArchOps, Config, Error, Format, MapFlags, MmOps, PageTable, Prot, WalkFlags};
 
 const K4: u64 = 4096;
 const M2: u64 = 2 << 20;
@@ -275,6 +275,39 @@ fn map_over_annotation_replaces_it() {
     // Unmap clears annotations too, and then the tables go.
     assert_eq!(unmap(&mut h, 0, 4 * K4), Ok(2 * K4));
     assert_eq!(h.mm.live(), 1);
+}
+
+#[test]
+fn unmap_inside_a_block_annotation_removes_no_mapping() {
+    // The crate annotates pages only, but a `walk_mut` user may annotate a whole block. Unmapping
+    // part of it splits the annotation (the rest stays annotated) and, since nothing was
+    // mapped, reports 0 bytes unmapped.
+    let mut h = Harness::new(s2());
+    set_owner(&mut h, 0, K4, 1).unwrap();
+    h.pt.walk_mut(&mut h.mm, M2, M2, WalkFlags::LEAF, |mm, v| {
+        assert_eq!((v.level, v.pte), (2, 0));
+        mm.write_pte(v.ptep, desc::owner_pte(9));
+        mm.get_page(v.ptep);
+        Ok::<(), Error>(())
+    })
+    .unwrap();
+    assert_eq!(unmap(&mut h, M2 + 3 * K4, 2 * K4), Ok(0));
+    assert_eq!(leaf(&h, M2 + 3 * K4), (0, 3));
+    assert_eq!(leaf(&h, M2 + 4 * K4), (0, 3));
+    assert_eq!(leaf(&h, M2 + 2 * K4), (desc::owner_pte(9), 3));
+    assert_eq!(leaf(&h, M2 + 5 * K4), (desc::owner_pte(9), 3));
+    // A mapped page next to it counts, the annotated ones around it do not.
+    map(
+        &mut h,
+        M2 + 3 * K4,
+        K4,
+        0x7000_0000,
+        Prot::R,
+        MapFlags::empty(),
+    )
+    .unwrap();
+    assert_eq!(unmap(&mut h, M2, M2), Ok(K4));
+    assert_eq!(leaf(&h, M2 + 3 * K4).0, 0);
 }
 
 #[test]
