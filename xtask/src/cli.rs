@@ -136,7 +136,8 @@ struct MutantsArgs {
     #[arg(long, conflicts_with_all = ["list", "record", "score", "survivors"], verbatim_doc_comment)]
     untested: bool,
     /// merge another worktree's ledger (its docs/mutants.tsv, where its runs
-    /// were recorded) into this one
+    /// were recorded) into this one; a record of ours tested at a later commit
+    /// stays
     #[arg(long, value_name = "LEDGER", conflicts_with_all = ["list", "record", "score", "survivors", "untested"], verbatim_doc_comment)]
     merge: Option<std::path::PathBuf>,
     /// with -p pgtable: a first pass with pgtable's own tests only (one crate

@@ -378,13 +378,33 @@ fn cmd_merge(from: &Path) -> Result<(), Error> {
         .map_err(|e| Error(format!("reading {}: {e}", from.display())))?;
     let from_l = ledger::parse(&text).map_err(|e| Error(format!("{}: {e}", from.display())))?;
     let mut l = read_ledger()?;
-    let n = ledger::absorb(&mut l, from_l);
+    let mut known = std::collections::HashMap::new();
+    let mut ancestor = |a: &str, b: &str| {
+        *known
+            .entry((a.to_string(), b.to_string()))
+            .or_insert_with(|| is_ancestor(a, b))
+    };
+    let n = ledger::absorb(&mut l, from_l, &mut ancestor);
     write(&crate::workspace_root().join(LEDGER), &ledger::render(&l))?;
     println!(
         "xtask: {n} records of {} merged into {LEDGER}",
         from.display()
     );
     cmd_score()
+}
+
+/// Whether commit `a` is an ancestor of commit `b` (`git merge-base --is-ancestor`); false
+/// for a dirty tree's commit (`-dirty`) or one git does not know.
+fn is_ancestor(a: &str, b: &str) -> bool {
+    if a.ends_with("-dirty") || b.ends_with("-dirty") {
+        return false;
+    }
+    Command::new("git")
+        .args(["merge-base", "--is-ancestor", a, b])
+        .current_dir(crate::workspace_root())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// `--record`: the last run's results into the ledger.

@@ -210,13 +210,20 @@ pub fn merge(
 }
 
 /// Merges another ledger (one a run in another worktree recorded) into `ledger`: its records
-/// replace the ones they differ from (in outcome or commit), except that a missed mutant
-/// still missed keeps the verdict it has here if `from` has none. Returns how many records
-/// were added or changed.
-pub fn absorb(ledger: &mut Ledger, from: Ledger) -> usize {
+/// replace the ones they differ from (in outcome or commit) unless ours was tested at a later
+/// commit (`ancestor(theirs, ours)`: their commit is a strict ancestor of ours), and a missed
+/// mutant still missed keeps the verdict it has here if `from` has none. Records of commits
+/// that cannot be ordered (another branch, a dirty tree) are taken from `from`. Returns how
+/// many records were added or changed.
+pub fn absorb(
+    ledger: &mut Ledger,
+    from: Ledger,
+    ancestor: &mut dyn FnMut(&str, &str) -> bool,
+) -> usize {
     let mut changed = 0;
     for (key, mut r) in from {
         match ledger.get(&key) {
+            Some(old) if old.commit != r.commit && ancestor(&r.commit, &old.commit) => {}
             Some(old) if old.outcome == r.outcome && old.commit == r.commit => {
                 if old.verdict.is_empty() && !r.verdict.is_empty() {
                     ledger.insert(key, r);
@@ -425,13 +432,39 @@ mod tests {
              unviable\tc2\te\n",
         )
         .unwrap();
-        assert_eq!(absorb(&mut l, from), 4);
+        assert_eq!(absorb(&mut l, from, &mut |_, _| false), 4);
         let want = parse(
             "caught\tc1\ta\n\
              missed\tc2\tb\tequivalent: why\n\
              caught\tc2\tc\n\
              missed\tc1\td\tequivalent: seen there\n\
              unviable\tc2\te\n",
+        )
+        .unwrap();
+        assert_eq!(l, want);
+    }
+
+    #[test]
+    fn absorb_keeps_records_tested_at_a_later_commit() {
+        // c1 is older than c2; c3 is on another branch.
+        let mut ancestor = |a: &str, b: &str| a == "c1" && b == "c2";
+        let mut l = parse(
+            "caught\tc2\ta\n\
+             missed\tc1\tb\n\
+             caught\tc2\tc\n",
+        )
+        .unwrap();
+        let from = parse(
+            "missed\tc1\ta\topen: old\n\
+             caught\tc2\tb\n\
+             missed\tc3\tc\n",
+        )
+        .unwrap();
+        assert_eq!(absorb(&mut l, from, &mut ancestor), 2);
+        let want = parse(
+            "caught\tc2\ta\n\
+             caught\tc2\tb\n\
+             missed\tc3\tc\n",
         )
         .unwrap();
         assert_eq!(l, want);
