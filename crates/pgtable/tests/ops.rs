@@ -443,6 +443,38 @@ fn set_prot_changes_valid_leaves_only() {
     );
 }
 
+/// The table TLBIs of an unmap that empties its tables name each unlinked entry's base, as
+/// the general walk's do, also on the walk-free path for a run of pages (here starting at
+/// the second page of its tables, so that a page address would not be a table's base).
+#[test]
+fn small_run_unmap_invalidates_tables_by_their_base() {
+    let va = 0x40_0060_1000;
+    for cfg in [s1(), s2()] {
+        let mut h = Harness::new(cfg);
+        map(&mut h, va, 2 * K4, 0x1000, Prot::R, MapFlags::empty()).unwrap();
+        h.log.borrow_mut().clear();
+        assert_eq!(h.pt.unmap(&mut h.mm, &h.arch, va, 2 * K4), Ok(2 * K4));
+        let tlbis: Vec<(u64, u8)> = events(&h)
+            .iter()
+            .filter_map(|e| match *e {
+                Event::TlbiVa { va, level, .. } => Some((va, level)),
+                Event::TlbiIpa { ipa, level, .. } => Some((ipa, level)),
+                _ => None,
+            })
+            .collect();
+        // The two pages with their level hint, then the L2, L1 and L0 entries with none.
+        let want = [
+            (va, 3),
+            (va + K4, 3),
+            (0x40_0060_0000, 0),
+            (0x40_0000_0000, 0),
+            (0, 0),
+        ];
+        assert_eq!(tlbis, want, "{cfg:?}");
+        assert_eq!(h.mm.live(), 1);
+    }
+}
+
 #[test]
 fn stage1_tlbi_details() {
     let mut h = Harness::new(s1());
