@@ -241,12 +241,17 @@ fn write(path: &Path, text: &str) -> Result<(), Error> {
     std::fs::write(path, text).map_err(|e| Error(format!("writing {}: {e}", path.display())))
 }
 
+/// `git args`, run in the workspace.
+fn git(args: &[&str]) -> Command {
+    let mut c = Command::new("git");
+    c.args(args).current_dir(crate::workspace_root());
+    c
+}
+
 /// The short hash of HEAD, with `-dirty` if the mutated crates differ from it.
 fn commit() -> String {
     let out = |args: &[&str]| {
-        Command::new("git")
-            .args(args)
-            .current_dir(crate::workspace_root())
+        git(args)
             .output()
             .ok()
             .filter(|o| o.status.success())
@@ -399,9 +404,7 @@ fn is_ancestor(a: &str, b: &str) -> bool {
     if a.ends_with("-dirty") || b.ends_with("-dirty") {
         return false;
     }
-    Command::new("git")
-        .args(["merge-base", "--is-ancestor", a, b])
-        .current_dir(crate::workspace_root())
+    git(&["merge-base", "--is-ancestor", a, b])
         .stderr(std::process::Stdio::null())
         .status()
         .is_ok_and(|s| s.success())

@@ -499,12 +499,14 @@ fn a_fault_in_guest_memory_asks_the_host_for_a_page() {
             reg: 3,
         });
         assert_eq!(cl.vcpu_run(vm), Ok(exit::MEM_FAULT));
-        assert_eq!((read_exit().ipa, read_exit().mmio_write), (0x1234_6000, 0));
+        let e = read_exit();
+        assert_eq!((e.ipa, e.mmio_write), (0x1234_6000, 0));
         // An instruction fetch there (no syndrome): a memory fault too, not a write.
         let iabt = Esr::new(Ec::IabtLow, true, 0b000111).0;
         script(SimGuestAction::Sync(iabt));
         assert_eq!(cl.vcpu_run(vm), Ok(exit::MEM_FAULT));
-        assert_eq!((read_exit().ipa, read_exit().mmio_write), (0x1234_5000, 0));
+        let e = read_exit();
+        assert_eq!((e.ipa, e.mmio_write), (0x1234_5000, 0));
         // Its last page is inside, the first page after it outside (MMIO).
         script(SimGuestAction::MmioWrite {
             ipa: 0x1234_f000,
